@@ -1,0 +1,85 @@
+//! The `guestnet` command: argument parsing and one module per subcommand.
+//!
+//! Subcommands are thin: they parse, open the network, and hand over to the library
+//! (`network`, `ports`). Errors are `anyhow` here and only here.
+
+pub mod admin;
+pub mod bench;
+pub mod capture;
+pub mod dgram;
+pub mod stream;
+pub mod traffic;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// A shared virtual Ethernet for the VMs, namespaces and processes of one host.
+#[derive(Debug, Parser)]
+#[command(
+    name = "guestnet",
+    version,
+    about,
+    after_help = "Examples:\n  guestnet create lab\n  guestnet stream lab --listen /tmp/lab.sock\n  guestnet capture lab -w lab.pcap -c 100\n  guestnet status lab\n  guestnet bench --frame-size 64"
+)]
+pub struct Cli {
+    /// Directory holding the networks [default: $GUESTNET_DIR or /dev/shm/guestnet]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The directory of the networks.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(crate::network::default_dir)
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a network.
+    Create(admin::CreateArgs),
+    /// Remove a network.
+    Destroy(admin::DestroyArgs),
+    /// List the networks.
+    List(admin::ListArgs),
+    /// Show a network's peers, counters and learned addresses.
+    Status(admin::StatusArgs),
+    /// Serve QEMU `-netdev stream` clients on a unix socket.
+    Stream(stream::StreamArgs),
+    /// Serve QEMU `-netdev dgram` senders on a unix datagram socket.
+    Dgram(dgram::DgramArgs),
+    /// Capture a network's frames into a pcap file.
+    Capture(capture::CaptureArgs),
+    /// Measure throughput, wake-ups and latency against a socket baseline.
+    Bench(bench::BenchArgs),
+    /// Send numbered, checksummed test frames.
+    Pktgen(traffic::PktgenArgs),
+    /// Receive and verify test frames from pktgen.
+    Sink(traffic::SinkArgs),
+    /// Internal: a benchmark worker process.
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = cli.dir();
+    match cli.command {
+        Command::Create(args) => admin::create(&dir, args),
+        Command::Destroy(args) => admin::destroy(&dir, args),
+        Command::List(args) => admin::list(&dir, args),
+        Command::Status(args) => admin::status(&dir, args),
+        Command::Stream(args) => stream::run(&dir, args),
+        Command::Dgram(args) => dgram::run(&dir, args),
+        Command::Capture(args) => capture::run(&dir, args),
+        Command::Bench(args) => bench::run(&dir, args),
+        Command::Pktgen(args) => traffic::pktgen(&dir, args),
+        Command::Sink(args) => traffic::sink(&dir, args),
+        Command::BenchWorker(args) => bench::worker(&dir, args),
+    }
+}

@@ -1,0 +1,21 @@
+//! The `guestnet` command.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GUESTNET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = guestnet::cli::Cli::parse();
+    match guestnet::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("guestnet: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Who receives a frame: the delivery rules of `DESIGN.md` §3 as one pure function.
+//!
+//! The sender calls [`resolve`] with its cached view of the peer table and a lookup into the
+//! learned table; the function touches no shared memory and no clock, so the property
+//! tests can compare it with a naive model frame by frame.
+//!
+//! 1. Unicast goes to the peer that publishes the destination MAC, else to the peer the
+//!    address was learned behind, else to everyone (flooding, like a learning bridge) or
+//!    nowhere when the network drops unknown unicast.
+//! 2. Broadcast goes to every other peer; multicast to those whose filter takes it.
+//! 3. Promiscuous peers get a copy of everything.
+//! 4. Never back to the sender.
+
+use crate::shm::layout::flags;
+use crate::wire::MacAddress;
+
+/// What the sender knows of one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerView {
+    /// Slot index.
+    pub index: u16,
+    /// Join generation, stamped into every frame sent to it.
+    pub generation: u32,
+    /// Published MAC.
+    pub mac: MacAddress,
+    /// Flag bits (`shm::layout::flags`).
+    pub flags: u32,
+    /// Hash filter of subscribed multicast groups.
+    pub multicast_filter: u64,
+}
+
+impl PeerView {
+    /// Whether it gets a copy of every frame.
+    pub fn is_promiscuous(&self) -> bool {
+        self.flags & flags::PROMISCUOUS != 0
+    }
+
+    /// Whether a multicast frame to `group` is for it.
+    pub fn accepts_multicast(&self, group: MacAddress) -> bool {
+        group.is_broadcast()
+            || self.flags & (flags::ALL_MULTICAST | flags::PROMISCUOUS) != 0
+            || self.multicast_filter & multicast_filter_bit(group) != 0
+    }
+}
+
+/// The bit a multicast group sets in a peer's 64-bit filter (a Fibonacci hash of the MAC,
+/// top six bits). False positives are possible, as with any NIC hash filter; the guest's
+/// own stack discards frames for groups it did not join.
+pub fn multicast_filter_bit(group: MacAddress) -> u64 {
+    let hash = group.to_u64().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    1u64 << (hash >> 58)
+}
+
+/// Network-wide rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rules {
+    /// Drop unicast to unknown addresses instead of flooding it.
+    pub drop_unknown_unicast: bool,
+}
+
+/// How the destinations were chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To the peer publishing the address.
+    Published,
+    /// To the peer the address was learned behind.
+    Learned,
+    /// Unknown unicast sent to everyone.
+    Flooded,
+    /// Broadcast or multicast.
+    Multicast,
+    /// Nowhere: unknown unicast on a dropping network, or an address behind the sender.
+    NoRoute,
+}
+
+/// Fills `out` with the indices (into `peers`) of the frame's receivers, in table order.
+///
+/// `learned` maps an address to the slot index it was learned behind.
+pub fn resolve(
+    dst: MacAddress,
+    sender: u16,
+    peers: &[PeerView],
+    learned: impl FnOnce(MacAddress) -> Option<u16>,
+    rules: Rules,
+    out: &mut Vec<usize>,
+) -> Route {
+    out.clear();
+    if dst.is_multicast() {
+        out.extend(
+            peers
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.index != sender && p.accepts_multicast(dst))
+                .map(|(i, _)| i),
+        );
+        return Route::Multicast;
+    }
+    let owner = match peers.iter().position(|p| p.mac == dst) {
+        Some(i) => Some((i, Route::Published)),
+        None => learned(dst)
+            .and_then(|slot| peers.iter().position(|p| p.index == slot))
+            .map(|i| (i, Route::Learned)),
+    };
+    match owner {
+        Some((i, route)) => {
+            if peers[i].index == sender {
+                // Behind the sender itself: a bridge filters this, and so do we; but a
+                // promiscuous peer still sees it, as a mirror port would.
+                out.extend(promiscuous_others(peers, sender));
+                return if out.is_empty() {
+                    Route::NoRoute
+                } else {
+                    route
+                };
+            }
+            out.extend(
+                peers
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, p)| j == i || (p.index != sender && p.is_promiscuous()))
+                    .map(|(j, _)| j),
+            );
+            route
+        }
+        None if rules.drop_unknown_unicast => {
+            out.extend(promiscuous_others(peers, sender));
+            if out.is_empty() {
+                Route::NoRoute
+            } else {
+                Route::Flooded
+            }
+        }
+        None => {
+            out.extend(
+                peers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.index != sender)
+                    .map(|(i, _)| i),
+            );
+            Route::Flooded
+        }
+    }
+}
+
+fn promiscuous_others(peers: &[PeerView], sender: u16) -> impl Iterator<Item = usize> + '_ {
+    peers
+        .iter()
+        .enumerate()
+        .filter(move |(_, p)| p.index != sender && p.is_promiscuous())
+        .map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn mac(last: u8) -> MacAddress {
+        MacAddress([2, 0, 0, 0, 0, last])
+    }
+
+    fn peer(index: u16, flags: u32) -> PeerView {
+        PeerView {
+            index,
+            generation: 1,
+            mac: mac(index as u8 + 1),
+            flags,
+            multicast_filter: 0,
+        }
+    }
+
+    fn receivers(
+        dst: MacAddress,
+        sender: u16,
+        peers: &[PeerView],
+        learned: Option<u16>,
+        rules: Rules,
+    ) -> (Route, Vec<u16>) {
+        let mut out = Vec::new();
+        let route = resolve(dst, sender, peers, |_| learned, rules, &mut out);
+        (route, out.iter().map(|&i| peers[i].index).collect())
+    }
+
+    #[test]
+    fn unicast_reaches_only_its_owner() {
+        let peers = [peer(0, 0), peer(1, 0), peer(2, 0)];
+        assert_eq!(
+            receivers(mac(3), 0, &peers, None, Rules::default()),
+            (Route::Published, vec![2])
+        );
+    }
+
+    #[test]
+    fn promiscuous_peers_see_others_unicast() {
+        let peers = [peer(0, 0), peer(1, flags::PROMISCUOUS), peer(2, 0)];
+        assert_eq!(
+            receivers(mac(3), 0, &peers, None, Rules::default()),
+            (Route::Published, vec![1, 2])
+        );
+    }
+
+    #[test]
+    fn learned_addresses_are_reached_directly_and_published_ones_win() {
+        let peers = [peer(0, 0), peer(1, 0), peer(2, 0)];
+        let far = MacAddress([0x52, 0x54, 0, 0, 0, 9]);
+        assert_eq!(
+            receivers(far, 0, &peers, Some(1), Rules::default()),
+            (Route::Learned, vec![1])
+        );
+        // A guest spoofing peer 2's MAC as a source cannot steal its traffic.
+        assert_eq!(
+            receivers(mac(3), 0, &peers, Some(1), Rules::default()),
+            (Route::Published, vec![2])
+        );
+    }
+
+    #[test]
+    fn unknown_unicast_floods_or_drops_by_rule() {
+        let peers = [peer(0, 0), peer(1, 0), peer(2, 0)];
+        let unknown = MacAddress([2, 9, 9, 9, 9, 9]);
+        assert_eq!(
+            receivers(unknown, 1, &peers, None, Rules::default()),
+            (Route::Flooded, vec![0, 2])
+        );
+        let drop = Rules {
+            drop_unknown_unicast: true,
+        };
+        assert_eq!(
+            receivers(unknown, 1, &peers, None, drop),
+            (Route::NoRoute, vec![])
+        );
+    }
+
+    #[test]
+    fn multicast_respects_filters_and_broadcast_reaches_all() {
+        let group = MacAddress([0x33, 0x33, 0, 0, 0, 1]);
+        let mut subscribed = peer(2, 0);
+        subscribed.multicast_filter = multicast_filter_bit(group);
+        let peers = [
+            peer(0, 0),
+            peer(1, flags::ALL_MULTICAST),
+            subscribed,
+            peer(3, 0),
+        ];
+        let (route, got) = receivers(group, 0, &peers, None, Rules::default());
+        assert_eq!(route, Route::Multicast);
+        assert!(got.contains(&1) && got.contains(&2) && !got.contains(&0));
+        assert_eq!(
+            receivers(MacAddress::BROADCAST, 0, &peers, None, Rules::default()).1,
+            vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn frames_to_an_address_behind_the_sender_go_nowhere() {
+        let peers = [peer(0, 0), peer(1, 0)];
+        let behind = MacAddress([2, 7, 7, 7, 7, 7]);
+        assert_eq!(
+            receivers(behind, 0, &peers, Some(0), Rules::default()),
+            (Route::NoRoute, vec![])
+        );
+    }
+
+    /// The rules stated as plainly as possible, peer by peer.
+    fn model(
+        dst: MacAddress,
+        sender: u16,
+        peers: &[PeerView],
+        learned: Option<u16>,
+        rules: Rules,
+    ) -> BTreeSet<u16> {
+        let owner = peers
+            .iter()
+            .find(|p| p.mac == dst)
+            .map(|p| p.index)
+            .or_else(|| learned.filter(|l| peers.iter().any(|p| p.index == *l)));
+        let mut set = BTreeSet::new();
+        for p in peers {
+            if p.index == sender {
+                continue;
+            }
+            let wanted = if dst.is_multicast() {
+                dst.is_broadcast()
+                    || p.flags & (flags::ALL_MULTICAST | flags::PROMISCUOUS) != 0
+                    || p.multicast_filter & multicast_filter_bit(dst) != 0
+            } else {
+                p.is_promiscuous()
+                    || match owner {
+                        Some(o) => o == p.index,
+                        None => !rules.drop_unknown_unicast,
+                    }
+            };
+            if wanted {
+                set.insert(p.index);
+            }
+        }
+        set
+    }
+
+    proptest! {
+        #[test]
+        fn resolve_agrees_with_the_model(
+            peer_flags in proptest::collection::vec((0u32..4, any::<u64>()), 1..12),
+            sender in 0u16..12,
+            dst_pick in 0usize..16,
+            learned in proptest::option::of(0u16..12),
+            drop_unknown in any::<bool>(),
+        ) {
+            let peers: Vec<PeerView> = peer_flags
+                .iter()
+                .enumerate()
+                .map(|(i, &(f, filter))| PeerView {
+                    multicast_filter: filter & 0x0f0f,
+                    ..peer(i as u16, f & (flags::PROMISCUOUS | flags::ALL_MULTICAST))
+                })
+                .collect();
+            let choices = [
+                MacAddress::BROADCAST,
+                MacAddress([0x33, 0x33, 0, 0, 0, 1]),
+                MacAddress([0x01, 0, 0x5e, 0, 0, 7]),
+                MacAddress([2, 9, 9, 9, 9, 9]),
+            ];
+            let dst = if dst_pick < choices.len() { choices[dst_pick] } else { mac((dst_pick - choices.len()) as u8 + 1) };
+            let rules = Rules { drop_unknown_unicast: drop_unknown };
+            let mut out = Vec::new();
+            resolve(dst, sender, &peers, |_| learned, rules, &mut out);
+            let got: Vec<u16> = out.iter().map(|&i| peers[i].index).collect();
+            let mut sorted = got.clone();
+            sorted.sort();
+            sorted.dedup();
+            prop_assert_eq!(&sorted, &got, "receivers must be listed once, in table order");
+            prop_assert!(!got.contains(&sender), "never back to the sender");
+            let expected = model(dst, sender, &peers, learned, rules);
+            prop_assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), expected);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Ports: adapters that make things which are not Rust processes into peers.

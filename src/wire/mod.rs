@@ -1,0 +1,31 @@
+//! The wire layer: the byte formats guestnet reads and writes, and nothing else.
+//!
+//! Everything in here is a pure function of bytes. No module opens a file, touches a socket
+//! or reads the clock: a timestamp arrives as an argument, a stream arrives as slices the
+//! caller already read. That keeps the formats testable with byte literals and property
+//! tests, and lets the same code serve every host — the shared-memory network, the port
+//! programs, the fuzz targets — without any of them dragging the others' I/O along.
+//!
+//! Three formats live here:
+//!
+//! * [`ethernet`] — the frames themselves. The network moves bare Ethernet frames and looks
+//!   at only their first fourteen bytes, so this module is a thin, checked view over a
+//!   buffer ([`EthernetFrame`]) plus a small validated summary ([`EthernetRepr`]) that the
+//!   delivery rules are written against. [`ethernet::validate_frame`] is the one place the
+//!   length and source-address rules of the design are spelled out.
+//! * [`stream`] — QEMU's `-netdev stream` framing: a 4-byte big-endian length before each
+//!   frame. A byte stream arrives in arbitrary pieces and a guest controls the lengths, so
+//!   the decoder is incremental, bounded, and refuses to guess once a length is absurd.
+//! * [`pcap`] — the classic libpcap capture file, so a capture port can write files that
+//!   Wireshark and tcpdump open, and tests can read them back.
+//!
+//! Every view follows one rule, borrowed from smoltcp: construct it with `new_checked` (or
+//! call `check_len` yourself) and after that no accessor panics, whatever the bytes are.
+//! Guests and peers write these bytes; a malformed frame must become an error value that
+//! the caller counts, never a crash.
+
+pub mod ethernet;
+pub mod pcap;
+pub mod stream;
+
+pub use ethernet::{EtherType, EthernetFrame, EthernetRepr, MacAddress, WireError};

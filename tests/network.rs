@@ -1,0 +1,214 @@
+//! The network core in one process: joining, delivery rules, counters, leaving.
+
+use std::time::Duration;
+
+use guestnet::network::counters::DropReason;
+use guestnet::network::{CreateOptions, JoinOptions, Network, peer::Sent};
+use guestnet::shm::layout::Geometry;
+use guestnet::wire::MacAddress;
+
+fn network(dir: &tempfile::TempDir, geometry: Geometry) -> Network {
+    Network::create(
+        dir.path(),
+        "test",
+        CreateOptions {
+            geometry,
+            ..CreateOptions::default()
+        },
+    )
+    .expect("create network")
+}
+
+fn frame(dst: MacAddress, src: MacAddress, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+fn drain(peer: &mut guestnet::network::Peer) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    peer.receive(usize::MAX, |f| got.push(f.to_vec()));
+    got
+}
+
+#[test]
+fn unicast_reaches_its_owner_only_and_counters_add_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut a = net.join(JoinOptions::default()).unwrap();
+    let mut b = net.join(JoinOptions::default()).unwrap();
+    let mut c = net.join(JoinOptions::default()).unwrap();
+    assert_ne!(a.mac(), b.mac());
+    let f = frame(b.mac(), a.mac(), b"hello");
+    assert_eq!(
+        a.send(&f),
+        Sent::Routed {
+            delivered: 1,
+            dropped: 0
+        }
+    );
+    assert_eq!(drain(&mut b), vec![f.clone()]);
+    assert!(drain(&mut c).is_empty());
+    assert!(drain(&mut a).is_empty(), "never back to the sender");
+    let (ca, cb) = (a.counters(), b.counters());
+    assert_eq!(
+        (ca.tx_packets, ca.tx_deliveries, ca.tx_bytes),
+        (1, 1, f.len() as u64)
+    );
+    assert_eq!((cb.rx_packets, cb.rx_bytes), (1, f.len() as u64));
+}
+
+#[test]
+fn broadcast_reaches_every_other_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut peers: Vec<_> = (0..4)
+        .map(|_| net.join(JoinOptions::default()).unwrap())
+        .collect();
+    let src = peers[0].mac();
+    let f = frame(MacAddress::BROADCAST, src, b"all");
+    assert_eq!(
+        peers[0].send(&f),
+        Sent::Routed {
+            delivered: 3,
+            dropped: 0
+        }
+    );
+    assert!(drain(&mut peers[0]).is_empty());
+    for p in &mut peers[1..] {
+        assert_eq!(drain(p), vec![f.clone()]);
+    }
+}
+
+#[test]
+fn a_full_ring_drops_with_a_count_on_both_sides_and_keeps_old_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(
+        &dir,
+        Geometry {
+            ring_slots: 8,
+            ..Geometry::default()
+        },
+    );
+    let mut a = net.join(JoinOptions::default()).unwrap();
+    let mut b = net.join(JoinOptions::default()).unwrap();
+    let frames: Vec<Vec<u8>> = (0..10u8).map(|i| frame(b.mac(), a.mac(), &[i])).collect();
+    assert_eq!(a.send_batch(frames.iter().map(|f| f.as_slice())), 10);
+    let got = drain(&mut b);
+    assert_eq!(got, frames[..8].to_vec(), "the first 8 survive, in order");
+    assert_eq!(a.counters().tx_dropped(DropReason::RingFull), 2);
+    assert_eq!(b.counters().rx_dropped(DropReason::RingFull), 2);
+    assert_eq!(a.counters().tx_deliveries + 2, a.counters().tx_packets);
+}
+
+#[test]
+fn invalid_frames_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut a = net.join(JoinOptions::default()).unwrap();
+    let b = net.join(JoinOptions::default()).unwrap();
+    assert_eq!(a.send(&[0u8; 13]), Sent::Refused(DropReason::Invalid));
+    let giant = frame(b.mac(), a.mac(), &[0; 1501]);
+    assert_eq!(a.send(&giant), Sent::Refused(DropReason::Invalid));
+    let multicast_source = frame(b.mac(), MacAddress::BROADCAST, b"x");
+    assert_eq!(
+        a.send(&multicast_source),
+        Sent::Refused(DropReason::Invalid)
+    );
+    assert_eq!(a.counters().tx_dropped(DropReason::Invalid), 3);
+    assert_eq!(a.counters().tx_packets, 0);
+}
+
+#[test]
+fn mac_changes_are_followed_and_duplicates_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut a = net.join(JoinOptions::default()).unwrap();
+    let mut b = net.join(JoinOptions::default()).unwrap();
+    let mut c = net.join(JoinOptions::default()).unwrap();
+    let new_mac: MacAddress = "02:aa:bb:cc:dd:ee".parse().unwrap();
+    b.set_mac_address(new_mac).unwrap();
+    assert!(matches!(
+        c.set_mac_address(new_mac),
+        Err(guestnet::network::Error::MacInUse { .. })
+    ));
+    a.send(&frame(new_mac, a.mac(), b"to new"));
+    assert_eq!(drain(&mut b).len(), 1);
+    assert!(
+        drain(&mut c).is_empty(),
+        "the new MAC is known, not flooded"
+    );
+}
+
+#[test]
+fn learned_addresses_are_reached_directly() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut a = net.join(JoinOptions::default()).unwrap();
+    let mut b = net.join(JoinOptions::default()).unwrap();
+    let mut c = net.join(JoinOptions::default()).unwrap();
+    let vm: MacAddress = "52:54:00:12:34:56".parse().unwrap();
+    // b fronts a VM whose MAC it was never told: its first frame floods and teaches us.
+    b.send(&frame(MacAddress::BROADCAST, vm, b"arp"));
+    drain(&mut a);
+    drain(&mut c);
+    a.send(&frame(vm, a.mac(), b"reply"));
+    assert_eq!(drain(&mut b).len(), 1);
+    assert!(drain(&mut c).is_empty());
+    let status = net.status();
+    assert!(
+        status
+            .learned
+            .iter()
+            .any(|l| l.mac == vm && l.slot == b.index())
+    );
+}
+
+#[test]
+fn a_peer_that_leaves_frees_its_slot_and_mac() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut a = net.join(JoinOptions::default()).unwrap();
+    let b = net.join(JoinOptions::default()).unwrap();
+    let mut c = net.join(JoinOptions::default()).unwrap();
+    let gone = b.mac();
+    drop(b);
+    assert_eq!(net.status().peers.len(), 2);
+    a.send(&frame(gone, a.mac(), b"anyone?"));
+    assert_eq!(drain(&mut c).len(), 1, "an unknown MAC floods");
+    let again = net
+        .join(JoinOptions {
+            mac: Some(gone),
+            ..JoinOptions::default()
+        })
+        .unwrap();
+    assert_eq!(again.index(), 1, "the freed slot is reused");
+}
+
+#[test]
+fn wait_sleeps_until_a_frame_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let a = net.join(JoinOptions::default()).unwrap();
+    let b = net.join(JoinOptions::default()).unwrap();
+    let (b_mac, a_mac) = (b.mac(), a.mac());
+    let (_, mut rx) = b.split();
+    let (mut tx, _) = a.split();
+    assert!(!rx.wait(Duration::from_millis(1)), "nothing to do yet");
+    let waiter = std::thread::spawn(move || {
+        let woke = rx.wait(Duration::from_secs(10));
+        let mut n = 0;
+        rx.receive(16, |_| n += 1);
+        (woke, n, rx.control().counters().wakeups)
+    });
+    // Keep sending until the receiver is seen asleep or has woken: no sleeps as sync.
+    let f = frame(b_mac, a_mac, b"wake");
+    tx.send(&f);
+    let (woke, n, _) = waiter.join().unwrap();
+    assert!(woke);
+    assert_eq!(n, 1);
+}
