@@ -16,6 +16,7 @@
 //! frames it was halfway through writing are marked abandoned, the addresses learned
 //! behind it are forgotten, and its MAC leaves the table so it stops attracting traffic.
 
+pub mod check;
 pub mod counters;
 pub mod fdb;
 pub mod forward;

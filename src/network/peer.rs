@@ -558,6 +558,18 @@ impl Sender {
         Sent::Routed { delivered, dropped }
     }
 
+    /// Counts a frame the port refused before it could be sent (a runt announced by a
+    /// stream client, a datagram from a sender that cannot be answered, …). The count is
+    /// written at the end of the next batch, or by [`Sender::flush`].
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.pending.tx_drop(reason);
+    }
+
+    /// Writes counts accumulated outside a batch.
+    pub fn flush(&mut self) {
+        self.pending.flush(self.membership.entry());
+    }
+
     fn refuse(&mut self, reason: DropReason) -> Sent {
         self.pending.tx_drop(reason);
         Sent::Refused(reason)

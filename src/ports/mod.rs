@@ -1,1 +1,9 @@
 //! Ports: adapters that make things which are not Rust processes into peers.
+//!
+//! Each port joins the network as one peer per guest it serves and moves frames between
+//! that peer and the outside world: a socket, a file, a device. The network's rules are
+//! enforced by the peer itself, so a port only has to frame and unframe.
+
+pub mod capture;
+pub mod dgram;
+pub mod stream;

@@ -1,0 +1,1 @@
+//! The dgram port (being written).

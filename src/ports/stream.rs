@@ -1,0 +1,1 @@
+//! The stream port (being written).
