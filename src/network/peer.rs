@@ -262,6 +262,17 @@ impl Peer {
         let Some(index) = claimed else {
             return Err(Error::Full(region.name.clone()));
         };
+        // Not yet up: no sender starts a new frame for us, but one that started before the
+        // slot was freed may still be copying. Let live ones finish (they take
+        // microseconds; the bound covers a writer that was descheduled), then start the
+        // ring afresh.
+        let ring = region.ring(index);
+        let deadline = monotonic_ns().saturating_add(HANDOVER_GRACE_NS);
+        while ring::writers_in_progress(&ring) && monotonic_ns() < deadline {
+            std::thread::yield_now();
+        }
+        let tail = ring::reset_ahead(&ring);
+        ring.control().consumed.store(tail, Ordering::Relaxed);
         let published = region.with_control_lock(&lock_file, || {
             let mac = options
                 .mac
@@ -309,11 +320,7 @@ impl Peer {
                 return Err(e);
             }
         };
-        let tail = region
-            .ring(index)
-            .control()
-            .consumed
-            .load(Ordering::Acquire);
+
         let membership = Arc::new(Membership {
             region,
             lock_file,
@@ -405,6 +412,9 @@ pub struct Sender {
     now_ms: u64,
     last_maintenance_ns: u64,
 }
+
+/// How long a joining peer waits for writers still copying into its ring.
+const HANDOVER_GRACE_NS: u64 = 100_000_000;
 
 /// Bound on the private cache of learned addresses (a guest spraying random source
 /// addresses must not grow our memory; the shared table has its own bound).

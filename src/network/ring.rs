@@ -390,13 +390,43 @@ pub fn abandon_writer<M: SlotMemory>(ring: &M, dead_writer: u16) -> u64 {
     count
 }
 
+/// Whether any slot is being written.
+pub fn writers_in_progress<M: SlotMemory>(ring: &M) -> bool {
+    (0..ring.slot_count()).any(|index| {
+        SlotState::decode(ring.state(index).load(Ordering::Acquire)).tag == Tag::Writing
+    })
+}
+
 /// Puts a ring in its initial state: position 0 next, every slot free for its first lap.
 pub fn reset<M: SlotMemory>(ring: &M) {
+    reset_at(ring, 0);
+}
+
+/// Starts a ring afresh for a new owner and returns the position to read from.
+///
+/// Whatever the previous owner left (unread frames, a cursor it died before storing,
+/// slots scribbled on) is discarded by moving every slot to a lap *ahead* of any position
+/// an earlier writer could have seen: a writer that was still in flight when the slot
+/// changed hands finds its compare-and-swap failing (its frame counts as abandoned)
+/// instead of publishing into the new owner's ring.
+pub fn reset_ahead<M: SlotMemory>(ring: &M) -> u64 {
+    let slots = ring.slot_count();
+    let hint = ring.reserve().load(Ordering::Acquire);
+    // Two laps past the hint, on a lap boundary so that position p sits in slot p mod N.
+    let base = advance(hint, 2 * slots) & !(slots - 1);
+    reset_at(ring, base);
+    base
+}
+
+fn reset_at<M: SlotMemory>(ring: &M, base: u64) {
     for index in 0..ring.slot_count() {
-        ring.state(index)
-            .store(SlotState::free(index).encode(), Ordering::Relaxed);
+        ring.state(index).store(
+            SlotState::free(advance(base, index)).encode(),
+            Ordering::Relaxed,
+        );
     }
-    ring.reserve().store(0, Ordering::Release);
+    // Release: a writer that reads the new hint must see the new slot states.
+    ring.reserve().store(base, Ordering::Release);
 }
 
 #[cfg(test)]
@@ -530,6 +560,29 @@ pub(crate) mod tests {
         // The previous owner died before storing tail = 1; its successor starts at 0.
         assert_eq!(pop(&ring, 0, &mut out), Pop::AlreadyConsumed);
         assert_eq!(pop(&ring, 1, &mut out), Pop::Empty);
+    }
+
+    #[test]
+    fn a_ring_reset_for_a_new_owner_discards_the_old_and_fences_off_late_writers() {
+        let ring = HeapRing::new(4);
+        assert_eq!(push(&ring, 1, meta(1), &[1]), Push::Delivered);
+        assert_eq!(claim(&ring, 2), Claim::Claimed(1)); // in flight across the handover
+        let start = reset_ahead(&ring);
+        assert_eq!(start % 4, 0);
+        let mut out = [0u8; 4];
+        assert_eq!(
+            pop(&ring, start, &mut out),
+            Pop::Empty,
+            "old frames are gone"
+        );
+        assert_eq!(
+            publish(&ring, 1, 2),
+            Err(Abandoned),
+            "the late writer is fenced off"
+        );
+        assert_eq!(push(&ring, 3, meta(1), &[9]), Push::Delivered);
+        assert_eq!(pop(&ring, start, &mut out), Pop::Frame(meta(1)));
+        assert_eq!(out[0], 9);
     }
 
     #[test]
