@@ -282,6 +282,7 @@ impl Region {
             .expect("the learned table lies inside a checked region")
     }
 
+    #[inline]
     pub fn ring(&self, index: u16) -> ShmRing<'_> {
         let base = self.layout.ring_offset(index as usize);
         let control = self
@@ -536,18 +537,22 @@ impl<'a> ShmRing<'a> {
 impl SlotMemory for ShmRing<'_> {
     type Word = std::sync::atomic::AtomicU64;
 
+    #[inline]
     fn slot_count(&self) -> u64 {
         self.slots.count()
     }
 
+    #[inline]
     fn reserve(&self) -> &Self::Word {
         &self.control.reserve
     }
 
+    #[inline]
     fn state(&self, index: u64) -> &Self::Word {
         &self.slots.at(index).state
     }
 
+    #[inline]
     fn write_frame(&self, index: u64, meta: SlotMeta, frame: &[u8]) {
         let header = self.slots.at(index);
         let data = self.slots.offset_of(index) + layout::SLOT_HEADER_SIZE;
@@ -558,6 +563,7 @@ impl SlotMemory for ShmRing<'_> {
         header.generation.store(meta.generation, Ordering::Relaxed);
     }
 
+    #[inline]
     fn read_frame(&self, index: u64, out: &mut [u8]) -> SlotMeta {
         let header = self.slots.at(index);
         let meta = SlotMeta {

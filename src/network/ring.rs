@@ -128,12 +128,15 @@ pub trait AtomicWord {
 }
 
 impl AtomicWord for AtomicU64 {
+    #[inline]
     fn load(&self, order: Ordering) -> u64 {
         AtomicU64::load(self, order)
     }
+    #[inline]
     fn store(&self, value: u64, order: Ordering) {
         AtomicU64::store(self, value, order)
     }
+    #[inline]
     fn compare_exchange(
         &self,
         current: u64,
