@@ -112,7 +112,10 @@ fn create_list_status_destroy_round_trip() {
     assert!(created.contains(&expected.to_string()), "{created}");
 
     let listed = ok(dir, &["list"]);
-    let row = listed.lines().find(|l| l.starts_with("lab")).expect("lab row");
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("lab"))
+        .expect("lab row");
     assert!(row.contains("0/8") && row.contains("9000"), "{listed}");
     let json: Value = serde_json::from_str(&ok(dir, &["list", "--json"])).unwrap();
     assert_eq!(json[0]["name"], "lab");
@@ -201,7 +204,10 @@ fn status_shows_peers_counters_and_drops_after_traffic() {
     };
     let (ra, rb, rw) = (row(a.index()), row(b.index()), row(watcher.index()));
     assert!(ra.contains(&a.mac().to_string()), "{ra}");
-    assert!(ra.contains("tx_ring_full=4") && ra.contains("sender"), "{ra}");
+    assert!(
+        ra.contains("tx_ring_full=4") && ra.contains("sender"),
+        "{ra}"
+    );
     assert!(rb.contains("rx_ring_full=2"), "{rb}");
     let flags = |row: &str| row.split_whitespace().nth(2).unwrap().to_string();
     assert_eq!(flags(&ra), "M");
@@ -225,7 +231,10 @@ fn create_with_bad_geometry_fails_clearly_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     for (args, message) in [
-        (&["--ring-slots", "100"][..], "ring slots must be a power of two"),
+        (
+            &["--ring-slots", "100"][..],
+            "ring slots must be a power of two",
+        ),
         (&["--max-peers", "1"][..], "max peers must be between"),
         (&["--mtu", "20"][..], "MTU must be between"),
     ] {
@@ -325,7 +334,11 @@ fn status_reports_scribbled_entries_and_slot_states_and_fails() {
     let kinds: Vec<&str> = damage.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     // In table order: peer slot 0 (a), peer slot 3, then the rings.
     assert_eq!(a.index(), 0);
-    assert_eq!(kinds, ["peer_mac", "peer_status", "ring_slot"], "{damage:?}");
+    assert_eq!(
+        kinds,
+        ["peer_mac", "peer_status", "ring_slot"],
+        "{damage:?}"
+    );
     assert_eq!(damage[0]["mac"], multicast.to_string());
     assert_eq!(damage[1]["slot"], 3);
     assert_eq!(damage[2]["ring"], 1);

@@ -56,8 +56,7 @@ pub fn run(dir: &Path, args: CaptureArgs) -> anyhow::Result<()> {
         Box::new(std::io::stdout().lock())
     } else {
         Box::new(
-            File::create(&args.file)
-                .with_context(|| format!("create {}", args.file.display()))?,
+            File::create(&args.file).with_context(|| format!("create {}", args.file.display()))?,
         )
     };
     let label = if to_stdout {

@@ -234,7 +234,12 @@ mod tests {
         assert_eq!(summary.captured, 1);
         assert_eq!(summary.counters.rx_packets, 1);
         assert_eq!(summary.counters.rx_dropped_total(), 0);
-        assert!(net.status().peers.iter().all(|p| p.kind != PortKind::Capture));
+        assert!(
+            net.status()
+                .peers
+                .iter()
+                .all(|p| p.kind != PortKind::Capture)
+        );
     }
 
     /// A writer that fails on every write after the header.
