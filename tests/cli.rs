@@ -281,7 +281,11 @@ fn status_refuses_a_region_with_garbage_magic() {
     assert!(err.contains("not a guestnet region (bad magic"), "{err}");
     // list still shows it, as unusable.
     let listed = ok(dir.path(), &["list"]);
-    assert!(listed.contains("unusable"), "{listed}");
+    assert!(listed.lines().any(|l| l.starts_with("lab ")), "{listed}");
+    assert!(
+        listed.contains("network \"lab\" is unusable: not a guestnet region"),
+        "{listed}"
+    );
 }
 
 #[test]

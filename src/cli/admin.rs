@@ -171,15 +171,15 @@ pub fn list(dir: &Path, args: ListArgs) -> anyhow::Result<()> {
         println!("no networks in {}", dir.display());
         return Ok(());
     }
-    let mut table = Table::new(&["NAME", "PEERS", "MTU", "SIZE"]);
+    let mut table = Table::new(&[
+        ("NAME", Align::Left),
+        ("PEERS", Align::Right),
+        ("MTU", Align::Right),
+        ("SIZE", Align::Right),
+    ]);
     for entry in &entries {
         match &entry.error {
-            Some(error) => table.row(vec![
-                entry.name.clone(),
-                "-".into(),
-                "-".into(),
-                format!("unusable: {error}"),
-            ]),
+            Some(_) => table.row(vec![entry.name.clone(), "-".into(), "-".into(), "-".into()]),
             None => table.row(vec![
                 entry.name.clone(),
                 format!(
@@ -193,6 +193,10 @@ pub fn list(dir: &Path, args: ListArgs) -> anyhow::Result<()> {
         }
     }
     print!("{}", table.render());
+    // Said under the table, in full: the reason is too long for a column.
+    for error in entries.iter().filter_map(|entry| entry.error.as_ref()) {
+        println!("{error}");
+    }
     Ok(())
 }
 
@@ -254,9 +258,10 @@ pub fn status(dir: &Path, args: StatusArgs) -> anyhow::Result<()> {
 
 fn print_status(status: &NetworkStatus) {
     println!(
-        "network {}  ({} peers up of {}, {} ring slots, MTU {}, unknown unicast {}, {})",
+        "network {}  ({} peer{} up of {}, {} ring slots, MTU {}, unknown unicast {}, {})",
         status.name,
         status.peers.len(),
+        if status.peers.len() == 1 { "" } else { "s" },
         status.max_peers,
         status.ring_slots,
         status.mtu,
@@ -272,8 +277,18 @@ fn print_status(status: &NetworkStatus) {
         println!("no peers");
     } else {
         let mut table = Table::new(&[
-            "SLOT", "MAC", "FLAGS", "KIND", "PID", "LABEL", "RX PKTS", "RX BYTES", "TX PKTS",
-            "TX BYTES", "QUEUED", "DROPS",
+            ("SLOT", Align::Right),
+            ("MAC", Align::Left),
+            ("FLAGS", Align::Left),
+            ("KIND", Align::Left),
+            ("PID", Align::Right),
+            ("LABEL", Align::Left),
+            ("RX PKTS", Align::Right),
+            ("RX BYTES", Align::Right),
+            ("TX PKTS", Align::Right),
+            ("TX BYTES", Align::Right),
+            ("QUEUED", Align::Right),
+            ("DROPS", Align::Left),
         ]);
         for peer in &status.peers {
             table.row(vec![
@@ -302,7 +317,11 @@ fn print_status(status: &NetworkStatus) {
     if status.learned.is_empty() {
         println!("no learned addresses");
     } else {
-        let mut table = Table::new(&["LEARNED MAC", "SLOT", "AGE"]);
+        let mut table = Table::new(&[
+            ("LEARNED MAC", Align::Left),
+            ("SLOT", Align::Right),
+            ("AGE", Align::Right),
+        ]);
         for learned in &status.learned {
             table.row(vec![
                 learned.mac.to_string(),
@@ -388,16 +407,25 @@ fn three_digits(value: f64) -> String {
     }
 }
 
-/// A plain-text table: text columns left-aligned, columns of numbers right-aligned.
+/// How a column's cells line up: text to the left, numbers to the right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A plain-text table.
 struct Table {
     headers: Vec<String>,
+    align: Vec<Align>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(headers: &[&str]) -> Table {
+    fn new(columns: &[(&str, Align)]) -> Table {
         Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
+            headers: columns.iter().map(|(h, _)| h.to_string()).collect(),
+            align: columns.iter().map(|(_, a)| *a).collect(),
             rows: Vec::new(),
         }
     }
@@ -407,23 +435,12 @@ impl Table {
     }
 
     fn render(&self) -> String {
-        let columns = self.headers.len();
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {
                 *width = (*width).max(cell.chars().count());
             }
         }
-        let numeric: Vec<bool> = (0..columns)
-            .map(|column| {
-                !self.rows.is_empty()
-                    && self.rows.iter().all(|row| {
-                        row.get(column)
-                            .is_some_and(|cell| cell.starts_with(|c: char| c.is_ascii_digit()))
-                    })
-                    && column != 0
-            })
-            .collect();
         let mut out = String::new();
         for row in std::iter::once(&self.headers).chain(&self.rows) {
             let mut line = String::new();
@@ -432,7 +449,7 @@ impl Table {
                 if column > 0 {
                     line.push_str("  ");
                 }
-                if numeric.get(column).copied().unwrap_or(false) {
+                if self.align.get(column) == Some(&Align::Right) {
                     line.push_str(&format!("{cell:>width$}"));
                 } else {
                     line.push_str(&format!("{cell:<width$}"));
@@ -472,7 +489,7 @@ mod tests {
 
     #[test]
     fn tables_align_their_columns() {
-        let mut table = Table::new(&["NAME", "PEERS"]);
+        let mut table = Table::new(&[("NAME", Align::Left), ("PEERS", Align::Right)]);
         table.row(vec!["a".into(), "3".into()]);
         table.row(vec!["longer".into(), "12".into()]);
         assert_eq!(
