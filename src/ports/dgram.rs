@@ -240,7 +240,8 @@ impl Server<'_> {
         self.order.clear();
         self.order.extend(0..self.datagrams.len());
         let datagrams = &self.datagrams;
-        self.order.sort_by(|&a, &b| datagrams[a].from.cmp(&datagrams[b].from));
+        self.order
+            .sort_by(|&a, &b| datagrams[a].from.cmp(&datagrams[b].from));
         let mut first = 0;
         while first < self.order.len() {
             let from = self.datagrams[self.order[first]].from.clone();

@@ -134,7 +134,10 @@ impl StreamPort {
                     Err(e) => break Err(io_error("accept a connection")(e)),
                 };
                 accepted += 1;
-                let name = label(&format!("stream#{accepted} "), &self.path().to_string_lossy());
+                let name = label(
+                    &format!("stream#{accepted} "),
+                    &self.path().to_string_lossy(),
+                );
                 let Some((connection, sender, receiver)) = self.admit(stream, name) else {
                     continue;
                 };
