@@ -44,7 +44,7 @@ use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
 use crate::wire::MacAddress;
 
 use super::socket::{
-    Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, io_error, label,
+    Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, check_mac, io_error, label,
 };
 
 /// Most datagrams taken from the socket per round.
@@ -122,6 +122,7 @@ impl DgramPort {
         path: &Path,
         options: DgramOptions,
     ) -> Result<DgramPort, PortError> {
+        check_mac(options.mac)?;
         SocketPath::clear_stale(path, SocketType::Datagram)?;
         let socket =
             UnixDatagram::bind(path).map_err(io_error(format!("bind {}", path.display())))?;
@@ -156,7 +157,7 @@ impl DgramPort {
                 stopping: Arc::new(AtomicBool::new(false)),
                 client_gone: Arc::new(Doorbell::new().map_err(io_error("create a pipe"))?),
             },
-            bytes: Vec::new(),
+            bytes: vec![0; RECEIVE_BATCH * self.network.max_frame_len()],
             datagrams: Vec::with_capacity(RECEIVE_BATCH),
             order: Vec::with_capacity(RECEIVE_BATCH),
             batch: FrameBatch::default(),
@@ -178,7 +179,7 @@ impl DgramPort {
 /// The serving thread's state: the clients, and the datagrams of the current round.
 struct Server<'a> {
     clients: Clients<'a>,
-    /// The round's datagrams, back to back.
+    /// Room for a round's datagrams, one maximal frame each.
     bytes: Vec<u8>,
     datagrams: Vec<Datagram>,
     /// Indices into `datagrams`, grouped by sender.
@@ -202,20 +203,21 @@ impl Server<'_> {
     /// Takes the datagrams waiting (without waiting for more) and sends them on, one
     /// batch per client.
     fn receive_round(&mut self) {
-        let buffer_len = self.clients.port.network.max_frame_len() + 1;
-        self.bytes.clear();
+        let max_frame = self.clients.port.network.max_frame_len();
         self.datagrams.clear();
         while self.datagrams.len() < RECEIVE_BATCH {
-            let start = self.bytes.len();
-            self.bytes.resize(start + buffer_len, 0);
+            // Datagram i lands at i × max_frame; TRUNC reports the length it really had.
+            let start = self.datagrams.len() * max_frame;
+            let Some(space) = self.bytes.get_mut(start..start + max_frame) else {
+                break;
+            };
             let received = rustix::net::recvfrom(
                 &self.clients.port.socket,
-                &mut self.bytes[start..],
+                space,
                 RecvFlags::DONTWAIT | RecvFlags::TRUNC,
             );
             match received {
                 Ok((stored, announced, from)) => {
-                    self.bytes.truncate(start + stored);
                     let from = from
                         .and_then(|a| SocketAddrUnix::try_from(a).ok())
                         .filter(|a| !a.is_unnamed());
@@ -226,9 +228,8 @@ impl Server<'_> {
                         oversize: announced > stored,
                     });
                 }
-                Err(Errno::INTR) => self.bytes.truncate(start),
+                Err(Errno::INTR) => {}
                 Err(e) => {
-                    self.bytes.truncate(start);
                     if e != Errno::AGAIN {
                         tracing::warn!(error = %e, "receiving a datagram failed");
                     }
@@ -547,7 +548,7 @@ impl Answerer {
     fn deliver(&self, frame: &[u8]) -> Delivery {
         // Bounded by the stop flag: each blocked attempt lasts at most WRITER_WAIT.
         loop {
-            match rustix::net::sendto(&self.socket, frame, SendFlags::empty(), &self.address) {
+            match rustix::net::sendto(&self.socket, frame, SendFlags::NOSIGNAL, &self.address) {
                 Ok(_) => return Delivery::Sent,
                 // The send timed out on a full queue (the client is not reading), or a
                 // signal interrupted it: try again unless the port is stopping.

@@ -15,9 +15,10 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::network::peer::Control;
-use crate::wire::EthernetFrame;
+use crate::wire::{EthernetFrame, MacAddress};
 
 /// Errors of a socket port's control path.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,16 @@ fn probe(path: &Path, socket_type: SocketType) -> io::Result<()> {
         SocketType::Datagram => {
             std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.connect(path))
         }
+    }
+}
+
+/// Refuses, before any client comes, a `--mac` that no peer could publish.
+pub(crate) fn check_mac(mac: Option<MacAddress>) -> Result<(), PortError> {
+    match mac {
+        Some(mac) if mac.is_multicast() || mac.is_zero() => {
+            Err(crate::network::Error::BadMac(mac).into())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -175,15 +186,20 @@ impl Doorbell {
 
     /// Whether the bell has been rung (and not drained since).
     pub fn is_rung(&self) -> bool {
+        self.wait(Duration::ZERO)
+    }
+
+    /// Waits up to `timeout` for the bell; returns whether it has been rung.
+    pub fn wait(&self, timeout: Duration) -> bool {
         let mut fds = [rustix::event::PollFd::new(
             &self.read,
             rustix::event::PollFlags::IN,
         )];
-        let zero = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
+        let timeout = rustix::time::Timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
         };
-        matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
     }
 
     /// Silences the bell.
@@ -392,5 +408,14 @@ mod tests {
         assert!(bell.is_rung());
         bell.drain();
         assert!(!bell.is_rung());
+        assert!(!bell.wait(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_mac_no_peer_could_publish_is_refused_up_front() {
+        assert!(check_mac(None).is_ok());
+        assert!(check_mac(Some(MacAddress([0x52, 0x54, 0, 0, 0, 1]))).is_ok());
+        assert!(check_mac(Some(MacAddress::BROADCAST)).is_err());
+        assert!(check_mac(Some(MacAddress::ZERO)).is_err());
     }
 }

@@ -22,7 +22,7 @@
 //! other wakes up (a blocked `read` or `write` returns; the writer's sleep is bounded by
 //! [`WRITER_WAIT`]) and the peer leaves once both have let go of it.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +36,7 @@ use crate::wire::MacAddress;
 use crate::wire::stream::{Decoded, StreamDecoder, encode_header};
 
 use super::socket::{
-    Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, io_error, label,
+    Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, check_mac, io_error, label,
 };
 
 /// Longest sleep of a writer before it looks whether its connection has closed. The
@@ -94,6 +94,7 @@ impl StreamPort {
         path: &Path,
         options: StreamOptions,
     ) -> Result<StreamPort, PortError> {
+        check_mac(options.mac)?;
         SocketPath::clear_stale(path, SocketType::Stream)?;
         let listener =
             UnixListener::bind(path).map_err(io_error(format!("listen on {}", path.display())))?;
@@ -130,8 +131,17 @@ impl StreamPort {
                 }
                 let stream = match self.listener.accept() {
                     Ok((stream, _)) => stream,
-                    Err(e) if is_transient_accept_error(&e) => continue,
-                    Err(e) => break Err(io_error("accept a connection")(e)),
+                    Err(e) => match classify_accept_error(&e) {
+                        AcceptError::Passing => continue,
+                        AcceptError::Exhausted => {
+                            // The connection stays queued and poll would report it at
+                            // once: pause instead of spinning, but stay stoppable.
+                            tracing::warn!(error = %e, "cannot accept a connection now; retrying shortly");
+                            stop.wait(ACCEPT_BACKOFF);
+                            continue;
+                        }
+                        AcceptError::Fatal => break Err(io_error("accept a connection")(e)),
+                    },
                 };
                 accepted += 1;
                 let name = label(
@@ -232,16 +242,30 @@ fn wait_for_connection(listener: &UnixListener, stop: &Doorbell) -> io::Result<E
     }
 }
 
-/// Errors of `accept` that concern one connection (or a passing shortage), not the
-/// listener: the loop carries on.
-fn is_transient_accept_error(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-    ) || matches!(
-        error.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EPROTO)
-    )
+/// Pause after `accept` failed for lack of file descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What a failed `accept` means for the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptError {
+    /// Concerns one connection, or nothing (spurious wake-up): carry on.
+    Passing,
+    /// Out of file descriptors or memory: carry on after a pause.
+    Exhausted,
+    /// The listener itself is broken.
+    Fatal,
+}
+
+fn classify_accept_error(error: &io::Error) -> AcceptError {
+    match (error.kind(), error.raw_os_error()) {
+        (io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted, _)
+        | (io::ErrorKind::ConnectionAborted, _)
+        | (_, Some(libc::EPROTO)) => AcceptError::Passing,
+        (_, Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+            AcceptError::Exhausted
+        }
+        _ => AcceptError::Fatal,
+    }
 }
 
 /// What one read from the client came to.
@@ -356,7 +380,7 @@ fn write_loop(connection: &Connection, mut receiver: Receiver) {
         if out.is_empty() {
             continue;
         }
-        if let Err(e) = (&connection.stream).write_all(&out) {
+        if let Err(e) = send_all(&connection.stream, &out) {
             if !connection.is_closed() {
                 tracing::info!(port = %connection.label, error = %e, "write failed; closing the connection");
             }
@@ -366,11 +390,26 @@ fn write_loop(connection: &Connection, mut receiver: Receiver) {
     connection.close();
 }
 
+/// `write_all` with `MSG_NOSIGNAL`: a client that hung up must cost its connection, not
+/// the whole process (a program embedding the port may not ignore `SIGPIPE`).
+fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::net::send(stream, bytes, rustix::net::SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::network::CreateOptions;
     use crate::wire::stream::LENGTH_PREFIX;
+    use std::io::Write;
     use std::time::Instant;
 
     fn frame(dst: MacAddress, src: MacAddress, fill: u8) -> Vec<u8> {
