@@ -531,3 +531,18 @@ fn dgram_sender_that_went_away_leaves() {
     again.send_to(&hello, &port.path).unwrap();
     assert_eq!(receive_one(&mut local), hello);
 }
+
+#[test]
+fn dgram_port_cleans_up_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let mut port = PortProcess::start(dir.path(), "dgram", "lab.dgram", &[]);
+    let client = dgram_client(dir.path(), "vm.sock");
+    client
+        .send_to(&frame(MacAddress::BROADCAST, mac(0xf), "hi"), &port.path)
+        .unwrap();
+    wait_for_status(&net, "the sender to join", |s| count_kind(s, "dgram") == 1);
+    assert!(port.terminate(), "exit status 0 after SIGTERM");
+    assert!(!port.path.exists(), "the socket file is removed");
+    assert!(net.status().peers.is_empty(), "every peer left");
+}

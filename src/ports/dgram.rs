@@ -23,7 +23,11 @@
 //! not even an ARP reply. Such frames are refused, and they are counted on one peer that
 //! stands for all of them, labelled `dgram unnamed`, which the port quarantines: the
 //! network itself then refuses everything it sends (`tx_quarantined`) and delivers
-//! nothing to it. It is joined on the first such datagram and stays until the port stops.
+//! nothing to it; copies other peers flood or broadcast towards it are counted as
+//! quarantined drops on their side, which is true (one destination refused them) but
+//! noisy. It is joined on the first such datagram and stays until the port stops.
+//! A sender the network refuses (it is full, or `--mac` is taken) has no peer to count
+//! its frames on; they are dropped with a warning.
 //! A client that vanishes without ever being sent anything keeps its peer until the port
 //! stops, since only a failed send reveals that it is gone.
 
