@@ -1,7 +1,7 @@
 //! The network: a named region, its peer table, and the control operations on it.
 //!
 //! [`Network`] creates, opens, lists and destroys regions, and reports their state.
-//! [`Peer`](peer::Peer) is one member of a network: it sends, receives and sleeps.
+//! [`Peer`] is one member of a network: it sends, receives and sleeps.
 //!
 //! Control operations (join, leave, changing a MAC or a flag, reclaiming a dead peer) are
 //! rare; they take the region's *control lock* (an OFD lock on one byte of the file, which
