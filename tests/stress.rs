@@ -67,7 +67,7 @@ fn seen_and_missing(sink: &Value, sender: u32, sent: u64) -> (u64, u64) {
 #[test]
 fn concurrent_unicast_senders_lose_nothing_uncounted() {
     const SENDERS: u32 = 3;
-    const FRAMES: u64 = 200_000;
+    const FRAMES: u64 = 100_000;
     let dir = tempfile::tempdir().unwrap();
     let net = network(dir.path(), "stress", RING_SLOTS);
     let mut sink = start_sink(dir.path(), "stress", "sink");
@@ -129,7 +129,7 @@ fn concurrent_unicast_senders_lose_nothing_uncounted() {
 #[test]
 fn concurrent_broadcast_reaches_both_sinks_or_is_counted() {
     const SENDERS: u32 = 2;
-    const FRAMES: u64 = 100_000;
+    const FRAMES: u64 = 60_000;
     let dir = tempfile::tempdir().unwrap();
     let net = network(dir.path(), "stress", RING_SLOTS);
     // The senders join first and mark their links down, so the broadcast copies each
@@ -168,8 +168,12 @@ fn concurrent_broadcast_reaches_both_sinks_or_is_counted() {
         let id = number(p, &["id"]) as u32;
         let sent = number(p, &["sent"]);
         assert_eq!(number(p, &["accepted"]), sent, "{p}");
-        let link_down = number(p, &["tx_drops", "link_down"]);
-        let drops = total(p, "tx_drops") - link_down;
+        // Copies addressed to the other sender are dropped as link_down, or as peer_gone
+        // once it has left while this one's view of the table still held it; the sinks
+        // stay up throughout, so every other drop is a copy meant for a sink.
+        let to_other_sender =
+            number(p, &["tx_drops", "link_down"]) + number(p, &["tx_drops", "peer_gone"]);
+        let drops = total(p, "tx_drops") - to_other_sender;
         // Every frame has both sinks as destinations.
         assert_eq!(number(p, &["tx_deliveries"]) + drops, 2 * sent, "{p}");
         let mut received_by_sinks = 0;

@@ -68,11 +68,6 @@ impl Child {
         }
     }
 
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.process.id()
-    }
-
     /// The next line it prints, or a panic if none comes within `timeout`.
     pub fn line(&mut self, timeout: Duration) -> String {
         match self.lines.recv_timeout(timeout) {
