@@ -49,7 +49,7 @@ impl FrameSize {
     /// Size of frame `sequence` of `sender`: spread over the range by a hash, so sizes mix
     /// within every batch and differ between senders, yet a rerun sends the same frames.
     pub fn for_frame(&self, sender: u32, sequence: u64) -> usize {
-        let span = (self.max - self.min) as u64 + 1;
+        let span = self.max.saturating_sub(self.min) as u64 + 1;
         let hash = (sequence ^ (u64::from(sender) << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         self.min + ((hash >> 32) % span) as usize
     }
