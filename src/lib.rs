@@ -102,4 +102,5 @@ pub mod cli;
 pub mod network;
 pub mod ports;
 pub mod shm;
+pub mod testframe;
 pub mod wire;
