@@ -105,6 +105,7 @@ fn create_list_status_destroy_round_trip() {
         max_peers: 8,
         ring_slots: 64,
         mtu: 9000,
+        ..Geometry::default()
     })
     .unwrap()
     .total_size as u64;
@@ -262,6 +263,7 @@ fn small_network(dir: &Path) -> (Layout, std::path::PathBuf) {
         max_peers: 4,
         ring_slots: 8,
         mtu: 1500,
+        ..Geometry::default()
     })
     .unwrap();
     (layout, dir.join("lab"))

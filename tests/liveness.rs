@@ -318,18 +318,25 @@ impl SlotMemory for RegionRing<'_> {
         generation.store(meta.generation, Ordering::Relaxed);
     }
 
-    fn read_frame(&self, index: u64, out: &mut [u8]) -> SlotMeta {
-        let data = self.layout.slot_offset(self.peer, index as usize) + layout::SLOT_HEADER_SIZE;
+    fn slot_capacity(&self) -> usize {
+        self.layout.max_frame
+    }
+
+    fn read_meta(&self, index: u64) -> SlotMeta {
         let header = self.header(index);
-        let meta = SlotMeta {
+        SlotMeta {
             len: header.len.load(Ordering::Relaxed),
             generation: header.generation.load(Ordering::Relaxed),
-        };
-        let len = (meta.len as usize).min(out.len());
+            ..SlotMeta::default()
+        }
+    }
+
+    fn read_bytes(&self, index: u64, len: usize, out: &mut [u8]) {
+        let data = self.layout.slot_offset(self.peer, index as usize) + layout::SLOT_HEADER_SIZE;
+        let len = len.min(out.len()).min(self.layout.max_frame);
         self.mapping
             .read_bytes(data, &mut out[..len])
             .expect("frame inside its slot");
-        meta
     }
 }
 
@@ -368,6 +375,7 @@ fn a_sender_killed_halfway_through_a_frame_does_not_wedge_the_ring() {
         SlotMeta {
             len: 200,
             generation: 0,
+            ..SlotMeta::default()
         },
         &half,
     );

@@ -37,6 +37,10 @@ pub struct CreateArgs {
     /// Largest Ethernet payload.
     #[arg(long, default_value_t = Geometry::default().mtu)]
     pub mtu: u32,
+    /// Buffers of 64 KiB per ring for segmentation-offload frames (0: no offload; they
+    /// take memory only when used).
+    #[arg(long, default_value_t = Geometry::default().gso_buffers)]
+    pub gso_buffers: u32,
     /// What to do with unicast frames to unknown addresses.
     #[arg(long, value_enum, default_value_t = UnknownUnicast::Flood)]
     pub unknown_unicast: UnknownUnicast,
@@ -84,6 +88,7 @@ pub fn create(dir: &Path, args: CreateArgs) -> anyhow::Result<()> {
         max_peers: args.max_peers,
         ring_slots: args.ring_slots,
         mtu: args.mtu,
+        gso_buffers: args.gso_buffers,
     };
     // Checked here too, so that the message speaks of the command line rather than of
     // an unusable region.

@@ -288,6 +288,7 @@ mod tests {
                     max_peers: 4,
                     ring_slots: 8,
                     mtu: 1500,
+                    ..Geometry::default()
                 },
                 ..CreateOptions::default()
             },

@@ -629,8 +629,8 @@ impl Sender {
             return Err(reason);
         }
         let meta = SlotMeta {
-            len: frame.len() as u32,
             generation: destination.generation,
+            ..SlotMeta::default()
         };
         let reason = match ring::push(
             &region.ring(destination.index),
@@ -650,6 +650,10 @@ impl Sender {
             }
             Push::Full => DropReason::RingFull,
             Push::Busy => DropReason::RingBusy,
+            // Bigger than the receiver's network can carry: the sender checked the frame
+            // against the same network, so only a frame the offload checks let through
+            // (a super-frame on a network without large buffers) ends here.
+            Push::TooLarge => DropReason::Invalid,
             // The receiver counts abandoned slots when it skips them.
             Push::Abandoned => return Err(DropReason::Abandoned),
         };

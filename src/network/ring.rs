@@ -35,6 +35,17 @@
 //! 2^48, which at 20 Mpps is five months; all comparisons are equalities modulo 2^48, so
 //! the wrap is harmless.
 //!
+//! **Large frames.** A frame too big for a slot (a segmentation-offload super-frame of up
+//! to 64 KiB) travels in one of the ring's few *large buffers*; its slot carries only the
+//! metadata and the buffer's number. A large buffer's owner word says who holds it:
+//!
+//! - `FREE`; a sender claims one by compare-and-swap to `FILLING(writer)` and copies;
+//! - before publishing the slot that refers to it, the sender hands it to that position,
+//!   `HANDED(p)`; from then on it belongs to the receiver, which copies it out and frees
+//!   it when it reads (or skips) position `p`;
+//! - a writer that dies while `FILLING` loses its buffers to the liveness sweep. A buffer
+//!   is never freed by anyone while a live party may still touch it.
+//!
 //! The algorithm is written against [`SlotMemory`], so the same code runs on the shared
 //! region and, in the tests, on memory whose atomics the `shuttle` scheduler controls.
 
@@ -155,6 +166,22 @@ pub struct SlotMeta {
     pub len: u32,
     /// Generation of the receiver the frame was meant for.
     pub generation: u32,
+    /// Offload metadata (a virtio-net header), opaque to the ring.
+    pub offload: [u32; 3],
+    /// Large buffer holding the frame, plus one; 0 when the frame is in the slot.
+    pub large: u32,
+}
+
+const LARGE_FREE: u64 = 0;
+const LARGE_FILLING: u64 = 1;
+const LARGE_HANDED: u64 = 2;
+
+const fn large_filling(writer: u16) -> u64 {
+    LARGE_FILLING | ((writer as u64 & WRITER_MASK) << 2)
+}
+
+const fn large_handed(position: u64) -> u64 {
+    LARGE_HANDED | ((position & POSITION_MASK) << 16)
 }
 
 /// The memory of one ring.
@@ -167,11 +194,37 @@ pub trait SlotMemory {
     fn reserve(&self) -> &Self::Word;
     /// State word of slot `index` (< slot_count).
     fn state(&self, index: u64) -> &Self::Word;
-    /// Writes a frame and its metadata into slot `index`; the caller guarantees that the
-    /// frame fits the slot. Plain (relaxed) writes: the publishing CAS orders them.
-    fn write_frame(&self, index: u64, meta: SlotMeta, frame: &[u8]);
-    /// Reads slot `index`'s metadata and copies up to `out.len()` bytes of its frame.
-    fn read_frame(&self, index: u64, out: &mut [u8]) -> SlotMeta;
+    /// Bytes a slot holds.
+    fn slot_capacity(&self) -> usize;
+    /// Writes metadata and `bytes` (at most [`SlotMemory::slot_capacity`]) into slot
+    /// `index`; `meta.len` is stored as given. Plain (relaxed) writes: the publishing CAS
+    /// orders them.
+    fn write_frame(&self, index: u64, meta: SlotMeta, bytes: &[u8]);
+    /// Reads slot `index`'s metadata.
+    fn read_meta(&self, index: u64) -> SlotMeta;
+    /// Copies `len` bytes (clamped to the slot and to `out`) of slot `index`'s frame.
+    fn read_bytes(&self, index: u64, len: usize, out: &mut [u8]);
+
+    /// Number of large buffers (none by default).
+    fn large_count(&self) -> u64 {
+        0
+    }
+    /// Bytes a large buffer holds.
+    fn large_capacity(&self) -> usize {
+        0
+    }
+    /// Where producers start looking for a free large buffer.
+    fn large_hint(&self) -> &Self::Word {
+        self.reserve()
+    }
+    /// Owner word of large buffer `index` (< large_count).
+    fn large_owner(&self, index: u64) -> &Self::Word {
+        self.state(index)
+    }
+    /// Copies a frame into large buffer `index`.
+    fn write_large(&self, _index: u64, _frame: &[u8]) {}
+    /// Copies `len` bytes (clamped) of large buffer `index` into `out`.
+    fn read_large(&self, _index: u64, _len: usize, _out: &mut [u8]) {}
 }
 
 /// Result of trying to claim a slot.
@@ -271,8 +324,17 @@ pub fn publish<M: SlotMemory>(ring: &M, position: u64, writer: u16) -> Result<()
         .map_err(|_| Abandoned)
 }
 
-/// Claims, writes and publishes a frame in one go.
+/// Claims, writes and publishes a frame in one go; a frame too big for a slot goes into
+/// a large buffer.
 pub fn push<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) -> Push {
+    let meta = SlotMeta {
+        len: frame.len() as u32,
+        large: 0,
+        ..meta
+    };
+    if frame.len() > ring.slot_capacity() {
+        return push_large(ring, writer, meta, frame);
+    }
     match claim(ring, writer) {
         Claim::Claimed(position) => {
             ring.write_frame(position & (ring.slot_count() - 1), meta, frame);
@@ -286,6 +348,89 @@ pub fn push<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) 
     }
 }
 
+fn push_large<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) -> Push {
+    if frame.len() > ring.large_capacity() {
+        return Push::TooLarge;
+    }
+    let Some(buffer) = claim_large(ring, writer) else {
+        return Push::Full;
+    };
+    ring.write_large(buffer, frame);
+    let owner = ring.large_owner(buffer);
+    match claim(ring, writer) {
+        Claim::Claimed(position) => {
+            // Hand the buffer to the position before the slot that names it is published:
+            // from here on only the receiver frees it, so the liveness sweep (which frees
+            // FILLING buffers of dead writers) can never pull it from under a reader.
+            owner.store(large_handed(position), Ordering::Release);
+            let meta = SlotMeta {
+                large: buffer as u32 + 1,
+                ..meta
+            };
+            ring.write_frame(position & (ring.slot_count() - 1), meta, &[]);
+            match publish(ring, position, writer) {
+                Ok(()) => Push::Delivered,
+                // The receiver frees it when it skips the abandoned slot.
+                Err(Abandoned) => Push::Abandoned,
+            }
+        }
+        refused => {
+            owner.store(LARGE_FREE, Ordering::Release);
+            if refused == Claim::Full {
+                Push::Full
+            } else {
+                Push::Busy
+            }
+        }
+    }
+}
+
+fn claim_large<M: SlotMemory>(ring: &M, writer: u16) -> Option<u64> {
+    let count = ring.large_count();
+    let start = ring.large_hint().load(Ordering::Relaxed);
+    for i in 0..count {
+        let buffer = start.wrapping_add(i) % count;
+        let owner = ring.large_owner(buffer);
+        // Acquire on success: the receiver's copy out of the buffer happened before it
+        // freed it, and must not see our writes.
+        if owner.load(Ordering::Relaxed) == LARGE_FREE
+            && owner
+                .compare_exchange(
+                    LARGE_FREE,
+                    large_filling(writer),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            ring.large_hint()
+                .store(buffer.wrapping_add(1), Ordering::Relaxed);
+            return Some(buffer);
+        }
+    }
+    None
+}
+
+/// Frees the large buffer a slot at `position` names, if it really was handed to it.
+/// Returns false when the slot names a buffer that is not its own (scribbled metadata).
+fn release_large<M: SlotMemory>(ring: &M, meta: SlotMeta, position: u64) -> bool {
+    let Some(buffer) = meta.large.checked_sub(1).map(u64::from) else {
+        return true;
+    };
+    if buffer >= ring.large_count() {
+        return false;
+    }
+    let owner = ring.large_owner(buffer);
+    owner
+        .compare_exchange(
+            large_handed(position),
+            LARGE_FREE,
+            Ordering::Release,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}
+
 /// Result of [`push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
@@ -297,6 +442,8 @@ pub enum Push {
     Busy,
     /// Our claim was taken from us (we were believed dead).
     Abandoned,
+    /// The frame is bigger than anything the ring can hold.
+    TooLarge,
 }
 
 /// One step of the receiver at position `tail`.
@@ -340,12 +487,21 @@ pub fn pop<M: SlotMemory>(ring: &M, tail: u64, out: &mut [u8]) -> Pop {
                 writer: state.writer,
             },
             Tag::Ready => {
-                let meta = ring.read_frame(tail & (slots - 1), out);
+                let index = tail & (slots - 1);
+                let meta = ring.read_meta(index);
+                let step = if meta.large == 0 {
+                    ring.read_bytes(index, meta.len as usize, out);
+                    Pop::Frame(meta)
+                } else {
+                    pop_large(ring, meta, tail, out)
+                };
                 // Release: our copy must be complete before a sender may reuse the slot.
                 word.store(next_lap, Ordering::Release);
-                Pop::Frame(meta)
+                step
             }
             Tag::Abandoned => {
+                // The writer may have handed a large buffer to this position before dying.
+                release_large(ring, ring.read_meta(tail & (slots - 1)), tail);
                 word.store(next_lap, Ordering::Release);
                 Pop::Abandoned
             }
@@ -358,6 +514,20 @@ pub fn pop<M: SlotMemory>(ring: &M, tail: u64, out: &mut [u8]) -> Pop {
     }
 }
 
+fn pop_large<M: SlotMemory>(ring: &M, meta: SlotMeta, tail: u64, out: &mut [u8]) -> Pop {
+    let buffer = u64::from(meta.large - 1);
+    let handed = buffer < ring.large_count()
+        && ring.large_owner(buffer).load(Ordering::Acquire) == large_handed(tail);
+    if !handed {
+        // The slot names a buffer that was not handed to it: scribbled metadata. Touching
+        // that buffer could steal another frame's, so leave it alone.
+        return Pop::Corrupt;
+    }
+    ring.read_large(buffer, meta.len as usize, out);
+    release_large(ring, meta, tail);
+    Pop::Frame(meta)
+}
+
 /// Whether a frame (or something else that needs the receiver) waits at `tail`.
 pub fn has_work<M: SlotMemory>(ring: &M, tail: u64) -> bool {
     let state = SlotState::decode(
@@ -367,10 +537,18 @@ pub fn has_work<M: SlotMemory>(ring: &M, tail: u64) -> bool {
     !(state.position == tail && matches!(state.tag, Tag::Free | Tag::Writing))
 }
 
-/// Marks every slot that `dead_writer` was filling as abandoned; returns how many. Called
-/// only once the writer is known dead (its slot lock is free), so it cannot race with the
-/// writer's own publish.
+/// Marks every slot that `dead_writer` was filling as abandoned and frees the large
+/// buffers it was filling; returns how many slots. Called only once the writer is known
+/// dead (its slot lock is free), so it cannot race with the writer itself.
 pub fn abandon_writer<M: SlotMemory>(ring: &M, dead_writer: u16) -> u64 {
+    for buffer in 0..ring.large_count() {
+        let _ = ring.large_owner(buffer).compare_exchange(
+            large_filling(dead_writer),
+            LARGE_FREE,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
     let mut count = 0;
     for index in 0..ring.slot_count() {
         let word = ring.state(index);
@@ -437,19 +615,28 @@ pub(crate) mod tests {
     use super::*;
     use std::cell::RefCell;
 
-    /// A heap ring for single-threaded tests.
+    /// A heap ring for single-threaded tests: slots of 16 bytes, two large buffers.
     pub struct HeapRing {
         reserve: AtomicU64,
+        large_hint: AtomicU64,
         states: Vec<AtomicU64>,
+        owners: Vec<AtomicU64>,
         frames: RefCell<Vec<(SlotMeta, Vec<u8>)>>,
+        large: RefCell<Vec<Vec<u8>>>,
     }
+
+    const SLOT_CAPACITY: usize = 16;
+    const LARGE_CAPACITY: usize = 64;
 
     impl HeapRing {
         pub fn new(slots: u64) -> Self {
             let ring = HeapRing {
                 reserve: AtomicU64::new(0),
+                large_hint: AtomicU64::new(0),
                 states: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+                owners: (0..2).map(|_| AtomicU64::new(0)).collect(),
                 frames: RefCell::new(vec![(SlotMeta::default(), Vec::new()); slots as usize]),
+                large: RefCell::new(vec![Vec::new(); 2]),
             };
             reset(&ring);
             ring
@@ -467,15 +654,41 @@ pub(crate) mod tests {
         fn state(&self, index: u64) -> &AtomicU64 {
             &self.states[index as usize]
         }
-        fn write_frame(&self, index: u64, meta: SlotMeta, frame: &[u8]) {
-            self.frames.borrow_mut()[index as usize] = (meta, frame.to_vec());
+        fn slot_capacity(&self) -> usize {
+            SLOT_CAPACITY
         }
-        fn read_frame(&self, index: u64, out: &mut [u8]) -> SlotMeta {
+        fn write_frame(&self, index: u64, meta: SlotMeta, bytes: &[u8]) {
+            self.frames.borrow_mut()[index as usize] = (meta, bytes.to_vec());
+        }
+        fn read_meta(&self, index: u64) -> SlotMeta {
+            self.frames.borrow()[index as usize].0
+        }
+        fn read_bytes(&self, index: u64, len: usize, out: &mut [u8]) {
             let frames = self.frames.borrow();
-            let (meta, bytes) = &frames[index as usize];
-            let n = bytes.len().min(out.len());
+            let bytes = &frames[index as usize].1;
+            let n = len.min(bytes.len()).min(out.len());
             out[..n].copy_from_slice(&bytes[..n]);
-            *meta
+        }
+        fn large_count(&self) -> u64 {
+            self.owners.len() as u64
+        }
+        fn large_capacity(&self) -> usize {
+            LARGE_CAPACITY
+        }
+        fn large_hint(&self) -> &AtomicU64 {
+            &self.large_hint
+        }
+        fn large_owner(&self, index: u64) -> &AtomicU64 {
+            &self.owners[index as usize]
+        }
+        fn write_large(&self, index: u64, frame: &[u8]) {
+            self.large.borrow_mut()[index as usize] = frame.to_vec();
+        }
+        fn read_large(&self, index: u64, len: usize, out: &mut [u8]) {
+            let large = self.large.borrow();
+            let bytes = &large[index as usize];
+            let n = len.min(bytes.len()).min(out.len());
+            out[..n].copy_from_slice(&bytes[..n]);
         }
     }
 
@@ -483,6 +696,7 @@ pub(crate) mod tests {
         SlotMeta {
             len: len as u32,
             generation: 1,
+            ..SlotMeta::default()
         }
     }
 
@@ -586,6 +800,64 @@ pub(crate) mod tests {
         assert_eq!(push(&ring, 3, meta(1), &[9]), Push::Delivered);
         assert_eq!(pop(&ring, start, &mut out), Pop::Frame(meta(1)));
         assert_eq!(out[0], 9);
+    }
+
+    #[test]
+    fn large_frames_travel_in_large_buffers_in_order_with_small_ones() {
+        let ring = HeapRing::new(8);
+        let big = |b: u8| vec![b; 40];
+        assert_eq!(push(&ring, 1, meta(40), &big(1)), Push::Delivered);
+        assert_eq!(push(&ring, 1, meta(1), &[2]), Push::Delivered);
+        assert_eq!(push(&ring, 1, meta(40), &big(3)), Push::Delivered);
+        // Both large buffers are in use: the next large frame is refused, small ones pass.
+        assert_eq!(push(&ring, 1, meta(40), &big(4)), Push::Full);
+        assert_eq!(push(&ring, 1, meta(65), &[0; 65]), Push::TooLarge);
+        let mut out = [0u8; 64];
+        let large = |len: usize| SlotMeta {
+            large: 1,
+            ..meta(len)
+        };
+        assert_eq!(pop(&ring, 0, &mut out), Pop::Frame(large(40)));
+        assert_eq!(&out[..40], &big(1)[..]);
+        assert_eq!(pop(&ring, 1, &mut out), Pop::Frame(meta(1)));
+        assert!(matches!(pop(&ring, 2, &mut out), Pop::Frame(m) if m.len == 40 && m.large == 2));
+        assert_eq!(&out[..40], &big(3)[..]);
+        assert_eq!(push(&ring, 1, meta(40), &big(5)), Push::Delivered, "buffers were freed");
+    }
+
+    #[test]
+    fn a_large_buffer_of_a_writer_that_died_is_recovered() {
+        let ring = HeapRing::new(8);
+        // Died while filling: the sweep frees it.
+        assert_eq!(claim_large(&ring, 7), Some(0));
+        abandon_writer(&ring, 7);
+        // Died after handing it to a claimed slot, before publishing: the receiver frees
+        // it when it skips the abandoned slot.
+        assert_eq!(claim_large(&ring, 7), Some(1));
+        let Claim::Claimed(position) = claim(&ring, 7) else {
+            panic!("claim failed")
+        };
+        ring.owners[1].store(large_handed(position), Ordering::Relaxed);
+        ring.write_frame(position, SlotMeta { large: 2, ..meta(40) }, &[]);
+        abandon_writer(&ring, 7);
+        let mut out = [0u8; 64];
+        assert_eq!(pop(&ring, position, &mut out), Pop::Abandoned);
+        assert!(ring.owners.iter().all(|o| o.load(Ordering::Relaxed) == LARGE_FREE));
+    }
+
+    #[test]
+    fn a_slot_naming_a_large_buffer_it_was_not_handed_is_corrupt() {
+        let ring = HeapRing::new(8);
+        assert_eq!(push(&ring, 1, meta(40), &[1; 40]), Push::Delivered);
+        // A scribbler makes slot 1 claim the same buffer.
+        let Claim::Claimed(position) = claim(&ring, 2) else {
+            panic!("claim failed")
+        };
+        ring.write_frame(position, SlotMeta { large: 1, ..meta(40) }, &[]);
+        publish(&ring, position, 2).unwrap();
+        let mut out = [0u8; 64];
+        assert!(matches!(pop(&ring, 0, &mut out), Pop::Frame(_)));
+        assert_eq!(pop(&ring, 1, &mut out), Pop::Corrupt);
     }
 
     #[test]

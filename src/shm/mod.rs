@@ -50,6 +50,8 @@ unsafe impl ShmSafe for layout::RingControl {}
 unsafe impl ShmSafe for layout::SlotHeader {}
 // SAFETY: layout::FdbEntry is repr(C) and made only of atomics.
 unsafe impl ShmSafe for layout::FdbEntry {}
+// SAFETY: layout::LargeHeader is repr(C) and made only of atomics.
+unsafe impl ShmSafe for layout::LargeHeader {}
 
 /// A read-write `MAP_SHARED` mapping of a whole region file. Unmapped on drop.
 #[derive(Debug)]

@@ -22,6 +22,7 @@ pub fn network(dir: &Path, name: &str, ring_slots: u32) -> Network {
                 max_peers: 8,
                 ring_slots,
                 mtu: 1500,
+                ..Geometry::default()
             },
             ..CreateOptions::default()
         },
