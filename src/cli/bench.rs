@@ -688,15 +688,13 @@ impl Worker {
     /// Waits for the worker to close its stdout and exit, and checks that it succeeded.
     fn finish(mut self, by: Instant) -> anyhow::Result<()> {
         self.stdin = None;
-        loop {
-            match self
-                .lines
-                .recv_timeout(by.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => bail!("{}: unexpected output {line:?}", self.name),
-                Err(mpsc::RecvTimeoutError::Timeout) => bail!("{}: did not exit", self.name),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
+        match self
+            .lines
+            .recv_timeout(by.saturating_duration_since(Instant::now()))
+        {
+            Ok(line) => bail!("{}: unexpected output {line:?}", self.name),
+            Err(mpsc::RecvTimeoutError::Timeout) => bail!("{}: did not exit", self.name),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
         }
         self.forget_pid();
         let status = self
@@ -891,7 +889,7 @@ fn send_until(
             break;
         }
         for frame in &mut frames {
-            let sent_ns = if sequence % bench::SAMPLE_EVERY == 0 {
+            let sent_ns = if sequence.is_multiple_of(bench::SAMPLE_EVERY) {
                 now
             } else {
                 0
