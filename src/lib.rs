@@ -98,6 +98,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod network;
 pub mod ports;
