@@ -562,6 +562,11 @@ impl SlotMemory for ShmRing<'_> {
     }
 
     #[inline]
+    fn consumed_hint(&self) -> Option<u64> {
+        Some(self.control.consumed.load(Ordering::Relaxed))
+    }
+
+    #[inline]
     fn slot_capacity(&self) -> usize {
         self.max_frame
     }

@@ -194,6 +194,10 @@ pub trait SlotMemory {
     fn reserve(&self) -> &Self::Word;
     /// State word of slot `index` (< slot_count).
     fn state(&self, index: u64) -> &Self::Word;
+    /// The receiver's cursor as last stored, if the memory keeps one (see [`claim`]).
+    fn consumed_hint(&self) -> Option<u64> {
+        None
+    }
     /// Bytes a slot holds.
     fn slot_capacity(&self) -> usize;
     /// Writes metadata and `bytes` (at most [`SlotMemory::slot_capacity`]) into slot
@@ -247,6 +251,16 @@ pub fn claim<M: SlotMemory>(ring: &M, writer: u16) -> Claim {
     let slots = ring.slot_count();
     for _ in 0..CLAIM_TRIES {
         let position = ring.reserve().load(Ordering::Acquire) & POSITION_MASK;
+        // A lap ahead of the receiver's cursor means full, without touching the slot's
+        // cache line, which the receiver is about to read: an overrunning sender must not
+        // pull it back and forth. The cursor is only stored once per receive batch, so it
+        // may lag by up to one receive budget: near the brim a frame can be refused that
+        // would just have fitted. It is counted like any other full-ring drop.
+        if let Some(consumed) = ring.consumed_hint()
+            && position.wrapping_sub(consumed) & POSITION_MASK >= slots
+        {
+            return Claim::Full;
+        }
         let word = ring.state(position & (slots - 1));
         let seen = word.load(Ordering::Acquire);
         let state = SlotState::decode(seen);
