@@ -517,3 +517,771 @@ fn write_u16(bytes: &mut [u8], at: usize, value: u16) {
 fn write_u32(bytes: &mut [u8], at: usize, value: u32) {
     bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::virtio_net::{FLAG_NEEDS_CSUM, GSO_ECN};
+    use etherparse::{
+        IpHeaders, IpNumber, Ipv4Header, Ipv6Header, NetHeaders, PacketBuilder, PacketHeaders,
+        TcpOptionElement, TransportHeader,
+    };
+    use proptest::prelude::*;
+
+    const SRC_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+    const DST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
+    const SRC_V4: [u8; 4] = [192, 168, 1, 10];
+    const DST_V4: [u8; 4] = [192, 168, 1, 20];
+    const SRC_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const DST_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    /// The shape of a test packet.
+    #[derive(Debug, Clone, Copy)]
+    struct Spec {
+        v6: bool,
+        udp: bool,
+        /// Insert one 802.1Q tag (VLAN 100).
+        vlan: bool,
+        /// IPv4 options (a 4-byte router alert plus padding) / TCP timestamps.
+        options: bool,
+        fin: bool,
+        psh: bool,
+        cwr: bool,
+        seq: u32,
+        ip_id: u16,
+    }
+
+    const TCP_V4: Spec = Spec {
+        v6: false,
+        udp: false,
+        vlan: false,
+        options: true,
+        fin: false,
+        psh: true,
+        cwr: false,
+        seq: 0x1000_0000,
+        ip_id: 0x4242,
+    };
+
+    /// Builds a complete, valid frame with etherparse; the GSO input is such a frame whose
+    /// payload is longer than one segment.
+    fn build(spec: Spec, payload: &[u8]) -> Vec<u8> {
+        let protocol = if spec.udp {
+            IpNumber::UDP
+        } else {
+            IpNumber::TCP
+        };
+        let ip = if spec.v6 {
+            IpHeaders::Ipv6(
+                Ipv6Header {
+                    next_header: protocol,
+                    hop_limit: 64,
+                    source: SRC_V6,
+                    destination: DST_V6,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+        } else {
+            let mut header = Ipv4Header::new(0, 64, protocol, SRC_V4, DST_V4).unwrap();
+            header.identification = spec.ip_id;
+            header.dont_fragment = true;
+            if spec.options {
+                header.options = [0x94, 0x04, 0x00, 0x00].into();
+            }
+            IpHeaders::Ipv4(header, Default::default())
+        };
+        let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC).ip(ip);
+        let mut frame = Vec::new();
+        if spec.udp {
+            builder.udp(5000, 6000).write(&mut frame, payload).unwrap();
+        } else {
+            let mut tcp = builder.tcp(40000, 80, spec.seq, 501).ack(0x0bad_cafe);
+            if spec.options {
+                tcp = tcp
+                    .options(&[
+                        TcpOptionElement::Noop,
+                        TcpOptionElement::Noop,
+                        TcpOptionElement::Timestamp(0x0102_0304, 0x0506_0708),
+                    ])
+                    .unwrap();
+            }
+            if spec.fin {
+                tcp = tcp.fin();
+            }
+            if spec.psh {
+                tcp = tcp.psh();
+            }
+            if spec.cwr {
+                tcp = tcp.cwr();
+            }
+            tcp.write(&mut frame, payload).unwrap();
+        }
+        if spec.vlan {
+            frame.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+        }
+        frame
+    }
+
+    fn gso_hdr(spec: Spec, gso_size: u16) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            gso_type: match (spec.udp, spec.v6) {
+                (true, _) => GsoType::UdpL4,
+                (false, false) => GsoType::TcpV4,
+                (false, true) => GsoType::TcpV6,
+            },
+            gso_size,
+            ..Default::default()
+        }
+    }
+
+    fn collect(
+        segmenter: &mut Segmenter,
+        frame: &[u8],
+        hdr: &VirtioNetHdr,
+        mss_limit: usize,
+    ) -> Result<Vec<Vec<u8>>, OffloadError> {
+        let mut segments = Vec::new();
+        let count = segmenter.segment(frame, hdr, mss_limit, &mut |s: &[u8]| {
+            segments.push(s.to_vec())
+        })?;
+        assert_eq!(
+            count,
+            segments.len(),
+            "returned count matches emitted frames"
+        );
+        Ok(segments)
+    }
+
+    /// Checks `segments` against the original packet with etherparse as the judge: every
+    /// checksum valid, every length consistent, sequence numbers contiguous, IPv4 IDs
+    /// consecutive, flags where they belong, and the payloads adding up to the original.
+    fn check_segments(spec: Spec, payload: &[u8], segment_size: usize, segments: &[Vec<u8>]) {
+        assert!(!segments.is_empty());
+        let expected_count = payload.len().div_ceil(segment_size).max(1);
+        assert_eq!(segments.len(), expected_count);
+        let mut joined = Vec::new();
+        for (index, bytes) in segments.iter().enumerate() {
+            let first = index == 0;
+            let last = index + 1 == segments.len();
+            let parsed = PacketHeaders::from_ethernet_slice(bytes).unwrap();
+            assert_eq!(parsed.link_exts.len(), usize::from(spec.vlan));
+            let seg_payload = parsed.payload.slice();
+            if last {
+                assert!(seg_payload.len() <= segment_size);
+            } else {
+                assert_eq!(seg_payload.len(), segment_size);
+            }
+            let l2 = 14 + if spec.vlan { 4 } else { 0 };
+            let transport = parsed.transport.clone().unwrap();
+            let (checksum_ok, l4_len) = match (parsed.net.clone().unwrap(), &transport) {
+                (NetHeaders::Ipv4(ip, _), t) => {
+                    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+                    assert_eq!(usize::from(ip.total_len), bytes.len() - l2);
+                    assert_eq!(ip.identification, spec.ip_id.wrapping_add(index as u16));
+                    assert!(ip.dont_fragment && !ip.more_fragments);
+                    assert_eq!(ip.options.len(), if spec.options { 4 } else { 0 });
+                    let l4_len = bytes.len() - l2 - ip.header_len();
+                    let ok = match t {
+                        TransportHeader::Tcp(tcp) => {
+                            tcp.checksum == tcp.calc_checksum_ipv4(&ip, seg_payload).unwrap()
+                        }
+                        TransportHeader::Udp(udp) => {
+                            udp.checksum == udp.calc_checksum_ipv4(&ip, seg_payload).unwrap()
+                        }
+                        other => panic!("unexpected transport {other:?}"),
+                    };
+                    (ok, l4_len)
+                }
+                (NetHeaders::Ipv6(ip, _), t) => {
+                    assert_eq!(usize::from(ip.payload_length), bytes.len() - l2 - 40);
+                    let ok = match t {
+                        TransportHeader::Tcp(tcp) => {
+                            tcp.checksum == tcp.calc_checksum_ipv6(&ip, seg_payload).unwrap()
+                        }
+                        TransportHeader::Udp(udp) => {
+                            udp.checksum == udp.calc_checksum_ipv6(&ip, seg_payload).unwrap()
+                        }
+                        other => panic!("unexpected transport {other:?}"),
+                    };
+                    (ok, usize::from(ip.payload_length))
+                }
+                other => panic!("unexpected network header {other:?}"),
+            };
+            assert!(checksum_ok, "transport checksum of segment {index}");
+            match transport {
+                TransportHeader::Tcp(tcp) => {
+                    assert!(!spec.udp);
+                    let offset = joined.len() as u32;
+                    assert_eq!(tcp.sequence_number, spec.seq.wrapping_add(offset));
+                    assert_eq!(tcp.acknowledgment_number, 0x0bad_cafe);
+                    assert!(tcp.ack);
+                    assert_eq!(tcp.fin, spec.fin && last, "FIN of segment {index}");
+                    assert_eq!(tcp.psh, spec.psh && last, "PSH of segment {index}");
+                    assert_eq!(tcp.cwr, spec.cwr && first, "CWR of segment {index}");
+                    assert_eq!((tcp.source_port, tcp.destination_port), (40000, 80));
+                    assert_eq!(tcp.options.len(), if spec.options { 12 } else { 0 });
+                    assert_eq!(tcp.header_len() + seg_payload.len(), l4_len);
+                }
+                TransportHeader::Udp(udp) => {
+                    assert!(spec.udp);
+                    assert_eq!(usize::from(udp.length), 8 + seg_payload.len());
+                    assert_eq!(usize::from(udp.length), l4_len);
+                    assert_ne!(udp.checksum, 0, "a computed UDP checksum is never 0");
+                }
+                other => panic!("unexpected transport {other:?}"),
+            }
+            joined.extend_from_slice(seg_payload);
+        }
+        assert_eq!(
+            joined, payload,
+            "segments carry the original payload in order"
+        );
+    }
+
+    /// A payload whose bytes differ from their neighbours, so misplaced data shows.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// The obvious checksum, 16 bits at a time, to judge the fast one by.
+    fn naive_checksum(data: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        for pair in data.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(partial_sum(&data, 0), 0xddf2);
+        assert_eq!(checksum(&data, 0), !0xddf2);
+        // An odd byte is the high half of a last word; a partial sum carries over.
+        assert_eq!(partial_sum(&[0xab], 0), 0xab00);
+        assert_eq!(checksum(&data[..2], 0xddf1), !0xddf2);
+        assert_eq!(checksum(&[], 0), 0xffff);
+        // Carries fold around: 0xffff + 0x0001 is 0x0001 in one's complement.
+        assert_eq!(partial_sum(&[0xff, 0xff, 0x00, 0x01], 0), 0x0001);
+        assert_eq!(partial_sum(&[], 0xffff_ffff), 0xffff);
+    }
+
+    #[test]
+    fn checksum_of_64_kib_matches_the_naive_sum() {
+        let data = vec![0xffu8; 65535];
+        assert_eq!(checksum(&data, 0), naive_checksum(&data));
+        let data = pattern(65536);
+        assert_eq!(checksum(&data, 0), naive_checksum(&data));
+        assert_eq!(checksum(&data[1..], 0), naive_checksum(&data[1..]));
+    }
+
+    /// A TCP SYN from 10.0.0.1:1234 to 10.0.0.2:80 as it sits in a guest's transmit queue
+    /// with checksum offload: the IPv4 header complete, the TCP checksum field holding the
+    /// pseudo-header sum (0x0a00+0x0001+0x0a00+0x0002+0x0006+0x0014 = 0x141d).
+    const SYN_PARTIAL: [u8; 54] = [
+        0x02, 0x00, 0x00, 0x00, 0x00, 0x02, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00,
+        // IPv4: 20 bytes, total length 40, id 1, DF, TTL 64, TCP, checksum 0x26cd
+        0x45, 0x00, 0x00, 0x28, 0x00, 0x01, 0x40, 0x00, 0x40, 0x06, 0x26, 0xcd, 0x0a, 0x00, 0x00,
+        0x01, 0x0a, 0x00, 0x00, 0x02,
+        // TCP: ports 1234 -> 80, seq 1, ack 0, offset 5, SYN, window 64240
+        0x04, 0xd2, 0x00, 0x50, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x50, 0x02, 0xfa,
+        0xf0, 0x14, 0x1d, 0x00, 0x00,
+    ];
+
+    #[test]
+    fn completes_the_checksum_of_a_syn_in_place() {
+        let mut frame = SYN_PARTIAL;
+        let hdr = VirtioNetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        complete_checksum(&mut frame, &hdr).unwrap();
+        // By hand: TCP words 04d2+0050+0000+0001+0000+0000+5002+faf0+141d+0000
+        // = 0x16432 -> 0x6433, so the checksum is !0x6433 = 0x9bcc.
+        assert_eq!(&frame[50..52], &[0x9b, 0xcc]);
+        assert_eq!(&frame[..50], &SYN_PARTIAL[..50], "nothing else changes");
+
+        let parsed = PacketHeaders::from_ethernet_slice(&frame).unwrap();
+        let (Some(NetHeaders::Ipv4(ip, _)), Some(TransportHeader::Tcp(tcp))) =
+            (parsed.net, parsed.transport)
+        else {
+            panic!("not TCP/IPv4");
+        };
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&ip, &[]).unwrap());
+    }
+
+    #[test]
+    fn completes_partial_checksums_linux_style() {
+        for spec in [
+            TCP_V4,
+            Spec { v6: true, ..TCP_V4 },
+            Spec {
+                udp: true,
+                ..TCP_V4
+            },
+            Spec {
+                udp: true,
+                v6: true,
+                vlan: true,
+                ..TCP_V4
+            },
+        ] {
+            let payload = pattern(1001);
+            let good = build(spec, &payload);
+            let l2 = if spec.vlan { 18 } else { 14 };
+            let l4 = l2 + if spec.v6 { 40 } else { 24 };
+            let field = l4 + if spec.udp { 6 } else { 16 };
+            // What Linux leaves behind: the pseudo-header sum, folded, not complemented.
+            let (addresses, protocol) = if spec.v6 {
+                (l2 + 8..l2 + 40, if spec.udp { 17 } else { 6 })
+            } else {
+                (l2 + 12..l2 + 20, if spec.udp { 17 } else { 6 })
+            };
+            let pseudo =
+                !naive_checksum(&good[addresses]) as u32 + protocol + (good.len() - l4) as u32;
+            let pseudo = (pseudo & 0xffff) + (pseudo >> 16);
+            let mut frame = good.clone();
+            frame[field..field + 2].copy_from_slice(&(pseudo as u16).to_be_bytes());
+            let hdr = VirtioNetHdr {
+                flags: FLAG_NEEDS_CSUM,
+                csum_start: l4 as u16,
+                csum_offset: (field - l4) as u16,
+                ..Default::default()
+            };
+            complete_checksum(&mut frame, &hdr).unwrap();
+            assert_eq!(frame, good, "{spec:?}");
+
+            // The same through segment() with no GSO: one frame, checksum finished.
+            let mut partial = good.clone();
+            partial[field..field + 2].copy_from_slice(&(pseudo as u16).to_be_bytes());
+            let out = collect(&mut Segmenter::new(), &partial, &hdr, 1).unwrap();
+            assert_eq!(out, vec![good.clone()]);
+        }
+    }
+
+    #[test]
+    fn checksum_offsets_outside_the_frame_are_refused() {
+        let frame = SYN_PARTIAL;
+        for (start, offset) in [
+            (34, 19), // field straddles the end
+            (53, 0),  // field starts on the last byte
+            (54, 0),  // start at the end
+            (60, 0),  // start beyond the end
+            (0, 53),  // only one byte of the field fits
+            (u16::MAX, u16::MAX),
+        ] {
+            let mut copy = frame;
+            let hdr = VirtioNetHdr {
+                flags: FLAG_NEEDS_CSUM,
+                csum_start: start,
+                csum_offset: offset,
+                ..Default::default()
+            };
+            assert_eq!(
+                complete_checksum(&mut copy, &hdr),
+                Err(OffloadError::ChecksumOutOfBounds)
+            );
+            assert_eq!(copy, frame, "a refused frame is left untouched");
+            assert_eq!(
+                segment(&frame, &hdr, usize::MAX, &mut |_: &[u8]| panic!("emitted")),
+                Err(OffloadError::ChecksumOutOfBounds)
+            );
+        }
+        // The last two bytes are a valid place for the field.
+        let mut copy = frame;
+        let hdr = VirtioNetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            csum_start: 50,
+            csum_offset: 2,
+            ..Default::default()
+        };
+        assert!(complete_checksum(&mut copy, &hdr).is_ok());
+    }
+
+    #[test]
+    fn plain_frames_pass_unchanged() {
+        let frame = SYN_PARTIAL;
+        let mut copy = frame;
+        complete_checksum(&mut copy, &VirtioNetHdr::default()).unwrap();
+        assert_eq!(copy, frame);
+        let out = collect(&mut Segmenter::new(), &frame, &VirtioNetHdr::default(), 1).unwrap();
+        assert_eq!(out, vec![frame.to_vec()]);
+    }
+
+    #[test]
+    fn tso_ipv4_is_cut_at_gso_size() {
+        let spec = Spec {
+            fin: true,
+            cwr: true,
+            ..TCP_V4
+        };
+        let payload = pattern(4000);
+        let mut frame = build(spec, &payload);
+        // A guest leaves only the pseudo-header sum there; segmentation must not care.
+        frame[34 + 4 + 16] ^= 0x5a;
+        let hdr = VirtioNetHdr {
+            ecn: true,
+            ..gso_hdr(spec, 1448)
+        };
+        assert_eq!(hdr.gso_type_raw(), 1 | GSO_ECN);
+        let segments = collect(&mut Segmenter::new(), &frame, &hdr, usize::MAX).unwrap();
+        let lens: Vec<usize> = segments.iter().map(Vec::len).collect();
+        // 14 + 24 (IPv4 with options) + 32 (TCP with timestamps) = 70 bytes of headers.
+        assert_eq!(lens, [70 + 1448, 70 + 1448, 70 + 1104]);
+        check_segments(spec, &payload, 1448, &segments);
+    }
+
+    #[test]
+    fn tso_ipv6_with_a_vlan_tag() {
+        let spec = Spec {
+            v6: true,
+            vlan: true,
+            fin: true,
+            cwr: true,
+            ..TCP_V4
+        };
+        let payload = pattern(9000);
+        let frame = build(spec, &payload);
+        let segments = collect(
+            &mut Segmenter::new(),
+            &frame,
+            &gso_hdr(spec, 1428),
+            usize::MAX,
+        )
+        .unwrap();
+        check_segments(spec, &payload, 1428, &segments);
+        assert_eq!(&segments[0][12..16], &[0x81, 0x00, 0x00, 0x64], "tag kept");
+    }
+
+    #[test]
+    fn uso_over_ipv4_and_ipv6() {
+        for v6 in [false, true] {
+            let spec = Spec {
+                udp: true,
+                v6,
+                ..TCP_V4
+            };
+            let payload = pattern(3000);
+            let frame = build(spec, &payload);
+            let segments = collect(
+                &mut Segmenter::new(),
+                &frame,
+                &gso_hdr(spec, 1200),
+                usize::MAX,
+            )
+            .unwrap();
+            check_segments(spec, &payload, 1200, &segments);
+        }
+    }
+
+    #[test]
+    fn the_smaller_network_mtu_wins_over_gso_size() {
+        let spec = TCP_V4;
+        let payload = pattern(20000);
+        let frame = build(spec, &payload);
+        let hdr = gso_hdr(spec, 8948);
+        // IPv4 with options (24) and TCP with timestamps (32) leave 1444 of a 1500 MTU.
+        let mss = mss_for_mtu(&frame, &hdr, 1500).unwrap();
+        assert_eq!(mss, 1444);
+        let segments = collect(&mut Segmenter::new(), &frame, &hdr, mss).unwrap();
+        assert!(segments.iter().all(|s| s.len() <= 1514));
+        assert_eq!(segments[0].len(), 1514);
+        check_segments(spec, &payload, 1444, &segments);
+        assert_eq!(mss_for_mtu(&frame, &hdr, 40), Ok(0));
+        assert_eq!(
+            collect(&mut Segmenter::new(), &frame, &hdr, 0),
+            Err(OffloadError::ZeroSegmentSize)
+        );
+    }
+
+    #[test]
+    fn a_payload_that_fits_or_is_empty_is_one_segment() {
+        for len in [0, 1, 1448] {
+            let spec = Spec {
+                fin: true,
+                ..TCP_V4
+            };
+            let payload = pattern(len);
+            let frame = build(spec, &payload);
+            let segments = collect(
+                &mut Segmenter::new(),
+                &frame,
+                &gso_hdr(spec, 1448),
+                usize::MAX,
+            )
+            .unwrap();
+            check_segments(spec, &payload, 1448, &segments);
+            assert_eq!(
+                segments,
+                vec![frame],
+                "a valid frame that fits is unchanged"
+            );
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_and_ip_ids_wrap() {
+        let spec = Spec {
+            seq: u32::MAX - 100,
+            ip_id: u16::MAX,
+            ..TCP_V4
+        };
+        let payload = pattern(1000);
+        let frame = build(spec, &payload);
+        let segments = collect(
+            &mut Segmenter::new(),
+            &frame,
+            &gso_hdr(spec, 300),
+            usize::MAX,
+        )
+        .unwrap();
+        check_segments(spec, &payload, 300, &segments);
+    }
+
+    #[test]
+    fn ethernet_padding_stays_out_of_segments() {
+        let spec = TCP_V4;
+        let payload = pattern(100);
+        let mut frame = build(spec, &payload);
+        frame.extend_from_slice(&[0xee; 6]);
+        let segments = collect(
+            &mut Segmenter::new(),
+            &frame,
+            &gso_hdr(spec, 40),
+            usize::MAX,
+        )
+        .unwrap();
+        check_segments(spec, &payload, 40, &segments);
+    }
+
+    #[test]
+    fn one_segmenter_serves_many_frames() {
+        // A large packet, then a small one: no bytes of the first may leak into the second.
+        let mut segmenter = Segmenter::new();
+        let big_spec = Spec { v6: true, ..TCP_V4 };
+        let big = pattern(30000);
+        let frame = build(big_spec, &big);
+        let segments = collect(&mut segmenter, &frame, &gso_hdr(big_spec, 9000), 9000).unwrap();
+        check_segments(big_spec, &big, 9000, &segments);
+        let small_spec = Spec {
+            udp: true,
+            ..TCP_V4
+        };
+        let small = vec![0x11; 50];
+        let frame = build(small_spec, &small);
+        let segments = collect(&mut segmenter, &frame, &gso_hdr(small_spec, 20), 9000).unwrap();
+        check_segments(small_spec, &small, 20, &segments);
+    }
+
+    /// Applies `edit` to a valid TSO frame and returns what segmentation says.
+    fn segment_edited(
+        spec: Spec,
+        hdr: VirtioNetHdr,
+        edit: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<usize, OffloadError> {
+        let mut frame = build(spec, &pattern(3000));
+        edit(&mut frame);
+        segment(&frame, &hdr, usize::MAX, &mut |_: &[u8]| {})
+    }
+
+    #[test]
+    fn malformed_gso_frames_are_refused() {
+        use OffloadError::*;
+        let v4 = TCP_V4;
+        let hdr = gso_hdr(v4, 1000);
+        let v6 = Spec { v6: true, ..TCP_V4 };
+        let hdr6 = gso_hdr(v6, 1000);
+        let cases: [(&str, Result<usize, OffloadError>); 14] = [
+            ("valid", segment_edited(v4, hdr, |_| {})),
+            ("fragment", segment_edited(v4, hdr, |f| f[20] |= 0x20)),
+            ("fragment offset", segment_edited(v4, hdr, |f| f[21] = 1)),
+            ("IP version", segment_edited(v4, hdr, |f| f[14] = 0x65)),
+            ("IHL below 5", segment_edited(v4, hdr, |f| f[14] = 0x44)),
+            (
+                "total length past end",
+                segment_edited(v4, hdr, |f| f.truncate(1000)),
+            ),
+            (
+                "total length below IHL",
+                segment_edited(v4, hdr, |f| f[16..18].copy_from_slice(&[0, 20])),
+            ),
+            (
+                "TCP data offset below 5",
+                segment_edited(v4, hdr, |f| f[38 + 12] = 0x40),
+            ),
+            (
+                "TCP header past end",
+                segment_edited(v4, hdr, |f| f[16..18].copy_from_slice(&[0, 40])),
+            ),
+            (
+                "UDP packet under TCPV4",
+                segment_edited(Spec { udp: true, ..v4 }, hdr, |_| {}),
+            ),
+            ("IPv6 under TCPV4", segment_edited(v6, hdr, |_| {})),
+            ("IPv6 hop-by-hop", segment_edited(v6, hdr6, |f| f[20] = 0)),
+            (
+                "ARP",
+                segment_edited(v4, hdr, |f| f[12..14].copy_from_slice(&[0x08, 0x06])),
+            ),
+            (
+                "QinQ",
+                segment_edited(v4, hdr, |f| {
+                    f.splice(12..12, [0x88, 0xa8, 0, 1]).for_each(drop)
+                }),
+            ),
+        ];
+        let expected = [
+            Ok(3),
+            Err(Ipv4Fragment),
+            Err(Ipv4Fragment),
+            Err(BadIpHeader),
+            Err(BadIpHeader),
+            Err(Truncated),
+            Err(BadIpHeader),
+            Err(BadTcpHeader),
+            Err(Truncated),
+            Err(GsoTypeMismatch),
+            Err(GsoTypeMismatch),
+            Err(Ipv6ExtensionHeaders),
+            Err(NotIp(0x0806)),
+            Err(NotIp(0x88a8)),
+        ];
+        for ((name, got), want) in cases.into_iter().zip(expected) {
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn unsupported_gso_requests_are_refused() {
+        let frame = build(TCP_V4, &pattern(3000));
+        for (gso_type, gso_size, want) in [
+            (GsoType::Udp, 1000, OffloadError::UnsupportedGsoType(3)),
+            (
+                GsoType::Unknown(9),
+                1000,
+                OffloadError::UnsupportedGsoType(9),
+            ),
+            (GsoType::TcpV4, 0, OffloadError::ZeroSegmentSize),
+        ] {
+            let hdr = VirtioNetHdr {
+                gso_type,
+                gso_size,
+                ..Default::default()
+            };
+            assert_eq!(
+                segment(&frame, &hdr, usize::MAX, &mut |_: &[u8]| panic!("emitted")),
+                Err(want)
+            );
+            assert_eq!(
+                mss_for_mtu(&frame, &hdr, 1500).err(),
+                (gso_size != 0).then_some(want)
+            );
+        }
+        for len in [0, 13, 15, 17] {
+            assert_eq!(
+                segment(
+                    &frame[..len],
+                    &gso_hdr(TCP_V4, 1000),
+                    usize::MAX,
+                    &mut |_: &[u8]| {}
+                ),
+                Err(OffloadError::Truncated)
+            );
+        }
+    }
+
+    fn any_spec() -> impl Strategy<Value = Spec> {
+        (any::<[bool; 7]>(), any::<u32>(), any::<u16>()).prop_map(|(b, seq, ip_id)| Spec {
+            v6: b[0],
+            udp: b[1],
+            vlan: b[2],
+            options: b[3],
+            fin: b[4],
+            psh: b[5],
+            cwr: b[6],
+            seq,
+            ip_id,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn segments_are_valid_and_add_up(
+            spec in any_spec(),
+            len in 0usize..12000,
+            gso_size in 1u16..3000,
+            mss_limit in 1usize..4000,
+        ) {
+            let payload = pattern(len);
+            let frame = build(spec, &payload);
+            let segments =
+                collect(&mut Segmenter::new(), &frame, &gso_hdr(spec, gso_size), mss_limit)
+                    .unwrap();
+            check_segments(spec, &payload, usize::from(gso_size).min(mss_limit), &segments);
+        }
+
+        #[test]
+        fn fast_checksum_equals_naive(data in proptest::collection::vec(any::<u8>(), 0..300),
+                                      start in 0usize..8) {
+            let data = &data[start.min(data.len())..];
+            prop_assert_eq!(checksum(data, 0), naive_checksum(data));
+            prop_assert_eq!(checksum(data, partial_sum(data, 0)), {
+                let mut twice = data.to_vec();
+                if twice.len() % 2 == 1 { twice.push(0); }
+                twice.extend_from_slice(data);
+                naive_checksum(&twice)
+            });
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            raw in any::<[u8; 12]>(),
+            mss_limit in 0usize..100,
+        ) {
+            let hdr = VirtioNetHdr::parse(&raw, 12).unwrap();
+            let mut frame = bytes.clone();
+            let _ = complete_checksum(&mut frame, &hdr);
+            let _ = mss_for_mtu(&bytes, &hdr, 1500);
+            let _ = segment(&bytes, &hdr, mss_limit, &mut |s: &[u8]| assert!(!s.is_empty() || bytes.is_empty()));
+        }
+
+        #[test]
+        fn damaged_frames_never_panic(
+            spec in any_spec(),
+            len in 0usize..600,
+            damage in proptest::collection::vec((0usize..80, any::<u8>()), 1..6),
+            cut in 0usize..700,
+            gso_size in 0u16..200,
+            csum in any::<(u16, u16)>(),
+        ) {
+            let mut frame = build(spec, &pattern(len));
+            for (at, value) in damage {
+                if let Some(byte) = frame.get_mut(at) {
+                    *byte = value;
+                }
+            }
+            frame.truncate(cut);
+            let hdr = VirtioNetHdr {
+                csum_start: csum.0,
+                csum_offset: csum.1,
+                ..gso_hdr(spec, gso_size)
+            };
+            let mut emitted = 0;
+            if let Ok(count) = segment(&frame, &hdr, usize::MAX, &mut |_: &[u8]| emitted += 1) {
+                prop_assert_eq!(count, emitted);
+            }
+            let _ = complete_checksum(&mut frame, &hdr);
+        }
+    }
+}
