@@ -47,6 +47,10 @@ pub enum WireError {
     /// The source address has the multicast bit set; no interface can send from it.
     #[error("multicast source address")]
     MulticastSource,
+    /// A header length that is none of the format's layouts (the virtio-net header is 10
+    /// or 12 bytes).
+    #[error("bad header length")]
+    BadHeaderLength,
 }
 
 /// A 48-bit IEEE 802 MAC address, stored in transmission order.

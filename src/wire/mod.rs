@@ -6,7 +6,7 @@
 //! tests, and lets the same code serve every host — the shared-memory network, the port
 //! programs, the fuzz targets — without any of them dragging the others' I/O along.
 //!
-//! Three formats live here:
+//! Five modules live here:
 //!
 //! * [`ethernet`] — the frames themselves. The network moves bare Ethernet frames and looks
 //!   at only their first fourteen bytes, so this module is a thin, checked view over a
@@ -18,6 +18,12 @@
 //!   the decoder is incremental, bounded, and refuses to guess once a length is absurd.
 //! * [`pcap`] — the classic libpcap capture file, so a capture port can write files that
 //!   Wireshark and tcpdump open, and tests can read them back.
+//! * [`virtio_net`] — the virtio-net header a guest (or a TAP device with `IFF_VNET_HDR`)
+//!   puts in front of each frame to say which offloads — checksum, TSO, USO — it left
+//!   undone. Its numbers are the guest's, so the header is only ever a plain copy.
+//! * [`offload`] — finishing those offloads in software for a peer that cannot take them:
+//!   completing a partial checksum, and cutting a 64 KiB TCP or UDP super-packet into
+//!   segments, without trusting any offset the guest wrote.
 //!
 //! Every view follows one rule, borrowed from smoltcp: construct it with `new_checked` (or
 //! call `check_len` yourself) and after that no accessor panics, whatever the bytes are.
@@ -25,7 +31,11 @@
 //! the caller counts, never a crash.
 
 pub mod ethernet;
+pub mod offload;
 pub mod pcap;
 pub mod stream;
+pub mod virtio_net;
 
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr, MacAddress, WireError};
+pub use offload::{OffloadError, Segmenter};
+pub use virtio_net::{GsoType, VirtioNetHdr};
