@@ -27,6 +27,8 @@ pub struct PeerView {
     pub flags: u32,
     /// Hash filter of subscribed multicast groups.
     pub multicast_filter: u64,
+    /// Offloads it accepts (`network::peer::offloads`).
+    pub offloads: u32,
 }
 
 impl PeerView {
@@ -168,6 +170,7 @@ mod tests {
             mac: mac(index as u8 + 1),
             flags,
             multicast_filter: 0,
+            offloads: 0,
         }
     }
 

@@ -524,6 +524,7 @@ fn read_table(peers: Strided<'_, PeerEntry>, out: &mut Vec<PeerView>) {
             mac,
             flags: entry.flags.load(Ordering::Relaxed),
             multicast_filter: entry.multicast_filter.load(Ordering::Relaxed),
+            offloads: entry.offloads.load(Ordering::Relaxed),
         });
     }
 }
