@@ -30,8 +30,8 @@ use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
 use crate::shm::RangeLock;
-use crate::shm::layout::{PeerEntry, flags, status};
 use crate::shm::layout::LARGE_FRAME;
+use crate::shm::layout::{PeerEntry, flags, status};
 use crate::wire::offload::{self, Segmenter};
 use crate::wire::virtio_net::{self, GsoType, VirtioNetHdr};
 use crate::wire::{EthernetFrame, EthernetRepr, MacAddress, ethernet};
@@ -967,7 +967,9 @@ impl Receiver {
             if hdr.is_plain() {
                 on_frame(frame);
             } else if segmenter
-                .segment(frame, hdr, usize::MAX, &mut |segment: &[u8]| on_frame(segment))
+                .segment(frame, hdr, usize::MAX, &mut |segment: &[u8]| {
+                    on_frame(segment)
+                })
                 .is_err()
             {
                 unfinishable += 1;

@@ -836,7 +836,11 @@ pub(crate) mod tests {
         assert_eq!(pop(&ring, 1, &mut out), Pop::Frame(meta(1)));
         assert!(matches!(pop(&ring, 2, &mut out), Pop::Frame(m) if m.len == 40 && m.large == 2));
         assert_eq!(&out[..40], &big(3)[..]);
-        assert_eq!(push(&ring, 1, meta(40), &big(5)), Push::Delivered, "buffers were freed");
+        assert_eq!(
+            push(&ring, 1, meta(40), &big(5)),
+            Push::Delivered,
+            "buffers were freed"
+        );
     }
 
     #[test]
@@ -852,11 +856,22 @@ pub(crate) mod tests {
             panic!("claim failed")
         };
         ring.owners[1].store(large_handed(position), Ordering::Relaxed);
-        ring.write_frame(position, SlotMeta { large: 2, ..meta(40) }, &[]);
+        ring.write_frame(
+            position,
+            SlotMeta {
+                large: 2,
+                ..meta(40)
+            },
+            &[],
+        );
         abandon_writer(&ring, 7);
         let mut out = [0u8; 64];
         assert_eq!(pop(&ring, position, &mut out), Pop::Abandoned);
-        assert!(ring.owners.iter().all(|o| o.load(Ordering::Relaxed) == LARGE_FREE));
+        assert!(
+            ring.owners
+                .iter()
+                .all(|o| o.load(Ordering::Relaxed) == LARGE_FREE)
+        );
     }
 
     #[test]
@@ -867,7 +882,14 @@ pub(crate) mod tests {
         let Claim::Claimed(position) = claim(&ring, 2) else {
             panic!("claim failed")
         };
-        ring.write_frame(position, SlotMeta { large: 1, ..meta(40) }, &[]);
+        ring.write_frame(
+            position,
+            SlotMeta {
+                large: 1,
+                ..meta(40)
+            },
+            &[],
+        );
         publish(&ring, position, 2).unwrap();
         let mut out = [0u8; 64];
         assert!(matches!(pop(&ring, 0, &mut out), Pop::Frame(_)));
