@@ -460,7 +460,16 @@ fn iperf3(lab: &Lab, namespaces: &[String; 2], seconds: u64) -> anyhow::Result<f
     let port = TCP_PORT.to_string();
     let (server, server_output) = start_server(
         &namespaces[1],
-        &["iperf3", "-s", "-1", "-B", ADDRESSES[1], "-p", &port],
+        &[
+            "iperf3",
+            "-s",
+            "-1",
+            "--forceflush",
+            "-B",
+            ADDRESSES[1],
+            "-p",
+            &port,
+        ],
         "listening",
     )?;
     let seconds_text = seconds.to_string();
