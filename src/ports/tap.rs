@@ -271,11 +271,12 @@ impl TapPort {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(io_error("read the interface's state")(e)),
             }
+            let mut applied = false;
             for event in &events {
                 match event {
                     LinkEvent::Changed(state) => {
                         self.published = apply(&control, &self.ifname, self.published, state);
-                        return Ok(());
+                        applied = true;
                     }
                     LinkEvent::Removed => {
                         return Err(io_error(format!("open {}", self.ifname))(io::Error::other(
@@ -283,6 +284,9 @@ impl TapPort {
                         )));
                     }
                 }
+            }
+            if applied {
+                return Ok(());
             }
         }
     }
