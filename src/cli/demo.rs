@@ -66,7 +66,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut lab = Lab::new(Arc::clone(&stop));
     let result = demo(&mut lab, &args);
     if stop.is_rung() {
-        println!("interrupted; cleaning up");
+        println!("interrupted");
     }
     drop(lab);
     result
