@@ -261,7 +261,9 @@ pub fn status(dir: &Path, args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_status(status: &NetworkStatus) {
+/// Prints a network's status as `guestnet status` shows it: the peer table, then the learned
+/// addresses.
+pub fn print_status(status: &NetworkStatus) {
     println!(
         "network {}  ({} peer{} up of {}, {} ring slots, MTU {}, unknown unicast {}, {})",
         status.name,

@@ -6,8 +6,10 @@
 pub mod admin;
 pub mod bench;
 pub mod capture;
+pub mod demo;
 pub mod dgram;
 pub mod stream;
+pub mod tap;
 pub mod traffic;
 
 use std::path::PathBuf;
@@ -53,8 +55,12 @@ pub enum Command {
     Stream(stream::StreamArgs),
     /// Serve QEMU `-netdev dgram` senders on a unix datagram socket.
     Dgram(dgram::DgramArgs),
+    /// Put kernel network stacks on a network through TAP devices.
+    Tap(tap::TapArgs),
     /// Capture a network's frames into a pcap file.
     Capture(capture::CaptureArgs),
+    /// Show guestnet at work: two namespaces on TAP ports, ping, TCP, capture (as root).
+    Demo(demo::DemoArgs),
     /// Measure throughput, wake-ups and latency against a socket baseline.
     Bench(bench::BenchArgs),
     /// Send numbered, checksummed test frames.
@@ -64,6 +70,12 @@ pub enum Command {
     /// Internal: a benchmark worker process.
     #[command(hide = true)]
     BenchWorker(bench::WorkerArgs),
+    /// Internal: receive a TCP stream and print its length and checksum.
+    #[command(name = "__tcp-recv", hide = true)]
+    TcpRecv(demo::TcpRecvArgs),
+    /// Internal: send a TCP stream and print its length and checksum.
+    #[command(name = "__tcp-send", hide = true)]
+    TcpSend(demo::TcpSendArgs),
 }
 
 /// Runs a parsed command line.
@@ -76,10 +88,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => admin::status(&dir, args),
         Command::Stream(args) => stream::run(&dir, args),
         Command::Dgram(args) => dgram::run(&dir, args),
+        Command::Tap(args) => tap::run(&dir, args),
         Command::Capture(args) => capture::run(&dir, args),
+        Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(&dir, args),
         Command::Pktgen(args) => traffic::pktgen(&dir, args),
         Command::Sink(args) => traffic::sink(&dir, args),
         Command::BenchWorker(args) => bench::worker(&dir, args),
+        Command::TcpRecv(args) => demo::tcp_recv(args),
+        Command::TcpSend(args) => demo::tcp_send(args),
     }
 }

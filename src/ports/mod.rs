@@ -6,5 +6,7 @@
 
 pub mod capture;
 pub mod dgram;
+pub mod rtnetlink;
 pub mod socket;
 pub mod stream;
+pub mod tap;

@@ -1,0 +1,107 @@
+//! `tap`: put kernel network stacks on a network through TAP devices.
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::network::Network;
+use crate::ports::socket::Doorbell;
+use crate::ports::tap::{DeviceMode, TapOptions, TapPort};
+use crate::wire::MacAddress;
+
+/// Arguments of `tap`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Each TAP device is a peer of its own; its MAC, promiscuous mode and link state follow the
+kernel interface (`ip link set ...`). A device this command creates disappears when it ends.
+Prints `ready IFNAME slot N mac M` per device once frames flow. Example:
+  ip netns add red
+  guestnet tap lab --ifname gn0 --netns red &
+  ip -n red addr add 10.0.0.1/24 dev gn0")]
+pub struct TapArgs {
+    /// Network name.
+    pub name: String,
+    /// Interface name (repeat for several TAP devices served by this process).
+    #[arg(long = "ifname", value_name = "NAME", required = true)]
+    pub ifnames: Vec<String>,
+    /// Named network namespace (`ip netns add NS`) for the devices.
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+    /// MAC to give the interface (one device only); by default the kernel's.
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<MacAddress>,
+    /// Create the devices (the default); fails if an interface of that name exists.
+    #[arg(long, conflicts_with = "attach")]
+    pub create: bool,
+    /// Attach to existing TAP devices (`ip tuntap add NAME mode tap`); they stay afterwards.
+    #[arg(long)]
+    pub attach: bool,
+}
+
+/// Runs `tap` until SIGINT or SIGTERM, or until every device has gone.
+pub fn run(dir: &Path, args: TapArgs) -> anyhow::Result<()> {
+    if args.mac.is_some() && args.ifnames.len() > 1 {
+        anyhow::bail!("--mac names one interface's address; give it with one --ifname only");
+    }
+    // Installed before any device exists, so that a signal always finds a port able to
+    // clean up.
+    let stop = Doorbell::new().context("create the stop pipe")?;
+    stop.ring_on_signals(&[libc::SIGINT, libc::SIGTERM])
+        .context("install signal handlers")?;
+    let network = Network::open(dir, &args.name)?;
+    let mode = if args.attach {
+        DeviceMode::Attach
+    } else {
+        DeviceMode::Create
+    };
+    let mut ports = Vec::with_capacity(args.ifnames.len());
+    for ifname in &args.ifnames {
+        let options = TapOptions {
+            ifname: ifname.clone(),
+            netns: args.netns.clone(),
+            mac: args.mac,
+            mode,
+        };
+        let port = TapPort::open(&network, &options).with_context(|| match &args.netns {
+            Some(netns) => format!("TAP {ifname} in namespace {netns}"),
+            None => format!("TAP {ifname}"),
+        })?;
+        ports.push(port);
+    }
+    let mut stdout = std::io::stdout().lock();
+    for port in &ports {
+        writeln!(
+            stdout,
+            "ready {} slot {} mac {}",
+            port.ifname(),
+            port.index(),
+            port.mac()
+        )?;
+    }
+    stdout.flush()?;
+    drop(stdout);
+    let results: Vec<(String, anyhow::Result<()>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ports
+            .into_iter()
+            .map(|port| {
+                let ifname = port.ifname().to_string();
+                let stop = &stop;
+                (ifname, scope.spawn(move || port.serve(stop)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(ifname, handle)| {
+                let result = match handle.join() {
+                    Ok(result) => result.map_err(anyhow::Error::from),
+                    Err(_) => Err(anyhow::anyhow!("its thread panicked")),
+                };
+                (ifname, result)
+            })
+            .collect()
+    });
+    for (ifname, result) in results {
+        result.with_context(|| format!("TAP {ifname}"))?;
+    }
+    Ok(())
+}

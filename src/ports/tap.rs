@@ -1,0 +1,597 @@
+//! The TAP port: a kernel network stack as a guest.
+//!
+//! A TAP device is an Ethernet interface whose wire is a file descriptor: what the kernel
+//! sends through the interface can be read from the descriptor, and what is written there
+//! arrives at the interface as if from a wire. Putting a TAP in a network namespace and
+//! joining it to a network as a peer makes that namespace's whole TCP/IP stack a guest of
+//! the network, as a VM would be.
+//!
+//! **Where the device is born.** With a namespace, the device is created (or attached to)
+//! by a short-lived thread that first enters the namespace (`setns` on `/run/netns/NAME`),
+//! so it is born there and never appears in the caller's namespace; the same thread opens
+//! the [`LinkMonitor`], whose netlink socket is bound to the namespace it is created in.
+//! After that, both descriptors work from any thread.
+//!
+//! **Following the interface.** The peer publishes the interface's MAC. The kernel
+//! announces what `ip link set` changes ([`rtnetlink`](super::rtnetlink)), and the port
+//! mirrors it: a new MAC is published, promiscuous mode on the interface makes the peer
+//! promiscuous, and an interface brought down marks the peer's link down, so senders drop
+//! and count the frames meant for it until it comes back up. The peer keeps all-multicast
+//! on whatever the interface says: a kernel stack joins groups (IPv6 neighbour discovery,
+//! mDNS) that its link messages do not list, and it filters multicast itself.
+//!
+//! **Moving frames.** Each TAP runs three threads:
+//!
+//! * the **reader** sleeps in `poll` on the device, then reads every frame waiting (up to
+//!   [`READ_BATCH`]) and sends them into the network as one batch, so receivers are woken
+//!   once per wake-up of the reader, not once per frame. Frames longer than the network's
+//!   MTU (the interface's MTU raised above it) are refused by the network and counted as
+//!   `invalid` on this peer.
+//! * the **writer** sleeps on the peer's ring and writes each frame it drains to the
+//!   device (a TAP takes one frame per `write`).
+//! * the **monitor** listens to link events.
+//!
+//! Any of them that meets the end of the device (deleted with `ip link del`) rings the
+//! port's own doorbell, so the others stop too; a port's [`serve`](TapPort::serve) also
+//! returns when the caller's stop doorbell rings (on SIGINT or SIGTERM in the command).
+//!
+//! **Leaving nothing behind.** A device this port created is not persistent: the kernel
+//! deletes it when the port's descriptor closes, even if the process is killed. A device
+//! that existed before (`ip tuntap add … mode tap`, attached to with
+//! [`DeviceMode::Attach`]) stays.
+//!
+//! **Offloads.** Not yet: the device is opened without the virtio-net header
+//! (`IFF_VNET_HDR`), because the `tun-rs` crate turns the header on only together with
+//! checksum and segmentation offloads. The kernel then hands over complete frames no
+//! longer than the interface's MTU. [`from_device`] and [`to_device`] are the one place
+//! where frames cross the device boundary, and where a header would be taken off and put
+//! on.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::thread::LinkNameSpaceType;
+use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+
+use crate::network::counters::DropReason;
+use crate::network::peer::{Control, Receiver, Sender};
+use crate::network::{JoinOptions, Network, Peer, PortKind};
+use crate::wire::MacAddress;
+
+use super::rtnetlink::{LinkEvent, LinkMonitor, LinkState};
+use super::socket::{Doorbell, FrameBatch};
+
+/// Frames the reader takes from the device per wake-up, at most.
+pub const READ_BATCH: usize = 64;
+
+/// Frames the writer takes from the ring per wake-up, at most.
+const WRITE_BUDGET: usize = 64;
+
+/// Longest sleep of the writer before it looks at the doorbells again.
+const WRITER_WAIT: Duration = Duration::from_millis(250);
+
+/// How long the kernel may take to answer the first state request.
+const STATE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest frame a TAP can hand over (its MTU is a 16-bit quantity), plus the header.
+const READ_BUFFER: usize = 65_536 + 14;
+
+/// Where named network namespaces live (`ip netns add` creates them there).
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// Whether the port makes the device or takes one that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceMode {
+    /// Create the device; fail if an interface of that name exists. It disappears when
+    /// the port ends.
+    #[default]
+    Create,
+    /// Attach to an existing TAP device (made with `ip tuntap add … mode tap`); fail if
+    /// there is none. It stays when the port ends.
+    Attach,
+}
+
+/// How to open a TAP port.
+#[derive(Debug, Clone, Default)]
+pub struct TapOptions {
+    /// Interface name (at most 15 bytes).
+    pub ifname: String,
+    /// Named network namespace (`/run/netns/NAME`) to put the device in, or to find it in.
+    pub netns: Option<String>,
+    /// MAC to give the interface; by default the kernel's (random) one is kept.
+    pub mac: Option<MacAddress>,
+    /// Create or attach.
+    pub mode: DeviceMode,
+}
+
+/// Errors of a TAP port's control path.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// The namespace could not be entered.
+    #[error("cannot enter network namespace {name:?} ({NETNS_DIR}/{name})")]
+    Namespace {
+        /// Its name.
+        name: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// `--create`, but an interface of that name exists.
+    #[error("interface {0} already exists (attach to a TAP device with --attach)")]
+    Exists(String),
+    /// `--attach`, but there is no interface of that name.
+    #[error(
+        "there is no interface {0} to attach to (create it with `ip tuntap add {0} mode tap`, or drop --attach)"
+    )]
+    Missing(String),
+    /// The MAC cannot be given to an interface (multicast or zero).
+    #[error("{0} cannot be an interface's address (multicast or zero)")]
+    BadMac(MacAddress),
+    /// A system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The network refused an operation.
+    #[error(transparent)]
+    Network(#[from] crate::network::Error),
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> TapError {
+    let context = context.into();
+    move |source| TapError::Io { context, source }
+}
+
+/// The device and what was learned while in its namespace.
+struct Opened {
+    device: SyncDevice,
+    mac: MacAddress,
+    monitor: LinkMonitor,
+}
+
+/// A TAP device joined to a network, ready to serve.
+pub struct TapPort {
+    device: SyncDevice,
+    peer: Peer,
+    monitor: LinkMonitor,
+    ifname: String,
+    /// What was last published from the interface's state, so repeats cost nothing.
+    published: Published,
+}
+
+impl std::fmt::Debug for TapPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TapPort")
+            .field("ifname", &self.ifname)
+            .field("peer", &self.peer)
+            .field("published", &self.published)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The peer state derived from the interface, as last written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Published {
+    link_down: bool,
+    promiscuous: bool,
+    mac: MacAddress,
+}
+
+impl TapPort {
+    /// Creates or attaches to the device (in its namespace, if one is named), joins the
+    /// network as a peer publishing the interface's MAC, and applies the interface's
+    /// current state. Nothing moves until [`serve`](TapPort::serve).
+    pub fn open(network: &Network, options: &TapOptions) -> Result<TapPort, TapError> {
+        if let Some(mac) = options.mac
+            && (mac.is_multicast() || mac.is_zero())
+        {
+            return Err(TapError::BadMac(mac));
+        }
+        // The device's MTU follows the network's, so the kernel does not build frames
+        // the network would refuse. A TAP's MTU is at most 65535.
+        let mtu = u16::try_from(network.geometry().mtu).unwrap_or(u16::MAX);
+        let opened = in_namespace(options.netns.as_deref(), || open_device(options, mtu))?;
+        let Opened {
+            device,
+            mac,
+            mut monitor,
+        } = opened;
+        let peer = network.join(JoinOptions {
+            kind: PortKind::Tap,
+            mac: Some(mac),
+            promiscuous: false,
+            all_multicast: true,
+            uplink: false,
+            label: options.ifname.clone(),
+        })?;
+        monitor
+            .request_state()
+            .map_err(io_error("ask the kernel for the interface's state"))?;
+        let mut port = TapPort {
+            device,
+            peer,
+            monitor,
+            ifname: options.ifname.clone(),
+            published: Published {
+                link_down: false,
+                promiscuous: false,
+                mac,
+            },
+        };
+        port.await_first_state()?;
+        Ok(port)
+    }
+
+    /// The interface's name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The peer's slot.
+    pub fn index(&self) -> u16 {
+        self.peer.index()
+    }
+
+    /// The MAC the peer publishes.
+    pub fn mac(&self) -> MacAddress {
+        self.peer.mac()
+    }
+
+    /// Reads link events until the answer to the state request has been applied, so that
+    /// a port reported ready already shows the interface as it is.
+    fn await_first_state(&mut self) -> Result<(), TapError> {
+        let control = self.peer.control();
+        let deadline = std::time::Instant::now() + STATE_TIMEOUT;
+        let mut events = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(io_error("wait for the interface's state")(
+                    io::ErrorKind::TimedOut.into(),
+                ));
+            }
+            let mut fds = [PollFd::new(&self.monitor, PollFlags::IN)];
+            let timeout = rustix::time::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            rustix::event::poll(&mut fds, Some(&timeout))
+                .map_err(|e| io_error("wait for the interface's state")(e.into()))?;
+            events.clear();
+            match self.monitor.read(&mut events) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(io_error("read the interface's state")(e)),
+            }
+            let mut applied = false;
+            for event in &events {
+                match event {
+                    LinkEvent::Changed(state) => {
+                        self.published = apply(&control, &self.ifname, self.published, state);
+                        applied = true;
+                    }
+                    LinkEvent::Removed => {
+                        return Err(io_error(format!("open {}", self.ifname))(io::Error::other(
+                            "the interface was removed",
+                        )));
+                    }
+                }
+            }
+            if applied {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Moves frames until `stop` rings or the device goes away; the peer has left when
+    /// this returns (the device too, unless it was attached to).
+    pub fn serve(self, stop: &Doorbell) -> Result<(), TapError> {
+        let TapPort {
+            device,
+            peer,
+            mut monitor,
+            ifname,
+            published,
+        } = self;
+        device
+            .set_nonblocking(true)
+            .map_err(io_error(format!("make {ifname} non-blocking")))?;
+        let closed = Doorbell::new().map_err(io_error("create the port's doorbell"))?;
+        let control = peer.control();
+        let (sender, receiver) = peer.split();
+        let device = Arc::new(device);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                read_device(&device, sender, stop, &closed, &ifname);
+                closed.ring();
+            });
+            let writer = scope.spawn(|| {
+                write_device(&device, receiver, stop, &closed, &ifname);
+                closed.ring();
+            });
+            let monitored = follow_link(&mut monitor, &control, published, stop, &closed, &ifname);
+            closed.ring();
+            let _ = reader.join();
+            let _ = writer.join();
+            monitored
+        })
+    }
+}
+
+/// Runs `work` in a thread that entered network namespace `netns` (or in a thread of our
+/// own namespace when there is none), so that the devices and sockets it opens belong
+/// there. The thread ends with `work`; the caller's threads never change namespace.
+fn in_namespace<T: Send>(
+    netns: Option<&str>,
+    work: impl FnOnce() -> Result<T, TapError> + Send,
+) -> Result<T, TapError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if let Some(name) = netns {
+                    let namespace_error = |source| TapError::Namespace {
+                        name: name.to_string(),
+                        source,
+                    };
+                    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                        return Err(namespace_error(io::ErrorKind::InvalidInput.into()));
+                    }
+                    let file = File::open(std::path::Path::new(NETNS_DIR).join(name))
+                        .map_err(namespace_error)?;
+                    rustix::thread::move_into_link_name_space(
+                        file.as_fd(),
+                        Some(LinkNameSpaceType::Network),
+                    )
+                    .map_err(|e| namespace_error(e.into()))?;
+                }
+                work()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io_error("open the device")(io::Error::other("panicked"))))
+    })
+}
+
+/// Opens the device in the current thread's namespace.
+fn open_device(options: &TapOptions, mtu: u16) -> Result<Opened, TapError> {
+    let ifname = &options.ifname;
+    let probe = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )
+    .map_err(|e| io_error("open a socket to look up interfaces")(e.into()))?;
+    let exists = rustix::net::netdevice::name_to_index(&probe, ifname).is_ok();
+    let mut builder = DeviceBuilder::new().name(ifname.as_str()).layer(Layer::L2);
+    match options.mode {
+        DeviceMode::Create if exists => return Err(TapError::Exists(ifname.clone())),
+        DeviceMode::Attach if !exists => return Err(TapError::Missing(ifname.clone())),
+        // Up, and at the network's MTU.
+        DeviceMode::Create => builder = builder.mtu(mtu),
+        // The administrator's device keeps its settings.
+        DeviceMode::Attach => builder = builder.inherit_enable_state(),
+    }
+    if let Some(mac) = options.mac {
+        builder = builder.mac_addr(mac.octets());
+    }
+    let device = builder
+        .build_sync()
+        .map_err(io_error(format!("open TAP device {ifname}")))?;
+    let ifindex = rustix::net::netdevice::name_to_index(&probe, ifname)
+        .map_err(|e| io_error(format!("find interface {ifname}"))(e.into()))?;
+    let mac = device
+        .mac_address()
+        .map_err(io_error(format!("read the MAC of {ifname}")))?;
+    let monitor =
+        LinkMonitor::open(ifindex).map_err(io_error("open a netlink socket for link events"))?;
+    Ok(Opened {
+        device,
+        mac: MacAddress(mac),
+        monitor,
+    })
+}
+
+/// The frame inside what was read from the device. Today the device speaks bare frames;
+/// this is where a virtio-net header would be checked and taken off.
+fn from_device(read: &[u8]) -> Result<&[u8], DropReason> {
+    Ok(read)
+}
+
+/// Writes one frame from the network to the device. Today the device takes bare frames;
+/// this is where a virtio-net header would be put on.
+fn to_device(device: &SyncDevice, frame: &[u8]) -> io::Result<usize> {
+    device.send(frame)
+}
+
+/// What woke a poll on a device or socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Input waits.
+    Ready,
+    /// One of the doorbells rang.
+    Stop,
+}
+
+/// Sleeps until `source` is readable or either doorbell rings.
+fn wait_readable(source: &impl AsFd, stop: &Doorbell, closed: &Doorbell) -> io::Result<Wake> {
+    let mut fds = [
+        PollFd::new(source, PollFlags::IN),
+        PollFd::new(stop, PollFlags::IN),
+        PollFd::new(closed, PollFlags::IN),
+    ];
+    loop {
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !fds[1].revents().is_empty() || !fds[2].revents().is_empty() {
+        return Ok(Wake::Stop);
+    }
+    Ok(Wake::Ready)
+}
+
+/// The reader: device → network, a batch per wake-up.
+fn read_device(
+    device: &SyncDevice,
+    mut sender: Sender,
+    stop: &Doorbell,
+    closed: &Doorbell,
+    ifname: &str,
+) {
+    let mut buffer = vec![0u8; READ_BUFFER];
+    let mut batch = FrameBatch::default();
+    loop {
+        match wait_readable(device, stop, closed) {
+            Ok(Wake::Ready) => {}
+            Ok(Wake::Stop) => return,
+            Err(e) => {
+                tracing::warn!(port = ifname, error = %e, "cannot wait for the device");
+                return;
+            }
+        }
+        batch.clear();
+        let mut ended = false;
+        for _ in 0..READ_BATCH {
+            match device.recv(&mut buffer) {
+                Ok(len) => match from_device(&buffer[..len.min(buffer.len())]) {
+                    Ok(frame) => batch.push(frame),
+                    Err(reason) => sender.count_drop(reason),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EBADFD once the interface was deleted under us.
+                    tracing::info!(port = ifname, error = %e, "the device has gone; stopping");
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            sender.flush();
+        } else {
+            sender.send_batch(batch.iter());
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
+/// The writer: network → device.
+fn write_device(
+    device: &SyncDevice,
+    mut receiver: Receiver,
+    stop: &Doorbell,
+    closed: &Doorbell,
+    ifname: &str,
+) {
+    let mut failed: Option<io::ErrorKind> = None;
+    while !stop.is_rung() && !closed.is_rung() {
+        if !receiver.wait(WRITER_WAIT) {
+            continue;
+        }
+        receiver.receive(WRITE_BUDGET, |frame| {
+            // A frame the device refuses is lost at the kernel's edge, as on a wire: an
+            // interface just brought down (before the peer's link-down flag is seen)
+            // answers EIO, and the kernel counts it. Logged once per kind of error.
+            if let Err(e) = to_device(device, frame)
+                && failed != Some(e.kind())
+            {
+                failed = Some(e.kind());
+                tracing::debug!(port = ifname, error = %e, "the device refused a frame");
+            }
+        });
+    }
+}
+
+/// The monitor: mirrors the interface's state onto the peer until told to stop or the
+/// interface is removed.
+fn follow_link(
+    monitor: &mut LinkMonitor,
+    control: &Control,
+    mut published: Published,
+    stop: &Doorbell,
+    closed: &Doorbell,
+    ifname: &str,
+) -> Result<(), TapError> {
+    let mut events = Vec::new();
+    loop {
+        match wait_readable(monitor, stop, closed) {
+            Ok(Wake::Ready) => {}
+            Ok(Wake::Stop) => return Ok(()),
+            Err(e) => return Err(io_error("wait for link events")(e)),
+        }
+        events.clear();
+        match monitor.read(&mut events) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                // Events were lost: ask for the whole state again.
+                monitor
+                    .request_state()
+                    .map_err(io_error("ask the kernel for the interface's state"))?;
+                continue;
+            }
+            Err(e) => return Err(io_error("read link events")(e)),
+        }
+        for event in &events {
+            match event {
+                LinkEvent::Changed(state) => {
+                    published = apply(control, ifname, published, state);
+                }
+                LinkEvent::Removed => {
+                    tracing::info!(port = ifname, "the interface was removed; stopping");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Writes what changed in the interface's state to the peer; returns what is published.
+fn apply(control: &Control, ifname: &str, old: Published, state: &LinkState) -> Published {
+    let mut new = Published {
+        link_down: !state.is_up(),
+        promiscuous: state.is_promiscuous(),
+        mac: state.mac.unwrap_or(old.mac),
+    };
+    let report = |what: &str, result: crate::network::Result<()>| {
+        if let Err(e) = result {
+            tracing::warn!(port = ifname, error = %e, "cannot publish the interface's {what}");
+        }
+    };
+    if new.link_down != old.link_down {
+        tracing::info!(port = ifname, down = new.link_down, "link state changed");
+        report("link state", control.set_link_down(new.link_down));
+    }
+    if new.promiscuous != old.promiscuous {
+        tracing::info!(
+            port = ifname,
+            on = new.promiscuous,
+            "promiscuous mode changed"
+        );
+        report("promiscuous mode", control.set_promiscuous(new.promiscuous));
+    }
+    if new.mac != old.mac && new.mac != control.mac() {
+        match control.set_mac_address(new.mac) {
+            Ok(()) => tracing::info!(port = ifname, mac = %new.mac, "published the new MAC"),
+            Err(e) => {
+                // Another peer holds it: keep the old one published; the new address is
+                // still reached through learning.
+                tracing::warn!(port = ifname, mac = %new.mac, error = %e, "cannot publish the interface's new MAC");
+                new.mac = old.mac;
+            }
+        }
+    }
+    new
+}

@@ -1,0 +1,678 @@
+//! TAP ports end to end: real kernel network stacks in network namespaces, each on a
+//! `guestnet tap` process, talking through a network in a private directory.
+//!
+//! These need root, /dev/net/tun, `ip` and `ping`. Under CI (`CI=true`) a missing
+//! prerequisite fails the test; elsewhere the test says why it skips. Every test makes
+//! its own namespaces, named after the process and the test, and a [`Lab`] guard removes
+//! them and kills its port processes however the test ends.
+//!
+//! IPv6 is turned off in the namespaces so that the only frames on the network are the
+//! ones a test causes, and counters can be compared exactly.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use guestnet::network::counters::DropReason;
+use guestnet::network::{CreateOptions, Network, PeerStatus};
+use guestnet::wire::MacAddress;
+
+/// How long any single expected event may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(5);
+const IFNAME: &str = "gn0";
+const BIN: &str = env!("CARGO_BIN_EXE_guestnet");
+
+/// Whether the machine can run these tests; panics under CI if it cannot.
+fn prerequisites_met() -> bool {
+    let mut missing = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        missing.push("root");
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun");
+    }
+    for tool in ["ip", "ping"] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("TAP tests need {}", missing.join(", "));
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}, and CI must not skip them");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
+fn run(command: &mut Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a command")
+}
+
+fn ip(args: &[&str]) {
+    let output = run(Command::new("ip").args(args));
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A `guestnet tap` process serving one namespace.
+struct Tap {
+    child: Child,
+    slot: u16,
+    mac: MacAddress,
+}
+
+/// Namespaces on a network, each with a TAP port; everything is removed on drop.
+struct Lab {
+    dir: tempfile::TempDir,
+    network: Network,
+    namespaces: Vec<String>,
+    taps: Vec<Tap>,
+}
+
+impl Lab {
+    /// `count` namespaces, `10.78.0.{1..}` on `gn0` in each.
+    fn new(test: &str, count: usize) -> Lab {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
+        let mut lab = Lab {
+            dir,
+            network,
+            namespaces: Vec::new(),
+            taps: Vec::new(),
+        };
+        for i in 0..count {
+            let namespace = format!("gnt-{}-{test}-{i}", std::process::id());
+            ip(&["netns", "add", &namespace]);
+            lab.namespaces.push(namespace.clone());
+            let output = run(Command::new("ip").args([
+                "netns",
+                "exec",
+                &namespace,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ]));
+            assert!(output.status.success(), "turn IPv6 off in {namespace}");
+            let tap = lab.start_tap(i);
+            lab.taps.push(tap);
+            ip(&[
+                "-n",
+                &namespace,
+                "addr",
+                "add",
+                &format!("{}/24", Lab::address(i)),
+                "dev",
+                IFNAME,
+            ]);
+        }
+        lab
+    }
+
+    fn address(i: usize) -> String {
+        format!("10.78.0.{}", i + 1)
+    }
+
+    /// Starts `guestnet tap` for namespace `i` and waits for its ready line.
+    fn start_tap(&self, i: usize) -> Tap {
+        let mut child = Command::new(BIN)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "tap",
+                "lab",
+                "--ifname",
+                IFNAME,
+                "--netns",
+                &self.namespaces[i],
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start guestnet tap");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = match received.recv_timeout(DEADLINE) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("guestnet tap did not get ready in {:?}", DEADLINE);
+            }
+        };
+        // "ready gn0 slot N mac M"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.first(), Some(&"ready"), "{line}");
+        assert_eq!(words.get(1), Some(&IFNAME), "{line}");
+        Tap {
+            child,
+            slot: words[3].parse().expect("slot"),
+            mac: words[5].parse().expect("mac"),
+        }
+    }
+
+    fn exec(&self, i: usize, args: &[&str]) -> Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.namespaces[i]])
+            .args(args))
+    }
+
+    /// Pings namespace `to` from `from`; true if replies came.
+    fn ping(&self, from: usize, to: usize, count: u32) -> bool {
+        self.exec(
+            from,
+            &[
+                "ping",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                &Lab::address(to),
+            ],
+        )
+        .status
+        .success()
+    }
+
+    fn peer(&self, i: usize) -> PeerStatus {
+        let slot = self.taps[i].slot;
+        self.network
+            .status()
+            .peers
+            .into_iter()
+            .find(|peer| peer.slot == slot)
+            .unwrap_or_else(|| panic!("peer of namespace {i} (slot {slot}) is up"))
+    }
+
+    fn rx_packets(&self, i: usize) -> u64 {
+        self.peer(i).rx_packets
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for tap in &mut self.taps {
+            let _ = tap.child.kill();
+            let _ = tap.child.wait();
+        }
+        for namespace in &self.namespaces {
+            let _ = run(Command::new("ip").args(["netns", "del", namespace]));
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing with `what` after [`DEADLINE`].
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a child to its end within `limit`, killing it otherwise.
+fn output_within(mut command: Command, limit: Duration) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(output) => output.expect("child output"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{command:?} took longer than {limit:?}");
+        }
+    }
+}
+
+fn report(output: &Output, verb: &str) -> (u64, String) {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|line| line.starts_with(verb))
+        .unwrap_or_else(|| panic!("no '{verb}' report in {text:?}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (words[1].parse().expect("bytes"), words[4].to_string())
+}
+
+#[test]
+fn two_namespaces_resolve_ping_and_move_64_mib_intact() {
+    if !prerequisites_met() {
+        return;
+    }
+    let lab = Lab::new("pair", 2);
+    assert!(lab.ping(0, 1, 2), "ping from a to b");
+    assert!(lab.ping(1, 0, 2), "ping from b to a");
+    // ARP resolved b's address to the MAC its TAP peer publishes.
+    let neighbours = lab.exec(0, &["ip", "neigh", "show", &Lab::address(1)]);
+    let neighbours = String::from_utf8_lossy(&neighbours.stdout);
+    assert!(
+        neighbours.contains(&lab.taps[1].mac.to_string()),
+        "a's neighbour entry for b: {neighbours}"
+    );
+
+    let listen = format!("{}:5301", Lab::address(1));
+    let mut receiver = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.namespaces[1],
+            BIN,
+            "__tcp-recv",
+            "--listen",
+            &listen,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the receiver");
+    let mut receiver_out = BufReader::new(receiver.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    receiver_out
+        .read_line(&mut line)
+        .expect("receiver ready line");
+    assert!(line.starts_with("listening"), "{line}");
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = receiver_out.read_to_string(&mut rest);
+        let _ = done.send(rest);
+    });
+    let mut sender = Command::new("ip");
+    sender.args([
+        "netns",
+        "exec",
+        &lab.namespaces[0],
+        BIN,
+        "__tcp-send",
+        "--connect",
+        &listen,
+        "--bytes",
+        "67108864",
+    ]);
+    let sent = output_within(sender, Duration::from_secs(15));
+    assert!(sent.status.success(), "sender: {sent:?}");
+    let received = finished.recv_timeout(DEADLINE);
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let received = Output {
+        status: sent.status,
+        stdout: received.expect("receiver report").into_bytes(),
+        stderr: Vec::new(),
+    };
+    let (sent_bytes, sent_crc) = report(&sent, "sent");
+    let (received_bytes, received_crc) = report(&received, "received");
+    assert_eq!(sent_bytes, 64 << 20);
+    assert_eq!(received_bytes, sent_bytes);
+    assert_eq!(received_crc, sent_crc, "the stream arrived changed");
+}
+
+#[test]
+fn broadcast_reaches_every_namespace() {
+    if !prerequisites_met() {
+        return;
+    }
+    let lab = Lab::new("bcast", 3);
+    let before = [lab.rx_packets(1), lab.rx_packets(2)];
+    // a asks for b's address: one ARP broadcast, which c must see too.
+    assert!(lab.ping(0, 1, 1));
+    wait_until("the broadcast reached b's and c's TAP peers", || {
+        lab.rx_packets(1) > before[0] && lab.rx_packets(2) > before[1]
+    });
+    // …and c's kernel, behind its TAP, received it.
+    let stats = lab.exec(2, &["ip", "-s", "-j", "link", "show", IFNAME]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("ip -j output");
+    let received = stats[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .expect("rx packets");
+    assert!(received >= 1, "c's interface received nothing: {stats}");
+}
+
+#[test]
+fn a_promiscuous_interface_sees_other_namespaces_unicast() {
+    if !prerequisites_met() {
+        return;
+    }
+    let lab = Lab::new("promisc", 3);
+    assert!(lab.ping(0, 1, 1), "resolve b from a");
+    let quiet = lab.rx_packets(2);
+    assert!(lab.ping(0, 1, 2));
+    assert_eq!(lab.rx_packets(2), quiet, "unicast a→b leaked to c");
+    assert!(!lab.peer(2).promiscuous);
+
+    ip(&[
+        "-n",
+        &lab.namespaces[2],
+        "link",
+        "set",
+        IFNAME,
+        "promisc",
+        "on",
+    ]);
+    wait_until("c's peer is promiscuous", || lab.peer(2).promiscuous);
+    let before = lab.rx_packets(2);
+    assert!(lab.ping(0, 1, 3));
+    wait_until("c saw the pings between a and b", || {
+        lab.rx_packets(2) >= before + 6
+    });
+
+    ip(&[
+        "-n",
+        &lab.namespaces[2],
+        "link",
+        "set",
+        IFNAME,
+        "promisc",
+        "off",
+    ]);
+    wait_until("c's peer is no longer promiscuous", || {
+        !lab.peer(2).promiscuous
+    });
+}
+
+#[test]
+fn traffic_follows_a_new_mac_and_status_shows_it() {
+    if !prerequisites_met() {
+        return;
+    }
+    let lab = Lab::new("mac", 2);
+    assert!(lab.ping(0, 1, 1));
+    // Announce the change with a gratuitous ARP, so a's cache follows at once instead of
+    // after its entry goes stale.
+    let notify = lab.exec(1, &["sysctl", "-qw", "net.ipv4.conf.all.arp_notify=1"]);
+    assert!(notify.status.success());
+    let notify = lab.exec(
+        1,
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{IFNAME}.arp_notify=1"),
+        ],
+    );
+    assert!(notify.status.success());
+    // Traffic flows while the address changes.
+    let mut pinger = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.namespaces[0],
+            "ping",
+            "-i",
+            "0.05",
+            "-c",
+            "40",
+        ])
+        .arg(Lab::address(1))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ping");
+    let new_mac: MacAddress = "02:00:5e:10:20:30".parse().expect("mac");
+    ip(&[
+        "-n",
+        &lab.namespaces[1],
+        "link",
+        "set",
+        "dev",
+        IFNAME,
+        "address",
+        "02:00:5e:10:20:30",
+    ]);
+    wait_until("b's peer publishes the new MAC", || {
+        lab.peer(1).mac == new_mac
+    });
+    let _ = pinger.kill();
+    let _ = pinger.wait();
+    assert!(lab.ping(0, 1, 3), "ping after the MAC change");
+    let neighbours = lab.exec(0, &["ip", "neigh", "show", &Lab::address(1)]);
+    assert!(
+        String::from_utf8_lossy(&neighbours.stdout).contains("02:00:5e:10:20:30"),
+        "a learned b's new address"
+    );
+    let status = run(Command::new(BIN)
+        .arg("--dir")
+        .arg(lab.dir.path())
+        .args(["status", "lab"]));
+    assert!(status.status.success());
+    assert!(String::from_utf8_lossy(&status.stdout).contains("02:00:5e:10:20:30"));
+}
+
+#[test]
+fn a_frame_longer_than_the_mtu_is_dropped_and_counted() {
+    if !prerequisites_met() {
+        return;
+    }
+    let lab = Lab::new("mtu", 2);
+    assert!(lab.ping(0, 1, 1));
+    assert_eq!(lab.peer(0).drops.get("tx_invalid"), None);
+    ip(&[
+        "-n",
+        &lab.namespaces[0],
+        "link",
+        "set",
+        IFNAME,
+        "mtu",
+        "9000",
+    ]);
+    let big = lab.exec(
+        0,
+        &[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-s",
+            "3000",
+            "-M",
+            "do",
+            &Lab::address(1),
+        ],
+    );
+    assert!(
+        !big.status.success(),
+        "a 3 KB frame crossed a 1500-byte network"
+    );
+    let slot = lab.taps[0].slot;
+    wait_until("the refused frame is counted as invalid", || {
+        lab.network
+            .counters(slot)
+            .is_some_and(|c| c.tx_dropped(DropReason::Invalid) >= 1)
+    });
+    assert!(lab.ping(0, 1, 1), "small frames still pass");
+}
+
+#[test]
+fn a_killed_tap_port_is_reclaimed_and_the_others_keep_working() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut lab = Lab::new("kill", 3);
+    let victim = lab.taps[2].slot;
+    lab.taps[2].child.kill().expect("SIGKILL the port");
+    let _ = lab.taps[2].child.wait();
+    wait_until("the dead port's slot is reclaimed", || {
+        lab.network
+            .status()
+            .peers
+            .iter()
+            .all(|peer| peer.slot != victim)
+    });
+    // The kernel removed the device with the port's descriptor.
+    let gone = lab.exec(2, &["ip", "link", "show", IFNAME]);
+    assert!(!gone.status.success(), "gn0 outlived its port");
+    assert!(lab.ping(0, 1, 2), "a and b still talk");
+    assert!(lab.ping(1, 0, 2));
+}
+
+#[test]
+fn link_down_on_the_interface_stops_delivery_and_counts_it() {
+    if !prerequisites_met() {
+        return;
+    }
+    let lab = Lab::new("down", 2);
+    assert!(lab.ping(0, 1, 1));
+    ip(&["-n", &lab.namespaces[1], "link", "set", IFNAME, "down"]);
+    wait_until("b's peer is marked link down", || lab.peer(1).link_down);
+    assert!(!lab.ping(0, 1, 1), "a down interface answered");
+    wait_until("the frames to b are counted as link_down", || {
+        lab.peer(0)
+            .drops
+            .get("tx_link_down")
+            .is_some_and(|&n| n >= 1)
+    });
+    ip(&["-n", &lab.namespaces[1], "link", "set", IFNAME, "up"]);
+    wait_until("b's link is up again", || !lab.peer(1).link_down);
+    assert!(lab.ping(0, 1, 2), "ping after link up");
+}
+
+/// A stream-port client shares the network with a namespace: its ARP broadcast reaches
+/// the namespace's kernel, whose unicast answer reaches the client.
+#[test]
+fn a_stream_client_and_a_namespace_share_the_network() {
+    if !prerequisites_met() {
+        return;
+    }
+    let lab = Lab::new("mixed", 1);
+    let socket = lab.dir.path().join("qemu.sock");
+    let mut stream_port = Command::new(BIN)
+        .arg("--dir")
+        .arg(lab.dir.path())
+        .args(["stream", "lab", "--listen"])
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start guestnet stream");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut out = BufReader::new(stream_port.stdout.take().expect("stdout"));
+    let _guard = Kill(stream_port);
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready line");
+    assert!(line.starts_with("listening"), "{line}");
+
+    let mut client = UnixStream::connect(&socket).expect("connect");
+    client.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let client_mac = [0x02, 0, 0, 0, 0, 0x99];
+    let client_ip = [10, 78, 0, 99];
+    // ARP: who has 10.78.0.1? tell 10.78.0.99.
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&client_mac);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    frame.extend_from_slice(&client_mac);
+    frame.extend_from_slice(&client_ip);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&[10, 78, 0, 1]);
+    frame.resize(60, 0);
+    let before = lab.rx_packets(0);
+    let mut message = (frame.len() as u32).to_be_bytes().to_vec();
+    message.extend_from_slice(&frame);
+    client.write_all(&message).expect("send the ARP request");
+    wait_until("the namespace's TAP peer received the broadcast", || {
+        lab.rx_packets(0) > before
+    });
+    // The kernel answers; read frames until its ARP reply arrives.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "no ARP reply from the namespace");
+        let mut length = [0u8; 4];
+        client
+            .read_exact(&mut length)
+            .expect("a frame from the network");
+        let mut reply = vec![0u8; u32::from_be_bytes(length) as usize];
+        client.read_exact(&mut reply).expect("the frame's bytes");
+        let is_answer = reply.len() >= 42
+            && reply[0..6] == client_mac
+            && reply[12..14] == [0x08, 0x06]
+            && reply[20..22] == [0, 2]
+            && reply[28..32] == [10, 78, 0, 1];
+        if is_answer {
+            assert_eq!(
+                reply[6..12],
+                lab.taps[0].mac.octets(),
+                "answered from the TAP's MAC"
+            );
+            break;
+        }
+    }
+}
+
+#[test]
+fn the_demo_runs_end_to_end_and_cleans_up() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut demo = Command::new(BIN);
+    demo.args(["demo", "--seconds", "1"]);
+    let output = output_within(demo, Duration::from_secs(40));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed: {text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("ping both ways"), "{text}");
+    assert!(text.contains("average RTT"), "{text}");
+    assert!(text.contains("Gbit/s"), "{text}");
+    assert!(text.contains("cleaning up"), "{text}");
+    // Its namespaces and its network directory are gone.
+    let marker = "create namespaces ";
+    let line = text
+        .lines()
+        .find(|line| line.contains(marker))
+        .expect("namespace line");
+    let first = line
+        .split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .expect("name");
+    let namespaces = run(Command::new("ip").args(["netns", "list"]));
+    assert!(
+        !String::from_utf8_lossy(&namespaces.stdout).contains(first),
+        "{first} left behind"
+    );
+    let pid = first.trim_start_matches("gn-demo-").trim_end_matches("-a");
+    assert!(!std::path::Path::new(&format!("/dev/shm/guestnet-demo-{pid}")).exists());
+}
