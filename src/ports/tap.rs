@@ -208,9 +208,8 @@ impl TapPort {
             kind: PortKind::Tap,
             mac: Some(mac),
             promiscuous: false,
-            all_multicast: true,
-            uplink: false,
             label: options.ifname.clone(),
+            ..JoinOptions::default()
         })?;
         monitor
             .request_state()
