@@ -192,6 +192,7 @@ fn demo(lab: &mut Lab, args: &DemoArgs) -> anyhow::Result<()> {
                 netns: Some(namespace.clone()),
                 mac: None,
                 mode: DeviceMode::Create,
+                offload: true,
             },
         )
         .with_context(|| format!("TAP {IFNAME} in {namespace}"))?;

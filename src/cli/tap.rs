@@ -36,6 +36,10 @@ pub struct TapArgs {
     /// Attach to existing TAP devices (`ip tuntap add NAME mode tap`); they stay afterwards.
     #[arg(long)]
     pub attach: bool,
+    /// Open the devices without the virtio-net header and without checksum and
+    /// segmentation offloads: the kernel then segments and checksums every frame itself.
+    #[arg(long)]
+    pub no_offload: bool,
 }
 
 /// Runs `tap` until SIGINT or SIGTERM, or until every device has gone.
@@ -61,6 +65,7 @@ pub fn run(dir: &Path, args: TapArgs) -> anyhow::Result<()> {
             netns: args.netns.clone(),
             mac: args.mac,
             mode,
+            offload: !args.no_offload,
         };
         let port = TapPort::open(&network, &options).with_context(|| match &args.netns {
             Some(netns) => format!("TAP {ifname} in namespace {netns}"),

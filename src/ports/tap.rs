@@ -40,12 +40,17 @@
 //! that existed before (`ip tuntap add … mode tap`, attached to with
 //! [`DeviceMode::Attach`]) stays.
 //!
-//! **Offloads.** Not yet: the device is opened without the virtio-net header
-//! (`IFF_VNET_HDR`), because the `tun-rs` crate turns the header on only together with
-//! checksum and segmentation offloads. The kernel then hands over complete frames no
-//! longer than the interface's MTU. [`from_device`] and [`to_device`] are the one place
-//! where frames cross the device boundary, and where a header would be taken off and put
-//! on.
+//! **Offloads.** By default the device is opened with the virtio-net header
+//! (`IFF_VNET_HDR`, the kernel's 10-byte layout) and with checksum and segmentation
+//! offloads (`TUNSETOFFLOAD`: CSUM, TSO4, TSO6, and USO where the kernel has it). The
+//! kernel then hands over TCP super-frames of up to 64 KiB with their checksums left
+//! undone, and takes them back the same way: one read and one write per 64 KiB instead of
+//! per 1.5 KiB. The peer advertises those offloads, so super-frames travel whole between
+//! such TAPs; peers that cannot take them get them segmented and checksummed by the
+//! network ([`crate::network::peer`]). `--no-offload` opens the device without the header:
+//! the kernel then segments and checksums everything itself. [`from_device`] and
+//! [`to_device`] are the one place where frames cross the device boundary and the header
+//! is taken off and put on.
 
 use std::fs::File;
 use std::io;
@@ -58,9 +63,11 @@ use rustix::thread::LinkNameSpaceType;
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
 use crate::network::counters::DropReason;
+use crate::network::peer::offloads;
 use crate::network::peer::{Control, Receiver, Sender};
 use crate::network::{JoinOptions, Network, Peer, PortKind};
 use crate::wire::MacAddress;
+use crate::wire::virtio_net::{LEGACY_HEADER_LEN, VirtioNetHdr};
 
 use super::rtnetlink::{LinkEvent, LinkMonitor, LinkState};
 use super::socket::{Doorbell, FrameBatch};
@@ -78,7 +85,7 @@ const WRITER_WAIT: Duration = Duration::from_millis(250);
 const STATE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest frame a TAP can hand over (its MTU is a 16-bit quantity), plus the header.
-const READ_BUFFER: usize = 65_536 + 14;
+const READ_BUFFER: usize = LEGACY_HEADER_LEN + crate::shm::layout::LARGE_FRAME;
 
 /// Where named network namespaces live (`ip netns add` creates them there).
 pub const NETNS_DIR: &str = "/run/netns";
@@ -106,6 +113,8 @@ pub struct TapOptions {
     pub mac: Option<MacAddress>,
     /// Create or attach.
     pub mode: DeviceMode,
+    /// Open the device with the virtio-net header and checksum/segmentation offloads.
+    pub offload: bool,
 }
 
 /// Errors of a TAP port's control path.
@@ -160,6 +169,8 @@ struct Opened {
 /// A TAP device joined to a network, ready to serve.
 pub struct TapPort {
     device: SyncDevice,
+    /// Whether the device speaks the virtio-net header.
+    offload: bool,
     peer: Peer,
     monitor: LinkMonitor,
     ifname: String,
@@ -204,11 +215,18 @@ impl TapPort {
             mac,
             mut monitor,
         } = opened;
+        let offload = options.offload;
+        let taken = match (offload, device.udp_gso()) {
+            (false, _) => 0,
+            (true, true) => offloads::ALL,
+            (true, false) => offloads::CHECKSUM | offloads::TSO4 | offloads::TSO6,
+        };
         let peer = network.join(JoinOptions {
             kind: PortKind::Tap,
             mac: Some(mac),
             promiscuous: false,
             label: options.ifname.clone(),
+            offloads: taken,
             ..JoinOptions::default()
         })?;
         monitor
@@ -216,6 +234,7 @@ impl TapPort {
             .map_err(io_error("ask the kernel for the interface's state"))?;
         let mut port = TapPort {
             device,
+            offload,
             peer,
             monitor,
             ifname: options.ifname.clone(),
@@ -295,6 +314,7 @@ impl TapPort {
     pub fn serve(self, stop: &Doorbell) -> Result<(), TapError> {
         let TapPort {
             device,
+            offload,
             peer,
             mut monitor,
             ifname,
@@ -309,11 +329,11 @@ impl TapPort {
         let device = Arc::new(device);
         std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
-                read_device(&device, sender, stop, &closed, &ifname);
+                read_device(&device, offload, sender, stop, &closed, &ifname);
                 closed.ring();
             });
             let writer = scope.spawn(|| {
-                write_device(&device, receiver, stop, &closed, &ifname);
+                write_device(&device, offload, receiver, stop, &closed, &ifname);
                 closed.ring();
             });
             let monitored = follow_link(&mut monitor, &control, published, stop, &closed, &ifname);
@@ -368,7 +388,10 @@ fn open_device(options: &TapOptions, mtu: u16) -> Result<Opened, TapError> {
     )
     .map_err(|e| io_error("open a socket to look up interfaces")(e.into()))?;
     let exists = rustix::net::netdevice::name_to_index(&probe, ifname).is_ok();
-    let mut builder = DeviceBuilder::new().name(ifname.as_str()).layer(Layer::L2);
+    let mut builder = DeviceBuilder::new()
+        .name(ifname.as_str())
+        .layer(Layer::L2)
+        .offload(options.offload);
     match options.mode {
         DeviceMode::Create if exists => return Err(TapError::Exists(ifname.clone())),
         DeviceMode::Attach if !exists => return Err(TapError::Missing(ifname.clone())),
@@ -397,16 +420,32 @@ fn open_device(options: &TapOptions, mtu: u16) -> Result<Opened, TapError> {
     })
 }
 
-/// The frame inside what was read from the device. Today the device speaks bare frames;
-/// this is where a virtio-net header would be checked and taken off.
-fn from_device(read: &[u8]) -> Result<&[u8], DropReason> {
-    Ok(read)
+/// The frame inside what was read from the device, and its offload header when the
+/// device speaks one. A read too short to hold the header is counted as invalid.
+fn from_device(read: &[u8], offload: bool) -> Result<(VirtioNetHdr, &[u8]), DropReason> {
+    if !offload {
+        return Ok((VirtioNetHdr::default(), read));
+    }
+    let hdr = VirtioNetHdr::parse(read, LEGACY_HEADER_LEN).map_err(|_| DropReason::Invalid)?;
+    Ok((hdr, &read[LEGACY_HEADER_LEN..]))
 }
 
-/// Writes one frame from the network to the device. Today the device takes bare frames;
-/// this is where a virtio-net header would be put on.
-fn to_device(device: &SyncDevice, frame: &[u8]) -> io::Result<usize> {
-    device.send(frame)
+/// Writes one frame from the network to the device, behind its offload header when the
+/// device speaks one (header and frame in one `writev`, no copy).
+fn to_device(
+    device: &SyncDevice,
+    offload: bool,
+    hdr: &VirtioNetHdr,
+    frame: &[u8],
+) -> io::Result<usize> {
+    if !offload {
+        return device.send(frame);
+    }
+    let bytes = hdr.to_bytes();
+    device.send_vectored(&[
+        io::IoSlice::new(&bytes[..LEGACY_HEADER_LEN]),
+        io::IoSlice::new(frame),
+    ])
 }
 
 /// What woke a poll on a device or socket.
@@ -441,6 +480,7 @@ fn wait_readable(source: &impl AsFd, stop: &Doorbell, closed: &Doorbell) -> io::
 /// The reader: device → network, a batch per wake-up.
 fn read_device(
     device: &SyncDevice,
+    offload: bool,
     mut sender: Sender,
     stop: &Doorbell,
     closed: &Doorbell,
@@ -448,6 +488,7 @@ fn read_device(
 ) {
     let mut buffer = vec![0u8; READ_BUFFER];
     let mut batch = FrameBatch::default();
+    let mut headers = Vec::with_capacity(READ_BATCH);
     loop {
         match wait_readable(device, stop, closed) {
             Ok(Wake::Ready) => {}
@@ -458,11 +499,15 @@ fn read_device(
             }
         }
         batch.clear();
+        headers.clear();
         let mut ended = false;
         for _ in 0..READ_BATCH {
             match device.recv(&mut buffer) {
-                Ok(len) => match from_device(&buffer[..len.min(buffer.len())]) {
-                    Ok(frame) => batch.push(frame),
+                Ok(len) => match from_device(&buffer[..len.min(buffer.len())], offload) {
+                    Ok((hdr, frame)) => {
+                        headers.push(hdr);
+                        batch.push(frame);
+                    }
                     Err(reason) => sender.count_drop(reason),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -478,7 +523,7 @@ fn read_device(
         if batch.is_empty() {
             sender.flush();
         } else {
-            sender.send_batch(batch.iter());
+            sender.send_batch_offloaded(headers.iter().copied().zip(batch.iter()));
         }
         if ended {
             return;
@@ -489,6 +534,7 @@ fn read_device(
 /// The writer: network → device.
 fn write_device(
     device: &SyncDevice,
+    offload: bool,
     mut receiver: Receiver,
     stop: &Doorbell,
     closed: &Doorbell,
@@ -499,11 +545,11 @@ fn write_device(
         if !receiver.wait(WRITER_WAIT) {
             continue;
         }
-        receiver.receive(WRITE_BUDGET, |frame| {
+        receiver.receive_offloaded(WRITE_BUDGET, |hdr, frame| {
             // A frame the device refuses is lost at the kernel's edge, as on a wire: an
             // interface just brought down (before the peer's link-down flag is seen)
             // answers EIO, and the kernel counts it. Logged once per kind of error.
-            if let Err(e) = to_device(device, frame)
+            if let Err(e) = to_device(device, offload, hdr, frame)
                 && failed != Some(e.kind())
             {
                 failed = Some(e.kind());

@@ -237,7 +237,7 @@ impl Default for Geometry {
             max_peers: 64,
             ring_slots: 256,
             mtu: 1500,
-            gso_buffers: 16,
+            gso_buffers: 32,
         }
     }
 }
@@ -479,7 +479,7 @@ mod tests {
         assert_eq!(layout.large_offset_in_ring, 192 + 256 * 1600);
         assert_eq!(
             layout.ring_stride,
-            (192 + 256 * 1600usize + 16 * LARGE_STRIDE).div_ceil(4096) * 4096
+            (192 + 256 * 1600usize + 32 * LARGE_STRIDE).div_ceil(4096) * 4096
         );
         assert_eq!(
             layout.total_size,
