@@ -31,7 +31,9 @@
 //!   known limitations).
 //!
 //! The reserve cursor in the control block is only a hint of the next position to try;
-//! anyone who sees it lag behind the slot states helps it forward. Positions wrap at
+//! anyone who sees it lag behind the slot states helps it forward, and one found ahead of a
+//! free slot (which only corruption produces) is brought back to it. A slot state that fits
+//! no lap of its position is never used to move the hint: the receiver resets it. Positions wrap at
 //! 2^48, which at 20 Mpps is five months; all comparisons are equalities modulo 2^48, so
 //! the wrap is harmless.
 //!
@@ -215,20 +217,48 @@ pub fn claim<M: SlotMemory>(ring: &M, writer: u16) -> Claim {
                 // Someone claimed this position but has not moved the hint yet.
                 help_reserve(ring, position);
             }
-        } else if state.position == advance(position, slots.wrapping_neg()) {
+        } else if state.position == advance(position, slots.wrapping_neg())
+            && state.tag != Tag::Free
+        {
             // The slot still holds the previous lap: unread, being written, or abandoned
             // but not yet skipped by its receiver. Either way it is not ours.
-            if state.tag != Tag::Free {
-                return Claim::Full;
-            }
-            return Claim::Busy;
-        } else {
-            // The hint lags (its mover died between claim and update) or the ring is
-            // corrupt; move it along and look again.
+            return Claim::Full;
+        } else if is_later_lap(position, state.position, slots) {
+            // The hint lags (its mover died between claim and update, or we read it long
+            // ago): the slot has moved on, so this position is taken. Move the hint along.
             help_reserve(ring, position);
+        } else if state.tag == Tag::Free && same_slot(position, state.position, slots) {
+            // A free slot waits for an earlier position than the hint names, which no
+            // correct run produces: the hint ran ahead (it was scribbled, or passed slots a
+            // scribbler had spoilt before their receiver reset them). Left alone, the
+            // receiver would wait for that position for ever while senders, finding every
+            // slot "behind", never claim again. Bring the hint back to it.
+            let _ = ring.reserve().compare_exchange(
+                position,
+                state.position,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        } else {
+            // A state that fits no lap of this position: junk. Moving the hint past it
+            // could run the hint away from the slots for good, so leave it to the
+            // receiver, which resets such slots when it reaches them.
+            return Claim::Busy;
         }
     }
     Claim::Busy
+}
+
+/// Whether `later` is `position` plus a whole, positive number of laps (less than half the
+/// position space, so that a wrapped comparison stays meaningful).
+fn is_later_lap(position: u64, later: u64, slots: u64) -> bool {
+    let distance = later.wrapping_sub(position) & POSITION_MASK;
+    distance != 0 && distance < 1 << (POSITION_BITS - 1) && distance.is_multiple_of(slots)
+}
+
+/// Whether two positions live in the same slot.
+fn same_slot(a: u64, b: u64, slots: u64) -> bool {
+    a & (slots - 1) == b & (slots - 1)
 }
 
 fn help_reserve<M: SlotMemory>(ring: &M, position: u64) {
@@ -311,7 +341,8 @@ pub enum Pop {
     },
     /// The writer died before publishing; skipped. The tail advances.
     Abandoned,
-    /// The slot was already consumed by a previous owner of this ring; the tail advances.
+    /// The slot already serves a later lap: a previous owner of this ring consumed `tail`
+    /// (its stored cursor was stale). The slot is untouched; the tail advances.
     AlreadyConsumed,
     /// The slot's state makes no sense for `tail`; it was reset. The tail advances.
     Corrupt,
@@ -347,7 +378,11 @@ pub fn pop<M: SlotMemory>(ring: &M, tail: u64, out: &mut [u8]) -> Pop {
                 Pop::Abandoned
             }
         }
-    } else if state.position == advance(tail, slots) && state.tag == Tag::Free {
+    } else if is_later_lap(tail, state.position, slots) {
+        // The slot already serves a later lap, so `tail` was consumed: by a previous owner
+        // of this ring that died (or unwound) before storing its cursor, which can lag by
+        // many laps. The slot is left alone — resetting it to `tail`'s next lap would move
+        // it backwards, behind the senders, and wedge the ring.
         Pop::AlreadyConsumed
     } else {
         word.store(next_lap, Ordering::Release);
@@ -530,6 +565,31 @@ pub(crate) mod tests {
         // The previous owner died before storing tail = 1; its successor starts at 0.
         assert_eq!(pop(&ring, 0, &mut out), Pop::AlreadyConsumed);
         assert_eq!(pop(&ring, 1, &mut out), Pop::Empty);
+    }
+
+    #[test]
+    fn a_tail_stale_by_several_laps_skips_without_touching_the_slots() {
+        let ring = HeapRing::new(4);
+        let mut out = [0u8; 4];
+        // The previous owner consumed 10 frames but stored no cursor.
+        for i in 0..10u8 {
+            assert_eq!(push(&ring, 1, meta(1), &[i]), Push::Delivered);
+            assert_eq!(pop(&ring, i as u64, &mut out), Pop::Frame(meta(1)));
+        }
+        assert_eq!(push(&ring, 1, meta(1), &[10]), Push::Delivered);
+        for tail in 0..10 {
+            assert_eq!(pop(&ring, tail, &mut out), Pop::AlreadyConsumed);
+        }
+        assert_eq!(pop(&ring, 10, &mut out), Pop::Frame(meta(1)));
+        assert_eq!(out[0], 10);
+    }
+
+    #[test]
+    fn a_hint_ahead_of_every_slot_is_brought_back() {
+        let ring = HeapRing::new(4);
+        ring.reserve.store(4_000_001, Ordering::Relaxed);
+        // Slot 1 waits for position 1: the hint returns to it instead of giving up.
+        assert_eq!(claim(&ring, 1), Claim::Claimed(1));
     }
 
     #[test]
