@@ -36,8 +36,7 @@ fn frame(dst: MacAddress, src: MacAddress) -> Vec<u8> {
 fn workspace() -> &'static Workspace {
     static WORKSPACE: OnceLock<Workspace> = OnceLock::new();
     WORKSPACE.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("guestnet-fuzz-region-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("guestnet-fuzz-region-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let geometry = Geometry {
             max_peers: 2,

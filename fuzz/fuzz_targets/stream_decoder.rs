@@ -52,11 +52,18 @@ fuzz_target!(|data: &[u8]| {
     let mut cut = *seed as usize | 1;
     'feed: while fed < stream.len() {
         let spare = decoder.spare();
-        assert!(!spare.is_empty(), "no room to read after the decoder was drained");
+        assert!(
+            !spare.is_empty(),
+            "no room to read after the decoder was drained"
+        );
         // Read sizes vary with the seed: 1 byte, a few, or as much as fits.
         cut = (cut * 37 + 11) % 251;
         let n = (cut % 17 + 1).min(spare.len()).min(stream.len() - fed);
-        let n = if cut % 5 == 0 { spare.len().min(stream.len() - fed) } else { n };
+        let n = if cut % 5 == 0 {
+            spare.len().min(stream.len() - fed)
+        } else {
+            n
+        };
         spare[..n].copy_from_slice(&stream[fed..fed + n]);
         decoder.filled(n);
         fed += n;
