@@ -1,9 +1,107 @@
-//! guestnet: a shared virtual Ethernet for the guests of one host.
+//! # guestnet: a shared virtual Ethernet for the guests of one host
+//!
+//! guestnet lets VMs, network namespaces and plain processes on one machine share an
+//! Ethernet segment without a bridge, without root and without a switch process in the
+//! data path. It descends from the guest network of lguest (Linux 2.6.23, 2007), where
+//! guests shared a page of peer slots, each holding a MAC, and a sender found its
+//! receiver by MAC and copied the frame straight into the receiver's buffers. guestnet
+//! keeps that shape — one copy, forwarding done by the sender, a peer table anyone can
+//! read — and mends what lguest's authors and reviewers listed as missing or wrong.
+//!
+//! ## The network
+//!
+//! A network is one file on a memory file system (`/dev/shm/guestnet/NAME` by default)
+//! that every member maps. It holds, in this order (see [`shm::layout`]):
+//!
+//! - a **header**: magic, layout version and geometry (max peers, ring slots, MTU); a
+//!   region of another version or whose size disagrees with its geometry is refused;
+//! - the **peer table**: per slot a published MAC, flags (promiscuous, all-multicast,
+//!   uplink, link down, quarantined), the owner's identity and its counters;
+//! - the **learned table**: source MAC → peer, with ageing, so that VMs whose MAC nobody
+//!   told us, and uplinks that front many MACs, are reached directly ([`network::fdb`]);
+//! - one **receive ring** per peer: a multi-producer, single-consumer ring of fixed-size
+//!   slots whose per-slot state word is claimed by compare-and-swap ([`network::ring`]).
+//!
+//! ## Forwarding happens in the sender
+//!
+//! To send, a peer checks the frame ([`wire::ethernet::validate_frame`]), learns its
+//! source address, resolves the receivers from its cached view of the peer table
+//! ([`network::forward::resolve`]: unicast to the owner of the address, broadcast and
+//! multicast to every peer whose filter takes it, unknown unicast flooded or dropped,
+//! promiscuous peers see everything, never back to the sender) and copies the frame once
+//! into each receiver's ring. There is no switch process to fail or to saturate; the
+//! network scales with its senders.
+//!
+//! ## Receiving, NAPI-style
+//!
+//! A receiver drains its ring up to a budget without any system call and sleeps on a
+//! futex in the ring when it runs dry. A sender wakes a receiver only if it found it
+//! asleep, once per batch, so under load there are far fewer wake-ups than frames, and
+//! an idle network costs nothing ([`network::peer`]).
+//!
+//! ## Nothing is lost without a count, and nobody can wedge the others
+//!
+//! Every frame a peer accepts is either delivered to each receiver or counted with a
+//! reason on both sides ([`network::counters::DropReason`]). A full ring refuses the new
+//! frame and never overwrites an unread one. Every member holds a lock on its own byte of
+//! the region file; when a process dies, even halfway through writing a frame, the kernel
+//! drops its lock and the next liveness sweep (a few per second, by whoever gets there
+//! first) reclaims its slot, marks its half-written frames abandoned and forgets its
+//! addresses. Everything read from the region is treated as untrusted: lengths are
+//! clamped, indices are reduced into checked ranges, frames are copied out before they
+//! are checked, and every loop over shared data is bounded.
+//!
+//! ## Ports
+//!
+//! Every way in is a peer ([`ports`]): a Rust process through this library, QEMU's
+//! `-netdev stream` and `-netdev dgram` sockets, a pcap capture. One port process may
+//! host many peers, one per connection.
+//!
+//! ## Layers
+//!
+//! | module | deals with |
+//! | --- | --- |
+//! | [`wire`] | byte formats: Ethernet frames, stream framing, pcap; no I/O, no clock |
+//! | [`shm`] | the only `unsafe` code: mapping the region, checked access, file locks |
+//! | [`network`] | the region's structures, rings, forwarding, learning, liveness, peers |
+//! | [`ports`] | adapters from sockets and files to peers |
+//! | [`cli`] | the `guestnet` command |
+//!
+//! ## Example
+//!
+//! ```
+//! use guestnet::network::{CreateOptions, JoinOptions, Network};
+//! use guestnet::wire::MacAddress;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?; // usually guestnet::network::default_dir()
+//! let net = Network::create(dir.path(), "lab", CreateOptions::default())?;
+//! let mut alice = net.join(JoinOptions::default())?;
+//! let mut bob = net.join(JoinOptions::default())?;
+//!
+//! // An Ethernet frame from Alice to Bob: destination, source, EtherType, payload.
+//! let mut frame = Vec::new();
+//! frame.extend_from_slice(&bob.mac().octets());
+//! frame.extend_from_slice(&alice.mac().octets());
+//! frame.extend_from_slice(&[0x88, 0xb5]);
+//! frame.extend_from_slice(b"hello, bob");
+//! alice.send(&frame);
+//!
+//! let mut received = Vec::new();
+//! bob.receive(64, |f| received.push(f.to_vec()));
+//! assert_eq!(received, vec![frame]);
+//! assert_eq!(bob.counters().rx_packets, 1);
+//! # Ok(())
+//! # }
+//! ```
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod network;
 pub mod ports;
 pub mod shm;
+pub mod testframe;
 pub mod wire;

@@ -49,20 +49,34 @@ impl AtomicWord for Word {
 }
 
 /// Longest frame a test slot holds, in 8-byte words.
-const SLOT_WORDS: usize = 3;
+const SLOT_WORDS: usize = 2;
+/// Longest frame a large buffer holds, in 8-byte words: frames of 3 and 4 words travel
+/// in one of the ring's two large buffers.
+const LARGE_WORDS: usize = 4;
+/// Longest frame of the tests.
+const MAX_WORDS: usize = LARGE_WORDS;
 
 /// One slot: its state word, its metadata and its bytes, all scheduled by shuttle.
 struct Slot {
     state: Word,
     len: AtomicU64,
     generation: AtomicU64,
+    large: AtomicU64,
     bytes: [AtomicU64; SLOT_WORDS],
+}
+
+/// One large buffer: its owner word and its bytes.
+struct Large {
+    owner: Word,
+    bytes: [AtomicU64; LARGE_WORDS],
 }
 
 /// A small ring held in shuttle atomics.
 struct ShuttleRing {
     reserve: Word,
     slots: Vec<Slot>,
+    large_hint: Word,
+    large: Vec<Large>,
 }
 
 impl ShuttleRing {
@@ -74,6 +88,14 @@ impl ShuttleRing {
                     state: Word(AtomicU64::new(0)),
                     len: AtomicU64::new(0),
                     generation: AtomicU64::new(0),
+                    large: AtomicU64::new(0),
+                    bytes: std::array::from_fn(|_| AtomicU64::new(0)),
+                })
+                .collect(),
+            large_hint: Word(AtomicU64::new(0)),
+            large: (0..2)
+                .map(|_| Large {
+                    owner: Word(AtomicU64::new(0)),
                     bytes: std::array::from_fn(|_| AtomicU64::new(0)),
                 })
                 .collect(),
@@ -102,39 +124,82 @@ impl SlotMemory for ShuttleRing {
         &self.slot(index).state
     }
 
-    fn write_frame(&self, index: u64, meta: SlotMeta, frame: &[u8]) {
+    fn slot_capacity(&self) -> usize {
+        SLOT_WORDS * 8
+    }
+
+    fn write_frame(&self, index: u64, meta: SlotMeta, bytes: &[u8]) {
         let slot = self.slot(index);
         // One store per word, as the real copy is many stores: a reader racing with this
         // would see a mix of old and new words.
-        for (word, chunk) in slot.bytes.iter().zip(frame.chunks(8)) {
-            let mut bytes = [0u8; 8];
-            bytes[..chunk.len()].copy_from_slice(chunk);
-            word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+        for (word, chunk) in slot.bytes.iter().zip(bytes.chunks(8)) {
+            word.store(word_of(chunk), Ordering::Relaxed);
         }
         slot.len.store(meta.len as u64, Ordering::Relaxed);
         slot.generation
             .store(meta.generation as u64, Ordering::Relaxed);
+        slot.large.store(meta.large as u64, Ordering::Relaxed);
     }
 
-    fn read_frame(&self, index: u64, out: &mut [u8]) -> SlotMeta {
+    fn read_meta(&self, index: u64) -> SlotMeta {
         let slot = self.slot(index);
-        let meta = SlotMeta {
+        SlotMeta {
             len: slot.len.load(Ordering::Relaxed) as u32,
             generation: slot.generation.load(Ordering::Relaxed) as u32,
-        };
-        let len = (meta.len as usize).min(out.len()).min(SLOT_WORDS * 8);
-        for (word, chunk) in slot.bytes.iter().zip(out[..len].chunks_mut(8)) {
-            let bytes = word.load(Ordering::Relaxed).to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
+            large: slot.large.load(Ordering::Relaxed) as u32,
+            ..SlotMeta::default()
         }
-        meta
+    }
+
+    fn read_bytes(&self, index: u64, len: usize, out: &mut [u8]) {
+        read_words(&self.slot(index).bytes, len, out);
+    }
+
+    fn large_count(&self) -> u64 {
+        self.large.len() as u64
+    }
+
+    fn large_capacity(&self) -> usize {
+        LARGE_WORDS * 8
+    }
+
+    fn large_hint(&self) -> &Word {
+        &self.large_hint
+    }
+
+    fn large_owner(&self, index: u64) -> &Word {
+        &self.large[index as usize].owner
+    }
+
+    fn write_large(&self, index: u64, frame: &[u8]) {
+        for (word, chunk) in self.large[index as usize].bytes.iter().zip(frame.chunks(8)) {
+            word.store(word_of(chunk), Ordering::Relaxed);
+        }
+    }
+
+    fn read_large(&self, index: u64, len: usize, out: &mut [u8]) {
+        read_words(&self.large[index as usize].bytes, len, out);
     }
 }
 
-/// Frame `seq` of `writer`: 1 to [`SLOT_WORDS`] words, each naming its writer, its sequence
+fn word_of(chunk: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes[..chunk.len()].copy_from_slice(chunk);
+    u64::from_le_bytes(bytes)
+}
+
+fn read_words(words: &[AtomicU64], len: usize, out: &mut [u8]) {
+    let len = len.min(out.len()).min(words.len() * 8);
+    for (word, chunk) in words.iter().zip(out[..len].chunks_mut(8)) {
+        let bytes = word.load(Ordering::Relaxed).to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+/// Frame `seq` of `writer`: 1 to [`MAX_WORDS`] words (so some go by large buffer), each naming its writer, its sequence
 /// number and its own index, so a frame spliced from two writes is recognised.
 fn frame_for(writer: u16, seq: u32) -> Vec<u8> {
-    let words = 1 + (seq as usize + writer as usize) % SLOT_WORDS;
+    let words = 1 + (seq as usize + writer as usize) % MAX_WORDS;
     (0..words as u64)
         .flat_map(|i| ((writer as u64) << 48 | (seq as u64) << 16 | i).to_le_bytes())
         .collect()
@@ -150,6 +215,7 @@ fn push_frame(ring: &ShuttleRing, writer: u16, seq: u32) -> Push {
     let meta = SlotMeta {
         len: frame.len() as u32,
         generation: generation_for(writer),
+        ..SlotMeta::default()
     };
     ring::push(ring, writer, meta, &frame)
 }
@@ -157,7 +223,7 @@ fn push_frame(ring: &ShuttleRing, writer: u16, seq: u32) -> Push {
 /// Checks a popped frame whole and returns who wrote it.
 fn check_frame(meta: SlotMeta, bytes: &[u8]) -> (u16, u32) {
     assert!(
-        meta.len >= 8 && meta.len as usize <= SLOT_WORDS * 8,
+        meta.len >= 8 && meta.len as usize <= MAX_WORDS * 8,
         "implausible length {}",
         meta.len
     );
@@ -267,7 +333,7 @@ fn scenario(s: Scenario) {
                 final_tail: 0,
             };
             let mut tail = 0;
-            let mut buffer = [0u8; SLOT_WORDS * 8];
+            let mut buffer = [0u8; MAX_WORDS * 8];
             loop {
                 // Read before looking at the ring: if every thread had finished by then, an
                 // empty slot means nothing more will ever come.
@@ -365,6 +431,15 @@ fn scenario(s: Scenario) {
         assert!(state.position >= consumed.final_tail);
         assert!(state.position < consumed.final_tail + s.slots);
     }
+    // And no large buffer is left owned (an owner word of zero is a free buffer): each one
+    // went back when its frame was read, its slot skipped, or its claim refused.
+    for (index, large) in ring.large.iter().enumerate() {
+        assert_eq!(
+            large.owner.load(Ordering::SeqCst),
+            0,
+            "large buffer {index} leaked"
+        );
+    }
 }
 
 /// Runs `test` under `scheduler`, failing any single run that takes more steps than a
@@ -427,4 +502,31 @@ fn a_writer_dying_in_a_full_two_slot_ring_is_skipped_on_a_later_lap() {
         dead_writer: true,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
+}
+
+#[test]
+fn a_ring_started_afresh_for_a_new_owner_frees_the_large_buffers_of_unread_frames() {
+    // Single-threaded, but on the same shuttle memory (its atomics need shuttle's runtime).
+    run(RandomScheduler::new(1), || {
+        let ring = ShuttleRing::new(4);
+        // The previous owner leaves without reading two large frames.
+        assert_eq!(push_frame(&ring, 1, 2), Push::Delivered);
+        assert_eq!(push_frame(&ring, 1, 3), Push::Delivered);
+        assert!(frame_for(1, 2).len() > SLOT_WORDS * 8, "a large frame");
+        let tail = ring::reset_ahead(&ring);
+        for (index, large) in ring.large.iter().enumerate() {
+            assert_eq!(
+                large.owner.load(Ordering::SeqCst),
+                0,
+                "large buffer {index} still held for a frame nobody will read"
+            );
+        }
+        // The new owner can receive large frames.
+        assert_eq!(push_frame(&ring, 2, 1), Push::Delivered);
+        let mut buffer = [0u8; MAX_WORDS * 8];
+        let Pop::Frame(meta) = ring::pop(&ring, tail, &mut buffer) else {
+            panic!("no frame at the new owner's first position");
+        };
+        assert_eq!(check_frame(meta, &buffer), (2, 1));
+    });
 }

@@ -42,6 +42,7 @@ fn workspace() -> &'static Workspace {
             max_peers: 2,
             ring_slots: 8,
             mtu: 68,
+            gso_buffers: 2,
         };
         let net = Network::create(
             &dir,

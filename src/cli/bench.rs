@@ -1,17 +1,461 @@
-//! `bench` (being written).
-use std::path::Path;
+//! `guestnet bench`: frames per second, drops, wake-ups and latency between processes,
+//! against a unix datagram socket measured in the same run.
+//!
+//! The command is a coordinator. It makes a private directory under `/dev/shm` with one
+//! network in it, and starts the workers as copies of its own executable (the hidden
+//! `bench-worker` subcommand): one receiver and `--senders` senders, each its own process,
+//! as guests' ports would be. The workers talk to it by lines:
+//!
+//! ```text
+//! worker → "ready [mac]"      joined (the receiver says its MAC), waiting
+//! worker ← "go <deadline>"    start now, stop sending at this monotonic time (ns)
+//! sender → <report>           one JSON line when the deadline has passed, then exits
+//! receiver ← "stop"           every sender is gone: drain what is left and report
+//! receiver → <report>
+//! ```
+//!
+//! so the start is a barrier without sleeps, and the receiver drains only once nothing
+//! can arrive any more, which lets the counts add up exactly. The same is then done with
+//! the anchor, the obvious alternative for moving frames between processes: a unix
+//! `SOCK_DGRAM` socket, one frame per blocking `send()` and per `recv()`, as QEMU's
+//! `-netdev dgram` does. Blocking sends give the anchor flow control (it never drops),
+//! which favours it.
+//!
+//! Workers are pinned with `sched_setaffinity`, unless `--no-pin`: the receiver on the
+//! first CPU the command may use, the senders round-robin on the others. On two cores
+//! one sender and the receiver each have a core; four senders share one core, so the
+//! 4-sender figure measures what contention costs, not extra sending power.
+//!
+//! Ctrl-C (or SIGTERM) kills the workers; the private directory is removed on every exit
+//! path by a guard.
+
+mod process;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+
+use crate::bench::{
+    self, AnchorResult, BenchResult, Drops, FrameCounts, ReceiverReport, SenderReport, Throughput,
+};
+use crate::network::{CreateOptions, Network, monotonic_ns};
+use crate::shm::layout::Geometry;
+use crate::wire::MacAddress;
+use process::{Interrupt, Placement, Worker, Workspace};
+
+/// Name of the network inside the private directory.
+const NETWORK: &str = "bench";
+/// File name of the anchor's socket inside the private directory.
+const ANCHOR_SOCKET: &str = "anchor.sock";
+/// What the anchor is, as printed.
+const ANCHOR_NAME: &str = "unix SOCK_DGRAM socket, one blocking send()/recv() per frame";
+/// How long a worker may take to start and join.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after the deadline a worker may take to report.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Bytes per frame, Ethernet header included (32 to 1514).
+    #[arg(long, default_value_t = 64)]
+    pub frame_size: usize,
+    /// Sender processes (1 to 64).
+    #[arg(long, default_value_t = 1)]
+    pub senders: u16,
+    /// Seconds each of the two measurements lasts.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Frames per `send_batch` call (1 to 4096).
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Slots of the receiver's ring (a power of two).
+    #[arg(long, default_value_t = Geometry::default().ring_slots)]
+    pub ring_slots: u32,
+    /// Leave the workers unpinned (the scheduler places them).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a worker process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Sends bench frames into the network.
+    Sender,
+    /// Receives them from the network.
+    Receiver,
+    /// Sends bench frames into the anchor socket.
+    AnchorSender,
+    /// Receives them from the anchor socket.
+    AnchorReceiver,
+}
+
 /// Arguments of the hidden worker.
 #[derive(Debug, clap::Args)]
-pub struct WorkerArgs {}
-/// Runs `bench`.
-pub fn run(_dir: &Path, _args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+pub struct WorkerArgs {
+    /// What to do.
+    #[arg(long, value_enum)]
+    role: Role,
+    /// Private directory of the run (network and socket).
+    #[arg(long)]
+    workspace: PathBuf,
+    /// Sender number, or the number of senders for a receiver.
+    #[arg(long)]
+    id: u16,
+    /// Receiver's MAC (senders).
+    #[arg(long)]
+    to: Option<MacAddress>,
+    /// Bytes per frame.
+    #[arg(long)]
+    frame_size: usize,
+    /// Frames per batch.
+    #[arg(long)]
+    batch: usize,
+    /// CPU to pin to.
+    #[arg(long)]
+    cpu: Option<usize>,
 }
-/// Runs a worker.
-pub fn worker(_dir: &Path, _args: WorkerArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+
+/// Runs `bench`. The global `--dir` is not used: the run's network is private.
+pub fn run(_dir: &Path, args: BenchArgs) -> anyhow::Result<()> {
+    check_args(&args)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let interrupt = Interrupt::install()?;
+    let workspace = Workspace::create()?;
+    let geometry = Geometry {
+        ring_slots: args.ring_slots,
+        ..Geometry::default()
+    };
+    Network::create(
+        workspace.path(),
+        NETWORK,
+        CreateOptions {
+            geometry,
+            ..CreateOptions::default()
+        },
+    )
+    .context("create the bench network")?;
+    let placement = Placement::new(!args.no_pin);
+    let plan = Plan {
+        args: &args,
+        workspace: workspace.path(),
+        placement: &placement,
+        interrupt: &interrupt,
+    };
+    progress(&args, "measuring guestnet");
+    let (senders, receiver) = plan.measure(Transport::Guestnet)?;
+    progress(&args, "measuring the anchor");
+    let (anchor_senders, anchor_receiver) = plan.measure(Transport::Anchor)?;
+    let result = summarise(
+        &args,
+        (&senders, &receiver),
+        (&anchor_senders, &anchor_receiver),
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print_table(&result, &args, &command, &placement);
+    }
+    Ok(())
+}
+
+fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
+    let max_frame = crate::wire::ethernet::max_frame_len(Geometry::default().mtu as usize, false);
+    if !(bench::MIN_FRAME_LEN..=max_frame).contains(&args.frame_size) {
+        bail!(
+            "--frame-size must be between {} and {max_frame}",
+            bench::MIN_FRAME_LEN
+        );
+    }
+    if !(1..=64).contains(&args.senders) {
+        bail!("--senders must be between 1 and 64");
+    }
+    if !(args.seconds.is_finite() && args.seconds > 0.0 && args.seconds <= 3600.0) {
+        bail!("--seconds must be more than 0 and at most 3600");
+    }
+    if !(1..=4096).contains(&args.batch) {
+        bail!("--batch must be between 1 and 4096");
+    }
+    Ok(())
+}
+
+/// Says on stderr what is being measured, even with `--json`: a person sees progress,
+/// and a caller can tell the run has started.
+fn progress(args: &BenchArgs, what: &str) {
+    eprintln!("guestnet bench: {what} for {} s", args.seconds);
+}
+
+/// Which transport a measurement uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Guestnet,
+    Anchor,
+}
+
+/// Everything a measurement needs.
+struct Plan<'a> {
+    args: &'a BenchArgs,
+    workspace: &'a Path,
+    placement: &'a Placement,
+    interrupt: &'a Interrupt,
+}
+
+impl Plan<'_> {
+    /// Runs one measurement: starts the workers, releases them together, collects reports.
+    fn measure(&self, transport: Transport) -> anyhow::Result<(Vec<SenderReport>, ReceiverReport)> {
+        let (receiver_role, sender_role) = match transport {
+            Transport::Guestnet => (Role::Receiver, Role::Sender),
+            Transport::Anchor => (Role::AnchorReceiver, Role::AnchorSender),
+        };
+        let mut receiver = self.spawn(
+            receiver_role,
+            self.args.senders,
+            None,
+            self.placement.receiver(),
+        )?;
+        let ready = receiver.expect_line(Instant::now() + START_TIMEOUT, self.interrupt)?;
+        let to = match transport {
+            Transport::Guestnet => Some(parse_ready_mac(&ready)?),
+            Transport::Anchor => None,
+        };
+        let mut senders = Vec::new();
+        for id in 0..self.args.senders {
+            senders.push(self.spawn(sender_role, id, to, self.placement.sender(id))?);
+        }
+        for sender in &mut senders {
+            sender.expect_line(Instant::now() + START_TIMEOUT, self.interrupt)?;
+        }
+        let length = Duration::from_secs_f64(self.args.seconds);
+        let deadline = monotonic_ns().saturating_add(length.as_nanos() as u64);
+        let go = format!("go {deadline}");
+        // The receiver first, so it is listening when the first frame comes.
+        receiver.send_line(&go)?;
+        for sender in &mut senders {
+            sender.send_line(&go)?;
+        }
+        let report_by = Instant::now() + length + REPORT_TIMEOUT;
+        let mut sender_reports = Vec::new();
+        for mut sender in senders {
+            let line = sender.expect_line(report_by, self.interrupt)?;
+            sender_reports.push(
+                serde_json::from_str::<SenderReport>(&line)
+                    .with_context(|| format!("{}: bad report {line:?}", sender.name))?,
+            );
+            sender.finish(report_by)?;
+        }
+        // Every sender has exited: nothing is in flight, so what the receiver drains now
+        // is exactly what was still queued.
+        receiver.send_line("stop")?;
+        let line = receiver.expect_line(Instant::now() + REPORT_TIMEOUT, self.interrupt)?;
+        let receiver_report = serde_json::from_str::<ReceiverReport>(&line)
+            .with_context(|| format!("{}: bad report {line:?}", receiver.name))?;
+        receiver.finish(Instant::now() + REPORT_TIMEOUT)?;
+        Ok((sender_reports, receiver_report))
+    }
+
+    fn spawn(
+        &self,
+        role: Role,
+        id: u16,
+        to: Option<MacAddress>,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<Worker> {
+        let role_name = match role {
+            Role::Sender => "sender",
+            Role::Receiver => "receiver",
+            Role::AnchorSender => "anchor-sender",
+            Role::AnchorReceiver => "anchor-receiver",
+        };
+        let mut command = Command::new(std::env::current_exe().context("find own executable")?);
+        command
+            .arg("bench-worker")
+            .arg("--role")
+            .arg(role_name)
+            .arg("--workspace")
+            .arg(self.workspace)
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--frame-size")
+            .arg(self.args.frame_size.to_string())
+            .arg("--batch")
+            .arg(self.args.batch.to_string());
+        if let Some(mac) = to {
+            command.arg("--to").arg(mac.to_string());
+        }
+        if let Some(cpu) = cpu {
+            command.arg("--cpu").arg(cpu.to_string());
+        }
+        let name = if matches!(role, Role::Sender | Role::AnchorSender) {
+            format!("{role_name} {id}")
+        } else {
+            role_name.to_string()
+        };
+        let worker = Worker::spawn(command, name, &self.interrupt.children)?;
+        // A signal that came while we were spawning missed this child: look again.
+        self.interrupt.check()?;
+        Ok(worker)
+    }
+}
+
+fn parse_ready_mac(line: &str) -> anyhow::Result<MacAddress> {
+    line.strip_prefix("ready ")
+        .and_then(|mac| mac.trim().parse().ok())
+        .ok_or_else(|| anyhow!("receiver: expected \"ready <mac>\", got {line:?}"))
+}
+
+/// Turns the workers' reports into the result.
+fn summarise(
+    args: &BenchArgs,
+    (senders, receiver): (&[SenderReport], &ReceiverReport),
+    (anchor_senders, anchor_receiver): (&[SenderReport], &ReceiverReport),
+) -> BenchResult {
+    let guestnet = Throughput::of(
+        receiver.received_in_window,
+        args.frame_size,
+        receiver.window_ns,
+    );
+    let anchor = Throughput::of(
+        anchor_receiver.received_in_window,
+        args.frame_size,
+        anchor_receiver.window_ns,
+    );
+    let counts = |senders: &[SenderReport], receiver: &ReceiverReport| FrameCounts {
+        sent: senders.iter().map(|s| s.sent).sum(),
+        received: receiver.received,
+        queued: receiver.queued,
+        lost: bench::lost_frames(senders, receiver),
+    };
+    let wakeups_per_frame = if receiver.received == 0 {
+        0.0
+    } else {
+        receiver.wakeups as f64 / receiver.received as f64
+    };
+    let ratio = if anchor.mpps > 0.0 {
+        guestnet.mpps / anchor.mpps
+    } else {
+        0.0
+    };
+    BenchResult {
+        frame_size: args.frame_size,
+        senders: args.senders,
+        seconds: args.seconds,
+        mpps: guestnet.mpps,
+        gbps: guestnet.gbps,
+        drops: Drops::from_reports(senders, receiver),
+        wakeups_per_frame,
+        latency_ns: receiver.latency_ns,
+        frames: counts(senders, receiver),
+        out_of_order: receiver.out_of_order + anchor_receiver.out_of_order,
+        anchor: AnchorResult {
+            name: ANCHOR_NAME.to_string(),
+            mpps: anchor.mpps,
+            gbps: anchor.gbps,
+            latency_ns: anchor_receiver.latency_ns,
+            frames: counts(anchor_senders, anchor_receiver),
+        },
+        ratio,
+    }
+}
+
+fn print_table(result: &BenchResult, args: &BenchArgs, command: &str, placement: &Placement) {
+    let senders = if args.senders == 1 {
+        "1 sender".to_string()
+    } else {
+        format!("{} senders", args.senders)
+    };
+    println!(
+        "guestnet bench: {}-byte frames, {senders} → 1 receiver, {} s per transport, batch {}, ring {} slots",
+        args.frame_size, args.seconds, args.batch, args.ring_slots
+    );
+    println!("machine: {}", machine());
+    println!("workers: {}", placement.describe(args.senders));
+    println!("command: {command}");
+    println!();
+    let latency = |p: &bench::Percentiles| {
+        format!(
+            "latency p50 {} p99 {} p99.9 {}",
+            nanoseconds(p.p50),
+            nanoseconds(p.p99),
+            nanoseconds(p.p999)
+        )
+    };
+    println!(
+        "guestnet  {:8.2} Mpps {:8.2} Gbit/s   {}",
+        result.mpps,
+        result.gbps,
+        latency(&result.latency_ns)
+    );
+    let reasons: Vec<String> = result
+        .drops
+        .tx
+        .iter()
+        .map(|(r, n)| format!("tx {r} {n}"))
+        .chain(result.drops.rx.iter().map(|(r, n)| format!("rx {r} {n}")))
+        .collect();
+    let reasons = if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", reasons.join(", "))
+    };
+    println!(
+        "          drops {} of {} sent{reasons}; wake-ups per frame {:.6}",
+        result.drops.total, result.frames.sent, result.wakeups_per_frame
+    );
+    println!(
+        "anchor    {:8.2} Mpps {:8.2} Gbit/s   {}",
+        result.anchor.mpps,
+        result.anchor.gbps,
+        latency(&result.anchor.latency_ns)
+    );
+    println!("          {}", result.anchor.name);
+    println!("ratio     {:.2} × anchor (frames per second)", result.ratio);
+    if result.out_of_order != 0 {
+        println!(
+            "WARNING: {} frames arrived out of order",
+            result.out_of_order
+        );
+    }
+}
+
+fn nanoseconds(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.1} ms", ns as f64 / 1e6)
+    } else if ns >= 1_000 {
+        format!("{:.1} µs", ns as f64 / 1e3)
+    } else {
+        format!("{ns} ns")
+    }
+}
+
+/// "N cores (M usable), <model>" from the scheduler and /proc/cpuinfo.
+fn machine() -> String {
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|text| {
+            let model = text
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_string());
+            let count = text.lines().filter(|l| l.starts_with("processor")).count();
+            (count, model)
+        })
+        .unwrap_or((0, None));
+    let usable = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{} cores ({usable} usable), {}",
+        cores.0,
+        cores.1.unwrap_or_else(|| "unknown CPU".to_string())
+    )
+}
+
+/// Runs a worker (the hidden `bench-worker` subcommand). The global `--dir` is not used:
+/// the coordinator names the run's private directory.
+pub fn worker(_dir: &Path, args: WorkerArgs) -> anyhow::Result<()> {
+    worker::run(args)
 }

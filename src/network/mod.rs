@@ -1,7 +1,7 @@
 //! The network: a named region, its peer table, and the control operations on it.
 //!
 //! [`Network`] creates, opens, lists and destroys regions, and reports their state.
-//! [`Peer`](peer::Peer) is one member of a network: it sends, receives and sleeps.
+//! [`Peer`] is one member of a network: it sends, receives and sleeps.
 //!
 //! Control operations (join, leave, changing a MAC or a flag, reclaiming a dead peer) are
 //! rare; they take the region's *control lock* (an OFD lock on one byte of the file, which
@@ -33,8 +33,8 @@ use std::sync::atomic::{Ordering, fence};
 use serde::Serialize;
 
 use crate::shm::layout::{
-    self, FdbEntry, Geometry, Header, Layout, LayoutError, PeerEntry, RingControl, SlotHeader,
-    status,
+    self, FdbEntry, Geometry, Header, LargeHeader, Layout, LayoutError, PeerEntry, RingControl,
+    SlotHeader, status,
 };
 use crate::shm::{LockState, Mapping, RangeLock, Strided};
 use crate::wire::MacAddress;
@@ -282,14 +282,16 @@ impl Region {
             .expect("the learned table lies inside a checked region")
     }
 
+    #[inline]
     pub fn ring(&self, index: u16) -> ShmRing<'_> {
-        let base = self.layout.ring_offset(index as usize);
+        let layout = &self.layout;
+        let base = layout.ring_offset(index as usize);
         let control = self
             .mapping
             .strided::<RingControl>(
-                self.layout.rings_offset,
-                self.layout.ring_stride,
-                self.layout.geometry.max_peers as usize,
+                layout.rings_offset,
+                layout.ring_stride,
+                layout.geometry.max_peers as usize,
             )
             .expect("the rings lie inside a checked region")
             .at(index as u64);
@@ -297,15 +299,22 @@ impl Region {
             .mapping
             .strided::<SlotHeader>(
                 base + layout::RING_CONTROL_SIZE,
-                self.layout.slot_size,
-                self.layout.geometry.ring_slots as usize,
+                layout.slot_size,
+                layout.geometry.ring_slots as usize,
             )
             .expect("a ring lies inside a checked region");
+        // A network without large buffers gets an empty view.
+        let large = self.mapping.strided::<LargeHeader>(
+            base + layout.large_offset_in_ring,
+            layout::LARGE_STRIDE,
+            layout.geometry.gso_buffers as usize,
+        );
         ShmRing {
             mapping: &self.mapping,
             control,
             slots,
-            max_frame: self.layout.max_frame,
+            large,
+            max_frame: layout.max_frame,
         }
     }
 
@@ -524,6 +533,7 @@ pub(crate) struct ShmRing<'a> {
     mapping: &'a Mapping,
     control: &'a RingControl,
     slots: Strided<'a, SlotHeader>,
+    large: Option<Strided<'a, LargeHeader>>,
     max_frame: usize,
 }
 
@@ -536,39 +546,104 @@ impl<'a> ShmRing<'a> {
 impl SlotMemory for ShmRing<'_> {
     type Word = std::sync::atomic::AtomicU64;
 
+    #[inline]
     fn slot_count(&self) -> u64 {
         self.slots.count()
     }
 
+    #[inline]
     fn reserve(&self) -> &Self::Word {
         &self.control.reserve
     }
 
+    #[inline]
     fn state(&self, index: u64) -> &Self::Word {
         &self.slots.at(index).state
     }
 
-    fn write_frame(&self, index: u64, meta: SlotMeta, frame: &[u8]) {
-        let header = self.slots.at(index);
-        let data = self.slots.offset_of(index) + layout::SLOT_HEADER_SIZE;
-        let len = frame.len().min(self.max_frame);
-        // In bounds by construction: the slot holds max_frame bytes after its header.
-        let _ = self.mapping.write_bytes(data, &frame[..len]);
-        header.len.store(len as u32, Ordering::Relaxed);
-        header.generation.store(meta.generation, Ordering::Relaxed);
+    #[inline]
+    fn consumed_hint(&self) -> Option<u64> {
+        Some(self.control.consumed.load(Ordering::Relaxed))
     }
 
-    fn read_frame(&self, index: u64, out: &mut [u8]) -> SlotMeta {
+    #[inline]
+    fn slot_capacity(&self) -> usize {
+        self.max_frame
+    }
+
+    #[inline]
+    fn write_frame(&self, index: u64, meta: SlotMeta, bytes: &[u8]) {
         let header = self.slots.at(index);
-        let meta = SlotMeta {
+        let data = self.slots.offset_of(index) + layout::SLOT_HEADER_SIZE;
+        let len = bytes.len().min(self.max_frame);
+        // In bounds by construction: the slot holds max_frame bytes after its header.
+        let _ = self.mapping.write_bytes(data, &bytes[..len]);
+        header.len.store(meta.len, Ordering::Relaxed);
+        header.generation.store(meta.generation, Ordering::Relaxed);
+        for (word, value) in header.offload.iter().zip(meta.offload) {
+            word.store(value, Ordering::Relaxed);
+        }
+        header.offload[3].store(meta.large, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn read_meta(&self, index: u64) -> SlotMeta {
+        let header = self.slots.at(index);
+        let word = |i: usize| header.offload[i].load(Ordering::Relaxed);
+        SlotMeta {
             len: header.len.load(Ordering::Relaxed),
             generation: header.generation.load(Ordering::Relaxed),
-        };
+            offload: [word(0), word(1), word(2)],
+            large: word(3),
+        }
+    }
+
+    #[inline]
+    fn read_bytes(&self, index: u64, len: usize, out: &mut [u8]) {
         // The length is the writer's claim: clamp before using it to size a copy.
-        let len = (meta.len as usize).min(self.max_frame).min(out.len());
+        let len = len.min(self.max_frame).min(out.len());
         let data = self.slots.offset_of(index) + layout::SLOT_HEADER_SIZE;
         let _ = self.mapping.read_bytes(data, &mut out[..len]);
-        meta
+    }
+
+    fn large_count(&self) -> u64 {
+        self.large.map_or(0, |large| large.count())
+    }
+
+    fn large_capacity(&self) -> usize {
+        if self.large.is_some() {
+            layout::LARGE_FRAME
+        } else {
+            0
+        }
+    }
+
+    fn large_hint(&self) -> &Self::Word {
+        &self.control.large_hint
+    }
+
+    fn large_owner(&self, index: u64) -> &Self::Word {
+        match self.large {
+            Some(large) => &large.at(index).owner,
+            // Unreachable: callers only ask for index < large_count() == 0.
+            None => &self.control.large_hint,
+        }
+    }
+
+    fn write_large(&self, index: u64, frame: &[u8]) {
+        if let Some(large) = self.large {
+            let len = frame.len().min(layout::LARGE_FRAME);
+            let data = large.offset_of(index) + std::mem::size_of::<LargeHeader>();
+            let _ = self.mapping.write_bytes(data, &frame[..len]);
+        }
+    }
+
+    fn read_large(&self, index: u64, len: usize, out: &mut [u8]) {
+        if let Some(large) = self.large {
+            let len = len.min(layout::LARGE_FRAME).min(out.len());
+            let data = large.offset_of(index) + std::mem::size_of::<LargeHeader>();
+            let _ = self.mapping.read_bytes(data, &mut out[..len]);
+        }
     }
 }
 
@@ -744,6 +819,7 @@ impl Network {
             .slot_size
             .store(layout.slot_size as u32, Ordering::Relaxed);
         header.mtu.store(g.mtu, Ordering::Relaxed);
+        header.gso_buffers.store(g.gso_buffers, Ordering::Relaxed);
         let options_bits = if options.drop_unknown_unicast {
             layout::OPTION_DROP_UNKNOWN_UNICAST
         } else {

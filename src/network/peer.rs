@@ -262,6 +262,17 @@ impl Peer {
         let Some(index) = claimed else {
             return Err(Error::Full(region.name.clone()));
         };
+        // Not yet up: no sender starts a new frame for us, but one that started before the
+        // slot was freed may still be copying. Let live ones finish (they take
+        // microseconds; the bound covers a writer that was descheduled), then start the
+        // ring afresh.
+        let ring = region.ring(index);
+        let deadline = monotonic_ns().saturating_add(HANDOVER_GRACE_NS);
+        while ring::writers_in_progress(&ring) && monotonic_ns() < deadline {
+            std::thread::yield_now();
+        }
+        let tail = ring::reset_ahead(&ring);
+        ring.control().consumed.store(tail, Ordering::Relaxed);
         let published = region.with_control_lock(&lock_file, || {
             let mac = options
                 .mac
@@ -309,11 +320,7 @@ impl Peer {
                 return Err(e);
             }
         };
-        let tail = region
-            .ring(index)
-            .control()
-            .consumed
-            .load(Ordering::Acquire);
+
         let membership = Arc::new(Membership {
             region,
             lock_file,
@@ -405,6 +412,9 @@ pub struct Sender {
     now_ms: u64,
     last_maintenance_ns: u64,
 }
+
+/// How long a joining peer waits for writers still copying into its ring.
+const HANDOVER_GRACE_NS: u64 = 100_000_000;
 
 /// Bound on the private cache of learned addresses (a guest spraying random source
 /// addresses must not grow our memory; the shared table has its own bound).
@@ -619,8 +629,8 @@ impl Sender {
             return Err(reason);
         }
         let meta = SlotMeta {
-            len: frame.len() as u32,
             generation: destination.generation,
+            ..SlotMeta::default()
         };
         let reason = match ring::push(
             &region.ring(destination.index),
@@ -640,6 +650,10 @@ impl Sender {
             }
             Push::Full => DropReason::RingFull,
             Push::Busy => DropReason::RingBusy,
+            // Bigger than the receiver's network can carry: the sender checked the frame
+            // against the same network, so only a frame the offload checks let through
+            // (a super-frame on a network without large buffers) ends here.
+            Push::TooLarge => DropReason::Invalid,
             // The receiver counts abandoned slots when it skips them.
             Push::Abandoned => return Err(DropReason::Abandoned),
         };

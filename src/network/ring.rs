@@ -31,11 +31,20 @@
 //!   known limitations).
 //!
 //! The reserve cursor in the control block is only a hint of the next position to try;
-//! anyone who sees it lag behind the slot states helps it forward, and one found ahead of a
-//! free slot (which only corruption produces) is brought back to it. A slot state that fits
-//! no lap of its position is never used to move the hint: the receiver resets it. Positions wrap at
+//! anyone who sees it lag behind the slot states helps it forward. Positions wrap at
 //! 2^48, which at 20 Mpps is five months; all comparisons are equalities modulo 2^48, so
 //! the wrap is harmless.
+//!
+//! **Large frames.** A frame too big for a slot (a segmentation-offload super-frame of up
+//! to 64 KiB) travels in one of the ring's few *large buffers*; its slot carries only the
+//! metadata and the buffer's number. A large buffer's owner word says who holds it:
+//!
+//! - `FREE`; a sender claims one by compare-and-swap to `FILLING(writer)` and copies;
+//! - before publishing the slot that refers to it, the sender hands it to that position,
+//!   `HANDED(p)`; from then on it belongs to the receiver, which copies it out and frees
+//!   it when it reads (or skips) position `p`;
+//! - a writer that dies while `FILLING` loses its buffers to the liveness sweep. A buffer
+//!   is never freed by anyone while a live party may still touch it.
 //!
 //! The algorithm is written against [`SlotMemory`], so the same code runs on the shared
 //! region and, in the tests, on memory whose atomics the `shuttle` scheduler controls.
@@ -130,12 +139,15 @@ pub trait AtomicWord {
 }
 
 impl AtomicWord for AtomicU64 {
+    #[inline]
     fn load(&self, order: Ordering) -> u64 {
         AtomicU64::load(self, order)
     }
+    #[inline]
     fn store(&self, value: u64, order: Ordering) {
         AtomicU64::store(self, value, order)
     }
+    #[inline]
     fn compare_exchange(
         &self,
         current: u64,
@@ -154,6 +166,22 @@ pub struct SlotMeta {
     pub len: u32,
     /// Generation of the receiver the frame was meant for.
     pub generation: u32,
+    /// Offload metadata (a virtio-net header), opaque to the ring.
+    pub offload: [u32; 3],
+    /// Large buffer holding the frame, plus one; 0 when the frame is in the slot.
+    pub large: u32,
+}
+
+const LARGE_FREE: u64 = 0;
+const LARGE_FILLING: u64 = 1;
+const LARGE_HANDED: u64 = 2;
+
+const fn large_filling(writer: u16) -> u64 {
+    LARGE_FILLING | ((writer as u64 & WRITER_MASK) << 2)
+}
+
+const fn large_handed(position: u64) -> u64 {
+    LARGE_HANDED | ((position & POSITION_MASK) << 16)
 }
 
 /// The memory of one ring.
@@ -166,11 +194,41 @@ pub trait SlotMemory {
     fn reserve(&self) -> &Self::Word;
     /// State word of slot `index` (< slot_count).
     fn state(&self, index: u64) -> &Self::Word;
-    /// Writes a frame and its metadata into slot `index`; the caller guarantees that the
-    /// frame fits the slot. Plain (relaxed) writes: the publishing CAS orders them.
-    fn write_frame(&self, index: u64, meta: SlotMeta, frame: &[u8]);
-    /// Reads slot `index`'s metadata and copies up to `out.len()` bytes of its frame.
-    fn read_frame(&self, index: u64, out: &mut [u8]) -> SlotMeta;
+    /// The receiver's cursor as last stored, if the memory keeps one (see [`claim`]).
+    fn consumed_hint(&self) -> Option<u64> {
+        None
+    }
+    /// Bytes a slot holds.
+    fn slot_capacity(&self) -> usize;
+    /// Writes metadata and `bytes` (at most [`SlotMemory::slot_capacity`]) into slot
+    /// `index`; `meta.len` is stored as given. Plain (relaxed) writes: the publishing CAS
+    /// orders them.
+    fn write_frame(&self, index: u64, meta: SlotMeta, bytes: &[u8]);
+    /// Reads slot `index`'s metadata.
+    fn read_meta(&self, index: u64) -> SlotMeta;
+    /// Copies `len` bytes (clamped to the slot and to `out`) of slot `index`'s frame.
+    fn read_bytes(&self, index: u64, len: usize, out: &mut [u8]);
+
+    /// Number of large buffers (none by default).
+    fn large_count(&self) -> u64 {
+        0
+    }
+    /// Bytes a large buffer holds.
+    fn large_capacity(&self) -> usize {
+        0
+    }
+    /// Where producers start looking for a free large buffer.
+    fn large_hint(&self) -> &Self::Word {
+        self.reserve()
+    }
+    /// Owner word of large buffer `index` (< large_count).
+    fn large_owner(&self, index: u64) -> &Self::Word {
+        self.state(index)
+    }
+    /// Copies a frame into large buffer `index`.
+    fn write_large(&self, _index: u64, _frame: &[u8]) {}
+    /// Copies `len` bytes (clamped) of large buffer `index` into `out`.
+    fn read_large(&self, _index: u64, _len: usize, _out: &mut [u8]) {}
 }
 
 /// Result of trying to claim a slot.
@@ -188,11 +246,40 @@ pub enum Claim {
 /// failed try means another sender made progress, so this only bounds pathological cases.
 const CLAIM_TRIES: usize = 64;
 
+/// How many laps past the receiver's cursor the reserve hint must be before a sender takes
+/// it for scribbled and brings it back (see [`claim`]).
+const HINT_RUNAWAY_LAPS: u64 = 4;
+
 /// Claims the next free position for `writer`.
 pub fn claim<M: SlotMemory>(ring: &M, writer: u16) -> Claim {
     let slots = ring.slot_count();
     for _ in 0..CLAIM_TRIES {
         let position = ring.reserve().load(Ordering::Acquire) & POSITION_MASK;
+        // A lap ahead of the receiver's cursor means full, without touching the slot's
+        // cache line, which the receiver is about to read: an overrunning sender must not
+        // pull it back and forth. The cursor is only stored once per receive batch, so it
+        // may lag by up to one receive budget: near the brim a frame can be refused that
+        // would just have fitted. It is counted like any other full-ring drop.
+        if let Some(consumed) = ring.consumed_hint() {
+            let ahead = position.wrapping_sub(consumed) & POSITION_MASK;
+            if ahead >= HINT_RUNAWAY_LAPS * slots {
+                // No correct run puts the hint this far past the cursor (claims stop a lap
+                // ahead of it; a stale read or a handover adds a lap or two), nor behind it:
+                // the hint was scribbled. Left alone, every send would be refused as full
+                // for ever. Bring it back to the cursor; senders then help it forward over
+                // the positions already taken.
+                let _ = ring.reserve().compare_exchange(
+                    position,
+                    consumed,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                continue;
+            }
+            if ahead >= slots {
+                return Claim::Full;
+            }
+        }
         let word = ring.state(position & (slots - 1));
         let seen = word.load(Ordering::Acquire);
         let state = SlotState::decode(seen);
@@ -217,48 +304,20 @@ pub fn claim<M: SlotMemory>(ring: &M, writer: u16) -> Claim {
                 // Someone claimed this position but has not moved the hint yet.
                 help_reserve(ring, position);
             }
-        } else if state.position == advance(position, slots.wrapping_neg())
-            && state.tag != Tag::Free
-        {
+        } else if state.position == advance(position, slots.wrapping_neg()) {
             // The slot still holds the previous lap: unread, being written, or abandoned
             // but not yet skipped by its receiver. Either way it is not ours.
-            return Claim::Full;
-        } else if is_later_lap(position, state.position, slots) {
-            // The hint lags (its mover died between claim and update, or we read it long
-            // ago): the slot has moved on, so this position is taken. Move the hint along.
-            help_reserve(ring, position);
-        } else if state.tag == Tag::Free && same_slot(position, state.position, slots) {
-            // A free slot waits for an earlier position than the hint names, which no
-            // correct run produces: the hint ran ahead (it was scribbled, or passed slots a
-            // scribbler had spoilt before their receiver reset them). Left alone, the
-            // receiver would wait for that position for ever while senders, finding every
-            // slot "behind", never claim again. Bring the hint back to it.
-            let _ = ring.reserve().compare_exchange(
-                position,
-                state.position,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        } else {
-            // A state that fits no lap of this position: junk. Moving the hint past it
-            // could run the hint away from the slots for good, so leave it to the
-            // receiver, which resets such slots when it reaches them.
+            if state.tag != Tag::Free {
+                return Claim::Full;
+            }
             return Claim::Busy;
+        } else {
+            // The hint lags (its mover died between claim and update) or the ring is
+            // corrupt; move it along and look again.
+            help_reserve(ring, position);
         }
     }
     Claim::Busy
-}
-
-/// Whether `later` is `position` plus a whole, positive number of laps (less than half the
-/// position space, so that a wrapped comparison stays meaningful).
-fn is_later_lap(position: u64, later: u64, slots: u64) -> bool {
-    let distance = later.wrapping_sub(position) & POSITION_MASK;
-    distance != 0 && distance < 1 << (POSITION_BITS - 1) && distance.is_multiple_of(slots)
-}
-
-/// Whether two positions live in the same slot.
-fn same_slot(a: u64, b: u64, slots: u64) -> bool {
-    a & (slots - 1) == b & (slots - 1)
 }
 
 fn help_reserve<M: SlotMemory>(ring: &M, position: u64) {
@@ -298,8 +357,17 @@ pub fn publish<M: SlotMemory>(ring: &M, position: u64, writer: u16) -> Result<()
         .map_err(|_| Abandoned)
 }
 
-/// Claims, writes and publishes a frame in one go.
+/// Claims, writes and publishes a frame in one go; a frame too big for a slot goes into
+/// a large buffer.
 pub fn push<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) -> Push {
+    let meta = SlotMeta {
+        len: frame.len() as u32,
+        large: 0,
+        ..meta
+    };
+    if frame.len() > ring.slot_capacity() {
+        return push_large(ring, writer, meta, frame);
+    }
     match claim(ring, writer) {
         Claim::Claimed(position) => {
             ring.write_frame(position & (ring.slot_count() - 1), meta, frame);
@@ -313,6 +381,89 @@ pub fn push<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) 
     }
 }
 
+fn push_large<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) -> Push {
+    if frame.len() > ring.large_capacity() {
+        return Push::TooLarge;
+    }
+    let Some(buffer) = claim_large(ring, writer) else {
+        return Push::Full;
+    };
+    ring.write_large(buffer, frame);
+    let owner = ring.large_owner(buffer);
+    match claim(ring, writer) {
+        Claim::Claimed(position) => {
+            // Hand the buffer to the position before the slot that names it is published:
+            // from here on only the receiver frees it, so the liveness sweep (which frees
+            // FILLING buffers of dead writers) can never pull it from under a reader.
+            owner.store(large_handed(position), Ordering::Release);
+            let meta = SlotMeta {
+                large: buffer as u32 + 1,
+                ..meta
+            };
+            ring.write_frame(position & (ring.slot_count() - 1), meta, &[]);
+            match publish(ring, position, writer) {
+                Ok(()) => Push::Delivered,
+                // The receiver frees it when it skips the abandoned slot.
+                Err(Abandoned) => Push::Abandoned,
+            }
+        }
+        refused => {
+            owner.store(LARGE_FREE, Ordering::Release);
+            if refused == Claim::Full {
+                Push::Full
+            } else {
+                Push::Busy
+            }
+        }
+    }
+}
+
+fn claim_large<M: SlotMemory>(ring: &M, writer: u16) -> Option<u64> {
+    let count = ring.large_count();
+    let start = ring.large_hint().load(Ordering::Relaxed);
+    for i in 0..count {
+        let buffer = start.wrapping_add(i) % count;
+        let owner = ring.large_owner(buffer);
+        // Acquire on success: the receiver's copy out of the buffer happened before it
+        // freed it, and must not see our writes.
+        if owner.load(Ordering::Relaxed) == LARGE_FREE
+            && owner
+                .compare_exchange(
+                    LARGE_FREE,
+                    large_filling(writer),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            ring.large_hint()
+                .store(buffer.wrapping_add(1), Ordering::Relaxed);
+            return Some(buffer);
+        }
+    }
+    None
+}
+
+/// Frees the large buffer a slot at `position` names, if it really was handed to it.
+/// Returns false when the slot names a buffer that is not its own (scribbled metadata).
+fn release_large<M: SlotMemory>(ring: &M, meta: SlotMeta, position: u64) -> bool {
+    let Some(buffer) = meta.large.checked_sub(1).map(u64::from) else {
+        return true;
+    };
+    if buffer >= ring.large_count() {
+        return false;
+    }
+    let owner = ring.large_owner(buffer);
+    owner
+        .compare_exchange(
+            large_handed(position),
+            LARGE_FREE,
+            Ordering::Release,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}
+
 /// Result of [`push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
@@ -324,6 +475,8 @@ pub enum Push {
     Busy,
     /// Our claim was taken from us (we were believed dead).
     Abandoned,
+    /// The frame is bigger than anything the ring can hold.
+    TooLarge,
 }
 
 /// One step of the receiver at position `tail`.
@@ -341,8 +494,7 @@ pub enum Pop {
     },
     /// The writer died before publishing; skipped. The tail advances.
     Abandoned,
-    /// The slot already serves a later lap: a previous owner of this ring consumed `tail`
-    /// (its stored cursor was stale). The slot is untouched; the tail advances.
+    /// The slot was already consumed by a previous owner of this ring; the tail advances.
     AlreadyConsumed,
     /// The slot's state makes no sense for `tail`; it was reset. The tail advances.
     Corrupt,
@@ -368,26 +520,45 @@ pub fn pop<M: SlotMemory>(ring: &M, tail: u64, out: &mut [u8]) -> Pop {
                 writer: state.writer,
             },
             Tag::Ready => {
-                let meta = ring.read_frame(tail & (slots - 1), out);
+                let index = tail & (slots - 1);
+                let meta = ring.read_meta(index);
+                let step = if meta.large == 0 {
+                    ring.read_bytes(index, meta.len as usize, out);
+                    Pop::Frame(meta)
+                } else {
+                    pop_large(ring, meta, tail, out)
+                };
                 // Release: our copy must be complete before a sender may reuse the slot.
                 word.store(next_lap, Ordering::Release);
-                Pop::Frame(meta)
+                step
             }
             Tag::Abandoned => {
+                // The writer may have handed a large buffer to this position before dying.
+                release_large(ring, ring.read_meta(tail & (slots - 1)), tail);
                 word.store(next_lap, Ordering::Release);
                 Pop::Abandoned
             }
         }
-    } else if is_later_lap(tail, state.position, slots) {
-        // The slot already serves a later lap, so `tail` was consumed: by a previous owner
-        // of this ring that died (or unwound) before storing its cursor, which can lag by
-        // many laps. The slot is left alone — resetting it to `tail`'s next lap would move
-        // it backwards, behind the senders, and wedge the ring.
+    } else if state.position == advance(tail, slots) && state.tag == Tag::Free {
         Pop::AlreadyConsumed
     } else {
         word.store(next_lap, Ordering::Release);
         Pop::Corrupt
     }
+}
+
+fn pop_large<M: SlotMemory>(ring: &M, meta: SlotMeta, tail: u64, out: &mut [u8]) -> Pop {
+    let buffer = u64::from(meta.large - 1);
+    let handed = buffer < ring.large_count()
+        && ring.large_owner(buffer).load(Ordering::Acquire) == large_handed(tail);
+    if !handed {
+        // The slot names a buffer that was not handed to it: scribbled metadata. Touching
+        // that buffer could steal another frame's, so leave it alone.
+        return Pop::Corrupt;
+    }
+    ring.read_large(buffer, meta.len as usize, out);
+    release_large(ring, meta, tail);
+    Pop::Frame(meta)
 }
 
 /// Whether a frame (or something else that needs the receiver) waits at `tail`.
@@ -399,10 +570,18 @@ pub fn has_work<M: SlotMemory>(ring: &M, tail: u64) -> bool {
     !(state.position == tail && matches!(state.tag, Tag::Free | Tag::Writing))
 }
 
-/// Marks every slot that `dead_writer` was filling as abandoned; returns how many. Called
-/// only once the writer is known dead (its slot lock is free), so it cannot race with the
-/// writer's own publish.
+/// Marks every slot that `dead_writer` was filling as abandoned and frees the large
+/// buffers it was filling; returns how many slots. Called only once the writer is known
+/// dead (its slot lock is free), so it cannot race with the writer itself.
 pub fn abandon_writer<M: SlotMemory>(ring: &M, dead_writer: u16) -> u64 {
+    for buffer in 0..ring.large_count() {
+        let _ = ring.large_owner(buffer).compare_exchange(
+            large_filling(dead_writer),
+            LARGE_FREE,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
     let mut count = 0;
     for index in 0..ring.slot_count() {
         let word = ring.state(index);
@@ -425,13 +604,54 @@ pub fn abandon_writer<M: SlotMemory>(ring: &M, dead_writer: u16) -> u64 {
     count
 }
 
+/// Whether any slot is being written.
+pub fn writers_in_progress<M: SlotMemory>(ring: &M) -> bool {
+    (0..ring.slot_count()).any(|index| {
+        SlotState::decode(ring.state(index).load(Ordering::Acquire)).tag == Tag::Writing
+    })
+}
+
 /// Puts a ring in its initial state: position 0 next, every slot free for its first lap.
 pub fn reset<M: SlotMemory>(ring: &M) {
-    for index in 0..ring.slot_count() {
-        ring.state(index)
-            .store(SlotState::free(index).encode(), Ordering::Relaxed);
+    reset_at(ring, 0);
+}
+
+/// Starts a ring afresh for a new owner and returns the position to read from.
+///
+/// Whatever the previous owner left (unread frames, a cursor it died before storing,
+/// slots scribbled on) is discarded by moving every slot to a lap *ahead* of any position
+/// an earlier writer could have seen: a writer that was still in flight when the slot
+/// changed hands finds its compare-and-swap failing (its frame counts as abandoned)
+/// instead of publishing into the new owner's ring. Large buffers handed to the discarded
+/// frames are freed.
+pub fn reset_ahead<M: SlotMemory>(ring: &M) -> u64 {
+    let slots = ring.slot_count();
+    let hint = ring.reserve().load(Ordering::Acquire);
+    // Two laps past the hint, on a lap boundary so that position p sits in slot p mod N.
+    let base = advance(hint, 2 * slots) & !(slots - 1);
+    reset_at(ring, base);
+    // The discarded frames will never be read, so the large buffers handed to them would
+    // never come back: free them. Buffers still FILLING belong to live writers (or to dead
+    // ones, which the liveness sweep frees) and are left alone.
+    for buffer in 0..ring.large_count() {
+        let owner = ring.large_owner(buffer);
+        let seen = owner.load(Ordering::Acquire);
+        if seen & 3 == LARGE_HANDED {
+            let _ = owner.compare_exchange(seen, LARGE_FREE, Ordering::AcqRel, Ordering::Relaxed);
+        }
     }
-    ring.reserve().store(0, Ordering::Release);
+    base
+}
+
+fn reset_at<M: SlotMemory>(ring: &M, base: u64) {
+    for index in 0..ring.slot_count() {
+        ring.state(index).store(
+            SlotState::free(advance(base, index)).encode(),
+            Ordering::Relaxed,
+        );
+    }
+    // Release: a writer that reads the new hint must see the new slot states.
+    ring.reserve().store(base, Ordering::Release);
 }
 
 #[cfg(test)]
@@ -439,19 +659,28 @@ pub(crate) mod tests {
     use super::*;
     use std::cell::RefCell;
 
-    /// A heap ring for single-threaded tests.
+    /// A heap ring for single-threaded tests: slots of 16 bytes, two large buffers.
     pub struct HeapRing {
         reserve: AtomicU64,
+        large_hint: AtomicU64,
         states: Vec<AtomicU64>,
+        owners: Vec<AtomicU64>,
         frames: RefCell<Vec<(SlotMeta, Vec<u8>)>>,
+        large: RefCell<Vec<Vec<u8>>>,
     }
+
+    const SLOT_CAPACITY: usize = 16;
+    const LARGE_CAPACITY: usize = 64;
 
     impl HeapRing {
         pub fn new(slots: u64) -> Self {
             let ring = HeapRing {
                 reserve: AtomicU64::new(0),
+                large_hint: AtomicU64::new(0),
                 states: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+                owners: (0..2).map(|_| AtomicU64::new(0)).collect(),
                 frames: RefCell::new(vec![(SlotMeta::default(), Vec::new()); slots as usize]),
+                large: RefCell::new(vec![Vec::new(); 2]),
             };
             reset(&ring);
             ring
@@ -469,15 +698,41 @@ pub(crate) mod tests {
         fn state(&self, index: u64) -> &AtomicU64 {
             &self.states[index as usize]
         }
-        fn write_frame(&self, index: u64, meta: SlotMeta, frame: &[u8]) {
-            self.frames.borrow_mut()[index as usize] = (meta, frame.to_vec());
+        fn slot_capacity(&self) -> usize {
+            SLOT_CAPACITY
         }
-        fn read_frame(&self, index: u64, out: &mut [u8]) -> SlotMeta {
+        fn write_frame(&self, index: u64, meta: SlotMeta, bytes: &[u8]) {
+            self.frames.borrow_mut()[index as usize] = (meta, bytes.to_vec());
+        }
+        fn read_meta(&self, index: u64) -> SlotMeta {
+            self.frames.borrow()[index as usize].0
+        }
+        fn read_bytes(&self, index: u64, len: usize, out: &mut [u8]) {
             let frames = self.frames.borrow();
-            let (meta, bytes) = &frames[index as usize];
-            let n = bytes.len().min(out.len());
+            let bytes = &frames[index as usize].1;
+            let n = len.min(bytes.len()).min(out.len());
             out[..n].copy_from_slice(&bytes[..n]);
-            *meta
+        }
+        fn large_count(&self) -> u64 {
+            self.owners.len() as u64
+        }
+        fn large_capacity(&self) -> usize {
+            LARGE_CAPACITY
+        }
+        fn large_hint(&self) -> &AtomicU64 {
+            &self.large_hint
+        }
+        fn large_owner(&self, index: u64) -> &AtomicU64 {
+            &self.owners[index as usize]
+        }
+        fn write_large(&self, index: u64, frame: &[u8]) {
+            self.large.borrow_mut()[index as usize] = frame.to_vec();
+        }
+        fn read_large(&self, index: u64, len: usize, out: &mut [u8]) {
+            let large = self.large.borrow();
+            let bytes = &large[index as usize];
+            let n = len.min(bytes.len()).min(out.len());
+            out[..n].copy_from_slice(&bytes[..n]);
         }
     }
 
@@ -485,6 +740,7 @@ pub(crate) mod tests {
         SlotMeta {
             len: len as u32,
             generation: 1,
+            ..SlotMeta::default()
         }
     }
 
@@ -568,28 +824,106 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_tail_stale_by_several_laps_skips_without_touching_the_slots() {
+    fn a_ring_reset_for_a_new_owner_discards_the_old_and_fences_off_late_writers() {
         let ring = HeapRing::new(4);
+        assert_eq!(push(&ring, 1, meta(1), &[1]), Push::Delivered);
+        assert_eq!(claim(&ring, 2), Claim::Claimed(1)); // in flight across the handover
+        let start = reset_ahead(&ring);
+        assert_eq!(start % 4, 0);
         let mut out = [0u8; 4];
-        // The previous owner consumed 10 frames but stored no cursor.
-        for i in 0..10u8 {
-            assert_eq!(push(&ring, 1, meta(1), &[i]), Push::Delivered);
-            assert_eq!(pop(&ring, i as u64, &mut out), Pop::Frame(meta(1)));
-        }
-        assert_eq!(push(&ring, 1, meta(1), &[10]), Push::Delivered);
-        for tail in 0..10 {
-            assert_eq!(pop(&ring, tail, &mut out), Pop::AlreadyConsumed);
-        }
-        assert_eq!(pop(&ring, 10, &mut out), Pop::Frame(meta(1)));
-        assert_eq!(out[0], 10);
+        assert_eq!(
+            pop(&ring, start, &mut out),
+            Pop::Empty,
+            "old frames are gone"
+        );
+        assert_eq!(
+            publish(&ring, 1, 2),
+            Err(Abandoned),
+            "the late writer is fenced off"
+        );
+        assert_eq!(push(&ring, 3, meta(1), &[9]), Push::Delivered);
+        assert_eq!(pop(&ring, start, &mut out), Pop::Frame(meta(1)));
+        assert_eq!(out[0], 9);
     }
 
     #[test]
-    fn a_hint_ahead_of_every_slot_is_brought_back() {
-        let ring = HeapRing::new(4);
-        ring.reserve.store(4_000_001, Ordering::Relaxed);
-        // Slot 1 waits for position 1: the hint returns to it instead of giving up.
-        assert_eq!(claim(&ring, 1), Claim::Claimed(1));
+    fn large_frames_travel_in_large_buffers_in_order_with_small_ones() {
+        let ring = HeapRing::new(8);
+        let big = |b: u8| vec![b; 40];
+        assert_eq!(push(&ring, 1, meta(40), &big(1)), Push::Delivered);
+        assert_eq!(push(&ring, 1, meta(1), &[2]), Push::Delivered);
+        assert_eq!(push(&ring, 1, meta(40), &big(3)), Push::Delivered);
+        // Both large buffers are in use: the next large frame is refused, small ones pass.
+        assert_eq!(push(&ring, 1, meta(40), &big(4)), Push::Full);
+        assert_eq!(push(&ring, 1, meta(65), &[0; 65]), Push::TooLarge);
+        let mut out = [0u8; 64];
+        let large = |len: usize| SlotMeta {
+            large: 1,
+            ..meta(len)
+        };
+        assert_eq!(pop(&ring, 0, &mut out), Pop::Frame(large(40)));
+        assert_eq!(&out[..40], &big(1)[..]);
+        assert_eq!(pop(&ring, 1, &mut out), Pop::Frame(meta(1)));
+        assert!(matches!(pop(&ring, 2, &mut out), Pop::Frame(m) if m.len == 40 && m.large == 2));
+        assert_eq!(&out[..40], &big(3)[..]);
+        assert_eq!(
+            push(&ring, 1, meta(40), &big(5)),
+            Push::Delivered,
+            "buffers were freed"
+        );
+    }
+
+    #[test]
+    fn a_large_buffer_of_a_writer_that_died_is_recovered() {
+        let ring = HeapRing::new(8);
+        // Died while filling: the sweep frees it.
+        assert_eq!(claim_large(&ring, 7), Some(0));
+        abandon_writer(&ring, 7);
+        // Died after handing it to a claimed slot, before publishing: the receiver frees
+        // it when it skips the abandoned slot.
+        assert_eq!(claim_large(&ring, 7), Some(1));
+        let Claim::Claimed(position) = claim(&ring, 7) else {
+            panic!("claim failed")
+        };
+        ring.owners[1].store(large_handed(position), Ordering::Relaxed);
+        ring.write_frame(
+            position,
+            SlotMeta {
+                large: 2,
+                ..meta(40)
+            },
+            &[],
+        );
+        abandon_writer(&ring, 7);
+        let mut out = [0u8; 64];
+        assert_eq!(pop(&ring, position, &mut out), Pop::Abandoned);
+        assert!(
+            ring.owners
+                .iter()
+                .all(|o| o.load(Ordering::Relaxed) == LARGE_FREE)
+        );
+    }
+
+    #[test]
+    fn a_slot_naming_a_large_buffer_it_was_not_handed_is_corrupt() {
+        let ring = HeapRing::new(8);
+        assert_eq!(push(&ring, 1, meta(40), &[1; 40]), Push::Delivered);
+        // A scribbler makes slot 1 claim the same buffer.
+        let Claim::Claimed(position) = claim(&ring, 2) else {
+            panic!("claim failed")
+        };
+        ring.write_frame(
+            position,
+            SlotMeta {
+                large: 1,
+                ..meta(40)
+            },
+            &[],
+        );
+        publish(&ring, position, 2).unwrap();
+        let mut out = [0u8; 64];
+        assert!(matches!(pop(&ring, 0, &mut out), Pop::Frame(_)));
+        assert_eq!(pop(&ring, 1, &mut out), Pop::Corrupt);
     }
 
     #[test]

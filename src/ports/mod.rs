@@ -6,4 +6,5 @@
 
 pub mod capture;
 pub mod dgram;
+pub mod socket;
 pub mod stream;

@@ -1,1 +1,479 @@
-//! The stream port (being written).
+//! The stream port: QEMU's `-netdev stream` on a unix socket.
+//!
+//! QEMU (or any program) connects to the socket and speaks a byte stream of 4-byte
+//! big-endian lengths, each followed by a bare Ethernet frame
+//! ([`wire::stream`](crate::wire::stream)). Every accepted connection joins the network
+//! as a peer of its own, so one listener serves many VMs; when the connection closes, the
+//! peer leaves and its slot is free again.
+//!
+//! Each connection runs on two threads, one per direction, so that neither waits on the
+//! other:
+//!
+//! * the **reader** reads whatever the socket holds, decodes it, and sends every frame of
+//!   one read into the network as one batch (one wake-up of each receiver per read, not
+//!   per frame). A runt (a length under 14) costs the client that one frame, counted as
+//!   invalid. A giant length cannot be skipped safely (the stream may be out of step), so
+//!   it is counted and the connection is closed; QEMU reconnects with `reconnect-ms=`.
+//! * the **writer** sleeps on the peer's ring, drains a budget of frames into one buffer,
+//!   and writes it with one `write_all`. A client that stops reading blocks only its own
+//!   writer: its ring fills and the senders count `ring_full`, as for any slow peer.
+//!
+//! Either thread that meets the end of the connection closes the socket for both, so the
+//! other wakes up (a blocked `read` or `write` returns; the writer's sleep is bounded by
+//! [`WRITER_WAIT`]) and the peer leaves once both have let go of it.
+
+use std::io::{self, Read};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::network::counters::DropReason;
+use crate::network::peer::{Receiver, Sender};
+use crate::network::{Error as NetworkError, JoinOptions, Network, PortKind};
+use crate::wire::MacAddress;
+use crate::wire::stream::{Decoded, StreamDecoder, encode_header};
+
+use super::socket::{
+    Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, check_mac, io_error, label,
+};
+
+/// Longest sleep of a writer before it looks whether its connection has closed. The
+/// network's own receivers wake this often anyway to take part in liveness sweeps, so a
+/// shorter bound would add wake-ups and a longer one would delay freeing the slot.
+pub const WRITER_WAIT: Duration = Duration::from_millis(250);
+
+/// Frames a writer takes from the ring per write.
+const WRITE_BUDGET: usize = 64;
+
+/// Options of a stream port.
+#[derive(Debug, Clone, Default)]
+pub struct StreamOptions {
+    /// MAC to publish for each connection; by default it is learned from the first frame.
+    /// Only one connection at a time can publish a given MAC.
+    pub mac: Option<MacAddress>,
+}
+
+/// A stream port bound to its socket, ready to serve.
+#[derive(Debug)]
+pub struct StreamPort {
+    network: Network,
+    listener: UnixListener,
+    socket: SocketPath,
+    options: StreamOptions,
+}
+
+/// One accepted connection, shared by its reader, its writer and the accept loop (which
+/// closes every connection when the port stops).
+#[derive(Debug)]
+struct Connection {
+    stream: UnixStream,
+    closed: AtomicBool,
+    label: String,
+}
+
+impl Connection {
+    /// Closes the connection for both threads: a blocked `read` returns 0, a blocked
+    /// `write` fails, and the writer sees the flag after its next wait.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
+
+impl StreamPort {
+    /// Binds a listening socket at `path`, replacing a stale socket file nobody listens
+    /// on; fails if a program listens there or the path is not a socket.
+    pub fn bind(
+        network: Network,
+        path: &Path,
+        options: StreamOptions,
+    ) -> Result<StreamPort, PortError> {
+        check_mac(options.mac)?;
+        SocketPath::clear_stale(path, SocketType::Stream)?;
+        let listener =
+            UnixListener::bind(path).map_err(io_error(format!("listen on {}", path.display())))?;
+        let socket = SocketPath::bound(path, SocketType::Stream);
+        // Non-blocking so that a connection that vanished between poll and accept does not
+        // block the loop; accepted sockets are made blocking again.
+        listener
+            .set_nonblocking(true)
+            .map_err(io_error("make the listener non-blocking"))?;
+        Ok(StreamPort {
+            network,
+            listener,
+            socket,
+            options,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        self.socket.path()
+    }
+
+    /// Serves connections until `stop` rings, then closes them all and waits for their
+    /// threads; every peer has left when this returns.
+    pub fn serve(self, stop: &Doorbell) -> Result<(), PortError> {
+        let connections: Mutex<Vec<Weak<Connection>>> = Mutex::new(Vec::new());
+        let result = std::thread::scope(|scope| {
+            let mut accepted: u64 = 0;
+            let result = loop {
+                match wait_for_connection(&self.listener, stop) {
+                    Ok(Event::Stop) => break Ok(()),
+                    Ok(Event::Connection) => {}
+                    Err(e) => break Err(io_error("wait for connections")(e)),
+                }
+                let stream = match self.listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(e) => match classify_accept_error(&e) {
+                        AcceptError::Passing => continue,
+                        AcceptError::Exhausted => {
+                            // The connection stays queued and poll would report it at
+                            // once: pause instead of spinning, but stay stoppable.
+                            tracing::warn!(error = %e, "cannot accept a connection now; retrying shortly");
+                            stop.wait(ACCEPT_BACKOFF);
+                            continue;
+                        }
+                        AcceptError::Fatal => break Err(io_error("accept a connection")(e)),
+                    },
+                };
+                accepted += 1;
+                let name = label(
+                    &format!("stream#{accepted} "),
+                    &self.path().to_string_lossy(),
+                );
+                let Some((connection, sender, receiver)) = self.admit(stream, name) else {
+                    continue;
+                };
+                {
+                    let mut list = connections.lock().unwrap_or_else(|p| p.into_inner());
+                    list.retain(|c| c.strong_count() > 0);
+                    list.push(Arc::downgrade(&connection));
+                }
+                let reader_connection = Arc::clone(&connection);
+                let learner = MacLearner::new(self.options.mac.is_some());
+                let max_frame = self.network.max_frame_len();
+                scope.spawn(move || read_loop(&reader_connection, sender, learner, max_frame));
+                scope.spawn(move || write_loop(&connection, receiver));
+            };
+            // Stopping (or failing): close every connection so their threads end; the
+            // scope then waits for them, and each peer leaves as its halves drop.
+            let list = connections.lock().unwrap_or_else(|p| p.into_inner());
+            for connection in list.iter().filter_map(Weak::upgrade) {
+                connection.close();
+            }
+            result
+        });
+        tracing::info!(path = %self.path().display(), "stream port stopped");
+        result
+    }
+
+    /// Makes an accepted socket a peer. Refusals (network full, MAC in use) are logged
+    /// and close that connection only.
+    fn admit(
+        &self,
+        stream: UnixStream,
+        label: String,
+    ) -> Option<(Arc<Connection>, Sender, Receiver)> {
+        if let Err(e) = stream.set_nonblocking(false) {
+            tracing::warn!(port = %label, error = %e, "cannot use the connection; closing it");
+            return None;
+        }
+        let options = JoinOptions {
+            kind: PortKind::Stream,
+            mac: self.options.mac,
+            label: label.clone(),
+            ..JoinOptions::default()
+        };
+        let peer = match self.network.join(options) {
+            Ok(peer) => peer,
+            Err(e @ NetworkError::MacInUse { .. }) => {
+                tracing::warn!(port = %label, error = %e, "refusing a connection: --mac serves one client at a time");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(port = %label, error = %e, "refusing a connection");
+                return None;
+            }
+        };
+        tracing::info!(port = %label, slot = peer.index(), mac = %peer.mac(), "client connected");
+        let (sender, receiver) = peer.split();
+        let connection = Arc::new(Connection {
+            stream,
+            closed: AtomicBool::new(false),
+            label,
+        });
+        Some((connection, sender, receiver))
+    }
+}
+
+/// What woke the accept loop.
+enum Event {
+    /// The stop bell rang.
+    Stop,
+    /// The listener has a connection waiting (or says so).
+    Connection,
+}
+
+fn wait_for_connection(listener: &UnixListener, stop: &Doorbell) -> io::Result<Event> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    loop {
+        let mut fds = [
+            PollFd::new(stop, PollFlags::IN),
+            PollFd::new(listener, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if !fds[0].revents().is_empty() {
+            return Ok(Event::Stop);
+        }
+        if !fds[1].revents().is_empty() {
+            return Ok(Event::Connection);
+        }
+    }
+}
+
+/// Pause after `accept` failed for lack of file descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What a failed `accept` means for the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptError {
+    /// Concerns one connection, or nothing (spurious wake-up): carry on.
+    Passing,
+    /// Out of file descriptors or memory: carry on after a pause.
+    Exhausted,
+    /// The listener itself is broken.
+    Fatal,
+}
+
+fn classify_accept_error(error: &io::Error) -> AcceptError {
+    match (error.kind(), error.raw_os_error()) {
+        (io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted, _)
+        | (io::ErrorKind::ConnectionAborted, _)
+        | (_, Some(libc::EPROTO)) => AcceptError::Passing,
+        (_, Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+            AcceptError::Exhausted
+        }
+        _ => AcceptError::Fatal,
+    }
+}
+
+/// What one read from the client came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadOutcome {
+    /// Carry on reading.
+    Open,
+    /// The client closed the connection or it failed.
+    Ended,
+    /// The client sent a giant length: the stream cannot be trusted any more.
+    Desynchronised,
+}
+
+/// Socket → network, until the connection ends.
+fn read_loop(
+    connection: &Connection,
+    mut sender: Sender,
+    mut learner: MacLearner,
+    max_frame: usize,
+) {
+    let mut decoder = StreamDecoder::new(max_frame);
+    let mut batch = FrameBatch::default();
+    loop {
+        let outcome = read_once(
+            connection,
+            &mut decoder,
+            &mut batch,
+            &mut sender,
+            &mut learner,
+        );
+        if outcome != ReadOutcome::Open {
+            break;
+        }
+    }
+    tracing::info!(port = %connection.label, "client disconnected");
+    connection.close();
+}
+
+/// One `read`, decoded and sent as one batch.
+fn read_once(
+    connection: &Connection,
+    decoder: &mut StreamDecoder,
+    batch: &mut FrameBatch,
+    sender: &mut Sender,
+    learner: &mut MacLearner,
+) -> ReadOutcome {
+    let read = (&connection.stream).read(decoder.spare());
+    match read {
+        Ok(0) => return ReadOutcome::Ended,
+        Ok(n) => decoder.filled(n),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return ReadOutcome::Open,
+        Err(e) => {
+            if !connection.is_closed() {
+                tracing::info!(port = %connection.label, error = %e, "read failed");
+            }
+            return ReadOutcome::Ended;
+        }
+    }
+    batch.clear();
+    let mut outcome = ReadOutcome::Open;
+    let mut counted = false;
+    while let Some(item) = decoder.next_item() {
+        match item {
+            Decoded::Frame(frame) => {
+                learner.observe(|| sender.control(), frame, &connection.label);
+                batch.push(frame);
+            }
+            Decoded::Runt { len } => {
+                tracing::debug!(port = %connection.label, len, "dropping a runt");
+                sender.count_drop(DropReason::Invalid);
+                counted = true;
+            }
+            Decoded::Giant { len } => {
+                tracing::warn!(
+                    port = %connection.label,
+                    len,
+                    max = decoder.max_frame(),
+                    "frame length too large: the stream is out of step; closing the connection"
+                );
+                sender.count_drop(DropReason::Invalid);
+                counted = true;
+                outcome = ReadOutcome::Desynchronised;
+                break;
+            }
+            Decoded::Desynchronised => {
+                outcome = ReadOutcome::Desynchronised;
+                break;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        // The batch also writes the drops counted above.
+        sender.send_batch(batch.iter());
+    } else if counted {
+        sender.flush();
+    }
+    outcome
+}
+
+/// Network → socket, until the connection ends.
+fn write_loop(connection: &Connection, mut receiver: Receiver) {
+    let mut out = Vec::with_capacity(WRITE_BUDGET * 128);
+    while !connection.is_closed() {
+        if !receiver.wait(WRITER_WAIT) {
+            continue;
+        }
+        out.clear();
+        receiver.receive(WRITE_BUDGET, |frame| {
+            out.extend_from_slice(&encode_header(frame.len()));
+            out.extend_from_slice(frame);
+        });
+        if out.is_empty() {
+            continue;
+        }
+        if let Err(e) = send_all(&connection.stream, &out) {
+            if !connection.is_closed() {
+                tracing::info!(port = %connection.label, error = %e, "write failed; closing the connection");
+            }
+            break;
+        }
+    }
+    connection.close();
+}
+
+/// `write_all` with `MSG_NOSIGNAL`: a client that hung up must cost its connection, not
+/// the whole process (a program embedding the port may not ignore `SIGPIPE`).
+fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match rustix::net::send(stream, bytes, rustix::net::SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::CreateOptions;
+    use crate::wire::stream::LENGTH_PREFIX;
+    use std::io::Write;
+    use std::time::Instant;
+
+    fn frame(dst: MacAddress, src: MacAddress, fill: u8) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst.0);
+        f.extend_from_slice(&src.0);
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.resize(60, fill);
+        f
+    }
+
+    fn read_frame(stream: &mut UnixStream) -> Vec<u8> {
+        let mut prefix = [0u8; LENGTH_PREFIX];
+        stream.read_exact(&mut prefix).expect("length prefix");
+        let mut f = vec![0; u32::from_be_bytes(prefix) as usize];
+        stream.read_exact(&mut f).expect("frame");
+        f
+    }
+
+    /// The port in-process: a frame from a library peer reaches a stream client, the
+    /// client's reply comes back and its MAC is published, and stopping frees the slot
+    /// and the socket file.
+    #[test]
+    fn stream_client_talks_with_a_library_peer_and_stop_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let network = Network::create(dir.path(), "t", CreateOptions::default()).unwrap();
+        let path = dir.path().join("s.sock");
+        let port = StreamPort::bind(
+            Network::open(dir.path(), "t").unwrap(),
+            &path,
+            StreamOptions::default(),
+        )
+        .unwrap();
+        let stop = Doorbell::new().unwrap();
+        std::thread::scope(|scope| {
+            let server = scope.spawn(|| port.serve(&stop));
+            let mut client = UnixStream::connect(&path).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let guest = MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+            let mut peer = network.join(JoinOptions::default()).unwrap();
+            // The client speaks first, so the port learns its MAC.
+            let hello = frame(peer.mac(), guest, 7);
+            client.write_all(&encode_header(hello.len())).unwrap();
+            client.write_all(&hello).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut got = Vec::new();
+            while got.is_empty() && Instant::now() < deadline {
+                peer.wait(Duration::from_millis(100));
+                peer.receive(8, |f| got.push(f.to_vec()));
+            }
+            assert_eq!(got, vec![hello]);
+            let status = network.status();
+            assert!(status.peers.iter().any(|p| p.mac == guest));
+            // A reply to the published MAC reaches the client.
+            let reply = frame(guest, peer.mac(), 9);
+            peer.send(&reply);
+            assert_eq!(read_frame(&mut client), reply);
+            stop.ring();
+            server.join().unwrap().unwrap();
+            let left: Vec<_> = network.status().peers.iter().map(|p| p.slot).collect();
+            assert_eq!(left, vec![peer.index()], "only the library peer is left");
+        });
+        assert!(!path.exists(), "the socket file is removed on exit");
+    }
+}

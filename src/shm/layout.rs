@@ -6,6 +6,7 @@
 //! fdb_offset          FdbEntry × FDB_ENTRIES         (learned MAC → peer, 16 bytes each)
 //! lock_offset         one byte per peer + one control byte, never read: OFD lock targets
 //! rings_offset        per peer: RingControl (192 bytes) + ring_slots × slot_size
+//!                               + gso_buffers × LARGE_STRIDE (frames too big for a slot)
 //! ```
 //!
 //! Only the geometry (max peers, ring slots, MTU, slot size) is stored; every offset is
@@ -46,6 +47,14 @@ pub const MIN_MTU: u32 = 68;
 /// Largest MTU (jumbo frames).
 pub const MAX_MTU: u32 = 9000;
 
+/// Largest frame a large buffer holds: a 64 KiB IP packet, an Ethernet header and one
+/// 802.1Q tag, rounded up to a cache line.
+pub const LARGE_FRAME: usize = 65_600;
+/// Bytes per large buffer, its header included.
+pub const LARGE_STRIDE: usize = 64 + LARGE_FRAME;
+/// Most large buffers a ring may have.
+pub const MAX_GSO_BUFFERS: u32 = 256;
+
 /// Number of per-reason drop counters kept for each direction.
 pub const DROP_REASONS: usize = 10;
 /// Number of owner-written counters before the transmit drop counters.
@@ -71,8 +80,8 @@ pub struct Header {
     pub options: AtomicU32,
     /// A random tag that makes the default MACs of two networks differ.
     pub network_tag: AtomicU32,
-    /// Reserved, zero.
-    pub reserved: AtomicU32,
+    /// Large buffers per ring (0: the network carries no segmentation offload).
+    pub gso_buffers: AtomicU32,
     /// Total file size the geometry implies.
     pub total_size: AtomicU64,
     /// Creation time, nanoseconds since the Unix epoch.
@@ -167,8 +176,21 @@ pub struct RingControl {
     pub sleeping: AtomicU32,
     /// Padding.
     pub pad1: [AtomicU64; 6],
+    /// Where producers start looking for a free large buffer (a hint).
+    pub large_hint: AtomicU64,
     /// Reserved for multiqueue.
-    pub pad2: [AtomicU64; 8],
+    pub pad2: [AtomicU64; 7],
+}
+
+/// The header of a large buffer, a frame too big for a ring slot (a GSO super-frame).
+/// `owner` says who holds it: free, a writer filling it, or the ring position whose slot
+/// refers to it (see `network::ring`).
+#[repr(C, align(64))]
+pub struct LargeHeader {
+    /// Ownership word.
+    pub owner: AtomicU64,
+    /// Padding to a cache line.
+    pub pad: [AtomicU64; 7],
 }
 
 /// The header in front of each slot's frame bytes.
@@ -180,7 +202,8 @@ pub struct SlotHeader {
     pub len: AtomicU32,
     /// Generation of the receiver the frame was meant for.
     pub generation: AtomicU32,
-    /// Offload metadata (a virtio-net header), reserved.
+    /// Offload metadata: a 12-byte virtio-net header in the first three words, and in the
+    /// fourth the large buffer holding the frame, plus one (0: the frame is in the slot).
     pub offload: [AtomicU32; 4],
 }
 
@@ -204,6 +227,8 @@ pub struct Geometry {
     pub ring_slots: u32,
     /// Largest Ethernet payload.
     pub mtu: u32,
+    /// Large buffers per ring, for segmentation-offload frames (0: no offload).
+    pub gso_buffers: u32,
 }
 
 impl Default for Geometry {
@@ -212,6 +237,7 @@ impl Default for Geometry {
             max_peers: 64,
             ring_slots: 256,
             mtu: 1500,
+            gso_buffers: 16,
         }
     }
 }
@@ -230,6 +256,9 @@ pub enum LayoutError {
     /// MTU out of range.
     #[error("MTU must be between {MIN_MTU} and {MAX_MTU}, not {0}")]
     Mtu(u32),
+    /// Too many large buffers.
+    #[error("GSO buffers must be at most {MAX_GSO_BUFFERS}, not {0}")]
+    GsoBuffers(u32),
     /// Not a guestnet region.
     #[error("not a guestnet region (bad magic {0:#018x})")]
     Magic(u64),
@@ -280,6 +309,8 @@ pub struct Layout {
     pub rings_offset: usize,
     /// Bytes per ring.
     pub ring_stride: usize,
+    /// Offset of the large buffers inside a ring.
+    pub large_offset_in_ring: usize,
     /// Whole file.
     pub total_size: usize,
 }
@@ -303,6 +334,7 @@ impl Layout {
             max_peers,
             ring_slots,
             mtu,
+            gso_buffers,
         } = geometry;
         if !(MIN_PEERS..=MAX_PEERS).contains(&max_peers) {
             return Err(LayoutError::MaxPeers(max_peers));
@@ -314,15 +346,22 @@ impl Layout {
         if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
             return Err(LayoutError::Mtu(mtu));
         }
+        if gso_buffers > MAX_GSO_BUFFERS {
+            return Err(LayoutError::GsoBuffers(gso_buffers));
+        }
         // With the bounds above none of this can overflow on a 64-bit host:
-        // 1024 peers × 65536 slots × 9088 bytes ≈ 610 GB < 2^64.
+        // 1024 peers × (65536 slots × 9088 bytes + 256 × 65664 bytes) ≈ 627 GB < 2^64.
         let peers = max_peers as usize;
         let slot_size = slot_size_for(mtu);
         let peer_table_offset = HEADER_SIZE;
         let fdb_offset = peer_table_offset + peers * PEER_ENTRY_SIZE;
         let lock_offset = fdb_offset + FDB_ENTRIES * std::mem::size_of::<FdbEntry>();
         let rings_offset = round_up(lock_offset + peers + 1, 4096);
-        let ring_stride = round_up(RING_CONTROL_SIZE + ring_slots as usize * slot_size, 4096);
+        let large_offset_in_ring = round_up(RING_CONTROL_SIZE + ring_slots as usize * slot_size, 64);
+        let ring_stride = round_up(
+            large_offset_in_ring + gso_buffers as usize * LARGE_STRIDE,
+            4096,
+        );
         let total_size = rings_offset + peers * ring_stride;
         Ok(Layout {
             geometry,
@@ -333,6 +372,7 @@ impl Layout {
             lock_offset,
             rings_offset,
             ring_stride,
+            large_offset_in_ring,
             total_size,
         })
     }
@@ -355,6 +395,11 @@ impl Layout {
     /// Offset of slot `slot` of peer `index`'s ring.
     pub fn slot_offset(&self, index: usize, slot: usize) -> usize {
         self.ring_offset(index) + RING_CONTROL_SIZE + slot * self.slot_size
+    }
+
+    /// Offset of large buffer `buffer` of peer `index`'s ring.
+    pub fn large_offset(&self, index: usize, buffer: usize) -> usize {
+        self.ring_offset(index) + self.large_offset_in_ring + buffer * LARGE_STRIDE
     }
 
     /// Byte locked by the owner of peer `index`.
@@ -382,6 +427,7 @@ impl Layout {
             max_peers: header.max_peers.load(Relaxed),
             ring_slots: header.ring_slots.load(Relaxed),
             mtu: header.mtu.load(Relaxed),
+            gso_buffers: header.gso_buffers.load(Relaxed),
         })?;
         let slot_size = header.slot_size.load(Relaxed);
         if slot_size as usize != layout.slot_size {
@@ -417,6 +463,7 @@ mod tests {
         assert_eq!(size_of::<RingControl>(), RING_CONTROL_SIZE);
         assert_eq!(size_of::<SlotHeader>(), SLOT_HEADER_SIZE);
         assert_eq!(size_of::<FdbEntry>(), 16);
+        assert_eq!(size_of::<LargeHeader>(), 64);
         assert_eq!(align_of::<PeerEntry>(), 64);
     }
 
@@ -428,9 +475,10 @@ mod tests {
         assert_eq!(layout.peer_table_offset, 4096);
         assert_eq!(layout.fdb_offset, 4096 + 64 * 512);
         assert_eq!(layout.rings_offset % 4096, 0);
+        assert_eq!(layout.large_offset_in_ring, 192 + 256 * 1600);
         assert_eq!(
             layout.ring_stride,
-            (192 + 256 * 1600usize).div_ceil(4096) * 4096
+            (192 + 256 * 1600usize + 16 * LARGE_STRIDE).div_ceil(4096) * 4096
         );
         assert_eq!(
             layout.total_size,

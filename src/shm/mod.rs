@@ -50,6 +50,8 @@ unsafe impl ShmSafe for layout::RingControl {}
 unsafe impl ShmSafe for layout::SlotHeader {}
 // SAFETY: layout::FdbEntry is repr(C) and made only of atomics.
 unsafe impl ShmSafe for layout::FdbEntry {}
+// SAFETY: layout::LargeHeader is repr(C) and made only of atomics.
+unsafe impl ShmSafe for layout::LargeHeader {}
 
 /// A read-write `MAP_SHARED` mapping of a whole region file. Unmapped on drop.
 #[derive(Debug)]
@@ -207,8 +209,14 @@ impl<'a, T: ShmSafe> Strided<'a, T> {
     /// Offset in the mapping of structure `index % count`.
     pub fn offset_of(&self, index: u64) -> usize {
         // The reduction keeps every index inside the range checked by Mapping::strided;
-        // the product fits because that check computed it with checked arithmetic.
-        self.offset + (index % self.count) as usize * self.stride
+        // the product fits because that check computed it with checked arithmetic. Rings
+        // and most tables have power-of-two sizes: a mask spares the hot path a division.
+        let reduced = if self.count.is_power_of_two() {
+            index & (self.count - 1)
+        } else {
+            index % self.count
+        };
+        self.offset + reduced as usize * self.stride
     }
 
     /// The structure at `index % count`: an index can never leave the checked range.

@@ -1,0 +1,287 @@
+//! The coordinator's process plumbing: where workers run (CPU placement), the private
+//! directory, the workers themselves (spoken to by lines, killed and reaped when dropped),
+//! and the signal thread that turns Ctrl-C into "kill the workers, then fail".
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail};
+
+/// Which CPU each worker is pinned to.
+#[derive(Debug)]
+pub(super) struct Placement {
+    /// CPUs this command may use; empty when pinning is off or pointless.
+    cpus: Vec<usize>,
+}
+
+impl Placement {
+    pub(super) fn new(pin: bool) -> Placement {
+        let allowed = rustix::thread::sched_getaffinity(None)
+            .map(|set| {
+                (0..rustix::thread::CpuSet::MAX_CPU)
+                    .filter(|&cpu| set.is_set(cpu))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Placement {
+            cpus: if pin && allowed.len() >= 2 {
+                allowed
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    pub(super) fn receiver(&self) -> Option<usize> {
+        self.cpus.first().copied()
+    }
+
+    pub(super) fn sender(&self, id: u16) -> Option<usize> {
+        let others = self.cpus.get(1..)?;
+        others.get(id as usize % others.len()).copied()
+    }
+
+    pub(super) fn describe(&self, senders: u16) -> String {
+        let Some(receiver) = self.receiver() else {
+            return "not pinned".to_string();
+        };
+        let mut cpus: Vec<usize> = (0..senders).filter_map(|id| self.sender(id)).collect();
+        cpus.sort_unstable();
+        cpus.dedup();
+        let cpus: Vec<String> = cpus.iter().map(usize::to_string).collect();
+        format!(
+            "pinned with sched_setaffinity: receiver on CPU {receiver}, senders on CPU {}",
+            cpus.join(",")
+        )
+    }
+}
+
+/// The run's private directory under /dev/shm, removed when dropped.
+pub(super) struct Workspace {
+    path: PathBuf,
+}
+
+impl Workspace {
+    pub(super) fn create() -> anyhow::Result<Workspace> {
+        let shm = Path::new("/dev/shm");
+        let parent = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let path = parent.join(format!(
+            "guestnet-bench-{}-{}",
+            std::process::id(),
+            crate::network::unix_ns()
+        ));
+        // create_dir (not _all): fails if the name exists, so the directory is ours alone.
+        std::fs::create_dir(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(Workspace { path })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            eprintln!(
+                "guestnet bench: could not remove {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// The pids of the workers that are running, for the signal thread to kill.
+pub(super) type Children = Arc<Mutex<Vec<u32>>>;
+
+/// Turns SIGINT and SIGTERM into "kill the workers, then fail": the coordinator sees its
+/// workers die, returns an error, and the guards clean up on the way out.
+pub(super) struct Interrupt {
+    interrupted: Arc<AtomicBool>,
+    pub(super) children: Children,
+    handle: signal_hook::iterator::Handle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Interrupt {
+    pub(super) fn install() -> anyhow::Result<Interrupt> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            .context("install signal handlers")?;
+        let handle = signals.handle();
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let children: Children = Arc::default();
+        let thread = std::thread::spawn({
+            let interrupted = Arc::clone(&interrupted);
+            let children = Arc::clone(&children);
+            move || {
+                for _ in signals.forever() {
+                    interrupted.store(true, Ordering::SeqCst);
+                    kill_all(&children);
+                }
+            }
+        });
+        Ok(Interrupt {
+            interrupted,
+            children,
+            handle,
+            thread: Some(thread),
+        })
+    }
+
+    pub(super) fn check(&self) -> anyhow::Result<()> {
+        if self.interrupted.load(Ordering::SeqCst) {
+            kill_all(&self.children);
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        self.handle.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn kill_all(children: &Children) {
+    let pids = children.lock().unwrap_or_else(|p| p.into_inner());
+    for &pid in pids.iter() {
+        // Only pids still in the list: a worker leaves it before it is reaped, so its pid
+        // cannot have been reused yet.
+        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// A worker process, killed and reaped when dropped.
+pub(super) struct Worker {
+    pub(super) name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    children: Children,
+}
+
+impl Worker {
+    pub(super) fn spawn(
+        mut command: Command,
+        name: String,
+        children: &Children,
+    ) -> anyhow::Result<Worker> {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().with_context(|| format!("start {name}"))?;
+        children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child.id());
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let (tx, lines) = mpsc::channel();
+        // A thread per worker turns its stdout into lines we can wait for with a timeout;
+        // it ends when the worker closes its stdout (exits).
+        if let Some(stdout) = stdout {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Worker {
+            name,
+            child,
+            stdin,
+            lines,
+            children: Arc::clone(children),
+        })
+    }
+
+    pub(super) fn send_line(&mut self, line: &str) -> anyhow::Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("{}: no stdin", self.name))?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("{}: write {line:?}", self.name))
+    }
+
+    pub(super) fn expect_line(
+        &mut self,
+        by: Instant,
+        interrupt: &Interrupt,
+    ) -> anyhow::Result<String> {
+        let timeout = by.saturating_duration_since(Instant::now());
+        let result = self.lines.recv_timeout(timeout);
+        interrupt.check()?;
+        match result {
+            Ok(line) => Ok(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!("{}: no answer within {timeout:?}", self.name)
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait().ok();
+                bail!("{}: exited early ({status:?})", self.name)
+            }
+        }
+    }
+
+    /// Waits for the worker to close its stdout and exit, and checks that it succeeded.
+    pub(super) fn finish(mut self, by: Instant) -> anyhow::Result<()> {
+        self.stdin = None;
+        match self
+            .lines
+            .recv_timeout(by.saturating_duration_since(Instant::now()))
+        {
+            Ok(line) => bail!("{}: unexpected output {line:?}", self.name),
+            Err(mpsc::RecvTimeoutError::Timeout) => bail!("{}: did not exit", self.name),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        self.forget_pid();
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("{}: wait", self.name))?;
+        if !status.success() {
+            bail!("{}: {status}", self.name);
+        }
+        Ok(())
+    }
+
+    fn forget_pid(&self) {
+        let id = self.child.id();
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&pid| pid != id);
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Kill before leaving the list: the signal thread must never see a reaped pid.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        self.forget_pid();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,227 @@
+//! `guestnet bench` end to end: its JSON adds up, and it leaves nothing behind, even when
+//! interrupted. No speed is asserted: the figures depend on the machine.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A bench process, killed and reaped if the test fails before it ends.
+struct Bench {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr_lines: mpsc::Receiver<String>,
+}
+
+impl Bench {
+    fn start(args: &[&str]) -> Bench {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_guestnet"))
+            .arg("bench")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start guestnet bench");
+        let (out_tx, stdout) = mpsc::channel();
+        let mut out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            let _ = out_tx.send(text);
+        });
+        let (err_tx, stderr_lines) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        Bench {
+            child,
+            stdout,
+            stderr_lines,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stderr line containing `text`.
+    fn wait_for_stderr(&self, text: &str, timeout: Duration) {
+        let by = Instant::now() + timeout;
+        loop {
+            let left = by.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no {text:?} on stderr within {timeout:?}: {e}"),
+            }
+        }
+    }
+
+    /// Waits for the process to close stdout and exit; returns its status and stdout.
+    fn finish(mut self, timeout: Duration) -> (ExitStatus, String, Vec<String>) {
+        let stdout = self
+            .stdout
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("bench did not finish within {timeout:?}: {e}"));
+        let status = self.child.wait().expect("wait for bench");
+        // Until the reader thread sees stderr close: the last lines may still be on their way.
+        let by = Instant::now() + timeout;
+        let mut stderr = Vec::new();
+        while let Ok(line) = self
+            .stderr_lines
+            .recv_timeout(by.saturating_duration_since(Instant::now()))
+        {
+            stderr.push(line);
+        }
+        (status, stdout, stderr)
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Entries of /dev/shm (or the temp dir) that belong to the bench process `pid`.
+fn leftovers(pid: u32) -> Vec<String> {
+    let prefix = format!("guestnet-bench-{pid}-");
+    [std::path::PathBuf::from("/dev/shm"), std::env::temp_dir()]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect()
+}
+
+/// Processes whose command line names the bench's private directory (its workers).
+fn workers_of(pid: u32) -> Vec<String> {
+    let needle = format!("guestnet-bench-{pid}-");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some(cmdline)
+        })
+        .collect()
+}
+
+fn number(v: &Value, path: &str) -> f64 {
+    path.split('.')
+        .try_fold(v, |v, key| v.get(key))
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{path} missing or not a number in {v}"))
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[test]
+fn json_result_has_its_shape_and_its_counts_add_up() {
+    let bench = Bench::start(&["--seconds", "1", "--json", "--frame-size", "100"]);
+    let pid = bench.pid();
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "bench failed: {status}; stderr {stderr:?}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
+    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+
+    assert_eq!(number(&v, "frame_size"), 100.0);
+    assert_eq!(number(&v, "senders"), 1.0);
+    assert_eq!(number(&v, "seconds"), 1.0);
+    let mpps = number(&v, "mpps");
+    let anchor_mpps = number(&v, "anchor.mpps");
+    assert!(mpps > 0.0 && anchor_mpps > 0.0, "{v}");
+    assert!(
+        close(number(&v, "gbps"), mpps * 100.0 * 8.0 / 1000.0),
+        "{v}"
+    );
+    assert!(close(number(&v, "anchor.gbps"), anchor_mpps * 0.8), "{v}");
+    assert!(close(number(&v, "ratio"), mpps / anchor_mpps), "{v}");
+    assert!(v["anchor"]["name"].as_str().is_some_and(|n| !n.is_empty()));
+    let (p50, p99, p999) = (
+        number(&v, "latency_ns.p50"),
+        number(&v, "latency_ns.p99"),
+        number(&v, "latency_ns.p999"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{v}");
+    assert!(number(&v, "wakeups_per_frame") >= 0.0);
+    assert_eq!(number(&v, "out_of_order"), 0.0, "per-sender order kept");
+
+    // Every frame offered is received, still queued, or dropped with a reason.
+    for side in ["frames", "anchor.frames"] {
+        let sent = number(&v, &format!("{side}.sent"));
+        let received = number(&v, &format!("{side}.received"));
+        let queued = number(&v, &format!("{side}.queued"));
+        let lost = number(&v, &format!("{side}.lost"));
+        assert!(received > 0.0, "{side}: {v}");
+        assert_eq!(
+            received + queued + lost,
+            sent,
+            "{side} does not add up: {v}"
+        );
+    }
+    let drops = &v["drops"];
+    let tx_sum: f64 = drops["tx"]
+        .as_object()
+        .expect("drops.tx")
+        .values()
+        .filter_map(Value::as_f64)
+        .sum();
+    assert_eq!(number(&v, "drops.total"), number(&v, "frames.lost"));
+    assert!(tx_sum <= number(&v, "drops.total"));
+    assert_eq!(
+        v["drops"]["tx"]["ring_full"].as_f64().unwrap_or(0.0),
+        v["drops"]["rx"]["ring_full"].as_f64().unwrap_or(0.0),
+        "a full ring is counted by the sender and the receiver alike: {v}"
+    );
+
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+}
+
+#[test]
+fn an_interrupted_bench_kills_its_workers_and_removes_its_network() {
+    let bench = Bench::start(&["--seconds", "30", "--json"]);
+    let pid = bench.pid();
+    bench.wait_for_stderr("measuring guestnet", Duration::from_secs(10));
+    // The workers may still be starting: SIGINT must be handled at any point.
+    let killed = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(10));
+    assert!(
+        !status.success(),
+        "an interrupted bench must not report success"
+    );
+    assert!(
+        stdout.is_empty(),
+        "no result after an interrupt: {stdout:?}"
+    );
+    assert!(
+        stderr.iter().any(|l| l.contains("interrupted")),
+        "says why: {stderr:?}"
+    );
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+    assert!(
+        workers_of(pid).is_empty(),
+        "workers left: {:?}",
+        workers_of(pid)
+    );
+}
