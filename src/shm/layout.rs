@@ -357,7 +357,8 @@ impl Layout {
         let fdb_offset = peer_table_offset + peers * PEER_ENTRY_SIZE;
         let lock_offset = fdb_offset + FDB_ENTRIES * std::mem::size_of::<FdbEntry>();
         let rings_offset = round_up(lock_offset + peers + 1, 4096);
-        let large_offset_in_ring = round_up(RING_CONTROL_SIZE + ring_slots as usize * slot_size, 64);
+        let large_offset_in_ring =
+            round_up(RING_CONTROL_SIZE + ring_slots as usize * slot_size, 64);
         let ring_stride = round_up(
             large_offset_in_ring + gso_buffers as usize * LARGE_STRIDE,
             4096,
