@@ -246,6 +246,10 @@ pub enum Claim {
 /// failed try means another sender made progress, so this only bounds pathological cases.
 const CLAIM_TRIES: usize = 64;
 
+/// How many laps past the receiver's cursor the reserve hint must be before a sender takes
+/// it for scribbled and brings it back (see [`claim`]).
+const HINT_RUNAWAY_LAPS: u64 = 4;
+
 /// Claims the next free position for `writer`.
 pub fn claim<M: SlotMemory>(ring: &M, writer: u16) -> Claim {
     let slots = ring.slot_count();
@@ -256,10 +260,25 @@ pub fn claim<M: SlotMemory>(ring: &M, writer: u16) -> Claim {
         // pull it back and forth. The cursor is only stored once per receive batch, so it
         // may lag by up to one receive budget: near the brim a frame can be refused that
         // would just have fitted. It is counted like any other full-ring drop.
-        if let Some(consumed) = ring.consumed_hint()
-            && position.wrapping_sub(consumed) & POSITION_MASK >= slots
-        {
-            return Claim::Full;
+        if let Some(consumed) = ring.consumed_hint() {
+            let ahead = position.wrapping_sub(consumed) & POSITION_MASK;
+            if ahead >= HINT_RUNAWAY_LAPS * slots {
+                // No correct run puts the hint this far past the cursor (claims stop a lap
+                // ahead of it; a stale read or a handover adds a lap or two), nor behind it:
+                // the hint was scribbled. Left alone, every send would be refused as full
+                // for ever. Bring it back to the cursor; senders then help it forward over
+                // the positions already taken.
+                let _ = ring.reserve().compare_exchange(
+                    position,
+                    consumed,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                continue;
+            }
+            if ahead >= slots {
+                return Claim::Full;
+            }
         }
         let word = ring.state(position & (slots - 1));
         let seen = word.load(Ordering::Acquire);
@@ -603,13 +622,24 @@ pub fn reset<M: SlotMemory>(ring: &M) {
 /// slots scribbled on) is discarded by moving every slot to a lap *ahead* of any position
 /// an earlier writer could have seen: a writer that was still in flight when the slot
 /// changed hands finds its compare-and-swap failing (its frame counts as abandoned)
-/// instead of publishing into the new owner's ring.
+/// instead of publishing into the new owner's ring. Large buffers handed to the discarded
+/// frames are freed.
 pub fn reset_ahead<M: SlotMemory>(ring: &M) -> u64 {
     let slots = ring.slot_count();
     let hint = ring.reserve().load(Ordering::Acquire);
     // Two laps past the hint, on a lap boundary so that position p sits in slot p mod N.
     let base = advance(hint, 2 * slots) & !(slots - 1);
     reset_at(ring, base);
+    // The discarded frames will never be read, so the large buffers handed to them would
+    // never come back: free them. Buffers still FILLING belong to live writers (or to dead
+    // ones, which the liveness sweep frees) and are left alone.
+    for buffer in 0..ring.large_count() {
+        let owner = ring.large_owner(buffer);
+        let seen = owner.load(Ordering::Acquire);
+        if seen & 3 == LARGE_HANDED {
+            let _ = owner.compare_exchange(seen, LARGE_FREE, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
     base
 }
 

@@ -1,0 +1,532 @@
+//! The receive ring's algorithm under a controlled scheduler.
+//!
+//! `guestnet::network::ring` is written against the [`SlotMemory`] and [`AtomicWord`] traits so
+//! that the very code the network runs on shared memory can run here on memory whose every
+//! atomic access is a scheduling point of the `shuttle` crate. Shuttle then runs each scenario
+//! thousands of times, each time with a different interleaving of the producers and the
+//! consumer, and any assertion that fails prints the schedule that broke it.
+//!
+//! The frame bytes and the slot metadata are shuttle atomics too, one word per 8 bytes, so a
+//! reader that copied a slot while a writer was filling it would see words of two different
+//! frames: every frame's content is derived from `(writer, seq)`, and the consumer checks each
+//! word, so a torn frame cannot pass unnoticed.
+//!
+//! What shuttle does not model: weaker orderings than `SeqCst` (it treats every access as
+//! sequentially consistent). These tests therefore check the algorithm's logic — claims,
+//! publication, laps, abandonment — and not the choice of `Acquire`/`Release` at each access,
+//! which the comments in `ring.rs` argue for.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use guestnet::network::ring::{
+    self, AtomicWord, Claim, Pop, Push, SlotMemory, SlotMeta, SlotState, Tag,
+};
+use shuttle::scheduler::{PctScheduler, RandomScheduler, Scheduler};
+use shuttle::sync::Arc;
+use shuttle::sync::atomic::AtomicU64;
+use shuttle::{Config, MaxSteps, Runner};
+
+/// A ring word whose accesses shuttle schedules.
+struct Word(AtomicU64);
+
+impl AtomicWord for Word {
+    fn load(&self, order: Ordering) -> u64 {
+        self.0.load(order)
+    }
+    fn store(&self, value: u64, order: Ordering) {
+        self.0.store(value, order)
+    }
+    fn compare_exchange(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u64, u64> {
+        self.0.compare_exchange(current, new, success, failure)
+    }
+}
+
+/// Longest frame a test slot holds, in 8-byte words.
+const SLOT_WORDS: usize = 2;
+/// Longest frame a large buffer holds, in 8-byte words: frames of 3 and 4 words travel
+/// in one of the ring's two large buffers.
+const LARGE_WORDS: usize = 4;
+/// Longest frame of the tests.
+const MAX_WORDS: usize = LARGE_WORDS;
+
+/// One slot: its state word, its metadata and its bytes, all scheduled by shuttle.
+struct Slot {
+    state: Word,
+    len: AtomicU64,
+    generation: AtomicU64,
+    large: AtomicU64,
+    bytes: [AtomicU64; SLOT_WORDS],
+}
+
+/// One large buffer: its owner word and its bytes.
+struct Large {
+    owner: Word,
+    bytes: [AtomicU64; LARGE_WORDS],
+}
+
+/// A small ring held in shuttle atomics.
+struct ShuttleRing {
+    reserve: Word,
+    slots: Vec<Slot>,
+    large_hint: Word,
+    large: Vec<Large>,
+}
+
+impl ShuttleRing {
+    fn new(slot_count: u64) -> ShuttleRing {
+        let ring = ShuttleRing {
+            reserve: Word(AtomicU64::new(0)),
+            slots: (0..slot_count)
+                .map(|_| Slot {
+                    state: Word(AtomicU64::new(0)),
+                    len: AtomicU64::new(0),
+                    generation: AtomicU64::new(0),
+                    large: AtomicU64::new(0),
+                    bytes: std::array::from_fn(|_| AtomicU64::new(0)),
+                })
+                .collect(),
+            large_hint: Word(AtomicU64::new(0)),
+            large: (0..2)
+                .map(|_| Large {
+                    owner: Word(AtomicU64::new(0)),
+                    bytes: std::array::from_fn(|_| AtomicU64::new(0)),
+                })
+                .collect(),
+        };
+        ring::reset(&ring);
+        ring
+    }
+
+    fn slot(&self, index: u64) -> &Slot {
+        &self.slots[index as usize]
+    }
+}
+
+impl SlotMemory for ShuttleRing {
+    type Word = Word;
+
+    fn slot_count(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    fn reserve(&self) -> &Word {
+        &self.reserve
+    }
+
+    fn state(&self, index: u64) -> &Word {
+        &self.slot(index).state
+    }
+
+    fn slot_capacity(&self) -> usize {
+        SLOT_WORDS * 8
+    }
+
+    fn write_frame(&self, index: u64, meta: SlotMeta, bytes: &[u8]) {
+        let slot = self.slot(index);
+        // One store per word, as the real copy is many stores: a reader racing with this
+        // would see a mix of old and new words.
+        for (word, chunk) in slot.bytes.iter().zip(bytes.chunks(8)) {
+            word.store(word_of(chunk), Ordering::Relaxed);
+        }
+        slot.len.store(meta.len as u64, Ordering::Relaxed);
+        slot.generation
+            .store(meta.generation as u64, Ordering::Relaxed);
+        slot.large.store(meta.large as u64, Ordering::Relaxed);
+    }
+
+    fn read_meta(&self, index: u64) -> SlotMeta {
+        let slot = self.slot(index);
+        SlotMeta {
+            len: slot.len.load(Ordering::Relaxed) as u32,
+            generation: slot.generation.load(Ordering::Relaxed) as u32,
+            large: slot.large.load(Ordering::Relaxed) as u32,
+            ..SlotMeta::default()
+        }
+    }
+
+    fn read_bytes(&self, index: u64, len: usize, out: &mut [u8]) {
+        read_words(&self.slot(index).bytes, len, out);
+    }
+
+    fn large_count(&self) -> u64 {
+        self.large.len() as u64
+    }
+
+    fn large_capacity(&self) -> usize {
+        LARGE_WORDS * 8
+    }
+
+    fn large_hint(&self) -> &Word {
+        &self.large_hint
+    }
+
+    fn large_owner(&self, index: u64) -> &Word {
+        &self.large[index as usize].owner
+    }
+
+    fn write_large(&self, index: u64, frame: &[u8]) {
+        for (word, chunk) in self.large[index as usize].bytes.iter().zip(frame.chunks(8)) {
+            word.store(word_of(chunk), Ordering::Relaxed);
+        }
+    }
+
+    fn read_large(&self, index: u64, len: usize, out: &mut [u8]) {
+        read_words(&self.large[index as usize].bytes, len, out);
+    }
+}
+
+fn word_of(chunk: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes[..chunk.len()].copy_from_slice(chunk);
+    u64::from_le_bytes(bytes)
+}
+
+fn read_words(words: &[AtomicU64], len: usize, out: &mut [u8]) {
+    let len = len.min(out.len()).min(words.len() * 8);
+    for (word, chunk) in words.iter().zip(out[..len].chunks_mut(8)) {
+        let bytes = word.load(Ordering::Relaxed).to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+/// Frame `seq` of `writer`: 1 to [`MAX_WORDS`] words (so some go by large buffer), each naming its writer, its sequence
+/// number and its own index, so a frame spliced from two writes is recognised.
+fn frame_for(writer: u16, seq: u32) -> Vec<u8> {
+    let words = 1 + (seq as usize + writer as usize) % MAX_WORDS;
+    (0..words as u64)
+        .flat_map(|i| ((writer as u64) << 48 | (seq as u64) << 16 | i).to_le_bytes())
+        .collect()
+}
+
+/// Generation a writer stamps, so metadata from the wrong write is caught too.
+fn generation_for(writer: u16) -> u32 {
+    1000 + writer as u32
+}
+
+fn push_frame(ring: &ShuttleRing, writer: u16, seq: u32) -> Push {
+    let frame = frame_for(writer, seq);
+    let meta = SlotMeta {
+        len: frame.len() as u32,
+        generation: generation_for(writer),
+        ..SlotMeta::default()
+    };
+    ring::push(ring, writer, meta, &frame)
+}
+
+/// Checks a popped frame whole and returns who wrote it.
+fn check_frame(meta: SlotMeta, bytes: &[u8]) -> (u16, u32) {
+    assert!(
+        meta.len >= 8 && meta.len as usize <= MAX_WORDS * 8,
+        "implausible length {}",
+        meta.len
+    );
+    let first = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let (writer, seq) = ((first >> 48) as u16, (first >> 16) as u32);
+    let expected = frame_for(writer, seq);
+    assert_eq!(
+        &bytes[..meta.len as usize],
+        &expected[..],
+        "torn frame: length {} claimed, content does not match frame {seq} of writer {writer}",
+        meta.len
+    );
+    assert_eq!(
+        meta.generation,
+        generation_for(writer),
+        "metadata of another write"
+    );
+    (writer, seq)
+}
+
+/// Peer index of the writer that dies in [`Scenario::dead_writer`] runs.
+const DEAD_WRITER: u16 = 99;
+
+#[derive(Clone, Copy)]
+struct Scenario {
+    slots: u64,
+    producers: u16,
+    frames_each: u32,
+    /// Producers retry a refused frame until it goes in (so every frame must arrive);
+    /// otherwise a refused frame counts as dropped and must never arrive.
+    retry_when_refused: bool,
+    /// A further writer claims a slot, copies half a frame and dies; another thread, having
+    /// seen it dead, calls `abandon_writer`.
+    dead_writer: bool,
+}
+
+/// What the consumer saw.
+struct Consumed {
+    frames: Vec<(u16, u32)>,
+    abandoned: u64,
+    final_tail: u64,
+}
+
+fn scenario(s: Scenario) {
+    let ring = Arc::new(ShuttleRing::new(s.slots));
+    // Threads that have finished all they will ever do to the ring.
+    let finished = Arc::new(AtomicU64::new(0));
+    let mut threads = s.producers as u64;
+
+    let producers: Vec<_> = (0..s.producers)
+        .map(|writer| {
+            let (ring, finished) = (Arc::clone(&ring), Arc::clone(&finished));
+            shuttle::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                for seq in 0..s.frames_each {
+                    let outcome = loop {
+                        match push_frame(&ring, writer, seq) {
+                            Push::Full | Push::Busy if s.retry_when_refused => {
+                                shuttle::thread::yield_now()
+                            }
+                            other => break other,
+                        }
+                    };
+                    outcomes.push((seq, outcome));
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+                outcomes
+            })
+        })
+        .collect();
+
+    let abandoner = s.dead_writer.then(|| {
+        threads += 1;
+        let dying = {
+            let ring = Arc::clone(&ring);
+            shuttle::thread::spawn(move || {
+                let claim = ring::claim(&*ring, DEAD_WRITER);
+                if let Claim::Claimed(position) = claim {
+                    // Half a copy, then death: no publish.
+                    let frame = frame_for(DEAD_WRITER, 0);
+                    let index = position % ring.slot_count();
+                    ring.slot(index).bytes[0].store(
+                        u64::from_le_bytes(frame[..8].try_into().expect("8 bytes")),
+                        Ordering::Relaxed,
+                    );
+                }
+                claim
+            })
+        };
+        let (ring, finished) = (Arc::clone(&ring), Arc::clone(&finished));
+        shuttle::thread::spawn(move || {
+            // The network only abandons a writer once its slot lock shows it dead; joining
+            // the thread is that knowledge here.
+            let claim = dying.join().expect("the dying writer does not panic");
+            let abandoned = ring::abandon_writer(&*ring, DEAD_WRITER);
+            finished.fetch_add(1, Ordering::SeqCst);
+            (claim, abandoned)
+        })
+    });
+
+    let consumer = {
+        let ring = Arc::clone(&ring);
+        shuttle::thread::spawn(move || {
+            let mut seen = Consumed {
+                frames: Vec::new(),
+                abandoned: 0,
+                final_tail: 0,
+            };
+            let mut tail = 0;
+            let mut buffer = [0u8; MAX_WORDS * 8];
+            loop {
+                // Read before looking at the ring: if every thread had finished by then, an
+                // empty slot means nothing more will ever come.
+                let all_finished = finished.load(Ordering::SeqCst) == threads;
+                let step = ring::pop(&*ring, tail, &mut buffer);
+                match step {
+                    Pop::Frame(meta) => seen.frames.push(check_frame(meta, &buffer)),
+                    Pop::Abandoned => seen.abandoned += 1,
+                    Pop::Empty if all_finished => break,
+                    Pop::InProgress { writer } if all_finished => {
+                        panic!("stalled at position {tail}: writer {writer} holds it for ever")
+                    }
+                    Pop::Empty | Pop::InProgress { .. } => shuttle::thread::yield_now(),
+                    Pop::AlreadyConsumed | Pop::Corrupt => {
+                        panic!("{step:?} at position {tail} of a ring only this consumer reads")
+                    }
+                }
+                if step.advances() {
+                    tail = ring::advance(tail, 1);
+                }
+            }
+            seen.final_tail = tail;
+            seen
+        })
+    };
+
+    let outcomes: Vec<Vec<(u32, Push)>> = producers
+        .into_iter()
+        .map(|p| p.join().expect("producer"))
+        .collect();
+    let abandonment = abandoner.map(|a| a.join().expect("abandoner"));
+    let consumed = consumer.join().expect("consumer");
+
+    // Per producer: strictly increasing sequence numbers (order kept, no duplicates), and
+    // exactly the frames whose push said Delivered.
+    let mut by_writer: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+    for &(writer, seq) in &consumed.frames {
+        assert_ne!(writer, DEAD_WRITER, "the dead writer's frame was delivered");
+        by_writer.entry(writer).or_default().push(seq);
+    }
+    let mut delivered_total = 0;
+    for (writer, outcomes) in outcomes.iter().enumerate() {
+        let got = by_writer.remove(&(writer as u16)).unwrap_or_default();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "writer {writer}: out of order or duplicated: {got:?}"
+        );
+        let delivered: Vec<u32> = outcomes
+            .iter()
+            .filter(|(_, o)| *o == Push::Delivered)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for (seq, outcome) in outcomes {
+            assert!(
+                matches!(outcome, Push::Delivered | Push::Full | Push::Busy),
+                "writer {writer} frame {seq}: {outcome:?}, yet nobody abandoned it"
+            );
+        }
+        assert_eq!(
+            got, delivered,
+            "writer {writer}: frames received differ from frames delivered"
+        );
+        if s.retry_when_refused {
+            assert_eq!(delivered.len() as u32, s.frames_each, "writer {writer}");
+        }
+        delivered_total += delivered.len() as u64;
+    }
+    assert!(by_writer.is_empty(), "frames from unknown writers");
+
+    let claimed_by_dead = match abandonment {
+        Some((claim, abandoned)) => {
+            let claimed = u64::from(matches!(claim, Claim::Claimed(_)));
+            assert_eq!(
+                abandoned, claimed,
+                "abandon_writer must find exactly the dead writer's claim"
+            );
+            claimed
+        }
+        None => 0,
+    };
+    assert_eq!(
+        consumed.abandoned, claimed_by_dead,
+        "the consumer skips each abandoned slot once"
+    );
+    assert_eq!(
+        consumed.final_tail,
+        delivered_total + claimed_by_dead,
+        "every claimed position was consumed exactly once"
+    );
+    // Whatever happened, the ring is left consistent: every slot free for its next lap.
+    for index in 0..s.slots {
+        let state = SlotState::decode(ring.state(index).load(Ordering::SeqCst));
+        assert_eq!(state.tag, Tag::Free, "slot {index} left {state:?}");
+        assert_eq!(state.position % s.slots, index);
+        assert!(state.position >= consumed.final_tail);
+        assert!(state.position < consumed.final_tail + s.slots);
+    }
+    // And no large buffer is left owned (an owner word of zero is a free buffer): each one
+    // went back when its frame was read, its slot skipped, or its claim refused.
+    for (index, large) in ring.large.iter().enumerate() {
+        assert_eq!(
+            large.owner.load(Ordering::SeqCst),
+            0,
+            "large buffer {index} leaked"
+        );
+    }
+}
+
+/// Runs `test` under `scheduler`, failing any single run that takes more steps than a
+/// correct one could (a consumer spinning for ever on a slot nobody will publish).
+fn run(scheduler: impl Scheduler + 'static, test: impl Fn() + Send + Sync + 'static) {
+    let mut config = Config::new();
+    // The orderings' limitation is stated in this file's header.
+    config.silence_warnings = true;
+    config.max_steps = MaxSteps::FailAfter(200_000);
+    Runner::new(scheduler, config).run(test);
+}
+
+#[test]
+fn concurrent_producers_lose_nothing_unannounced_and_keep_order() {
+    let s = Scenario {
+        slots: 4,
+        producers: 3,
+        frames_each: 4,
+        retry_when_refused: false,
+        dead_writer: false,
+    };
+    run(RandomScheduler::new(1500), move || scenario(s));
+    run(PctScheduler::new(3, 1500), move || scenario(s));
+}
+
+#[test]
+fn a_ring_of_two_slots_wraps_many_laps_without_loss() {
+    // 2 producers × 5 frames through 2 slots, every refused frame retried: 5 laps.
+    let s = Scenario {
+        slots: 2,
+        producers: 2,
+        frames_each: 5,
+        retry_when_refused: true,
+        dead_writer: false,
+    };
+    run(RandomScheduler::new(1500), move || scenario(s));
+    run(PctScheduler::new(3, 1500), move || scenario(s));
+}
+
+#[test]
+fn a_writer_dying_mid_copy_never_stalls_the_consumer() {
+    let s = Scenario {
+        slots: 4,
+        producers: 2,
+        frames_each: 4,
+        retry_when_refused: false,
+        dead_writer: true,
+    };
+    run(RandomScheduler::new(1500), move || scenario(s));
+    run(PctScheduler::new(3, 1500), move || scenario(s));
+}
+
+#[test]
+fn a_writer_dying_in_a_full_two_slot_ring_is_skipped_on_a_later_lap() {
+    let s = Scenario {
+        slots: 2,
+        producers: 2,
+        frames_each: 3,
+        retry_when_refused: true,
+        dead_writer: true,
+    };
+    run(RandomScheduler::new(1500), move || scenario(s));
+}
+
+#[test]
+fn a_ring_started_afresh_for_a_new_owner_frees_the_large_buffers_of_unread_frames() {
+    // Single-threaded, but on the same shuttle memory (its atomics need shuttle's runtime).
+    run(RandomScheduler::new(1), || {
+        let ring = ShuttleRing::new(4);
+        // The previous owner leaves without reading two large frames.
+        assert_eq!(push_frame(&ring, 1, 2), Push::Delivered);
+        assert_eq!(push_frame(&ring, 1, 3), Push::Delivered);
+        assert!(frame_for(1, 2).len() > SLOT_WORDS * 8, "a large frame");
+        let tail = ring::reset_ahead(&ring);
+        for (index, large) in ring.large.iter().enumerate() {
+            assert_eq!(
+                large.owner.load(Ordering::SeqCst),
+                0,
+                "large buffer {index} still held for a frame nobody will read"
+            );
+        }
+        // The new owner can receive large frames.
+        assert_eq!(push_frame(&ring, 2, 1), Push::Delivered);
+        let mut buffer = [0u8; MAX_WORDS * 8];
+        let Pop::Frame(meta) = ring::pop(&ring, tail, &mut buffer) else {
+            panic!("no frame at the new owner's first position");
+        };
+        assert_eq!(check_frame(meta, &buffer), (2, 1));
+    });
+}
