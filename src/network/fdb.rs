@@ -43,8 +43,14 @@ fn home(mac: MacAddress) -> u64 {
     mac.to_u64().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32
 }
 
+/// How far ahead of a reader's clock an entry's time may be: senders read the clock once
+/// per batch, so one may legitimately be a little ahead of another.
+const CLOCK_SLACK_MS: u64 = 1_000;
+
 fn fresh(entry: &FdbEntry, now_ms: u64) -> bool {
-    now_ms.saturating_sub(entry.seen_ms.load(Ordering::Relaxed)) <= AGE_MS
+    let seen = entry.seen_ms.load(Ordering::Relaxed);
+    // A time from the future (a scribbler's) would otherwise never age out.
+    seen <= now_ms.saturating_add(CLOCK_SLACK_MS) && now_ms.saturating_sub(seen) <= AGE_MS
 }
 
 /// The peer `mac` was learned behind, if it is known and fresh.

@@ -392,15 +392,18 @@ fn push_large<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]
     let owner = ring.large_owner(buffer);
     match claim(ring, writer) {
         Claim::Claimed(position) => {
-            // Hand the buffer to the position before the slot that names it is published:
-            // from here on only the receiver frees it, so the liveness sweep (which frees
-            // FILLING buffers of dead writers) can never pull it from under a reader.
-            owner.store(large_handed(position), Ordering::Release);
+            // Name the buffer in the slot first, then hand the buffer to the position, then
+            // publish. A writer dying before the hand-over leaves a FILLING buffer, which
+            // the liveness sweep frees; one dying after it leaves an abandoned slot that
+            // names a HANDED buffer, which the receiver frees when it skips the slot. From
+            // the hand-over on, only the receiver frees it, so the sweep can never pull it
+            // from under a reader.
             let meta = SlotMeta {
                 large: buffer as u32 + 1,
                 ..meta
             };
             ring.write_frame(position & (ring.slot_count() - 1), meta, &[]);
+            owner.store(large_handed(position), Ordering::Release);
             match publish(ring, position, writer) {
                 Ok(()) => Push::Delivered,
                 // The receiver frees it when it skips the abandoned slot.
