@@ -491,7 +491,7 @@ fn print_table(result: &NetnsResult, command: &str) {
     println!("anchor:   two namespaces on veth pairs into a Linux bridge");
     println!();
     println!(
-        "{:<9} {:>9} {:>9} {:>6} {:>7}   {:>19} {:>19}",
+        "{:<8} {:>11} {:>11} {:>6} {:>13}  {:>20}  {:>20}",
         "offloads",
         "guestnet",
         "bridge",
@@ -503,16 +503,14 @@ fn print_table(result: &NetnsResult, command: &str) {
     for c in &result.results {
         let verdict = if c.ratio >= c.target { "met" } else { "MISSED" };
         println!(
-            "{:<9} {:>5.2} Gb/s {:>4.2} Gb/s {:>5.2}× ≥{:.1}× {verdict:<6} {:>7.1}/{:<7.1} µs {:>7.1}/{:<7.1} µs",
+            "{:<8} {:>6.2} Gb/s {:>6.2} Gb/s {:>5.2}× ≥{:.1}× {verdict:<6}  {:>9} µs  {:>9} µs",
             if c.offload { "on" } else { "off" },
             c.guestnet_gbps,
             c.bridge_gbps,
             c.ratio,
             c.target,
-            c.guestnet_rtt_us.avg,
-            c.guestnet_rtt_us.p50,
-            c.bridge_rtt_us.avg,
-            c.bridge_rtt_us.p50
+            format!("{:.0}/{:.0}", c.guestnet_rtt_us.avg, c.guestnet_rtt_us.p50),
+            format!("{:.0}/{:.0}", c.bridge_rtt_us.avg, c.bridge_rtt_us.p50),
         );
     }
     for c in &result.results {
