@@ -73,7 +73,7 @@ pub struct BenchArgs {
     /// Frames per `send_batch` call (1 to 4096).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Slots of the receiver's ring (a power of two).
+    /// Slots of the receiver's ring (a power of two); with --netns, of every TAP peer's ring.
     #[arg(long, default_value_t = Geometry::default().ring_slots)]
     pub ring_slots: u32,
     /// Leave the workers unpinned (the scheduler places them).
@@ -84,7 +84,7 @@ pub struct BenchArgs {
     pub json: bool,
     /// Instead: TCP throughput and ping latency between two network namespaces through
     /// guestnet's TAP ports and through a Linux bridge, offloads on and off (as root).
-    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "ring_slots", "no_pin"])]
+    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin"])]
     pub netns: bool,
     /// With --netns: use the built-in TCP stream even if iperf3 is installed.
     #[arg(long, requires = "netns")]

@@ -19,6 +19,10 @@
 //! checksummed stream. The design's targets (`DESIGN.md` §5) are printed beside the
 //! ratios: at least 0.5 × the bridge without offloads and 0.8 × with them.
 //!
+//! guestnet's drop counters over each measurement are printed with the figures: a TCP
+//! sender outrunning the receiving TAP's writer fills the receiver's ring, and every
+//! frame lost there costs a retransmission (`--ring-slots` sets the rings' size).
+//!
 //! Everything the run made — TAP ports, namespaces (and with them the bridge and veths),
 //! the network and its directory — is undone by the [`Lab`] guard on every way out; SIGINT
 //! and SIGTERM ring a doorbell that every wait watches, so Ctrl-C ends the run promptly
@@ -38,6 +42,7 @@ use crate::cli::netns::{self, TcpTest, ip, run_in};
 use crate::network::{CreateOptions, Network};
 use crate::ports::socket::Doorbell;
 use crate::ports::tap::{DeviceMode, TapOptions, TapPort};
+use crate::shm::layout::Geometry;
 
 /// guestnet's interface in each of its namespaces.
 const TAP_IFNAME: &str = "gn0";
@@ -70,6 +75,8 @@ struct NetnsResult {
     seconds: u64,
     /// What measured throughput: "iperf3" or "built-in stream".
     tool: &'static str,
+    /// Slots of each peer's ring in guestnet's network.
+    ring_slots: u32,
     machine: String,
     /// Offloads on, then off.
     results: Vec<Comparison>,
@@ -126,7 +133,7 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let stop = Arc::new(Doorbell::new().context("create the stop pipe")?);
     stop.ring_on_signals(&[libc::SIGINT, libc::SIGTERM])
         .context("install signal handlers")?;
-    let mut lab = Lab::new(Arc::clone(&stop));
+    let mut lab = Lab::new(Arc::clone(&stop), args.ring_slots);
     let result = lab.build().and_then(|()| {
         let mut results = Vec::new();
         for offload in [true, false] {
@@ -136,6 +143,7 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             mode: "netns",
             seconds,
             tool,
+            ring_slots: args.ring_slots,
             machine: super::machine(),
             results,
         })
@@ -187,10 +195,12 @@ struct Lab {
     bridge: [String; 2],
     switch: String,
     ports: Option<Ports>,
+    /// Slots of each peer's ring in the network (`--ring-slots`).
+    ring_slots: u32,
 }
 
 impl Lab {
-    fn new(stop: Arc<Doorbell>) -> Lab {
+    fn new(stop: Arc<Doorbell>, ring_slots: u32) -> Lab {
         let pid = std::process::id();
         let name = |what: &str| format!("gn-bench-{pid}-{what}");
         Lab {
@@ -202,6 +212,7 @@ impl Lab {
             bridge: [name("b0"), name("b1")],
             switch: name("sw"),
             ports: None,
+            ring_slots,
         }
     }
 
@@ -224,8 +235,19 @@ impl Lab {
             self.bridge[1],
             self.switch
         ));
-        let network = Network::create(workspace.path(), NETWORK, CreateOptions::default())
-            .context("create the bench network")?;
+        let geometry = Geometry {
+            ring_slots: self.ring_slots,
+            ..Geometry::default()
+        };
+        let network = Network::create(
+            workspace.path(),
+            NETWORK,
+            CreateOptions {
+                geometry,
+                ..CreateOptions::default()
+            },
+        )
+        .context("create the bench network")?;
         self.workspace = Some(workspace);
         self.network = Some(network);
         let all: Vec<String> = self
@@ -487,7 +509,10 @@ fn print_table(result: &NetnsResult, command: &str) {
     );
     println!("machine:  {}", result.machine);
     println!("command:  {command}");
-    println!("guestnet: two namespaces on TAP ports of one network");
+    println!(
+        "guestnet: two namespaces on TAP ports of one network ({} ring slots per peer)",
+        result.ring_slots
+    );
     println!("anchor:   two namespaces on veth pairs into a Linux bridge");
     println!();
     println!(
