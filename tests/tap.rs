@@ -741,7 +741,10 @@ fn a_mixed_network_of_offload_and_plain_taps_moves_16_mib_both_ways_intact() {
     let received = lab.peer(1).rx_packets - received_before;
     // 16 MiB in segments of at most 1460 bytes is at least 11 490 frames; the offload
     // side handed over far fewer, larger ones.
-    assert!(received >= (16 << 20) / 1460, "plain side received {received}");
+    assert!(
+        received >= (16 << 20) / 1460,
+        "plain side received {received}"
+    );
     assert!(
         sent * 2 < received,
         "the offload side sent {sent} frames for the plain side's {received}: no super-frames?"
