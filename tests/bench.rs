@@ -225,3 +225,121 @@ fn an_interrupted_bench_kills_its_workers_and_removes_its_network() {
         workers_of(pid)
     );
 }
+
+/// Whether `bench --netns` can run here; panics under CI (`CI=true`) if it cannot.
+fn netns_prerequisites_met() -> bool {
+    let mut missing = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        missing.push("root");
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun");
+    }
+    for (tool, arg) in [("ip", "-V"), ("ping", "-V"), ("ethtool", "--version")] {
+        let found = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("bench --netns needs {}", missing.join(", "));
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}, and CI must not skip it");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// Named namespaces whose name marks them as the bench process `pid`'s.
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let prefix = format!("gn-bench-{pid}-");
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect()
+}
+
+#[test]
+fn netns_json_compares_guestnet_with_the_bridge_and_cleans_up() {
+    if !netns_prerequisites_met() {
+        return;
+    }
+    let bench = Bench::start(&["--netns", "--seconds", "1", "--json"]);
+    let pid = bench.pid();
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "bench failed: {status}; stderr {stderr:?}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
+    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    assert_eq!(v["mode"], "netns", "{v}");
+    assert_eq!(number(&v, "seconds"), 1.0);
+    assert!(v["machine"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    let results = v["results"].as_array().expect("results");
+    let offloads: Vec<Option<bool>> = results.iter().map(|r| r["offload"].as_bool()).collect();
+    assert_eq!(offloads, [Some(true), Some(false)], "{v}");
+    for r in results {
+        let (guestnet, bridge) = (number(r, "guestnet_gbps"), number(r, "bridge_gbps"));
+        assert!(guestnet > 0.0 && bridge > 0.0, "{r}");
+        assert!(close(number(r, "ratio"), guestnet / bridge), "{r}");
+        let target = number(r, "target");
+        assert!(target == 0.5 || target == 0.8, "{r}");
+        for path in ["guestnet_rtt_us", "bridge_rtt_us"] {
+            let (avg, p50) = (
+                number(r, &format!("{path}.avg")),
+                number(r, &format!("{path}.p50")),
+            );
+            assert!(avg > 0.0 && p50 > 0.0, "{r}");
+        }
+        assert!(r["guestnet_drops"].is_object(), "{r}");
+    }
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "left {:?}",
+        namespaces_of(pid)
+    );
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+}
+
+#[test]
+fn an_interrupted_netns_bench_removes_its_namespaces_and_network() {
+    if !netns_prerequisites_met() {
+        return;
+    }
+    let bench = Bench::start(&["--netns", "--seconds", "30", "--json"]);
+    let pid = bench.pid();
+    // Interrupted in the middle of guestnet's measurement, TAP ports and iperf3 running.
+    bench.wait_for_stderr("offloads on: guestnet", Duration::from_secs(20));
+    let killed = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(20));
+    assert!(!status.success(), "an interrupted bench must not succeed");
+    assert!(
+        stdout.is_empty(),
+        "no result after an interrupt: {stdout:?}"
+    );
+    assert!(
+        stderr.iter().any(|l| l.contains("interrupted")),
+        "says why: {stderr:?}"
+    );
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "left {:?}",
+        namespaces_of(pid)
+    );
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+}

@@ -79,6 +79,16 @@ struct Tap {
     mac: MacAddress,
 }
 
+/// Kills and reaps a helper process however the test ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Namespaces on a network, each with a TAP port; everything is removed on drop.
 struct Lab {
     dir: tempfile::TempDir,
@@ -88,8 +98,13 @@ struct Lab {
 }
 
 impl Lab {
-    /// `count` namespaces, `10.78.0.{1..}` on `gn0` in each.
+    /// `count` namespaces, `10.78.0.{1..}` on `gn0` in each, offloads on.
     fn new(test: &str, count: usize) -> Lab {
+        Lab::with_offloads(test, &vec![true; count])
+    }
+
+    /// A namespace per entry of `offloads`, its TAP opened with offloads or without.
+    fn with_offloads(test: &str, offloads: &[bool]) -> Lab {
         let dir = tempfile::tempdir().expect("temp dir");
         let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
         let mut lab = Lab {
@@ -98,7 +113,7 @@ impl Lab {
             namespaces: Vec::new(),
             taps: Vec::new(),
         };
-        for i in 0..count {
+        for (i, &offload) in offloads.iter().enumerate() {
             let namespace = format!("gnt-{}-{test}-{i}", std::process::id());
             ip(&["netns", "add", &namespace]);
             lab.namespaces.push(namespace.clone());
@@ -112,7 +127,7 @@ impl Lab {
                 "net.ipv6.conf.default.disable_ipv6=1",
             ]));
             assert!(output.status.success(), "turn IPv6 off in {namespace}");
-            let tap = lab.start_tap(i);
+            let tap = lab.start_tap(i, offload);
             lab.taps.push(tap);
             ip(&[
                 "-n",
@@ -132,7 +147,7 @@ impl Lab {
     }
 
     /// Starts `guestnet tap` for namespace `i` and waits for its ready line.
-    fn start_tap(&self, i: usize) -> Tap {
+    fn start_tap(&self, i: usize, offload: bool) -> Tap {
         let mut child = Command::new(BIN)
             .arg("--dir")
             .arg(self.dir.path())
@@ -144,6 +159,7 @@ impl Lab {
                 "--netns",
                 &self.namespaces[i],
             ])
+            .args(if offload { None } else { Some("--no-offload") })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -199,6 +215,96 @@ impl Lab {
         )
         .status
         .success()
+    }
+
+    /// Sends `bytes` of the built-in stream from namespace `from` to `to` (listening on
+    /// `port`) and checks that every byte arrived, in order (length and CRC-32 compared).
+    fn transfer_intact(&self, from: usize, to: usize, bytes: u64, port: u16) {
+        let listen = format!("{}:{port}", Lab::address(to));
+        let mut receiver = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.namespaces[to],
+                BIN,
+                "__tcp-recv",
+                "--listen",
+                &listen,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the receiver");
+        let stdout = receiver.stdout.take().expect("stdout");
+        // Killed and reaped however the test ends.
+        let _receiver = KillOnDrop(receiver);
+        let (lines, receiver_lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let line = receiver_lines
+            .recv_timeout(DEADLINE)
+            .expect("receiver ready line");
+        assert!(line.starts_with("listening"), "{line}");
+        let mut sender = Command::new("ip");
+        sender.args([
+            "netns",
+            "exec",
+            &self.namespaces[from],
+            BIN,
+            "__tcp-send",
+            "--connect",
+            &listen,
+            "--bytes",
+            &bytes.to_string(),
+        ]);
+        let sent = output_within(sender, Duration::from_secs(15));
+        assert!(sent.status.success(), "sender: {sent:?}");
+        let received = Output {
+            status: sent.status,
+            stdout: receiver_lines
+                .recv_timeout(DEADLINE)
+                .expect("receiver report")
+                .into_bytes(),
+            stderr: Vec::new(),
+        };
+        let (sent_bytes, sent_crc) = report(&sent, "sent");
+        let (received_bytes, received_crc) = report(&received, "received");
+        assert_eq!(sent_bytes, bytes);
+        assert_eq!(received_bytes, sent_bytes);
+        assert_eq!(received_crc, sent_crc, "the stream arrived changed");
+    }
+
+    /// Starts `guestnet stream` on the lab's network and connects a client to it, as QEMU's
+    /// `-netdev stream` would; the port process is killed when the guard drops.
+    fn stream_client(&self) -> (KillOnDrop, UnixStream) {
+        let socket = self.dir.path().join("qemu.sock");
+        let mut stream_port = Command::new(BIN)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["stream", "lab", "--listen"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start guestnet stream");
+        let stdout = stream_port.stdout.take().expect("stdout");
+        let guard = KillOnDrop(stream_port);
+        let (lines, ready) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = lines.send(line);
+        });
+        let line = ready.recv_timeout(DEADLINE).expect("ready line");
+        assert!(line.starts_with("listening"), "{line}");
+        let client = UnixStream::connect(&socket).expect("connect");
+        client.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        (guard, client)
     }
 
     fn peer(&self, i: usize) -> PeerStatus {
@@ -261,6 +367,17 @@ fn output_within(mut command: Command, limit: Duration) -> Output {
     }
 }
 
+/// Reads one frame of the stream protocol (4-byte big-endian length, then the frame).
+fn read_frame(client: &mut UnixStream) -> Vec<u8> {
+    let mut length = [0u8; 4];
+    client
+        .read_exact(&mut length)
+        .expect("a frame from the network");
+    let mut frame = vec![0u8; u32::from_be_bytes(length) as usize];
+    client.read_exact(&mut frame).expect("the frame's bytes");
+    frame
+}
+
 fn report(output: &Output, verb: &str) -> (u64, String) {
     let text = String::from_utf8_lossy(&output.stdout);
     let line = text
@@ -287,60 +404,7 @@ fn two_namespaces_resolve_ping_and_move_64_mib_intact() {
         "a's neighbour entry for b: {neighbours}"
     );
 
-    let listen = format!("{}:5301", Lab::address(1));
-    let mut receiver = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.namespaces[1],
-            BIN,
-            "__tcp-recv",
-            "--listen",
-            &listen,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the receiver");
-    let mut receiver_out = BufReader::new(receiver.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    receiver_out
-        .read_line(&mut line)
-        .expect("receiver ready line");
-    assert!(line.starts_with("listening"), "{line}");
-    let (done, finished) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = receiver_out.read_to_string(&mut rest);
-        let _ = done.send(rest);
-    });
-    let mut sender = Command::new("ip");
-    sender.args([
-        "netns",
-        "exec",
-        &lab.namespaces[0],
-        BIN,
-        "__tcp-send",
-        "--connect",
-        &listen,
-        "--bytes",
-        "67108864",
-    ]);
-    let sent = output_within(sender, Duration::from_secs(15));
-    assert!(sent.status.success(), "sender: {sent:?}");
-    let received = finished.recv_timeout(DEADLINE);
-    let _ = receiver.kill();
-    let _ = receiver.wait();
-    let received = Output {
-        status: sent.status,
-        stdout: received.expect("receiver report").into_bytes(),
-        stderr: Vec::new(),
-    };
-    let (sent_bytes, sent_crc) = report(&sent, "sent");
-    let (received_bytes, received_crc) = report(&received, "received");
-    assert_eq!(sent_bytes, 64 << 20);
-    assert_eq!(received_bytes, sent_bytes);
-    assert_eq!(received_crc, sent_crc, "the stream arrived changed");
+    lab.transfer_intact(0, 1, 64 << 20, 5301);
 }
 
 #[test]
@@ -570,31 +634,7 @@ fn a_stream_client_and_a_namespace_share_the_network() {
         return;
     }
     let lab = Lab::new("mixed", 1);
-    let socket = lab.dir.path().join("qemu.sock");
-    let mut stream_port = Command::new(BIN)
-        .arg("--dir")
-        .arg(lab.dir.path())
-        .args(["stream", "lab", "--listen"])
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start guestnet stream");
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut out = BufReader::new(stream_port.stdout.take().expect("stdout"));
-    let _guard = Kill(stream_port);
-    let mut line = String::new();
-    out.read_line(&mut line).expect("ready line");
-    assert!(line.starts_with("listening"), "{line}");
-
-    let mut client = UnixStream::connect(&socket).expect("connect");
-    client.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let (_stream_port, mut client) = lab.stream_client();
     let client_mac = [0x02, 0, 0, 0, 0, 0x99];
     let client_ip = [10, 78, 0, 99];
     // ARP: who has 10.78.0.1? tell 10.78.0.99.
@@ -617,12 +657,7 @@ fn a_stream_client_and_a_namespace_share_the_network() {
     let deadline = Instant::now() + DEADLINE;
     loop {
         assert!(Instant::now() < deadline, "no ARP reply from the namespace");
-        let mut length = [0u8; 4];
-        client
-            .read_exact(&mut length)
-            .expect("a frame from the network");
-        let mut reply = vec![0u8; u32::from_be_bytes(length) as usize];
-        client.read_exact(&mut reply).expect("the frame's bytes");
+        let reply = read_frame(&mut client);
         let is_answer = reply.len() >= 42
             && reply[0..6] == client_mac
             && reply[12..14] == [0x08, 0x06]
@@ -675,4 +710,138 @@ fn the_demo_runs_end_to_end_and_cleans_up() {
     );
     let pid = first.trim_start_matches("gn-demo-").trim_end_matches("-a");
     assert!(!std::path::Path::new(&format!("/dev/shm/guestnet-demo-{pid}")).exists());
+}
+
+#[test]
+fn without_offloads_64_mib_arrive_intact() {
+    if !prerequisites_met() {
+        return;
+    }
+    let lab = Lab::with_offloads("nooff", &[false, false]);
+    lab.transfer_intact(0, 1, 64 << 20, 5302);
+    // Both TAPs were opened plainly: every frame on the network fits the MTU.
+    for i in 0..2 {
+        assert_eq!(lab.peer(i).drops.get("tx_invalid"), None, "namespace {i}");
+    }
+}
+
+/// One TAP takes offloads and one does not: the offload side's TCP super-frames are cut
+/// into MTU-sized segments, checksums finished, on their way to the plain side; the plain
+/// side's frames reach the offload side as they are. Both directions arrive intact.
+#[test]
+fn a_mixed_network_of_offload_and_plain_taps_moves_16_mib_both_ways_intact() {
+    if !prerequisites_met() {
+        return;
+    }
+    let lab = Lab::with_offloads("mixoff", &[true, false]);
+    let sent_before = lab.peer(0).tx_packets;
+    let received_before = lab.peer(1).rx_packets;
+    lab.transfer_intact(0, 1, 16 << 20, 5303);
+    let sent = lab.peer(0).tx_packets - sent_before;
+    let received = lab.peer(1).rx_packets - received_before;
+    // 16 MiB in segments of at most 1460 bytes is at least 11 490 frames; the offload
+    // side handed over far fewer, larger ones.
+    assert!(
+        received >= (16 << 20) / 1460,
+        "plain side received {received}"
+    );
+    assert!(
+        sent * 2 < received,
+        "the offload side sent {sent} frames for the plain side's {received}: no super-frames?"
+    );
+    lab.transfer_intact(1, 0, 16 << 20, 5304);
+}
+
+/// The internet checksum (RFC 1071) of `parts` laid end to end, each of even length
+/// except perhaps the last.
+fn internet_checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in parts.concat().chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A namespace whose TAP takes checksum offload sends UDP and TCP to a stream-port
+/// client: the kernel leaves their checksums for the device to finish, and the client,
+/// which cannot, must get them finished, in frames no longer than the MTU allows.
+#[test]
+fn a_stream_client_gets_finished_checksums_from_an_offload_namespace() {
+    if !prerequisites_met() {
+        return;
+    }
+    let lab = Lab::new("csum", 1);
+    let (_stream_port, mut client) = lab.stream_client();
+    ip(&[
+        "-n",
+        &lab.namespaces[0],
+        "neigh",
+        "replace",
+        "10.78.0.99",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        IFNAME,
+        "nud",
+        "permanent",
+    ]);
+    // A 1400-byte UDP datagram, and a TCP connection attempt (its SYN is enough).
+    let udp = lab.exec(
+        0,
+        &[
+            "bash",
+            "-c",
+            "head -c 1400 /dev/urandom > /dev/udp/10.78.0.99/9999",
+        ],
+    );
+    assert!(udp.status.success(), "send UDP: {udp:?}");
+    let _syn = KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &lab.namespaces[0]])
+            .args(["bash", "-c", "exec 3<>/dev/tcp/10.78.0.99/9998"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a TCP connection"),
+    );
+    let (mut saw_udp, mut saw_syn) = (false, false);
+    let deadline = Instant::now() + DEADLINE;
+    while !(saw_udp && saw_syn) {
+        assert!(
+            Instant::now() < deadline,
+            "UDP seen: {saw_udp}, SYN seen: {saw_syn}"
+        );
+        let frame = read_frame(&mut client);
+        assert!(frame.len() <= 1514, "a {}-byte frame", frame.len());
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip_header = &frame[14..14 + usize::from(frame[14] & 0x0f) * 4];
+        assert_eq!(internet_checksum(&[ip_header]), 0, "IPv4 header checksum");
+        let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+        let segment = &frame[14 + ip_header.len()..14 + total];
+        let protocol = ip_header[9];
+        let mut pseudo = ip_header[12..20].to_vec();
+        pseudo.extend_from_slice(&[0, protocol]);
+        pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+        let port = u16::from_be_bytes([segment[2], segment[3]]);
+        match (protocol, port) {
+            (17, 9999) => {
+                assert_eq!(segment.len(), 8 + 1400);
+                assert_ne!(&segment[6..8], &[0, 0], "UDP checksum left out");
+                assert_eq!(internet_checksum(&[&pseudo, segment]), 0, "UDP checksum");
+                saw_udp = true;
+            }
+            (6, 9998) => {
+                assert_eq!(internet_checksum(&[&pseudo, segment]), 0, "TCP checksum");
+                saw_syn = true;
+            }
+            _ => {}
+        }
+    }
 }

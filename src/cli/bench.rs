@@ -29,6 +29,7 @@
 //! Ctrl-C (or SIGTERM) kills the workers; the private directory is removed on every exit
 //! path by a guard.
 
+mod netns;
 mod process;
 mod worker;
 
@@ -72,7 +73,7 @@ pub struct BenchArgs {
     /// Frames per `send_batch` call (1 to 4096).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Slots of the receiver's ring (a power of two).
+    /// Slots of the receiver's ring (a power of two); with --netns, of every TAP peer's ring.
     #[arg(long, default_value_t = Geometry::default().ring_slots)]
     pub ring_slots: u32,
     /// Leave the workers unpinned (the scheduler places them).
@@ -81,6 +82,13 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Instead: TCP throughput and ping latency between two network namespaces through
+    /// guestnet's TAP ports and through a Linux bridge, offloads on and off (as root).
+    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin"])]
+    pub netns: bool,
+    /// With --netns: use the built-in TCP stream even if iperf3 is installed.
+    #[arg(long, requires = "netns")]
+    pub no_iperf: bool,
 }
 
 /// What a worker process does.
@@ -125,6 +133,9 @@ pub struct WorkerArgs {
 /// Runs `bench`. The global `--dir` is not used: the run's network is private.
 pub fn run(_dir: &Path, args: BenchArgs) -> anyhow::Result<()> {
     check_args(&args)?;
+    if args.netns {
+        return netns::run(&args);
+    }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let interrupt = Interrupt::install()?;
     let workspace = Workspace::create()?;

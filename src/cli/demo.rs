@@ -13,17 +13,17 @@
 //! what arrived is what was sent. The tests use them too.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use super::netns::{self, StreamReport, TcpTest, have_iperf3, ip, run_in};
 
 use crate::network::{CreateOptions, Network};
 use crate::ports::capture::{Capture, CaptureOptions};
@@ -40,8 +40,6 @@ const IFNAME: &str = "gn0";
 const TCP_PORT: u16 = 5201;
 /// Frames the capture keeps.
 const CAPTURE_FRAMES: u64 = 8;
-/// Longest wait for a helper program to say it is listening.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Arguments of `demo`.
 #[derive(Debug, clap::Args)]
@@ -59,7 +57,7 @@ pub struct DemoArgs {
 
 /// Runs `demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    preflight()?;
+    netns::preflight("guestnet demo")?;
     let stop = Arc::new(Doorbell::new().context("create the stop pipe")?);
     stop.ring_on_signals(&[libc::SIGINT, libc::SIGTERM])
         .context("install signal handlers")?;
@@ -70,27 +68,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     drop(lab);
     result
-}
-
-/// Says exactly what is missing, before anything is made.
-fn preflight() -> anyhow::Result<()> {
-    if !rustix::process::geteuid().is_root() {
-        bail!(
-            "guestnet demo needs root: it creates network namespaces (`ip netns add`) and TAP \
-             devices (/dev/net/tun). Run it as root, e.g. `sudo guestnet demo`."
-        );
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(output) if output.status.success() => {}
-        _ => bail!(
-            "guestnet demo needs the `ip` command (package iproute2) to make namespaces and \
-             addresses; install it and try again"
-        ),
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        bail!("guestnet demo needs /dev/net/tun (the tun kernel module: `modprobe tun`)");
-    }
-    Ok(())
 }
 
 /// Everything the demo makes, undone in `Drop` in reverse order.
@@ -321,236 +298,29 @@ fn demo(lab: &mut Lab, args: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `ip ARGS`, failing with its error output.
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("run ip")?;
-    if !output.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn have_iperf3() -> bool {
-    Command::new("iperf3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// `ip netns exec NAMESPACE ARGS…`, with pipes for stdout.
-fn in_namespace(namespace: &str, args: &[&str]) -> Command {
-    let mut command = Command::new("ip");
-    command
-        .args(["netns", "exec", namespace])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-}
-
-/// Kills and reaps a child when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Reads a child's output on a thread, so that a full pipe never blocks it.
-fn collect(child: &mut Child) -> (mpsc::Receiver<String>, JoinHandle<String>) {
-    let (lines_tx, lines_rx) = mpsc::channel();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let handle = std::thread::spawn(move || {
-        let mut all = String::new();
-        if let Some(stdout) = stdout {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line.clone());
-                all.push_str(&line);
-                all.push('\n');
-            }
-        }
-        if let Some(mut stderr) = stderr {
-            let _ = stderr.read_to_string(&mut all);
-        }
-        all
-    });
-    (lines_rx, handle)
-}
-
-/// Waits for a child, killing it if `stop` rings or `timeout` passes.
-fn finish(
-    stop: &Doorbell,
-    mut child: ChildGuard,
-    output: JoinHandle<String>,
-    timeout: Duration,
-    what: &str,
-) -> anyhow::Result<String> {
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().context("wait for a child")? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            bail!("{what} took longer than {timeout:?}");
-        }
-        // The doorbell is the sleep: a signal ends the wait at once.
-        if stop.wait(Duration::from_millis(20)) {
-            bail!("interrupted");
-        }
-    };
-    let text = output
-        .join()
-        .map_err(|_| anyhow::anyhow!("reading the output of {what} panicked"))?;
-    if !status.success() {
-        bail!("{what} failed ({status}):\n{}", text.trim_end());
-    }
-    Ok(text)
-}
-
-/// Runs a command in a namespace to its end and returns its output.
-fn run_in(
-    stop: &Doorbell,
-    namespace: &str,
-    args: &[&str],
-    timeout: Duration,
-) -> anyhow::Result<String> {
-    let mut child = in_namespace(namespace, args)
-        .spawn()
-        .with_context(|| format!("start {}", args.join(" ")))?;
-    let (_, output) = collect(&mut child);
-    finish(stop, ChildGuard(child), output, timeout, &args.join(" "))
-}
-
-/// Starts a server in a namespace and waits until a line of its output contains `ready`.
-fn start_server(
-    namespace: &str,
-    args: &[&str],
-    ready: &str,
-) -> anyhow::Result<(ChildGuard, JoinHandle<String>)> {
-    let mut child = in_namespace(namespace, args)
-        .spawn()
-        .with_context(|| format!("start {}", args.join(" ")))?;
-    let (lines, output) = collect(&mut child);
-    let child = ChildGuard(child);
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(ready) => return Ok((child, output)),
-            Ok(_) => {}
-            Err(_) => bail!("{} did not start listening", args.join(" ")),
-        }
-    }
-}
-
 fn iperf3(lab: &Lab, namespaces: &[String; 2], seconds: u64) -> anyhow::Result<f64> {
-    let port = TCP_PORT.to_string();
-    let (server, server_output) = start_server(
-        &namespaces[1],
-        &[
-            "iperf3",
-            "-s",
-            "-1",
-            "--forceflush",
-            "-B",
-            ADDRESSES[1],
-            "-p",
-            &port,
-        ],
-        "listening",
-    )?;
-    let seconds_text = seconds.to_string();
-    let report = run_in(
-        &lab.stop,
-        &namespaces[0],
-        &[
-            "iperf3",
-            "-c",
-            ADDRESSES[1],
-            "-p",
-            &port,
-            "-t",
-            &seconds_text,
-            "-J",
-        ],
-        Duration::from_secs(seconds + 15),
-    )?;
-    finish(
-        &lab.stop,
-        server,
-        server_output,
-        Duration::from_secs(5),
-        "iperf3 server",
-    )?;
-    let report: serde_json::Value =
-        serde_json::from_str(&report).context("read iperf3's JSON report")?;
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|bits| bits / 1e9)
-        .context("iperf3's report has no received throughput")
+    netns::iperf3(&lab.stop, tcp_test(namespaces, seconds))
 }
 
 fn builtin_stream(lab: &Lab, namespaces: &[String; 2], seconds: u64) -> anyhow::Result<f64> {
-    let exe = std::env::current_exe().context("find the guestnet executable")?;
-    let exe = exe.to_string_lossy().into_owned();
-    let listen = format!("{}:{TCP_PORT}", ADDRESSES[1]);
-    let seconds_text = seconds.to_string();
-    let (server, server_output) = start_server(
-        &namespaces[1],
-        &[&exe, "__tcp-recv", "--listen", &listen],
-        "listening",
-    )?;
-    let sent = run_in(
-        &lab.stop,
-        &namespaces[0],
-        &[
-            &exe,
-            "__tcp-send",
-            "--connect",
-            &listen,
-            "--seconds",
-            &seconds_text,
-        ],
-        Duration::from_secs(seconds + 15),
-    )?;
-    let received = finish(
-        &lab.stop,
-        server,
-        server_output,
-        Duration::from_secs(10),
-        "TCP receiver",
-    )?;
-    let sent = StreamReport::parse(&sent).context("read the sender's report")?;
-    let received = StreamReport::parse(&received).context("read the receiver's report")?;
-    if sent.bytes != received.bytes || sent.crc != received.crc {
-        bail!(
-            "the stream arrived damaged: sent {} bytes (crc32 {:08x}), received {} (crc32 {:08x})",
-            sent.bytes,
-            sent.crc,
-            received.bytes,
-            received.crc
-        );
-    }
+    let received = netns::builtin_stream(&lab.stop, tcp_test(namespaces, seconds))?;
     println!(
         "      {} MiB arrived intact (crc32 {:08x})",
         received.bytes >> 20,
         received.crc
     );
     Ok(received.gbits())
+}
+
+/// The throughput test: from the first namespace to the second.
+fn tcp_test(namespaces: &[String; 2], seconds: u64) -> TcpTest<'_> {
+    TcpTest {
+        client: &namespaces[0],
+        server: &namespaces[1],
+        address: ADDRESSES[1],
+        port: TCP_PORT,
+        seconds,
+    }
 }
 
 /// The average RTT in milliseconds from ping's summary line.
@@ -671,47 +441,6 @@ fn fill_block(block: &mut [u8], index: u64) {
     }
 }
 
-/// What one end of the built-in stream moved.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct StreamReport {
-    bytes: u64,
-    crc: u32,
-    seconds: f64,
-}
-
-impl StreamReport {
-    fn line(&self, verb: &str) -> String {
-        format!(
-            "{verb} {} bytes crc32 {:08x} in {:.3} s ({:.2} Gbit/s)",
-            self.bytes,
-            self.crc,
-            self.seconds,
-            self.gbits()
-        )
-    }
-
-    fn gbits(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.bytes as f64 * 8.0 / self.seconds / 1e9
-        } else {
-            0.0
-        }
-    }
-
-    /// Reads the report line printed by `__tcp-send` or `__tcp-recv`.
-    fn parse(output: &str) -> Option<StreamReport> {
-        let line = output
-            .lines()
-            .find(|line| line.starts_with("sent ") || line.starts_with("received "))?;
-        let words: Vec<&str> = line.split_whitespace().collect();
-        Some(StreamReport {
-            bytes: words.get(1)?.parse().ok()?,
-            crc: u32::from_str_radix(words.get(4)?, 16).ok()?,
-            seconds: words.get(6)?.parse().ok()?,
-        })
-    }
-}
-
 /// Runs `__tcp-recv`: accepts one connection, reads it to its end, prints the report.
 pub fn tcp_recv(args: TcpRecvArgs) -> anyhow::Result<()> {
     let listener =
@@ -783,17 +512,6 @@ pub fn tcp_send(args: TcpSendArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reports_read_back_what_they_print() {
-        let report = StreamReport {
-            bytes: 67_108_864,
-            crc: 0x0badf00d,
-            seconds: 0.5,
-        };
-        assert_eq!(StreamReport::parse(&report.line("sent")), Some(report));
-        assert!((report.gbits() - 1.073741824).abs() < 1e-6);
-    }
 
     #[test]
     fn blocks_differ_so_reordering_changes_the_checksum() {

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod capture;
 pub mod demo;
 pub mod dgram;
+pub mod netns;
 pub mod stream;
 pub mod tap;
 pub mod traffic;
