@@ -30,6 +30,7 @@
 //! path by a guard.
 
 mod netns;
+pub use netns::TAP_RING_SLOTS;
 mod process;
 mod worker;
 
@@ -73,9 +74,10 @@ pub struct BenchArgs {
     /// Frames per `send_batch` call (1 to 4096).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Slots of the receiver's ring (a power of two); with --netns, of every TAP peer's ring.
-    #[arg(long, default_value_t = Geometry::default().ring_slots)]
-    pub ring_slots: u32,
+    /// Slots of the receiver's ring (a power of two) [default: 256; with --netns 1024,
+    /// what kernel stacks behind TAPs want: see the README's performance section].
+    #[arg(long)]
+    pub ring_slots: Option<u32>,
     /// Leave the workers unpinned (the scheduler places them).
     #[arg(long)]
     pub no_pin: bool,
@@ -140,7 +142,7 @@ pub fn run(_dir: &Path, args: BenchArgs) -> anyhow::Result<()> {
     let interrupt = Interrupt::install()?;
     let workspace = Workspace::create()?;
     let geometry = Geometry {
-        ring_slots: args.ring_slots,
+        ring_slots: args.ring_slots.unwrap_or(Geometry::default().ring_slots),
         ..Geometry::default()
     };
     Network::create(
@@ -382,7 +384,10 @@ fn print_table(result: &BenchResult, args: &BenchArgs, command: &str, placement:
     };
     println!(
         "guestnet bench: {}-byte frames, {senders} → 1 receiver, {} s per transport, batch {}, ring {} slots",
-        args.frame_size, args.seconds, args.batch, args.ring_slots
+        args.frame_size,
+        args.seconds,
+        args.batch,
+        args.ring_slots.unwrap_or(Geometry::default().ring_slots)
     );
     println!("machine: {}", machine());
     println!("workers: {}", placement.describe(args.senders));

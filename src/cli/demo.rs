@@ -29,6 +29,7 @@ use crate::network::{CreateOptions, Network};
 use crate::ports::capture::{Capture, CaptureOptions};
 use crate::ports::socket::Doorbell;
 use crate::ports::tap::{DeviceMode, TapOptions, TapPort};
+use crate::shm::layout::Geometry;
 use crate::wire::pcap::{MAX_SNAPLEN, PcapReader};
 use crate::wire::{EthernetFrame, ethernet::EtherType};
 
@@ -148,7 +149,17 @@ fn demo(lab: &mut Lab, args: &DemoArgs) -> anyhow::Result<()> {
     step(1, &format!("create network \"demo\" in {}", dir.display()));
     std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
     lab.dir = Some(dir.clone());
-    let network = Network::create(&dir, "demo", CreateOptions::default())?;
+    let network = Network::create(
+        &dir,
+        "demo",
+        CreateOptions {
+            geometry: Geometry {
+                ring_slots: super::bench::TAP_RING_SLOTS,
+                ..Geometry::default()
+            },
+            ..CreateOptions::default()
+        },
+    )?;
 
     step(
         2,

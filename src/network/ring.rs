@@ -325,7 +325,8 @@ fn help_reserve<M: SlotMemory>(ring: &M, position: u64) {
     // re-checked against the slot state with Acquire, and a store that races another may
     // move the hint back a little, which the next claim walks forward over. The locked
     // instruction it replaces cost about a tenth of a sender's time per frame.
-    ring.reserve().store(advance(position, 1), Ordering::Relaxed);
+    ring.reserve()
+        .store(advance(position, 1), Ordering::Relaxed);
 }
 
 /// Why a publish failed.

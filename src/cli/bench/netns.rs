@@ -46,6 +46,9 @@ use crate::shm::layout::Geometry;
 
 /// guestnet's interface in each of its namespaces.
 const TAP_IFNAME: &str = "gn0";
+/// Ring slots of the benchmark's network: a TAP's writer hands each frame to the kernel's
+/// whole receive path in one `write`, so bursts need more room than between processes.
+pub const TAP_RING_SLOTS: u32 = 1024;
 /// The veth end in each of the anchor's namespaces.
 const VETH_IFNAME: &str = "eth0";
 /// The bridge, in the anchor's switch namespace.
@@ -133,7 +136,7 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let stop = Arc::new(Doorbell::new().context("create the stop pipe")?);
     stop.ring_on_signals(&[libc::SIGINT, libc::SIGTERM])
         .context("install signal handlers")?;
-    let mut lab = Lab::new(Arc::clone(&stop), args.ring_slots);
+    let mut lab = Lab::new(Arc::clone(&stop), args.ring_slots.unwrap_or(TAP_RING_SLOTS));
     let result = lab.build().and_then(|()| {
         let mut results = Vec::new();
         for offload in [true, false] {
@@ -143,7 +146,7 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             mode: "netns",
             seconds,
             tool,
-            ring_slots: args.ring_slots,
+            ring_slots: args.ring_slots.unwrap_or(TAP_RING_SLOTS),
             machine: super::machine(),
             results,
         })
