@@ -54,8 +54,17 @@
 //! ## Ports
 //!
 //! Every way in is a peer ([`ports`]): a Rust process through this library, QEMU's
-//! `-netdev stream` and `-netdev dgram` sockets, a pcap capture. One port process may
-//! host many peers, one per connection.
+//! `-netdev stream` and `-netdev dgram` sockets, a pcap capture, a TAP device in a network
+//! namespace. One port process may host many peers, one per connection or device.
+//!
+//! ## Offloads
+//!
+//! A frame may carry a virtio-net header ([`wire::virtio_net`]) that leaves work to the
+//! receiver: a checksum to complete, a 64 KiB TCP super-frame to cut into segments. Peers
+//! advertise which of these they can take (a TAP hands them to its kernel); frames travel
+//! whole between such peers, in per-ring large buffers, and are finished in software
+//! ([`wire::offload`]) for everyone else, so stream ports and captures always see
+//! ordinary, MTU-sized frames with correct checksums.
 //!
 //! ## Layers
 //!
