@@ -4,7 +4,7 @@
 //! on a TAP port served by this very process — then shows real TCP/IP crossing it: ping
 //! both ways, a TCP throughput test (iperf3 when installed, else a built-in stream), a
 //! short capture, and the status table. Everything it made is removed at the end, also on
-//! failure and on Ctrl-C: the [`Lab`] guard undoes it in `Drop`, and SIGINT/SIGTERM only
+//! failure and on Ctrl-C: the `Lab` guard undoes it in `Drop`, and SIGINT/SIGTERM only
 //! ring a doorbell that every step watches, so the guard always gets to run.
 //!
 //! The hidden `__tcp-send` and `__tcp-recv` subcommands are the built-in TCP stream: run

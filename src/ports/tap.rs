@@ -48,8 +48,8 @@
 //! per 1.5 KiB. The peer advertises those offloads, so super-frames travel whole between
 //! such TAPs; peers that cannot take them get them segmented and checksummed by the
 //! network ([`crate::network::peer`]). `--no-offload` opens the device without the header:
-//! the kernel then segments and checksums everything itself. [`from_device`] and
-//! [`to_device`] are the one place where frames cross the device boundary and the header
+//! the kernel then segments and checksums everything itself. `from_device` and
+//! `to_device` are the one place where frames cross the device boundary and the header
 //! is taken off and put on.
 
 use std::fs::File;
