@@ -259,7 +259,7 @@ impl Region {
         // failure here would mean the mapping shrank, which Mapping does not allow.
         self.mapping
             .get::<Header>(0)
-            .expect("a checked region always has a header")
+            .expect("views_fit checked the header when the region was opened")
     }
 
     pub fn peers(&self) -> Strided<'_, PeerEntry> {
@@ -269,7 +269,7 @@ impl Region {
                 layout::PEER_ENTRY_SIZE,
                 self.layout.geometry.max_peers as usize,
             )
-            .expect("the peer table lies inside a checked region")
+            .expect("views_fit checked the peer table when the region was opened")
     }
 
     pub fn fdb(&self) -> Strided<'_, FdbEntry> {
@@ -279,7 +279,7 @@ impl Region {
                 std::mem::size_of::<FdbEntry>(),
                 layout::FDB_ENTRIES,
             )
-            .expect("the learned table lies inside a checked region")
+            .expect("views_fit checked the learned table when the region was opened")
     }
 
     #[inline]
@@ -293,7 +293,7 @@ impl Region {
                 layout.ring_stride,
                 layout.geometry.max_peers as usize,
             )
-            .expect("the rings lie inside a checked region")
+            .expect("views_fit checked the rings when the region was opened")
             .at(index as u64);
         let slots = self
             .mapping
@@ -302,7 +302,7 @@ impl Region {
                 layout.slot_size,
                 layout.geometry.ring_slots as usize,
             )
-            .expect("a ring lies inside a checked region");
+            .expect("views_fit checked the last ring's slots when the region was opened");
         // A network without large buffers gets an empty view.
         let large = self.mapping.strided::<LargeHeader>(
             base + layout.large_offset_in_ring,
@@ -374,6 +374,12 @@ impl Region {
             .get::<Header>(0)
             .ok_or_else(|| layout_error(LayoutError::Magic(0)))?;
         let layout = Layout::from_header(header, size).map_err(layout_error)?;
+        if !views_fit(&mapping, &layout) {
+            return Err(layout_error(LayoutError::Size {
+                found: size,
+                expected: layout.total_size as u64,
+            }));
+        }
         Ok((
             Region {
                 control_mutex: std::sync::Mutex::new(()),
@@ -501,6 +507,44 @@ impl Region {
         entry.pid.store(0, Ordering::Relaxed);
         fdb::forget_peer(self.fdb(), index);
     }
+}
+
+/// Whether every view the region hands out lies inside the mapping. `Layout::from_header`
+/// already ties the geometry to the file's size; this checks the views themselves once,
+/// so that the accessors of [`Region`] (whose offsets come from the same layout and whose
+/// mapping never changes length) cannot fail afterwards.
+fn views_fit(mapping: &Mapping, layout: &Layout) -> bool {
+    let peers = layout.geometry.max_peers as usize;
+    let last = layout.geometry.max_peers.saturating_sub(1) as usize;
+    mapping.get::<Header>(0).is_some()
+        && mapping
+            .strided::<PeerEntry>(layout.peer_table_offset, layout::PEER_ENTRY_SIZE, peers)
+            .is_some()
+        && mapping
+            .strided::<FdbEntry>(
+                layout.fdb_offset,
+                std::mem::size_of::<FdbEntry>(),
+                layout::FDB_ENTRIES,
+            )
+            .is_some()
+        && mapping
+            .strided::<RingControl>(layout.rings_offset, layout.ring_stride, peers)
+            .is_some()
+        && mapping
+            .strided::<SlotHeader>(
+                layout.ring_offset(last) + layout::RING_CONTROL_SIZE,
+                layout.slot_size,
+                layout.geometry.ring_slots as usize,
+            )
+            .is_some()
+        && (layout.geometry.gso_buffers == 0
+            || mapping
+                .strided::<LargeHeader>(
+                    layout.ring_offset(last) + layout.large_offset_in_ring,
+                    layout::LARGE_STRIDE,
+                    layout.geometry.gso_buffers as usize,
+                )
+                .is_some())
 }
 
 fn read_table(peers: Strided<'_, PeerEntry>, out: &mut Vec<PeerView>) {
