@@ -199,15 +199,7 @@ fn demo(lab: &mut Lab, args: &DemoArgs) -> anyhow::Result<()> {
 
     step(4, "assign addresses");
     for (namespace, address) in namespaces.iter().zip(ADDRESSES) {
-        ip(&[
-            "-n",
-            namespace,
-            "addr",
-            "add",
-            &format!("{address}/24"),
-            "dev",
-            IFNAME,
-        ])?;
+        netns::add_address(namespace, IFNAME, address)?;
         println!("      {namespace}: {address}/24");
     }
 

@@ -59,6 +59,19 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Gives `ifname` in `namespace` the address `address`/24.
+pub fn add_address(namespace: &str, ifname: &str, address: &str) -> anyhow::Result<()> {
+    ip(&[
+        "-n",
+        namespace,
+        "addr",
+        "add",
+        &format!("{address}/24"),
+        "dev",
+        ifname,
+    ])
+}
+
 /// Whether `program ARG` runs and succeeds (to find out whether a tool is installed).
 pub fn have(program: &str, arg: &str) -> bool {
     Command::new(program)

@@ -287,15 +287,7 @@ impl Lab {
             ])?;
             ip(&["-n", switch, "link", "set", &port, "master", BRIDGE])?;
             ip(&["-n", switch, "link", "set", &port, "up"])?;
-            ip(&[
-                "-n",
-                namespace,
-                "addr",
-                "add",
-                &format!("{address}/24"),
-                "dev",
-                VETH_IFNAME,
-            ])?;
+            netns::add_address(namespace, VETH_IFNAME, address)?;
             ip(&["-n", namespace, "link", "set", VETH_IFNAME, "up"])?;
         }
         Ok(())
@@ -377,15 +369,7 @@ impl Lab {
         }
         self.ports = Some(ports);
         for (namespace, address) in self.guestnet.iter().zip(GUESTNET_ADDRESSES) {
-            ip(&[
-                "-n",
-                namespace,
-                "addr",
-                "add",
-                &format!("{address}/24"),
-                "dev",
-                TAP_IFNAME,
-            ])?;
+            netns::add_address(namespace, TAP_IFNAME, address)?;
         }
         Ok(())
     }
