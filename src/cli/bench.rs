@@ -360,7 +360,8 @@ fn summarise(
         seconds: args.seconds,
         mpps: guestnet.mpps,
         gbps: guestnet.gbps,
-        drops: Drops::from_reports(senders, receiver),
+        drops: bench::lost_frames(senders, receiver),
+        drops_by_reason: Drops::from_reports(senders, receiver),
         wakeups_per_frame,
         latency_ns: receiver.latency_ns,
         frames: counts(senders, receiver),
@@ -408,11 +409,17 @@ fn print_table(result: &BenchResult, args: &BenchArgs, command: &str, placement:
         latency(&result.latency_ns)
     );
     let reasons: Vec<String> = result
-        .drops
+        .drops_by_reason
         .tx
         .iter()
         .map(|(r, n)| format!("tx {r} {n}"))
-        .chain(result.drops.rx.iter().map(|(r, n)| format!("rx {r} {n}")))
+        .chain(
+            result
+                .drops_by_reason
+                .rx
+                .iter()
+                .map(|(r, n)| format!("rx {r} {n}")),
+        )
         .collect();
     let reasons = if reasons.is_empty() {
         String::new()
@@ -421,7 +428,7 @@ fn print_table(result: &BenchResult, args: &BenchArgs, command: &str, placement:
     };
     println!(
         "          drops {} of {} sent{reasons}; wake-ups per frame {:.6}",
-        result.drops.total, result.frames.sent, result.wakeups_per_frame
+        result.drops, result.frames.sent, result.wakeups_per_frame
     );
     println!(
         "anchor    {:8.2} Mpps {:8.2} Gbit/s   {}",
