@@ -110,9 +110,10 @@ pub fn create(dir: &Path, args: CreateArgs) -> anyhow::Result<()> {
     println!("  unknown unicast  {}", status.unknown_unicast);
     println!("  mode             {:04o}", args.mode);
     println!(
-        "  size             {} ({} bytes)",
+        "  size             {} ({} bytes; sparse: {} in use now, pages are taken as slots carry frames)",
         human_bytes(status.size_bytes),
-        status.size_bytes
+        status.size_bytes,
+        human_bytes(status.resident_bytes)
     );
     Ok(())
 }
@@ -265,7 +266,7 @@ pub fn status(dir: &Path, args: StatusArgs) -> anyhow::Result<()> {
 /// addresses.
 pub fn print_status(status: &NetworkStatus) {
     println!(
-        "network {}  ({} peer{} up of {}, {} ring slots, MTU {}, unknown unicast {}, {})",
+        "network {}  ({} peer{} up of {}, {} ring slots, MTU {}, unknown unicast {}, {}, {} in use)",
         status.name,
         status.peers.len(),
         if status.peers.len() == 1 { "" } else { "s" },
@@ -273,7 +274,8 @@ pub fn print_status(status: &NetworkStatus) {
         status.ring_slots,
         status.mtu,
         status.unknown_unicast,
-        human_bytes(status.size_bytes)
+        human_bytes(status.size_bytes),
+        human_bytes(status.resident_bytes)
     );
     if !status.reclaimed.is_empty() {
         let slots: Vec<String> = status.reclaimed.iter().map(u16::to_string).collect();

@@ -770,6 +770,9 @@ pub struct NetworkStatus {
     pub unknown_unicast: &'static str,
     /// Region size in bytes.
     pub size_bytes: u64,
+    /// Memory the region really uses: the file is sparse, and only slots that have
+    /// carried frames take pages.
+    pub resident_bytes: u64,
     /// Peers that are up.
     pub peers: Vec<PeerStatus>,
     /// Learned addresses.
@@ -1047,6 +1050,9 @@ impl Network {
                 "flood"
             },
             size_bytes: region.layout.total_size as u64,
+            resident_bytes: std::fs::metadata(&region.path)
+                .map(|m| std::os::unix::fs::MetadataExt::blocks(&m).saturating_mul(512))
+                .unwrap_or(0),
             peers: list,
             learned,
             reclaimed,
