@@ -219,6 +219,9 @@ struct StatusReport {
     #[serde(flatten)]
     status: NetworkStatus,
     damage: Vec<DamageReport>,
+    /// The VXLAN ports' own status, from the files they write.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    vxlan: Vec<crate::ports::vxlan::VxlanStatus>,
 }
 
 /// Runs `status`.
@@ -239,10 +242,12 @@ pub fn status(dir: &Path, args: StatusArgs) -> anyhow::Result<()> {
                     damage,
                 })
                 .collect(),
+            vxlan: super::vxlan::read_statuses(dir, &args.name),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_status(&status);
+        super::vxlan::print_statuses(&super::vxlan::read_statuses(dir, &args.name));
         if !damage.is_empty() {
             println!();
             println!("DAMAGE ({problems})");

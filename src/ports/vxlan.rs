@@ -1,0 +1,951 @@
+//! The VXLAN port: one network on several hosts, over the standard overlay (RFC 7348).
+//!
+//! The port joins the network as a single **uplink** peer and stands for everything on
+//! the other hosts. It binds a UDP socket on the underlay and exchanges VXLAN datagrams
+//! with a fixed list of remote endpoints (`--remote`), which may be other guestnet ports
+//! or any VTEP that speaks RFC 7348: the Linux kernel's `vxlan` device, Open vSwitch.
+//!
+//! **Underlay → network** (the serving thread). Datagrams are taken in rounds of up to
+//! [`RECEIVE_BATCH`]. Each is checked in order, and each refusal is counted by reason, on
+//! the port and on the remote it came from: a datagram from an address that is not a
+//! configured remote (`rx_unknown_remote`, see below), a header shorter than 8 bytes
+//! (`rx_malformed`), the I flag clear (`rx_instance_flag_clear`), another VNI
+//! (`rx_foreign_vni`), an inner frame that breaks the network's rules (`rx_invalid_inner`;
+//! also counted as `invalid` on the port's peer, so the network's own counters agree). The
+//! inner source address of an accepted frame is learned against its remote, and the frame
+//! goes into the network, which learns the same address behind the uplink peer.
+//!
+//! **Network → underlay** (a second thread). Frames the uplink peer receives are looked
+//! up in the port's table of remote addresses: a unicast address learned behind a remote
+//! goes to that remote only; broadcast, multicast and unknown unicast are copied to every
+//! remote (head-end replication). A frame that would not fit the underlay's MTU once
+//! encapsulated is dropped and counted (`tx_too_big`), never fragmented: the inner MTU is
+//! the underlay's minus 50 bytes (70 over IPv6). The UDP source port is a hash of the
+//! inner frame's addresses ([`vxlan::source_port`]).
+//!
+//! **Decisions where RFC 7348 leaves a choice.**
+//! * Datagrams from addresses that are not configured remotes are dropped. The Linux
+//!   device accepts them and learns their senders, but then anyone who can reach the
+//!   underlay port can inject frames; a fixed peer list is what a user who typed it
+//!   expects. Remotes are matched by IP address only, since VTEPs send from a hashed
+//!   source port.
+//! * The table of remote addresses holds at most `max_learned` entries. A new address
+//!   past the limit is not learned (`rx_not_learned`) but its frame is still delivered:
+//!   replies to it are then replicated to every remote, which is correct, only less
+//!   efficient, and a flood of made-up addresses cannot push out the real ones.
+//! * Entries age out after [`VxlanOptions::ageing`] without traffic, as a bridge's do.
+//!
+//! Counters live in memory in the port process; [`VxlanPort::status`] returns them, and
+//! the command writes them to a status file that `guestnet status` shows.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
+use serde::Serialize;
+
+use crate::network::counters::DropReason;
+use crate::network::peer::{Receiver, Sender};
+use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
+use crate::wire::ethernet::{HEADER_LEN as ETHERNET_HEADER_LEN, validate_frame};
+use crate::wire::vxlan::{
+    self, HEADER_LEN, OVERHEAD_IPV4, OVERHEAD_IPV6, VxlanError, VxlanPacket, VxlanRepr,
+};
+use crate::wire::{EthernetFrame, MacAddress};
+
+use super::socket::{Doorbell, FrameBatch, PortError, io_error};
+
+/// Most datagrams taken from the socket per round.
+pub const RECEIVE_BATCH: usize = 64;
+
+/// Frames taken from the peer's ring per round.
+const SEND_BUDGET: usize = 64;
+
+/// Longest the sending thread sleeps on its ring before it looks whether the port stops.
+const SENDER_WAIT: Duration = Duration::from_millis(200);
+
+/// Longest the serving thread sleeps before it ages the table.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// Default bound on learned remote addresses.
+pub const DEFAULT_MAX_LEARNED: usize = 4096;
+
+/// Default ageing time of a learned address (as the Linux bridge and vxlan device).
+pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
+
+/// Options of a VXLAN port.
+#[derive(Debug, Clone)]
+pub struct VxlanOptions {
+    /// The VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// The local address and UDP port to bind.
+    pub local: SocketAddr,
+    /// The remote endpoints (address and destination UDP port).
+    pub remotes: Vec<SocketAddr>,
+    /// The underlay's MTU.
+    pub underlay_mtu: usize,
+    /// Bound on the table of remote addresses.
+    pub max_learned: usize,
+    /// How long a learned address lives without traffic.
+    pub ageing: Duration,
+}
+
+/// Errors of the port's control path.
+#[derive(Debug, thiserror::Error)]
+pub enum VxlanPortError {
+    /// The options cannot work.
+    #[error("{0}")]
+    BadOptions(String),
+    /// A socket or the network failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// The counters of a remote endpoint, or of the whole port.
+///
+/// Every datagram or frame the port refuses bumps exactly one `rx_*`/`tx_*` drop counter
+/// here. `rx_unknown_remote` and `tx_too_big` are counted on the port only (the first has
+/// no remote; the second is refused before any remote is chosen).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct VxlanCounters {
+    /// Datagrams accepted and handed to the network.
+    pub rx_packets: u64,
+    /// Inner-frame bytes of those.
+    pub rx_bytes: u64,
+    /// Datagrams sent.
+    pub tx_packets: u64,
+    /// Inner-frame bytes of those.
+    pub tx_bytes: u64,
+    /// Dropped: shorter than the VXLAN header.
+    pub rx_malformed: u64,
+    /// Dropped: the I flag was clear.
+    pub rx_instance_flag_clear: u64,
+    /// Dropped: another VNI.
+    pub rx_foreign_vni: u64,
+    /// Dropped: the inner frame broke the network's rules (runt, giant, multicast source).
+    pub rx_invalid_inner: u64,
+    /// Dropped: from an address that is not a configured remote.
+    pub rx_unknown_remote: u64,
+    /// Delivered, but the source address was not learned: the table was full.
+    pub rx_not_learned: u64,
+    /// Dropped: too big for the underlay's MTU once encapsulated.
+    pub tx_too_big: u64,
+    /// Dropped: the socket refused the send.
+    pub tx_errors: u64,
+}
+
+impl VxlanCounters {
+    fn add(&mut self, other: &VxlanCounters) {
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_packets += other.tx_packets;
+        self.tx_bytes += other.tx_bytes;
+        self.rx_malformed += other.rx_malformed;
+        self.rx_instance_flag_clear += other.rx_instance_flag_clear;
+        self.rx_foreign_vni += other.rx_foreign_vni;
+        self.rx_invalid_inner += other.rx_invalid_inner;
+        self.rx_unknown_remote += other.rx_unknown_remote;
+        self.rx_not_learned += other.rx_not_learned;
+        self.tx_too_big += other.tx_too_big;
+        self.tx_errors += other.tx_errors;
+    }
+}
+
+/// What became of an address offered to the [`RemoteTable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// A new entry.
+    New,
+    /// Known behind the same remote; its age was reset.
+    Refreshed,
+    /// Known behind another remote; it moved.
+    Moved,
+    /// New, but the table is full: not learned.
+    Full,
+}
+
+/// Which remote each inner MAC address sits behind, with ageing and a size bound.
+///
+/// Time comes in as an argument (monotonic nanoseconds), so tests drive it.
+#[derive(Debug, Clone)]
+pub struct RemoteTable {
+    entries: HashMap<MacAddress, Entry>,
+    limit: usize,
+    ageing_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    remote: usize,
+    seen_ns: u64,
+}
+
+impl RemoteTable {
+    /// An empty table of at most `limit` entries that live `ageing` without traffic.
+    pub fn new(limit: usize, ageing: Duration) -> RemoteTable {
+        RemoteTable {
+            entries: HashMap::new(),
+            limit,
+            ageing_ns: u64::try_from(ageing.as_nanos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Records that `mac` was seen behind `remote` at `now_ns`.
+    pub fn learn(&mut self, mac: MacAddress, remote: usize, now_ns: u64) -> Learned {
+        if let Some(entry) = self.entries.get_mut(&mac) {
+            let moved = entry.remote != remote;
+            *entry = Entry {
+                remote,
+                seen_ns: now_ns,
+            };
+            return if moved {
+                Learned::Moved
+            } else {
+                Learned::Refreshed
+            };
+        }
+        if self.entries.len() >= self.limit {
+            // Full of live entries? Make room from expired ones first.
+            self.expire(now_ns);
+            if self.entries.len() >= self.limit {
+                return Learned::Full;
+            }
+        }
+        self.entries.insert(
+            mac,
+            Entry {
+                remote,
+                seen_ns: now_ns,
+            },
+        );
+        Learned::New
+    }
+
+    /// The remote `mac` sits behind, unless unknown or expired.
+    pub fn lookup(&self, mac: MacAddress, now_ns: u64) -> Option<usize> {
+        self.entries
+            .get(&mac)
+            .filter(|entry| !self.expired(entry, now_ns))
+            .map(|entry| entry.remote)
+    }
+
+    /// Forgets expired entries.
+    pub fn expire(&mut self, now_ns: u64) {
+        let ageing_ns = self.ageing_ns;
+        self.entries
+            .retain(|_, entry| now_ns.saturating_sub(entry.seen_ns) < ageing_ns);
+    }
+
+    /// Number of entries (expired ones included until the next [`expire`](Self::expire)).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The live addresses behind `remote`, sorted.
+    pub fn behind(&self, remote: usize, now_ns: u64) -> Vec<MacAddress> {
+        let mut macs: Vec<MacAddress> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.remote == remote && !self.expired(entry, now_ns))
+            .map(|(mac, _)| *mac)
+            .collect();
+        macs.sort();
+        macs
+    }
+
+    fn expired(&self, entry: &Entry, now_ns: u64) -> bool {
+        now_ns.saturating_sub(entry.seen_ns) >= self.ageing_ns
+    }
+}
+
+/// A remote endpoint as `status` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RemoteStatus {
+    /// Address and destination port.
+    pub endpoint: SocketAddr,
+    /// Its counters.
+    pub counters: VxlanCounters,
+    /// Inner addresses learned behind it.
+    pub learned: Vec<MacAddress>,
+}
+
+/// The port as `status` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct VxlanStatus {
+    /// The network's name.
+    pub network: String,
+    /// The port's peer slot.
+    pub slot: u16,
+    /// The VNI.
+    pub vni: u32,
+    /// The bound local address.
+    pub local: SocketAddr,
+    /// The underlay's MTU.
+    pub underlay_mtu: usize,
+    /// The largest inner MTU that fits the underlay.
+    pub inner_mtu: usize,
+    /// The bound on learned addresses.
+    pub max_learned: usize,
+    /// Counters of the whole port (the remotes' summed, plus what has no remote).
+    pub counters: VxlanCounters,
+    /// The remotes.
+    pub remotes: Vec<RemoteStatus>,
+}
+
+/// What both threads share: the table and the counters.
+#[derive(Debug)]
+struct State {
+    table: RemoteTable,
+    remotes: Vec<VxlanCounters>,
+    /// What is counted on no remote.
+    port: VxlanCounters,
+}
+
+/// A VXLAN port bound to its socket and joined to the network.
+#[derive(Debug)]
+pub struct VxlanPort {
+    network_name: String,
+    network_mtu: usize,
+    socket: UdpSocket,
+    options: VxlanOptions,
+    sender: Sender,
+    receiver: Receiver,
+    state: Arc<Mutex<State>>,
+}
+
+/// A handle that reads a running port's status from another thread.
+#[derive(Debug, Clone)]
+pub struct StatusHandle {
+    state: Arc<Mutex<State>>,
+    template: VxlanStatus,
+}
+
+impl StatusHandle {
+    /// The port's status now.
+    pub fn status(&self) -> VxlanStatus {
+        let now = monotonic_ns();
+        let state = lock(&self.state);
+        let mut status = self.template.clone();
+        status.counters = state.port;
+        for (index, remote) in status.remotes.iter_mut().enumerate() {
+            if let Some(counters) = state.remotes.get(index) {
+                remote.counters = *counters;
+                status.counters.add(counters);
+            }
+            remote.learned = state.table.behind(index, now);
+        }
+        status
+    }
+}
+
+/// Takes the lock even if the other thread panicked while holding it: the counters stay
+/// usable, and a panic there is reported by the thread's join.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl VxlanPort {
+    /// Checks the options, binds the socket and joins the network as an uplink peer.
+    pub fn open(network: &Network, options: VxlanOptions) -> Result<VxlanPort, VxlanPortError> {
+        if options.vni > vxlan::MAX_VNI {
+            return Err(VxlanPortError::BadOptions(format!(
+                "VNI {} does not fit in 24 bits",
+                options.vni
+            )));
+        }
+        if options.remotes.is_empty() {
+            return Err(VxlanPortError::BadOptions(
+                "give at least one --remote".into(),
+            ));
+        }
+        if options
+            .remotes
+            .iter()
+            .any(|r| r.is_ipv4() != options.local.is_ipv4())
+        {
+            return Err(VxlanPortError::BadOptions(
+                "the remotes and the local address must all be IPv4 or all IPv6".into(),
+            ));
+        }
+        let overhead = overhead(&options.local);
+        if options.underlay_mtu < overhead + 68 {
+            return Err(VxlanPortError::BadOptions(format!(
+                "an underlay MTU of {} leaves no room for frames after the {overhead}-byte overhead",
+                options.underlay_mtu
+            )));
+        }
+        let socket = UdpSocket::bind(options.local)
+            .map_err(io_error(format!("bind UDP {}", options.local)))?;
+        let local = socket
+            .local_addr()
+            .map_err(io_error("read the bound address"))?;
+        let options = VxlanOptions { local, ..options };
+        let peer = network
+            .join(JoinOptions {
+                kind: PortKind::Vxlan,
+                uplink: true,
+                label: super::socket::label("vxlan ", &format!("vni {} {}", options.vni, local)),
+                ..JoinOptions::default()
+            })
+            .map_err(PortError::from)?;
+        let (sender, receiver) = peer.split();
+        let state = State {
+            table: RemoteTable::new(options.max_learned, options.ageing),
+            remotes: vec![VxlanCounters::default(); options.remotes.len()],
+            port: VxlanCounters::default(),
+        };
+        Ok(VxlanPort {
+            network_name: network.name().to_string(),
+            network_mtu: network.geometry().mtu as usize,
+            socket,
+            options,
+            sender,
+            receiver,
+            state: Arc::new(Mutex::new(state)),
+        })
+    }
+
+    /// The bound local address (with the port the system chose, if it was 0).
+    pub fn local(&self) -> SocketAddr {
+        self.options.local
+    }
+
+    /// The peer's slot.
+    pub fn index(&self) -> u16 {
+        self.sender.control().index()
+    }
+
+    /// The largest inner MTU that fits the underlay.
+    pub fn inner_mtu(&self) -> usize {
+        self.options.underlay_mtu - overhead(&self.options.local)
+    }
+
+    /// A handle to read the status while the port serves.
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle {
+            state: Arc::clone(&self.state),
+            template: VxlanStatus {
+                network: self.network_name.clone(),
+                slot: self.index(),
+                vni: self.options.vni,
+                local: self.options.local,
+                underlay_mtu: self.options.underlay_mtu,
+                inner_mtu: self.inner_mtu(),
+                max_learned: self.options.max_learned,
+                counters: VxlanCounters::default(),
+                remotes: self
+                    .options
+                    .remotes
+                    .iter()
+                    .map(|&endpoint| RemoteStatus {
+                        endpoint,
+                        counters: VxlanCounters::default(),
+                        learned: Vec::new(),
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    /// Serves until `stop` rings; the peer has left when this returns.
+    pub fn serve(self, stop: &Doorbell) -> Result<(), VxlanPortError> {
+        let VxlanPort {
+            network_mtu,
+            socket,
+            options,
+            mut sender,
+            receiver,
+            state,
+            ..
+        } = self;
+        let tx_socket = socket
+            .try_clone()
+            .map_err(io_error("clone the UDP socket"))?;
+        let stopping = AtomicBool::new(false);
+        let max_inner = options.underlay_mtu - overhead(&options.local) + ETHERNET_HEADER_LEN;
+        std::thread::scope(|scope| {
+            let encapsulator = Encapsulator {
+                receiver,
+                socket: tx_socket,
+                vni: options.vni,
+                remotes: &options.remotes,
+                max_inner,
+                state: &state,
+                stopping: &stopping,
+            };
+            let sending = scope.spawn(move || encapsulator.run());
+            let mut decapsulator = Decapsulator {
+                sender: &mut sender,
+                socket: &socket,
+                vni: options.vni,
+                remotes: &options.remotes,
+                network_mtu,
+                state: &state,
+                buffer: vec![0; RECEIVE_BATCH * (network_mtu + 64 + HEADER_LEN)],
+                batch: FrameBatch::default(),
+            };
+            let result = decapsulator.run(stop);
+            stopping.store(true, Ordering::Relaxed);
+            if sending.join().is_err() {
+                tracing::error!("the VXLAN sending thread panicked");
+            }
+            result
+        })
+    }
+}
+
+/// The encapsulation overhead for the underlay's address family.
+fn overhead(local: &SocketAddr) -> usize {
+    if local.is_ipv4() {
+        OVERHEAD_IPV4
+    } else {
+        OVERHEAD_IPV6
+    }
+}
+
+/// Underlay → network, on the serving thread.
+struct Decapsulator<'a> {
+    sender: &'a mut Sender,
+    socket: &'a UdpSocket,
+    vni: u32,
+    remotes: &'a [SocketAddr],
+    network_mtu: usize,
+    state: &'a Mutex<State>,
+    /// Room for a round's datagrams.
+    buffer: Vec<u8>,
+    batch: FrameBatch,
+}
+
+/// What one datagram turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// An inner frame to deliver, from remote `remote`.
+    Deliver { remote: usize },
+    /// From no configured remote.
+    UnknownRemote,
+    /// Refused, counted on `remote`.
+    Refused { remote: usize, reason: RxDrop },
+}
+
+/// Why a datagram from a known remote was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RxDrop {
+    Malformed,
+    InstanceFlagClear,
+    ForeignVni,
+    InvalidInner,
+}
+
+/// What woke the serving thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Stop,
+    Datagrams,
+    Housekeeping,
+}
+
+impl Decapsulator<'_> {
+    fn run(&mut self, stop: &Doorbell) -> Result<(), VxlanPortError> {
+        loop {
+            match wait_for_event(self.socket, stop).map_err(io_error("wait for datagrams"))? {
+                Event::Stop => return Ok(()),
+                Event::Datagrams => self.receive_round(),
+                Event::Housekeeping => lock(self.state).table.expire(monotonic_ns()),
+            }
+        }
+    }
+
+    /// Takes the datagrams waiting, checks each, and sends the good frames as one batch.
+    fn receive_round(&mut self) {
+        let slot = self.buffer.len() / RECEIVE_BATCH;
+        let mut datagrams: Vec<(SocketAddr, usize, usize, bool)> = Vec::new();
+        while datagrams.len() < RECEIVE_BATCH {
+            let start = datagrams.len() * slot;
+            let Some(space) = self.buffer.get_mut(start..start + slot) else {
+                break;
+            };
+            match rustix::net::recvfrom(self.socket, space, RecvFlags::DONTWAIT | RecvFlags::TRUNC)
+            {
+                Ok((stored, announced, from)) => {
+                    let Some(from) = from.and_then(|a| SocketAddr::try_from(a).ok()) else {
+                        continue;
+                    };
+                    datagrams.push((from, start, start + stored, announced > stored));
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => {
+                    if e != Errno::AGAIN {
+                        tracing::warn!(error = %e, "receiving a datagram failed");
+                    }
+                    break;
+                }
+            }
+        }
+        let now = monotonic_ns();
+        let mut state = lock(self.state);
+        self.batch.clear();
+        let mut refused_inner = false;
+        for &(from, start, end, oversize) in &datagrams {
+            let datagram = &self.buffer[start..end];
+            let verdict = classify(
+                self.remotes,
+                self.vni,
+                self.network_mtu,
+                from.ip(),
+                datagram,
+                oversize,
+            );
+            match verdict {
+                Verdict::UnknownRemote => state.port.rx_unknown_remote += 1,
+                Verdict::Refused { remote, reason } => {
+                    let counters = &mut state.remotes[remote];
+                    match reason {
+                        RxDrop::Malformed => counters.rx_malformed += 1,
+                        RxDrop::InstanceFlagClear => counters.rx_instance_flag_clear += 1,
+                        RxDrop::ForeignVni => counters.rx_foreign_vni += 1,
+                        RxDrop::InvalidInner => {
+                            counters.rx_invalid_inner += 1;
+                            self.sender.count_drop(DropReason::Invalid);
+                            refused_inner = true;
+                        }
+                    }
+                }
+                Verdict::Deliver { remote } => {
+                    let inner = &datagram[HEADER_LEN..];
+                    let source = EthernetFrame::new_unchecked(inner).source();
+                    let learned = state.table.learn(source, remote, now);
+                    let counters = &mut state.remotes[remote];
+                    if learned == Learned::Full {
+                        counters.rx_not_learned += 1;
+                    }
+                    counters.rx_packets += 1;
+                    counters.rx_bytes += inner.len() as u64;
+                    self.batch.push(inner);
+                }
+            }
+        }
+        drop(state);
+        if !self.batch.is_empty() {
+            self.sender.send_batch(self.batch.iter());
+        } else if refused_inner {
+            self.sender.flush();
+        }
+    }
+}
+
+/// Decides what one datagram is. `oversize`: the socket cut it short.
+fn classify(
+    remotes: &[SocketAddr],
+    vni: u32,
+    network_mtu: usize,
+    from: IpAddr,
+    datagram: &[u8],
+    oversize: bool,
+) -> Verdict {
+    let Some(remote) = remotes.iter().position(|r| r.ip() == from) else {
+        return Verdict::UnknownRemote;
+    };
+    let refused = |reason| Verdict::Refused { remote, reason };
+    let packet = match VxlanPacket::new_checked(datagram) {
+        Ok(packet) => packet,
+        Err(_) => return refused(RxDrop::Malformed),
+    };
+    match VxlanRepr::parse(&packet) {
+        Err(VxlanError::Truncated) => return refused(RxDrop::Malformed),
+        Err(VxlanError::InstanceFlagClear) => return refused(RxDrop::InstanceFlagClear),
+        Ok(repr) if repr.vni != vni => return refused(RxDrop::ForeignVni),
+        Ok(_) => {}
+    }
+    if oversize || validate_frame(packet.payload(), network_mtu).is_err() {
+        return refused(RxDrop::InvalidInner);
+    }
+    Verdict::Deliver { remote }
+}
+
+/// Network → underlay, on its own thread.
+struct Encapsulator<'a> {
+    receiver: Receiver,
+    socket: UdpSocket,
+    vni: u32,
+    remotes: &'a [SocketAddr],
+    /// Longest inner frame that fits the underlay.
+    max_inner: usize,
+    state: &'a Mutex<State>,
+    stopping: &'a AtomicBool,
+}
+
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// To one remote: its address was learned there.
+    One(usize),
+    /// To every remote.
+    All,
+    /// Nowhere: too big for the underlay.
+    TooBig,
+}
+
+impl Encapsulator<'_> {
+    fn run(mut self) {
+        let mut batch = FrameBatch::default();
+        let mut targets = Vec::with_capacity(SEND_BUDGET);
+        let mut datagram = Vec::new();
+        let mut counted = vec![VxlanCounters::default(); self.remotes.len()];
+        while !self.stopping.load(Ordering::Relaxed) {
+            if !self.receiver.wait(SENDER_WAIT) {
+                continue;
+            }
+            batch.clear();
+            self.receiver
+                .receive(SEND_BUDGET, |frame| batch.push(frame));
+            // Decide under the lock, send without it: the serving thread learns meanwhile.
+            targets.clear();
+            let now = monotonic_ns();
+            {
+                let state = lock(self.state);
+                targets.extend(
+                    batch
+                        .iter()
+                        .map(|frame| target(&state.table, self.max_inner, frame, now)),
+                );
+            }
+            let mut too_big = 0;
+            counted.fill(VxlanCounters::default());
+            for (frame, &target) in batch.iter().zip(&targets) {
+                match target {
+                    Target::TooBig => too_big += 1,
+                    Target::One(remote) => {
+                        self.send(&mut datagram, frame, remote, &mut counted);
+                    }
+                    Target::All => {
+                        for remote in 0..self.remotes.len() {
+                            self.send(&mut datagram, frame, remote, &mut counted);
+                        }
+                    }
+                }
+            }
+            let mut state = lock(self.state);
+            state.port.tx_too_big += too_big;
+            for (total, round) in state.remotes.iter_mut().zip(&counted) {
+                total.add(round);
+            }
+        }
+    }
+
+    /// Encapsulates `frame` and sends it to remote `remote`, counting the outcome.
+    fn send(
+        &self,
+        datagram: &mut Vec<u8>,
+        frame: &[u8],
+        remote: usize,
+        counted: &mut [VxlanCounters],
+    ) {
+        let (Some(&endpoint), Some(counters)) = (self.remotes.get(remote), counted.get_mut(remote))
+        else {
+            return;
+        };
+        datagram.clear();
+        datagram.resize(HEADER_LEN, 0);
+        VxlanRepr { vni: self.vni }.emit(&mut VxlanPacket::new_unchecked(&mut datagram[..]));
+        datagram.extend_from_slice(frame);
+        match self.socket.send_to(datagram, endpoint) {
+            Ok(_) => {
+                counters.tx_packets += 1;
+                counters.tx_bytes += frame.len() as u64;
+            }
+            Err(e) => {
+                tracing::debug!(%endpoint, error = %e, "sending a VXLAN datagram failed");
+                counters.tx_errors += 1;
+            }
+        }
+    }
+}
+
+/// Where `frame` goes: the remote its destination was learned behind, or every remote.
+fn target(table: &RemoteTable, max_inner: usize, frame: &[u8], now_ns: u64) -> Target {
+    if frame.len() > max_inner {
+        return Target::TooBig;
+    }
+    let Ok(view) = EthernetFrame::new_checked(frame) else {
+        // The ring hands only checked frames; a short one is still not worth a crash.
+        return Target::TooBig;
+    };
+    let destination = view.destination();
+    if destination.is_multicast() {
+        return Target::All;
+    }
+    match table.lookup(destination, now_ns) {
+        Some(remote) => Target::One(remote),
+        None => Target::All,
+    }
+}
+
+/// Waits for the stop bell or datagrams, at most [`HOUSEKEEPING`].
+fn wait_for_event(socket: &UdpSocket, stop: &Doorbell) -> std::io::Result<Event> {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let timeout = rustix::time::Timespec {
+        tv_sec: HOUSEKEEPING.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(stop, PollFlags::IN),
+            PollFd::new(socket, PollFlags::IN),
+        ];
+        let ready = match poll(&mut fds, Some(&timeout)) {
+            Ok(ready) => ready,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if ready == 0 {
+            return Ok(Event::Housekeeping);
+        }
+        if !fds[0].revents().is_empty() {
+            return Ok(Event::Stop);
+        }
+        if !fds[1].revents().is_empty() {
+            return Ok(Event::Datagrams);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn mac(last: u8) -> MacAddress {
+        MacAddress::new([0x02, 0, 0, 0, 0, last])
+    }
+
+    #[test]
+    fn learned_addresses_age_out() {
+        let mut table = RemoteTable::new(16, Duration::from_secs(10));
+        assert_eq!(table.learn(mac(1), 0, 0), Learned::New);
+        assert_eq!(table.lookup(mac(1), 9 * SECOND), Some(0));
+        assert_eq!(table.lookup(mac(1), 10 * SECOND), None);
+        // Traffic refreshes the age.
+        assert_eq!(table.learn(mac(1), 0, 9 * SECOND), Learned::Refreshed);
+        assert_eq!(table.lookup(mac(1), 18 * SECOND), Some(0));
+        table.expire(19 * SECOND);
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn an_address_moves_to_the_remote_it_last_came_from() {
+        let mut table = RemoteTable::new(16, DEFAULT_AGEING);
+        table.learn(mac(1), 0, 0);
+        assert_eq!(table.learn(mac(1), 2, SECOND), Learned::Moved);
+        assert_eq!(table.lookup(mac(1), SECOND), Some(2));
+        assert_eq!(table.behind(0, SECOND), Vec::<MacAddress>::new());
+        assert_eq!(table.behind(2, SECOND), vec![mac(1)]);
+    }
+
+    #[test]
+    fn a_flood_of_new_addresses_stops_at_the_limit_and_keeps_the_old_ones() {
+        let mut table = RemoteTable::new(4, Duration::from_secs(10));
+        for i in 0..4 {
+            assert_eq!(table.learn(mac(i), 0, 0), Learned::New);
+        }
+        for i in 4..100 {
+            assert_eq!(table.learn(mac(i), 1, SECOND), Learned::Full);
+        }
+        assert_eq!(table.len(), 4);
+        assert_eq!(table.lookup(mac(0), SECOND), Some(0));
+        assert_eq!(table.learn(mac(0), 0, SECOND), Learned::Refreshed);
+        // Once old entries expire, new addresses find room again.
+        assert_eq!(table.learn(mac(200), 1, 10 * SECOND), Learned::New);
+        assert_eq!(table.lookup(mac(200), 10 * SECOND), Some(1));
+        assert_eq!(table.lookup(mac(1), 10 * SECOND), None);
+    }
+
+    fn remotes() -> Vec<SocketAddr> {
+        vec![
+            "10.99.0.2:4789".parse().unwrap(),
+            "10.99.0.3:4789".parse().unwrap(),
+        ]
+    }
+
+    fn datagram(flags: u8, vni: [u8; 3], inner: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![flags, 0, 0, 0, vni[0], vni[1], vni[2], 0];
+        bytes.extend_from_slice(inner);
+        bytes
+    }
+
+    /// A 60-byte broadcast frame from 02:00:00:00:00:07.
+    fn inner() -> Vec<u8> {
+        let mut frame = vec![0u8; 60];
+        frame[..6].fill(0xff);
+        frame[6..12].copy_from_slice(&mac(7).octets());
+        frame[12..14].copy_from_slice(&[0x08, 0x06]);
+        frame
+    }
+
+    #[test]
+    fn datagrams_are_classified_by_what_is_wrong_with_them() {
+        let remotes = remotes();
+        let from = |i: usize| remotes[i].ip();
+        let check =
+            |from, bytes: &[u8], oversize| classify(&remotes, 42, 1500, from, bytes, oversize);
+        let good = datagram(0x08, [0, 0, 42], &inner());
+        assert_eq!(check(from(1), &good, false), Verdict::Deliver { remote: 1 });
+        // Remotes are matched by address; the source port is the sender's hash.
+        assert_eq!(
+            check("10.99.0.9".parse().unwrap(), &good, false),
+            Verdict::UnknownRemote
+        );
+        let refused = |reason| Verdict::Refused { remote: 0, reason };
+        assert_eq!(
+            check(from(0), &good[..7], false),
+            refused(RxDrop::Malformed)
+        );
+        assert_eq!(
+            check(from(0), &datagram(0x00, [0, 0, 42], &inner()), false),
+            refused(RxDrop::InstanceFlagClear)
+        );
+        assert_eq!(
+            check(from(0), &datagram(0x08, [0, 0, 43], &inner()), false),
+            refused(RxDrop::ForeignVni)
+        );
+        assert_eq!(
+            check(from(0), &datagram(0x08, [0, 0, 42], &inner()[..13]), false),
+            refused(RxDrop::InvalidInner)
+        );
+        let mut multicast_source = inner();
+        multicast_source[6] = 0x01;
+        assert_eq!(
+            check(
+                from(0),
+                &datagram(0x08, [0, 0, 42], &multicast_source),
+                false
+            ),
+            refused(RxDrop::InvalidInner)
+        );
+        assert_eq!(check(from(0), &good, true), refused(RxDrop::InvalidInner));
+    }
+
+    #[test]
+    fn known_unicast_goes_to_one_remote_and_the_rest_to_all() {
+        let mut table = RemoteTable::new(16, DEFAULT_AGEING);
+        table.learn(mac(1), 1, 0);
+        let mut frame = inner();
+        assert_eq!(target(&table, 1514, &frame, 0), Target::All);
+        frame[..6].copy_from_slice(&mac(1).octets());
+        assert_eq!(target(&table, 1514, &frame, 0), Target::One(1));
+        frame[..6].copy_from_slice(&mac(2).octets());
+        assert_eq!(target(&table, 1514, &frame, 0), Target::All);
+        assert_eq!(target(&table, 59, &frame, 0), Target::TooBig);
+    }
+}
