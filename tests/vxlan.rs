@@ -563,19 +563,24 @@ fn a_broadcast_reaches_each_of_two_other_hosts_exactly_once() {
     }
 }
 
+/// Moves the calling thread into a named network namespace (setns moves only the
+/// calling thread, so the caller is a thread of its own).
+fn enter(namespace: &str) {
+    let file = std::fs::File::open(format!("/run/netns/{namespace}")).expect("open the namespace");
+    rustix::thread::move_into_link_name_space(
+        file.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .expect("enter the namespace");
+}
+
 /// Sends `datagrams` to `to` from `from` (an address of namespace `namespace`).
 fn inject(namespace: &str, from: &str, to: &str, datagrams: Vec<Vec<u8>>) {
-    let namespace = format!("/run/netns/{namespace}");
+    let namespace = namespace.to_string();
     let from = format!("{from}:0");
     let to = to.to_string();
-    // setns moves only the calling thread, so a thread of its own enters the namespace.
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&namespace).expect("open the namespace");
-        rustix::thread::move_into_link_name_space(
-            file.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .expect("enter the namespace");
+        enter(&namespace);
         let socket = UdpSocket::bind(&from).expect("bind");
         for datagram in datagrams {
             socket.send_to(&datagram, &to).expect("send");
@@ -694,5 +699,59 @@ fn a_frame_too_big_for_the_underlay_is_dropped_and_counted_never_fragmented() {
         status["inner_mtu"] == 1450
             && status["counters"]["tx_too_big"] == 1
             && status["remotes"][0]["counters"]["tx_packets"] == 1
+    });
+}
+
+#[test]
+fn datagrams_leave_from_a_source_port_hashed_from_the_inner_frame() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("sport");
+    let a = world.guestnet_host(0, &[1]);
+    let b = world.underlay_host(1);
+    // A plain UDP socket on host 1 stands in for a VTEP and reports what arrives.
+    let (ready, listening) = mpsc::channel();
+    let (arrived, datagrams) = mpsc::channel();
+    std::thread::spawn(move || {
+        enter(&b);
+        let socket = UdpSocket::bind("10.99.0.2:4789").expect("bind");
+        socket.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let _ = ready.send(());
+        let mut buffer = [0u8; 2048];
+        for _ in 0..2 {
+            let Ok((length, from)) = socket.recv_from(&mut buffer) else {
+                return;
+            };
+            let _ = arrived.send((buffer[..length].to_vec(), from));
+        }
+    });
+    listening
+        .recv_timeout(DEADLINE)
+        .expect("the listener is ready");
+    let mut peer = library_peer(&a);
+    let frames = [
+        broadcast(MacAddress::new([0x02, 0xaa, 0, 0, 0, 1]), 1),
+        broadcast(MacAddress::new([0x02, 0xaa, 0, 0, 0, 2]), 2),
+    ];
+    for frame in &frames {
+        peer.send(frame);
+    }
+    let mut ports = Vec::new();
+    for frame in &frames {
+        let (datagram, from) = datagrams
+            .recv_timeout(DEADLINE)
+            .expect("a datagram from the port");
+        let mut expected = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+        expected.extend_from_slice(frame);
+        assert_eq!(datagram, expected, "VXLAN header and the frame, untouched");
+        assert_eq!(from.ip().to_string(), "10.99.0.1");
+        assert_eq!(from.port(), guestnet::wire::vxlan::source_port(frame));
+        assert!(from.port() >= 49152);
+        ports.push(from.port());
+    }
+    assert_ne!(ports[0], ports[1], "two flows, two source ports");
+    wait_until("status says the source ports are hashed", || {
+        vxlan_status(&a)["hashed_source_ports"] == true
     });
 }

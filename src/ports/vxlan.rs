@@ -21,7 +21,17 @@
 //! remote (head-end replication). A frame that would not fit the underlay's MTU once
 //! encapsulated is dropped and counted (`tx_too_big`), never fragmented: the inner MTU is
 //! the underlay's minus 50 bytes (70 over IPv6). The UDP source port is a hash of the
-//! inner frame's addresses ([`vxlan::source_port`]).
+//! inner frame's addresses ([`vxlan::source_port`]), so that underlay routers that spread
+//! flows over several paths keep each inner conversation on one.
+//!
+//! **How datagrams leave.** A UDP socket sends every datagram from its one bound port, so
+//! it cannot vary the source port per flow. Over IPv4 the port therefore sends through a
+//! send-only raw socket (`IPPROTO_RAW`) and writes the outer IPv4 and UDP headers itself:
+//! the hashed source port, the UDP checksum zero as RFC 7348 recommends, and Don't
+//! Fragment set, so a datagram too big for a link on the way is refused rather than
+//! fragmented. That needs `CAP_NET_RAW`; without it, or over IPv6, the port sends from its
+//! UDP socket (source port = the bound port, fragmentation forbidden with
+//! `IP_MTU_DISCOVER`) and `status` says so (`hashed_source_ports: false`).
 //!
 //! **Decisions where RFC 7348 leaves a choice.**
 //! * Datagrams from addresses that are not configured remotes are dropped. The Linux
@@ -39,13 +49,14 @@
 //! the command writes them to a status file that `guestnet status` shows.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rustix::io::Errno;
-use rustix::net::RecvFlags;
+use rustix::net::{RecvFlags, SendFlags};
 use serde::Serialize;
 
 use crate::network::counters::DropReason;
@@ -295,6 +306,9 @@ pub struct VxlanStatus {
     pub inner_mtu: usize,
     /// The bound on learned addresses.
     pub max_learned: usize,
+    /// Whether datagrams leave from a source port hashed from the inner frame (a raw
+    /// socket) or from the bound port (a UDP socket; no `CAP_NET_RAW`, or IPv6).
+    pub hashed_source_ports: bool,
     /// Counters of the whole port (the remotes' summed, plus what has no remote).
     pub counters: VxlanCounters,
     /// The remotes.
@@ -316,6 +330,8 @@ pub struct VxlanPort {
     network_name: String,
     network_mtu: usize,
     socket: UdpSocket,
+    /// The send-only raw socket, if the port may have one (IPv4 and `CAP_NET_RAW`).
+    raw: Option<OwnedFd>,
     options: VxlanOptions,
     sender: Sender,
     receiver: Receiver,
@@ -390,6 +406,11 @@ impl VxlanPort {
         let local = socket
             .local_addr()
             .map_err(io_error("read the bound address"))?;
+        forbid_fragmentation(&socket, &local).map_err(io_error("forbid fragmentation"))?;
+        let raw = match local {
+            SocketAddr::V4(_) => open_raw_socket(),
+            SocketAddr::V6(_) => None,
+        };
         let options = VxlanOptions { local, ..options };
         let peer = network
             .join(JoinOptions {
@@ -409,6 +430,7 @@ impl VxlanPort {
             network_name: network.name().to_string(),
             network_mtu: network.geometry().mtu as usize,
             socket,
+            raw,
             options,
             sender,
             receiver,
@@ -443,6 +465,7 @@ impl VxlanPort {
                 underlay_mtu: self.options.underlay_mtu,
                 inner_mtu: self.inner_mtu(),
                 max_learned: self.options.max_learned,
+                hashed_source_ports: self.raw.is_some(),
                 counters: VxlanCounters::default(),
                 remotes: self
                     .options
@@ -463,21 +486,33 @@ impl VxlanPort {
         let VxlanPort {
             network_mtu,
             socket,
+            raw,
             options,
             mut sender,
             receiver,
             state,
             ..
         } = self;
-        let tx_socket = socket
-            .try_clone()
-            .map_err(io_error("clone the UDP socket"))?;
+        let way_out = match raw {
+            Some(raw) => WayOut::Raw {
+                socket: raw,
+                source: match options.local {
+                    SocketAddr::V4(local) => *local.ip(),
+                    SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+                },
+            },
+            None => WayOut::Udp(
+                socket
+                    .try_clone()
+                    .map_err(io_error("clone the UDP socket"))?,
+            ),
+        };
         let stopping = AtomicBool::new(false);
         let max_inner = options.underlay_mtu - overhead(&options.local) + ETHERNET_HEADER_LEN;
         std::thread::scope(|scope| {
             let encapsulator = Encapsulator {
                 receiver,
-                socket: tx_socket,
+                way_out,
                 vni: options.vni,
                 remotes: &options.remotes,
                 max_inner,
@@ -503,6 +538,71 @@ impl VxlanPort {
             result
         })
     }
+}
+
+/// Sets "don't fragment" on the UDP socket: a datagram too big for the route fails
+/// (`EMSGSIZE`, counted as a send error) instead of leaving in pieces.
+fn forbid_fragmentation(socket: &UdpSocket, local: &SocketAddr) -> std::io::Result<()> {
+    use rustix::net::sockopt::{
+        Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery, set_ip_mtu_discover, set_ipv6_mtu_discover,
+    };
+    match local {
+        SocketAddr::V4(_) => set_ip_mtu_discover(socket, Ipv4PathMtuDiscovery::DO)?,
+        SocketAddr::V6(_) => set_ipv6_mtu_discover(socket, Ipv6PathMtuDiscovery::DO)?,
+    }
+    Ok(())
+}
+
+/// A send-only IPv4 raw socket, or `None` (with a note in the log) if the process may
+/// not have one.
+fn open_raw_socket() -> Option<OwnedFd> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, ipproto};
+    match rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        Some(ipproto::RAW),
+    ) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            tracing::info!(error = %e, "no raw socket: datagrams leave from the bound UDP port, not a per-flow source port");
+            None
+        }
+    }
+}
+
+/// Room before the VXLAN header for the outer IPv4 and UDP headers the raw socket needs.
+const OUTER_HEADROOM: usize = IPV4_HEADER_LEN + UDP_HEADER_LEN;
+const IPV4_HEADER_LEN: usize = 20;
+const UDP_HEADER_LEN: usize = 8;
+
+/// Writes the outer IPv4 and UDP headers in front of a VXLAN datagram for a raw
+/// (`IP_HDRINCL`) socket. The kernel fills in the IPv4 checksum and identification
+/// (raw(7)); the UDP checksum is zero, as RFC 7348 recommends over IPv4.
+fn emit_outer_headers(
+    headroom: &mut [u8; OUTER_HEADROOM],
+    source: Ipv4Addr,
+    destination: SocketAddrV4,
+    source_port: u16,
+    vxlan_len: usize,
+) {
+    let udp_len = (UDP_HEADER_LEN + vxlan_len) as u16;
+    let total_len = (IPV4_HEADER_LEN + UDP_HEADER_LEN + vxlan_len) as u16;
+    let (ip, udp) = headroom.split_at_mut(IPV4_HEADER_LEN);
+    ip[0] = 0x45; // version 4, 5 words of header
+    ip[1] = 0; // DSCP/ECN
+    ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+    ip[4..6].fill(0); // identification: the kernel's
+    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // Don't Fragment
+    ip[8] = 64; // TTL
+    ip[9] = 17; // UDP
+    ip[10..12].fill(0); // checksum: the kernel's
+    ip[12..16].copy_from_slice(&source.octets());
+    ip[16..20].copy_from_slice(&destination.ip().octets());
+    udp[0..2].copy_from_slice(&source_port.to_be_bytes());
+    udp[2..4].copy_from_slice(&destination.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    udp[6..8].fill(0);
 }
 
 /// The encapsulation overhead for the underlay's address family.
@@ -676,13 +776,25 @@ fn classify(
 /// Network → underlay, on its own thread.
 struct Encapsulator<'a> {
     receiver: Receiver,
-    socket: UdpSocket,
+    way_out: WayOut,
     vni: u32,
     remotes: &'a [SocketAddr],
     /// Longest inner frame that fits the underlay.
     max_inner: usize,
     state: &'a Mutex<State>,
     stopping: &'a AtomicBool,
+}
+
+/// The socket datagrams leave by.
+enum WayOut {
+    /// A raw IPv4 socket: we write the outer headers, with a per-flow source port.
+    Raw {
+        socket: OwnedFd,
+        /// The outer source address (unspecified: the kernel picks it).
+        source: Ipv4Addr,
+    },
+    /// The bound UDP socket: the source port is the bound one.
+    Udp(UdpSocket),
 }
 
 /// Where a frame goes.
@@ -744,6 +856,8 @@ impl Encapsulator<'_> {
     }
 
     /// Encapsulates `frame` and sends it to remote `remote`, counting the outcome.
+    ///
+    /// `datagram` is scratch space: outer headroom, VXLAN header, frame.
     fn send(
         &self,
         datagram: &mut Vec<u8>,
@@ -756,11 +870,38 @@ impl Encapsulator<'_> {
             return;
         };
         datagram.clear();
-        datagram.resize(HEADER_LEN, 0);
-        VxlanRepr { vni: self.vni }.emit(&mut VxlanPacket::new_unchecked(&mut datagram[..]));
+        datagram.resize(OUTER_HEADROOM + HEADER_LEN, 0);
+        VxlanRepr { vni: self.vni }.emit(&mut VxlanPacket::new_unchecked(
+            &mut datagram[OUTER_HEADROOM..],
+        ));
         datagram.extend_from_slice(frame);
-        match self.socket.send_to(datagram, endpoint) {
-            Ok(_) => {
+        let sent = match (&self.way_out, endpoint) {
+            (WayOut::Raw { socket, source }, SocketAddr::V4(destination)) => {
+                let vxlan_len = datagram.len() - OUTER_HEADROOM;
+                let mut headroom = [0u8; OUTER_HEADROOM];
+                emit_outer_headers(
+                    &mut headroom,
+                    *source,
+                    destination,
+                    vxlan::source_port(frame),
+                    vxlan_len,
+                );
+                datagram[..OUTER_HEADROOM].copy_from_slice(&headroom);
+                // A raw socket's address carries no port: the UDP header has it.
+                let to = SocketAddrV4::new(*destination.ip(), 0);
+                rustix::net::sendto(socket, datagram, SendFlags::empty(), &to)
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            }
+            (WayOut::Raw { .. }, SocketAddr::V6(_)) => Err(std::io::Error::other(
+                "an IPv6 remote on an IPv4 raw socket",
+            )),
+            (WayOut::Udp(socket), endpoint) => socket
+                .send_to(&datagram[OUTER_HEADROOM..], endpoint)
+                .map(drop),
+        };
+        match sent {
+            Ok(()) => {
                 counters.tx_packets += 1;
                 counters.tx_bytes += frame.len() as u64;
             }
@@ -934,6 +1075,25 @@ mod tests {
             refused(RxDrop::InvalidInner)
         );
         assert_eq!(check(from(0), &good, true), refused(RxDrop::InvalidInner));
+    }
+
+    #[test]
+    fn outer_headers_carry_the_hashed_port_and_forbid_fragmentation() {
+        let mut headroom = [0xffu8; OUTER_HEADROOM];
+        emit_outer_headers(
+            &mut headroom,
+            Ipv4Addr::new(10, 99, 0, 1),
+            "10.99.0.2:4789".parse().unwrap(),
+            50000,
+            8 + 60,
+        );
+        #[rustfmt::skip]
+        let expected = [
+            0x45, 0x00, 0x00, 96, 0x00, 0x00, 0x40, 0x00, 64, 17, 0x00, 0x00, // IPv4, DF
+            10, 99, 0, 1, 10, 99, 0, 2,
+            0xc3, 0x50, 0x12, 0xb5, 0x00, 76, 0x00, 0x00, // UDP 50000 → 4789, len 76, csum 0
+        ];
+        assert_eq!(headroom, expected);
     }
 
     #[test]
