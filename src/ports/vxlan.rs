@@ -329,6 +329,8 @@ struct State {
 pub struct VxlanPort {
     network_name: String,
     network_mtu: usize,
+    /// The network's largest frame (with a VLAN tag).
+    max_frame_len: usize,
     socket: UdpSocket,
     /// The send-only raw socket, if the port may have one (IPv4 and `CAP_NET_RAW`).
     raw: Option<OwnedFd>,
@@ -394,6 +396,16 @@ impl VxlanPort {
                 "the remotes and the local address must all be IPv4 or all IPv6".into(),
             ));
         }
+        let mut addresses: Vec<IpAddr> = options.remotes.iter().map(SocketAddr::ip).collect();
+        addresses.sort();
+        addresses.dedup();
+        if addresses.len() != options.remotes.len() {
+            // Datagrams are told apart by their sender's address alone (VTEPs send from
+            // hashed ports), so two remotes on one address could not be.
+            return Err(VxlanPortError::BadOptions(
+                "two remotes share an address; give each address once".into(),
+            ));
+        }
         let overhead = overhead(&options.local);
         if options.underlay_mtu < overhead + 68 {
             return Err(VxlanPortError::BadOptions(format!(
@@ -429,6 +441,7 @@ impl VxlanPort {
         Ok(VxlanPort {
             network_name: network.name().to_string(),
             network_mtu: network.geometry().mtu as usize,
+            max_frame_len: network.max_frame_len(),
             socket,
             raw,
             options,
@@ -485,6 +498,7 @@ impl VxlanPort {
     pub fn serve(self, stop: &Doorbell) -> Result<(), VxlanPortError> {
         let VxlanPort {
             network_mtu,
+            max_frame_len,
             socket,
             raw,
             options,
@@ -527,7 +541,9 @@ impl VxlanPort {
                 remotes: &options.remotes,
                 network_mtu,
                 state: &state,
-                buffer: vec![0; RECEIVE_BATCH * (network_mtu + 64 + HEADER_LEN)],
+                // A slot holds the largest valid datagram; a longer one is cut and flagged.
+                buffer: vec![0; RECEIVE_BATCH * (max_frame_len + HEADER_LEN)],
+                datagrams: Vec::with_capacity(RECEIVE_BATCH),
                 batch: FrameBatch::default(),
             };
             let result = decapsulator.run(stop);
@@ -622,9 +638,20 @@ struct Decapsulator<'a> {
     remotes: &'a [SocketAddr],
     network_mtu: usize,
     state: &'a Mutex<State>,
-    /// Room for a round's datagrams.
+    /// Room for a round's datagrams, one slot each.
     buffer: Vec<u8>,
+    datagrams: Vec<Datagram>,
     batch: FrameBatch,
+}
+
+/// One datagram of a round: who sent it and where its bytes are in the buffer.
+#[derive(Debug, Clone, Copy)]
+struct Datagram {
+    from: SocketAddr,
+    start: usize,
+    end: usize,
+    /// Longer than its slot: the socket cut it short.
+    oversize: bool,
 }
 
 /// What one datagram turned out to be.
@@ -669,9 +696,9 @@ impl Decapsulator<'_> {
     /// Takes the datagrams waiting, checks each, and sends the good frames as one batch.
     fn receive_round(&mut self) {
         let slot = self.buffer.len() / RECEIVE_BATCH;
-        let mut datagrams: Vec<(SocketAddr, usize, usize, bool)> = Vec::new();
-        while datagrams.len() < RECEIVE_BATCH {
-            let start = datagrams.len() * slot;
+        self.datagrams.clear();
+        while self.datagrams.len() < RECEIVE_BATCH {
+            let start = self.datagrams.len() * slot;
             let Some(space) = self.buffer.get_mut(start..start + slot) else {
                 break;
             };
@@ -681,7 +708,12 @@ impl Decapsulator<'_> {
                     let Some(from) = from.and_then(|a| SocketAddr::try_from(a).ok()) else {
                         continue;
                     };
-                    datagrams.push((from, start, start + stored, announced > stored));
+                    self.datagrams.push(Datagram {
+                        from,
+                        start,
+                        end: start + stored,
+                        oversize: announced > stored,
+                    });
                 }
                 Err(Errno::INTR) => {}
                 Err(e) => {
@@ -696,43 +728,31 @@ impl Decapsulator<'_> {
         let mut state = lock(self.state);
         self.batch.clear();
         let mut refused_inner = false;
-        for &(from, start, end, oversize) in &datagrams {
-            let datagram = &self.buffer[start..end];
+        for datagram in &self.datagrams {
+            let bytes = &self.buffer[datagram.start..datagram.end];
             let verdict = classify(
                 self.remotes,
                 self.vni,
                 self.network_mtu,
-                from.ip(),
-                datagram,
-                oversize,
+                datagram.from.ip(),
+                bytes,
+                datagram.oversize,
             );
-            match verdict {
-                Verdict::UnknownRemote => state.port.rx_unknown_remote += 1,
-                Verdict::Refused { remote, reason } => {
-                    let counters = &mut state.remotes[remote];
-                    match reason {
-                        RxDrop::Malformed => counters.rx_malformed += 1,
-                        RxDrop::InstanceFlagClear => counters.rx_instance_flag_clear += 1,
-                        RxDrop::ForeignVni => counters.rx_foreign_vni += 1,
-                        RxDrop::InvalidInner => {
-                            counters.rx_invalid_inner += 1;
-                            self.sender.count_drop(DropReason::Invalid);
-                            refused_inner = true;
-                        }
+            match state.account(verdict, bytes, now) {
+                Some(inner) => self.batch.push(inner),
+                None if matches!(
+                    verdict,
+                    Verdict::Refused {
+                        reason: RxDrop::InvalidInner,
+                        ..
                     }
+                ) =>
+                {
+                    // The network's own counters should agree with ours.
+                    self.sender.count_drop(DropReason::Invalid);
+                    refused_inner = true;
                 }
-                Verdict::Deliver { remote } => {
-                    let inner = &datagram[HEADER_LEN..];
-                    let source = EthernetFrame::new_unchecked(inner).source();
-                    let learned = state.table.learn(source, remote, now);
-                    let counters = &mut state.remotes[remote];
-                    if learned == Learned::Full {
-                        counters.rx_not_learned += 1;
-                    }
-                    counters.rx_packets += 1;
-                    counters.rx_bytes += inner.len() as u64;
-                    self.batch.push(inner);
-                }
+                None => {}
             }
         }
         drop(state);
@@ -741,6 +761,45 @@ impl Decapsulator<'_> {
         } else if refused_inner {
             self.sender.flush();
         }
+    }
+}
+
+impl State {
+    /// Counts a judged datagram, learns its inner source if it is delivered, and returns
+    /// the inner frame to deliver, if any.
+    fn account<'d>(
+        &mut self,
+        verdict: Verdict,
+        datagram: &'d [u8],
+        now_ns: u64,
+    ) -> Option<&'d [u8]> {
+        let (remote, reason) = match verdict {
+            Verdict::UnknownRemote => {
+                self.port.rx_unknown_remote += 1;
+                return None;
+            }
+            Verdict::Refused { remote, reason } => (remote, reason),
+            Verdict::Deliver { remote } => {
+                let inner = datagram.get(HEADER_LEN..)?;
+                let source = EthernetFrame::new_checked(inner).ok()?.source();
+                let learned = self.table.learn(source, remote, now_ns);
+                let counters = self.remotes.get_mut(remote)?;
+                if learned == Learned::Full {
+                    counters.rx_not_learned += 1;
+                }
+                counters.rx_packets += 1;
+                counters.rx_bytes += inner.len() as u64;
+                return Some(inner);
+            }
+        };
+        let counters = self.remotes.get_mut(remote)?;
+        match reason {
+            RxDrop::Malformed => counters.rx_malformed += 1,
+            RxDrop::InstanceFlagClear => counters.rx_instance_flag_clear += 1,
+            RxDrop::ForeignVni => counters.rx_foreign_vni += 1,
+            RxDrop::InvalidInner => counters.rx_invalid_inner += 1,
+        }
+        None
     }
 }
 
@@ -1094,6 +1153,37 @@ mod tests {
             0xc3, 0x50, 0x12, 0xb5, 0x00, 76, 0x00, 0x00, // UDP 50000 → 4789, len 76, csum 0
         ];
         assert_eq!(headroom, expected);
+    }
+
+    #[test]
+    fn past_the_limit_new_sources_are_delivered_but_not_learned() {
+        let mut state = State {
+            table: RemoteTable::new(2, DEFAULT_AGEING),
+            remotes: vec![VxlanCounters::default(); 2],
+            port: VxlanCounters::default(),
+        };
+        let deliver = Verdict::Deliver { remote: 1 };
+        for i in 0..5 {
+            let mut frame = inner();
+            frame[11] = i;
+            let datagram = datagram(0x08, [0, 0, 42], &frame);
+            assert_eq!(state.account(deliver, &datagram, 0), Some(&frame[..]));
+        }
+        assert_eq!(state.table.len(), 2);
+        assert_eq!(state.remotes[1].rx_packets, 5);
+        assert_eq!(state.remotes[1].rx_bytes, 5 * 60);
+        assert_eq!(state.remotes[1].rx_not_learned, 3);
+        // Refusals are counted on their remote, or on the port when there is none.
+        let good = datagram(0x08, [0, 0, 42], &inner());
+        let refused = Verdict::Refused {
+            remote: 0,
+            reason: RxDrop::ForeignVni,
+        };
+        assert_eq!(state.account(refused, &good, 0), None);
+        assert_eq!(state.account(Verdict::UnknownRemote, &good, 0), None);
+        assert_eq!(state.remotes[0].rx_foreign_vni, 1);
+        assert_eq!(state.port.rx_unknown_remote, 1);
+        assert_eq!(state.remotes[0].rx_packets, 0);
     }
 
     #[test]
