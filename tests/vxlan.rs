@@ -121,7 +121,19 @@ impl World {
             children: Vec::new(),
         };
         world.switch = world.namespace("sw");
-        ip(&["-n", &world.switch, "link", "add", "br0", "type", "bridge"]);
+        // Without IGMP snooping the switch floods multicast as a plain hub would, so the
+        // group tests depend on nothing but the ports' own joins.
+        ip(&[
+            "-n",
+            &world.switch,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
         ip(&["-n", &world.switch, "link", "set", "br0", "up"]);
         world
     }
@@ -211,6 +223,16 @@ impl World {
         remotes: &[usize],
         underlay_mtu: usize,
     ) -> Host {
+        let remotes: Vec<String> = remotes
+            .iter()
+            .flat_map(|&remote| ["--remote".to_string(), underlay_address(remote)])
+            .collect();
+        self.vxlan_host(index, &remotes, underlay_mtu)
+    }
+
+    /// Host `index` running guestnet with a VXLAN port given `port_args` (its remotes or
+    /// its group).
+    fn vxlan_host(&mut self, index: usize, port_args: &[String], underlay_mtu: usize) -> Host {
         let namespace = self.underlay_host(index);
         let dir = tempfile::tempdir().expect("temp dir");
         let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
@@ -220,10 +242,8 @@ impl World {
             .args(["netns", "exec", &namespace, BIN, "--dir"])
             .arg(dir.path())
             .args(["vxlan", "lab", "--vni", VNI, "--local", &local])
-            .args(["--underlay-mtu", &underlay_mtu.to_string()]);
-        for &remote in remotes {
-            command.args(["--remote", &underlay_address(remote)]);
-        }
+            .args(["--underlay-mtu", &underlay_mtu.to_string()])
+            .args(port_args);
         let line = self.spawn_ready(command);
         assert!(line.starts_with("ready slot"), "{line}");
         let inner_mtu = format!("inner-mtu {}", underlay_mtu - 50);
@@ -248,6 +268,43 @@ impl World {
         let address = format!("{}/24", guest_address(host.index));
         ip(&["-n", &guest, "addr", "add", &address, "dev", "gn0"]);
         ip(&["-n", &guest, "link", "set", "gn0", "up"]);
+        guest
+    }
+
+    /// Host `index` running the Linux kernel's vxlan device (`vxlan_args` name its remote
+    /// or its group) in a bridge with a veth guest at its guest address; returns the
+    /// guest's namespace.
+    fn linux_host(&mut self, index: usize, vxlan_args: &[&str]) -> String {
+        let host = self.underlay_host(index);
+        let guest = self.namespace(&format!("g{index}"));
+        let local = underlay_address(index);
+        let mut args = vec![
+            "-n", &host, "link", "add", "vx0", "type", "vxlan", "id", VNI, "local", &local,
+            "dstport", "4789", "dev", "u0",
+        ];
+        args.extend_from_slice(vxlan_args);
+        ip(&args);
+        ip(&["-n", &host, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "link", "add", "eth0", "netns", &guest, "type", "veth", "peer", "name", "v0", "netns",
+            &host,
+        ]);
+        for device in ["vx0", "v0"] {
+            ip(&["-n", &host, "link", "set", device, "master", "br0", "up"]);
+        }
+        ip(&["-n", &host, "link", "set", "br0", "up"]);
+        let address = format!("{}/24", guest_address(index));
+        ip(&["-n", &guest, "addr", "add", &address, "dev", "eth0"]);
+        ip(&["-n", &guest, "link", "set", "eth0", "up"]);
+        // Over veth, a checksum the guest leaves to "hardware" is never filled in: the
+        // kernel encapsulates the partial checksum and the veth underlay passes it on as
+        // is, so it reaches the far end's UDP socket unfinished (a real NIC would have
+        // finished it). Make the Linux guest compute its own checksums, as it would
+        // behind a real NIC.
+        let output = run(Command::new("ip").args([
+            "netns", "exec", &guest, "ethtool", "-K", "eth0", "tx", "off",
+        ]));
+        assert!(output.status.success(), "ethtool: {output:?}");
         guest
     }
 
@@ -428,47 +485,7 @@ fn a_guestnet_host_and_a_linux_vxlan_device_talk_both_ways() {
     let mut world = World::new("linux");
     let a = world.guestnet_host(0, &[1]);
     let guest_a = world.tap_guest(&a);
-    // Host B: the kernel's vxlan device and a veth guest in one bridge.
-    let host_b = world.underlay_host(1);
-    let guest_b = world.namespace("g1");
-    ip(&[
-        "-n",
-        &host_b,
-        "link",
-        "add",
-        "vx0",
-        "type",
-        "vxlan",
-        "id",
-        VNI,
-        "local",
-        "10.99.0.2",
-        "remote",
-        "10.99.0.1",
-        "dstport",
-        "4789",
-        "dev",
-        "u0",
-    ]);
-    ip(&["-n", &host_b, "link", "add", "br0", "type", "bridge"]);
-    ip(&[
-        "link", "add", "eth0", "netns", &guest_b, "type", "veth", "peer", "name", "v0", "netns",
-        &host_b,
-    ]);
-    for device in ["vx0", "v0"] {
-        ip(&["-n", &host_b, "link", "set", device, "master", "br0", "up"]);
-    }
-    ip(&["-n", &host_b, "link", "set", "br0", "up"]);
-    ip(&["-n", &guest_b, "addr", "add", "10.77.0.2/24", "dev", "eth0"]);
-    ip(&["-n", &guest_b, "link", "set", "eth0", "up"]);
-    // Over veth, a checksum the guest leaves to "hardware" is never filled in: the kernel
-    // encapsulates the partial checksum and the veth underlay passes it on as is, so it
-    // reaches the far end's UDP socket unfinished (a real NIC would have finished it).
-    // Make the Linux guest compute its own checksums, as it would behind a real NIC.
-    let output = run(Command::new("ip").args([
-        "netns", "exec", &guest_b, "ethtool", "-K", "eth0", "tx", "off",
-    ]));
-    assert!(output.status.success(), "ethtool: {output:?}");
+    let guest_b = world.linux_host(1, &["remote", "10.99.0.1"]);
     assert!(ping(&guest_a, "10.77.0.2"), "guestnet → Linux");
     assert!(ping(&guest_b, "10.77.0.1"), "Linux → guestnet");
     transfer_intact(&guest_a, &guest_b, "10.77.0.2", 5201, 4 << 20);
@@ -754,4 +771,97 @@ fn datagrams_leave_from_a_source_port_hashed_from_the_inner_frame() {
     wait_until("status says the source ports are hashed", || {
         vxlan_status(&a)["hashed_source_ports"] == true
     });
+}
+
+/// A frame from `source` to `destination` whose payload starts with `tag`.
+fn unicast(destination: MacAddress, source: MacAddress, tag: u8) -> Vec<u8> {
+    let mut frame = broadcast(source, tag);
+    frame[..6].copy_from_slice(&destination.octets());
+    frame
+}
+
+#[test]
+fn on_a_multicast_group_floods_go_once_to_the_group_and_unicast_straight_to_its_host() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("group");
+    let group: Vec<String> = ["--group", "239.1.1.1", "--dev", "u0"]
+        .map(String::from)
+        .to_vec();
+    let hosts: Vec<Host> = (0..3).map(|i| world.vxlan_host(i, &group, 1550)).collect();
+    let mut peers: Vec<Peer> = hosts.iter().map(library_peer).collect();
+    let macs: Vec<MacAddress> = peers.iter().map(Peer::mac).collect();
+    peers[0].send(&broadcast(macs[0], 1));
+    peers[0].send(&broadcast(macs[0], 2));
+    for peer in &mut peers[1..] {
+        assert_eq!(tags_until(peer, 2), vec![1, 2], "each broadcast once");
+    }
+    wait_until("host 0 sent each broadcast once, to the group", || {
+        let status = vxlan_status(&hosts[0]);
+        status["group"] == "239.1.1.1:4789"
+            && status["remotes"][0]["endpoint"] == "239.1.1.1:4789"
+            && status["remotes"][0]["counters"]["tx_packets"] == 2
+    });
+    // Host 1 learned host 0's peer behind 10.99.0.1: a reply goes there alone, so host 2
+    // sees only the broadcast sent after it.
+    peers[1].send(&unicast(macs[0], macs[1], 3));
+    peers[1].send(&broadcast(macs[1], 4));
+    assert_eq!(tags_until(&mut peers[0], 4), vec![3, 4]);
+    assert_eq!(
+        tags_until(&mut peers[2], 4),
+        vec![4],
+        "the unicast was not flooded"
+    );
+    wait_until(
+        "host 1 shows host 0 as a remote with its peer behind it",
+        || {
+            let status = vxlan_status(&hosts[1]);
+            let remotes = status["remotes"].as_array().cloned().unwrap_or_default();
+            remotes.iter().any(|remote| {
+                remote["endpoint"] == "10.99.0.1:4789"
+                    && remote["counters"]["tx_packets"] == 1
+                    && remote["learned"][0] == macs[0].to_string()
+            })
+        },
+    );
+}
+
+#[test]
+fn on_a_multicast_group_a_guestnet_host_and_a_linux_vxlan_device_talk_both_ways() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("lgroup");
+    let group: Vec<String> = ["--group", "239.1.1.1", "--dev", "u0"]
+        .map(String::from)
+        .to_vec();
+    let a = world.vxlan_host(0, &group, 1550);
+    let guest_a = world.tap_guest(&a);
+    let guest_b = world.linux_host(1, &["group", "239.1.1.1"]);
+    assert!(ping(&guest_a, "10.77.0.2"), "guestnet → Linux");
+    assert!(ping(&guest_b, "10.77.0.1"), "Linux → guestnet");
+    transfer_intact(&guest_b, &guest_a, "10.77.0.1", 5203, 2 << 20);
+    let guest_b_mac = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &guest_b,
+        "cat",
+        "/sys/class/net/eth0/address",
+    ]));
+    let guest_b_mac = String::from_utf8_lossy(&guest_b_mac.stdout)
+        .trim()
+        .to_string();
+    // The learned list may also hold the Linux host's bridge; the guest must be in it.
+    wait_until(
+        "the Linux host is a remote with its guest learned behind it",
+        || {
+            let status = vxlan_status(&a);
+            let remote = &status["remotes"][1];
+            let learned = remote["learned"].as_array().cloned().unwrap_or_default();
+            remote["endpoint"] == "10.99.0.2:4789"
+                && learned.iter().any(|mac| *mac == guest_b_mac)
+                && remote["counters"]["rx_invalid_inner"] == 0
+        },
+    );
 }

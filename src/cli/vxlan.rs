@@ -5,7 +5,7 @@
 //! (a hidden directory, so `guestnet list` does not take the files for networks) and
 //! removes the file when it ends.
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use anyhow::Context;
 use crate::network::Network;
 use crate::ports::socket::Doorbell;
 use crate::ports::vxlan::{
-    DEFAULT_AGEING, DEFAULT_MAX_LEARNED, StatusHandle, VxlanOptions, VxlanPort, VxlanStatus,
+    DEFAULT_AGEING, DEFAULT_MAX_LEARNED, MulticastGroup, StatusHandle, VxlanOptions, VxlanPort,
+    VxlanStatus,
 };
 use crate::wire::vxlan::DEFAULT_PORT;
 
@@ -26,7 +27,9 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 #[command(after_help = "\
 The port is one uplink peer standing for every host behind the remotes. Frames for
 addresses learned behind a remote go to it alone; broadcast, multicast and unknown unicast
-go to every remote. Datagrams from other addresses are dropped and counted. Prints
+go to every remote, or once to a multicast group (`--group 239.1.1.1 --dev eth0`, as the
+Linux device's `group ... dev ...`). With remotes, datagrams from other addresses are
+dropped and counted; on a group, every sender becomes a remote. Prints
 `ready slot N local ADDR inner-mtu M` once it serves. Example, with the Linux kernel on the
 other side (`ip link add vx0 type vxlan id 42 local 10.99.0.2 remote 10.99.0.1 dstport 4789`):
   guestnet vxlan lab --vni 42 --local 10.99.0.1 --remote 10.99.0.2")]
@@ -40,13 +43,19 @@ pub struct VxlanArgs {
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_endpoint)]
     pub local: SocketAddr,
     /// A remote endpoint (repeat for several; head-end replication).
-    #[arg(long = "remote", value_name = "ADDR[:PORT]", value_parser = parse_endpoint)]
+    #[arg(long = "remote", value_name = "ADDR[:PORT]", value_parser = parse_endpoint,
+          required_unless_present = "group")]
     pub remotes: Vec<SocketAddr>,
-    /// Multicast group for broadcast and unknown unicast (not supported yet).
-    #[arg(long, value_name = "MCAST")]
-    pub group: Option<IpAddr>,
-    /// Interface for the multicast group (not supported yet).
-    #[arg(long, value_name = "IF")]
+    /// IPv4 multicast group to send broadcast and unknown unicast to, instead of remotes.
+    #[arg(
+        long,
+        value_name = "MCAST",
+        requires = "dev",
+        conflicts_with = "remotes"
+    )]
+    pub group: Option<Ipv4Addr>,
+    /// Interface to join the multicast group on.
+    #[arg(long, value_name = "IF", requires = "group")]
     pub dev: Option<String>,
     /// The underlay's MTU; frames that would not fit after the overhead are dropped.
     #[arg(long, default_value_t = 1500)]
@@ -108,8 +117,16 @@ pub fn print_statuses(statuses: &[VxlanStatus]) {
         let c = &status.counters;
         println!();
         println!(
-            "vxlan port slot {}  vni {}  local {}  underlay MTU {}  inner MTU {}",
-            status.slot, status.vni, status.local, status.underlay_mtu, status.inner_mtu
+            "vxlan port slot {}  vni {}  local {}  underlay MTU {}  inner MTU {}{}",
+            status.slot,
+            status.vni,
+            status.local,
+            status.underlay_mtu,
+            status.inner_mtu,
+            match status.group {
+                Some(group) => format!("  group {group} (remote 0)"),
+                None => String::new(),
+            }
         );
         println!(
             "  dropped: unknown remote {}  too big for the underlay {}",
@@ -161,11 +178,6 @@ impl Drop for StatusFile {
 
 /// Runs `vxlan` until SIGINT or SIGTERM.
 pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
-    if args.group.is_some() || args.dev.is_some() {
-        anyhow::bail!(
-            "--group/--dev (multicast underlay) is not supported yet; list the other hosts with --remote"
-        );
-    }
     let stop = Doorbell::new().context("create the stop pipe")?;
     stop.ring_on_signals(&[libc::SIGINT, libc::SIGTERM])
         .context("install signal handlers")?;
@@ -174,6 +186,10 @@ pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
         vni: args.vni,
         local: args.local,
         remotes: args.remotes,
+        group: match (args.group, args.dev) {
+            (Some(address), Some(interface)) => Some(MulticastGroup { address, interface }),
+            _ => None,
+        },
         underlay_mtu: args.underlay_mtu,
         max_learned: args.max_learned,
         ageing: Duration::from_secs(args.ageing),

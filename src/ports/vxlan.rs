@@ -45,11 +45,21 @@
 //!   efficient, and a flood of made-up addresses cannot push out the real ones.
 //! * Entries age out after [`VxlanOptions::ageing`] without traffic, as a bridge's do.
 //!
+//! **Multicast underlay** ([`VxlanOptions::group`]). Instead of a list of remotes, the
+//! port joins an IPv4 multicast group on one interface, as the Linux device's
+//! `group ... dev ...` does: broadcast, multicast and unknown unicast are sent once, to
+//! the group, and the underlay copies them. The group is the membership, so a datagram
+//! from any sender is accepted, and each new sender becomes a remote (at most
+//! [`MAX_GROUP_REMOTES`]; past that, `rx_unknown_remote`) to which learned unicast goes
+//! directly. The port's own datagrams are not looped back to it. In `status`, remote 0 is
+//! the group itself and counts what was sent to it.
+//!
 //! Counters live in memory in the port process; [`VxlanPort::status`] returns them, and
 //! the command writes them to a status file that `guestnet status` shows.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -88,6 +98,18 @@ pub const DEFAULT_MAX_LEARNED: usize = 4096;
 /// Default ageing time of a learned address (as the Linux bridge and vxlan device).
 pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
 
+/// Most senders a port on a multicast group takes as remotes.
+pub const MAX_GROUP_REMOTES: usize = 1024;
+
+/// A multicast underlay: the group and the interface to join it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MulticastGroup {
+    /// The IPv4 multicast group.
+    pub address: Ipv4Addr,
+    /// The interface to join it on and to send to it through.
+    pub interface: String,
+}
+
 /// Options of a VXLAN port.
 #[derive(Debug, Clone)]
 pub struct VxlanOptions {
@@ -97,6 +119,8 @@ pub struct VxlanOptions {
     pub local: SocketAddr,
     /// The remote endpoints (address and destination UDP port).
     pub remotes: Vec<SocketAddr>,
+    /// A multicast group instead of `remotes`.
+    pub group: Option<MulticastGroup>,
     /// The underlay's MTU.
     pub underlay_mtu: usize,
     /// Bound on the table of remote addresses.
@@ -309,19 +333,88 @@ pub struct VxlanStatus {
     /// Whether datagrams leave from a source port hashed from the inner frame (a raw
     /// socket) or from the bound port (a UDP socket; no `CAP_NET_RAW`, or IPv6).
     pub hashed_source_ports: bool,
+    /// The multicast group, if the port uses one; it is then remote 0.
+    pub group: Option<SocketAddr>,
     /// Counters of the whole port (the remotes' summed, plus what has no remote).
     pub counters: VxlanCounters,
     /// The remotes.
     pub remotes: Vec<RemoteStatus>,
 }
 
-/// What both threads share: the table and the counters.
+/// What both threads share: the table, the remotes and the counters.
 #[derive(Debug)]
 struct State {
     table: RemoteTable,
-    remotes: Vec<VxlanCounters>,
+    remotes: Remotes,
     /// What is counted on no remote.
     port: VxlanCounters,
+}
+
+/// The remote endpoints and their counters. Indices are stable: remotes are only ever
+/// added (on a multicast group), never removed, so the table and the sending thread may
+/// hold an index across the lock.
+#[derive(Debug)]
+struct Remotes {
+    endpoints: Vec<SocketAddr>,
+    counters: Vec<VxlanCounters>,
+    /// On a multicast group: remote 0 is the group, and senders are admitted as they come.
+    group: bool,
+    /// The port's own address, never admitted as a remote.
+    own: IpAddr,
+    /// The UDP port admitted senders are sent to.
+    port: u16,
+}
+
+impl Remotes {
+    /// The configured remotes, or the group alone.
+    fn new(options: &VxlanOptions) -> Remotes {
+        let endpoints = match &options.group {
+            Some(group) => vec![SocketAddr::new(
+                IpAddr::V4(group.address),
+                options.local.port(),
+            )],
+            None => options.remotes.clone(),
+        };
+        Remotes {
+            counters: vec![VxlanCounters::default(); endpoints.len()],
+            endpoints,
+            group: options.group.is_some(),
+            own: options.local.ip(),
+            port: options.local.port(),
+        }
+    }
+
+    /// The remote a datagram from `from` came from; on a group, a new sender is admitted
+    /// while there is room.
+    fn find_or_admit(&mut self, from: IpAddr) -> Option<usize> {
+        // On a group, remote 0 is the group address, which never sends.
+        let first = usize::from(self.group);
+        if let Some(found) = self.endpoints[first.min(self.endpoints.len())..]
+            .iter()
+            .position(|endpoint| endpoint.ip() == from)
+        {
+            return Some(first + found);
+        }
+        // No host sends from a multicast or unspecified address; the first cannot be
+        // answered, and admitting either would let a forged datagram claim the group.
+        let impossible = from.is_multicast() || from.is_unspecified();
+        if !self.group || impossible || from == self.own || self.endpoints.len() > MAX_GROUP_REMOTES
+        {
+            return None;
+        }
+        self.endpoints.push(SocketAddr::new(from, self.port));
+        self.counters.push(VxlanCounters::default());
+        Some(self.endpoints.len() - 1)
+    }
+
+    /// The remotes a flooded frame goes to: the group, or every remote.
+    fn flood(&self) -> Range<usize> {
+        if self.group {
+            0..1
+        } else {
+            0..self.endpoints.len()
+        }
+    }
 }
 
 /// A VXLAN port bound to its socket and joined to the network.
@@ -354,12 +447,16 @@ impl StatusHandle {
         let state = lock(&self.state);
         let mut status = self.template.clone();
         status.counters = state.port;
-        for (index, remote) in status.remotes.iter_mut().enumerate() {
-            if let Some(counters) = state.remotes.get(index) {
-                remote.counters = *counters;
-                status.counters.add(counters);
-            }
-            remote.learned = state.table.behind(index, now);
+        let remotes = &state.remotes;
+        for (index, (&endpoint, counters)) in
+            remotes.endpoints.iter().zip(&remotes.counters).enumerate()
+        {
+            status.counters.add(counters);
+            status.remotes.push(RemoteStatus {
+                endpoint,
+                counters: *counters,
+                learned: state.table.behind(index, now),
+            });
         }
         status
     }
@@ -382,10 +479,24 @@ impl VxlanPort {
                 options.vni
             )));
         }
-        if options.remotes.is_empty() {
-            return Err(VxlanPortError::BadOptions(
-                "give at least one --remote".into(),
-            ));
+        match (&options.group, options.remotes.is_empty()) {
+            (None, true) => {
+                return Err(VxlanPortError::BadOptions(
+                    "give at least one --remote, or a --group".into(),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(VxlanPortError::BadOptions(
+                    "--group and --remote exclude each other".into(),
+                ));
+            }
+            (Some(group), true) if !group.address.is_multicast() || !options.local.is_ipv4() => {
+                return Err(VxlanPortError::BadOptions(format!(
+                    "{} is not an IPv4 multicast group, or the local address is not IPv4",
+                    group.address
+                )));
+            }
+            _ => {}
         }
         if options
             .remotes
@@ -413,16 +524,28 @@ impl VxlanPort {
                 options.underlay_mtu
             )));
         }
-        let socket = UdpSocket::bind(options.local)
-            .map_err(io_error(format!("bind UDP {}", options.local)))?;
-        let local = socket
+        // On a group the socket listens on every address: a socket bound to a unicast
+        // address does not receive datagrams sent to a group.
+        let bind = match options.group {
+            Some(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), options.local.port()),
+            None => options.local,
+        };
+        let socket = UdpSocket::bind(bind).map_err(io_error(format!("bind UDP {bind}")))?;
+        let bound = socket
             .local_addr()
             .map_err(io_error("read the bound address"))?;
+        let local = SocketAddr::new(options.local.ip(), bound.port());
         forbid_fragmentation(&socket, &local).map_err(io_error("forbid fragmentation"))?;
         let raw = match local {
             SocketAddr::V4(_) => open_raw_socket(),
             SocketAddr::V6(_) => None,
         };
+        if let (Some(group), SocketAddr::V4(local)) = (&options.group, local) {
+            join_group(&socket, raw.as_ref(), group, *local.ip()).map_err(io_error(format!(
+                "join {} on {}",
+                group.address, group.interface
+            )))?;
+        }
         let options = VxlanOptions { local, ..options };
         let peer = network
             .join(JoinOptions {
@@ -435,7 +558,7 @@ impl VxlanPort {
         let (sender, receiver) = peer.split();
         let state = State {
             table: RemoteTable::new(options.max_learned, options.ageing),
-            remotes: vec![VxlanCounters::default(); options.remotes.len()],
+            remotes: Remotes::new(&options),
             port: VxlanCounters::default(),
         };
         Ok(VxlanPort {
@@ -479,17 +602,11 @@ impl VxlanPort {
                 inner_mtu: self.inner_mtu(),
                 max_learned: self.options.max_learned,
                 hashed_source_ports: self.raw.is_some(),
+                group: self.options.group.as_ref().map(|group| {
+                    SocketAddr::new(IpAddr::V4(group.address), self.options.local.port())
+                }),
                 counters: VxlanCounters::default(),
-                remotes: self
-                    .options
-                    .remotes
-                    .iter()
-                    .map(|&endpoint| RemoteStatus {
-                        endpoint,
-                        counters: VxlanCounters::default(),
-                        learned: Vec::new(),
-                    })
-                    .collect(),
+                remotes: Vec::new(),
             },
         }
     }
@@ -528,7 +645,6 @@ impl VxlanPort {
                 receiver,
                 way_out,
                 vni: options.vni,
-                remotes: &options.remotes,
                 max_inner,
                 state: &state,
                 stopping: &stopping,
@@ -538,7 +654,6 @@ impl VxlanPort {
                 sender: &mut sender,
                 socket: &socket,
                 vni: options.vni,
-                remotes: &options.remotes,
                 network_mtu,
                 state: &state,
                 // A slot holds the largest valid datagram; a longer one is cut and flagged.
@@ -565,6 +680,28 @@ fn forbid_fragmentation(socket: &UdpSocket, local: &SocketAddr) -> std::io::Resu
     match local {
         SocketAddr::V4(_) => set_ip_mtu_discover(socket, Ipv4PathMtuDiscovery::DO)?,
         SocketAddr::V6(_) => set_ipv6_mtu_discover(socket, Ipv6PathMtuDiscovery::DO)?,
+    }
+    Ok(())
+}
+
+/// Joins `group` on its interface, sends to it through that interface, and keeps the
+/// port's own datagrams to the group from coming back to it.
+fn join_group(
+    socket: &UdpSocket,
+    raw: Option<&OwnedFd>,
+    group: &MulticastGroup,
+    local: Ipv4Addr,
+) -> std::io::Result<()> {
+    use rustix::net::sockopt::{
+        set_ip_add_membership_with_ifindex, set_ip_multicast_if_with_ifindex, set_ip_multicast_loop,
+    };
+    let ifindex = rustix::net::netdevice::name_to_index(socket, &group.interface)?;
+    set_ip_add_membership_with_ifindex(socket, &group.address, &local, ifindex)?;
+    set_ip_multicast_if_with_ifindex(socket, &group.address, &local, ifindex)?;
+    set_ip_multicast_loop(socket, false)?;
+    if let Some(raw) = raw {
+        set_ip_multicast_if_with_ifindex(raw, &group.address, &local, ifindex)?;
+        set_ip_multicast_loop(raw, false)?;
     }
     Ok(())
 }
@@ -602,6 +739,13 @@ fn emit_outer_headers(
     source_port: u16,
     vxlan_len: usize,
 ) {
+    // As the Linux device: one hop to a multicast group (the underlay segment), the usual
+    // default otherwise.
+    let ttl = if destination.ip().is_multicast() {
+        1
+    } else {
+        64
+    };
     let udp_len = (UDP_HEADER_LEN + vxlan_len) as u16;
     let total_len = (IPV4_HEADER_LEN + UDP_HEADER_LEN + vxlan_len) as u16;
     let (ip, udp) = headroom.split_at_mut(IPV4_HEADER_LEN);
@@ -610,7 +754,7 @@ fn emit_outer_headers(
     ip[2..4].copy_from_slice(&total_len.to_be_bytes());
     ip[4..6].fill(0); // identification: the kernel's
     ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // Don't Fragment
-    ip[8] = 64; // TTL
+    ip[8] = ttl;
     ip[9] = 17; // UDP
     ip[10..12].fill(0); // checksum: the kernel's
     ip[12..16].copy_from_slice(&source.octets());
@@ -635,7 +779,6 @@ struct Decapsulator<'a> {
     sender: &'a mut Sender,
     socket: &'a UdpSocket,
     vni: u32,
-    remotes: &'a [SocketAddr],
     network_mtu: usize,
     state: &'a Mutex<State>,
     /// Room for a round's datagrams, one slot each.
@@ -730,14 +873,8 @@ impl Decapsulator<'_> {
         let mut refused_inner = false;
         for datagram in &self.datagrams {
             let bytes = &self.buffer[datagram.start..datagram.end];
-            let verdict = classify(
-                self.remotes,
-                self.vni,
-                self.network_mtu,
-                datagram.from.ip(),
-                bytes,
-                datagram.oversize,
-            );
+            let remote = state.remotes.find_or_admit(datagram.from.ip());
+            let verdict = classify(remote, self.vni, self.network_mtu, bytes, datagram.oversize);
             match state.account(verdict, bytes, now) {
                 Some(inner) => self.batch.push(inner),
                 None if matches!(
@@ -783,7 +920,7 @@ impl State {
                 let inner = datagram.get(HEADER_LEN..)?;
                 let source = EthernetFrame::new_checked(inner).ok()?.source();
                 let learned = self.table.learn(source, remote, now_ns);
-                let counters = self.remotes.get_mut(remote)?;
+                let counters = self.remotes.counters.get_mut(remote)?;
                 if learned == Learned::Full {
                     counters.rx_not_learned += 1;
                 }
@@ -792,7 +929,7 @@ impl State {
                 return Some(inner);
             }
         };
-        let counters = self.remotes.get_mut(remote)?;
+        let counters = self.remotes.counters.get_mut(remote)?;
         match reason {
             RxDrop::Malformed => counters.rx_malformed += 1,
             RxDrop::InstanceFlagClear => counters.rx_instance_flag_clear += 1,
@@ -803,16 +940,16 @@ impl State {
     }
 }
 
-/// Decides what one datagram is. `oversize`: the socket cut it short.
+/// Decides what one datagram from `remote` (`None`: no remote of ours) is. `oversize`:
+/// the socket cut it short.
 fn classify(
-    remotes: &[SocketAddr],
+    remote: Option<usize>,
     vni: u32,
     network_mtu: usize,
-    from: IpAddr,
     datagram: &[u8],
     oversize: bool,
 ) -> Verdict {
-    let Some(remote) = remotes.iter().position(|r| r.ip() == from) else {
+    let Some(remote) = remote else {
         return Verdict::UnknownRemote;
     };
     let refused = |reason| Verdict::Refused { remote, reason };
@@ -837,7 +974,6 @@ struct Encapsulator<'a> {
     receiver: Receiver,
     way_out: WayOut,
     vni: u32,
-    remotes: &'a [SocketAddr],
     /// Longest inner frame that fits the underlay.
     max_inner: usize,
     state: &'a Mutex<State>,
@@ -872,7 +1008,10 @@ impl Encapsulator<'_> {
         let mut batch = FrameBatch::default();
         let mut targets = Vec::with_capacity(SEND_BUDGET);
         let mut datagram = Vec::new();
-        let mut counted = vec![VxlanCounters::default(); self.remotes.len()];
+        // Copies of the remotes, taken under the lock each round, so that sends need none.
+        let mut endpoints = Vec::new();
+        let mut flood = 0..0;
+        let mut counted = Vec::new();
         while !self.stopping.load(Ordering::Relaxed) {
             if !self.receiver.wait(SENDER_WAIT) {
                 continue;
@@ -890,44 +1029,47 @@ impl Encapsulator<'_> {
                         .iter()
                         .map(|frame| target(&state.table, self.max_inner, frame, now)),
                 );
+                endpoints.clone_from(&state.remotes.endpoints);
+                flood = state.remotes.flood();
             }
             let mut too_big = 0;
-            counted.fill(VxlanCounters::default());
+            counted.clear();
+            counted.resize(endpoints.len(), VxlanCounters::default());
             for (frame, &target) in batch.iter().zip(&targets) {
-                match target {
-                    Target::TooBig => too_big += 1,
-                    Target::One(remote) => {
-                        self.send(&mut datagram, frame, remote, &mut counted);
+                let remotes = match target {
+                    Target::TooBig => {
+                        too_big += 1;
+                        continue;
                     }
-                    Target::All => {
-                        for remote in 0..self.remotes.len() {
-                            self.send(&mut datagram, frame, remote, &mut counted);
-                        }
+                    Target::One(remote) => remote..remote + 1,
+                    Target::All => flood.clone(),
+                };
+                for remote in remotes {
+                    if let (Some(&endpoint), Some(counters)) =
+                        (endpoints.get(remote), counted.get_mut(remote))
+                    {
+                        self.send(&mut datagram, frame, endpoint, counters);
                     }
                 }
             }
             let mut state = lock(self.state);
             state.port.tx_too_big += too_big;
-            for (total, round) in state.remotes.iter_mut().zip(&counted) {
+            for (total, round) in state.remotes.counters.iter_mut().zip(&counted) {
                 total.add(round);
             }
         }
     }
 
-    /// Encapsulates `frame` and sends it to remote `remote`, counting the outcome.
+    /// Encapsulates `frame` and sends it to `endpoint`, counting the outcome.
     ///
     /// `datagram` is scratch space: outer headroom, VXLAN header, frame.
     fn send(
         &self,
         datagram: &mut Vec<u8>,
         frame: &[u8],
-        remote: usize,
-        counted: &mut [VxlanCounters],
+        endpoint: SocketAddr,
+        counters: &mut VxlanCounters,
     ) {
-        let (Some(&endpoint), Some(counters)) = (self.remotes.get(remote), counted.get_mut(remote))
-        else {
-            return;
-        };
         datagram.clear();
         datagram.resize(OUTER_HEADROOM + HEADER_LEN, 0);
         VxlanRepr { vni: self.vni }.emit(&mut VxlanPacket::new_unchecked(
@@ -1095,45 +1237,85 @@ mod tests {
 
     #[test]
     fn datagrams_are_classified_by_what_is_wrong_with_them() {
-        let remotes = remotes();
-        let from = |i: usize| remotes[i].ip();
-        let check =
-            |from, bytes: &[u8], oversize| classify(&remotes, 42, 1500, from, bytes, oversize);
+        let check = |remote, bytes: &[u8], oversize| classify(remote, 42, 1500, bytes, oversize);
         let good = datagram(0x08, [0, 0, 42], &inner());
-        assert_eq!(check(from(1), &good, false), Verdict::Deliver { remote: 1 });
-        // Remotes are matched by address; the source port is the sender's hash.
-        assert_eq!(
-            check("10.99.0.9".parse().unwrap(), &good, false),
-            Verdict::UnknownRemote
-        );
+        assert_eq!(check(Some(1), &good, false), Verdict::Deliver { remote: 1 });
+        assert_eq!(check(None, &good, false), Verdict::UnknownRemote);
         let refused = |reason| Verdict::Refused { remote: 0, reason };
         assert_eq!(
-            check(from(0), &good[..7], false),
+            check(Some(0), &good[..7], false),
             refused(RxDrop::Malformed)
         );
         assert_eq!(
-            check(from(0), &datagram(0x00, [0, 0, 42], &inner()), false),
+            check(Some(0), &datagram(0x00, [0, 0, 42], &inner()), false),
             refused(RxDrop::InstanceFlagClear)
         );
         assert_eq!(
-            check(from(0), &datagram(0x08, [0, 0, 43], &inner()), false),
+            check(Some(0), &datagram(0x08, [0, 0, 43], &inner()), false),
             refused(RxDrop::ForeignVni)
         );
         assert_eq!(
-            check(from(0), &datagram(0x08, [0, 0, 42], &inner()[..13]), false),
+            check(Some(0), &datagram(0x08, [0, 0, 42], &inner()[..13]), false),
             refused(RxDrop::InvalidInner)
         );
         let mut multicast_source = inner();
         multicast_source[6] = 0x01;
         assert_eq!(
             check(
-                from(0),
+                Some(0),
                 &datagram(0x08, [0, 0, 42], &multicast_source),
                 false
             ),
             refused(RxDrop::InvalidInner)
         );
-        assert_eq!(check(from(0), &good, true), refused(RxDrop::InvalidInner));
+        assert_eq!(check(Some(0), &good, true), refused(RxDrop::InvalidInner));
+    }
+
+    fn options(group: Option<MulticastGroup>, remotes: Vec<SocketAddr>) -> VxlanOptions {
+        VxlanOptions {
+            vni: 42,
+            local: "10.99.0.1:4789".parse().unwrap(),
+            remotes,
+            group,
+            underlay_mtu: 1500,
+            max_learned: DEFAULT_MAX_LEARNED,
+            ageing: DEFAULT_AGEING,
+        }
+    }
+
+    #[test]
+    fn configured_remotes_are_matched_by_address_and_strangers_refused() {
+        let mut remotes = Remotes::new(&options(None, remotes()));
+        // VTEPs send from a hashed port: the address alone names the remote.
+        assert_eq!(remotes.find_or_admit("10.99.0.3".parse().unwrap()), Some(1));
+        assert_eq!(remotes.find_or_admit("10.99.0.9".parse().unwrap()), None);
+        assert_eq!(remotes.endpoints.len(), 2);
+        assert_eq!(remotes.flood(), 0..2);
+    }
+
+    #[test]
+    fn on_a_group_senders_become_remotes_up_to_the_limit() {
+        let group = MulticastGroup {
+            address: Ipv4Addr::new(239, 1, 1, 1),
+            interface: "u0".into(),
+        };
+        let mut remotes = Remotes::new(&options(Some(group), Vec::new()));
+        assert_eq!(remotes.endpoints, vec!["239.1.1.1:4789".parse().unwrap()]);
+        assert_eq!(remotes.flood(), 0..1);
+        let sender: IpAddr = "10.99.0.2".parse().unwrap();
+        assert_eq!(remotes.find_or_admit(sender), Some(1));
+        assert_eq!(remotes.find_or_admit(sender), Some(1));
+        assert_eq!(remotes.endpoints[1], "10.99.0.2:4789".parse().unwrap());
+        // Our own datagrams are never a remote, and the group never sends.
+        assert_eq!(remotes.find_or_admit("10.99.0.1".parse().unwrap()), None);
+        assert_eq!(remotes.find_or_admit("239.1.1.1".parse().unwrap()), None);
+        for i in 0..2000u32 {
+            let address = Ipv4Addr::from(0x0a63_1000 + i);
+            remotes.find_or_admit(IpAddr::V4(address));
+        }
+        assert_eq!(remotes.endpoints.len(), MAX_GROUP_REMOTES + 1);
+        assert_eq!(remotes.counters.len(), remotes.endpoints.len());
+        assert_eq!(remotes.flood(), 0..1);
     }
 
     #[test]
@@ -1148,7 +1330,7 @@ mod tests {
         );
         #[rustfmt::skip]
         let expected = [
-            0x45, 0x00, 0x00, 96, 0x00, 0x00, 0x40, 0x00, 64, 17, 0x00, 0x00, // IPv4, DF
+            0x45, 0x00, 0x00, 96, 0x00, 0x00, 0x40, 0x00, 64, 17, 0x00, 0x00, // IPv4, DF, TTL 64
             10, 99, 0, 1, 10, 99, 0, 2,
             0xc3, 0x50, 0x12, 0xb5, 0x00, 76, 0x00, 0x00, // UDP 50000 → 4789, len 76, csum 0
         ];
@@ -1159,7 +1341,7 @@ mod tests {
     fn past_the_limit_new_sources_are_delivered_but_not_learned() {
         let mut state = State {
             table: RemoteTable::new(2, DEFAULT_AGEING),
-            remotes: vec![VxlanCounters::default(); 2],
+            remotes: Remotes::new(&options(None, remotes())),
             port: VxlanCounters::default(),
         };
         let deliver = Verdict::Deliver { remote: 1 };
@@ -1170,9 +1352,9 @@ mod tests {
             assert_eq!(state.account(deliver, &datagram, 0), Some(&frame[..]));
         }
         assert_eq!(state.table.len(), 2);
-        assert_eq!(state.remotes[1].rx_packets, 5);
-        assert_eq!(state.remotes[1].rx_bytes, 5 * 60);
-        assert_eq!(state.remotes[1].rx_not_learned, 3);
+        assert_eq!(state.remotes.counters[1].rx_packets, 5);
+        assert_eq!(state.remotes.counters[1].rx_bytes, 5 * 60);
+        assert_eq!(state.remotes.counters[1].rx_not_learned, 3);
         // Refusals are counted on their remote, or on the port when there is none.
         let good = datagram(0x08, [0, 0, 42], &inner());
         let refused = Verdict::Refused {
@@ -1181,9 +1363,9 @@ mod tests {
         };
         assert_eq!(state.account(refused, &good, 0), None);
         assert_eq!(state.account(Verdict::UnknownRemote, &good, 0), None);
-        assert_eq!(state.remotes[0].rx_foreign_vni, 1);
+        assert_eq!(state.remotes.counters[0].rx_foreign_vni, 1);
         assert_eq!(state.port.rx_unknown_remote, 1);
-        assert_eq!(state.remotes[0].rx_packets, 0);
+        assert_eq!(state.remotes.counters[0].rx_packets, 0);
     }
 
     #[test]
