@@ -73,7 +73,12 @@ fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
     if let Ok(address) = text.parse::<SocketAddr>() {
         return Ok(address);
     }
-    text.parse::<IpAddr>()
+    // An IPv6 address may come bracketed without a port, as in `[fd00::1]`.
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse::<IpAddr>()
         .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
         .map_err(|_| format!("{text:?} is not an address or address:port"))
 }
@@ -243,6 +248,11 @@ mod tests {
             parse_endpoint("fd00::1").unwrap(),
             "[fd00::1]:4789".parse().unwrap()
         );
+        assert_eq!(
+            parse_endpoint("[fd00::1]").unwrap(),
+            "[fd00::1]:4789".parse().unwrap()
+        );
         assert!(parse_endpoint("host").is_err());
+        assert!(parse_endpoint("[10.0.0.1").is_err());
     }
 }

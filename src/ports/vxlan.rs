@@ -2,8 +2,9 @@
 //!
 //! The port joins the network as a single **uplink** peer and stands for everything on
 //! the other hosts. It binds a UDP socket on the underlay and exchanges VXLAN datagrams
-//! with a fixed list of remote endpoints (`--remote`), which may be other guestnet ports
-//! or any VTEP that speaks RFC 7348: the Linux kernel's `vxlan` device, Open vSwitch.
+//! with a fixed list of remote endpoints (`--remote`) or over a multicast group (see
+//! below). The other ends may be guestnet ports or any VTEP that speaks RFC 7348: the
+//! Linux kernel's `vxlan` device, Open vSwitch.
 //!
 //! **Underlay → network** (the serving thread). Datagrams are taken in rounds of up to
 //! [`RECEIVE_BATCH`]. Each is checked in order, and each refusal is counted by reason, on
@@ -54,8 +55,8 @@
 //! directly. The port's own datagrams are not looped back to it. In `status`, remote 0 is
 //! the group itself and counts what was sent to it.
 //!
-//! Counters live in memory in the port process; [`VxlanPort::status`] returns them, and
-//! the command writes them to a status file that `guestnet status` shows.
+//! Counters live in memory in the port process; a [`StatusHandle`] reads them while the
+//! port serves, and the command writes them to a status file that `guestnet status` shows.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
