@@ -394,7 +394,7 @@ fn human_count(value: u64) -> String {
 }
 
 /// A byte count in binary units: `512 B`, `1.50 KiB`, `25.1 MiB`.
-fn human_bytes(value: u64) -> String {
+pub(crate) fn human_bytes(value: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if value < 1024 {
         return format!("{value} B");

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use super::admin::human_bytes;
 use crate::network::Network;
 use crate::ports::socket::Doorbell;
 use crate::ports::vxlan::{
@@ -92,8 +93,9 @@ fn status_dir(dir: &Path) -> PathBuf {
     dir.join(".vxlan")
 }
 
-/// The status files of the VXLAN ports of `network`, read back (unreadable ones skipped:
-/// a port may be rewriting or removing its file just now).
+/// The status files of the live VXLAN ports of `network`, read back. Unreadable files
+/// are skipped (a port may be rewriting or removing its file just now), and so are files
+/// left behind by a port that was killed before it could remove its own.
 pub fn read_statuses(dir: &Path, network: &str) -> Vec<VxlanStatus> {
     let prefix = format!("{network}.");
     let Ok(entries) = std::fs::read_dir(status_dir(dir)) else {
@@ -107,13 +109,28 @@ pub fn read_statuses(dir: &Path, network: &str) -> Vec<VxlanStatus> {
             // NAME.PID.json exactly: a network "lab.x" must not show in "lab"'s status.
             name.strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(".json"))
-                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(is_alive)
         })
         .filter_map(|entry| std::fs::read(entry.path()).ok())
         .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
         .collect();
     statuses.sort_by_key(|status| status.slot);
     statuses
+}
+
+/// Whether process `pid` exists (a process of another user counts).
+fn is_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
 }
 
 /// Prints the VXLAN ports' status for `guestnet status`.
@@ -140,18 +157,21 @@ pub fn print_statuses(statuses: &[VxlanStatus]) {
         for remote in &status.remotes {
             let r = &remote.counters;
             println!(
-                "  remote {}  rx {} pkts {} B  tx {} pkts {} B  malformed {}  I flag clear {}  other VNI {}  invalid inner {}  not learned {}  send errors {}",
+                "  remote {}  rx {} pkts {}  tx {} pkts {}",
                 remote.endpoint,
                 r.rx_packets,
-                r.rx_bytes,
+                human_bytes(r.rx_bytes),
                 r.tx_packets,
-                r.tx_bytes,
+                human_bytes(r.tx_bytes)
+            );
+            println!(
+                "    dropped: malformed {}  I flag clear {}  other VNI {}  invalid inner {}  send errors {};  not learned (table full) {}",
                 r.rx_malformed,
                 r.rx_instance_flag_clear,
                 r.rx_foreign_vni,
                 r.rx_invalid_inner,
-                r.rx_not_learned,
-                r.tx_errors
+                r.tx_errors,
+                r.rx_not_learned
             );
             if !remote.learned.is_empty() {
                 let macs: Vec<String> = remote.learned.iter().map(ToString::to_string).collect();
@@ -233,6 +253,43 @@ pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_live_ports_of_the_named_network_are_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(status_dir(dir.path())).unwrap();
+        let status = VxlanStatus {
+            network: "lab".into(),
+            slot: 3,
+            vni: 42,
+            local: "10.99.0.1:4789".parse().unwrap(),
+            underlay_mtu: 1500,
+            inner_mtu: 1450,
+            max_learned: 4096,
+            hashed_source_ports: true,
+            group: None,
+            counters: Default::default(),
+            remotes: Vec::new(),
+        };
+        let json = serde_json::to_vec(&status).unwrap();
+        let live = std::process::id();
+        // A process that has ended: its pid names nobody (until reused, which a freshly
+        // reaped pid is not this soon).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        for path in [
+            status_path(dir.path(), "lab", live),
+            status_path(dir.path(), "lab", dead),
+            status_path(dir.path(), "lab.x", live),
+        ] {
+            std::fs::write(path, &json).unwrap();
+        }
+        let statuses = read_statuses(dir.path(), "lab");
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(statuses[0].slot, 3);
+        assert_eq!(read_statuses(dir.path(), "other").len(), 0);
+    }
 
     #[test]
     fn endpoints_take_the_vxlan_port_by_default() {
