@@ -661,16 +661,19 @@ fn vxlan_datagram(flags: u8, vni: u32, inner: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn malformed_and_foreign_datagrams_are_counted_and_never_delivered() {
+fn malformed_foreign_and_flooding_datagrams_are_counted_and_never_delivered() {
     if !prerequisites_met() {
         return;
     }
     let mut world = World::new("bad");
-    let a = world.guestnet_host(0, &[1]);
+    // Room for one learned address behind the remotes.
+    let port_args = ["--remote", "10.99.0.2", "--max-learned", "1"].map(String::from);
+    let a = world.vxlan_host(0, &port_args, 1550);
     let b = world.underlay_host(1);
     ip(&["-n", &b, "addr", "add", "10.99.0.9/24", "dev", "u0"]);
     let mut peer = library_peer(&a);
     let source = MacAddress::new([0x02, 0xbb, 0, 0, 0, 1]);
+    let newcomer = MacAddress::new([0x02, 0xbb, 0, 0, 0, 2]);
     let mut multicast_source = broadcast(source, 9);
     multicast_source[6] = 0x03;
     let to = "10.99.0.1:4789";
@@ -691,14 +694,18 @@ fn malformed_and_foreign_datagrams_are_counted_and_never_delivered() {
             vxlan_datagram(0x08, 42, &broadcast(source, 9)[..10]),
             vxlan_datagram(0x08, 42, &multicast_source),
             vxlan_datagram(0x08, 42, &vec![0u8; 1600]),
-            // The one good datagram, last: once it is in, the others have been judged.
+            // Good: its source takes the one place in the table.
+            vxlan_datagram(0x08, 42, &broadcast(source, 5)),
+            // A second source finds the table full.
+            vxlan_datagram(0x08, 42, &broadcast(newcomer, 6)),
+            // Good again, last: once it is in, the others have been judged.
             vxlan_datagram(0x08, 42, &broadcast(source, 2)),
         ],
     );
     assert_eq!(
         tags_until(&mut peer, 2),
-        vec![2],
-        "only the good frame arrives"
+        vec![5, 2],
+        "only the good frames arrive"
     );
     wait_until("the status file shows every drop", || {
         let status = vxlan_status(&a);
@@ -708,7 +715,8 @@ fn malformed_and_foreign_datagrams_are_counted_and_never_delivered() {
             && remote["rx_instance_flag_clear"] == 1
             && remote["rx_foreign_vni"] == 1
             && remote["rx_invalid_inner"] == 3
-            && remote["rx_packets"] == 1
+            && remote["rx_too_many_sources"] == 1
+            && remote["rx_packets"] == 2
     });
     // The network's own counters agree: the port's peer counted the invalid frames.
     let port = a
@@ -718,9 +726,9 @@ fn malformed_and_foreign_datagrams_are_counted_and_never_delivered() {
         .into_iter()
         .find(|p| p.kind == PortKind::Vxlan)
         .expect("the port's peer");
-    assert_eq!(port.tx_packets, 1);
+    assert_eq!(port.tx_packets, 2);
     assert_eq!(port.drops.get("tx_invalid"), Some(&3), "{:?}", port.drops);
-    assert_eq!(peer.counters().rx_packets, 1);
+    assert_eq!(peer.counters().rx_packets, 2);
 }
 
 #[test]

@@ -61,7 +61,8 @@ pub struct VxlanArgs {
     /// The underlay's MTU; frames that would not fit after the overhead are dropped.
     #[arg(long, default_value_t = 1500)]
     pub underlay_mtu: usize,
-    /// Most inner addresses learned behind the remotes.
+    /// Most inner addresses learned behind the remotes; frames from further new source
+    /// addresses are dropped and counted.
     #[arg(long, default_value_t = DEFAULT_MAX_LEARNED)]
     pub max_learned: usize,
     /// Seconds a learned address lives without traffic.
@@ -165,13 +166,13 @@ pub fn print_statuses(statuses: &[VxlanStatus]) {
                 human_bytes(r.tx_bytes)
             );
             println!(
-                "    dropped: malformed {}  I flag clear {}  other VNI {}  invalid inner {}  send errors {};  not learned (table full) {}",
+                "    dropped: malformed {}  I flag clear {}  other VNI {}  invalid inner {}  too many sources {}  send errors {}",
                 r.rx_malformed,
                 r.rx_instance_flag_clear,
                 r.rx_foreign_vni,
                 r.rx_invalid_inner,
-                r.tx_errors,
-                r.rx_not_learned
+                r.rx_too_many_sources,
+                r.tx_errors
             );
             if !remote.learned.is_empty() {
                 let macs: Vec<String> = remote.learned.iter().map(ToString::to_string).collect();

@@ -40,10 +40,11 @@
 //!   underlay port can inject frames; a fixed peer list is what a user who typed it
 //!   expects. Remotes are matched by IP address only, since VTEPs send from a hashed
 //!   source port.
-//! * The table of remote addresses holds at most `max_learned` entries. A new address
-//!   past the limit is not learned (`rx_not_learned`) but its frame is still delivered:
-//!   replies to it are then replicated to every remote, which is correct, only less
-//!   efficient, and a flood of made-up addresses cannot push out the real ones.
+//! * The table of remote addresses holds at most `max_learned` entries. A frame from a new
+//!   source address past the limit is dropped (`rx_too_many_sources`), as a switch port
+//!   with a MAC limit does: delivering it would let a flood of made-up addresses fill the
+//!   network's own learned table too. Addresses already learned keep working, and room
+//!   comes back as entries age out.
 //! * Entries age out after [`VxlanOptions::ageing`] without traffic, as a bridge's do.
 //!
 //! **Multicast underlay** ([`VxlanOptions::group`]). Instead of a list of remotes, the
@@ -166,8 +167,8 @@ pub struct VxlanCounters {
     pub rx_invalid_inner: u64,
     /// Dropped: from an address that is not a configured remote.
     pub rx_unknown_remote: u64,
-    /// Delivered, but the source address was not learned: the table was full.
-    pub rx_not_learned: u64,
+    /// Dropped: a new inner source address, and the table of remote addresses was full.
+    pub rx_too_many_sources: u64,
     /// Dropped: too big for the underlay's MTU once encapsulated.
     pub tx_too_big: u64,
     /// Dropped: the socket refused the send.
@@ -185,7 +186,7 @@ impl VxlanCounters {
         self.rx_foreign_vni += other.rx_foreign_vni;
         self.rx_invalid_inner += other.rx_invalid_inner;
         self.rx_unknown_remote += other.rx_unknown_remote;
-        self.rx_not_learned += other.rx_not_learned;
+        self.rx_too_many_sources += other.rx_too_many_sources;
         self.tx_too_big += other.tx_too_big;
         self.tx_errors += other.tx_errors;
     }
@@ -286,16 +287,21 @@ impl RemoteTable {
         self.entries.is_empty()
     }
 
-    /// The live addresses behind `remote`, sorted.
-    pub fn behind(&self, remote: usize, now_ns: u64) -> Vec<MacAddress> {
-        let mut macs: Vec<MacAddress> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| entry.remote == remote && !self.expired(entry, now_ns))
-            .map(|(mac, _)| *mac)
-            .collect();
-        macs.sort();
-        macs
+    /// The live addresses behind each of `remotes` remotes, sorted; one pass over the
+    /// table, so `status` costs the same however many remotes there are.
+    pub fn by_remote(&self, remotes: usize, now_ns: u64) -> Vec<Vec<MacAddress>> {
+        let mut lists = vec![Vec::new(); remotes];
+        for (mac, entry) in &self.entries {
+            if let Some(list) = lists.get_mut(entry.remote)
+                && !self.expired(entry, now_ns)
+            {
+                list.push(*mac);
+            }
+        }
+        for list in &mut lists {
+            list.sort();
+        }
+        lists
     }
 
     fn expired(&self, entry: &Entry, now_ns: u64) -> bool {
@@ -449,14 +455,15 @@ impl StatusHandle {
         let mut status = self.template.clone();
         status.counters = state.port;
         let remotes = &state.remotes;
-        for (index, (&endpoint, counters)) in
-            remotes.endpoints.iter().zip(&remotes.counters).enumerate()
+        let learned = state.table.by_remote(remotes.endpoints.len(), now);
+        for ((&endpoint, counters), learned) in
+            remotes.endpoints.iter().zip(&remotes.counters).zip(learned)
         {
             status.counters.add(counters);
             status.remotes.push(RemoteStatus {
                 endpoint,
                 counters: *counters,
-                learned: state.table.behind(index, now),
+                learned,
             });
         }
         status
@@ -923,7 +930,8 @@ impl State {
                 let learned = self.table.learn(source, remote, now_ns);
                 let counters = self.remotes.counters.get_mut(remote)?;
                 if learned == Learned::Full {
-                    counters.rx_not_learned += 1;
+                    counters.rx_too_many_sources += 1;
+                    return None;
                 }
                 counters.rx_packets += 1;
                 counters.rx_bytes += inner.len() as u64;
@@ -1192,8 +1200,16 @@ mod tests {
         table.learn(mac(1), 0, 0);
         assert_eq!(table.learn(mac(1), 2, SECOND), Learned::Moved);
         assert_eq!(table.lookup(mac(1), SECOND), Some(2));
-        assert_eq!(table.behind(0, SECOND), Vec::<MacAddress>::new());
-        assert_eq!(table.behind(2, SECOND), vec![mac(1)]);
+        assert_eq!(
+            table.by_remote(3, SECOND),
+            vec![Vec::new(), Vec::new(), vec![mac(1)]]
+        );
+        // Expired entries are not listed, and a remote index past the list is ignored.
+        table.learn(mac(2), 7, SECOND);
+        assert_eq!(
+            table.by_remote(1, DEFAULT_AGEING.as_nanos() as u64 + SECOND),
+            vec![Vec::new()]
+        );
     }
 
     #[test]
@@ -1339,7 +1355,7 @@ mod tests {
     }
 
     #[test]
-    fn past_the_limit_new_sources_are_delivered_but_not_learned() {
+    fn past_the_limit_frames_from_new_sources_are_dropped_and_known_ones_pass() {
         let mut state = State {
             table: RemoteTable::new(2, DEFAULT_AGEING),
             remotes: Remotes::new(&options(None, remotes())),
@@ -1350,12 +1366,18 @@ mod tests {
             let mut frame = inner();
             frame[11] = i;
             let datagram = datagram(0x08, [0, 0, 42], &frame);
-            assert_eq!(state.account(deliver, &datagram, 0), Some(&frame[..]));
+            let expected = if i < 2 { Some(&frame[..]) } else { None };
+            assert_eq!(state.account(deliver, &datagram, 0), expected);
         }
+        // A source already learned still passes.
+        let mut known = inner();
+        known[11] = 1;
+        let again = datagram(0x08, [0, 0, 42], &known);
+        assert_eq!(state.account(deliver, &again, 0), Some(&known[..]));
         assert_eq!(state.table.len(), 2);
-        assert_eq!(state.remotes.counters[1].rx_packets, 5);
-        assert_eq!(state.remotes.counters[1].rx_bytes, 5 * 60);
-        assert_eq!(state.remotes.counters[1].rx_not_learned, 3);
+        assert_eq!(state.remotes.counters[1].rx_packets, 3);
+        assert_eq!(state.remotes.counters[1].rx_bytes, 3 * 60);
+        assert_eq!(state.remotes.counters[1].rx_too_many_sources, 3);
         // Refusals are counted on their remote, or on the port when there is none.
         let good = datagram(0x08, [0, 0, 42], &inner());
         let refused = Verdict::Refused {
