@@ -848,7 +848,8 @@ impl Decapsulator<'_> {
     fn receive_round(&mut self) {
         let slot = self.buffer.len() / RECEIVE_BATCH;
         self.datagrams.clear();
-        while self.datagrams.len() < RECEIVE_BATCH {
+        // At most one batch of attempts, whatever each turns out to be.
+        for _ in 0..RECEIVE_BATCH {
             let start = self.datagrams.len() * slot;
             let Some(space) = self.buffer.get_mut(start..start + slot) else {
                 break;
