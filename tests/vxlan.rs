@@ -589,7 +589,7 @@ fn tags_until(peer: &mut Peer, last: u8) -> Vec<u8> {
 }
 
 #[test]
-fn a_broadcast_reaches_each_of_two_other_hosts_exactly_once() {
+fn a_broadcast_reaches_each_of_two_other_hosts_exactly_once_and_a_reply_only_its_host() {
     if !prerequisites_met() {
         return;
     }
@@ -624,6 +624,17 @@ fn a_broadcast_reaches_each_of_two_other_hosts_exactly_once() {
                 && status["remotes"][1]["counters"]["tx_packets"] == 0
         });
     }
+    // A reply from host 1 to the learned address goes to host 0 alone: host 2 sees only
+    // the broadcast sent after it.
+    let replier = peers[1].mac();
+    peers[1].send(&unicast(source, replier, 3));
+    peers[1].send(&broadcast(replier, 4));
+    assert_eq!(tags_until(&mut peers[0], 4), vec![3, 4]);
+    assert_eq!(
+        tags_until(&mut peers[2], 4),
+        vec![4],
+        "the unicast was not replicated"
+    );
 }
 
 /// Moves the calling thread into a named network namespace (setns moves only the
