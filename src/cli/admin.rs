@@ -220,6 +220,9 @@ struct StatusReport {
     #[serde(flatten)]
     status: NetworkStatus,
     damage: Vec<DamageReport>,
+    /// The VXLAN ports' own status, from the files they write.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    vxlan: Vec<crate::ports::vxlan::VxlanStatus>,
 }
 
 /// Runs `status`.
@@ -240,10 +243,12 @@ pub fn status(dir: &Path, args: StatusArgs) -> anyhow::Result<()> {
                     damage,
                 })
                 .collect(),
+            vxlan: super::vxlan::read_statuses(dir, &args.name),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_status(&status);
+        super::vxlan::print_statuses(&super::vxlan::read_statuses(dir, &args.name));
         if !damage.is_empty() {
             println!();
             println!("DAMAGE ({problems})");
@@ -391,7 +396,7 @@ fn human_count(value: u64) -> String {
 }
 
 /// A byte count in binary units: `512 B`, `1.50 KiB`, `25.1 MiB`.
-fn human_bytes(value: u64) -> String {
+pub(crate) fn human_bytes(value: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if value < 1024 {
         return format!("{value} B");

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod stream;
 pub mod tap;
 pub mod traffic;
+pub mod vxlan;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,8 @@ pub enum Command {
     Dgram(dgram::DgramArgs),
     /// Put kernel network stacks on a network through TAP devices.
     Tap(tap::TapArgs),
+    /// Join the same network on other hosts over VXLAN (RFC 7348).
+    Vxlan(vxlan::VxlanArgs),
     /// Capture a network's frames into a pcap file.
     Capture(capture::CaptureArgs),
     /// Show guestnet at work: two namespaces on TAP ports, ping, TCP, capture (as root).
@@ -90,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stream(args) => stream::run(&dir, args),
         Command::Dgram(args) => dgram::run(&dir, args),
         Command::Tap(args) => tap::run(&dir, args),
+        Command::Vxlan(args) => vxlan::run(&dir, args),
         Command::Capture(args) => capture::run(&dir, args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(&dir, args),

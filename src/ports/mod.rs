@@ -10,3 +10,4 @@ pub mod rtnetlink;
 pub mod socket;
 pub mod stream;
 pub mod tap;
+pub mod vxlan;

@@ -6,7 +6,7 @@
 //! tests, and lets the same code serve every host — the shared-memory network, the port
 //! programs, the fuzz targets — without any of them dragging the others' I/O along.
 //!
-//! Five modules live here:
+//! Six modules live here:
 //!
 //! * [`ethernet`] — the frames themselves. The network moves bare Ethernet frames and looks
 //!   at only their first fourteen bytes, so this module is a thin, checked view over a
@@ -24,6 +24,9 @@
 //! * [`offload`] — finishing those offloads in software for a peer that cannot take them:
 //!   completing a partial checksum, and cutting a 64 KiB TCP or UDP super-packet into
 //!   segments, without trusting any offset the guest wrote.
+//! * [`vxlan`] — the 8-byte VXLAN header (RFC 7348) that carries a frame between hosts in
+//!   a UDP datagram, the UDP source port hashed from the inner frame, and the overhead
+//!   that decides whether a frame fits the underlay.
 //!
 //! Every view follows one rule, borrowed from smoltcp: construct it with `new_checked` (or
 //! call `check_len` yourself) and after that no accessor panics, whatever the bytes are.
@@ -35,6 +38,7 @@ pub mod offload;
 pub mod pcap;
 pub mod stream;
 pub mod virtio_net;
+pub mod vxlan;
 
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr, MacAddress, WireError};
 pub use offload::{OffloadError, Segmenter};

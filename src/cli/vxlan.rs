@@ -1,0 +1,316 @@
+//! `vxlan`: join a network to the same network on other hosts over VXLAN (RFC 7348).
+//!
+//! The port's counters live in its process; so that `guestnet status` can show them, the
+//! command writes them every second to `.vxlan/NAME.PID.json` in the networks' directory
+//! (a hidden directory, so `guestnet list` does not take the files for networks) and
+//! removes the file when it ends.
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::admin::human_bytes;
+use crate::network::Network;
+use crate::ports::socket::Doorbell;
+use crate::ports::vxlan::{
+    DEFAULT_AGEING, DEFAULT_MAX_LEARNED, MulticastGroup, StatusHandle, VxlanOptions, VxlanPort,
+    VxlanStatus,
+};
+use crate::wire::vxlan::DEFAULT_PORT;
+
+/// How often the status file is rewritten.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Arguments of `vxlan`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+The port is one uplink peer standing for every host behind the remotes. Frames for
+addresses learned behind a remote go to it alone; broadcast, multicast and unknown unicast
+go to every remote, or once to a multicast group (`--group 239.1.1.1 --dev eth0`, as the
+Linux device's `group ... dev ...`). With remotes, datagrams from other addresses are
+dropped and counted; on a group, every sender becomes a remote. Prints
+`ready slot N local ADDR inner-mtu M` once it serves. Example, with the Linux kernel on the
+other side (`ip link add vx0 type vxlan id 42 local 10.99.0.2 remote 10.99.0.1 dstport 4789`):
+  guestnet vxlan lab --vni 42 --local 10.99.0.1 --remote 10.99.0.2")]
+pub struct VxlanArgs {
+    /// Network name.
+    pub name: String,
+    /// VXLAN network identifier (0..=16777215).
+    #[arg(long)]
+    pub vni: u32,
+    /// Local address to bind, with an optional UDP port [default port: 4789].
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_endpoint)]
+    pub local: SocketAddr,
+    /// A remote endpoint (repeat for several; head-end replication).
+    #[arg(long = "remote", value_name = "ADDR[:PORT]", value_parser = parse_endpoint,
+          required_unless_present = "group")]
+    pub remotes: Vec<SocketAddr>,
+    /// IPv4 multicast group to send broadcast and unknown unicast to, instead of remotes.
+    #[arg(
+        long,
+        value_name = "MCAST",
+        requires = "dev",
+        conflicts_with = "remotes"
+    )]
+    pub group: Option<Ipv4Addr>,
+    /// Interface to join the multicast group on.
+    #[arg(long, value_name = "IF", requires = "group")]
+    pub dev: Option<String>,
+    /// The underlay's MTU; frames that would not fit after the overhead are dropped.
+    #[arg(long, default_value_t = 1500)]
+    pub underlay_mtu: usize,
+    /// Most inner addresses learned behind the remotes; frames from further new source
+    /// addresses are dropped and counted.
+    #[arg(long, default_value_t = DEFAULT_MAX_LEARNED)]
+    pub max_learned: usize,
+    /// Seconds a learned address lives without traffic.
+    #[arg(long, default_value_t = DEFAULT_AGEING.as_secs())]
+    pub ageing: u64,
+}
+
+/// `ADDR` or `ADDR:PORT`, IPv6 as `[ADDR]:PORT`; the port defaults to 4789.
+fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    // An IPv6 address may come bracketed without a port, as in `[fd00::1]`.
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, DEFAULT_PORT))
+        .map_err(|_| format!("{text:?} is not an address or address:port"))
+}
+
+/// Path of a port's status file.
+pub fn status_path(dir: &Path, network: &str, pid: u32) -> PathBuf {
+    status_dir(dir).join(format!("{network}.{pid}.json"))
+}
+
+fn status_dir(dir: &Path) -> PathBuf {
+    dir.join(".vxlan")
+}
+
+/// The status files of the live VXLAN ports of `network`, read back. Unreadable files
+/// are skipped (a port may be rewriting or removing its file just now), and so are files
+/// left behind by a port that was killed before it could remove its own.
+pub fn read_statuses(dir: &Path, network: &str) -> Vec<VxlanStatus> {
+    let prefix = format!("{network}.");
+    let Ok(entries) = std::fs::read_dir(status_dir(dir)) else {
+        return Vec::new();
+    };
+    let mut statuses: Vec<VxlanStatus> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // NAME.PID.json exactly: a network "lab.x" must not show in "lab"'s status.
+            name.strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".json"))
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(is_alive)
+        })
+        .filter_map(|entry| std::fs::read(entry.path()).ok())
+        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+        .collect();
+    statuses.sort_by_key(|status| status.slot);
+    statuses
+}
+
+/// Whether process `pid` exists (a process of another user counts).
+fn is_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
+    }
+}
+
+/// Prints the VXLAN ports' status for `guestnet status`.
+pub fn print_statuses(statuses: &[VxlanStatus]) {
+    for status in statuses {
+        let c = &status.counters;
+        println!();
+        println!(
+            "vxlan port slot {}  vni {}  local {}  underlay MTU {}  inner MTU {}{}",
+            status.slot,
+            status.vni,
+            status.local,
+            status.underlay_mtu,
+            status.inner_mtu,
+            match status.group {
+                Some(group) => format!("  group {group} (remote 0)"),
+                None => String::new(),
+            }
+        );
+        println!(
+            "  dropped: unknown remote {}  too big for the underlay {}",
+            c.rx_unknown_remote, c.tx_too_big
+        );
+        for remote in &status.remotes {
+            let r = &remote.counters;
+            println!(
+                "  remote {}  rx {} pkts {}  tx {} pkts {}",
+                remote.endpoint,
+                r.rx_packets,
+                human_bytes(r.rx_bytes),
+                r.tx_packets,
+                human_bytes(r.tx_bytes)
+            );
+            println!(
+                "    dropped: malformed {}  I flag clear {}  other VNI {}  invalid inner {}  too many sources {}  send errors {}",
+                r.rx_malformed,
+                r.rx_instance_flag_clear,
+                r.rx_foreign_vni,
+                r.rx_invalid_inner,
+                r.rx_too_many_sources,
+                r.tx_errors
+            );
+            if !remote.learned.is_empty() {
+                let macs: Vec<String> = remote.learned.iter().map(ToString::to_string).collect();
+                println!("    learned: {}", macs.join(" "));
+            }
+        }
+    }
+}
+
+/// Removes the status file however the command ends.
+struct StatusFile(PathBuf);
+
+impl StatusFile {
+    /// Writes the file whole, through a temporary name, so a reader never sees half.
+    fn write(&self, handle: &StatusHandle) -> anyhow::Result<()> {
+        let temporary = self.0.with_extension("tmp");
+        std::fs::write(&temporary, serde_json::to_vec_pretty(&handle.status())?)?;
+        std::fs::rename(&temporary, &self.0)?;
+        Ok(())
+    }
+}
+
+impl Drop for StatusFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(self.0.with_extension("tmp"));
+    }
+}
+
+/// Runs `vxlan` until SIGINT or SIGTERM.
+pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
+    let stop = Doorbell::new().context("create the stop pipe")?;
+    stop.ring_on_signals(&[libc::SIGINT, libc::SIGTERM])
+        .context("install signal handlers")?;
+    let network = Network::open(dir, &args.name)?;
+    let options = VxlanOptions {
+        vni: args.vni,
+        local: args.local,
+        remotes: args.remotes,
+        group: match (args.group, args.dev) {
+            (Some(address), Some(interface)) => Some(MulticastGroup { address, interface }),
+            _ => None,
+        },
+        underlay_mtu: args.underlay_mtu,
+        max_learned: args.max_learned,
+        ageing: Duration::from_secs(args.ageing),
+    };
+    let port = VxlanPort::open(&network, options).context("VXLAN port")?;
+    let handle = port.status_handle();
+    std::fs::create_dir_all(status_dir(dir)).context("create the status directory")?;
+    let file = StatusFile(status_path(dir, &args.name, std::process::id()));
+    file.write(&handle).context("write the status file")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "ready slot {} local {} inner-mtu {}",
+        port.index(),
+        port.local(),
+        port.inner_mtu()
+    )?;
+    stdout.flush()?;
+    drop(stdout);
+    std::thread::scope(|scope| {
+        let stop = &stop;
+        let file = &file;
+        scope.spawn(move || {
+            // Ends when the bell rings: it stays rung, so every loop that waits on it sees it.
+            while !stop.wait(STATUS_INTERVAL) {
+                if let Err(e) = file.write(&handle) {
+                    tracing::warn!(error = %e, "cannot write the status file");
+                }
+            }
+        });
+        port.serve(stop)
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_live_ports_of_the_named_network_are_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(status_dir(dir.path())).unwrap();
+        let status = VxlanStatus {
+            network: "lab".into(),
+            slot: 3,
+            vni: 42,
+            local: "10.99.0.1:4789".parse().unwrap(),
+            underlay_mtu: 1500,
+            inner_mtu: 1450,
+            max_learned: 4096,
+            hashed_source_ports: true,
+            group: None,
+            counters: Default::default(),
+            remotes: Vec::new(),
+        };
+        let json = serde_json::to_vec(&status).unwrap();
+        let live = std::process::id();
+        // A process that has ended: its pid names nobody (until reused, which a freshly
+        // reaped pid is not this soon).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        for path in [
+            status_path(dir.path(), "lab", live),
+            status_path(dir.path(), "lab", dead),
+            status_path(dir.path(), "lab.x", live),
+        ] {
+            std::fs::write(path, &json).unwrap();
+        }
+        let statuses = read_statuses(dir.path(), "lab");
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(statuses[0].slot, 3);
+        assert_eq!(read_statuses(dir.path(), "other").len(), 0);
+    }
+
+    #[test]
+    fn endpoints_take_the_vxlan_port_by_default() {
+        assert_eq!(
+            parse_endpoint("10.99.0.1").unwrap(),
+            "10.99.0.1:4789".parse().unwrap()
+        );
+        assert_eq!(
+            parse_endpoint("10.99.0.1:8472").unwrap(),
+            "10.99.0.1:8472".parse().unwrap()
+        );
+        assert_eq!(
+            parse_endpoint("fd00::1").unwrap(),
+            "[fd00::1]:4789".parse().unwrap()
+        );
+        assert_eq!(
+            parse_endpoint("[fd00::1]").unwrap(),
+            "[fd00::1]:4789".parse().unwrap()
+        );
+        assert!(parse_endpoint("host").is_err());
+        assert!(parse_endpoint("[10.0.0.1").is_err());
+    }
+}

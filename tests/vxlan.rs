@@ -1,0 +1,959 @@
+//! VXLAN ports end to end: "hosts" as network namespaces on one underlay, each with its
+//! own guestnet network (its own directory) and a `guestnet vxlan` port running inside
+//! the host's namespace, so its UDP socket uses the underlay.
+//!
+//! The underlay is a bridge in a namespace of its own ("the switch"), with one veth to
+//! each host at `10.99.0.{1..}/24`, MTU 1550 so that full 1500-byte inner packets fit.
+//! Guests are namespaces on TAP ports at `10.77.0.{1..}/24`, or the Linux kernel's own
+//! vxlan device in a bridge with a veth guest.
+//!
+//! These need root, /dev/net/tun, `ip`, `ping`, `ethtool` and the kernel's vxlan driver. Under CI
+//! (`CI=true`) a missing prerequisite fails the test; elsewhere the test says why it skips.
+//! A [`World`] guard kills every process it started and deletes every namespace it made,
+//! however the test ends.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::UdpSocket;
+use std::os::fd::AsFd;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use guestnet::network::peer::Peer;
+use guestnet::network::{CreateOptions, JoinOptions, Network, PortKind};
+use guestnet::wire::MacAddress;
+
+/// How long any single expected event may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(5);
+const BIN: &str = env!("CARGO_BIN_EXE_guestnet");
+const VNI: &str = "42";
+const UNDERLAY_MTU: &str = "1550";
+
+/// Whether the machine can run these tests; panics under CI if it cannot.
+fn prerequisites_met() -> bool {
+    let mut missing = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        missing.push("root");
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun");
+    }
+    for tool in ["ip", "ping", "ethtool"] {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("VXLAN tests need {}", missing.join(", "));
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}, and CI must not skip them");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
+fn run(command: &mut Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a command")
+}
+
+fn ip(args: &[&str]) {
+    let output = run(Command::new("ip").args(args));
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Kills and reaps a helper process however the test ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn underlay_address(host: usize) -> String {
+    format!("10.99.0.{}", host + 1)
+}
+
+fn guest_address(host: usize) -> String {
+    format!("10.77.0.{}", host + 1)
+}
+
+/// Namespaces and processes of one test; all removed on drop.
+struct World {
+    prefix: String,
+    switch: String,
+    namespaces: Vec<String>,
+    children: Vec<KillOnDrop>,
+}
+
+/// A host running guestnet: its namespace, its network's directory and the network.
+struct Host {
+    index: usize,
+    dir: tempfile::TempDir,
+    network: Network,
+}
+
+impl World {
+    /// The switch namespace with its bridge.
+    fn new(test: &str) -> World {
+        let prefix = format!("gvx-{}-{test}", std::process::id());
+        let mut world = World {
+            switch: String::new(),
+            prefix,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+        };
+        world.switch = world.namespace("sw");
+        // Without IGMP snooping the switch floods multicast as a plain hub would, so the
+        // group tests depend on nothing but the ports' own joins.
+        ip(&[
+            "-n",
+            &world.switch,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip(&["-n", &world.switch, "link", "set", "br0", "up"]);
+        world
+    }
+
+    /// A new namespace with IPv6 off (only the frames a test causes are on the wire)
+    /// and loopback up.
+    fn namespace(&mut self, role: &str) -> String {
+        let namespace = format!("{}-{role}", self.prefix);
+        ip(&["netns", "add", &namespace]);
+        self.namespaces.push(namespace.clone());
+        let output = run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &namespace,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ]));
+        assert!(output.status.success(), "turn IPv6 off in {namespace}");
+        ip(&["-n", &namespace, "link", "set", "lo", "up"]);
+        namespace
+    }
+
+    /// Host namespace `index`, wired to the switch as `u0` with its underlay address.
+    fn underlay_host(&mut self, index: usize) -> String {
+        let namespace = self.namespace(&format!("h{index}"));
+        let port = format!("p{index}");
+        ip(&[
+            "link",
+            "add",
+            "u0",
+            "netns",
+            &namespace,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.switch,
+        ]);
+        ip(&[
+            "-n",
+            &namespace,
+            "link",
+            "set",
+            "u0",
+            "mtu",
+            UNDERLAY_MTU,
+            "up",
+        ]);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &port,
+            "mtu",
+            UNDERLAY_MTU,
+        ]);
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ]);
+        let address = format!("{}/24", underlay_address(index));
+        ip(&["-n", &namespace, "addr", "add", &address, "dev", "u0"]);
+        namespace
+    }
+
+    /// Host `index` running guestnet: a network, and a VXLAN port towards `remotes`.
+    fn guestnet_host(&mut self, index: usize, remotes: &[usize]) -> Host {
+        self.guestnet_host_with_mtu(index, remotes, 1550)
+    }
+
+    /// As [`guestnet_host`](Self::guestnet_host), the port told the underlay's MTU is
+    /// `underlay_mtu`.
+    fn guestnet_host_with_mtu(
+        &mut self,
+        index: usize,
+        remotes: &[usize],
+        underlay_mtu: usize,
+    ) -> Host {
+        let remotes: Vec<String> = remotes
+            .iter()
+            .flat_map(|&remote| ["--remote".to_string(), underlay_address(remote)])
+            .collect();
+        self.vxlan_host(index, &remotes, underlay_mtu)
+    }
+
+    /// Host `index` running guestnet with a VXLAN port given `port_args` (its remotes or
+    /// its group).
+    fn vxlan_host(&mut self, index: usize, port_args: &[String], underlay_mtu: usize) -> Host {
+        self.vxlan_host_at(index, &underlay_address(index), port_args, underlay_mtu)
+    }
+
+    /// As [`vxlan_host`](Self::vxlan_host), the port bound to `local`: an IPv6 address
+    /// turns IPv6 on for the host's underlay link and puts `local` on it.
+    fn vxlan_host_at(
+        &mut self,
+        index: usize,
+        local: &str,
+        port_args: &[String],
+        underlay_mtu: usize,
+    ) -> Host {
+        let namespace = self.underlay_host(index);
+        let ipv6 = local.contains(':');
+        if ipv6 {
+            let output = run(Command::new("ip").args([
+                "netns",
+                "exec",
+                &namespace,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.u0.disable_ipv6=0",
+            ]));
+            assert!(output.status.success(), "turn IPv6 on for u0: {output:?}");
+            let address = format!("{local}/64");
+            ip(&[
+                "-n", &namespace, "addr", "add", &address, "dev", "u0", "nodad",
+            ]);
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &namespace, BIN, "--dir"])
+            .arg(dir.path())
+            .args(["vxlan", "lab", "--vni", VNI, "--local", local])
+            .args(["--underlay-mtu", &underlay_mtu.to_string()])
+            .args(port_args);
+        let line = self.spawn_ready(command);
+        assert!(line.starts_with("ready slot"), "{line}");
+        let overhead = if ipv6 { 70 } else { 50 };
+        let inner_mtu = format!("inner-mtu {}", underlay_mtu - overhead);
+        assert!(line.ends_with(&inner_mtu), "{line}");
+        Host {
+            index,
+            dir,
+            network,
+        }
+    }
+
+    /// A guest namespace on a TAP port of `host`'s network, at its guest address.
+    fn tap_guest(&mut self, host: &Host) -> String {
+        let guest = self.namespace(&format!("g{}", host.index));
+        let mut command = Command::new(BIN);
+        command
+            .arg("--dir")
+            .arg(host.dir.path())
+            .args(["tap", "lab", "--ifname", "gn0", "--netns", &guest]);
+        let line = self.spawn_ready(command);
+        assert!(line.starts_with("ready gn0"), "{line}");
+        let address = format!("{}/24", guest_address(host.index));
+        ip(&["-n", &guest, "addr", "add", &address, "dev", "gn0"]);
+        ip(&["-n", &guest, "link", "set", "gn0", "up"]);
+        guest
+    }
+
+    /// Host `index` running the Linux kernel's vxlan device (`vxlan_args` name its remote
+    /// or its group) in a bridge with a veth guest at its guest address; returns the
+    /// guest's namespace.
+    fn linux_host(&mut self, index: usize, vxlan_args: &[&str]) -> String {
+        let host = self.underlay_host(index);
+        let guest = self.namespace(&format!("g{index}"));
+        let local = underlay_address(index);
+        let mut args = vec![
+            "-n", &host, "link", "add", "vx0", "type", "vxlan", "id", VNI, "local", &local,
+            "dstport", "4789", "dev", "u0",
+        ];
+        args.extend_from_slice(vxlan_args);
+        ip(&args);
+        ip(&["-n", &host, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "link", "add", "eth0", "netns", &guest, "type", "veth", "peer", "name", "v0", "netns",
+            &host,
+        ]);
+        for device in ["vx0", "v0"] {
+            ip(&["-n", &host, "link", "set", device, "master", "br0", "up"]);
+        }
+        ip(&["-n", &host, "link", "set", "br0", "up"]);
+        let address = format!("{}/24", guest_address(index));
+        ip(&["-n", &guest, "addr", "add", &address, "dev", "eth0"]);
+        ip(&["-n", &guest, "link", "set", "eth0", "up"]);
+        // Over veth, a checksum the guest leaves to "hardware" is never filled in: the
+        // kernel encapsulates the partial checksum and the veth underlay passes it on as
+        // is, so it reaches the far end's UDP socket unfinished (a real NIC would have
+        // finished it). Make the Linux guest compute its own checksums, as it would
+        // behind a real NIC.
+        let output = run(Command::new("ip").args([
+            "netns", "exec", &guest, "ethtool", "-K", "eth0", "tx", "off",
+        ]));
+        assert!(output.status.success(), "ethtool: {output:?}");
+        guest
+    }
+
+    /// Starts `command` and returns its first line of output (its "ready" line).
+    fn spawn_ready(&mut self, mut command: Command) -> String {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a port");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        // Drained all along, so a chatty port never blocks on a full pipe; kept for the
+        // failure message.
+        let (errors, error_text) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            let _ = errors.send(text);
+        });
+        let (lines, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        match received.recv_timeout(DEADLINE) {
+            Ok(line) => {
+                self.children.push(KillOnDrop(child));
+                line
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = error_text.recv_timeout(DEADLINE).unwrap_or_default();
+                panic!("{command:?} did not get ready in {DEADLINE:?}: {stderr}");
+            }
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+        }
+        for namespace in self.namespaces.iter().rev() {
+            let _ = run(Command::new("ip").args(["netns", "del", namespace]));
+        }
+    }
+}
+
+fn ping(from: &str, to: &str) -> bool {
+    run(Command::new("ip").args([
+        "netns", "exec", from, "ping", "-c", "3", "-i", "0.2", "-W", "2", to,
+    ]))
+    .status
+    .success()
+}
+
+/// Polls `condition` until it holds, failing with `what` after [`DEADLINE`].
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a child to its end within `limit`, killing it otherwise.
+fn output_within(mut command: Command, limit: Duration) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(output) => output.expect("child output"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{command:?} took longer than {limit:?}");
+        }
+    }
+}
+
+fn report(output: &str, verb: &str) -> (u64, String) {
+    let line = output
+        .lines()
+        .find(|line| line.starts_with(verb))
+        .unwrap_or_else(|| panic!("no '{verb}' report in {output:?}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (words[1].parse().expect("bytes"), words[4].to_string())
+}
+
+/// Sends `bytes` over TCP from namespace `from` to `to_address:port` (a listener in
+/// namespace `to`) and checks that every byte arrived in order (length and CRC-32).
+fn transfer_intact(from: &str, to: &str, to_address: &str, port: u16, bytes: u64) {
+    let listen = format!("{to_address}:{port}");
+    let mut receiver = Command::new("ip")
+        .args(["netns", "exec", to, BIN, "__tcp-recv", "--listen", &listen])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the receiver");
+    let stdout = receiver.stdout.take().expect("stdout");
+    let _receiver = KillOnDrop(receiver);
+    let (lines, receiver_lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = receiver_lines
+        .recv_timeout(DEADLINE)
+        .expect("receiver ready line");
+    assert!(line.starts_with("listening"), "{line}");
+    let mut sender = Command::new("ip");
+    sender.args([
+        "netns",
+        "exec",
+        from,
+        BIN,
+        "__tcp-send",
+        "--connect",
+        &listen,
+    ]);
+    sender.args(["--bytes", &bytes.to_string()]);
+    let sent = output_within(sender, Duration::from_secs(15));
+    assert!(sent.status.success(), "sender: {sent:?}");
+    let received = receiver_lines
+        .recv_timeout(DEADLINE)
+        .expect("receiver report");
+    let (sent_bytes, sent_crc) = report(&String::from_utf8_lossy(&sent.stdout), "sent");
+    let (received_bytes, received_crc) = report(&received, "received");
+    assert_eq!(sent_bytes, bytes);
+    assert_eq!(received_bytes, sent_bytes);
+    assert_eq!(received_crc, sent_crc, "the stream arrived changed");
+}
+
+/// The VXLAN port's status, as `guestnet status --json` shows it.
+fn vxlan_status(host: &Host) -> serde_json::Value {
+    let output = run(Command::new(BIN)
+        .arg("--dir")
+        .arg(host.dir.path())
+        .args(["status", "lab", "--json"]));
+    assert!(output.status.success(), "status: {output:?}");
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("status is JSON");
+    status["vxlan"][0].clone()
+}
+
+#[test]
+fn two_guestnet_hosts_ping_and_move_a_tcp_stream_intact() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("pair");
+    let a = world.guestnet_host(0, &[1]);
+    let b = world.guestnet_host(1, &[0]);
+    let guest_a = world.tap_guest(&a);
+    let guest_b = world.tap_guest(&b);
+    assert!(ping(&guest_a, &guest_address(1)), "ping across VXLAN");
+    transfer_intact(&guest_a, &guest_b, &guest_address(1), 5201, 8 << 20);
+    transfer_intact(&guest_b, &guest_a, &guest_address(0), 5202, 4 << 20);
+    // The port learned the other guest behind its one remote, and shows it (the status
+    // file is rewritten every second, so wait for the counters to catch up).
+    wait_until("the status shows the traffic and the learned guest", || {
+        let status = vxlan_status(&a);
+        let remote = &status["remotes"][0];
+        remote["endpoint"] == "10.99.0.2:4789"
+            && status["inner_mtu"] == 1500
+            && remote["counters"]["rx_packets"].as_u64().unwrap_or(0) > 1000
+            && remote["counters"]["tx_packets"].as_u64().unwrap_or(0) > 5000
+            && remote["learned"].as_array().map(Vec::len) == Some(1)
+    });
+}
+
+#[test]
+fn a_guestnet_host_and_a_linux_vxlan_device_talk_both_ways() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("linux");
+    let a = world.guestnet_host(0, &[1]);
+    let guest_a = world.tap_guest(&a);
+    let guest_b = world.linux_host(1, &["remote", "10.99.0.1"]);
+    assert!(ping(&guest_a, "10.77.0.2"), "guestnet → Linux");
+    assert!(ping(&guest_b, "10.77.0.1"), "Linux → guestnet");
+    transfer_intact(&guest_a, &guest_b, "10.77.0.2", 5201, 4 << 20);
+    transfer_intact(&guest_b, &guest_a, "10.77.0.1", 5202, 4 << 20);
+    let status = vxlan_status(&a);
+    let counters = &status["remotes"][0]["counters"];
+    for reason in [
+        "rx_malformed",
+        "rx_instance_flag_clear",
+        "rx_foreign_vni",
+        "rx_invalid_inner",
+    ] {
+        assert_eq!(counters[reason], 0, "{reason} from the Linux device");
+    }
+}
+
+/// A library peer on `host`'s network that receives everything.
+fn library_peer(host: &Host) -> Peer {
+    host.network
+        .join(JoinOptions {
+            kind: PortKind::Process,
+            label: "test".into(),
+            ..JoinOptions::default()
+        })
+        .expect("join")
+}
+
+/// A broadcast frame from `source` whose payload starts with `tag`.
+fn broadcast(source: MacAddress, tag: u8) -> Vec<u8> {
+    let mut frame = vec![0u8; 60];
+    frame[..6].fill(0xff);
+    frame[6..12].copy_from_slice(&source.octets());
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental EtherType
+    frame[14] = tag;
+    frame
+}
+
+/// Receives on `peer` until a frame tagged `last` arrives; returns every tag seen.
+fn tags_until(peer: &mut Peer, last: u8) -> Vec<u8> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut tags = Vec::new();
+    while !tags.contains(&last) {
+        assert!(
+            Instant::now() < deadline,
+            "no frame tagged {last} arrived; got {tags:?}"
+        );
+        peer.wait(Duration::from_millis(100));
+        peer.receive(64, |frame| {
+            if frame.get(12..14) == Some(&[0x88, 0xb5]) {
+                tags.push(frame[14]);
+            }
+        });
+    }
+    tags
+}
+
+#[test]
+fn a_broadcast_reaches_each_of_two_other_hosts_exactly_once_and_a_reply_only_its_host() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("three");
+    let hosts = [
+        world.guestnet_host(0, &[1, 2]),
+        world.guestnet_host(1, &[0, 2]),
+        world.guestnet_host(2, &[0, 1]),
+    ];
+    let mut peers: Vec<Peer> = hosts.iter().map(library_peer).collect();
+    let source = peers[0].mac();
+    assert!(matches!(
+        peers[0].send(&broadcast(source, 1)),
+        guestnet::network::peer::Sent::Routed { delivered: 1, .. }
+    ));
+    // The marker follows the broadcast down the same paths, so once it has arrived any
+    // duplicate of the broadcast would have arrived before it.
+    peers[0].send(&broadcast(source, 2));
+    for peer in &mut peers[1..] {
+        assert_eq!(tags_until(peer, 2), vec![1, 2]);
+    }
+    // Head-end replication: one copy of each frame to each remote.
+    wait_until("host 0's port counts its copies", || {
+        let status = vxlan_status(&hosts[0]);
+        (0..2).all(|r| status["remotes"][r]["counters"]["tx_packets"] == 2)
+    });
+    // The receiving hosts learned the source behind host 0, and do not send it on.
+    for host in &hosts[1..] {
+        wait_until("the source is learned behind host 0", || {
+            let status = vxlan_status(host);
+            status["remotes"][0]["learned"][0] == source.to_string()
+                && status["remotes"][1]["counters"]["tx_packets"] == 0
+        });
+    }
+    // A reply from host 1 to the learned address goes to host 0 alone: host 2 sees only
+    // the broadcast sent after it.
+    let replier = peers[1].mac();
+    peers[1].send(&unicast(source, replier, 3));
+    peers[1].send(&broadcast(replier, 4));
+    assert_eq!(tags_until(&mut peers[0], 4), vec![3, 4]);
+    assert_eq!(
+        tags_until(&mut peers[2], 4),
+        vec![4],
+        "the unicast was not replicated"
+    );
+}
+
+/// Moves the calling thread into a named network namespace (setns moves only the
+/// calling thread, so the caller is a thread of its own).
+fn enter(namespace: &str) {
+    let file = std::fs::File::open(format!("/run/netns/{namespace}")).expect("open the namespace");
+    rustix::thread::move_into_link_name_space(
+        file.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .expect("enter the namespace");
+}
+
+/// Sends `datagrams` to `to` from `from` (an address of namespace `namespace`).
+fn inject(namespace: &str, from: &str, to: &str, datagrams: Vec<Vec<u8>>) {
+    let namespace = namespace.to_string();
+    let from = format!("{from}:0");
+    let to = to.to_string();
+    std::thread::spawn(move || {
+        enter(&namespace);
+        let socket = UdpSocket::bind(&from).expect("bind");
+        for datagram in datagrams {
+            socket.send_to(&datagram, &to).expect("send");
+        }
+    })
+    .join()
+    .expect("the injecting thread");
+}
+
+fn vxlan_datagram(flags: u8, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let vni = vni.to_be_bytes();
+    let mut bytes = vec![flags, 0, 0, 0, vni[1], vni[2], vni[3], 0];
+    bytes.extend_from_slice(inner);
+    bytes
+}
+
+#[test]
+fn malformed_foreign_and_flooding_datagrams_are_counted_and_never_delivered() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("bad");
+    // Room for one learned address behind the remotes.
+    let port_args = ["--remote", "10.99.0.2", "--max-learned", "1"].map(String::from);
+    let a = world.vxlan_host(0, &port_args, 1550);
+    let b = world.underlay_host(1);
+    ip(&["-n", &b, "addr", "add", "10.99.0.9/24", "dev", "u0"]);
+    let mut peer = library_peer(&a);
+    let source = MacAddress::new([0x02, 0xbb, 0, 0, 0, 1]);
+    let newcomer = MacAddress::new([0x02, 0xbb, 0, 0, 0, 2]);
+    let mut multicast_source = broadcast(source, 9);
+    multicast_source[6] = 0x03;
+    let to = "10.99.0.1:4789";
+    inject(
+        &b,
+        "10.99.0.9",
+        to,
+        vec![vxlan_datagram(0x08, 42, &broadcast(source, 9))],
+    );
+    inject(
+        &b,
+        "10.99.0.2",
+        to,
+        vec![
+            vec![0x08, 0, 0],
+            vxlan_datagram(0x00, 42, &broadcast(source, 9)),
+            vxlan_datagram(0x08, 43, &broadcast(source, 9)),
+            vxlan_datagram(0x08, 42, &broadcast(source, 9)[..10]),
+            vxlan_datagram(0x08, 42, &multicast_source),
+            vxlan_datagram(0x08, 42, &vec![0u8; 1600]),
+            // Good: its source takes the one place in the table.
+            vxlan_datagram(0x08, 42, &broadcast(source, 5)),
+            // A second source finds the table full.
+            vxlan_datagram(0x08, 42, &broadcast(newcomer, 6)),
+            // Good again, last: once it is in, the others have been judged.
+            vxlan_datagram(0x08, 42, &broadcast(source, 2)),
+        ],
+    );
+    assert_eq!(
+        tags_until(&mut peer, 2),
+        vec![5, 2],
+        "only the good frames arrive"
+    );
+    wait_until("the status file shows every drop", || {
+        let status = vxlan_status(&a);
+        let remote = &status["remotes"][0]["counters"];
+        status["counters"]["rx_unknown_remote"] == 1
+            && remote["rx_malformed"] == 1
+            && remote["rx_instance_flag_clear"] == 1
+            && remote["rx_foreign_vni"] == 1
+            && remote["rx_invalid_inner"] == 3
+            && remote["rx_too_many_sources"] == 1
+            && remote["rx_packets"] == 2
+    });
+    // The network's own counters agree: the port's peer counted the invalid frames.
+    let port = a
+        .network
+        .status()
+        .peers
+        .into_iter()
+        .find(|p| p.kind == PortKind::Vxlan)
+        .expect("the port's peer");
+    assert_eq!(port.tx_packets, 2);
+    assert_eq!(port.drops.get("tx_invalid"), Some(&3), "{:?}", port.drops);
+    assert_eq!(peer.counters().rx_packets, 2);
+}
+
+#[test]
+fn a_frame_too_big_for_the_underlay_is_dropped_and_counted_never_fragmented() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("mtu");
+    // Host 0's port is told the underlay carries 1500 bytes: inner frames of at most
+    // 1500 - 50 + 14 = 1464 bytes fit.
+    let a = world.guestnet_host_with_mtu(0, &[1], 1500);
+    let b = world.guestnet_host(1, &[0]);
+    let mut sender = library_peer(&a);
+    let mut receiver = library_peer(&b);
+    let source = sender.mac();
+    let mut frame = broadcast(source, 1);
+    frame.resize(1465, 0);
+    sender.send(&frame);
+    let mut fits = broadcast(source, 2);
+    fits.resize(1464, 0);
+    sender.send(&fits);
+    let mut lengths = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while lengths.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the frame that fits did not arrive"
+        );
+        receiver.wait(Duration::from_millis(100));
+        receiver.receive(64, |frame| lengths.push(frame.len()));
+    }
+    assert_eq!(
+        lengths,
+        vec![1464],
+        "only the frame that fits crossed, whole"
+    );
+    wait_until("the port counts the frame too big", || {
+        let status = vxlan_status(&a);
+        status["inner_mtu"] == 1450
+            && status["counters"]["tx_too_big"] == 1
+            && status["remotes"][0]["counters"]["tx_packets"] == 1
+    });
+}
+
+#[test]
+fn datagrams_leave_from_a_source_port_hashed_from_the_inner_frame() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("sport");
+    let a = world.guestnet_host(0, &[1]);
+    let b = world.underlay_host(1);
+    // A plain UDP socket on host 1 stands in for a VTEP and reports what arrives.
+    let (ready, listening) = mpsc::channel();
+    let (arrived, datagrams) = mpsc::channel();
+    std::thread::spawn(move || {
+        enter(&b);
+        let socket = UdpSocket::bind("10.99.0.2:4789").expect("bind");
+        socket.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        let _ = ready.send(());
+        let mut buffer = [0u8; 2048];
+        for _ in 0..2 {
+            let Ok((length, from)) = socket.recv_from(&mut buffer) else {
+                return;
+            };
+            let _ = arrived.send((buffer[..length].to_vec(), from));
+        }
+    });
+    listening
+        .recv_timeout(DEADLINE)
+        .expect("the listener is ready");
+    let mut peer = library_peer(&a);
+    let frames = [
+        broadcast(MacAddress::new([0x02, 0xaa, 0, 0, 0, 1]), 1),
+        broadcast(MacAddress::new([0x02, 0xaa, 0, 0, 0, 2]), 2),
+    ];
+    for frame in &frames {
+        peer.send(frame);
+    }
+    let mut ports = Vec::new();
+    for frame in &frames {
+        let (datagram, from) = datagrams
+            .recv_timeout(DEADLINE)
+            .expect("a datagram from the port");
+        let mut expected = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+        expected.extend_from_slice(frame);
+        assert_eq!(datagram, expected, "VXLAN header and the frame, untouched");
+        assert_eq!(from.ip().to_string(), "10.99.0.1");
+        assert_eq!(from.port(), guestnet::wire::vxlan::source_port(frame));
+        assert!(from.port() >= 49152);
+        ports.push(from.port());
+    }
+    assert_ne!(ports[0], ports[1], "two flows, two source ports");
+    wait_until("status says the source ports are hashed", || {
+        vxlan_status(&a)["hashed_source_ports"] == true
+    });
+}
+
+/// A frame from `source` to `destination` whose payload starts with `tag`.
+fn unicast(destination: MacAddress, source: MacAddress, tag: u8) -> Vec<u8> {
+    let mut frame = broadcast(source, tag);
+    frame[..6].copy_from_slice(&destination.octets());
+    frame
+}
+
+#[test]
+fn on_a_multicast_group_floods_go_once_to_the_group_and_unicast_straight_to_its_host() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("group");
+    let group: Vec<String> = ["--group", "239.1.1.1", "--dev", "u0"]
+        .map(String::from)
+        .to_vec();
+    let hosts: Vec<Host> = (0..3).map(|i| world.vxlan_host(i, &group, 1550)).collect();
+    let mut peers: Vec<Peer> = hosts.iter().map(library_peer).collect();
+    let macs: Vec<MacAddress> = peers.iter().map(Peer::mac).collect();
+    peers[0].send(&broadcast(macs[0], 1));
+    peers[0].send(&broadcast(macs[0], 2));
+    for peer in &mut peers[1..] {
+        assert_eq!(tags_until(peer, 2), vec![1, 2], "each broadcast once");
+    }
+    wait_until("host 0 sent each broadcast once, to the group", || {
+        let status = vxlan_status(&hosts[0]);
+        status["group"] == "239.1.1.1:4789"
+            && status["remotes"][0]["endpoint"] == "239.1.1.1:4789"
+            && status["remotes"][0]["counters"]["tx_packets"] == 2
+    });
+    // Host 1 learned host 0's peer behind 10.99.0.1: a reply goes there alone, so host 2
+    // sees only the broadcast sent after it.
+    peers[1].send(&unicast(macs[0], macs[1], 3));
+    peers[1].send(&broadcast(macs[1], 4));
+    assert_eq!(tags_until(&mut peers[0], 4), vec![3, 4]);
+    assert_eq!(
+        tags_until(&mut peers[2], 4),
+        vec![4],
+        "the unicast was not flooded"
+    );
+    wait_until(
+        "host 1 shows host 0 as a remote with its peer behind it",
+        || {
+            let status = vxlan_status(&hosts[1]);
+            let remotes = status["remotes"].as_array().cloned().unwrap_or_default();
+            remotes.iter().any(|remote| {
+                remote["endpoint"] == "10.99.0.1:4789"
+                    && remote["counters"]["tx_packets"] == 1
+                    && remote["learned"][0] == macs[0].to_string()
+            })
+        },
+    );
+}
+
+#[test]
+fn on_a_multicast_group_a_guestnet_host_and_a_linux_vxlan_device_talk_both_ways() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("lgroup");
+    let group: Vec<String> = ["--group", "239.1.1.1", "--dev", "u0"]
+        .map(String::from)
+        .to_vec();
+    let a = world.vxlan_host(0, &group, 1550);
+    let guest_a = world.tap_guest(&a);
+    let guest_b = world.linux_host(1, &["group", "239.1.1.1"]);
+    assert!(ping(&guest_a, "10.77.0.2"), "guestnet → Linux");
+    assert!(ping(&guest_b, "10.77.0.1"), "Linux → guestnet");
+    transfer_intact(&guest_b, &guest_a, "10.77.0.1", 5203, 2 << 20);
+    let guest_b_mac = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &guest_b,
+        "cat",
+        "/sys/class/net/eth0/address",
+    ]));
+    let guest_b_mac = String::from_utf8_lossy(&guest_b_mac.stdout)
+        .trim()
+        .to_string();
+    // The learned list may also hold the Linux host's bridge; the guest must be in it.
+    wait_until(
+        "the Linux host is a remote with its guest learned behind it",
+        || {
+            let status = vxlan_status(&a);
+            let remote = &status["remotes"][1];
+            let learned = remote["learned"].as_array().cloned().unwrap_or_default();
+            remote["endpoint"] == "10.99.0.2:4789"
+                && learned.iter().any(|mac| *mac == guest_b_mac)
+                && remote["counters"]["rx_invalid_inner"] == 0
+        },
+    );
+}
+
+#[test]
+fn over_an_ipv6_underlay_two_guestnet_hosts_ping_and_move_a_tcp_stream_intact() {
+    if !prerequisites_met() {
+        return;
+    }
+    let mut world = World::new("ipv6");
+    let remote = |address: &str| vec!["--remote".to_string(), format!("[{address}]")];
+    let a = world.vxlan_host_at(0, "fd99::1", &remote("fd99::2"), 1550);
+    let b = world.vxlan_host_at(1, "fd99::2", &remote("fd99::1"), 1550);
+    let guest_a = world.tap_guest(&a);
+    let guest_b = world.tap_guest(&b);
+    // IPv6 headers cost 20 bytes more: inner MTU 1550 - 70 = 1480. The guests keep under it.
+    for guest in [&guest_a, &guest_b] {
+        ip(&["-n", guest, "link", "set", "gn0", "mtu", "1400"]);
+    }
+    assert!(ping(&guest_a, &guest_address(1)), "ping across IPv6");
+    transfer_intact(&guest_a, &guest_b, &guest_address(1), 5201, 2 << 20);
+    wait_until("the status shows the IPv6 remote and its MTU", || {
+        let status = vxlan_status(&a);
+        status["inner_mtu"] == 1480
+            // No raw IPv6 path: datagrams leave from the bound UDP socket.
+            && status["hashed_source_ports"] == false
+            && status["remotes"][0]["endpoint"] == "[fd99::2]:4789"
+            && status["remotes"][0]["counters"]["rx_packets"].as_u64().unwrap_or(0) > 100
+    });
+}
