@@ -55,7 +55,8 @@
 //!
 //! Every way in is a peer ([`ports`]): a Rust process through this library, QEMU's
 //! `-netdev stream` and `-netdev dgram` sockets, a pcap capture, a TAP device in a network
-//! namespace. One port process may host many peers, one per connection or device.
+//! namespace, a VXLAN tunnel to other hosts (one uplink peer standing for all of them).
+//! One port process may host many peers, one per connection or device.
 //!
 //! ## Offloads
 //!
