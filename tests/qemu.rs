@@ -1,0 +1,485 @@
+//! Real QEMU guests on the stream and dgram ports: a Linux kernel with virtio-net, booted
+//! under software emulation (TCG), pings a namespace on a TAP port or another guest.
+//!
+//! This is the check that the ports speak QEMU's `-netdev stream` and `-netdev dgram`
+//! protocols as QEMU itself does, which the socket-level tests cannot prove. The QEMU
+//! command lines are the README's.
+//!
+//! The guest is built by `scripts/guest-image` (kernel and initramfs under
+//! `target/guest/`); its `/init` takes its address and a command from the kernel command
+//! line, prints `GUESTNET-DONE rc=N` on the serial console, which is QEMU's stdout here, and,
+//! with `guestnet.hold`, stays up until the test writes a line to the console.
+//!
+//! These need root, /dev/net/tun, `ip`, `qemu-system-x86_64` 10 or newer and the guest image
+//! (built here when missing). Under CI (`CI=true`) a missing prerequisite fails the test;
+//! elsewhere the test says why it skips. Guards kill QEMU, the ports and remove the
+//! namespaces however a test ends.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use guestnet::network::{CreateOptions, Network, PeerStatus, PortKind};
+use guestnet::wire::MacAddress;
+
+const BIN: &str = env!("CARGO_BIN_EXE_guestnet");
+/// How long a port may take to print its ready line.
+const PORT_READY: Duration = Duration::from_secs(5);
+/// How long a guest may take from start to its marker line. A TCG boot takes about 3 s
+/// alone; the bound leaves room for a loaded 2-core machine running guests side by side.
+const GUEST_DONE: Duration = Duration::from_secs(60);
+/// How long a released guest may take to power off.
+const GUEST_EXIT: Duration = Duration::from_secs(15);
+const NAMESPACE_ADDRESS: &str = "10.80.0.1";
+
+/// The guest's kernel and initramfs.
+struct GuestImage {
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+/// The guest image if the machine can run these tests; panics under CI if it cannot.
+fn prerequisites() -> Option<&'static GuestImage> {
+    let mut missing = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        missing.push("root".to_string());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun".to_string());
+    }
+    if let Err(problem) = qemu_version_ok() {
+        missing.push(problem);
+    }
+    // Building the image may install packages, so it is only tried as root.
+    let image = if missing.is_empty() {
+        match guest_image() {
+            Ok(image) => Some(image),
+            Err(problem) => {
+                missing.push(problem.clone());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let (true, Some(image)) = (missing.is_empty(), image) {
+        return Some(image);
+    }
+    let reason = format!("QEMU tests need {}", missing.join(", "));
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}, and CI must not skip them");
+    }
+    eprintln!("skipped: {reason}");
+    None
+}
+
+/// `-netdev stream`/`dgram` with `addr.type=unix` and `reconnect-ms` need QEMU 10 here.
+fn qemu_version_ok() -> Result<(), String> {
+    let output = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|_| "qemu-system-x86_64 (not found)".to_string())?;
+    // "QEMU emulator version 10.0.2 (Debian …)"
+    let text = String::from_utf8_lossy(&output.stdout);
+    let major = text
+        .split_whitespace()
+        .skip_while(|word| *word != "version")
+        .nth(1)
+        .and_then(|version| version.split('.').next())
+        .and_then(|major| major.parse::<u32>().ok());
+    match major {
+        Some(major) if major >= 10 => Ok(()),
+        _ => Err(format!(
+            "qemu-system-x86_64 10 or newer (found {:?})",
+            text.lines().next().unwrap_or("")
+        )),
+    }
+}
+
+/// Runs `scripts/guest-image` once per test process (it returns at once when the image is
+/// current) so that parallel tests never build it side by side.
+fn guest_image() -> Result<&'static GuestImage, String> {
+    static IMAGE: OnceLock<Result<GuestImage, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let dir = root.join("target/guest");
+            let output = Command::new(root.join("scripts/guest-image"))
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|error| format!("scripts/guest-image ({error})"))?;
+            if !output.status.success() {
+                return Err(format!(
+                    "the guest image (scripts/guest-image failed: {})",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ));
+            }
+            Ok(GuestImage {
+                kernel: dir.join("vmlinuz"),
+                initrd: dir.join("initramfs.cpio.gz"),
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ip");
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Kills and reaps a helper process however the test ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends every line a child writes on `output` to `lines`, from a thread of its own.
+fn forward_lines(output: impl Read + Send + 'static, lines: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// A network in a private directory, with the ports and namespace the test starts on it;
+/// all are stopped and removed on drop.
+struct Lab {
+    dir: tempfile::TempDir,
+    network: Network,
+    ports: Vec<KillOnDrop>,
+    namespace: Option<String>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
+        Lab {
+            dir,
+            network,
+            ports: Vec::new(),
+            namespace: None,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts `guestnet ARGS…` on the lab's network and returns its first stdout line once
+    /// it is there (the port's ready line).
+    fn start_port(&mut self, args: &[&str]) -> String {
+        let mut child = Command::new(BIN)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start a guestnet port");
+        let stdout = child.stdout.take().expect("piped stdout");
+        self.ports.push(KillOnDrop(child));
+        let (lines, received) = mpsc::channel();
+        forward_lines(stdout, lines);
+        received
+            .recv_timeout(PORT_READY)
+            .unwrap_or_else(|_| panic!("guestnet {args:?} printed no ready line"))
+    }
+
+    /// `guestnet stream lab --listen SOCK`; returns the socket path.
+    fn stream_port(&mut self) -> PathBuf {
+        let socket = self.path("lab.sock");
+        let line = self.start_port(&["stream", "lab", "--listen", path_str(&socket)]);
+        assert!(line.starts_with("listening"), "{line}");
+        socket
+    }
+
+    /// `guestnet dgram lab --listen SOCK`; returns the socket path.
+    fn dgram_port(&mut self) -> PathBuf {
+        let socket = self.path("lab-dgram.sock");
+        let line = self.start_port(&["dgram", "lab", "--listen", path_str(&socket)]);
+        assert!(line.starts_with("listening"), "{line}");
+        socket
+    }
+
+    /// A namespace on a TAP port, `10.80.0.1/24` on its `gn0`; returns the TAP's slot.
+    fn namespace_on_tap(&mut self, test: &str) -> u16 {
+        let namespace = format!("gnq-{}-{test}", std::process::id());
+        ip(&["netns", "add", &namespace]);
+        self.namespace = Some(namespace.clone());
+        let line = self.start_port(&["tap", "lab", "--ifname", "gn0", "--netns", &namespace]);
+        // "ready gn0 slot N mac M"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.first(), Some(&"ready"), "{line}");
+        let slot = words.get(3).and_then(|slot| slot.parse().ok());
+        let address = format!("{NAMESPACE_ADDRESS}/24");
+        ip(&["-n", &namespace, "addr", "add", &address, "dev", "gn0"]);
+        ip(&["-n", &namespace, "link", "set", "gn0", "up"]);
+        slot.unwrap_or_else(|| panic!("no slot in {line:?}"))
+    }
+
+    /// The peer with `mac`, as `status` shows it.
+    fn peer_with_mac(&self, mac: MacAddress) -> PeerStatus {
+        let status = self.network.status();
+        status
+            .peers
+            .into_iter()
+            .find(|peer| peer.mac == mac)
+            .unwrap_or_else(|| panic!("no peer with MAC {mac} in status"))
+    }
+
+    fn peer_in_slot(&self, slot: u16) -> PeerStatus {
+        self.network
+            .status()
+            .peers
+            .into_iter()
+            .find(|peer| peer.slot == slot)
+            .unwrap_or_else(|| panic!("no peer in slot {slot}"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.ports.clear();
+        if let Some(namespace) = &self.namespace {
+            let _ = Command::new("ip")
+                .args(["netns", "del", namespace])
+                .stdin(Stdio::null())
+                .output();
+        }
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// A running QEMU guest whose serial console is read line by line; killed on drop.
+struct Guest {
+    qemu: KillOnDrop,
+    console: mpsc::Receiver<String>,
+    stdin: ChildStdin,
+    /// Everything the console and QEMU's stderr printed so far, for failure messages.
+    transcript: String,
+    mac: MacAddress,
+}
+
+impl Guest {
+    /// Boots the guest with `address` (CIDR) on a virtio-net NIC with `mac`, on the netdev
+    /// `netdev` (the argument of QEMU's `-netdev`, `id=n0`), running `command`, then holding.
+    fn boot(image: &GuestImage, netdev: &str, mac: &str, address: &str, command: &str) -> Guest {
+        let append = format!(
+            "console=ttyS0 quiet panic=-1 guestnet.ip={address} guestnet.run=\"{command}\" guestnet.hold"
+        );
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&image.initrd)
+            .args(["-append", &append, "-netdev", netdev, "-device"])
+            .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start qemu-system-x86_64");
+        let (lines, console) = mpsc::channel();
+        forward_lines(child.stdout.take().expect("stdout"), lines.clone());
+        forward_lines(child.stderr.take().expect("stderr"), lines);
+        let stdin = child.stdin.take().expect("stdin");
+        Guest {
+            qemu: KillOnDrop(child),
+            console,
+            stdin,
+            transcript: String::new(),
+            mac: mac.parse().expect("MAC"),
+        }
+    }
+
+    /// Reads the console until a line contains `marker`; returns that line.
+    fn expect_line(&mut self, marker: &str, deadline: Instant) -> String {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.console.recv_timeout(left) {
+                Ok(line) => {
+                    self.transcript.push_str(&line);
+                    self.transcript.push('\n');
+                    if line.contains(marker) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "the guest printed no {marker:?} in time; its console:\n{}",
+                    self.transcript
+                ),
+            }
+        }
+    }
+
+    /// Waits for the guest's command to finish and returns its exit status.
+    fn exit_status(&mut self, deadline: Instant) -> i32 {
+        let line = self.expect_line("GUESTNET-DONE rc=", deadline);
+        let status = line
+            .rsplit("rc=")
+            .next()
+            .and_then(|rc| rc.trim().parse().ok());
+        self.expect_line("GUESTNET-HOLD", deadline);
+        status.unwrap_or_else(|| panic!("bad marker line {line:?}"))
+    }
+
+    /// Lets the holding guest power off, and checks that QEMU ends on its own: its stdout
+    /// and stderr close (the console channel disconnects) and it exits successfully.
+    fn release(mut self) {
+        self.stdin.write_all(b"\n").expect("write to the console");
+        self.stdin.flush().expect("flush the console");
+        let deadline = Instant::now() + GUEST_EXIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.console.recv_timeout(left) {
+                Ok(line) => {
+                    self.transcript.push_str(&line);
+                    self.transcript.push('\n');
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "the guest did not power off within {GUEST_EXIT:?}; its console:\n{}",
+                    self.transcript
+                ),
+            }
+        }
+        let status = self.qemu.0.wait().expect("reap qemu");
+        assert!(status.success(), "qemu: {status}\n{}", self.transcript);
+    }
+}
+
+/// The README's stream netdev, with the socket path filled in.
+fn stream_netdev(socket: &Path) -> String {
+    format!(
+        "stream,id=n0,server=off,addr.type=unix,addr.path={},reconnect-ms=1000",
+        socket.display()
+    )
+}
+
+/// The README's dgram netdev: the guest's own socket `local`, the port's `remote`.
+fn dgram_netdev(local: &Path, remote: &Path) -> String {
+    format!(
+        "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+        local.display(),
+        remote.display()
+    )
+}
+
+/// Pings `to` until three replies came, for at most 30 s (the first ones may go before
+/// the other side is up).
+fn ping(to: &str) -> String {
+    format!("ping -c 3 -w 30 {to}")
+}
+
+/// One guest on `netdev` pings the namespace on a TAP port; the marker must report
+/// success, and both the guest's port peer (of `kind`) and the TAP must have carried frames.
+fn guest_pings_namespace(test: &str, kind: PortKind, netdev: impl FnOnce(&mut Lab) -> String) {
+    let Some(image) = prerequisites() else {
+        return;
+    };
+    let mut lab = Lab::new();
+    let tap_slot = lab.namespace_on_tap(test);
+    let netdev = netdev(&mut lab);
+    let mut guest = Guest::boot(
+        image,
+        &netdev,
+        "52:54:00:12:34:56",
+        "10.80.0.11/24",
+        &ping(NAMESPACE_ADDRESS),
+    );
+    let status = guest.exit_status(Instant::now() + GUEST_DONE);
+    assert_eq!(status, 0, "ping failed; console:\n{}", guest.transcript);
+
+    let peer = lab.peer_with_mac(guest.mac);
+    assert_eq!(peer.kind, kind);
+    // Three echo requests out, three replies in, plus ARP both ways.
+    assert!(peer.tx_packets >= 4, "guest sent too little: {peer:?}");
+    assert!(peer.rx_packets >= 4, "guest received too little: {peer:?}");
+    let tap = lab.peer_in_slot(tap_slot);
+    assert!(tap.rx_packets >= 4 && tap.tx_packets >= 4, "{tap:?}");
+    guest.release();
+}
+
+#[test]
+fn guest_on_stream_port_pings_namespace() {
+    guest_pings_namespace("stream", PortKind::Stream, |lab| {
+        stream_netdev(&lab.stream_port())
+    });
+}
+
+#[test]
+fn guest_on_dgram_port_pings_namespace() {
+    guest_pings_namespace("dgram", PortKind::Dgram, |lab| {
+        let remote = lab.dgram_port();
+        dgram_netdev(&lab.path("vm0.sock"), &remote)
+    });
+}
+
+/// A guest on the stream port and one on the dgram port ping each other; each holds after
+/// its pings, so the other can still reach it.
+#[test]
+fn guests_on_stream_and_dgram_ports_ping_each_other() {
+    let Some(image) = prerequisites() else {
+        return;
+    };
+    let mut lab = Lab::new();
+    let stream = stream_netdev(&lab.stream_port());
+    let remote = lab.dgram_port();
+    let dgram = dgram_netdev(&lab.path("vm1.sock"), &remote);
+    let mut first = Guest::boot(
+        image,
+        &stream,
+        "52:54:00:12:34:56",
+        "10.80.0.11/24",
+        &ping("10.80.0.12"),
+    );
+    let mut second = Guest::boot(
+        image,
+        &dgram,
+        "52:54:00:12:34:57",
+        "10.80.0.12/24",
+        &ping("10.80.0.11"),
+    );
+    let deadline = Instant::now() + GUEST_DONE;
+    let first_status = first.exit_status(deadline);
+    let second_status = second.exit_status(deadline);
+    assert_eq!(first_status, 0, "console:\n{}", first.transcript);
+    assert_eq!(second_status, 0, "console:\n{}", second.transcript);
+
+    let on_stream = lab.peer_with_mac(first.mac);
+    let on_dgram = lab.peer_with_mac(second.mac);
+    assert_eq!(on_stream.kind, PortKind::Stream);
+    assert_eq!(on_dgram.kind, PortKind::Dgram);
+    // Each sent at least its three requests and three replies, and received as many.
+    for peer in [&on_stream, &on_dgram] {
+        assert!(peer.tx_packets >= 6 && peer.rx_packets >= 6, "{peer:?}");
+    }
+    first.release();
+    second.release();
+}
