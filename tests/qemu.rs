@@ -49,6 +49,15 @@ fn prerequisites() -> Option<&'static GuestImage> {
     if !Path::new("/dev/net/tun").exists() {
         missing.push("/dev/net/tun".to_string());
     }
+    let ip_found = Command::new("ip")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ip_found {
+        missing.push("ip".to_string());
+    }
     if let Err(problem) = qemu_version_ok() {
         missing.push(problem);
     }
