@@ -224,6 +224,16 @@ impl Lab {
         socket
     }
 
+    /// Kills the newest port (SIGKILL: it leaves its socket file behind) and reaps it.
+    fn kill_newest_port(&mut self) {
+        self.ports.pop().expect("a port to kill");
+    }
+
+    /// The process id of the newest port.
+    fn newest_port_pid(&self) -> u32 {
+        self.ports.last().expect("a port").0.id()
+    }
+
     /// `guestnet dgram lab --listen SOCK`; returns the socket path.
     fn dgram_port(&mut self) -> PathBuf {
         let socket = self.path("lab-dgram.sock");
@@ -400,10 +410,10 @@ fn dgram_netdev(local: &Path, remote: &Path) -> String {
     )
 }
 
-/// Pings `to` until three replies came, for at most 30 s (the first ones may go before
-/// the other side is up).
+/// Waits until `to` answers (the guest's `reach`: the other side may still be booting, or
+/// QEMU reconnecting), then pings it three times; all three must be answered.
 fn ping(to: &str) -> String {
-    format!("ping -c 3 -w 30 {to}")
+    format!("reach {to} && ping -c 3 {to}")
 }
 
 /// One guest on `netdev` pings the namespace on a TAP port; the marker must report
@@ -491,4 +501,49 @@ fn guests_on_stream_and_dgram_ports_ping_each_other() {
     }
     first.release();
     second.release();
+}
+
+/// The README promises that `reconnect-ms` brings QEMU back after the stream port restarts:
+/// the guest pings, the port is killed and started again on the same socket, and the guest
+/// pings again, through a peer of the new port process.
+#[test]
+fn guest_on_stream_port_comes_back_after_the_port_restarts() {
+    let Some(image) = prerequisites() else {
+        return;
+    };
+    let mut lab = Lab::new();
+    lab.namespace_on_tap("restart");
+    let netdev = stream_netdev(&lab.stream_port());
+    let pings = ping(NAMESPACE_ADDRESS);
+    // Between the two pings the guest waits for a line on its console.
+    let command = format!("{pings} && echo GUESTNET-PHASE && read line && {pings}");
+    let mut guest = Guest::boot(
+        image,
+        &netdev,
+        "52:54:00:12:34:58",
+        "10.80.0.13/24",
+        &command,
+    );
+    let deadline = Instant::now() + GUEST_DONE;
+    guest.expect_line("GUESTNET-PHASE", deadline);
+
+    lab.kill_newest_port();
+    lab.stream_port();
+    let new_port = lab.newest_port_pid();
+    guest.stdin.write_all(b"\n").expect("write to the console");
+    guest.stdin.flush().expect("flush the console");
+    let status = guest.exit_status(deadline);
+    assert_eq!(
+        status, 0,
+        "ping after the restart failed; console:\n{}",
+        guest.transcript
+    );
+
+    let peer = lab.peer_with_mac(guest.mac);
+    assert_eq!(
+        peer.pid, new_port,
+        "the guest's peer is not the new port's: {peer:?}"
+    );
+    assert!(peer.tx_packets >= 3 && peer.rx_packets >= 3, "{peer:?}");
+    guest.release();
 }
