@@ -12,7 +12,7 @@
 //!
 //! These need root, /dev/net/tun, `ip`, `qemu-system-x86_64` 10 or newer and the guest image
 //! (built here when missing). Under CI (`CI=true`) a missing prerequisite fails the test;
-//! elsewhere the test says why it skips. Guards kill QEMU, the ports and remove the
+//! elsewhere the test says why it skips. Guards kill QEMU and the ports and remove the
 //! namespaces however a test ends.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -368,11 +368,16 @@ impl Guest {
         status.unwrap_or_else(|| panic!("bad marker line {line:?}"))
     }
 
+    /// Types an empty line on the guest's console: what a waiting `read` there takes.
+    fn press_enter(&mut self) {
+        self.stdin.write_all(b"\n").expect("write to the console");
+        self.stdin.flush().expect("flush the console");
+    }
+
     /// Lets the holding guest power off, and checks that QEMU ends on its own: its stdout
     /// and stderr close (the console channel disconnects) and it exits successfully.
     fn release(mut self) {
-        self.stdin.write_all(b"\n").expect("write to the console");
-        self.stdin.flush().expect("flush the console");
+        self.press_enter();
         let deadline = Instant::now() + GUEST_EXIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -530,8 +535,7 @@ fn guest_on_stream_port_comes_back_after_the_port_restarts() {
     lab.kill_newest_port();
     lab.stream_port();
     let new_port = lab.newest_port_pid();
-    guest.stdin.write_all(b"\n").expect("write to the console");
-    guest.stdin.flush().expect("flush the console");
+    guest.press_enter();
     let status = guest.exit_status(deadline);
     assert_eq!(
         status, 0,
