@@ -149,10 +149,10 @@ impl Mapping {
     /// Copies `dst.len()` bytes starting at `offset` out of the mapping.
     pub fn read_bytes(&self, offset: usize, dst: &mut [u8]) -> Option<()> {
         let offset = self.checked_range(offset, dst.len(), 1)?;
+        // Another process may write the source concurrently; the copy may then be torn,
+        // which is why callers validate the copy and never the shared bytes.
         // SAFETY: the source range is inside the mapping (checked above) and cannot overlap
-        // `dst`, which is private memory borrowed mutably. Another process may write the
-        // source concurrently; the copy may then be torn, which is why callers validate the
-        // copy and never the shared bytes.
+        // `dst`, which is private memory borrowed mutably.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.base.as_ptr().add(offset),
@@ -222,10 +222,10 @@ impl<'a, T: ShmSafe> Strided<'a, T> {
     /// The structure at `index % count`: an index can never leave the checked range.
     pub fn at(&self, index: u64) -> &'a T {
         let offset = self.offset_of(index);
-        // SAFETY: Mapping::strided checked that the first and last structures lie inside
-        // the mapping and are aligned; `offset` is one of the `count` positions between
-        // them (stride is a multiple of T's alignment), so it is in bounds and aligned.
-        // T is ShmSafe and the reference lives no longer than the mapping borrow.
+        // Mapping::strided checked that the first and last structures lie inside the
+        // mapping and are aligned; `offset` is one of the `count` positions between them.
+        // SAFETY: so it is in bounds and aligned (stride is a multiple of T's alignment);
+        // T is ShmSafe, and the reference lives no longer than the mapping borrow.
         unsafe { &*self.mapping.base.as_ptr().add(offset).cast::<T>() }
     }
 }
