@@ -19,74 +19,22 @@ use guestnet::network::counters::DropReason;
 use guestnet::network::{CreateOptions, Network, PeerStatus};
 use guestnet::wire::MacAddress;
 
-/// How long any single expected event may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(5);
+mod root_support;
+use root_support::{DEADLINE, KillOnDrop, ip, output_within, prerequisites_met, run, wait_until};
+
+/// Whether this machine can run these tests (see `root_support::prerequisites_met`).
+fn ready() -> bool {
+    prerequisites_met("TAP tests", &["ip", "ping"])
+}
+
 const IFNAME: &str = "gn0";
 const BIN: &str = env!("CARGO_BIN_EXE_guestnet");
-
-/// Whether the machine can run these tests; panics under CI if it cannot.
-fn prerequisites_met() -> bool {
-    let mut missing = Vec::new();
-    if !rustix::process::geteuid().is_root() {
-        missing.push("root");
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        missing.push("/dev/net/tun");
-    }
-    for tool in ["ip", "ping"] {
-        let found = Command::new(tool)
-            .arg("-V")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            missing.push(tool);
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!("TAP tests need {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{reason}, and CI must not skip them");
-    }
-    eprintln!("skipped: {reason}");
-    false
-}
-
-fn run(command: &mut Command) -> Output {
-    command
-        .stdin(Stdio::null())
-        .output()
-        .expect("run a command")
-}
-
-fn ip(args: &[&str]) {
-    let output = run(Command::new("ip").args(args));
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// A `guestnet tap` process serving one namespace.
 struct Tap {
     child: Child,
     slot: u16,
     mac: MacAddress,
-}
-
-/// Kills and reaps a helper process however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Namespaces on a network, each with a TAP port; everything is removed on drop.
@@ -334,39 +282,6 @@ impl Drop for Lab {
     }
 }
 
-/// Polls `condition` until it holds, failing with `what` after [`DEADLINE`].
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs a child to its end within `limit`, killing it otherwise.
-fn output_within(mut command: Command, limit: Duration) -> Output {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    let (done, finished) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    match finished.recv_timeout(limit) {
-        Ok(output) => output.expect("child output"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("{command:?} took longer than {limit:?}");
-        }
-    }
-}
-
 /// Reads one frame of the stream protocol (4-byte big-endian length, then the frame).
 fn read_frame(client: &mut UnixStream) -> Vec<u8> {
     let mut length = [0u8; 4];
@@ -390,7 +305,7 @@ fn report(output: &Output, verb: &str) -> (u64, String) {
 
 #[test]
 fn two_namespaces_resolve_ping_and_move_64_mib_intact() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let lab = Lab::new("pair", 2);
@@ -409,7 +324,7 @@ fn two_namespaces_resolve_ping_and_move_64_mib_intact() {
 
 #[test]
 fn broadcast_reaches_every_namespace() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let lab = Lab::new("bcast", 3);
@@ -430,7 +345,7 @@ fn broadcast_reaches_every_namespace() {
 
 #[test]
 fn a_promiscuous_interface_sees_other_namespaces_unicast() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let lab = Lab::new("promisc", 3);
@@ -472,7 +387,7 @@ fn a_promiscuous_interface_sees_other_namespaces_unicast() {
 
 #[test]
 fn traffic_follows_a_new_mac_and_status_shows_it() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let lab = Lab::new("mac", 2);
@@ -539,7 +454,7 @@ fn traffic_follows_a_new_mac_and_status_shows_it() {
 
 #[test]
 fn a_frame_longer_than_the_mtu_is_dropped_and_counted() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let lab = Lab::new("mtu", 2);
@@ -584,7 +499,7 @@ fn a_frame_longer_than_the_mtu_is_dropped_and_counted() {
 
 #[test]
 fn a_killed_tap_port_is_reclaimed_and_the_others_keep_working() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut lab = Lab::new("kill", 3);
@@ -607,7 +522,7 @@ fn a_killed_tap_port_is_reclaimed_and_the_others_keep_working() {
 
 #[test]
 fn link_down_on_the_interface_stops_delivery_and_counts_it() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let lab = Lab::new("down", 2);
@@ -630,7 +545,7 @@ fn link_down_on_the_interface_stops_delivery_and_counts_it() {
 /// the namespace's kernel, whose unicast answer reaches the client.
 #[test]
 fn a_stream_client_and_a_namespace_share_the_network() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let lab = Lab::new("mixed", 1);
@@ -676,7 +591,7 @@ fn a_stream_client_and_a_namespace_share_the_network() {
 
 #[test]
 fn the_demo_runs_end_to_end_and_cleans_up() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut demo = Command::new(BIN);
@@ -714,7 +629,7 @@ fn the_demo_runs_end_to_end_and_cleans_up() {
 
 #[test]
 fn without_offloads_64_mib_arrive_intact() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let lab = Lab::with_offloads("nooff", &[false, false]);
@@ -730,7 +645,7 @@ fn without_offloads_64_mib_arrive_intact() {
 /// side's frames reach the offload side as they are. Both directions arrive intact.
 #[test]
 fn a_mixed_network_of_offload_and_plain_taps_moves_16_mib_both_ways_intact() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let lab = Lab::with_offloads("mixoff", &[true, false]);
@@ -771,7 +686,7 @@ fn internet_checksum(parts: &[&[u8]]) -> u16 {
 /// which cannot, must get them finished, in frames no longer than the MTU allows.
 #[test]
 fn a_stream_client_gets_finished_checksums_from_an_offload_namespace() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let lab = Lab::new("csum", 1);

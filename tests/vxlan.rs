@@ -15,7 +15,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
 use std::os::fd::AsFd;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -23,69 +23,17 @@ use guestnet::network::peer::Peer;
 use guestnet::network::{CreateOptions, JoinOptions, Network, PortKind};
 use guestnet::wire::MacAddress;
 
-/// How long any single expected event may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(5);
+mod root_support;
+use root_support::{DEADLINE, KillOnDrop, ip, output_within, prerequisites_met, run, wait_until};
+
+/// Whether this machine can run these tests (see `root_support::prerequisites_met`).
+fn ready() -> bool {
+    prerequisites_met("VXLAN tests", &["ip", "ping", "ethtool"])
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_guestnet");
 const VNI: &str = "42";
 const UNDERLAY_MTU: &str = "1550";
-
-/// Whether the machine can run these tests; panics under CI if it cannot.
-fn prerequisites_met() -> bool {
-    let mut missing = Vec::new();
-    if !rustix::process::geteuid().is_root() {
-        missing.push("root");
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        missing.push("/dev/net/tun");
-    }
-    for tool in ["ip", "ping", "ethtool"] {
-        let found = Command::new(tool)
-            .arg("-V")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            missing.push(tool);
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!("VXLAN tests need {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{reason}, and CI must not skip them");
-    }
-    eprintln!("skipped: {reason}");
-    false
-}
-
-fn run(command: &mut Command) -> Output {
-    command
-        .stdin(Stdio::null())
-        .output()
-        .expect("run a command")
-}
-
-fn ip(args: &[&str]) {
-    let output = run(Command::new("ip").args(args));
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Kills and reaps a helper process however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn underlay_address(host: usize) -> String {
     format!("10.99.0.{}", host + 1)
@@ -397,39 +345,6 @@ fn ping(from: &str, to: &str) -> bool {
     .success()
 }
 
-/// Polls `condition` until it holds, failing with `what` after [`DEADLINE`].
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs a child to its end within `limit`, killing it otherwise.
-fn output_within(mut command: Command, limit: Duration) -> Output {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id();
-    let (done, finished) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    match finished.recv_timeout(limit) {
-        Ok(output) => output.expect("child output"),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("{command:?} took longer than {limit:?}");
-        }
-    }
-}
-
 fn report(output: &str, verb: &str) -> (u64, String) {
     let line = output
         .lines()
@@ -499,7 +414,7 @@ fn vxlan_status(host: &Host) -> serde_json::Value {
 
 #[test]
 fn two_guestnet_hosts_ping_and_move_a_tcp_stream_intact() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut world = World::new("pair");
@@ -525,7 +440,7 @@ fn two_guestnet_hosts_ping_and_move_a_tcp_stream_intact() {
 
 #[test]
 fn a_guestnet_host_and_a_linux_vxlan_device_talk_both_ways() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut world = World::new("linux");
@@ -590,7 +505,7 @@ fn tags_until(peer: &mut Peer, last: u8) -> Vec<u8> {
 
 #[test]
 fn a_broadcast_reaches_each_of_two_other_hosts_exactly_once_and_a_reply_only_its_host() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut world = World::new("three");
@@ -673,7 +588,7 @@ fn vxlan_datagram(flags: u8, vni: u32, inner: &[u8]) -> Vec<u8> {
 
 #[test]
 fn malformed_foreign_and_flooding_datagrams_are_counted_and_never_delivered() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut world = World::new("bad");
@@ -744,7 +659,7 @@ fn malformed_foreign_and_flooding_datagrams_are_counted_and_never_delivered() {
 
 #[test]
 fn a_frame_too_big_for_the_underlay_is_dropped_and_counted_never_fragmented() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut world = World::new("mtu");
@@ -786,7 +701,7 @@ fn a_frame_too_big_for_the_underlay_is_dropped_and_counted_never_fragmented() {
 
 #[test]
 fn datagrams_leave_from_a_source_port_hashed_from_the_inner_frame() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut world = World::new("sport");
@@ -847,7 +762,7 @@ fn unicast(destination: MacAddress, source: MacAddress, tag: u8) -> Vec<u8> {
 
 #[test]
 fn on_a_multicast_group_floods_go_once_to_the_group_and_unicast_straight_to_its_host() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut world = World::new("group");
@@ -894,7 +809,7 @@ fn on_a_multicast_group_floods_go_once_to_the_group_and_unicast_straight_to_its_
 
 #[test]
 fn on_a_multicast_group_a_guestnet_host_and_a_linux_vxlan_device_talk_both_ways() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut world = World::new("lgroup");
@@ -933,7 +848,7 @@ fn on_a_multicast_group_a_guestnet_host_and_a_linux_vxlan_device_talk_both_ways(
 
 #[test]
 fn over_an_ipv6_underlay_two_guestnet_hosts_ping_and_move_a_tcp_stream_intact() {
-    if !prerequisites_met() {
+    if !ready() {
         return;
     }
     let mut world = World::new("ipv6");

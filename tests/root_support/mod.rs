@@ -1,0 +1,104 @@
+//! What the tests that need root share: the prerequisite check that skips outside CI and
+//! fails inside it, running `ip`, killing children on drop, and bounded waits.
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any single expected event may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Whether the machine can run `suite` (root, /dev/net/tun and `tools`); under CI (where
+/// these tests must never be skipped) a missing prerequisite panics instead.
+pub fn prerequisites_met(suite: &str, tools: &[&str]) -> bool {
+    let mut missing = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        missing.push("root");
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun");
+    }
+    for &tool in tools {
+        let found = Command::new(tool)
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("{suite} need {}", missing.join(", "));
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}, and CI must not skip them");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// Runs a command to completion with no input.
+pub fn run(command: &mut Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a command")
+}
+
+/// Runs `ip` and fails the test if it fails.
+pub fn ip(args: &[&str]) {
+    let output = run(Command::new("ip").args(args));
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A child process that is killed and reaped when the test lets go of it, however the
+/// test ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after [`DEADLINE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a child to its end within `limit`, killing it otherwise.
+pub fn output_within(mut command: Command, limit: Duration) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(output) => output.expect("child output"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{command:?} took longer than {limit:?}");
+        }
+    }
+}
