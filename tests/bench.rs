@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod root_support;
+use root_support::prerequisites_met;
+
 /// A bench process, killed and reaped if the test fails before it ends.
 struct Bench {
     child: Child,
@@ -230,37 +233,6 @@ fn an_interrupted_bench_kills_its_workers_and_removes_its_network() {
     );
 }
 
-/// Whether `bench --netns` can run here; panics under CI (`CI=true`) if it cannot.
-fn netns_prerequisites_met() -> bool {
-    let mut missing = Vec::new();
-    if !rustix::process::geteuid().is_root() {
-        missing.push("root");
-    }
-    if !std::path::Path::new("/dev/net/tun").exists() {
-        missing.push("/dev/net/tun");
-    }
-    for (tool, arg) in [("ip", "-V"), ("ping", "-V"), ("ethtool", "--version")] {
-        let found = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            missing.push(tool);
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!("bench --netns needs {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{reason}, and CI must not skip it");
-    }
-    eprintln!("skipped: {reason}");
-    false
-}
-
 /// Named namespaces whose name marks them as the bench process `pid`'s.
 fn namespaces_of(pid: u32) -> Vec<String> {
     let prefix = format!("gn-bench-{pid}-");
@@ -274,7 +246,7 @@ fn namespaces_of(pid: u32) -> Vec<String> {
 
 #[test]
 fn netns_json_compares_guestnet_with_the_bridge_and_cleans_up() {
-    if !netns_prerequisites_met() {
+    if !prerequisites_met("bench --netns tests", &["ip", "ping", "ethtool"]) {
         return;
     }
     let bench = Bench::start(&["--netns", "--seconds", "1", "--json"]);
@@ -318,7 +290,7 @@ fn netns_json_compares_guestnet_with_the_bridge_and_cleans_up() {
 
 #[test]
 fn an_interrupted_netns_bench_removes_its_namespaces_and_network() {
-    if !netns_prerequisites_met() {
+    if !prerequisites_met("bench --netns tests", &["ip", "ping", "ethtool"]) {
         return;
     }
     let bench = Bench::start(&["--netns", "--seconds", "30", "--json"]);
