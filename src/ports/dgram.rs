@@ -40,7 +40,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rustix::io::Errno;
-use rustix::net::{RecvFlags, SendFlags, SocketAddrUnix};
+use rustix::net::{SendFlags, SocketAddrUnix};
 
 use crate::network::counters::DropReason;
 use crate::network::peer::{Receiver, Sender};
@@ -48,7 +48,8 @@ use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
 use crate::wire::MacAddress;
 
 use super::socket::{
-    Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, check_mac, io_error, label,
+    DatagramBatch, Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, check_mac,
+    io_error, label,
 };
 
 /// Most datagrams taken from the socket per round.
@@ -94,17 +95,6 @@ struct Client {
     /// Set by the client's thread when the address stopped answering.
     gone: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-}
-
-/// One datagram of a round: where it came from and where its bytes are.
-#[derive(Debug, Clone)]
-struct Datagram {
-    /// The sender, or `None` if it cannot be answered (unbound).
-    from: Option<SocketAddrUnix>,
-    start: usize,
-    end: usize,
-    /// Longer than the buffer: the socket cut it short.
-    oversize: bool,
 }
 
 /// What woke the serving thread.
@@ -161,8 +151,7 @@ impl DgramPort {
                 stopping: Arc::new(AtomicBool::new(false)),
                 client_gone: Arc::new(Doorbell::new().map_err(io_error("create a pipe"))?),
             },
-            bytes: vec![0; RECEIVE_BATCH * self.network.max_frame_len()],
-            datagrams: Vec::with_capacity(RECEIVE_BATCH),
+            round: DatagramBatch::new(RECEIVE_BATCH, self.network.max_frame_len()),
             order: Vec::with_capacity(RECEIVE_BATCH),
             batch: FrameBatch::default(),
         };
@@ -183,10 +172,10 @@ impl DgramPort {
 /// The serving thread's state: the clients, and the datagrams of the current round.
 struct Server<'a> {
     clients: Clients<'a>,
-    /// Room for a round's datagrams, one maximal frame each.
-    bytes: Vec<u8>,
-    datagrams: Vec<Datagram>,
-    /// Indices into `datagrams`, grouped by sender.
+    /// The round's datagrams, one maximal frame each, with their sender, or `None` for
+    /// one that cannot be answered (unbound).
+    round: DatagramBatch<Option<SocketAddrUnix>>,
+    /// Indices into the round's datagrams, grouped by sender.
     order: Vec<usize>,
     batch: FrameBatch,
 }
@@ -207,51 +196,24 @@ impl Server<'_> {
     /// Takes the datagrams waiting (without waiting for more) and sends them on, one
     /// batch per client.
     fn receive_round(&mut self) {
-        let max_frame = self.clients.port.network.max_frame_len();
-        self.datagrams.clear();
-        while self.datagrams.len() < RECEIVE_BATCH {
-            // Datagram i lands at i × max_frame; TRUNC reports the length it really had.
-            let start = self.datagrams.len() * max_frame;
-            let Some(space) = self.bytes.get_mut(start..start + max_frame) else {
-                break;
-            };
-            let received = rustix::net::recvfrom(
-                &self.clients.port.socket,
-                space,
-                RecvFlags::DONTWAIT | RecvFlags::TRUNC,
-            );
-            match received {
-                Ok((stored, announced, from)) => {
-                    let from = from
-                        .and_then(|a| SocketAddrUnix::try_from(a).ok())
-                        .filter(|a| !a.is_unnamed());
-                    self.datagrams.push(Datagram {
-                        from,
-                        start,
-                        end: start + stored,
-                        oversize: announced > stored,
-                    });
-                }
-                Err(Errno::INTR) => {}
-                Err(e) => {
-                    if e != Errno::AGAIN {
-                        tracing::warn!(error = %e, "receiving a datagram failed");
-                    }
-                    break;
-                }
-            }
-        }
+        self.round.receive(&self.clients.port.socket, |from| {
+            Some(
+                from.and_then(|a| SocketAddrUnix::try_from(a).ok())
+                    .filter(|a| !a.is_unnamed()),
+            )
+        });
         // Group by sender; the sort is stable, so each sender's frames keep their order.
         self.order.clear();
-        self.order.extend(0..self.datagrams.len());
-        let datagrams = &self.datagrams;
+        let datagrams = self.round.datagrams();
+        self.order.extend(0..datagrams.len());
         self.order
             .sort_by(|&a, &b| datagrams[a].from.cmp(&datagrams[b].from));
         let mut first = 0;
         while first < self.order.len() {
-            let from = self.datagrams[self.order[first]].from.clone();
+            let datagrams = self.round.datagrams();
+            let from = datagrams[self.order[first]].from.clone();
             let mut last = first + 1;
-            while last < self.order.len() && self.datagrams[self.order[last]].from == from {
+            while last < self.order.len() && datagrams[self.order[last]].from == from {
                 last += 1;
             }
             self.send_group(from, first..last);
@@ -263,8 +225,7 @@ impl Server<'_> {
     fn send_group(&mut self, from: Option<SocketAddrUnix>, range: std::ops::Range<usize>) {
         let Server {
             clients,
-            bytes,
-            datagrams,
+            round,
             order,
             batch,
         } = self;
@@ -274,14 +235,14 @@ impl Server<'_> {
         batch.clear();
         let mut counted = false;
         for &index in &order[range] {
-            let datagram = &datagrams[index];
+            let datagram = &round.datagrams()[index];
             if datagram.oversize {
                 tracing::debug!(port = %label, "dropping a datagram longer than the largest frame");
                 sender.count_drop(DropReason::Invalid);
                 counted = true;
                 continue;
             }
-            let frame = &bytes[datagram.start..datagram.end];
+            let frame = round.bytes(datagram);
             if let Some(learner) = learner.as_deref_mut() {
                 learner.observe(|| sender.control(), frame, label);
             }

@@ -68,7 +68,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rustix::io::Errno;
-use rustix::net::{RecvFlags, SendFlags};
+use rustix::net::SendFlags;
 use serde::Serialize;
 
 use crate::network::counters::DropReason;
@@ -80,7 +80,7 @@ use crate::wire::vxlan::{
 };
 use crate::wire::{EthernetFrame, MacAddress};
 
-use super::socket::{Doorbell, FrameBatch, PortError, io_error};
+use super::socket::{DatagramBatch, Doorbell, FrameBatch, PortError, io_error};
 
 /// Most datagrams taken from the socket per round.
 pub const RECEIVE_BATCH: usize = 64;
@@ -665,8 +665,7 @@ impl VxlanPort {
                 network_mtu,
                 state: &state,
                 // A slot holds the largest valid datagram; a longer one is cut and flagged.
-                buffer: vec![0; RECEIVE_BATCH * (max_frame_len + HEADER_LEN)],
-                datagrams: Vec::with_capacity(RECEIVE_BATCH),
+                round: DatagramBatch::new(RECEIVE_BATCH, max_frame_len + HEADER_LEN),
                 batch: FrameBatch::default(),
             };
             let result = decapsulator.run(stop);
@@ -789,20 +788,9 @@ struct Decapsulator<'a> {
     vni: u32,
     network_mtu: usize,
     state: &'a Mutex<State>,
-    /// Room for a round's datagrams, one slot each.
-    buffer: Vec<u8>,
-    datagrams: Vec<Datagram>,
+    /// The round's datagrams, one slot each, with the address they came from.
+    round: DatagramBatch<SocketAddr>,
     batch: FrameBatch,
-}
-
-/// One datagram of a round: who sent it and where its bytes are in the buffer.
-#[derive(Debug, Clone, Copy)]
-struct Datagram {
-    from: SocketAddr,
-    start: usize,
-    end: usize,
-    /// Longer than its slot: the socket cut it short.
-    oversize: bool,
 }
 
 /// What one datagram turned out to be.
@@ -846,42 +834,15 @@ impl Decapsulator<'_> {
 
     /// Takes the datagrams waiting, checks each, and sends the good frames as one batch.
     fn receive_round(&mut self) {
-        let slot = self.buffer.len() / RECEIVE_BATCH;
-        self.datagrams.clear();
-        // At most one batch of attempts, whatever each turns out to be.
-        for _ in 0..RECEIVE_BATCH {
-            let start = self.datagrams.len() * slot;
-            let Some(space) = self.buffer.get_mut(start..start + slot) else {
-                break;
-            };
-            match rustix::net::recvfrom(self.socket, space, RecvFlags::DONTWAIT | RecvFlags::TRUNC)
-            {
-                Ok((stored, announced, from)) => {
-                    let Some(from) = from.and_then(|a| SocketAddr::try_from(a).ok()) else {
-                        continue;
-                    };
-                    self.datagrams.push(Datagram {
-                        from,
-                        start,
-                        end: start + stored,
-                        oversize: announced > stored,
-                    });
-                }
-                Err(Errno::INTR) => {}
-                Err(e) => {
-                    if e != Errno::AGAIN {
-                        tracing::warn!(error = %e, "receiving a datagram failed");
-                    }
-                    break;
-                }
-            }
-        }
+        self.round.receive(self.socket, |from| {
+            from.and_then(|a| SocketAddr::try_from(a).ok())
+        });
         let now = monotonic_ns();
         let mut state = lock(self.state);
         self.batch.clear();
         let mut refused_inner = false;
-        for datagram in &self.datagrams {
-            let bytes = &self.buffer[datagram.start..datagram.end];
+        for datagram in self.round.datagrams() {
+            let bytes = self.round.bytes(datagram);
             let remote = state.remotes.find_or_admit(datagram.from.ip());
             let verdict = classify(remote, self.vni, self.network_mtu, bytes, datagram.oversize);
             match state.account(verdict, bytes, now) {
