@@ -319,3 +319,86 @@ fn an_interrupted_netns_bench_removes_its_namespaces_and_network() {
     );
     assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
 }
+
+/// Runs `scripts/guest-image` on the image the QEMU tests use (it returns at once when the
+/// image is current), so a stale image without iperf3 is rebuilt before the bench uses it.
+fn current_guest_image() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target/guest");
+    let output = root_support::output_within(
+        {
+            let mut script = Command::new(root.join("scripts/guest-image"));
+            script.arg(&dir);
+            script
+        },
+        Duration::from_secs(600),
+    );
+    assert!(
+        output.status.success(),
+        "scripts/guest-image failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    dir
+}
+
+#[test]
+fn vm_json_compares_vhost_user_guests_with_bridged_guests_and_cleans_up() {
+    if !prerequisites_met("bench --vm tests", &["ip", "qemu-system-x86_64", "iperf3"]) {
+        return;
+    }
+    let image = current_guest_image();
+    let image = image.to_str().expect("UTF-8 path");
+    let bench = Bench::start(&["--vm", "--seconds", "1", "--json", "--image-dir", image]);
+    let pid = bench.pid();
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(300));
+    assert!(
+        status.success(),
+        "bench failed: {status}; stderr {stderr:#?}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
+    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    assert_eq!(v["mode"], "vm", "{v}");
+    assert_eq!(number(&v, "seconds"), 1.0);
+    let accelerator = v["accelerator"].as_str();
+    assert!(matches!(accelerator, Some("kvm" | "tcg")), "{v}");
+    assert!(
+        v["accelerator_reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{v}"
+    );
+    for side in ["guestnet", "bridge"] {
+        let tcp = number(&v, &format!("{side}.tcp_gbps"));
+        let pps = number(&v, &format!("{side}.udp_pps"));
+        assert!(tcp > 0.0 && pps > 0.0, "{side}: {v}");
+        let datagrams = number(&v, &format!("{side}.udp_datagrams"));
+        assert!(number(&v, &format!("{side}.udp_lost")) < datagrams, "{v}");
+    }
+    assert!(
+        close(
+            number(&v, "tcp_ratio"),
+            number(&v, "guestnet.tcp_gbps") / number(&v, "bridge.tcp_gbps")
+        ),
+        "{v}"
+    );
+    assert!(
+        close(
+            number(&v, "udp_ratio"),
+            number(&v, "guestnet.udp_pps") / number(&v, "bridge.udp_pps")
+        ),
+        "{v}"
+    );
+    assert!(v["guestnet_drops"].is_object(), "{v}");
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "left {:?}",
+        namespaces_of(pid)
+    );
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+    assert!(
+        workers_of(pid).is_empty(),
+        "left running: {:?}",
+        workers_of(pid)
+    );
+}

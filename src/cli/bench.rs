@@ -32,6 +32,7 @@
 mod netns;
 pub use netns::TAP_RING_SLOTS;
 mod process;
+mod vm;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -68,14 +69,14 @@ pub struct BenchArgs {
     /// Sender processes (1 to 64).
     #[arg(long, default_value_t = 1)]
     pub senders: u16,
-    /// Seconds each of the two measurements lasts.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds each of the two measurements lasts [with --vm: each test, default 5].
+    #[arg(long, default_value_t = 3.0, default_value_if("vm", "true", "5"))]
     pub seconds: f64,
     /// Frames per `send_batch` call (1 to 4096).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Slots of the receiver's ring (a power of two) [default: 256; with --netns 1024,
-    /// what kernel stacks behind TAPs want: see the README's performance section].
+    /// Slots of the receiver's ring (a power of two) [default: 256; with --netns or --vm
+    /// 1024, what kernel stacks behind TAPs want: see the README's performance section].
     #[arg(long)]
     pub ring_slots: Option<u32>,
     /// Leave the workers unpinned (the scheduler places them).
@@ -91,6 +92,14 @@ pub struct BenchArgs {
     /// With --netns: use the built-in TCP stream even if iperf3 is installed.
     #[arg(long, requires = "netns")]
     pub no_iperf: bool,
+    /// Instead: TCP throughput and UDP packet rate (iperf3) between two QEMU guests through
+    /// guestnet's vhost-user ports and through TAP devices on a Linux bridge (as root).
+    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin", "netns"])]
+    pub vm: bool,
+    /// With --vm: the guest image (vmlinuz, initramfs.cpio.gz) of scripts/guest-image,
+    /// built there by the script when missing.
+    #[arg(long, requires = "vm", default_value = "target/guest")]
+    pub image_dir: PathBuf,
 }
 
 /// What a worker process does.
@@ -137,6 +146,9 @@ pub fn run(_dir: &Path, args: BenchArgs) -> anyhow::Result<()> {
     check_args(&args)?;
     if args.netns {
         return netns::run(&args);
+    }
+    if args.vm {
+        return vm::run(&args);
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let interrupt = Interrupt::install()?;
