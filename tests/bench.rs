@@ -402,3 +402,39 @@ fn vm_json_compares_vhost_user_guests_with_bridged_guests_and_cleans_up() {
         workers_of(pid)
     );
 }
+
+#[test]
+fn an_interrupted_vm_bench_kills_its_guests_and_removes_its_bridge() {
+    if !prerequisites_met("bench --vm tests", &["ip", "qemu-system-x86_64", "iperf3"]) {
+        return;
+    }
+    let image = current_guest_image();
+    let image = image.to_str().expect("UTF-8 path");
+    let bench = Bench::start(&["--vm", "--seconds", "30", "--json", "--image-dir", image]);
+    let pid = bench.pid();
+    // Interrupted once the bridge's lab is being built: its namespace, bridge and TAPs, and
+    // then its QEMUs, exist; the guests' boot and two 1-second tests still lie ahead, seconds
+    // of work the signal arrives well within.
+    bench.wait_for_stderr("Linux bridge:", Duration::from_secs(240));
+    let killed = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(20));
+    assert!(!status.success(), "an interrupted bench must not succeed");
+    assert!(
+        stdout.is_empty(),
+        "no result after an interrupt: {stdout:?}"
+    );
+    assert!(
+        stderr.iter().any(|l| l.contains("interrupted")),
+        "says why: {stderr:?}"
+    );
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "left {:?}",
+        namespaces_of(pid)
+    );
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+}
