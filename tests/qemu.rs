@@ -161,6 +161,67 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// How long a probe guest may take under KVM; a working KVM boots it in about a second.
+const KVM_PROBE: Duration = Duration::from_secs(8);
+
+/// The accelerator to run guests with: KVM where it works, TCG otherwise. `/dev/kvm` being
+/// there is not enough (some hosts offer a flavour that starts QEMU but never runs an
+/// ordinary guest kernel), so a guest that only prints its marker is booted under KVM once
+/// per test process. `GUESTNET_ACCEL=kvm|tcg` skips the probe.
+fn accelerator(image: &GuestImage) -> &'static str {
+    static CHOSEN: OnceLock<&'static str> = OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        match std::env::var("GUESTNET_ACCEL").as_deref() {
+            Ok("kvm") => return "kvm",
+            Ok("tcg") => return "tcg",
+            _ => {}
+        }
+        if !Path::new("/dev/kvm").exists() {
+            return "tcg";
+        }
+        let probe = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "kvm",
+                "-m",
+                "256",
+                "-nographic",
+                "-no-reboot",
+                "-nic",
+                "none",
+            ])
+            .arg("-kernel")
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&image.initrd)
+            .args(["-append", "console=ttyS0 quiet panic=-1 guestnet.run=true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut probe) = probe else {
+            return "tcg";
+        };
+        let (lines, console) = mpsc::channel();
+        if let Some(stdout) = probe.stdout.take() {
+            forward_lines(stdout, lines);
+        }
+        let _probe = KillOnDrop(probe);
+        let deadline = Instant::now() + KVM_PROBE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match console.recv_timeout(left) {
+                Ok(line) if line.contains("GUESTNET-DONE") => break "kvm",
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!("KVM cannot run the guest here; guests run under TCG");
+                    break "tcg";
+                }
+            }
+        }
+    })
+}
+
 /// Sends every line a child writes on `output` to `lines`, from a thread of its own.
 fn forward_lines(output: impl Read + Send + 'static, lines: mpsc::Sender<String>) {
     std::thread::spawn(move || {
@@ -361,7 +422,14 @@ impl Guest {
             "console=ttyS0 quiet panic=-1 guestnet.ip={address} guestnet.run=\"{command}\" guestnet.hold"
         );
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot"])
+            .args([
+                "-accel",
+                accelerator(image),
+                "-m",
+                "256",
+                "-nographic",
+                "-no-reboot",
+            ])
             .arg("-kernel")
             .arg(&image.kernel)
             .arg("-initrd")
