@@ -381,21 +381,24 @@ impl Connection<'_, '_> {
             if stopped {
                 return End::Stopped;
             }
-            if knocking {
-                self.turn_away(listener);
-            }
             for index in kicked {
                 if let Some((_, kick)) = self.tx_kicks.iter().find(|(i, _)| *i == index) {
                     drain_eventfd(kick);
                 }
                 self.tx_pending[index] = true;
             }
+            // Before a knock is answered: a frontend that reconnects closes its old
+            // connection first, and that end must be seen before the new one is judged a
+            // second frontend.
             if socket_ready {
                 match self.handle_message() {
                     Ok(true) => {}
                     Ok(false) => return End::Disconnected,
                     Err(why) => return End::Broken(why),
                 }
+            }
+            if knocking && !socket_ready {
+                self.turn_away(listener);
             }
             for index in 0..self.tx_pending.len() {
                 if self.tx_pending[index] {
@@ -576,8 +579,9 @@ impl Connection<'_, '_> {
     fn vring(&self, index: u32) -> Result<&Mutex<Vring>, String> {
         self.shared.vrings.get(index as usize).ok_or_else(|| {
             format!(
-                "queue {index} out of range ({} queues)",
-                self.shared.vrings.len()
+                "queue {index} out of range: this port offers {} queue pairs; start it with a \
+                 larger --queues or give the frontend fewer queues",
+                self.queue_pairs
             )
         })
     }
@@ -689,7 +693,12 @@ impl Connection<'_, '_> {
                     Err(why) => return Answer::Refused(why),
                 };
                 let Some(memory) = shared.memory() else {
-                    return Answer::Refused("ring addresses before a memory table".into());
+                    return Answer::Refused(
+                        "ring addresses before any guest memory was shared: is the VM's memory \
+                         shared? (QEMU: -object memory-backend-memfd,id=mem,size=…,share=on \
+                         -machine memory-backend=mem)"
+                            .into(),
+                    );
                 };
                 let mut vring = lock(vring);
                 let size = u64::from(vring.queue.size());
