@@ -221,6 +221,8 @@ struct Connection<'s, 'a> {
     tx_kicks: Vec<(usize, OwnedFd)>,
     /// The receive thread, woken when the queues change.
     rx_thread: std::thread::Thread,
+    /// The unsealed-memory warning was given.
+    warned_unsealed: bool,
 }
 
 /// Serves one frontend until it disconnects, breaks the protocol, or `stop` rings.
@@ -296,6 +298,7 @@ pub fn run(setup: Setup<'_>, stop: &Doorbell, listener: Option<&UnixListener>) {
             tx_pending: vec![false; usize::from(queue_pairs) * 2],
             tx_kicks: Vec::new(),
             rx_thread: rx.thread().clone(),
+            warned_unsealed: false,
         };
         let end = connection.serve(stop, listener);
         shared.closing.store(true, Ordering::Release);
@@ -575,6 +578,20 @@ impl Connection<'_, '_> {
         Ok(Some((header, payload, fds)))
     }
 
+    /// Says once per connection that the frontend could crash this process by shrinking
+    /// the guest's memory file under it.
+    fn warn_if_unsealed(&mut self, memory: &GuestMemory) {
+        if !memory.sealed() && !self.warned_unsealed {
+            self.warned_unsealed = true;
+            tracing::warn!(
+                port = %self.label,
+                "the guest's memory file is not sealed against shrinking: the frontend could \
+                 make this process fault, and every VM it serves lose its network; QEMU's \
+                 memfd backend seals by default, or run one port process per VM"
+            );
+        }
+    }
+
     /// The vring `index`, if the frontend may use it.
     fn vring(&self, index: u32) -> Result<&Mutex<Vring>, String> {
         self.shared.vrings.get(index as usize).ok_or_else(|| {
@@ -633,6 +650,7 @@ impl Connection<'_, '_> {
             }
             Request::SetMemTable(regions) => match GuestMemory::from_table(&regions, fds) {
                 Ok(memory) => {
+                    self.warn_if_unsealed(&memory);
                     *lock(&shared.memory) = Some(Arc::new(memory));
                     self.rx_thread.unpark();
                     Answer::Done
@@ -654,6 +672,7 @@ impl Connection<'_, '_> {
                 };
                 match added {
                     Ok(memory) => {
+                        self.warn_if_unsealed(&memory);
                         *lock(&shared.memory) = Some(Arc::new(memory));
                         self.rx_thread.unpark();
                         Answer::Done
