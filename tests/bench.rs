@@ -320,6 +320,10 @@ fn an_interrupted_netns_bench_removes_its_namespaces_and_network() {
     assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
 }
 
+/// Held by each `--vm` test: two labs of guests at once would only slow both down on a
+/// small machine.
+static VM_BENCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `scripts/guest-image` on the image the QEMU tests use (it returns at once when the
 /// image is current), so a stale image without iperf3 is rebuilt before the bench uses it.
 fn current_guest_image() -> std::path::PathBuf {
@@ -346,6 +350,7 @@ fn vm_json_compares_vhost_user_guests_with_bridged_guests_and_cleans_up() {
     if !prerequisites_met("bench --vm tests", &["ip", "qemu-system-x86_64", "iperf3"]) {
         return;
     }
+    let _one_at_a_time = VM_BENCH.lock().unwrap_or_else(|p| p.into_inner());
     let image = current_guest_image();
     let image = image.to_str().expect("UTF-8 path");
     let bench = Bench::start(&["--vm", "--seconds", "1", "--json", "--image-dir", image]);
@@ -408,6 +413,7 @@ fn an_interrupted_vm_bench_kills_its_guests_and_removes_its_bridge() {
     if !prerequisites_met("bench --vm tests", &["ip", "qemu-system-x86_64", "iperf3"]) {
         return;
     }
+    let _one_at_a_time = VM_BENCH.lock().unwrap_or_else(|p| p.into_inner());
     let image = current_guest_image();
     let image = image.to_str().expect("UTF-8 path");
     let bench = Bench::start(&["--vm", "--seconds", "30", "--json", "--image-dir", image]);
