@@ -387,13 +387,13 @@ impl Frontend {
     pub fn send(
         &mut self,
         request: u32,
-        flags: u32,
+        header_flags: u32,
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<()> {
         let mut bytes = Vec::with_capacity(12 + payload.len());
         bytes.extend_from_slice(&request.to_ne_bytes());
-        bytes.extend_from_slice(&flags.to_ne_bytes());
+        bytes.extend_from_slice(&header_flags.to_ne_bytes());
         bytes.extend_from_slice(&(payload.len() as u32).to_ne_bytes());
         bytes.extend_from_slice(payload);
         self.send_bytes(&bytes, fds)
@@ -593,8 +593,8 @@ impl Frontend {
         if queues < 2 {
             return Err(invalid(format!("{queues} queues")));
         }
-        let rx = Virtqueue::new(RX_QUEUE, options.queue_size)?;
-        let tx = Virtqueue::new(TX_QUEUE, options.queue_size)?;
+        let mut rx = Virtqueue::new(RX_QUEUE, options.queue_size)?;
+        let mut tx = Virtqueue::new(TX_QUEUE, options.queue_size)?;
         self.request(request::SET_OWNER, &[], &[])?;
         for queue in [&rx, &tx] {
             let index = u64::from(queue.index);
@@ -611,7 +611,6 @@ impl Frontend {
         self.request(request::SET_FEATURES, &u64_payload(acked), &[])?;
         self.acked_features = acked;
         self.send_memory(memory, options.memory)?;
-        let (mut rx, mut tx) = (rx, tx);
         for queue in [&mut rx, &mut tx] {
             queue.event_idx = acked & feature::EVENT_IDX != 0;
             queue.lay_out(memory);
@@ -693,6 +692,10 @@ pub struct Used {
 impl Virtqueue {
     /// A queue with fresh kick and call eventfds; rings are laid out by `lay_out`.
     fn new(index: u32, size: u16) -> io::Result<Virtqueue> {
+        if !size.is_power_of_two() || size > 1024 {
+            // Larger rings would not fit in their RING_STRIDE slot.
+            return Err(invalid(format!("ring size {size}")));
+        }
         let eventfd = || rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK);
         let base = u64::from(index) * RING_STRIDE;
         let desc = base;
