@@ -66,7 +66,8 @@ pub mod request {
     pub const GET_PROTOCOL_FEATURES: u32 = 15;
     /// `VHOST_USER_SET_PROTOCOL_FEATURES`.
     pub const SET_PROTOCOL_FEATURES: u32 = 16;
-    /// `VHOST_USER_GET_QUEUE_NUM`: how many queues (not pairs) the backend serves.
+    /// `VHOST_USER_GET_QUEUE_NUM` (with the `MQ` protocol feature): for a net device, how
+    /// many queue pairs the backend serves (what QEMU and DPDK take it to mean).
     pub const GET_QUEUE_NUM: u32 = 17;
     /// `VHOST_USER_SET_VRING_ENABLE`: start or stop one ring.
     pub const SET_VRING_ENABLE: u32 = 18;
@@ -102,6 +103,8 @@ pub mod feature {
 
 /// vhost-user protocol feature bits.
 pub mod protocol_feature {
+    /// `VHOST_USER_PROTOCOL_F_MQ`: `GET_QUEUE_NUM` is answered.
+    pub const MQ: u64 = 1;
     /// `VHOST_USER_PROTOCOL_F_REPLY_ACK`: `NEED_REPLY` gets a `u64` ack (0 = success).
     pub const REPLY_ACK: u64 = 1 << 3;
     /// `VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS`: `ADD_MEM_REG` / `REM_MEM_REG`.
@@ -438,7 +441,9 @@ impl Frontend {
 
     /// Reads a reply to `request` and checks its header.
     fn expect_reply(&mut self, request: u32) -> io::Result<Reply> {
-        let reply = self.recv_reply()?;
+        let reply = self
+            .recv_reply()
+            .map_err(|e| io::Error::new(e.kind(), format!("reply to request {request}: {e}")))?;
         if reply.request != request || reply.flags & 0x7 != (flags::VERSION | flags::REPLY) {
             return Err(invalid(format!(
                 "reply {} flags {:#x} to request {request}",
@@ -498,15 +503,15 @@ impl Frontend {
     }
 
     /// The first half of QEMU's sequence: features and protocol features. Returns the
-    /// offered features and the backend's queue count; `REPLY_ACK` is used from here on
-    /// when offered.
+    /// offered features and the backend's queue pair count (1 without `MQ`); `REPLY_ACK`
+    /// is used from here on.
     pub fn negotiate(&mut self, memory: MemoryMessages) -> io::Result<(u64, u64)> {
         let offered = self.get_u64(request::GET_FEATURES)?;
         if offered & feature::PROTOCOL_FEATURES == 0 {
             return Err(invalid("the backend does not offer PROTOCOL_FEATURES"));
         }
         let offered_protocol = self.get_u64(request::GET_PROTOCOL_FEATURES)?;
-        let mut wanted = protocol_feature::REPLY_ACK;
+        let mut wanted = protocol_feature::REPLY_ACK | protocol_feature::MQ;
         if memory == MemoryMessages::AddMemReg {
             wanted |= protocol_feature::CONFIGURE_MEM_SLOTS;
         }
@@ -523,8 +528,8 @@ impl Frontend {
             &[],
         )?;
         self.reply_ack = true;
-        let queues = self.get_u64(request::GET_QUEUE_NUM)?;
-        Ok((offered, queues))
+        let queue_pairs = self.get_u64(request::GET_QUEUE_NUM)?;
+        Ok((offered, queue_pairs))
     }
 
     /// Hands guest memory over the way `options` says.
@@ -589,9 +594,9 @@ impl Frontend {
         memory: &GuestMemory,
         options: SetupOptions,
     ) -> io::Result<(Virtqueue, Virtqueue)> {
-        let (offered, queues) = self.negotiate(options.memory)?;
-        if queues < 2 {
-            return Err(invalid(format!("{queues} queues")));
+        let (offered, queue_pairs) = self.negotiate(options.memory)?;
+        if queue_pairs == 0 {
+            return Err(invalid("no queue pairs"));
         }
         let mut rx = Virtqueue::new(RX_QUEUE, options.queue_size)?;
         let mut tx = Virtqueue::new(TX_QUEUE, options.queue_size)?;
@@ -676,6 +681,8 @@ pub struct Virtqueue {
     buffer_next: u64,
     /// Receive buffers posted and not yet used: head → (address, length).
     posted: std::collections::HashMap<u16, (u64, u32)>,
+    /// Used entries read from the ring and not yet handed out by `receive`.
+    received: std::collections::VecDeque<Used>,
     /// How many times the call eventfd was found signalled.
     pub calls: u64,
 }
@@ -715,6 +722,7 @@ impl Virtqueue {
             last_used: 0,
             buffer_next: 0,
             posted: std::collections::HashMap::new(),
+            received: std::collections::VecDeque::new(),
             calls: 0,
         })
     }
@@ -916,14 +924,15 @@ impl Virtqueue {
         }
     }
 
-    /// Waits (bounded by [`DEADLINE`]) for the next received frame: the used length and
-    /// the bytes the backend wrote into the posted buffer.
+    /// Waits (bounded by [`DEADLINE`]) for the next used receive buffer: its used length
+    /// and the bytes the backend wrote into it. A frame merged over several buffers takes
+    /// one call per buffer.
     pub fn receive(&mut self, memory: &GuestMemory) -> Option<(u32, Vec<u8>)> {
         let deadline = Instant::now() + DEADLINE;
-        let mut pending = std::collections::VecDeque::new();
         loop {
-            pending.extend(self.take_used(memory));
-            while let Some(u) = pending.pop_front() {
+            let used = self.take_used(memory);
+            self.received.extend(used);
+            while let Some(u) = self.received.pop_front() {
                 // A chain the test posted by hand (a bad one the backend gave back) is
                 // not a received frame.
                 let Some((addr, len)) = self.posted.remove(&(u.id as u16)) else {
