@@ -58,6 +58,8 @@ pub mod request {
     pub const SET_VRING_ADDR: u32 = 9;
     /// `VHOST_USER_SET_VRING_BASE`: the next available index the backend will read.
     pub const SET_VRING_BASE: u32 = 10;
+    /// `VHOST_USER_GET_VRING_BASE`: stops a ring and returns its next available index.
+    pub const GET_VRING_BASE: u32 = 11;
     /// `VHOST_USER_SET_VRING_KICK`: the eventfd the frontend writes to kick a ring.
     pub const SET_VRING_KICK: u32 = 12;
     /// `VHOST_USER_SET_VRING_CALL`: the eventfd the backend writes to interrupt the guest.
@@ -556,6 +558,24 @@ impl Frontend {
         }
     }
 
+    /// Stops queue `index` as QEMU does when the guest resets it (`GET_VRING_BASE`);
+    /// returns the backend's next available index.
+    pub fn stop_queue(&mut self, index: u32) -> io::Result<u32> {
+        self.send(
+            request::GET_VRING_BASE,
+            flags::VERSION,
+            &vring_state(index, 0),
+            &[],
+        )?;
+        let reply = self.expect_reply(request::GET_VRING_BASE)?;
+        match reply.payload[..] {
+            [i0, i1, i2, i3, n0, n1, n2, n3] if u32::from_ne_bytes([i0, i1, i2, i3]) == index => {
+                Ok(u32::from_ne_bytes([n0, n1, n2, n3]))
+            }
+            _ => Err(invalid(format!("vring state reply {:?}", reply.payload))),
+        }
+    }
+
     /// Tells the backend where queue `queue`'s rings and eventfds are, and enables it.
     pub fn start_queue(&mut self, memory: &GuestMemory, queue: &Virtqueue) -> io::Result<()> {
         let i = queue.index;
@@ -725,6 +745,17 @@ impl Virtqueue {
             received: std::collections::VecDeque::new(),
             calls: 0,
         })
+    }
+
+    /// Starts the queue over, as a guest driver does after a device reset: empty rings and
+    /// every index back at 0. The backend must be told again ([`Frontend::start_queue`]).
+    pub fn reset(&mut self, memory: &GuestMemory) {
+        self.lay_out(memory);
+        self.next_desc = 0;
+        self.next_avail = 0;
+        self.last_used = 0;
+        self.posted.clear();
+        self.received.clear();
     }
 
     /// Zeroes the rings in guest memory.
