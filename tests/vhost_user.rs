@@ -37,6 +37,11 @@ struct Lab {
 impl Lab {
     /// Creates the network and the peer, then starts a backend serving `sockets`.
     fn start(sockets: &[&str]) -> Lab {
+        Lab::start_with(sockets, &[])
+    }
+
+    /// [`Lab::start`] with extra `vhost-user` options.
+    fn start_with(sockets: &[&str], extra: &[&str]) -> Lab {
         let dir = tempfile::tempdir().expect("tempdir");
         let network =
             Network::create(dir.path(), NETWORK, CreateOptions::default()).expect("create");
@@ -46,7 +51,7 @@ impl Lab {
                 ..JoinOptions::default()
             })
             .expect("join");
-        let backend = Backend::start(dir.path(), NETWORK, sockets);
+        let backend = Backend::start(dir.path(), NETWORK, sockets, extra);
         Lab {
             dir,
             network,
@@ -820,4 +825,146 @@ fn reconnected_frontend_carries_frames_and_the_old_peer_left() {
     );
     let entry = vhost_status(lab.dir.path(), NETWORK, lab.socket(0)).expect("status");
     assert!(counter(&entry, "connections") >= 2);
+}
+
+// --- Options and life cycle -------------------------------------------------------------------
+
+#[test]
+fn sigterm_ends_the_backend_and_removes_its_sockets() {
+    let mut lab = Lab::start(&["a", "b"]);
+    let guest = lab.guest(0, SetupOptions::default());
+    let sockets = lab.backend.sockets.clone();
+    assert!(lab.backend.terminate().success(), "a clean exit");
+    for socket in &sockets {
+        assert!(!socket.exists(), "{} removed", socket.display());
+    }
+    drop(guest);
+    wait_until("the vhost-user peer left", || {
+        vhost_peers(&lab.network).is_empty()
+    });
+}
+
+#[test]
+fn stale_socket_file_is_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Network::create(dir.path(), NETWORK, CreateOptions::default()).expect("create");
+    // A socket file nobody listens on any more, as a killed backend leaves behind.
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("s")).expect("bind"));
+    assert!(dir.path().join("s").exists());
+    let backend = Backend::start(dir.path(), NETWORK, &["s"], &[]);
+    let mut frontend = Frontend::connect(&backend.sockets[0]).expect("connect");
+    let features = frontend.get_u64(request::GET_FEATURES).expect("features");
+    assert_ne!(features & feature::VERSION_1, 0);
+}
+
+/// `VIRTIO_NET_F_MQ`.
+const MQ: u64 = 1 << 22;
+/// `CSUM`, `GUEST_CSUM`, `GUEST_TSO4`, `GUEST_TSO6`, `HOST_TSO4`, `HOST_TSO6`.
+const OFFLOADS: u64 = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 11) | (1 << 12);
+
+#[test]
+fn feature_offer_follows_the_queue_and_offload_options() {
+    let lab = Lab::start(&["s"]);
+    let mut frontend = Frontend::connect(lab.socket(0)).expect("connect");
+    let (offered, queue_pairs) = frontend
+        .negotiate(MemoryMessages::SetMemTable)
+        .expect("negotiate");
+    assert_eq!(queue_pairs, 1);
+    assert_eq!(offered & MQ, 0, "one pair: no MQ");
+    assert_eq!(offered & OFFLOADS, OFFLOADS, "offloads by default");
+
+    let lab = Lab::start_with(&["s"], &["--queues", "2", "--no-offload"]);
+    let mut frontend = Frontend::connect(lab.socket(0)).expect("connect");
+    let (offered, queue_pairs) = frontend
+        .negotiate(MemoryMessages::SetMemTable)
+        .expect("negotiate");
+    assert_eq!(queue_pairs, 2);
+    assert_ne!(offered & MQ, 0, "two pairs: MQ");
+    assert_eq!(offered & OFFLOADS, 0, "--no-offload");
+    let ack = frontend
+        .request_ack(request::SET_VRING_NUM, &vring_state(3, 256), &[])
+        .expect("an answer");
+    assert_eq!(ack, 0, "queue 3 exists with two pairs");
+}
+
+#[test]
+fn mac_option_is_published_and_not_replaced_by_learning() {
+    let mac = MacAddress([0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]);
+    let mut lab = Lab::start_with(&["s"], &["--mac", "02:aa:bb:cc:dd:ee"]);
+    let mut guest = lab.guest(0, SetupOptions::default());
+    let published = vhost_peers(&lab.network);
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].2, mac);
+    lab.good_frame_passes(&mut guest, 1);
+    assert_eq!(
+        vhost_peers(&lab.network)[0].2,
+        mac,
+        "--mac wins over learning"
+    );
+}
+
+#[test]
+fn tso_frame_from_the_guest_reaches_a_plain_peer_in_segments() {
+    let mut lab = Lab::start(&["s"]);
+    let mut guest = lab.guest(
+        0,
+        SetupOptions {
+            features: SetupOptions::default().features | OFFLOADS,
+            ..SetupOptions::default()
+        },
+    );
+    assert_ne!(guest.frontend.acked_features & OFFLOADS, 0);
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(GUEST_MAC.0, lab.peer.mac().0)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40000, 5201, 1000, 64000)
+        .ack(7)
+        .write(&mut frame, &payload)
+        .expect("build the super-frame");
+    // NEEDS_CSUM at the TCP checksum, TCPv4 segmentation into 1000-byte segments.
+    let mut packet = vec![0u8; NET_HEADER_LEN];
+    packet[0] = 1;
+    packet[1] = 1;
+    packet[2..4].copy_from_slice(&54u16.to_le_bytes());
+    packet[4..6].copy_from_slice(&1000u16.to_le_bytes());
+    packet[6..8].copy_from_slice(&34u16.to_le_bytes());
+    packet[8..10].copy_from_slice(&16u16.to_le_bytes());
+    packet.extend_from_slice(&frame);
+    let head = guest.tx.send(&guest.memory, &packet, 2, false);
+    assert!(guest.tx.wait_used(&guest.memory, head).is_some());
+
+    let deadline = Instant::now() + DEADLINE;
+    let mut joined = Vec::new();
+    let mut segments = 0;
+    while joined.len() < payload.len() {
+        lab.peer.receive(usize::MAX, |segment| {
+            segments += 1;
+            assert!(segment.len() <= 1514, "segment of {} bytes", segment.len());
+            let parsed = etherparse::SlicedPacket::from_ethernet(segment).expect("a TCP segment");
+            let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net else {
+                panic!("not IPv4")
+            };
+            let Some(etherparse::TransportSlice::Tcp(tcp)) = parsed.transport else {
+                panic!("not TCP")
+            };
+            let expected = tcp
+                .to_header()
+                .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
+                .expect("checksum");
+            assert_eq!(tcp.checksum(), expected, "a finished TCP checksum");
+            assert_eq!(
+                tcp.sequence_number(),
+                1000 + joined.len() as u32,
+                "segments in order"
+            );
+            joined.extend_from_slice(tcp.payload());
+        });
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("every segment arrives in time");
+        lab.peer.wait(left.min(Duration::from_millis(100)));
+    }
+    assert_eq!(joined, payload);
+    assert_eq!(segments, 3);
 }

@@ -986,15 +986,16 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Starts `guestnet --dir DIR vhost-user NETWORK --socket DIR/S …` and waits for one
-    /// `listening PATH` line per socket.
-    pub fn start(dir: &Path, network: &str, sockets: &[&str]) -> Backend {
+    /// Starts `guestnet --dir DIR vhost-user NETWORK --socket DIR/S … EXTRA…` and waits
+    /// for one `listening PATH` line per socket.
+    pub fn start(dir: &Path, network: &str, sockets: &[&str], extra: &[&str]) -> Backend {
         let sockets: Vec<PathBuf> = sockets.iter().map(|s| dir.join(s)).collect();
         let mut command = Command::new(env!("CARGO_BIN_EXE_guestnet"));
         command.arg("--dir").arg(dir).args(["vhost-user", network]);
         for socket in &sockets {
             command.arg("--socket").arg(socket);
         }
+        command.args(extra);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1024,6 +1025,23 @@ impl Backend {
     /// Whether the process is still running.
     pub fn is_alive(&mut self) -> bool {
         self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Sends SIGTERM and waits (bounded by [`DEADLINE`]) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the backend did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
