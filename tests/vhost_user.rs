@@ -617,15 +617,24 @@ fn persistent_bad_chains_quarantine_the_port_but_not_its_neighbour() {
     assert_eq!(counter(&entry, "quarantines"), 1);
     assert!(counter(&entry, "tx_bad_chains") > 64);
     let slot = entry["slot"].as_u64().expect("a slot") as u16;
-    let quarantined = lab
+    let bad_peer = lab
         .network
         .status()
         .peers
         .into_iter()
         .find(|p| p.slot == slot)
-        .expect("the quarantined peer is still there")
-        .quarantined;
-    assert!(quarantined, "the peer is marked quarantined");
+        .expect("the quarantined peer is still there");
+    assert!(bad_peer.quarantined, "the peer is marked quarantined");
+    // Frames for it are dropped and counted as such.
+    lab.peer.send(&frame(bad_peer.mac, lab.peer.mac(), 100, 9));
+    wait_until("a frame for the quarantined guest is counted", || {
+        lab.network.status().peers.iter().any(|p| {
+            p.slot == slot
+                && p.drops
+                    .iter()
+                    .any(|(reason, &n)| reason.contains("quarantined") && n >= 1)
+        })
+    });
 
     // The neighbouring socket of the same process keeps carrying frames.
     for tag in 0..3 {
