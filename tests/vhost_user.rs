@@ -84,7 +84,7 @@ impl Lab {
     /// Connects a guest to socket `i` with QEMU's whole start-up sequence.
     fn guest(&self, i: usize, options: SetupOptions) -> Guest {
         let mut frontend = Frontend::connect(self.socket(i)).expect("connect");
-        let memory = GuestMemory::new(&vhost_support::DEFAULT_LAYOUT).expect("guest memory");
+        let memory = GuestMemory::new().expect("guest memory");
         let (rx, tx) = frontend.setup(&memory, options).expect("setup");
         Guest {
             frontend,
@@ -397,7 +397,7 @@ fn descriptor_pointing_outside_guest_memory_is_counted() {
 fn descriptor_straddling_the_end_of_a_region_is_counted() {
     bad_tx_chain_is_counted("tx_bad_chains", |guest, _| {
         let head = guest.tx.take_descriptor();
-        let (base, size) = vhost_support::DEFAULT_LAYOUT[1];
+        let (base, size) = vhost_support::LAYOUT[1];
         let d = Descriptor {
             addr: base + size - 64,
             len: 200,
@@ -736,7 +736,7 @@ fn size_field_over_the_limit_closes_the_connection() {
 fn memory_table_with_fewer_fds_than_regions_closes_the_connection() {
     let mut lab = Lab::start(&["s"]);
     let mut frontend = lab.negotiated(0);
-    let memory = GuestMemory::new(&vhost_support::DEFAULT_LAYOUT).expect("guest memory");
+    let memory = GuestMemory::new().expect("guest memory");
     assert_eq!(memory.regions().len(), 2);
     frontend
         .send(

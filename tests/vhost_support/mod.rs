@@ -179,21 +179,21 @@ pub struct GuestMemory {
     regions: Vec<Region>,
 }
 
-/// The default layout: a small region for the rings at guest-physical 0, and the buffers
-/// in a second region above 4 GiB, so a backend must translate through both regions
-/// (the second one at a non-zero file offset).
-pub const DEFAULT_LAYOUT: [(u64, u64); 2] = [(0, 256 << 10), (0x1_0000_0000, 2 << 20)];
+/// The guest's memory map as `(guest-physical address, size)`: a small region for the rings
+/// at 0, and the buffers in a second region above 4 GiB, so a backend must translate
+/// through both regions (the second one at a non-zero file offset).
+pub const LAYOUT: [(u64, u64); 2] = [(0, 256 << 10), (0x1_0000_0000, 2 << 20)];
 
 impl GuestMemory {
-    /// Creates guest memory with regions at `(guest_address, size)`, in address order.
-    pub fn new(layout: &[(u64, u64)]) -> io::Result<GuestMemory> {
-        let total: u64 = layout.iter().map(|&(_, size)| size).sum();
+    /// Creates guest memory laid out as [`LAYOUT`].
+    pub fn new() -> io::Result<GuestMemory> {
+        let total: u64 = LAYOUT.iter().map(|&(_, size)| size).sum();
         let fd = rustix::fs::memfd_create("guest-ram", rustix::fs::MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, total)?;
         let file = Arc::new(File::from(fd));
-        let mut regions = Vec::with_capacity(layout.len());
+        let mut regions = Vec::with_capacity(LAYOUT.len());
         let mut offset = 0;
-        for &(guest_address, size) in layout {
+        for (guest_address, size) in LAYOUT {
             regions.push(Region {
                 guest_address,
                 size,
@@ -669,10 +669,10 @@ impl Descriptor {
     }
 }
 
-/// Where each queue's rings and buffers live in the [`DEFAULT_LAYOUT`]: queue `i`'s rings
+/// Where each queue's rings and buffers live in the [`LAYOUT`]: queue `i`'s rings
 /// at `i * RING_STRIDE` in the first region, its buffers at `BUFFER_BASE + i * BUFFER_STRIDE`.
 const RING_STRIDE: u64 = 0x8000;
-const BUFFER_BASE: u64 = DEFAULT_LAYOUT[1].0;
+const BUFFER_BASE: u64 = LAYOUT[1].0;
 const BUFFER_STRIDE: u64 = 1 << 20;
 
 /// The driver side of one split virtqueue (virtio 1.x, 2.7).
