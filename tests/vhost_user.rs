@@ -339,6 +339,47 @@ fn receive_buffers_too_small_without_merging_are_counted() {
     }
 }
 
+#[test]
+fn header_split_across_descriptors_is_put_back_together() {
+    let mut lab = Lab::start(&["s"]);
+    let mut guest = lab.guest(0, SetupOptions::default());
+    for (tag, indirect) in [(1, false), (2, true)] {
+        let out = frame(lab.peer.mac(), GUEST_MAC, 200, tag);
+        let packet = packet(&out);
+        // Header cut after 5 bytes, then the rest of it with the first 3 frame bytes, then
+        // one-byte and larger pieces: legal with VERSION_1 (no layout assumptions).
+        let lengths = [5, 10, 1, 50, packet.len() - 66];
+        let head = guest
+            .tx
+            .chain_tx_cut(&guest.memory, &packet, &lengths, indirect);
+        guest.tx.publish(&guest.memory, head);
+        guest.tx.kick();
+        wait_for_frame(&mut lab.peer, &out);
+        assert!(guest.tx.wait_used(&guest.memory, head).is_some());
+    }
+}
+
+#[test]
+fn memory_region_longer_than_its_file_is_refused() {
+    let mut lab = Lab::start(&["s"]);
+    let mut frontend = lab.negotiated(0);
+    let memory = GuestMemory::new().expect("guest memory");
+    let mut region = memory.regions()[1];
+    // A mapping past the end of the file would fault (SIGBUS) on the first access.
+    region.size += 1 << 20;
+    let ack = frontend
+        .request_ack(
+            request::SET_MEM_TABLE,
+            &memory_table(&[memory.regions()[0], region]),
+            &[memory.fd(), memory.fd()],
+        )
+        .expect("an answer");
+    assert_ne!(ack, 0, "the region runs past the end of its file");
+    drop(frontend);
+    lab.fresh_connection_works(0);
+    lab.wait_counter(0, "rejected_messages", 1);
+}
+
 // --- A guest that writes bad descriptor chains ------------------------------------------
 
 /// Publishes the chain starting at `head` on the transmit queue and kicks.

@@ -816,8 +816,32 @@ impl Virtqueue {
         pieces: usize,
         indirect: bool,
     ) -> u16 {
-        let piece_len = packet.len().div_ceil(pieces.max(1));
-        let chunks: Vec<&[u8]> = packet.chunks(piece_len.max(1)).collect();
+        let piece_len = packet.len().div_ceil(pieces.max(1)).max(1);
+        let lengths: Vec<usize> = packet.chunks(piece_len).map(<[u8]>::len).collect();
+        self.chain_tx_cut(memory, packet, &lengths, indirect)
+    }
+
+    /// [`chain_tx`](Virtqueue::chain_tx) with the length of each piece given (they must
+    /// add up to the packet's), to cut where a test wants, e.g. inside the header.
+    pub fn chain_tx_cut(
+        &mut self,
+        memory: &GuestMemory,
+        packet: &[u8],
+        lengths: &[usize],
+        indirect: bool,
+    ) -> u16 {
+        assert_eq!(
+            lengths.iter().sum::<usize>(),
+            packet.len(),
+            "pieces cover the packet"
+        );
+        let mut chunks = Vec::with_capacity(lengths.len());
+        let mut rest = packet;
+        for &len in lengths {
+            let (chunk, tail) = rest.split_at(len);
+            chunks.push(chunk);
+            rest = tail;
+        }
         let mut descriptors = Vec::with_capacity(chunks.len());
         for chunk in &chunks {
             let addr = self.take_buffer(chunk.len());
