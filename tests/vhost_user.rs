@@ -287,6 +287,37 @@ fn frames_pass_with_memory_added_region_by_region_and_indirect_chains() {
 }
 
 #[test]
+fn frames_pass_for_a_frontend_without_protocol_features_or_event_idx() {
+    let mut lab = Lab::start(&["s"]);
+    let mut guest = lab.guest(
+        0,
+        SetupOptions {
+            features: feature::VERSION_1 | feature::MRG_RXBUF,
+            ..SetupOptions::default()
+        },
+    );
+    assert_eq!(
+        guest.frontend.acked_features,
+        feature::VERSION_1 | feature::MRG_RXBUF
+    );
+    guest.rx.post_rx(&guest.memory, 4, 2048);
+    lab.good_frame_passes(&mut guest, 1);
+    lab.wait_link_up();
+    let back = frame(GUEST_MAC, lab.peer.mac(), 300, 2);
+    lab.peer.send(&back);
+    let (used_len, bytes) = guest
+        .rx
+        .receive(&guest.memory)
+        .expect("a frame for the guest");
+    assert_eq!(used_len as usize, NET_HEADER_LEN + back.len());
+    assert_eq!(&bytes[NET_HEADER_LEN..], &back[..]);
+    assert!(
+        guest.rx.calls > 0 || guest.rx.wait_call(DEADLINE),
+        "without EVENT_IDX every used buffer interrupts"
+    );
+}
+
+#[test]
 fn large_frame_spans_several_merged_receive_buffers() {
     let mut lab = Lab::start(&["s"]);
     let mut guest = lab.guest(0, SetupOptions::default());

@@ -369,7 +369,9 @@ impl Default for SetupOptions {
 /// The frontend's end of one vhost-user connection.
 pub struct Frontend {
     stream: UnixStream,
-    reply_ack: bool,
+    /// `PROTOCOL_FEATURES` was negotiated (`REPLY_ACK` always among them): acks are asked
+    /// for, and rings start disabled until `SET_VRING_ENABLE`.
+    protocol_negotiated: bool,
     /// The features acked by the last [`setup`](Frontend::setup) (or [`negotiate`](Frontend::negotiate)).
     pub acked_features: u64,
 }
@@ -382,7 +384,7 @@ impl Frontend {
         stream.set_write_timeout(Some(DEADLINE))?;
         Ok(Frontend {
             stream,
-            reply_ack: false,
+            protocol_negotiated: false,
             acked_features: 0,
         })
     }
@@ -481,7 +483,7 @@ impl Frontend {
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<()> {
-        if !self.reply_ack {
+        if !self.protocol_negotiated {
             return self.send(request, flags::VERSION, payload, fds);
         }
         match self.request_ack(request, payload, fds)? {
@@ -529,7 +531,7 @@ impl Frontend {
             &u64_payload(acked_protocol),
             &[],
         )?;
-        self.reply_ack = true;
+        self.protocol_negotiated = true;
         let queue_pairs = self.get_u64(request::GET_QUEUE_NUM)?;
         Ok((offered, queue_pairs))
     }
@@ -602,22 +604,33 @@ impl Frontend {
             &u64_payload(u64::from(i)),
             &[queue.call.as_fd()],
         )?;
-        self.request(request::SET_VRING_ENABLE, &vring_state(i, 1), &[])
+        if self.protocol_negotiated {
+            self.request(request::SET_VRING_ENABLE, &vring_state(i, 1), &[])?;
+        }
+        Ok(())
     }
 
     /// QEMU 10's whole start-up sequence for one queue pair, in its order: features,
     /// protocol features, queue count, owner, call fds, early ring enable (before
-    /// `SET_FEATURES`), features, memory, then each ring. Returns the receive and transmit
-    /// queues.
+    /// `SET_FEATURES`), features, memory, then each ring. Without `PROTOCOL_FEATURES` in
+    /// `options.features`, the legacy sequence (no protocol features, no ring enabling).
+    /// Returns the receive and transmit queues.
     pub fn setup(
         &mut self,
         memory: &GuestMemory,
         options: SetupOptions,
     ) -> io::Result<(Virtqueue, Virtqueue)> {
-        let (offered, queue_pairs) = self.negotiate(options.memory)?;
-        if queue_pairs == 0 {
-            return Err(invalid("no queue pairs"));
-        }
+        // Without PROTOCOL_FEATURES the frontend is a legacy one: no protocol features, no
+        // ring enabling (rings run once kicked), no acks.
+        let offered = if options.features & feature::PROTOCOL_FEATURES != 0 {
+            let (offered, queue_pairs) = self.negotiate(options.memory)?;
+            if queue_pairs == 0 {
+                return Err(invalid("no queue pairs"));
+            }
+            offered
+        } else {
+            self.get_u64(request::GET_FEATURES)?
+        };
         let mut rx = Virtqueue::new(RX_QUEUE, options.queue_size)?;
         let mut tx = Virtqueue::new(TX_QUEUE, options.queue_size)?;
         self.request(request::SET_OWNER, &[], &[])?;
@@ -629,8 +642,10 @@ impl Frontend {
                 &[queue.call.as_fd()],
             )?;
         }
-        for queue in [&rx, &tx] {
-            self.request(request::SET_VRING_ENABLE, &vring_state(queue.index, 1), &[])?;
+        if self.protocol_negotiated {
+            for queue in [&rx, &tx] {
+                self.request(request::SET_VRING_ENABLE, &vring_state(queue.index, 1), &[])?;
+            }
         }
         let acked = offered & options.features;
         self.request(request::SET_FEATURES, &u64_payload(acked), &[])?;
