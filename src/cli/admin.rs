@@ -223,6 +223,9 @@ struct StatusReport {
     /// The VXLAN ports' own status, from the files they write.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     vxlan: Vec<crate::ports::vxlan::VxlanStatus>,
+    /// The vhost-user sockets' own status, from the files their ports write.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    vhost_user: Vec<crate::ports::vhost_user::SocketStatus>,
 }
 
 /// Runs `status`.
@@ -244,11 +247,13 @@ pub fn status(dir: &Path, args: StatusArgs) -> anyhow::Result<()> {
                 })
                 .collect(),
             vxlan: super::vxlan::read_statuses(dir, &args.name),
+            vhost_user: super::vhost_user::read_statuses(dir, &args.name),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_status(&status);
         super::vxlan::print_statuses(&super::vxlan::read_statuses(dir, &args.name));
+        super::vhost_user::print_statuses(&super::vhost_user::read_statuses(dir, &args.name));
         if !damage.is_empty() {
             println!();
             println!("DAMAGE ({problems})");

@@ -9,9 +9,11 @@ pub mod capture;
 pub mod demo;
 pub mod dgram;
 pub mod netns;
+pub mod port_status;
 pub mod stream;
 pub mod tap;
 pub mod traffic;
+pub mod vhost_user;
 pub mod vxlan;
 
 use std::path::PathBuf;
@@ -24,7 +26,7 @@ use clap::{Parser, Subcommand};
     name = "guestnet",
     version,
     about,
-    after_help = "Examples:\n  guestnet create lab\n  guestnet stream lab --listen /tmp/lab.sock\n  guestnet capture lab -w lab.pcap -c 100\n  guestnet status lab\n  guestnet bench --frame-size 64"
+    after_help = "Examples:\n  guestnet create lab\n  guestnet stream lab --listen /tmp/lab.sock\n  guestnet vhost-user lab --socket /tmp/vm0.sock\n  guestnet capture lab -w lab.pcap -c 100\n  guestnet status lab\n  guestnet bench --frame-size 64"
 )]
 pub struct Cli {
     /// Directory holding the networks [default: $GUESTNET_DIR or /dev/shm/guestnet]
@@ -59,6 +61,8 @@ pub enum Command {
     Dgram(dgram::DgramArgs),
     /// Put kernel network stacks on a network through TAP devices.
     Tap(tap::TapArgs),
+    /// Serve VMs through their virtio-net driver over vhost-user (QEMU, cloud-hypervisor).
+    VhostUser(vhost_user::VhostUserArgs),
     /// Join the same network on other hosts over VXLAN (RFC 7348).
     Vxlan(vxlan::VxlanArgs),
     /// Capture a network's frames into a pcap file.
@@ -93,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stream(args) => stream::run(&dir, args),
         Command::Dgram(args) => dgram::run(&dir, args),
         Command::Tap(args) => tap::run(&dir, args),
+        Command::VhostUser(args) => vhost_user::run(&dir, args),
         Command::Vxlan(args) => vxlan::run(&dir, args),
         Command::Capture(args) => capture::run(&dir, args),
         Command::Demo(args) => demo::run(args),

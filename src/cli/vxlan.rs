@@ -1,22 +1,20 @@
 //! `vxlan`: join a network to the same network on other hosts over VXLAN (RFC 7348).
 //!
 //! The port's counters live in its process; so that `guestnet status` can show them, the
-//! command writes them every second to `.vxlan/NAME.PID.json` in the networks' directory
-//! (a hidden directory, so `guestnet list` does not take the files for networks) and
-//! removes the file when it ends.
+//! command writes them every second to a status file ([`super::port_status`]).
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use super::admin::human_bytes;
+use super::port_status::{self, StatusFile};
 use crate::network::Network;
 use crate::ports::socket::Doorbell;
 use crate::ports::vxlan::{
-    DEFAULT_AGEING, DEFAULT_MAX_LEARNED, MulticastGroup, StatusHandle, VxlanOptions, VxlanPort,
-    VxlanStatus,
+    DEFAULT_AGEING, DEFAULT_MAX_LEARNED, MulticastGroup, VxlanOptions, VxlanPort, VxlanStatus,
 };
 use crate::wire::vxlan::DEFAULT_PORT;
 
@@ -85,53 +83,14 @@ fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{text:?} is not an address or address:port"))
 }
 
-/// Path of a port's status file.
-pub fn status_path(dir: &Path, network: &str, pid: u32) -> PathBuf {
-    status_dir(dir).join(format!("{network}.{pid}.json"))
-}
+/// The status files' directory name.
+const STATUS_KIND: &str = "vxlan";
 
-fn status_dir(dir: &Path) -> PathBuf {
-    dir.join(".vxlan")
-}
-
-/// The status files of the live VXLAN ports of `network`, read back. Unreadable files
-/// are skipped (a port may be rewriting or removing its file just now), and so are files
-/// left behind by a port that was killed before it could remove its own.
+/// The live VXLAN ports of `network`, by slot.
 pub fn read_statuses(dir: &Path, network: &str) -> Vec<VxlanStatus> {
-    let prefix = format!("{network}.");
-    let Ok(entries) = std::fs::read_dir(status_dir(dir)) else {
-        return Vec::new();
-    };
-    let mut statuses: Vec<VxlanStatus> = entries
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            // NAME.PID.json exactly: a network "lab.x" must not show in "lab"'s status.
-            name.strip_prefix(&prefix)
-                .and_then(|rest| rest.strip_suffix(".json"))
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(is_alive)
-        })
-        .filter_map(|entry| std::fs::read(entry.path()).ok())
-        .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
-        .collect();
+    let mut statuses: Vec<VxlanStatus> = port_status::read(dir, STATUS_KIND, network);
     statuses.sort_by_key(|status| status.slot);
     statuses
-}
-
-/// Whether process `pid` exists (a process of another user counts).
-fn is_alive(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    match rustix::process::test_kill_process(pid) {
-        Ok(()) => true,
-        Err(e) => e == rustix::io::Errno::PERM,
-    }
 }
 
 /// Prints the VXLAN ports' status for `guestnet status`.
@@ -182,26 +141,6 @@ pub fn print_statuses(statuses: &[VxlanStatus]) {
     }
 }
 
-/// Removes the status file however the command ends.
-struct StatusFile(PathBuf);
-
-impl StatusFile {
-    /// Writes the file whole, through a temporary name, so a reader never sees half.
-    fn write(&self, handle: &StatusHandle) -> anyhow::Result<()> {
-        let temporary = self.0.with_extension("tmp");
-        std::fs::write(&temporary, serde_json::to_vec_pretty(&handle.status())?)?;
-        std::fs::rename(&temporary, &self.0)?;
-        Ok(())
-    }
-}
-
-impl Drop for StatusFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        let _ = std::fs::remove_file(self.0.with_extension("tmp"));
-    }
-}
-
 /// Runs `vxlan` until SIGINT or SIGTERM.
 pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
     let stop = Doorbell::new().context("create the stop pipe")?;
@@ -222,9 +161,9 @@ pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
     };
     let port = VxlanPort::open(&network, options).context("VXLAN port")?;
     let handle = port.status_handle();
-    std::fs::create_dir_all(status_dir(dir)).context("create the status directory")?;
-    let file = StatusFile(status_path(dir, &args.name, std::process::id()));
-    file.write(&handle).context("write the status file")?;
+    let file = StatusFile::create(dir, STATUS_KIND, &args.name)?;
+    file.write(&handle.status())
+        .context("write the status file")?;
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
@@ -241,7 +180,7 @@ pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
         scope.spawn(move || {
             // Ends when the bell rings: it stays rung, so every loop that waits on it sees it.
             while !stop.wait(STATUS_INTERVAL) {
-                if let Err(e) = file.write(&handle) {
+                if let Err(e) = file.write(&handle.status()) {
                     tracing::warn!(error = %e, "cannot write the status file");
                 }
             }
@@ -254,43 +193,6 @@ pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_live_ports_of_the_named_network_are_shown() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(status_dir(dir.path())).unwrap();
-        let status = VxlanStatus {
-            network: "lab".into(),
-            slot: 3,
-            vni: 42,
-            local: "10.99.0.1:4789".parse().unwrap(),
-            underlay_mtu: 1500,
-            inner_mtu: 1450,
-            max_learned: 4096,
-            hashed_source_ports: true,
-            group: None,
-            counters: Default::default(),
-            remotes: Vec::new(),
-        };
-        let json = serde_json::to_vec(&status).unwrap();
-        let live = std::process::id();
-        // A process that has ended: its pid names nobody (until reused, which a freshly
-        // reaped pid is not this soon).
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
-        for path in [
-            status_path(dir.path(), "lab", live),
-            status_path(dir.path(), "lab", dead),
-            status_path(dir.path(), "lab.x", live),
-        ] {
-            std::fs::write(path, &json).unwrap();
-        }
-        let statuses = read_statuses(dir.path(), "lab");
-        assert_eq!(statuses.len(), 1);
-        assert_eq!(statuses[0].slot, 3);
-        assert_eq!(read_statuses(dir.path(), "other").len(), 0);
-    }
 
     #[test]
     fn endpoints_take_the_vxlan_port_by_default() {

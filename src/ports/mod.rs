@@ -10,4 +10,5 @@ pub mod rtnetlink;
 pub mod socket;
 pub mod stream;
 pub mod tap;
+pub mod vhost_user;
 pub mod vxlan;

@@ -37,6 +37,7 @@ pub mod ethernet;
 pub mod offload;
 pub mod pcap;
 pub mod stream;
+pub mod vhost_user;
 pub mod virtio_net;
 pub mod vxlan;
 

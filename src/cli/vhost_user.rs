@@ -1,0 +1,175 @@
+//! `vhost-user`: serve VMs through their virtio-net driver (QEMU, cloud-hypervisor).
+//!
+//! The sockets' negotiation state and counters live in this process; so that `guestnet
+//! status` can show them, the command writes them to a status file
+//! ([`super::port_status`]) every second and whenever a socket's state changes.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::port_status::{self, StatusFile};
+use crate::network::Network;
+use crate::ports::socket::Doorbell;
+use crate::ports::vhost_user::{SocketStatus, VhostUserOptions, VhostUserPort, feature};
+use crate::wire::MacAddress;
+
+/// The status files' directory name.
+const STATUS_KIND: &str = "vhost-user";
+
+/// How often the status file is rewritten when nothing changes.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Arguments of `vhost-user`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Each socket serves one VM at a time, as one peer of the network. The VM's memory must be
+shared (a memfd backend with share=on). Prints `listening on PATH` (or `connecting to
+PATH` with --client) for each socket once it serves. Example:
+  guestnet vhost-user lab --socket /tmp/vm0.sock
+  qemu-system-x86_64 ... \\
+    -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem \\
+    -chardev socket,id=c0,path=/tmp/vm0.sock,reconnect-ms=1000 \\
+    -netdev vhost-user,id=n0,chardev=c0 \\
+    -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56
+With --client, QEMU listens instead (-chardev socket,id=c0,path=/tmp/vm0.sock,server=on,
+wait=off) and the port reconnects when QEMU restarts.")]
+pub struct VhostUserArgs {
+    /// Network name.
+    pub name: String,
+    /// A unix socket to serve a VM on (repeat for several VMs).
+    #[arg(long = "socket", value_name = "PATH", required = true)]
+    pub sockets: Vec<PathBuf>,
+    /// MAC to publish for the VM of the socket in the same position; by default the
+    /// source address of the VM's first frame.
+    #[arg(long = "mac", value_name = "MAC")]
+    pub macs: Vec<MacAddress>,
+    /// Queue pairs to offer (QEMU: `-netdev vhost-user,...,queues=N` and
+    /// `-device virtio-net-pci,...,mq=on`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub queues: u16,
+    /// Connect to a frontend that listens, and reconnect when it restarts.
+    #[arg(long)]
+    pub client: bool,
+    /// Do not offer checksum and segmentation offloads.
+    #[arg(long)]
+    pub no_offload: bool,
+}
+
+/// Runs `vhost-user` until SIGINT or SIGTERM.
+pub fn run(dir: &Path, args: VhostUserArgs) -> anyhow::Result<()> {
+    let stop = Doorbell::new().context("create the stop pipe")?;
+    stop.ring_on_signals(&[libc::SIGINT, libc::SIGTERM])
+        .context("install signal handlers")?;
+    let network = Network::open(dir, &args.name)?;
+    let port = VhostUserPort::open(VhostUserOptions {
+        sockets: args.sockets,
+        macs: args.macs,
+        queue_pairs: args.queues,
+        client: args.client,
+        offload: !args.no_offload,
+    })
+    .context("vhost-user port")?;
+    let handle = port.status_handle();
+    let file = StatusFile::create(dir, STATUS_KIND, &args.name)?;
+    file.write(&handle.status())
+        .context("write the status file")?;
+    let mut stdout = std::io::stdout().lock();
+    for path in port.socket_paths() {
+        let verb = if args.client {
+            "connecting to"
+        } else {
+            "listening on"
+        };
+        writeln!(stdout, "{verb} {}", path.display())?;
+    }
+    stdout.flush()?;
+    drop(stdout);
+    std::thread::scope(|scope| {
+        let stop = &stop;
+        let file = &file;
+        let handle = &handle;
+        scope.spawn(move || {
+            while !stop.is_rung() {
+                if let Err(e) = file.write(&handle.status()) {
+                    tracing::warn!(error = %e, "cannot write the status file");
+                }
+                handle.wait_for_change(STATUS_INTERVAL);
+            }
+        });
+        port.serve(&network, stop)
+    })?;
+    Ok(())
+}
+
+/// The live vhost-user sockets of `network`.
+pub fn read_statuses(dir: &Path, network: &str) -> Vec<SocketStatus> {
+    let mut sockets: Vec<SocketStatus> =
+        port_status::read::<Vec<SocketStatus>>(dir, STATUS_KIND, network)
+            .into_iter()
+            .flatten()
+            .collect();
+    sockets.sort_by(|a, b| (a.pid, &a.socket).cmp(&(b.pid, &b.socket)));
+    sockets
+}
+
+/// Prints the vhost-user sockets for `guestnet status`.
+pub fn print_statuses(sockets: &[SocketStatus]) {
+    for s in sockets {
+        let c = &s.counters;
+        println!();
+        let slot = s.slot.map_or("-".to_string(), |slot| slot.to_string());
+        println!(
+            "vhost-user {}  pid {}  slot {slot}  {:?}  queue pairs {}",
+            s.socket.display(),
+            s.pid,
+            s.state,
+            s.queue_pairs
+        );
+        if s.acked_features != 0 {
+            println!("  features: {}", feature_names(s.acked_features).join(" "));
+        }
+        println!(
+            "  frames: tx {}  rx {}   connections {}  messages {}",
+            c.tx_frames, c.rx_frames, c.connections, c.messages
+        );
+        println!(
+            "  messages refused: malformed {}  unknown {}  rejected {}",
+            c.bad_messages, c.unknown_requests, c.rejected_messages
+        );
+        println!(
+            "  guest faults: tx bad chain {}  wrong direction {}  bad length {}  bad header {}   rx bad chain {}  wrong direction {}   rx no room {}  quarantines {}",
+            c.tx_bad_chains,
+            c.tx_wrong_direction,
+            c.tx_bad_length,
+            c.tx_bad_header,
+            c.rx_bad_chains,
+            c.rx_wrong_direction,
+            c.rx_no_room,
+            c.quarantines
+        );
+    }
+}
+
+/// The names of the feature bits set in `features`.
+fn feature_names(features: u64) -> Vec<&'static str> {
+    [
+        (feature::VERSION_1, "VERSION_1"),
+        (feature::MRG_RXBUF, "MRG_RXBUF"),
+        (feature::EVENT_IDX, "EVENT_IDX"),
+        (feature::INDIRECT_DESC, "INDIRECT_DESC"),
+        (feature::PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
+        (feature::CSUM, "CSUM"),
+        (feature::GUEST_CSUM, "GUEST_CSUM"),
+        (feature::HOST_TSO4, "HOST_TSO4"),
+        (feature::HOST_TSO6, "HOST_TSO6"),
+        (feature::GUEST_TSO4, "GUEST_TSO4"),
+        (feature::GUEST_TSO6, "GUEST_TSO6"),
+        (feature::MQ, "MQ"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| features & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
+}

@@ -1,0 +1,449 @@
+//! Moving frames between a guest's virtqueues and the network.
+//!
+//! Everything here reads descriptors the guest wrote and may rewrite at any moment, so
+//! nothing a descriptor says is believed until checked: every address goes through
+//! `vm-memory`'s checked accessors (an address outside guest memory is an error, never a
+//! fault), a chain that does not end (a loop, an index past the table) is caught by the
+//! chain's length bound and by looking at how it ended, and the direction of every
+//! descriptor is checked against the queue's. A bad chain is returned to the guest with
+//! nothing written (`used` length 0), counted by reason, and fed to the port's quarantine
+//! meter; the frame it carried is dropped. Nothing here panics on what a guest wrote.
+//!
+//! **Transmit** (guest → network): each available chain of a transmit queue holds one
+//! frame behind its virtio-net header. The frames of a round are copied out into one
+//! [`TxBatch`] and sent into the network as a single batch, so the receivers are woken
+//! once per round, not once per frame.
+//!
+//! **Receive** (network → guest): a frame is written straight from the network's copy into
+//! the guest's buffers. With `MRG_RXBUF` it may span several chains (`num_buffers` says how
+//! many); without it one chain must hold it whole. When the guest has not posted enough
+//! buffers the frame is not dropped but handed back ([`Placed::NoBuffers`]) for the port to
+//! hold until the guest posts more.
+
+use std::ops::Range;
+use std::os::fd::OwnedFd;
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryMmap, Permissions};
+
+use crate::network::peer::offloads;
+use crate::wire::virtio_net::{FLAG_DATA_VALID, FLAG_NEEDS_CSUM};
+use crate::wire::{GsoType, VirtioNetHdr};
+
+/// Largest ring a frontend may set up (the virtio maximum for split rings).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// Largest frame, without its virtio-net header, a guest may send: a 64 KiB TSO
+/// super-frame plus its Ethernet header and a VLAN tag.
+pub const MAX_TX_FRAME: usize = 65550;
+
+/// Feature bits (virtio-net and transport), as the virtio specification numbers them.
+pub mod feature {
+    /// `VIRTIO_NET_F_CSUM`: the guest may send frames with a partial checksum.
+    pub const CSUM: u64 = 1 << 0;
+    /// `VIRTIO_NET_F_GUEST_CSUM`: the guest takes frames with a partial checksum.
+    pub const GUEST_CSUM: u64 = 1 << 1;
+    /// `VIRTIO_NET_F_GUEST_TSO4`.
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    /// `VIRTIO_NET_F_GUEST_TSO6`.
+    pub const GUEST_TSO6: u64 = 1 << 8;
+    /// `VIRTIO_NET_F_HOST_TSO4`: the guest may send TCP/IPv4 super-frames.
+    pub const HOST_TSO4: u64 = 1 << 11;
+    /// `VIRTIO_NET_F_HOST_TSO6`.
+    pub const HOST_TSO6: u64 = 1 << 12;
+    /// `VIRTIO_NET_F_MRG_RXBUF`: a received frame may span several buffers.
+    pub const MRG_RXBUF: u64 = 1 << 15;
+    /// `VIRTIO_NET_F_MQ`: several queue pairs.
+    pub const MQ: u64 = 1 << 22;
+    /// `VIRTIO_RING_F_INDIRECT_DESC`.
+    pub const INDIRECT_DESC: u64 = 1 << 28;
+    /// `VIRTIO_RING_F_EVENT_IDX`.
+    pub const EVENT_IDX: u64 = 1 << 29;
+    /// `VHOST_USER_F_PROTOCOL_FEATURES`.
+    pub const PROTOCOL_FEATURES: u64 = 1 << 30;
+    /// `VIRTIO_F_VERSION_1`.
+    pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// Why a chain was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainFault {
+    /// A descriptor outside guest memory, a loop, an index past the table, a bad indirect
+    /// table, or an available index that ran ahead of the ring.
+    BadChain,
+    /// A write-only descriptor in a transmit chain, or a read-only one in a receive chain.
+    WrongDirection,
+    /// A frame too short or too long.
+    BadLength,
+    /// An offload header asking for what was not negotiated.
+    BadHeader,
+}
+
+/// One virtqueue and what the frontend told us about it.
+#[derive(Debug)]
+pub struct Vring {
+    /// The ring itself (addresses are guest-physical).
+    pub queue: Queue,
+    /// The guest kicks this when it adds buffers.
+    pub kick: Option<OwnedFd>,
+    /// We signal this when we used buffers (absent: the guest polls).
+    pub call: Option<OwnedFd>,
+    /// `SET_VRING_ENABLE` said so.
+    pub enabled: bool,
+    /// A kick descriptor arrived and no `GET_VRING_BASE` stopped the ring since.
+    pub started: bool,
+    /// `SET_VRING_ADDR` gave valid addresses.
+    pub addressed: bool,
+}
+
+impl Vring {
+    /// A ring in its reset state.
+    pub fn new() -> Result<Vring, virtio_queue::Error> {
+        Ok(Vring {
+            queue: Queue::new(MAX_QUEUE_SIZE)?,
+            kick: None,
+            call: None,
+            enabled: false,
+            started: false,
+            addressed: false,
+        })
+    }
+
+    /// Whether frames move on it: set up, started, enabled (`enabled_by_default` when the
+    /// frontend did not negotiate `SET_VRING_ENABLE`).
+    pub fn running(&self, enabled_by_default: bool) -> bool {
+        self.addressed && self.started && (self.enabled || enabled_by_default)
+    }
+
+    /// Signals the guest that buffers were used, if it wants to know.
+    pub fn signal(&mut self, memory: &GuestMemoryMmap) {
+        if let Some(call) = &self.call {
+            // Without EVENT_IDX this is always true; with it the guest said when.
+            if self.queue.needs_notification(memory).unwrap_or(true) {
+                let _ = rustix::io::write(call, &1u64.to_ne_bytes());
+            }
+        }
+    }
+}
+
+/// Frames copied out of transmit chains, sent to the network together.
+#[derive(Debug, Default)]
+pub struct TxBatch {
+    bytes: Vec<u8>,
+    frames: Vec<(VirtioNetHdr, Range<usize>)>,
+}
+
+impl TxBatch {
+    /// Empties the batch, keeping its memory.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.frames.clear();
+    }
+
+    /// The frames, with their headers.
+    pub fn iter(&self) -> impl Iterator<Item = (VirtioNetHdr, &[u8])> {
+        self.frames
+            .iter()
+            .filter_map(|(hdr, range)| Some((*hdr, self.bytes.get(range.clone())?)))
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether it holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// What a transmit queue may carry, from the negotiated features.
+#[derive(Debug, Clone, Copy)]
+pub struct TxRules {
+    /// virtio-net header length (12 or 10).
+    pub header_len: usize,
+    /// Longest frame without segmentation offload.
+    pub max_frame: usize,
+    /// Acked features.
+    pub features: u64,
+}
+
+/// Takes up to `budget` chains off a transmit queue into `batch`, returning each to the
+/// guest as it goes. Calls `fault` for each refused chain. Returns the number of chains
+/// taken.
+pub fn transmit(
+    vring: &mut Vring,
+    memory: &GuestMemoryMmap,
+    rules: &TxRules,
+    budget: usize,
+    batch: &mut TxBatch,
+    mut fault: impl FnMut(ChainFault),
+) -> usize {
+    let mut taken = 0;
+    while taken < budget {
+        let chain = match vring.queue.iter(memory) {
+            Ok(mut chains) => chains.next(),
+            Err(_) => {
+                // The available index ran more than a ring ahead: the ring is unusable
+                // until the frontend sets it up again.
+                fault(ChainFault::BadChain);
+                vring.started = false;
+                break;
+            }
+        };
+        let Some(chain) = chain else { break };
+        taken += 1;
+        let head = chain.head_index();
+        let start = batch.bytes.len();
+        match read_chain(
+            memory,
+            chain,
+            &mut batch.bytes,
+            rules.header_len + MAX_TX_FRAME,
+        )
+        .and_then(|()| check_frame(&batch.bytes[start..], rules))
+        {
+            Ok(hdr) => {
+                let range = start + rules.header_len..batch.bytes.len();
+                batch.frames.push((hdr, range));
+            }
+            Err(f) => {
+                batch.bytes.truncate(start);
+                fault(f);
+            }
+        }
+        // A head past the table cannot be returned; the guest has lost that entry.
+        let _ = vring.queue.add_used(memory, head, 0);
+    }
+    taken
+}
+
+/// Copies a transmit chain's bytes onto `out`.
+fn read_chain(
+    memory: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), ChainFault> {
+    let start = out.len();
+    let mut ended = false;
+    for descriptor in chain {
+        if descriptor.is_write_only() {
+            return Err(ChainFault::WrongDirection);
+        }
+        let len = descriptor.len() as usize;
+        let at = out.len();
+        if at - start + len > limit {
+            return Err(ChainFault::BadLength);
+        }
+        out.resize(at + len, 0);
+        memory
+            .read_slice(&mut out[at..], descriptor.addr())
+            .map_err(|_| ChainFault::BadChain)?;
+        ended = !descriptor.has_next();
+    }
+    // The chain iterator stops silently at a loop (its length bound), at an index past
+    // the table and at an unreadable or bad indirect table; the last descriptor still
+    // pointing on tells those apart from a proper end.
+    if ended {
+        Ok(())
+    } else {
+        Err(ChainFault::BadChain)
+    }
+}
+
+/// Checks the header and frame a guest sent against what was negotiated.
+fn check_frame(bytes: &[u8], rules: &TxRules) -> Result<VirtioNetHdr, ChainFault> {
+    let hdr = VirtioNetHdr::parse(bytes, rules.header_len).map_err(|_| ChainFault::BadLength)?;
+    let frame_len = bytes.len() - rules.header_len;
+    if frame_len < crate::wire::ethernet::HEADER_LEN {
+        return Err(ChainFault::BadLength);
+    }
+    let allowed = |bit: u64| rules.features & bit != 0;
+    if hdr.needs_checksum() && !allowed(feature::CSUM) {
+        return Err(ChainFault::BadHeader);
+    }
+    match hdr.gso_type {
+        GsoType::None if frame_len > rules.max_frame => return Err(ChainFault::BadLength),
+        GsoType::None => {}
+        GsoType::TcpV4 if allowed(feature::HOST_TSO4) => {}
+        GsoType::TcpV6 if allowed(feature::HOST_TSO6) => {}
+        _ => return Err(ChainFault::BadHeader),
+    }
+    // The network keeps its own form of the header; num_buffers means nothing on transmit.
+    Ok(VirtioNetHdr {
+        num_buffers: 0,
+        ..hdr
+    })
+}
+
+/// The offloads the network may leave to this guest, from its acked features.
+pub fn guest_offloads(features: u64) -> u32 {
+    let mut bits = 0;
+    if features & feature::GUEST_CSUM != 0 {
+        bits |= offloads::CHECKSUM;
+        // Segmentation offloads come with checksum offload (the spec makes GUEST_TSO*
+        // depend on GUEST_CSUM).
+        if features & feature::GUEST_TSO4 != 0 {
+            bits |= offloads::TSO4;
+        }
+        if features & feature::GUEST_TSO6 != 0 {
+            bits |= offloads::TSO6;
+        }
+    }
+    bits
+}
+
+/// What became of a frame offered to a receive queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// Written into the guest's buffers.
+    Delivered,
+    /// The guest has not posted enough buffers; nothing was consumed. Try again later.
+    NoBuffers,
+    /// Dropped: no buffers the guest could ever post would take it, or they were bad.
+    Dropped(ChainFault),
+}
+
+/// How a receive queue takes frames, from the negotiated features.
+#[derive(Debug, Clone, Copy)]
+pub struct RxRules {
+    /// virtio-net header length (12 or 10).
+    pub header_len: usize,
+    /// `MRG_RXBUF` was negotiated.
+    pub mergeable: bool,
+    /// `GUEST_CSUM` was negotiated (else no checksum flags reach the guest).
+    pub guest_csum: bool,
+}
+
+/// Most buffers one merged frame may take (a 64 KiB frame in the smallest buffers Linux
+/// posts, with room to spare).
+const MAX_MERGED: usize = 256;
+
+/// One receive chain taken off the ring for a frame: its head and its writable parts.
+struct Taken {
+    head: u16,
+    parts: Vec<(GuestAddress, usize)>,
+}
+
+/// Writes one frame with its header into a receive queue. Bad chains met on the way are
+/// returned to the guest unused and reported through `fault`.
+pub fn place(
+    vring: &mut Vring,
+    memory: &GuestMemoryMmap,
+    rules: &RxRules,
+    hdr: &VirtioNetHdr,
+    frame: &[u8],
+    scratch: &mut Vec<u8>,
+    mut fault: impl FnMut(ChainFault),
+) -> Placed {
+    let needed = rules.header_len + frame.len();
+    let start = vring.queue.next_avail();
+    let mut taken: Vec<Taken> = Vec::new();
+    let mut capacity = 0;
+    while capacity < needed {
+        let chain = match vring.queue.iter(memory) {
+            Ok(mut chains) => chains.next(),
+            Err(_) => {
+                fault(ChainFault::BadChain);
+                vring.started = false;
+                vring.queue.set_next_avail(start);
+                return Placed::Dropped(ChainFault::BadChain);
+            }
+        };
+        let Some(chain) = chain else {
+            // Out of buffers: give back what was taken for this frame.
+            vring.queue.set_next_avail(start);
+            return Placed::NoBuffers;
+        };
+        let head = chain.head_index();
+        match writable_parts(memory, chain) {
+            Ok((parts, room)) => {
+                capacity += room;
+                taken.push(Taken { head, parts });
+            }
+            Err(f) => {
+                // The bad chain goes back unused; the ones taken before it are still ours.
+                fault(f);
+                let _ = vring.queue.add_used(memory, head, 0);
+                continue;
+            }
+        }
+        if !rules.mergeable && capacity < needed {
+            // One chain must hold the frame; this one cannot. The guest posts buffers of
+            // one size, so no later chain would either.
+            for t in &taken {
+                let _ = vring.queue.add_used(memory, t.head, 0);
+            }
+            return Placed::Dropped(ChainFault::BadLength);
+        }
+        // Every buffer of the ring taken, or more than any sane frame needs: waiting for
+        // more would wait forever.
+        let limit = MAX_MERGED.min(usize::from(vring.queue.size()));
+        if taken.len() >= limit && capacity < needed {
+            for t in &taken {
+                let _ = vring.queue.add_used(memory, t.head, 0);
+            }
+            return Placed::Dropped(ChainFault::BadLength);
+        }
+    }
+
+    let mut header = *hdr;
+    header.num_buffers = taken.len() as u16;
+    if !rules.guest_csum {
+        header.flags &= !(FLAG_NEEDS_CSUM | FLAG_DATA_VALID);
+    }
+    scratch.clear();
+    scratch.extend_from_slice(&header.to_bytes()[..rules.header_len]);
+    scratch.extend_from_slice(frame);
+    let mut offset = 0;
+    for t in &taken {
+        let mut written = 0;
+        for &(address, len) in &t.parts {
+            if offset >= scratch.len() {
+                break;
+            }
+            let n = len.min(scratch.len() - offset);
+            // Checked when the chain was taken; a write can still fail if the frontend
+            // replaced the memory table meanwhile, which only loses this frame.
+            if memory
+                .write_slice(&scratch[offset..offset + n], address)
+                .is_err()
+            {
+                fault(ChainFault::BadChain);
+            }
+            offset += n;
+            written += n;
+        }
+        let _ = vring.queue.add_used(memory, t.head, written as u32);
+    }
+    Placed::Delivered
+}
+
+/// The writable parts of a receive chain, each checked to lie in guest memory.
+fn writable_parts(
+    memory: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+) -> Result<(Vec<(GuestAddress, usize)>, usize), ChainFault> {
+    let mut parts = Vec::new();
+    let mut capacity = 0usize;
+    let mut ended = false;
+    for descriptor in chain {
+        if !descriptor.is_write_only() {
+            return Err(ChainFault::WrongDirection);
+        }
+        let len = descriptor.len() as usize;
+        if !memory.check_range(descriptor.addr(), len, Permissions::Write) {
+            return Err(ChainFault::BadChain);
+        }
+        capacity = capacity.saturating_add(len);
+        parts.push((descriptor.addr(), len));
+        ended = !descriptor.has_next();
+    }
+    if ended {
+        Ok((parts, capacity))
+    } else {
+        Err(ChainFault::BadChain)
+    }
+}

@@ -1,0 +1,495 @@
+//! The vhost-user port: virtual machines as guests, through their own virtio-net driver.
+//!
+//! A VMM that speaks vhost-user (QEMU's `-netdev vhost-user`, cloud-hypervisor's
+//! `--net vhost_user=true`) keeps the virtio-net device model but hands its data path to
+//! another process: over a unix socket it shares the guest's memory (memfds) and, per
+//! virtqueue, the ring addresses and two eventfds — *kick* (the guest added buffers) and
+//! *call* (we used some; interrupt the guest). This port is that other process. Each
+//! socket serves one VM, and each VM is one peer of the network: frames go from the
+//! guest's transmit rings straight into receivers' rings, and from our ring straight into
+//! the guest's receive buffers. No kernel, no TAP, no bridge on the way.
+//!
+//! **Layers.** [`crate::wire::vhost_user`] parses messages (pure bytes); `memory` maps
+//! the guest's regions and translates the frontend's addresses; `datapath` moves frames
+//! between virtqueues and the network, checking every descriptor; `connection` is the
+//! message handler and transmit loop of one frontend; `rx` is the receive thread. The
+//! rings themselves are `virtio-queue`'s and all access to guest memory is `vm-memory`'s
+//! checked interface, so this port holds no `unsafe`.
+//!
+//! **Threads.** Per connected VM, two: the *connection* thread sleeps in `poll` on the
+//! socket and the transmit queues' kick eventfds, answers messages, and drains transmit
+//! queues in budgeted rounds, sending each round's frames to the network as one batch; the
+//! *receive* thread sleeps on the peer's ring and writes frames into the guest's receive
+//! queues, waking the guest once per round, not once per frame. When the guest has no
+//! buffers posted, the receive thread keeps the frames it took (at most one round) and
+//! sleeps on the receive queue's kick instead; frames behind those stay in the network's
+//! ring, where senders count them as `ring_full` once it fills. While no receive queue
+//! runs (before the driver loaded, after a reset) the peer's link is down, so senders
+//! count `link_down` rather than filling a ring nobody reads.
+//!
+//! **Negotiation.** QEMU sends `SET_VRING_ENABLE` before `SET_FEATURES`; this handler
+//! takes it whenever it comes, since `PROTOCOL_FEATURES` is always offered (QEMU
+//! refuses a backend without it). The MAC is QEMU's business (config space), so the peer
+//! publishes `--mac` or learns the guest's from its first frames. Offloads follow the
+//! negotiation: `GUEST_CSUM`/`GUEST_TSO4`/`GUEST_TSO6` become the peer's advertised
+//! offloads (super-frames from TAPs and other VMs arrive whole), `CSUM`/`HOST_TSO*` let the
+//! guest send them.
+//!
+//! **A hostile guest.** A chain that points outside guest memory, loops, has descriptors of
+//! the wrong direction, or carries a frame too long or with an offload that was not
+//! negotiated is returned unused and counted by reason (see [`Counters`]); the frame is
+//! dropped. More than [`QUARANTINE_FAULTS`] such chains within a second quarantine the
+//! port until that frontend disconnects: its queues are no longer read and frames to it
+//! are dropped (and counted) by their senders. A malformed message closes the connection
+//! (the byte stream cannot be trusted after it); a well-formed one that makes no sense now
+//! is refused and counted, and answered with a failure when the frontend asked for a
+//! reply. Nothing a frontend sends makes this process panic.
+//!
+//! **Restarts.** In server mode (the default) each socket takes the next frontend when one
+//! disconnects, so a QEMU with `reconnect-ms=` comes back after this process restarts;
+//! with `--client` the port connects to a listening QEMU and reconnects after it restarts.
+//! Either way the new connection starts from what QEMU tells it (`SET_VRING_BASE`), and the
+//! guest keeps running.
+
+mod connection;
+mod datapath;
+mod memory;
+mod rx;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::network::{JoinOptions, Network, PortKind};
+use crate::ports::socket::{Doorbell, PortError, SocketPath, SocketType, check_mac, io_error};
+use crate::wire::MacAddress;
+
+pub use datapath::{MAX_QUEUE_SIZE, feature};
+pub use memory::MAX_MEM_SLOTS;
+
+/// Bad chains within one second that quarantine a port.
+pub const QUARANTINE_FAULTS: u64 = 64;
+
+/// Most queue pairs a port offers.
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+
+/// How often a client retries connecting.
+const CONNECT_RETRY: Duration = Duration::from_millis(500);
+
+/// How the port runs.
+#[derive(Debug, Clone)]
+pub struct VhostUserOptions {
+    /// One socket per VM.
+    pub sockets: Vec<PathBuf>,
+    /// MACs to publish, the i-th for the i-th socket; the others learn their guest's.
+    pub macs: Vec<MacAddress>,
+    /// Queue pairs offered (MQ when more than one).
+    pub queue_pairs: u16,
+    /// Connect to listening frontends instead of listening.
+    pub client: bool,
+    /// Offer checksum and segmentation offloads.
+    pub offload: bool,
+}
+
+/// Where one socket's frontend stands, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// No frontend connected (a client keeps trying to connect).
+    Listening,
+    /// A frontend is connected; no queue runs yet.
+    Connected,
+    /// At least one queue runs.
+    Running,
+    /// Quarantined until the frontend disconnects.
+    Quarantined,
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// One socket's counters, shared by its threads.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// A copy of [`Counters`].
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct CounterValues {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            /// The current values.
+            pub fn values(&self) -> CounterValues {
+                CounterValues {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Frontends that connected.
+    connections,
+    /// Messages handled.
+    messages,
+    /// Malformed messages (bad version or size, short payload, wrong number of file
+    /// descriptors); each closed its connection.
+    bad_messages,
+    /// Requests this backend does not implement.
+    unknown_requests,
+    /// Well-formed messages refused: out of order, out of range, features not offered,
+    /// addresses outside guest memory, memory that cannot be mapped.
+    rejected_messages,
+    /// Frames taken from the guest into the network.
+    tx_frames,
+    /// Frames written into the guest's buffers.
+    rx_frames,
+    /// Transmit chains outside guest memory, looping, or past the table.
+    tx_bad_chains,
+    /// Transmit chains with a write-only descriptor.
+    tx_wrong_direction,
+    /// Transmit frames too short, or too long for the MTU without segmentation offload.
+    tx_bad_length,
+    /// Transmit frames asking for an offload that was not negotiated.
+    tx_bad_header,
+    /// Receive chains outside guest memory, looping, or past the table.
+    rx_bad_chains,
+    /// Receive chains with a read-only descriptor.
+    rx_wrong_direction,
+    /// Frames that did not fit the buffers the guest posts.
+    rx_no_room,
+    /// Times the port was quarantined.
+    quarantines,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// One socket's status, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SocketStatus {
+    /// The port's process.
+    pub pid: u32,
+    /// The socket.
+    pub socket: PathBuf,
+    /// The peer's slot while a frontend is connected.
+    pub slot: Option<u16>,
+    /// Where the frontend stands.
+    pub state: State,
+    /// Features the frontend acked.
+    pub acked_features: u64,
+    /// Protocol features the frontend acked.
+    pub acked_protocol_features: u64,
+    /// Queue pairs offered.
+    pub queue_pairs: u16,
+    /// Counters since the port started.
+    pub counters: CounterValues,
+}
+
+/// What changes about a socket while it serves.
+#[derive(Debug, Clone, Copy)]
+struct Info {
+    slot: Option<u16>,
+    state: State,
+    acked_features: u64,
+    acked_protocol_features: u64,
+}
+
+/// One socket: its path, status and counters.
+#[derive(Debug)]
+struct Socket {
+    path: PathBuf,
+    mac: Option<MacAddress>,
+    info: Mutex<Info>,
+    counters: Counters,
+    /// Rung when `info` changes, so the status file follows promptly.
+    changed: Arc<Doorbell>,
+}
+
+impl Socket {
+    fn update(&self, change: impl FnOnce(&mut Info)) {
+        let Ok(mut info) = self.info.lock() else {
+            return;
+        };
+        let before = (
+            info.slot,
+            info.state,
+            info.acked_features,
+            info.acked_protocol_features,
+        );
+        change(&mut info);
+        let after = (
+            info.slot,
+            info.state,
+            info.acked_features,
+            info.acked_protocol_features,
+        );
+        if before != after {
+            self.changed.ring();
+        }
+    }
+
+    fn status(&self, queue_pairs: u16) -> SocketStatus {
+        let info = self.info.lock().map(|info| *info).unwrap_or(Info {
+            slot: None,
+            state: State::Listening,
+            acked_features: 0,
+            acked_protocol_features: 0,
+        });
+        SocketStatus {
+            pid: std::process::id(),
+            socket: self.path.clone(),
+            slot: info.slot,
+            state: info.state,
+            acked_features: info.acked_features,
+            acked_protocol_features: info.acked_protocol_features,
+            queue_pairs,
+            counters: self.counters.values(),
+        }
+    }
+}
+
+/// Reads the sockets' status from another thread (for the status file).
+#[derive(Debug, Clone)]
+pub struct StatusHandle {
+    sockets: Vec<Arc<Socket>>,
+    queue_pairs: u16,
+    changed: Arc<Doorbell>,
+}
+
+impl StatusHandle {
+    /// Every socket's status, in command-line order.
+    pub fn status(&self) -> Vec<SocketStatus> {
+        self.sockets
+            .iter()
+            .map(|socket| socket.status(self.queue_pairs))
+            .collect()
+    }
+
+    /// Sleeps until a socket's state changes or `timeout` passes.
+    pub fn wait_for_change(&self, timeout: Duration) {
+        if self.changed.wait(timeout) {
+            self.changed.drain();
+        }
+    }
+}
+
+/// How a socket reaches its frontend.
+#[derive(Debug)]
+enum Endpoint {
+    /// Listening (server mode).
+    Listen {
+        listener: UnixListener,
+        /// Removes the socket file when the port ends.
+        _path: SocketPath,
+    },
+    /// Connecting to a frontend that listens.
+    Connect,
+}
+
+/// A vhost-user backend serving one VM per socket.
+#[derive(Debug)]
+pub struct VhostUserPort {
+    sockets: Vec<(Arc<Socket>, Endpoint)>,
+    options: VhostUserOptions,
+    changed: Arc<Doorbell>,
+}
+
+/// What one frontend connection needs from the port.
+struct Serving<'a> {
+    network: &'a Network,
+    socket: &'a Socket,
+    options: &'a VhostUserOptions,
+}
+
+impl VhostUserPort {
+    /// Opens the port: in server mode, binds every socket (replacing stale socket files).
+    pub fn open(options: VhostUserOptions) -> Result<VhostUserPort, PortError> {
+        let invalid = |message: String| PortError::Io {
+            context: message,
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        };
+        if options.sockets.is_empty() {
+            return Err(invalid("no --socket given".into()));
+        }
+        if options.macs.len() > options.sockets.len() {
+            return Err(invalid(format!(
+                "{} MACs for {} sockets",
+                options.macs.len(),
+                options.sockets.len()
+            )));
+        }
+        if options.queue_pairs == 0 || options.queue_pairs > MAX_QUEUE_PAIRS {
+            return Err(invalid(format!(
+                "--queues must be 1 to {MAX_QUEUE_PAIRS}, not {}",
+                options.queue_pairs
+            )));
+        }
+        for mac in &options.macs {
+            check_mac(Some(*mac))?;
+        }
+        let changed = Arc::new(Doorbell::new().map_err(io_error("create a doorbell"))?);
+        let mut sockets = Vec::new();
+        for (i, path) in options.sockets.iter().enumerate() {
+            let endpoint = if options.client {
+                Endpoint::Connect
+            } else {
+                SocketPath::clear_stale(path, SocketType::Stream)?;
+                let listener = UnixListener::bind(path)
+                    .map_err(io_error(format!("listen on {}", path.display())))?;
+                Endpoint::Listen {
+                    listener,
+                    _path: SocketPath::bound(path, SocketType::Stream),
+                }
+            };
+            let socket = Socket {
+                path: path.clone(),
+                mac: options.macs.get(i).copied(),
+                info: Mutex::new(Info {
+                    slot: None,
+                    state: State::Listening,
+                    acked_features: 0,
+                    acked_protocol_features: 0,
+                }),
+                counters: Counters::default(),
+                changed: Arc::clone(&changed),
+            };
+            sockets.push((Arc::new(socket), endpoint));
+        }
+        Ok(VhostUserPort {
+            sockets,
+            options,
+            changed,
+        })
+    }
+
+    /// A handle for reading the status from another thread.
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle {
+            sockets: self.sockets.iter().map(|(s, _)| Arc::clone(s)).collect(),
+            queue_pairs: self.options.queue_pairs,
+            changed: Arc::clone(&self.changed),
+        }
+    }
+
+    /// The socket paths, in order.
+    pub fn socket_paths(&self) -> impl Iterator<Item = &Path> {
+        self.sockets.iter().map(|(s, _)| s.path.as_path())
+    }
+
+    /// Serves every socket on `network` until `stop` rings.
+    pub fn serve(&self, network: &Network, stop: &Doorbell) -> Result<(), PortError> {
+        std::thread::scope(|scope| {
+            for (socket, endpoint) in &self.sockets {
+                let serving = Serving {
+                    network,
+                    socket,
+                    options: &self.options,
+                };
+                scope.spawn(move || match endpoint {
+                    Endpoint::Listen { listener, .. } => serving.listen(listener, stop),
+                    Endpoint::Connect => serving.connect(stop),
+                });
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Serving<'_> {
+    /// Takes one frontend after another on `listener`.
+    fn listen(&self, listener: &UnixListener, stop: &Doorbell) {
+        while !stop.is_rung() {
+            match connection::wait_readable(listener, stop) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::error!(socket = %self.socket.path.display(), error = %e, "poll failed");
+                    return;
+                }
+            }
+            match listener.accept() {
+                Ok((stream, _)) => self.serve_frontend(stream, stop, Some(listener)),
+                Err(e) => {
+                    tracing::warn!(socket = %self.socket.path.display(), error = %e, "accept failed");
+                    if stop.wait(CONNECT_RETRY) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects to a listening frontend, again after each disconnect.
+    fn connect(&self, stop: &Doorbell) {
+        while !stop.is_rung() {
+            match UnixStream::connect(&self.socket.path) {
+                Ok(stream) => self.serve_frontend(stream, stop, None),
+                Err(e) => {
+                    tracing::debug!(socket = %self.socket.path.display(), error = %e, "frontend not there yet");
+                    if stop.wait(CONNECT_RETRY) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves one connected frontend as one peer, until it goes or `stop` rings.
+    fn serve_frontend(&self, stream: UnixStream, stop: &Doorbell, listener: Option<&UnixListener>) {
+        let socket = self.socket;
+        Counters::add(&socket.counters.connections, 1);
+        let label = format!("vhost-user {}", socket.path.display());
+        let peer = match self.network.join(JoinOptions {
+            kind: PortKind::VhostUser,
+            mac: socket.mac,
+            label: label.clone(),
+            ..JoinOptions::default()
+        }) {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::error!(socket = %socket.path.display(), error = %e, "cannot join the network; closing the connection");
+                return;
+            }
+        };
+        let slot = peer.index();
+        tracing::info!(socket = %socket.path.display(), slot, "frontend connected");
+        socket.update(|info| {
+            info.slot = Some(slot);
+            info.state = State::Connected;
+        });
+        connection::run(
+            connection::Setup {
+                stream,
+                peer,
+                socket,
+                queue_pairs: self.options.queue_pairs,
+                offload: self.options.offload,
+                learn_mac: socket.mac.is_none(),
+                max_frame: self.network.max_frame_len(),
+                label,
+            },
+            stop,
+            listener,
+        );
+        tracing::info!(socket = %socket.path.display(), slot, "frontend gone");
+        socket.update(|info| {
+            *info = Info {
+                slot: None,
+                state: State::Listening,
+                acked_features: 0,
+                acked_protocol_features: 0,
+            }
+        });
+    }
+}

@@ -1,0 +1,195 @@
+//! The receive thread: frames from the network into the guest's receive queues.
+//!
+//! One round: take the running receive queues, write the frames held over from the last
+//! round, then up to [`RX_BUDGET`] frames from the peer's ring, each straight from the
+//! network's copy into guest buffers; then signal each queue that got frames once. When
+//! the guest has no buffers left, the frames taken are held (in order) and the thread
+//! sleeps on the receive queues' kick eventfds until the guest posts more; otherwise it
+//! sleeps on the ring. With several queue pairs, a frame goes to the queue its flow
+//! hashes to, so a flow's frames stay in order.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use virtio_queue::QueueT;
+
+use super::Counters;
+use super::connection::{Negotiated, Shared, lock};
+use super::datapath::{self, ChainFault, Placed, RxRules, feature};
+use crate::network::monotonic_ns;
+use crate::network::peer::Receiver;
+use crate::wire::VirtioNetHdr;
+
+/// Frames taken from the ring per round.
+const RX_BUDGET: usize = 64;
+
+/// Longest sleep: the thread checks whether its connection ended at least this often.
+const IDLE_SLICE: Duration = Duration::from_millis(250);
+
+/// A frame taken from the network that the guest had no room for yet.
+struct Held {
+    hdr: VirtioNetHdr,
+    frame: Vec<u8>,
+}
+
+/// Runs until the connection closes.
+pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
+    let mut held: VecDeque<Held> = VecDeque::new();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut scratch = Vec::new();
+    let mut link_up = false;
+    let counters = &shared.socket.counters;
+    while !shared.closing.load(Ordering::Acquire) {
+        let negotiated = shared.negotiated();
+        let (Some(features), Some(memory)) = (negotiated.features, shared.memory()) else {
+            set_link(shared, &mut link_up, false);
+            std::thread::park_timeout(IDLE_SLICE);
+            continue;
+        };
+        if shared.quarantined.load(Ordering::Acquire) {
+            set_link(shared, &mut link_up, false);
+            std::thread::park_timeout(IDLE_SLICE);
+            continue;
+        }
+        let mem = memory.memory();
+        let rules = RxRules {
+            header_len: Negotiated::header_len(features),
+            mergeable: features & feature::MRG_RXBUF != 0,
+            guest_csum: features & feature::GUEST_CSUM != 0,
+        };
+        let enabled_by_default = negotiated.enabled_by_default();
+        let mut queues: Vec<_> = shared
+            .vrings
+            .iter()
+            .step_by(2)
+            .map(lock)
+            .filter(|vring| vring.running(enabled_by_default))
+            .collect();
+        if queues.is_empty() {
+            drop(queues);
+            set_link(shared, &mut link_up, false);
+            std::thread::park_timeout(IDLE_SLICE);
+            continue;
+        }
+        set_link(shared, &mut link_up, true);
+        let mut faults: Vec<ChainFault> = Vec::new();
+        let mut used = vec![false; queues.len()];
+        let mut blocked = false;
+        let count = queues.len();
+        let mut offer = |hdr: &VirtioNetHdr, frame: &[u8], blocked: &mut bool| -> bool {
+            if *blocked {
+                return false;
+            }
+            let q = if count == 1 {
+                0
+            } else {
+                usize::from(crate::wire::vxlan::source_port(frame)) % count
+            };
+            match datapath::place(&mut queues[q], mem, &rules, hdr, frame, &mut scratch, |f| {
+                faults.push(f)
+            }) {
+                Placed::Delivered => {
+                    used[q] = true;
+                    Counters::add(&counters.rx_frames, 1);
+                    true
+                }
+                Placed::Dropped(fault) => {
+                    faults.push(fault);
+                    true
+                }
+                Placed::NoBuffers => {
+                    *blocked = true;
+                    false
+                }
+            }
+        };
+        // Frames held from before go first, in order.
+        while let Some(first) = held.front() {
+            if !offer(&first.hdr, &first.frame, &mut blocked) {
+                break;
+            }
+            if let Some(done) = held.pop_front() {
+                spare.push(done.frame);
+            }
+        }
+        let mut received = 0;
+        if !blocked {
+            received = receiver.receive_offloaded(RX_BUDGET, |hdr, frame| {
+                if !offer(hdr, frame, &mut blocked) {
+                    let mut copy = spare.pop().unwrap_or_default();
+                    copy.clear();
+                    copy.extend_from_slice(frame);
+                    held.push_back(Held {
+                        hdr: *hdr,
+                        frame: copy,
+                    });
+                }
+            });
+        }
+        for (vring, used) in queues.iter_mut().zip(&used) {
+            if *used {
+                vring.signal(mem);
+            }
+        }
+        // Before sleeping on the guest, ask it to kick when it posts buffers, and look
+        // once more in case it did just now.
+        let mut kicks: Vec<OwnedFd> = Vec::new();
+        let mut posted = false;
+        if blocked {
+            for vring in queues.iter_mut() {
+                if vring.queue.enable_notification(mem).unwrap_or(true) {
+                    posted = true;
+                }
+                if let Some(kick) = vring.kick.as_ref().and_then(|k| k.try_clone().ok()) {
+                    kicks.push(kick);
+                }
+            }
+        }
+        drop(queues);
+        let now = monotonic_ns();
+        for fault in faults {
+            shared.fault(false, fault, now);
+        }
+        if blocked {
+            if !posted {
+                wait_for_kicks(&kicks);
+            }
+        } else if received == 0 && held.is_empty() {
+            receiver.wait(IDLE_SLICE);
+        }
+    }
+    set_link(shared, &mut link_up, false);
+}
+
+/// Marks the peer's link up or down when that changes.
+fn set_link(shared: &Shared<'_>, link_up: &mut bool, up: bool) {
+    if *link_up != up {
+        *link_up = up;
+        if let Err(e) = shared.control.set_link_down(!up) {
+            tracing::warn!(error = %e, "cannot change the peer's link state");
+        }
+    }
+}
+
+/// Sleeps until a receive queue is kicked, at most [`IDLE_SLICE`], and clears the kicks.
+fn wait_for_kicks(kicks: &[OwnedFd]) {
+    let mut fds: Vec<PollFd<'_>> = kicks
+        .iter()
+        .map(|k| PollFd::new(k, PollFlags::IN))
+        .collect();
+    let timeout = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: IDLE_SLICE.as_nanos() as i64,
+    };
+    if rustix::event::poll(&mut fds, Some(&timeout)).is_ok_and(|n| n > 0) {
+        for (fd, kick) in fds.iter().zip(kicks) {
+            if !fd.revents().is_empty() {
+                let mut count = [0u8; 8];
+                let _ = rustix::io::read(kick, &mut count);
+            }
+        }
+    }
+}
