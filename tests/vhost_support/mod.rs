@@ -1026,7 +1026,7 @@ pub struct Backend {
 
 impl Backend {
     /// Starts `guestnet --dir DIR vhost-user NETWORK --socket DIR/S … EXTRA…` and waits
-    /// for one `listening PATH` line per socket.
+    /// for one `listening on PATH` line per socket.
     pub fn start(dir: &Path, network: &str, sockets: &[&str], extra: &[&str]) -> Backend {
         let sockets: Vec<PathBuf> = sockets.iter().map(|s| dir.join(s)).collect();
         let mut command = Command::new(env!("CARGO_BIN_EXE_guestnet"));
@@ -1056,7 +1056,7 @@ impl Backend {
                 .recv_timeout(DEADLINE)
                 .expect("the backend announces each socket in time")
                 .expect("readable stdout");
-            assert_eq!(line, format!("listening {}", socket.display()));
+            assert_eq!(line, format!("listening on {}", socket.display()));
         }
         backend
     }
