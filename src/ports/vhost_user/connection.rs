@@ -381,9 +381,6 @@ impl Connection<'_, '_> {
             if stopped {
                 return End::Stopped;
             }
-            if knocking {
-                self.turn_away(listener);
-            }
             for index in kicked {
                 if let Some((_, kick)) = self.tx_kicks.iter().find(|(i, _)| *i == index) {
                     drain_eventfd(kick);
@@ -396,6 +393,11 @@ impl Connection<'_, '_> {
                     Ok(false) => return End::Disconnected,
                     Err(why) => return End::Broken(why),
                 }
+            }
+            // Only after the current frontend's own messages (and hang-up) are read: a
+            // frontend that reconnects right after closing is the next one, not a second.
+            if knocking {
+                self.turn_away(listener);
             }
             for index in 0..self.tx_pending.len() {
                 if self.tx_pending[index] {
