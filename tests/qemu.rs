@@ -1,9 +1,10 @@
-//! Real QEMU guests on the stream and dgram ports: a Linux kernel with virtio-net, booted
-//! under software emulation (TCG), pings a namespace on a TAP port or another guest.
+//! Real QEMU guests on the stream, dgram and vhost-user ports: a Linux kernel with
+//! virtio-net, booted under software emulation (TCG), pings a namespace on a TAP port or
+//! another guest, moves 16 MiB over TCP, and comes back after its port restarts.
 //!
-//! This is the check that the ports speak QEMU's `-netdev stream` and `-netdev dgram`
-//! protocols as QEMU itself does, which the socket-level tests cannot prove. The QEMU
-//! command lines are the README's.
+//! This is the check that the ports speak QEMU's `-netdev stream`, `-netdev dgram` and
+//! vhost-user protocols as QEMU itself does, which the socket-level tests cannot prove.
+//! The QEMU command lines are the README's.
 //!
 //! The guest is built by `scripts/guest-image` (kernel and initramfs under
 //! `target/guest/`); its `/init` takes its address and a command from the kernel command
@@ -242,6 +243,47 @@ impl Lab {
         socket
     }
 
+    /// `guestnet vhost-user lab --socket S…` (with `--client` when QEMU listens); returns
+    /// the socket paths, `NAME.sock` in the lab directory for each of `names`.
+    fn vhost_user_port(&mut self, names: &[&str], client: bool) -> Vec<PathBuf> {
+        let sockets: Vec<PathBuf> = names
+            .iter()
+            .map(|name| self.path(&format!("{name}.sock")))
+            .collect();
+        let mut args = vec!["vhost-user".to_string(), "lab".to_string()];
+        for socket in &sockets {
+            args.push("--socket".into());
+            args.push(path_str(socket).into());
+        }
+        if client {
+            args.push("--client".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let line = self.start_port(&args);
+        let expected = if client {
+            "connecting to"
+        } else {
+            "listening on"
+        };
+        assert!(line.starts_with(expected), "{line}");
+        sockets
+    }
+
+    /// The vhost-user sockets' status from `guestnet status --json`.
+    fn vhost_user_status(&self) -> Vec<serde_json::Value> {
+        let output = Command::new(BIN)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["status", "lab", "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run guestnet status");
+        assert!(output.status.success(), "{output:?}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("status JSON");
+        report["vhost_user"].as_array().cloned().unwrap_or_default()
+    }
+
     /// A namespace on a TAP port, `10.80.0.1/24` on its `gn0`; returns the TAP's slot.
     fn namespace_on_tap(&mut self, test: &str) -> u16 {
         let namespace = format!("gnq-{}-{test}", std::process::id());
@@ -305,9 +347,16 @@ struct Guest {
 }
 
 impl Guest {
-    /// Boots the guest with `address` (CIDR) on a virtio-net NIC with `mac`, on the netdev
-    /// `netdev` (the argument of QEMU's `-netdev`, `id=n0`), running `command`, then holding.
-    fn boot(image: &GuestImage, netdev: &str, mac: &str, address: &str, command: &str) -> Guest {
+    /// Boots the guest with `address` (CIDR) on a virtio-net NIC with `mac`, whose backend
+    /// `backend` gives (QEMU arguments ending in a `-netdev` with `id=n0`), running
+    /// `command`, then holding.
+    fn boot(
+        image: &GuestImage,
+        backend: &[String],
+        mac: &str,
+        address: &str,
+        command: &str,
+    ) -> Guest {
         let append = format!(
             "console=ttyS0 quiet panic=-1 guestnet.ip={address} guestnet.run=\"{command}\" guestnet.hold"
         );
@@ -317,7 +366,9 @@ impl Guest {
             .arg(&image.kernel)
             .arg("-initrd")
             .arg(&image.initrd)
-            .args(["-append", &append, "-netdev", netdev, "-device"])
+            .args(["-append", &append])
+            .args(backend)
+            .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -399,20 +450,57 @@ impl Guest {
 }
 
 /// The README's stream netdev, with the socket path filled in.
-fn stream_netdev(socket: &Path) -> String {
-    format!(
-        "stream,id=n0,server=off,addr.type=unix,addr.path={},reconnect-ms=1000",
-        socket.display()
-    )
+fn stream_netdev(socket: &Path) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!(
+            "stream,id=n0,server=off,addr.type=unix,addr.path={},reconnect-ms=1000",
+            socket.display()
+        ),
+    ]
 }
 
 /// The README's dgram netdev: the guest's own socket `local`, the port's `remote`.
-fn dgram_netdev(local: &Path, remote: &Path) -> String {
-    format!(
-        "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
-        local.display(),
-        remote.display()
-    )
+fn dgram_netdev(local: &Path, remote: &Path) -> Vec<String> {
+    vec![
+        "-netdev".into(),
+        format!(
+            "dgram,id=n0,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+            local.display(),
+            remote.display()
+        ),
+    ]
+}
+
+/// How QEMU reaches a vhost-user backend.
+#[derive(Debug, Clone, Copy)]
+enum Chardev {
+    /// QEMU connects to the port's socket, and again after it restarts.
+    Connect,
+    /// QEMU listens; the port (`--client`) connects.
+    Listen,
+}
+
+/// The README's vhost-user netdev: the guest's memory shared (a memfd), a socket chardev
+/// to the port, and the netdev on it.
+fn vhost_user_netdev(socket: &Path, chardev: Chardev) -> Vec<String> {
+    let mode = match chardev {
+        Chardev::Connect => "reconnect-ms=1000",
+        Chardev::Listen => "server=on,wait=off",
+    };
+    [
+        "-object",
+        "memory-backend-memfd,id=mem,size=256M,share=on",
+        "-machine",
+        "memory-backend=mem",
+        "-chardev",
+        &format!("socket,id=c0,path={},{mode}", socket.display()),
+        "-netdev",
+        "vhost-user,id=n0,chardev=c0",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
 }
 
 /// Waits until `to` answers (the guest's `reach`: the other side may still be booting, or
@@ -423,7 +511,7 @@ fn ping(to: &str) -> String {
 
 /// One guest on `netdev` pings the namespace on a TAP port; the marker must report
 /// success, and both the guest's port peer (of `kind`) and the TAP must have carried frames.
-fn guest_pings_namespace(test: &str, kind: PortKind, netdev: impl FnOnce(&mut Lab) -> String) {
+fn guest_pings_namespace(test: &str, kind: PortKind, netdev: impl FnOnce(&mut Lab) -> Vec<String>) {
     let Some(image) = prerequisites() else {
         return;
     };
@@ -550,4 +638,223 @@ fn guest_on_stream_port_comes_back_after_the_port_restarts() {
     );
     assert!(peer.tx_packets >= 3 && peer.rx_packets >= 3, "{peer:?}");
     guest.release();
+}
+
+/// `ADDR` answers within five one-second pings: what "traffic resumes within 5 s" means
+/// from inside the guest.
+fn reach_within_5s(to: &str) -> String {
+    format!("i=0; until ping -c 1 -W 1 {to}; do i=$((i+1)); [ $i -lt 5 ] || exit 9; done")
+}
+
+/// The MD5 line (`HASH  /f`) a guest printed for the file it sent or received.
+fn md5_of_f(transcript: &str) -> String {
+    transcript
+        .lines()
+        .find_map(|line| line.trim().strip_suffix("  /f"))
+        .map(|hash| hash.trim().to_string())
+        .unwrap_or_else(|| panic!("no checksum of /f on the console:\n{transcript}"))
+}
+
+/// Two guests on vhost-user ports of one port process ping each other, then one sends
+/// the other 16 MiB of random bytes over TCP, which arrive intact; the guests negotiated
+/// the offloads, so the transfer went as super-frames, and no descriptor was refused.
+#[test]
+fn guests_on_vhost_user_ports_ping_and_move_16_mib_over_tcp() {
+    let Some(image) = prerequisites() else {
+        return;
+    };
+    let mut lab = Lab::new();
+    let sockets = lab.vhost_user_port(&["vm0", "vm1"], false);
+    let receiver_command = format!("{} && nc -l -p 5000 > /f && md5sum /f", ping("10.80.0.12"));
+    // The receiver may still be starting its listener: the sender retries, boundedly.
+    let sender_command = format!(
+        "dd if=/dev/urandom of=/f bs=1M count=16 2>/dev/null && md5sum /f && {} && \
+         i=0; until nc 10.80.0.11 5000 < /f; do i=$((i+1)); [ $i -lt 50 ] || exit 8; sleep 0.2; done",
+        ping("10.80.0.11")
+    );
+    let mut receiving = Guest::boot(
+        image,
+        &vhost_user_netdev(&sockets[0], Chardev::Connect),
+        "52:54:00:00:01:01",
+        "10.80.0.11/24",
+        &receiver_command,
+    );
+    let mut sending = Guest::boot(
+        image,
+        &vhost_user_netdev(&sockets[1], Chardev::Connect),
+        "52:54:00:00:01:02",
+        "10.80.0.12/24",
+        &sender_command,
+    );
+    let deadline = Instant::now() + GUEST_DONE;
+    let sent = sending.exit_status(deadline);
+    let received = receiving.exit_status(deadline);
+    assert_eq!(sent, 0, "sender failed; console:\n{}", sending.transcript);
+    assert_eq!(
+        received, 0,
+        "receiver failed; console:\n{}",
+        receiving.transcript
+    );
+    assert_eq!(
+        md5_of_f(&receiving.transcript),
+        md5_of_f(&sending.transcript),
+        "the 16 MiB arrived changed"
+    );
+
+    for guest in [&receiving, &sending] {
+        let peer = lab.peer_with_mac(guest.mac);
+        assert_eq!(peer.kind, PortKind::VhostUser);
+    }
+    let sender_peer = lab.peer_with_mac(sending.mac);
+    // 16 MiB in 1500-byte frames would be over 11000; super-frames make it far fewer.
+    assert!(
+        sender_peer.tx_bytes >= 16 << 20 && sender_peer.tx_packets < 11_000,
+        "{sender_peer:?}"
+    );
+    let statuses = lab.vhost_user_status();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    for status in &statuses {
+        assert_eq!(status["state"], "running", "{status}");
+        let features = status["acked_features"].as_u64().unwrap_or(0);
+        let tso4 = guestnet::ports::vhost_user::feature::GUEST_TSO4;
+        assert_ne!(features & tso4, 0, "GUEST_TSO4 not negotiated: {status}");
+        let counters = &status["counters"];
+        for fault in [
+            "bad_messages",
+            "rejected_messages",
+            "tx_bad_chains",
+            "tx_wrong_direction",
+            "tx_bad_length",
+            "tx_bad_header",
+            "rx_bad_chains",
+            "rx_wrong_direction",
+            "rx_no_room",
+        ] {
+            assert_eq!(counters[fault], 0, "{fault}: {status}");
+        }
+    }
+    receiving.release();
+    sending.release();
+}
+
+/// One network holding a VM on a vhost-user port, a VM on the stream port and a namespace
+/// on a TAP port: every one reaches the two others.
+#[test]
+fn vhost_user_stream_and_tap_guests_reach_each_other() {
+    let Some(image) = prerequisites() else {
+        return;
+    };
+    let mut lab = Lab::new();
+    lab.namespace_on_tap("mixed");
+    let vhost = lab.vhost_user_port(&["vm0"], false);
+    let stream = stream_netdev(&lab.stream_port());
+    let mut on_vhost = Guest::boot(
+        image,
+        &vhost_user_netdev(&vhost[0], Chardev::Connect),
+        "52:54:00:00:02:01",
+        "10.80.0.11/24",
+        &format!("{} && {}", ping(NAMESPACE_ADDRESS), ping("10.80.0.12")),
+    );
+    let mut on_stream = Guest::boot(
+        image,
+        &stream,
+        "52:54:00:00:02:02",
+        "10.80.0.12/24",
+        &format!("{} && {}", ping(NAMESPACE_ADDRESS), ping("10.80.0.11")),
+    );
+    let deadline = Instant::now() + GUEST_DONE;
+    let vhost_status = on_vhost.exit_status(deadline);
+    let stream_status = on_stream.exit_status(deadline);
+    assert_eq!(vhost_status, 0, "console:\n{}", on_vhost.transcript);
+    assert_eq!(stream_status, 0, "console:\n{}", on_stream.transcript);
+    // And from the namespace to both, while they hold.
+    let namespace = lab.namespace.clone().expect("the lab's namespace");
+    for guest in ["10.80.0.11", "10.80.0.12"] {
+        let output = Command::new("ip")
+            .args([
+                "netns", "exec", &namespace, "ping", "-c", "2", "-W", "2", guest,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ping");
+        assert!(
+            output.status.success(),
+            "the namespace cannot reach {guest}: {output:?}"
+        );
+    }
+    assert_eq!(lab.peer_with_mac(on_vhost.mac).kind, PortKind::VhostUser);
+    assert_eq!(lab.peer_with_mac(on_stream.mac).kind, PortKind::Stream);
+    on_vhost.release();
+    on_stream.release();
+}
+
+/// A guest's traffic resumes within 5 s after its vhost-user port is killed and started
+/// again, without the guest rebooting: QEMU reconnects (`reconnect-ms`) to a port in
+/// server mode, or a `--client` port reconnects to a listening QEMU.
+fn guest_comes_back_after_the_vhost_user_port_restarts(test: &str, chardev: Chardev) {
+    let Some(image) = prerequisites() else {
+        return;
+    };
+    let client = matches!(chardev, Chardev::Listen);
+    let mut lab = Lab::new();
+    lab.namespace_on_tap(test);
+    let socket = lab.path("vm0.sock");
+    let start_port = |lab: &mut Lab| lab.vhost_user_port(&["vm0"], client);
+    // A client port needs QEMU's socket first; a server port must be there before QEMU.
+    if !client {
+        start_port(&mut lab);
+    }
+    let command = format!(
+        "{} && echo GUESTNET-PHASE && read line && {}",
+        ping(NAMESPACE_ADDRESS),
+        reach_within_5s(NAMESPACE_ADDRESS)
+    );
+    let mut guest = Guest::boot(
+        image,
+        &vhost_user_netdev(&socket, chardev),
+        "52:54:00:00:03:01",
+        "10.80.0.13/24",
+        &command,
+    );
+    if client {
+        // QEMU creates its socket at start-up, before the guest boots.
+        let wait = Instant::now() + PORT_READY;
+        while !socket.exists() {
+            assert!(Instant::now() < wait, "QEMU did not create {socket:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        start_port(&mut lab);
+    }
+    let deadline = Instant::now() + GUEST_DONE;
+    guest.expect_line("GUESTNET-PHASE", deadline);
+    let first_port = lab.newest_port_pid();
+
+    lab.kill_newest_port();
+    start_port(&mut lab);
+    let new_port = lab.newest_port_pid();
+    guest.press_enter();
+    let status = guest.exit_status(deadline);
+    assert_eq!(
+        status, 0,
+        "no traffic within 5 s of the restart; console:\n{}",
+        guest.transcript
+    );
+    let peer = lab.peer_with_mac(guest.mac);
+    assert_ne!(first_port, new_port);
+    assert_eq!(
+        peer.pid, new_port,
+        "the guest's peer is not the new port's: {peer:?}"
+    );
+    assert!(peer.rx_packets >= 1 && peer.tx_packets >= 1, "{peer:?}");
+    guest.release();
+}
+
+#[test]
+fn guest_comes_back_after_a_server_mode_vhost_user_port_restarts() {
+    guest_comes_back_after_the_vhost_user_port_restarts("vhserver", Chardev::Connect);
+}
+
+#[test]
+fn guest_comes_back_after_a_client_mode_vhost_user_port_restarts() {
+    guest_comes_back_after_the_vhost_user_port_restarts("vhclient", Chardev::Listen);
 }
