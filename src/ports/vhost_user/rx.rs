@@ -74,14 +74,7 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
             std::thread::park_timeout(IDLE_SLICE);
             continue;
         }
-        if !link_up {
-            // Raising the link refreshes the port state, which locks every vring: the
-            // guards taken above must go first, or this thread deadlocks on its own lock
-            // (and the control thread with it, at the next message touching that vring).
-            drop(queues);
-            set_link(shared, &mut link_up, true);
-            continue;
-        }
+        set_link(shared, &mut link_up, true);
         let mut faults: Vec<ChainFault> = Vec::new();
         let mut used = vec![false; queues.len()];
         let mut blocked = false;
