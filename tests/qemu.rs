@@ -161,6 +161,67 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// How long a probe guest may take under KVM; a working KVM boots it in about a second.
+const KVM_PROBE: Duration = Duration::from_secs(8);
+
+/// The accelerator to run guests with: KVM where it works, TCG otherwise. `/dev/kvm` being
+/// there is not enough (some hosts offer a flavour that starts QEMU but never runs an
+/// ordinary guest kernel), so a guest that only prints its marker is booted under KVM once
+/// per test process. `GUESTNET_ACCEL=kvm|tcg` skips the probe.
+fn accelerator(image: &GuestImage) -> &'static str {
+    static CHOSEN: OnceLock<&'static str> = OnceLock::new();
+    CHOSEN.get_or_init(|| {
+        match std::env::var("GUESTNET_ACCEL").as_deref() {
+            Ok("kvm") => return "kvm",
+            Ok("tcg") => return "tcg",
+            _ => {}
+        }
+        if !Path::new("/dev/kvm").exists() {
+            return "tcg";
+        }
+        let probe = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel",
+                "kvm",
+                "-m",
+                "256",
+                "-nographic",
+                "-no-reboot",
+                "-nic",
+                "none",
+            ])
+            .arg("-kernel")
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&image.initrd)
+            .args(["-append", "console=ttyS0 quiet panic=-1 guestnet.run=true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut probe) = probe else {
+            return "tcg";
+        };
+        let (lines, console) = mpsc::channel();
+        if let Some(stdout) = probe.stdout.take() {
+            forward_lines(stdout, lines);
+        }
+        let _probe = KillOnDrop(probe);
+        let deadline = Instant::now() + KVM_PROBE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match console.recv_timeout(left) {
+                Ok(line) if line.contains("GUESTNET-DONE") => break "kvm",
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!("KVM cannot run the guest here; guests run under TCG");
+                    break "tcg";
+                }
+            }
+        }
+    })
+}
+
 /// Sends every line a child writes on `output` to `lines`, from a thread of its own.
 fn forward_lines(output: impl Read + Send + 'static, lines: mpsc::Sender<String>) {
     std::thread::spawn(move || {
@@ -246,6 +307,16 @@ impl Lab {
     /// `guestnet vhost-user lab --socket S…` (with `--client` when QEMU listens); returns
     /// the socket paths, `NAME.sock` in the lab directory for each of `names`.
     fn vhost_user_port(&mut self, names: &[&str], client: bool) -> Vec<PathBuf> {
+        self.vhost_user_port_with(names, client, &[])
+    }
+
+    /// [`Lab::vhost_user_port`] with more arguments for the port.
+    fn vhost_user_port_with(
+        &mut self,
+        names: &[&str],
+        client: bool,
+        extra: &[&str],
+    ) -> Vec<PathBuf> {
         let sockets: Vec<PathBuf> = names
             .iter()
             .map(|name| self.path(&format!("{name}.sock")))
@@ -258,6 +329,7 @@ impl Lab {
         if client {
             args.push("--client".into());
         }
+        args.extend(extra.iter().map(|arg| arg.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let line = self.start_port(&args);
         let expected = if client {
@@ -357,19 +429,41 @@ impl Guest {
         address: &str,
         command: &str,
     ) -> Guest {
+        let device = format!("virtio-net-pci,netdev=n0,mac={mac}");
+        Guest::boot_with_device(image, backend, &device, address, command)
+    }
+
+    /// [`Guest::boot`] with the `-device` argument given whole (it must name the MAC).
+    fn boot_with_device(
+        image: &GuestImage,
+        backend: &[String],
+        device: &str,
+        address: &str,
+        command: &str,
+    ) -> Guest {
+        let mac = device
+            .split(',')
+            .find_map(|option| option.strip_prefix("mac="))
+            .expect("the device names its MAC");
         let append = format!(
             "console=ttyS0 quiet panic=-1 guestnet.ip={address} guestnet.run=\"{command}\" guestnet.hold"
         );
         let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot"])
+            .args([
+                "-accel",
+                accelerator(image),
+                "-m",
+                "256",
+                "-nographic",
+                "-no-reboot",
+            ])
             .arg("-kernel")
             .arg(&image.kernel)
             .arg("-initrd")
             .arg(&image.initrd)
             .args(["-append", &append])
             .args(backend)
-            .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"))
+            .args(["-device", device])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -857,4 +951,47 @@ fn guest_comes_back_after_a_server_mode_vhost_user_port_restarts() {
 #[test]
 fn guest_comes_back_after_a_client_mode_vhost_user_port_restarts() {
     guest_comes_back_after_the_vhost_user_port_restarts("vhclient", Chardev::Listen);
+}
+
+/// With `--queues 2` the port offers MQ; a two-CPU guest started with `queues=2,mq=on`
+/// negotiates it, gets two queue pairs, and pings through them.
+#[test]
+fn guest_with_two_queue_pairs_pings_namespace() {
+    let Some(image) = prerequisites() else {
+        return;
+    };
+    let mut lab = Lab::new();
+    lab.namespace_on_tap("mq");
+    let sockets = lab.vhost_user_port_with(&["vm0"], false, &["--queues", "2"]);
+    let mut backend = vhost_user_netdev(&sockets[0], Chardev::Connect);
+    if let Some(netdev) = backend.last_mut() {
+        netdev.push_str(",queues=2");
+    }
+    backend.extend(["-smp".to_string(), "2".to_string()]);
+    let mut guest = Guest::boot_with_device(
+        image,
+        &backend,
+        "virtio-net-pci,netdev=n0,mac=52:54:00:00:04:01,mq=on,vectors=6",
+        "10.80.0.14/24",
+        &format!(
+            "{} && ls /sys/class/net/eth0/queues",
+            ping(NAMESPACE_ADDRESS)
+        ),
+    );
+    let status = guest.exit_status(Instant::now() + GUEST_DONE);
+    assert_eq!(status, 0, "console:\n{}", guest.transcript);
+    assert!(
+        guest.transcript.contains("rx-1") && guest.transcript.contains("tx-1"),
+        "the guest has one queue pair only:\n{}",
+        guest.transcript
+    );
+    let statuses = lab.vhost_user_status();
+    let features = statuses[0]["acked_features"].as_u64().unwrap_or(0);
+    assert_ne!(
+        features & guestnet::ports::vhost_user::feature::MQ,
+        0,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[0]["queue_pairs"], 2);
+    guest.release();
 }

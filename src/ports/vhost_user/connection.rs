@@ -824,9 +824,11 @@ impl Connection<'_, '_> {
                 lock(&shared.negotiated).protocol = features;
                 Answer::Done
             }
+            // Virtqueues, not pairs, as the specification counts them (cloud-hypervisor
+            // compares its queue count with this; QEMU compares pairs, which are fewer).
             Request::GetQueueNum => Answer::Reply(protocol::reply_u64(
                 code::GET_QUEUE_NUM,
-                u64::from(self.queue_pairs),
+                u64::from(self.queue_pairs) * 2,
             )),
             // Accepted whenever it comes: QEMU sends it before SET_FEATURES.
             Request::SetVringEnable { index, enable } => {
