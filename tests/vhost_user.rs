@@ -947,19 +947,19 @@ const OFFLOADS: u64 = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 11) | (1
 fn feature_offer_follows_the_queue_and_offload_options() {
     let lab = Lab::start(&["s"]);
     let mut frontend = Frontend::connect(lab.socket(0)).expect("connect");
-    let (offered, queue_pairs) = frontend
+    let (offered, queues) = frontend
         .negotiate(MemoryMessages::SetMemTable)
         .expect("negotiate");
-    assert_eq!(queue_pairs, 1);
+    assert_eq!(queues, 2, "GET_QUEUE_NUM counts virtqueues: one pair");
     assert_eq!(offered & MQ, 0, "one pair: no MQ");
     assert_eq!(offered & OFFLOADS, OFFLOADS, "offloads by default");
 
     let lab = Lab::start_with(&["s"], &["--queues", "2", "--no-offload"]);
     let mut frontend = Frontend::connect(lab.socket(0)).expect("connect");
-    let (offered, queue_pairs) = frontend
+    let (offered, queues) = frontend
         .negotiate(MemoryMessages::SetMemTable)
         .expect("negotiate");
-    assert_eq!(queue_pairs, 2);
+    assert_eq!(queues, 4, "GET_QUEUE_NUM counts virtqueues: two pairs");
     assert_ne!(offered & MQ, 0, "two pairs: MQ");
     assert_eq!(offered & OFFLOADS, 0, "--no-offload");
     let ack = frontend

@@ -68,8 +68,8 @@ pub mod request {
     pub const GET_PROTOCOL_FEATURES: u32 = 15;
     /// `VHOST_USER_SET_PROTOCOL_FEATURES`.
     pub const SET_PROTOCOL_FEATURES: u32 = 16;
-    /// `VHOST_USER_GET_QUEUE_NUM` (with the `MQ` protocol feature): for a net device, how
-    /// many queue pairs the backend serves (what QEMU and DPDK take it to mean).
+    /// `VHOST_USER_GET_QUEUE_NUM` (with the `MQ` protocol feature): how many virtqueues
+    /// the backend serves (two per queue pair).
     pub const GET_QUEUE_NUM: u32 = 17;
     /// `VHOST_USER_SET_VRING_ENABLE`: start or stop one ring.
     pub const SET_VRING_ENABLE: u32 = 18;
@@ -507,8 +507,8 @@ impl Frontend {
     }
 
     /// The first half of QEMU's sequence: features and protocol features. Returns the
-    /// offered features and the backend's queue pair count (1 without `MQ`); `REPLY_ACK`
-    /// is used from here on.
+    /// offered features and the backend's virtqueue count; `REPLY_ACK` is used from here
+    /// on.
     pub fn negotiate(&mut self, memory: MemoryMessages) -> io::Result<(u64, u64)> {
         let offered = self.get_u64(request::GET_FEATURES)?;
         if offered & feature::PROTOCOL_FEATURES == 0 {
@@ -532,8 +532,8 @@ impl Frontend {
             &[],
         )?;
         self.protocol_negotiated = true;
-        let queue_pairs = self.get_u64(request::GET_QUEUE_NUM)?;
-        Ok((offered, queue_pairs))
+        let queues = self.get_u64(request::GET_QUEUE_NUM)?;
+        Ok((offered, queues))
     }
 
     /// Hands guest memory over the way `options` says.
@@ -623,9 +623,9 @@ impl Frontend {
         // Without PROTOCOL_FEATURES the frontend is a legacy one: no protocol features, no
         // ring enabling (rings run once kicked), no acks.
         let offered = if options.features & feature::PROTOCOL_FEATURES != 0 {
-            let (offered, queue_pairs) = self.negotiate(options.memory)?;
-            if queue_pairs == 0 {
-                return Err(invalid("no queue pairs"));
+            let (offered, queues) = self.negotiate(options.memory)?;
+            if queues < 2 {
+                return Err(invalid(format!("{queues} virtqueues: not even one pair")));
             }
             offered
         } else {
