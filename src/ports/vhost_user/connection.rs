@@ -221,6 +221,8 @@ struct Connection<'s, 'a> {
     tx_kicks: Vec<(usize, OwnedFd)>,
     /// The receive thread, woken when the queues change.
     rx_thread: std::thread::Thread,
+    /// The unsealed-memory warning was given.
+    warned_unsealed: bool,
 }
 
 /// Serves one frontend until it disconnects, breaks the protocol, or `stop` rings.
@@ -296,6 +298,7 @@ pub fn run(setup: Setup<'_>, stop: &Doorbell, listener: Option<&UnixListener>) {
             tx_pending: vec![false; usize::from(queue_pairs) * 2],
             tx_kicks: Vec::new(),
             rx_thread: rx.thread().clone(),
+            warned_unsealed: false,
         };
         let end = connection.serve(stop, listener);
         shared.closing.store(true, Ordering::Release);
@@ -387,6 +390,9 @@ impl Connection<'_, '_> {
                 }
                 self.tx_pending[index] = true;
             }
+            // Before a knock is answered: a frontend that reconnects closes its old
+            // connection first, and that end must be seen before the new one is judged a
+            // second frontend.
             if socket_ready {
                 match self.handle_message() {
                     Ok(true) => {}
@@ -394,9 +400,7 @@ impl Connection<'_, '_> {
                     Err(why) => return End::Broken(why),
                 }
             }
-            // Only after the current frontend's own messages (and hang-up) are read: a
-            // frontend that reconnects right after closing is the next one, not a second.
-            if knocking {
+            if knocking && !socket_ready {
                 self.turn_away(listener);
             }
             for index in 0..self.tx_pending.len() {
@@ -574,12 +578,27 @@ impl Connection<'_, '_> {
         Ok(Some((header, payload, fds)))
     }
 
+    /// Says once per connection that the frontend could crash this process by shrinking
+    /// the guest's memory file under it.
+    fn warn_if_unsealed(&mut self, memory: &GuestMemory) {
+        if !memory.sealed() && !self.warned_unsealed {
+            self.warned_unsealed = true;
+            tracing::warn!(
+                port = %self.label,
+                "the guest's memory file is not sealed against shrinking: the frontend could \
+                 make this process fault, and every VM it serves lose its network; QEMU's \
+                 memfd backend seals by default, or run one port process per VM"
+            );
+        }
+    }
+
     /// The vring `index`, if the frontend may use it.
     fn vring(&self, index: u32) -> Result<&Mutex<Vring>, String> {
         self.shared.vrings.get(index as usize).ok_or_else(|| {
             format!(
-                "queue {index} out of range ({} queues)",
-                self.shared.vrings.len()
+                "queue {index} out of range: this port offers {} queue pairs; start it with a \
+                 larger --queues or give the frontend fewer queues",
+                self.queue_pairs
             )
         })
     }
@@ -631,6 +650,7 @@ impl Connection<'_, '_> {
             }
             Request::SetMemTable(regions) => match GuestMemory::from_table(&regions, fds) {
                 Ok(memory) => {
+                    self.warn_if_unsealed(&memory);
                     *lock(&shared.memory) = Some(Arc::new(memory));
                     self.rx_thread.unpark();
                     Answer::Done
@@ -652,6 +672,7 @@ impl Connection<'_, '_> {
                 };
                 match added {
                     Ok(memory) => {
+                        self.warn_if_unsealed(&memory);
                         *lock(&shared.memory) = Some(Arc::new(memory));
                         self.rx_thread.unpark();
                         Answer::Done
@@ -691,7 +712,12 @@ impl Connection<'_, '_> {
                     Err(why) => return Answer::Refused(why),
                 };
                 let Some(memory) = shared.memory() else {
-                    return Answer::Refused("ring addresses before a memory table".into());
+                    return Answer::Refused(
+                        "ring addresses before any guest memory was shared: is the VM's memory \
+                         shared? (QEMU: -object memory-backend-memfd,id=mem,size=…,share=on \
+                         -machine memory-backend=mem)"
+                            .into(),
+                    );
                 };
                 let mut vring = lock(vring);
                 let size = u64::from(vring.queue.size());

@@ -51,6 +51,9 @@ pub enum MemoryError {
 struct Mapped {
     region: MemoryRegion,
     mapping: Arc<GuestRegionMmap>,
+    /// The file cannot shrink (a memfd with `F_SEAL_SHRINK`, which QEMU's memfd backend
+    /// sets by default).
+    sealed: bool,
 }
 
 /// The guest memory of one frontend connection. Immutable: a new table makes a new value,
@@ -121,6 +124,7 @@ impl GuestMemory {
             .map(|m| Mapped {
                 region: m.region,
                 mapping: Arc::clone(&m.mapping),
+                sealed: m.sealed,
             })
             .collect()
     }
@@ -152,6 +156,13 @@ impl GuestMemory {
         })
     }
 
+    /// Whether every region's file is sealed against shrinking. A frontend that can
+    /// truncate a mapped file can make this process fault (`SIGBUS`) on its next access,
+    /// taking the other sockets of the process with it.
+    pub fn sealed(&self) -> bool {
+        self.regions.iter().all(|m| m.sealed)
+    }
+
     /// Number of regions.
     #[cfg(test)]
     pub fn region_count(&self) -> usize {
@@ -179,6 +190,8 @@ fn map(region: MemoryRegion, fd: OwnedFd) -> Result<Mapped, MemoryError> {
         .checked_add(region.memory_size)
         .ok_or_else(bad)?;
     let size = usize::try_from(region.memory_size).map_err(|_| bad())?;
+    let sealed = rustix::fs::fcntl_get_seals(&fd)
+        .is_ok_and(|seals| seals.contains(rustix::fs::SealFlags::SHRINK));
     let file = File::from(fd);
     let length = file
         .metadata()
@@ -202,6 +215,7 @@ fn map(region: MemoryRegion, fd: OwnedFd) -> Result<Mapped, MemoryError> {
     Ok(Mapped {
         region,
         mapping: Arc::new(mapping),
+        sealed,
     })
 }
 
@@ -264,6 +278,21 @@ mod tests {
                 .read_obj::<u16>(GuestAddress(0x20000))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn only_a_memfd_sealed_against_shrinking_counts_as_sealed() {
+        let plain = GuestMemory::single(region(0, 0x10000, 0, 0), memfd(0x10000)).unwrap();
+        assert!(!plain.sealed());
+        let fd = rustix::fs::memfd_create(
+            "guest",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&fd, 0x10000).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
+        let sealed = GuestMemory::single(region(0, 0x10000, 0, 0), fd).unwrap();
+        assert!(sealed.sealed());
     }
 
     #[test]
