@@ -83,15 +83,7 @@ impl Lab {
 
     /// Connects a guest to socket `i` with QEMU's whole start-up sequence.
     fn guest(&self, i: usize, options: SetupOptions) -> Guest {
-        let mut frontend = Frontend::connect(self.socket(i)).expect("connect");
-        let memory = GuestMemory::new().expect("guest memory");
-        let (rx, tx) = frontend.setup(&memory, options).expect("setup");
-        Guest {
-            frontend,
-            memory,
-            rx,
-            tx,
-        }
+        Guest::set_up(Frontend::connect(self.socket(i)).expect("connect"), options)
     }
 
     /// A frontend on socket `i` that has done the feature negotiation only.
@@ -144,6 +136,20 @@ struct Guest {
     memory: GuestMemory,
     rx: Virtqueue,
     tx: Virtqueue,
+}
+
+impl Guest {
+    /// Runs QEMU's start-up sequence over `frontend` with fresh guest memory.
+    fn set_up(mut frontend: Frontend, options: SetupOptions) -> Guest {
+        let memory = GuestMemory::new().expect("guest memory");
+        let (rx, tx) = frontend.setup(&memory, options).expect("setup");
+        Guest {
+            frontend,
+            memory,
+            rx,
+            tx,
+        }
+    }
 }
 
 /// An Ethernet frame of `len` bytes with a payload pattern that starts at `tag`.
@@ -1048,4 +1054,54 @@ fn tso_frame_from_the_guest_reaches_a_plain_peer_in_segments() {
     }
     assert_eq!(joined, payload);
     assert_eq!(segments, 3);
+}
+
+#[test]
+fn status_follows_the_frontend_through_its_states() {
+    let lab = Lab::start(&["s"]);
+    let entry = lab.wait_status(0, "listening", |e| e["state"] == "listening");
+    assert!(
+        entry["slot"].is_null(),
+        "no peer without a frontend: {entry}"
+    );
+    assert_eq!(entry["pid"], lab.backend.pid());
+
+    let frontend = lab.negotiated(0);
+    let entry = lab.wait_status(0, "connected", |e| e["state"] == "connected");
+    assert!(entry["slot"].is_u64(), "a peer once connected: {entry}");
+    drop(frontend);
+    lab.wait_status(0, "listening again", |e| e["state"] == "listening");
+
+    let guest = lab.guest(0, SetupOptions::default());
+    let entry = lab.wait_status(0, "running", |e| e["state"] == "running");
+    assert_eq!(entry["acked_features"], guest.frontend.acked_features);
+    assert_eq!(entry["queue_pairs"], 1);
+    assert_ne!(entry["acked_protocol_features"], 0);
+    drop(guest);
+    let entry = lab.wait_status(0, "listening after the guest left", |e| {
+        e["state"] == "listening"
+    });
+    assert!(entry["slot"].is_null());
+    assert_eq!(counter(&entry, "connections"), 2);
+}
+
+#[test]
+fn client_mode_reaches_a_listening_frontend_and_again_after_a_disconnect() {
+    let mut lab = Lab::start_with(&["vm.sock"], &["--client"]);
+    // QEMU starts listening after the backend: the backend keeps trying.
+    let listener = std::os::unix::net::UnixListener::bind(lab.socket(0)).expect("bind");
+    for tag in [1, 2] {
+        let frontend = Frontend::accept(&listener).expect("the backend connects");
+        let mut guest = Guest::set_up(frontend, SetupOptions::default());
+        lab.good_frame_passes(&mut guest, tag);
+    }
+    let entry = lab.wait_status(0, "two connections and two frames counted", |e| {
+        counter(e, "connections") >= 2 && counter(e, "tx_frames") >= 2
+    });
+    // (It may already be connected a third time: the listener still takes connections.)
+    assert_eq!(
+        counter(&entry, "tx_frames"),
+        2,
+        "counters last across connections"
+    );
 }

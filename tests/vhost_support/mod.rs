@@ -28,7 +28,7 @@ use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -188,8 +188,13 @@ impl GuestMemory {
     /// Creates guest memory laid out as [`LAYOUT`].
     pub fn new() -> io::Result<GuestMemory> {
         let total: u64 = LAYOUT.iter().map(|&(_, size)| size).sum();
-        let fd = rustix::fs::memfd_create("guest-ram", rustix::fs::MemfdFlags::CLOEXEC)?;
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd =
+            rustix::fs::memfd_create("guest-ram", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
         rustix::fs::ftruncate(&fd, total)?;
+        // Sealed as QEMU's memfd backend does by default: the backend can then trust the
+        // size (a frontend could otherwise shrink the file under its mappings).
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let file = Arc::new(File::from(fd));
         let mut regions = Vec::with_capacity(LAYOUT.len());
         let mut offset = 0;
@@ -379,7 +384,24 @@ pub struct Frontend {
 impl Frontend {
     /// Connects to a backend's socket.
     pub fn connect(path: &Path) -> io::Result<Frontend> {
-        let stream = UnixStream::connect(path)?;
+        Frontend::over(UnixStream::connect(path)?)
+    }
+
+    /// Waits (bounded by [`DEADLINE`]) for a backend in client mode to connect to
+    /// `listener`, as QEMU with `server=on` does.
+    pub fn accept(listener: &UnixListener) -> io::Result<Frontend> {
+        let timeout = rustix::time::Timespec::try_from(DEADLINE).map_err(io::Error::other)?;
+        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        if rustix::event::poll(&mut fds, Some(&timeout))? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no backend connected",
+            ));
+        }
+        Frontend::over(listener.accept()?.0)
+    }
+
+    fn over(stream: UnixStream) -> io::Result<Frontend> {
         stream.set_read_timeout(Some(DEADLINE))?;
         stream.set_write_timeout(Some(DEADLINE))?;
         Ok(Frontend {
@@ -1026,7 +1048,7 @@ pub struct Backend {
 
 impl Backend {
     /// Starts `guestnet --dir DIR vhost-user NETWORK --socket DIR/S … EXTRA…` and waits
-    /// for one `listening on PATH` line per socket.
+    /// for one `listening on PATH` line per socket (`connecting to PATH` with `--client`).
     pub fn start(dir: &Path, network: &str, sockets: &[&str], extra: &[&str]) -> Backend {
         let sockets: Vec<PathBuf> = sockets.iter().map(|s| dir.join(s)).collect();
         let mut command = Command::new(env!("CARGO_BIN_EXE_guestnet"));
@@ -1056,9 +1078,19 @@ impl Backend {
                 .recv_timeout(DEADLINE)
                 .expect("the backend announces each socket in time")
                 .expect("readable stdout");
-            assert_eq!(line, format!("listening on {}", socket.display()));
+            let verb = if extra.contains(&"--client") {
+                "connecting to"
+            } else {
+                "listening on"
+            };
+            assert_eq!(line, format!("{verb} {}", socket.display()));
         }
         backend
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.
