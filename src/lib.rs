@@ -53,16 +53,24 @@
 //!
 //! ## Ports
 //!
-//! Every way in is a peer ([`ports`]): a Rust process through this library, QEMU's
-//! `-netdev stream` and `-netdev dgram` sockets, a pcap capture, a TAP device in a network
-//! namespace, a VXLAN tunnel to other hosts (one uplink peer standing for all of them).
-//! One port process may host many peers, one per connection or device.
+//! Every way in is a peer ([`ports`]): a Rust process through this library, a VM through
+//! vhost-user (its own virtio-net driver; the port reads and writes the guest's rings in
+//! its shared memory, so a frame goes from guest buffers into a receiver's ring in one
+//! copy), QEMU's `-netdev stream` and `-netdev dgram` sockets, a pcap capture, a TAP device
+//! in a network namespace, a VXLAN tunnel to other hosts (one uplink peer standing for all
+//! of them). One port process may host many peers, one per connection, VM or device.
+//!
+//! A port is where untrusted input arrives, and each treats it as the region is treated:
+//! a guest's descriptors, a frontend's messages, a socket's lengths are parsed through
+//! checked views, and what fails is counted by reason and dropped; a peer that keeps
+//! failing is quarantined, never allowed to stall or crash the port's other peers.
 //!
 //! ## Offloads
 //!
 //! A frame may carry a virtio-net header ([`wire::virtio_net`]) that leaves work to the
 //! receiver: a checksum to complete, a 64 KiB TCP super-frame to cut into segments. Peers
-//! advertise which of these they can take (a TAP hands them to its kernel); frames travel
+//! advertise which of these they can take (a TAP hands them to its kernel, a VM to its
+//! driver, as negotiated); frames travel
 //! whole between such peers, in per-ring large buffers, and are finished in software
 //! ([`wire::offload`]) for everyone else, so stream ports and captures always see
 //! ordinary, MTU-sized frames with correct checksums.
@@ -71,10 +79,10 @@
 //!
 //! | module | deals with |
 //! | --- | --- |
-//! | [`wire`] | byte formats: Ethernet frames, stream framing, pcap; no I/O, no clock |
+//! | [`wire`] | byte formats: Ethernet, virtio-net, stream framing, pcap, VXLAN, vhost-user messages; no I/O, no clock |
 //! | [`shm`] | the only `unsafe` code: mapping the region, checked access, file locks |
 //! | [`network`] | the region's structures, rings, forwarding, learning, liveness, peers |
-//! | [`ports`] | adapters from sockets and files to peers |
+//! | [`ports`] | adapters from sockets, devices and VMs to peers |
 //! | [`cli`] | the `guestnet` command |
 //!
 //! ## Example

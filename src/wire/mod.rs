@@ -6,7 +6,7 @@
 //! tests, and lets the same code serve every host — the shared-memory network, the port
 //! programs, the fuzz targets — without any of them dragging the others' I/O along.
 //!
-//! Six modules live here:
+//! Seven modules live here:
 //!
 //! * [`ethernet`] — the frames themselves. The network moves bare Ethernet frames and looks
 //!   at only their first fourteen bytes, so this module is a thin, checked view over a
@@ -24,6 +24,10 @@
 //! * [`offload`] — finishing those offloads in software for a peer that cannot take them:
 //!   completing a partial checksum, and cutting a 64 KiB TCP or UDP super-packet into
 //!   segments, without trusting any offset the guest wrote.
+//! * [`vhost_user`] — the messages a VMM sends a vhost-user backend over its socket: a
+//!   12-byte header, then a payload whose layout the request code decides; a frontend is
+//!   untrusted, so the header is checked alone before the payload is read, and each
+//!   payload against the request it claims to be.
 //! * [`vxlan`] — the 8-byte VXLAN header (RFC 7348) that carries a frame between hosts in
 //!   a UDP datagram, the UDP source port hashed from the inner frame, and the overhead
 //!   that decides whether a frame fits the underlay.
