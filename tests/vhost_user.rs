@@ -2,11 +2,15 @@
 //! mock frontend of `vhost_support` (a QEMU stand-in with a virtqueue driver), and a
 //! library peer on the same network at the other end.
 //!
-//! Tests come in four groups: frames crossing both ways; a guest that writes bad
+//! Tests come in five groups: frames crossing both ways; a guest that writes bad
 //! descriptor chains (each test named after what it does wrong, and each checks the
 //! contract's counter, that the backend lives on and that good frames still pass); a guest
-//! that keeps misbehaving and gets quarantined; and a frontend that sends malformed or
-//! out-of-order protocol messages, after which a fresh connection must still work.
+//! that keeps misbehaving and gets quarantined; a frontend that sends malformed or
+//! out-of-order protocol messages, after which a fresh connection must still work; and the
+//! command's options and life cycle (status states, client mode, SIGTERM, stale sockets).
+//!
+//! Every wait is bounded ([`DEADLINE`]); the backend's status file lags by up to a second,
+//! so counters are polled until they reach what the test expects.
 
 mod vhost_support;
 
@@ -397,24 +401,69 @@ fn header_split_across_descriptors_is_put_back_together() {
 }
 
 #[test]
-fn memory_region_longer_than_its_file_is_refused() {
+fn tso_frame_from_the_guest_reaches_a_plain_peer_in_segments() {
     let mut lab = Lab::start(&["s"]);
-    let mut frontend = lab.negotiated(0);
-    let memory = GuestMemory::new().expect("guest memory");
-    let mut region = memory.regions()[1];
-    // A mapping past the end of the file would fault (SIGBUS) on the first access.
-    region.size += 1 << 20;
-    let ack = frontend
-        .request_ack(
-            request::SET_MEM_TABLE,
-            &memory_table(&[memory.regions()[0], region]),
-            &[memory.fd(), memory.fd()],
-        )
-        .expect("an answer");
-    assert_ne!(ack, 0, "the region runs past the end of its file");
-    drop(frontend);
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "rejected_messages", 1);
+    let mut guest = lab.guest(
+        0,
+        SetupOptions {
+            features: SetupOptions::default().features | OFFLOADS,
+            ..SetupOptions::default()
+        },
+    );
+    assert_ne!(guest.frontend.acked_features & OFFLOADS, 0);
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(GUEST_MAC.0, lab.peer.mac().0)
+        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        .tcp(40000, 5201, 1000, 64000)
+        .ack(7)
+        .write(&mut frame, &payload)
+        .expect("build the super-frame");
+    // NEEDS_CSUM at the TCP checksum, TCPv4 segmentation into 1000-byte segments.
+    let mut packet = vec![0u8; NET_HEADER_LEN];
+    packet[0] = 1;
+    packet[1] = 1;
+    packet[2..4].copy_from_slice(&54u16.to_le_bytes());
+    packet[4..6].copy_from_slice(&1000u16.to_le_bytes());
+    packet[6..8].copy_from_slice(&34u16.to_le_bytes());
+    packet[8..10].copy_from_slice(&16u16.to_le_bytes());
+    packet.extend_from_slice(&frame);
+    let head = guest.tx.send(&guest.memory, &packet, 2, false);
+    assert!(guest.tx.wait_used(&guest.memory, head).is_some());
+
+    let deadline = Instant::now() + DEADLINE;
+    let mut joined = Vec::new();
+    let mut segments = 0;
+    while joined.len() < payload.len() {
+        lab.peer.receive(usize::MAX, |segment| {
+            segments += 1;
+            assert!(segment.len() <= 1514, "segment of {} bytes", segment.len());
+            let parsed = etherparse::SlicedPacket::from_ethernet(segment).expect("a TCP segment");
+            let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net else {
+                panic!("not IPv4")
+            };
+            let Some(etherparse::TransportSlice::Tcp(tcp)) = parsed.transport else {
+                panic!("not TCP")
+            };
+            let expected = tcp
+                .to_header()
+                .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
+                .expect("checksum");
+            assert_eq!(tcp.checksum(), expected, "a finished TCP checksum");
+            assert_eq!(
+                tcp.sequence_number(),
+                1000 + joined.len() as u32,
+                "segments in order"
+            );
+            joined.extend_from_slice(tcp.payload());
+        });
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("every segment arrives in time");
+        lab.peer.wait(left.min(Duration::from_millis(100)));
+    }
+    assert_eq!(joined, payload);
+    assert_eq!(segments, 3);
 }
 
 // --- A guest that writes bad descriptor chains ------------------------------------------
@@ -954,6 +1003,27 @@ fn frontend_disconnecting_mid_message_leaves_the_backend_serving() {
     lab.wait_counter(0, "connections", 2);
 }
 
+#[test]
+fn memory_region_longer_than_its_file_is_refused() {
+    let mut lab = Lab::start(&["s"]);
+    let mut frontend = lab.negotiated(0);
+    let memory = GuestMemory::new().expect("guest memory");
+    let mut region = memory.regions()[1];
+    // A mapping past the end of the file would fault (SIGBUS) on the first access.
+    region.size += 1 << 20;
+    let ack = frontend
+        .request_ack(
+            request::SET_MEM_TABLE,
+            &memory_table(&[memory.regions()[0], region]),
+            &[memory.fd(), memory.fd()],
+        )
+        .expect("an answer");
+    assert_ne!(ack, 0, "the region runs past the end of its file");
+    drop(frontend);
+    lab.fresh_connection_works(0);
+    lab.wait_counter(0, "rejected_messages", 1);
+}
+
 // --- Reconnection ---------------------------------------------------------------------------
 
 #[test]
@@ -1053,72 +1123,6 @@ fn mac_option_is_published_and_not_replaced_by_learning() {
         mac,
         "--mac wins over learning"
     );
-}
-
-#[test]
-fn tso_frame_from_the_guest_reaches_a_plain_peer_in_segments() {
-    let mut lab = Lab::start(&["s"]);
-    let mut guest = lab.guest(
-        0,
-        SetupOptions {
-            features: SetupOptions::default().features | OFFLOADS,
-            ..SetupOptions::default()
-        },
-    );
-    assert_ne!(guest.frontend.acked_features & OFFLOADS, 0);
-    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-    let mut frame = Vec::new();
-    etherparse::PacketBuilder::ethernet2(GUEST_MAC.0, lab.peer.mac().0)
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-        .tcp(40000, 5201, 1000, 64000)
-        .ack(7)
-        .write(&mut frame, &payload)
-        .expect("build the super-frame");
-    // NEEDS_CSUM at the TCP checksum, TCPv4 segmentation into 1000-byte segments.
-    let mut packet = vec![0u8; NET_HEADER_LEN];
-    packet[0] = 1;
-    packet[1] = 1;
-    packet[2..4].copy_from_slice(&54u16.to_le_bytes());
-    packet[4..6].copy_from_slice(&1000u16.to_le_bytes());
-    packet[6..8].copy_from_slice(&34u16.to_le_bytes());
-    packet[8..10].copy_from_slice(&16u16.to_le_bytes());
-    packet.extend_from_slice(&frame);
-    let head = guest.tx.send(&guest.memory, &packet, 2, false);
-    assert!(guest.tx.wait_used(&guest.memory, head).is_some());
-
-    let deadline = Instant::now() + DEADLINE;
-    let mut joined = Vec::new();
-    let mut segments = 0;
-    while joined.len() < payload.len() {
-        lab.peer.receive(usize::MAX, |segment| {
-            segments += 1;
-            assert!(segment.len() <= 1514, "segment of {} bytes", segment.len());
-            let parsed = etherparse::SlicedPacket::from_ethernet(segment).expect("a TCP segment");
-            let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net else {
-                panic!("not IPv4")
-            };
-            let Some(etherparse::TransportSlice::Tcp(tcp)) = parsed.transport else {
-                panic!("not TCP")
-            };
-            let expected = tcp
-                .to_header()
-                .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
-                .expect("checksum");
-            assert_eq!(tcp.checksum(), expected, "a finished TCP checksum");
-            assert_eq!(
-                tcp.sequence_number(),
-                1000 + joined.len() as u32,
-                "segments in order"
-            );
-            joined.extend_from_slice(tcp.payload());
-        });
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .expect("every segment arrives in time");
-        lab.peer.wait(left.min(Duration::from_millis(100)));
-    }
-    assert_eq!(joined, payload);
-    assert_eq!(segments, 3);
 }
 
 #[test]
