@@ -30,6 +30,11 @@ const NETWORK: &str = "lab";
 /// The MAC the mock guest sends from (QEMU's default prefix).
 const GUEST_MAC: MacAddress = MacAddress([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 
+/// `VIRTIO_NET_F_MQ`.
+const MQ: u64 = 1 << 22;
+/// `CSUM`, `GUEST_CSUM`, `GUEST_TSO4`, `GUEST_TSO6`, `HOST_TSO4`, `HOST_TSO6`.
+const OFFLOADS: u64 = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 11) | (1 << 12);
+
 /// A network in a private directory, a backend on it, and a library peer to talk to.
 struct Lab {
     dir: tempfile::TempDir,
@@ -1078,11 +1083,6 @@ fn stale_socket_file_is_replaced() {
     let features = frontend.get_u64(request::GET_FEATURES).expect("features");
     assert_ne!(features & feature::VERSION_1, 0);
 }
-
-/// `VIRTIO_NET_F_MQ`.
-const MQ: u64 = 1 << 22;
-/// `CSUM`, `GUEST_CSUM`, `GUEST_TSO4`, `GUEST_TSO6`, `HOST_TSO4`, `HOST_TSO6`.
-const OFFLOADS: u64 = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 11) | (1 << 12);
 
 #[test]
 fn feature_offer_follows_the_queue_and_offload_options() {

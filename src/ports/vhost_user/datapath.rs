@@ -655,7 +655,10 @@ mod tests {
         guest.descriptor(1, DATA, bytes.len() as u32, 0, 0);
         let mut plain = vec![0u8; HEADER_LEN];
         plain.extend_from_slice(&frame(3000));
-        guest.memory.write_slice(&plain, GuestAddress(DATA + 0x8000)).unwrap();
+        guest
+            .memory
+            .write_slice(&plain, GuestAddress(DATA + 0x8000))
+            .unwrap();
         guest.descriptor(2, DATA + 0x8000, plain.len() as u32, 0, 0);
         guest.offer(0);
         let (frames, faults) = transmit_all(&mut guest, &tx_rules(feature::CSUM));
