@@ -104,17 +104,17 @@ impl Lab {
         frontend
     }
 
-    /// Waits until the vhost-user peer's link is up: the backend's receive thread brings it
-    /// up shortly after the receive ring starts, and until then the network drops frames
-    /// for the guest (counted as `link_down`).
-    fn wait_link_up(&self) {
-        wait_until("the guest's link is up", || {
-            self.network
-                .status()
-                .peers
+    /// Checks that the vhost-user peer's link is up now, with no waiting: the backend
+    /// raises it before it acknowledges the message that started the receive ring, so a
+    /// frame sent as soon as the frontend's setup returns is not dropped as `link_down`.
+    fn assert_link_up(&self) {
+        let peers = self.network.status().peers;
+        assert!(
+            peers
                 .iter()
-                .any(|p| p.kind == PortKind::VhostUser && !p.link_down)
-        });
+                .any(|p| p.kind == PortKind::VhostUser && !p.link_down),
+            "the guest's link is not up after its setup: {peers:?}"
+        );
     }
 
     /// Checks that the backend process lives and that a good frame from `guest` reaches
@@ -248,7 +248,7 @@ fn frames_cross_both_ways_and_the_guest_mac_is_learned() {
 
     // Peer → guest, unicast to the learned MAC.
     let back = frame(GUEST_MAC, lab.peer.mac(), 200, 7);
-    lab.wait_link_up();
+    lab.assert_link_up();
     lab.peer.send(&back);
     let (used_len, bytes) = guest
         .rx
@@ -291,7 +291,7 @@ fn frames_pass_with_memory_added_region_by_region_and_indirect_chains() {
         assert!(guest.tx.wait_used(&guest.memory, head).is_some());
     }
     let back = frame(GUEST_MAC, lab.peer.mac(), 1514, 9);
-    lab.wait_link_up();
+    lab.assert_link_up();
     lab.peer.send(&back);
     let (used_len, bytes) = guest
         .rx
@@ -317,7 +317,7 @@ fn frames_pass_for_a_frontend_without_protocol_features_or_event_idx() {
     );
     guest.rx.post_rx(&guest.memory, 4, 2048);
     lab.good_frame_passes(&mut guest, 1);
-    lab.wait_link_up();
+    lab.assert_link_up();
     let back = frame(GUEST_MAC, lab.peer.mac(), 300, 2);
     lab.peer.send(&back);
     let (used_len, bytes) = guest
@@ -338,7 +338,7 @@ fn large_frame_spans_several_merged_receive_buffers() {
     let mut guest = lab.guest(0, SetupOptions::default());
     guest.rx.post_rx(&guest.memory, 8, 256);
     let back = frame(GUEST_MAC, lab.peer.mac(), 1000, 3);
-    lab.wait_link_up();
+    lab.assert_link_up();
     lab.peer.send(&back);
     let (first_len, mut bytes) = guest.rx.receive(&guest.memory).expect("the first buffer");
     assert_eq!(first_len as usize, bytes.len());
@@ -367,7 +367,7 @@ fn receive_buffers_too_small_without_merging_are_counted() {
         },
     );
     guest.rx.post_rx(&guest.memory, 4, 128);
-    lab.wait_link_up();
+    lab.assert_link_up();
     lab.peer.send(&frame(GUEST_MAC, lab.peer.mac(), 1000, 4));
     let entry = lab.wait_counter(0, "rx_no_room", 1);
     assert_eq!(entry["state"], "running");
@@ -699,7 +699,7 @@ fn bad_rx_buffer_is_counted(name: &str, bad: impl FnOnce(u64) -> Descriptor) {
     guest.rx.write_descriptor(&guest.memory, head, bad(addr));
     guest.rx.publish(&guest.memory, head);
     guest.rx.kick();
-    lab.wait_link_up();
+    lab.assert_link_up();
     let first = frame(GUEST_MAC, lab.peer.mac(), 100, 1);
     lab.peer.send(&first);
     let entry = lab.wait_counter(0, name, 1);

@@ -213,8 +213,11 @@ pub fn transmit(
                 fault(f);
             }
         }
-        // A head past the table cannot be returned; the guest has lost that entry.
-        let _ = vring.queue.add_used(memory, head, 0);
+        // A head past the table cannot be returned (and is not tried: the ring crate
+        // would log each attempt); the guest has lost that entry.
+        if head < vring.queue.size() {
+            let _ = vring.queue.add_used(memory, head, 0);
+        }
     }
     taken
 }
@@ -368,7 +371,9 @@ pub fn place(
                 // this frame: a rewind on running out of buffers must start past the bad
                 // chain, or it would be read (and counted) again on every retry.
                 fault(f);
-                let _ = vring.queue.add_used(memory, head, 0);
+                if head < vring.queue.size() {
+                    let _ = vring.queue.add_used(memory, head, 0);
+                }
                 for t in taken.drain(..) {
                     let _ = vring.queue.add_used(memory, t.head, 0);
                 }
