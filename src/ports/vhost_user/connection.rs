@@ -99,6 +99,8 @@ pub struct Shared<'a> {
     pub quarantined: AtomicBool,
     /// Set when the connection ends; the receive thread stops.
     pub closing: AtomicBool,
+    /// The peer's link is up (a receive queue runs).
+    link_up: AtomicBool,
     meter: Mutex<Meter>,
     /// The peer's control half.
     pub control: Control,
@@ -160,16 +162,26 @@ impl Shared<'_> {
         }
     }
 
-    /// Recomputes the socket's state for `status`.
+    /// Recomputes the socket's state for `status`, and the peer's link: up exactly while a
+    /// receive queue runs. Called by the connection thread after every message, so the
+    /// link is up by the time the frontend has its acknowledgement, and by the receive
+    /// thread each round. Takes the vring locks: callers must hold none.
     pub fn refresh_state(&self) {
         let negotiated = self.negotiated();
-        let state = if self.quarantined.load(Ordering::Acquire) {
-            State::Quarantined
-        } else if self
+        let enabled_by_default = negotiated.enabled_by_default();
+        let running: Vec<bool> = self
             .vrings
             .iter()
-            .any(|v| lock(v).running(negotiated.enabled_by_default()))
-        {
+            .map(|v| lock(v).running(enabled_by_default))
+            .collect();
+        let quarantined = self.quarantined.load(Ordering::Acquire);
+        let receiving = running.iter().step_by(2).any(|&r| r)
+            && negotiated.features.is_some()
+            && self.memory().is_some();
+        self.set_link(receiving && !quarantined);
+        let state = if quarantined {
+            State::Quarantined
+        } else if running.iter().any(|&r| r) {
             State::Running
         } else {
             State::Connected
@@ -179,6 +191,16 @@ impl Shared<'_> {
             info.acked_features = negotiated.features.unwrap_or(0);
             info.acked_protocol_features = negotiated.protocol;
         });
+    }
+
+    /// Marks the peer's link up or down when that changes: down, senders count
+    /// `link_down` instead of filling a ring nobody drains.
+    pub fn set_link(&self, up: bool) {
+        if self.link_up.swap(up, Ordering::AcqRel) != up
+            && let Err(e) = self.control.set_link_down(!up)
+        {
+            tracing::warn!(error = %e, "cannot change the peer's link state");
+        }
     }
 }
 
@@ -258,6 +280,7 @@ pub fn run(setup: Setup<'_>, stop: &Doorbell, listener: Option<&UnixListener>) {
         negotiated: Mutex::new(Negotiated::default()),
         quarantined: AtomicBool::new(false),
         closing: AtomicBool::new(false),
+        link_up: AtomicBool::new(false),
         meter: Mutex::new(Meter::default()),
         control,
         socket,
@@ -519,12 +542,14 @@ impl Connection<'_, '_> {
                 reply_ack.then(|| protocol::reply_u64(header.request, 1))
             }
         };
+        // Before the answer: once the frontend has it, a started receive ring has its
+        // link up.
+        self.shared.refresh_state();
         if let Some(bytes) = bytes {
             self.stream
                 .write_all(&bytes)
                 .map_err(|e| format!("write a reply: {e}"))?;
         }
-        self.shared.refresh_state();
         Ok(true)
     }
 

@@ -213,8 +213,11 @@ pub fn transmit(
                 fault(f);
             }
         }
-        // A head past the table cannot be returned; the guest has lost that entry.
-        let _ = vring.queue.add_used(memory, head, 0);
+        // A head past the table cannot be returned (and is not tried: the ring crate
+        // would log each attempt); the guest has lost that entry.
+        if head < vring.queue.size() {
+            let _ = vring.queue.add_used(memory, head, 0);
+        }
     }
     taken
 }
@@ -339,7 +342,7 @@ pub fn place(
     mut fault: impl FnMut(ChainFault),
 ) -> Placed {
     let needed = rules.header_len + frame.len();
-    let start = vring.queue.next_avail();
+    let mut start = vring.queue.next_avail();
     let mut taken: Vec<Taken> = Vec::new();
     let mut capacity = 0;
     while capacity < needed {
@@ -364,9 +367,18 @@ pub fn place(
                 taken.push(Taken { head, parts });
             }
             Err(f) => {
-                // The bad chain goes back unused; the ones taken before it are still ours.
+                // The bad chain goes back unused, and so do the ones taken before it for
+                // this frame: a rewind on running out of buffers must start past the bad
+                // chain, or it would be read (and counted) again on every retry.
                 fault(f);
-                let _ = vring.queue.add_used(memory, head, 0);
+                if head < vring.queue.size() {
+                    let _ = vring.queue.add_used(memory, head, 0);
+                }
+                for t in taken.drain(..) {
+                    let _ = vring.queue.add_used(memory, t.head, 0);
+                }
+                capacity = 0;
+                start = vring.queue.next_avail();
                 continue;
             }
         }
@@ -648,7 +660,10 @@ mod tests {
         guest.descriptor(1, DATA, bytes.len() as u32, 0, 0);
         let mut plain = vec![0u8; HEADER_LEN];
         plain.extend_from_slice(&frame(3000));
-        guest.memory.write_slice(&plain, GuestAddress(DATA + 0x8000)).unwrap();
+        guest
+            .memory
+            .write_slice(&plain, GuestAddress(DATA + 0x8000))
+            .unwrap();
         guest.descriptor(2, DATA + 0x8000, plain.len() as u32, 0, 0);
         guest.offer(0);
         let (frames, faults) = transmit_all(&mut guest, &tx_rules(feature::CSUM));

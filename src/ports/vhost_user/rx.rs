@@ -40,17 +40,16 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
     let mut held: VecDeque<Held> = VecDeque::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut scratch = Vec::new();
-    let mut link_up = false;
     let counters = &shared.socket.counters;
     while !shared.closing.load(Ordering::Acquire) {
         let negotiated = shared.negotiated();
         let (Some(features), Some(memory)) = (negotiated.features, shared.memory()) else {
-            set_link(shared, &mut link_up, false);
+            shared.set_link(false);
             std::thread::park_timeout(IDLE_SLICE);
             continue;
         };
         if shared.quarantined.load(Ordering::Acquire) {
-            set_link(shared, &mut link_up, false);
+            shared.set_link(false);
             std::thread::park_timeout(IDLE_SLICE);
             continue;
         }
@@ -70,11 +69,11 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
             .collect();
         if queues.is_empty() {
             drop(queues);
-            set_link(shared, &mut link_up, false);
+            shared.set_link(false);
             std::thread::park_timeout(IDLE_SLICE);
             continue;
         }
-        set_link(shared, &mut link_up, true);
+        shared.set_link(true);
         let mut faults: Vec<ChainFault> = Vec::new();
         let mut used = vec![false; queues.len()];
         let mut blocked = false;
@@ -161,17 +160,7 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
             receiver.wait(IDLE_SLICE);
         }
     }
-    set_link(shared, &mut link_up, false);
-}
-
-/// Marks the peer's link up or down when that changes.
-fn set_link(shared: &Shared<'_>, link_up: &mut bool, up: bool) {
-    if *link_up != up {
-        *link_up = up;
-        if let Err(e) = shared.control.set_link_down(!up) {
-            tracing::warn!(error = %e, "cannot change the peer's link state");
-        }
-    }
+    shared.set_link(false);
 }
 
 /// Sleeps until a receive queue is kicked, at most [`IDLE_SLICE`], and clears the kicks.
