@@ -117,6 +117,24 @@ impl Lab {
         );
     }
 
+    /// After a refused request: the answer was a failure, the refusal is counted, and the
+    /// socket still serves a fresh frontend properly. `why` says what should have been
+    /// refused.
+    fn refused(&mut self, frontend: Frontend, ack: u64, why: &str) {
+        assert_ne!(ack, 0, "not refused: {why}");
+        drop(frontend);
+        self.fresh_connection_works(0);
+        self.wait_counter(0, "rejected_messages", 1);
+    }
+
+    /// After a malformed message: the backend hung up, counted it, and the socket still
+    /// serves a fresh frontend properly.
+    fn hung_up_on(&mut self, mut frontend: Frontend) {
+        assert!(frontend.closed_by_backend(), "the backend hangs up");
+        self.fresh_connection_works(0);
+        self.wait_counter(0, "bad_messages", 1);
+    }
+
     /// Checks that the backend process lives and that a good frame from `guest` reaches
     /// the peer; returns the frames the peer got before it.
     fn good_frame_passes(&mut self, guest: &mut Guest, tag: u8) -> Vec<Vec<u8>> {
@@ -827,13 +845,11 @@ fn vring_address_before_memory_table_is_refused() {
     let ack = frontend
         .request_ack(request::SET_VRING_ADDR, &address, &[])
         .expect("an answer");
-    assert_ne!(
-        ack, 0,
-        "no memory table yet: nothing to translate the address with"
+    lab.refused(
+        frontend,
+        ack,
+        "no memory table yet: nothing to translate the address with",
     );
-    drop(frontend);
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "rejected_messages", 1);
 }
 
 #[test]
@@ -861,9 +877,7 @@ fn header_with_a_bad_version_closes_the_connection() {
     frontend
         .send(request::GET_FEATURES, 0x2, &[], &[])
         .expect("send");
-    assert!(frontend.closed_by_backend(), "the backend hangs up");
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "bad_messages", 1);
+    lab.hung_up_on(frontend);
 }
 
 #[test]
@@ -875,9 +889,7 @@ fn size_field_over_the_limit_closes_the_connection() {
     header.extend_from_slice(&0x0100_0000u32.to_ne_bytes());
     header.extend_from_slice(&[0; 64]);
     frontend.send_bytes(&header, &[]).expect("send");
-    assert!(frontend.closed_by_backend(), "the backend hangs up");
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "bad_messages", 1);
+    lab.hung_up_on(frontend);
 }
 
 #[test]
@@ -894,9 +906,7 @@ fn memory_table_with_fewer_fds_than_regions_closes_the_connection() {
             &[memory.fd()],
         )
         .expect("send");
-    assert!(frontend.closed_by_backend(), "the backend hangs up");
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "bad_messages", 1);
+    lab.hung_up_on(frontend);
 }
 
 #[test]
@@ -912,10 +922,7 @@ fn set_features_with_a_bit_not_offered_is_refused() {
             &[],
         )
         .expect("an answer");
-    assert_ne!(ack, 0, "bit {not_offered:#x} was never offered");
-    drop(frontend);
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "rejected_messages", 1);
+    lab.refused(frontend, ack, "bit {not_offered:#x} was never offered");
 }
 
 #[test]
@@ -925,10 +932,7 @@ fn ring_size_not_a_power_of_two_is_refused() {
     let ack = frontend
         .request_ack(request::SET_VRING_NUM, &vring_state(0, 3), &[])
         .expect("an answer");
-    assert_ne!(ack, 0);
-    drop(frontend);
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "rejected_messages", 1);
+    lab.refused(frontend, ack, "refused");
 }
 
 #[test]
@@ -938,10 +942,7 @@ fn queue_index_out_of_range_is_refused() {
     let ack = frontend
         .request_ack(request::SET_VRING_NUM, &vring_state(7, 256), &[])
         .expect("an answer");
-    assert_ne!(ack, 0, "one queue pair: queues 0 and 1 only");
-    drop(frontend);
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "rejected_messages", 1);
+    lab.refused(frontend, ack, "one queue pair: queues 0 and 1 only");
 }
 
 #[test]
@@ -957,9 +958,7 @@ fn memory_table_with_more_fds_than_regions_closes_the_connection() {
             &[memory.fd(), memory.fd()],
         )
         .expect("send");
-    assert!(frontend.closed_by_backend(), "the backend hangs up");
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "bad_messages", 1);
+    lab.hung_up_on(frontend);
 }
 
 #[test]
@@ -975,9 +974,7 @@ fn payload_too_short_for_the_request_closes_the_connection() {
             &[],
         )
         .expect("send");
-    assert!(frontend.closed_by_backend(), "the backend hangs up");
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "bad_messages", 1);
+    lab.hung_up_on(frontend);
 }
 
 #[test]
@@ -988,10 +985,7 @@ fn vring_kick_without_a_descriptor_is_refused() {
     let ack = frontend
         .request_ack(request::SET_VRING_KICK, &u64_payload(1 | 1 << 8), &[])
         .expect("an answer");
-    assert_ne!(ack, 0, "polled rings are not supported");
-    drop(frontend);
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "rejected_messages", 1);
+    lab.refused(frontend, ack, "polled rings are not supported");
 }
 
 #[test]
@@ -1023,10 +1017,7 @@ fn memory_region_longer_than_its_file_is_refused() {
             &[memory.fd(), memory.fd()],
         )
         .expect("an answer");
-    assert_ne!(ack, 0, "the region runs past the end of its file");
-    drop(frontend);
-    lab.fresh_connection_works(0);
-    lab.wait_counter(0, "rejected_messages", 1);
+    lab.refused(frontend, ack, "the region runs past the end of its file");
 }
 
 // --- Reconnection ---------------------------------------------------------------------------

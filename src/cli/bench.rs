@@ -44,7 +44,7 @@ use anyhow::{Context, anyhow, bail};
 use crate::bench::{
     self, AnchorResult, BenchResult, Drops, FrameCounts, ReceiverReport, SenderReport, Throughput,
 };
-use crate::network::{CreateOptions, Network, monotonic_ns};
+use crate::network::monotonic_ns;
 use crate::shm::layout::Geometry;
 use crate::wire::MacAddress;
 use process::{Interrupt, Placement, Worker, Workspace};
@@ -153,19 +153,7 @@ pub fn run(_dir: &Path, args: BenchArgs) -> anyhow::Result<()> {
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let interrupt = Interrupt::install()?;
     let workspace = Workspace::create()?;
-    let geometry = Geometry {
-        ring_slots: args.ring_slots.unwrap_or(Geometry::default().ring_slots),
-        ..Geometry::default()
-    };
-    Network::create(
-        workspace.path(),
-        NETWORK,
-        CreateOptions {
-            geometry,
-            ..CreateOptions::default()
-        },
-    )
-    .context("create the bench network")?;
+    workspace.create_network(args.ring_slots.unwrap_or(Geometry::default().ring_slots))?;
     let placement = Placement::new(!args.no_pin);
     let plan = Plan {
         args: &args,

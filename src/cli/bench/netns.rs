@@ -36,13 +36,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
+use super::BenchArgs;
 use super::process::Workspace;
-use super::{BenchArgs, NETWORK};
 use crate::cli::netns::{self, TcpTest, ip, run_in};
-use crate::network::{CreateOptions, Network};
+use crate::network::Network;
 use crate::ports::socket::Doorbell;
 use crate::ports::tap::{DeviceMode, TapOptions, TapPort};
-use crate::shm::layout::Geometry;
 
 /// guestnet's interface in each of its namespaces.
 const TAP_IFNAME: &str = "gn0";
@@ -238,19 +237,7 @@ impl Lab {
             self.bridge[1],
             self.switch
         ));
-        let geometry = Geometry {
-            ring_slots: self.ring_slots,
-            ..Geometry::default()
-        };
-        let network = Network::create(
-            workspace.path(),
-            NETWORK,
-            CreateOptions {
-                geometry,
-                ..CreateOptions::default()
-            },
-        )
-        .context("create the bench network")?;
+        let network = workspace.create_network(self.ring_slots)?;
         self.workspace = Some(workspace);
         self.network = Some(network);
         let all: Vec<String> = self
@@ -436,16 +423,21 @@ impl Lab {
 
     /// The drop counters of guestnet's peers, summed by reason.
     fn drops(&self) -> BTreeMap<String, u64> {
-        let mut drops = BTreeMap::new();
-        if let Some(network) = &self.network {
-            for peer in network.status().peers {
-                for (reason, count) in peer.drops {
-                    *drops.entry(reason).or_insert(0) += count;
-                }
+        drops_by_reason(self.network.as_ref())
+    }
+}
+
+/// The drop counters of a network's peers, summed by reason (none without a network).
+pub(super) fn drops_by_reason(network: Option<&Network>) -> BTreeMap<String, u64> {
+    let mut drops = BTreeMap::new();
+    if let Some(network) = network {
+        for peer in network.status().peers {
+            for (reason, count) in peer.drops {
+                *drops.entry(reason).or_insert(0) += count;
             }
         }
-        drops
     }
+    drops
 }
 
 impl Drop for Lab {

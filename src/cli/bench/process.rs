@@ -11,6 +11,9 @@ use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 
+use crate::network::{CreateOptions, Network};
+use crate::shm::layout::Geometry;
+
 /// Which CPU each worker is pinned to.
 #[derive(Debug)]
 pub(super) struct Placement {
@@ -85,6 +88,23 @@ impl Workspace {
 
     pub(super) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Creates the bench network here, with `ring_slots` slots per ring.
+    pub(super) fn create_network(&self, ring_slots: u32) -> anyhow::Result<Network> {
+        let geometry = Geometry {
+            ring_slots,
+            ..Geometry::default()
+        };
+        Network::create(
+            &self.path,
+            super::NETWORK,
+            CreateOptions {
+                geometry,
+                ..CreateOptions::default()
+            },
+        )
+        .context("create the bench network")
     }
 }
 
@@ -166,13 +186,69 @@ fn kill_all(children: &Children) {
     }
 }
 
+/// A child process in the interrupt list: the signal thread kills it on SIGINT or
+/// SIGTERM, and it is killed (if still running) and reaped when dropped.
+pub(super) struct Tracked {
+    child: Child,
+    children: Children,
+}
+
+impl Tracked {
+    /// Starts `command` (`what` names it in errors) and puts it in the list.
+    pub(super) fn spawn(
+        command: &mut Command,
+        what: &str,
+        children: &Children,
+    ) -> anyhow::Result<Tracked> {
+        let child = command.spawn().with_context(|| format!("start {what}"))?;
+        children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child.id());
+        Ok(Tracked {
+            child,
+            children: Arc::clone(children),
+        })
+    }
+
+    /// The child, for its pipes and its id.
+    pub(super) fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Waits for it to exit, taking it out of the list first: a pid leaves the list
+    /// before it is reaped, so the signal thread never kills a reused pid.
+    pub(super) fn reap(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.forget_pid();
+        self.child.wait()
+    }
+
+    fn forget_pid(&self) {
+        let id = self.child.id();
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&pid| pid != id);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Kill before leaving the list: the signal thread must never see a reaped pid.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        self.forget_pid();
+        let _ = self.child.wait();
+    }
+}
+
 /// A worker process, killed and reaped when dropped.
 pub(super) struct Worker {
     pub(super) name: String,
-    child: Child,
+    process: Tracked,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
-    children: Children,
 }
 
 impl Worker {
@@ -185,13 +261,9 @@ impl Worker {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = command.spawn().with_context(|| format!("start {name}"))?;
-        children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(child.id());
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
+        let mut process = Tracked::spawn(&mut command, &name, children)?;
+        let stdin = process.child().stdin.take();
+        let stdout = process.child().stdout.take();
         let (tx, lines) = mpsc::channel();
         // A thread per worker turns its stdout into lines we can wait for with a timeout;
         // it ends when the worker closes its stdout (exits).
@@ -207,10 +279,9 @@ impl Worker {
         }
         Ok(Worker {
             name,
-            child,
+            process,
             stdin,
             lines,
-            children: Arc::clone(children),
         })
     }
 
@@ -238,7 +309,7 @@ impl Worker {
                 bail!("{}: no answer within {timeout:?}", self.name)
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = self.child.wait().ok();
+                let status = self.process.reap().ok();
                 bail!("{}: exited early ({status:?})", self.name)
             }
         }
@@ -255,33 +326,13 @@ impl Worker {
             Err(mpsc::RecvTimeoutError::Timeout) => bail!("{}: did not exit", self.name),
             Err(mpsc::RecvTimeoutError::Disconnected) => {}
         }
-        self.forget_pid();
         let status = self
-            .child
-            .wait()
+            .process
+            .reap()
             .with_context(|| format!("{}: wait", self.name))?;
         if !status.success() {
             bail!("{}: {status}", self.name);
         }
         Ok(())
-    }
-
-    fn forget_pid(&self) {
-        let id = self.child.id();
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|&pid| pid != id);
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        // Kill before leaving the list: the signal thread must never see a reaped pid.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        self.forget_pid();
-        let _ = self.child.wait();
     }
 }

@@ -32,17 +32,16 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::process::{Children, Interrupt, Workspace};
+use super::process::{Children, Interrupt, Tracked, Workspace};
 use super::{BenchArgs, NETWORK, TAP_RING_SLOTS};
 use crate::cli::netns::{self, ip};
-use crate::network::{CreateOptions, Network};
-use crate::shm::layout::Geometry;
+use crate::network::Network;
 
 /// QEMU's binary.
 const QEMU: &str = "qemu-system-x86_64";
@@ -303,7 +302,7 @@ fn choose_accelerator(
             format!("a guest under KVM ended badly ({line:?})"),
         ),
         Err(_) => {
-            let reason = match guest.child.try_wait() {
+            let reason = match guest.process.child().try_wait() {
                 Ok(None) => format!("a guest under KVM did not boot within {KVM_PROBE_TIMEOUT:?}"),
                 _ => format!(
                     "QEMU failed under KVM: {}",
@@ -538,12 +537,11 @@ fn parse_receiver_line(line: &str) -> anyhow::Result<Summary> {
 /// messages, or the backend's stdout); killed and reaped when dropped.
 struct Console {
     name: String,
-    child: std::process::Child,
+    process: Tracked,
     stdin: Option<ChildStdin>,
     lines: mpsc::Receiver<String>,
     /// Every line so far, for the results and for error messages.
     transcript: Vec<String>,
-    children: Children,
 }
 
 impl Console {
@@ -563,27 +561,20 @@ impl Console {
             } else {
                 Stdio::inherit()
             });
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("start the {name}"))?;
-        children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(child.id());
+        let mut process = Tracked::spawn(&mut command, &format!("the {name}"), children)?;
         let (sender, lines) = mpsc::channel();
-        if let Some(stdout) = child.stdout.take() {
+        if let Some(stdout) = process.child().stdout.take() {
             forward_lines(stdout, sender.clone());
         }
-        if let Some(stderr) = child.stderr.take() {
+        if let Some(stderr) = process.child().stderr.take() {
             forward_lines(stderr, sender);
         }
         Ok(Console {
             name: name.to_string(),
-            stdin: child.stdin.take(),
-            child,
+            stdin: process.child().stdin.take(),
+            process,
             lines,
             transcript: Vec::new(),
-            children: Arc::clone(children),
         })
     }
 
@@ -612,9 +603,7 @@ impl Console {
                     self.tail()
                 ),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // Out of the list before it is reaped, so its pid is never reused there.
-                    self.forget_pid();
-                    let status = self.child.wait().ok();
+                    let status = self.process.reap().ok();
                     bail!(
                         "the {} exited ({}) before printing {marker:?}; its output:\n{}",
                         self.name,
@@ -646,7 +635,7 @@ impl Console {
 
     /// Asks the process to end (SIGTERM) and waits until it closes its output and exits.
     fn terminate(mut self, timeout: Duration) -> anyhow::Result<()> {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.process.child().id() as i32) {
             // Still ours: it is in the children list and not reaped.
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
@@ -666,34 +655,14 @@ impl Console {
                 }
             }
         }
-        self.forget_pid();
         let status = self
-            .child
-            .wait()
+            .process
+            .reap()
             .with_context(|| format!("wait for the {}", self.name))?;
         if !status.success() {
             bail!("the {} ended with {status}", self.name);
         }
         Ok(())
-    }
-
-    fn forget_pid(&self) {
-        let id = self.child.id();
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|&pid| pid != id);
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        // Kill before leaving the list: the signal thread must never see a reaped pid.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        self.forget_pid();
-        let _ = self.child.wait();
     }
 }
 
@@ -730,19 +699,7 @@ struct GuestnetLab {
 impl GuestnetLab {
     fn build(ring_slots: u32, interrupt: &Interrupt) -> anyhow::Result<GuestnetLab> {
         let workspace = Workspace::create()?;
-        let geometry = Geometry {
-            ring_slots,
-            ..Geometry::default()
-        };
-        let network = Network::create(
-            workspace.path(),
-            NETWORK,
-            CreateOptions {
-                geometry,
-                ..CreateOptions::default()
-            },
-        )
-        .context("create the bench network")?;
+        let network = workspace.create_network(ring_slots)?;
         let sockets = [0, 1].map(|i| workspace.path().join(format!("vm{i}.sock")));
         let mut lab = GuestnetLab {
             backend: None,
@@ -790,15 +747,7 @@ impl GuestnetLab {
 
     /// The drop counters of the network's peers, summed by reason.
     fn drops(&self) -> BTreeMap<String, u64> {
-        let mut drops = BTreeMap::new();
-        if let Some(network) = &self.network {
-            for peer in network.status().peers {
-                for (reason, count) in peer.drops {
-                    *drops.entry(reason).or_insert(0) += count;
-                }
-            }
-        }
-        drops
+        super::netns::drops_by_reason(self.network.as_ref())
     }
 }
 

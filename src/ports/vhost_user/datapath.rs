@@ -539,6 +539,21 @@ mod tests {
         fn used_idx(&self) -> u16 {
             self.memory.read_obj(GuestAddress(USED + 2)).unwrap()
         }
+
+        /// Offers `frame` (plain header) to the ring as a receive queue.
+        fn place(&mut self, frame: &[u8], mergeable: bool) -> (Placed, Vec<ChainFault>) {
+            let mut faults = Vec::new();
+            let placed = place(
+                &mut self.vring,
+                &self.memory,
+                &rx_rules(mergeable),
+                &VirtioNetHdr::default(),
+                frame,
+                &mut Vec::new(),
+                |f| faults.push(f),
+            );
+            (placed, faults)
+        }
     }
 
     fn frame(len: usize) -> Vec<u8> {
@@ -697,16 +712,8 @@ mod tests {
             guest.offer(i);
         }
         let payload = frame(1200);
-        let mut scratch = Vec::new();
-        let placed = place(
-            &mut guest.vring,
-            &guest.memory,
-            &rx_rules(true),
-            &VirtioNetHdr::default(),
-            &payload,
-            &mut scratch,
-            |f| panic!("{f:?}"),
-        );
+        let (placed, faults) = guest.place(&payload, true);
+        assert!(faults.is_empty(), "{faults:?}");
         assert_eq!(placed, Placed::Delivered);
         // 12 + 1200 bytes in 512-byte buffers: three of them.
         assert_eq!(guest.used_idx(), 3);
@@ -732,31 +739,16 @@ mod tests {
         let mut guest = Guest::new();
         guest.descriptor(0, DATA, 512, WRITE, 0);
         guest.offer(0);
-        let mut scratch = Vec::new();
-        let placed = place(
-            &mut guest.vring,
-            &guest.memory,
-            &rx_rules(true),
-            &VirtioNetHdr::default(),
-            &frame(1200),
-            &mut scratch,
-            |f| panic!("{f:?}"),
-        );
+        let (placed, faults) = guest.place(&frame(1200), true);
+        assert!(faults.is_empty(), "{faults:?}");
         assert_eq!(placed, Placed::NoBuffers);
         assert_eq!(guest.used_idx(), 0);
         assert_eq!(guest.vring.queue.next_avail(), 0);
         // More buffers come; now it fits.
         guest.descriptor(1, DATA + 0x1000, 1024, WRITE, 0);
         guest.offer(1);
-        let placed = place(
-            &mut guest.vring,
-            &guest.memory,
-            &rx_rules(true),
-            &VirtioNetHdr::default(),
-            &frame(1200),
-            &mut scratch,
-            |f| panic!("{f:?}"),
-        );
+        let (placed, faults) = guest.place(&frame(1200), true);
+        assert!(faults.is_empty(), "{faults:?}");
         assert_eq!(placed, Placed::Delivered);
         assert_eq!(guest.used_idx(), 2);
     }
@@ -771,17 +763,7 @@ mod tests {
         for head in 0..3 {
             guest.offer(head);
         }
-        let mut faults = Vec::new();
-        let mut scratch = Vec::new();
-        let placed = place(
-            &mut guest.vring,
-            &guest.memory,
-            &rx_rules(false),
-            &VirtioNetHdr::default(),
-            &frame(100),
-            &mut scratch,
-            |f| faults.push(f),
-        );
+        let (placed, faults) = guest.place(&frame(100), false);
         assert_eq!(placed, Placed::Delivered);
         assert_eq!(
             faults,
@@ -798,16 +780,8 @@ mod tests {
         let mut guest = Guest::new();
         guest.descriptor(0, DATA, 256, WRITE, 0);
         guest.offer(0);
-        let mut scratch = Vec::new();
-        let placed = place(
-            &mut guest.vring,
-            &guest.memory,
-            &rx_rules(false),
-            &VirtioNetHdr::default(),
-            &frame(1000),
-            &mut scratch,
-            |f| panic!("{f:?}"),
-        );
+        let (placed, faults) = guest.place(&frame(1000), false);
+        assert!(faults.is_empty(), "{faults:?}");
         assert_eq!(placed, Placed::Dropped(ChainFault::BadLength));
     }
 
