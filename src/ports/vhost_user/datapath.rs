@@ -24,7 +24,7 @@ use std::ops::Range;
 use std::os::fd::OwnedFd;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory as _, GuestMemoryMmap, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, GuestMemoryMmap, Permissions};
 
 use crate::network::peer::offloads;
 use crate::wire::virtio_net::{FLAG_DATA_VALID, FLAG_NEEDS_CSUM};
@@ -324,10 +324,29 @@ pub struct RxRules {
 /// posts, with room to spare).
 const MAX_MERGED: usize = 256;
 
-/// One receive chain taken off the ring for a frame: its head and its writable parts.
-struct Taken {
-    head: u16,
+/// What [`place`] keeps between frames: the chains taken for the frame at hand, so that
+/// receiving allocates nothing per frame once these have grown to the guest's buffers.
+#[derive(Debug, Default)]
+pub struct Placement {
+    /// Per chain taken: its head and how many of `parts` are its.
+    chains: Vec<(u16, usize)>,
+    /// The writable parts of those chains, in order, each checked to lie in guest memory.
     parts: Vec<(GuestAddress, usize)>,
+}
+
+impl Placement {
+    fn clear(&mut self) {
+        self.chains.clear();
+        self.parts.clear();
+    }
+
+    /// Returns every chain taken for this frame to the guest unused.
+    fn give_back(&mut self, vring: &mut Vring, memory: &GuestMemoryMmap) {
+        for &(head, _) in &self.chains {
+            let _ = vring.queue.add_used(memory, head, 0);
+        }
+        self.clear();
+    }
 }
 
 /// Writes one frame with its header into a receive queue. Bad chains met on the way are
@@ -338,12 +357,12 @@ pub fn place(
     rules: &RxRules,
     hdr: &VirtioNetHdr,
     frame: &[u8],
-    scratch: &mut Vec<u8>,
+    work: &mut Placement,
     mut fault: impl FnMut(ChainFault),
 ) -> Placed {
     let needed = rules.header_len + frame.len();
     let mut start = vring.queue.next_avail();
-    let mut taken: Vec<Taken> = Vec::new();
+    work.clear();
     let mut capacity = 0;
     while capacity < needed {
         let chain = match vring.queue.iter(memory) {
@@ -361,10 +380,10 @@ pub fn place(
             return Placed::NoBuffers;
         };
         let head = chain.head_index();
-        match writable_parts(memory, chain) {
-            Ok((parts, room)) => {
+        match writable_parts(memory, chain, &mut work.parts) {
+            Ok((count, room)) => {
                 capacity += room;
-                taken.push(Taken { head, parts });
+                work.chains.push((head, count));
             }
             Err(f) => {
                 // The bad chain goes back unused, and so do the ones taken before it for
@@ -374,89 +393,113 @@ pub fn place(
                 if head < vring.queue.size() {
                     let _ = vring.queue.add_used(memory, head, 0);
                 }
-                for t in taken.drain(..) {
-                    let _ = vring.queue.add_used(memory, t.head, 0);
-                }
+                work.give_back(vring, memory);
                 capacity = 0;
                 start = vring.queue.next_avail();
                 continue;
             }
         }
-        if !rules.mergeable && capacity < needed {
-            // One chain must hold the frame; this one cannot. The guest posts buffers of
-            // one size, so no later chain would either.
-            for t in &taken {
-                let _ = vring.queue.add_used(memory, t.head, 0);
-            }
-            return Placed::Dropped(ChainFault::BadLength);
-        }
-        // Every buffer of the ring taken, or more than any sane frame needs: waiting for
+        // Without merging, one chain must hold the frame; this one cannot, and the guest
+        // posts buffers of one size, so no later chain would either. With merging: every
+        // buffer of the ring taken, or more than any sane frame needs, and waiting for
         // more would wait forever.
         let limit = MAX_MERGED.min(usize::from(vring.queue.size()));
-        if taken.len() >= limit && capacity < needed {
-            for t in &taken {
-                let _ = vring.queue.add_used(memory, t.head, 0);
-            }
+        let hopeless = !rules.mergeable || work.chains.len() >= limit;
+        if hopeless && capacity < needed {
+            work.give_back(vring, memory);
             return Placed::Dropped(ChainFault::BadLength);
         }
     }
 
     let mut header = *hdr;
-    header.num_buffers = taken.len() as u16;
+    header.num_buffers = work.chains.len() as u16;
     if !rules.guest_csum {
         header.flags &= !(FLAG_NEEDS_CSUM | FLAG_DATA_VALID);
     }
-    scratch.clear();
-    scratch.extend_from_slice(&header.to_bytes()[..rules.header_len]);
-    scratch.extend_from_slice(frame);
-    let mut offset = 0;
-    for t in &taken {
+    let header = header.to_bytes();
+    let pieces = [&header[..rules.header_len], frame];
+    let mut written_total = 0;
+    let mut parts = work.parts.iter();
+    for &(head, count) in &work.chains {
         let mut written = 0;
-        for &(address, len) in &t.parts {
-            if offset >= scratch.len() {
-                break;
+        for &(address, len) in parts.by_ref().take(count) {
+            match write_span(memory, address, len, pieces, written_total) {
+                Ok(n) => {
+                    written += n;
+                    written_total += n;
+                }
+                // Checked when the chain was taken; a write can still fail if the frontend
+                // replaced the memory table meanwhile, which only loses this frame.
+                Err(()) => fault(ChainFault::BadChain),
             }
-            let n = len.min(scratch.len() - offset);
-            // Checked when the chain was taken; a write can still fail if the frontend
-            // replaced the memory table meanwhile, which only loses this frame.
-            if memory
-                .write_slice(&scratch[offset..offset + n], address)
-                .is_err()
-            {
-                fault(ChainFault::BadChain);
-            }
-            offset += n;
-            written += n;
         }
-        let _ = vring.queue.add_used(memory, t.head, written as u32);
+        let _ = vring.queue.add_used(memory, head, written as u32);
     }
     Placed::Delivered
 }
 
-/// The writable parts of a receive chain, each checked to lie in guest memory.
+/// Writes up to `len` bytes at `address` from the concatenation of `pieces`, starting at
+/// byte `from` of it; returns how many (fewer once the pieces run out).
+fn write_span(
+    memory: &GuestMemoryMmap,
+    address: GuestAddress,
+    len: usize,
+    pieces: [&[u8]; 2],
+    from: usize,
+) -> Result<usize, ()> {
+    let [first, second] = pieces;
+    let total = first.len() + second.len();
+    let n = len.min(total.saturating_sub(from));
+    let mut done = 0;
+    while done < n {
+        let at = from + done;
+        let (piece, offset) = if at < first.len() {
+            (first, at)
+        } else {
+            (second, at - first.len())
+        };
+        let take = (n - done).min(piece.len() - offset);
+        let target = address.checked_add(done as u64).ok_or(())?;
+        memory
+            .write_slice(&piece[offset..offset + take], target)
+            .map_err(|_| ())?;
+        done += take;
+    }
+    Ok(n)
+}
+
+/// Appends the writable parts of a receive chain to `parts`, each checked to lie in guest
+/// memory; returns how many and their total length. On a fault, `parts` is as it was.
 fn writable_parts(
     memory: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
-) -> Result<(Vec<(GuestAddress, usize)>, usize), ChainFault> {
-    let mut parts = Vec::new();
+    parts: &mut Vec<(GuestAddress, usize)>,
+) -> Result<(usize, usize), ChainFault> {
+    let before = parts.len();
     let mut capacity = 0usize;
     let mut ended = false;
+    let mut fault = None;
     for descriptor in chain {
         if !descriptor.is_write_only() {
-            return Err(ChainFault::WrongDirection);
+            fault = Some(ChainFault::WrongDirection);
+            break;
         }
         let len = descriptor.len() as usize;
         if !memory.check_range(descriptor.addr(), len, Permissions::Write) {
-            return Err(ChainFault::BadChain);
+            fault = Some(ChainFault::BadChain);
+            break;
         }
         capacity = capacity.saturating_add(len);
         parts.push((descriptor.addr(), len));
         ended = !descriptor.has_next();
     }
-    if ended {
-        Ok((parts, capacity))
-    } else {
-        Err(ChainFault::BadChain)
+    let fault = fault.or((!ended).then_some(ChainFault::BadChain));
+    match fault {
+        None => Ok((parts.len() - before, capacity)),
+        Some(fault) => {
+            parts.truncate(before);
+            Err(fault)
+        }
     }
 }
 
@@ -549,7 +592,7 @@ mod tests {
                 &rx_rules(mergeable),
                 &VirtioNetHdr::default(),
                 frame,
-                &mut Vec::new(),
+                &mut Placement::default(),
                 |f| faults.push(f),
             );
             (placed, faults)
@@ -735,6 +778,35 @@ mod tests {
     }
 
     #[test]
+    fn a_header_split_over_small_buffers_lands_whole() {
+        let mut guest = Guest::new();
+        // One chain of 5 + 9 + 2000 bytes: the 12-byte header spans the first two.
+        guest.descriptor(0, DATA, 5, WRITE | NEXT, 1);
+        guest.descriptor(1, DATA + 0x100, 9, WRITE | NEXT, 2);
+        guest.descriptor(2, DATA + 0x200, 2000, WRITE, 0);
+        guest.offer(0);
+        let payload = frame(300);
+        let (placed, faults) = guest.place(&payload, true);
+        assert_eq!((placed, faults), (Placed::Delivered, vec![]));
+        assert_eq!(guest.used(0), (0, 312));
+        let mut back = vec![0u8; 312];
+        guest
+            .memory
+            .read_slice(&mut back[..5], GuestAddress(DATA))
+            .unwrap();
+        guest
+            .memory
+            .read_slice(&mut back[5..14], GuestAddress(DATA + 0x100))
+            .unwrap();
+        guest
+            .memory
+            .read_slice(&mut back[14..], GuestAddress(DATA + 0x200))
+            .unwrap();
+        assert_eq!(u16::from_le_bytes([back[10], back[11]]), 1, "num_buffers");
+        assert_eq!(&back[HEADER_LEN..], &payload[..]);
+    }
+
+    #[test]
     fn without_enough_buffers_nothing_is_consumed() {
         let mut guest = Guest::new();
         guest.descriptor(0, DATA, 512, WRITE, 0);
@@ -804,9 +876,9 @@ mod tests {
             let mut fresh = Guest::new();
             fresh.memory.write_slice(&table, GuestAddress(DESC)).unwrap();
             fresh.memory.write_slice(&avail, GuestAddress(AVAIL)).unwrap();
-            let mut scratch = Vec::new();
+            let mut work = Placement::default();
             for _ in 0..4 {
-                let _ = place(&mut fresh.vring, &fresh.memory, &rx_rules(mergeable), &VirtioNetHdr::default(), &frame(1500), &mut scratch, |_| {});
+                let _ = place(&mut fresh.vring, &fresh.memory, &rx_rules(mergeable), &VirtioNetHdr::default(), &frame(1500), &mut work, |_| {});
             }
         }
     }

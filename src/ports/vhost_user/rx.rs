@@ -39,7 +39,7 @@ struct Held {
 pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
     let mut held: VecDeque<Held> = VecDeque::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut scratch = Vec::new();
+    let mut work = datapath::Placement::default();
     let counters = &shared.socket.counters;
     while !shared.closing.load(Ordering::Acquire) {
         let negotiated = shared.negotiated();
@@ -87,7 +87,7 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
             } else {
                 usize::from(crate::wire::vxlan::source_port(frame)) % count
             };
-            match datapath::place(&mut queues[q], mem, &rules, hdr, frame, &mut scratch, |f| {
+            match datapath::place(&mut queues[q], mem, &rules, hdr, frame, &mut work, |f| {
                 faults.push(f)
             }) {
                 Placed::Delivered => {
