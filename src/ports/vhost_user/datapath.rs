@@ -129,14 +129,17 @@ impl Vring {
 /// Frames copied out of transmit chains, sent to the network together.
 #[derive(Debug, Default)]
 pub struct TxBatch {
+    /// Storage, only ever grown: `end` says how much of it this batch uses, so refilling
+    /// it costs no zeroing once it has reached the size of a round.
     bytes: Vec<u8>,
+    end: usize,
     frames: Vec<(VirtioNetHdr, Range<usize>)>,
 }
 
 impl TxBatch {
     /// Empties the batch, keeping its memory.
     pub fn clear(&mut self) {
-        self.bytes.clear();
+        self.end = 0;
         self.frames.clear();
     }
 
@@ -155,6 +158,16 @@ impl TxBatch {
     /// Whether it holds no frame.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
+    }
+
+    /// `len` more bytes at the end of the batch, to be filled.
+    fn extend(&mut self, len: usize) -> &mut [u8] {
+        let start = self.end;
+        self.end += len;
+        if self.bytes.len() < self.end {
+            self.bytes.resize(self.end, 0);
+        }
+        &mut self.bytes[start..self.end]
     }
 }
 
@@ -195,21 +208,16 @@ pub fn transmit(
         let Some(chain) = chain else { break };
         taken += 1;
         let head = chain.head_index();
-        let start = batch.bytes.len();
-        match read_chain(
-            memory,
-            chain,
-            &mut batch.bytes,
-            rules.header_len + MAX_TX_FRAME,
-        )
-        .and_then(|()| check_frame(&batch.bytes[start..], rules))
+        let start = batch.end;
+        match read_chain(memory, chain, batch, rules.header_len + MAX_TX_FRAME)
+            .and_then(|()| check_frame(&batch.bytes[start..batch.end], rules))
         {
             Ok(hdr) => {
-                let range = start + rules.header_len..batch.bytes.len();
+                let range = start + rules.header_len..batch.end;
                 batch.frames.push((hdr, range));
             }
             Err(f) => {
-                batch.bytes.truncate(start);
+                batch.end = start;
                 fault(f);
             }
         }
@@ -222,27 +230,25 @@ pub fn transmit(
     taken
 }
 
-/// Copies a transmit chain's bytes onto `out`.
+/// Copies a transmit chain's bytes onto the end of `out`.
 fn read_chain(
     memory: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
-    out: &mut Vec<u8>,
+    out: &mut TxBatch,
     limit: usize,
 ) -> Result<(), ChainFault> {
-    let start = out.len();
+    let start = out.end;
     let mut ended = false;
     for descriptor in chain {
         if descriptor.is_write_only() {
             return Err(ChainFault::WrongDirection);
         }
         let len = descriptor.len() as usize;
-        let at = out.len();
-        if at - start + len > limit {
+        if out.end - start + len > limit {
             return Err(ChainFault::BadLength);
         }
-        out.resize(at + len, 0);
         memory
-            .read_slice(&mut out[at..], descriptor.addr())
+            .read_slice(out.extend(len), descriptor.addr())
             .map_err(|_| ChainFault::BadChain)?;
         ended = !descriptor.has_next();
     }
