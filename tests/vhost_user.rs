@@ -1020,6 +1020,31 @@ fn memory_region_longer_than_its_file_is_refused() {
     lab.refused(frontend, ack, "the region runs past the end of its file");
 }
 
+/// A guest that posted no receive buffers: the backend takes the frames from its ring and
+/// holds them for the guest; when the frontend goes, those are counted, not lost silently.
+#[test]
+fn frames_held_for_a_guest_without_buffers_are_counted_when_it_disconnects() {
+    let mut lab = Lab::start(&["s"]);
+    let guest = lab.guest(0, SetupOptions::default());
+    lab.assert_link_up();
+    for tag in 0..5 {
+        lab.peer
+            .send(&frame(MacAddress::BROADCAST, lab.peer.mac(), 100, tag));
+    }
+    // Taken from the ring (nothing queued there), held in the backend.
+    wait_until("the backend takes the frames", || {
+        lab.network
+            .status()
+            .peers
+            .iter()
+            .any(|p| p.kind == PortKind::VhostUser && p.rx_packets == 5 && p.rx_queued == 0)
+    });
+    let entry = lab.wait_status(0, "nothing delivered yet", |e| counter(e, "rx_frames") == 0);
+    assert_eq!(counter(&entry, "rx_lost_on_disconnect"), 0);
+    drop(guest);
+    lab.wait_counter(0, "rx_lost_on_disconnect", 5);
+}
+
 // --- Reconnection ---------------------------------------------------------------------------
 
 #[test]

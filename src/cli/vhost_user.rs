@@ -139,7 +139,7 @@ pub fn print_statuses(sockets: &[SocketStatus]) {
             c.bad_messages, c.unknown_requests, c.rejected_messages
         );
         println!(
-            "  guest faults: tx bad chain {}  wrong direction {}  bad length {}  bad header {}   rx bad chain {}  wrong direction {}   rx no room {}  quarantines {}",
+            "  guest faults: tx bad chain {}  wrong direction {}  bad length {}  bad header {}   rx bad chain {}  wrong direction {}   rx no room {}  lost on disconnect {}  quarantines {}",
             c.tx_bad_chains,
             c.tx_wrong_direction,
             c.tx_bad_length,
@@ -147,6 +147,7 @@ pub fn print_statuses(sockets: &[SocketStatus]) {
             c.rx_bad_chains,
             c.rx_wrong_direction,
             c.rx_no_room,
+            c.rx_lost_on_disconnect,
             c.quarantines
         );
     }

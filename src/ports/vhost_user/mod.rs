@@ -165,6 +165,8 @@ counters! {
     rx_wrong_direction,
     /// Frames that did not fit the buffers the guest posts.
     rx_no_room,
+    /// Frames held for a guest that had no buffers posted when its frontend disconnected.
+    rx_lost_on_disconnect,
     /// Times the port was quarantined.
     quarantines,
 }

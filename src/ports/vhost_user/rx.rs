@@ -160,6 +160,9 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
             receiver.wait(IDLE_SLICE);
         }
     }
+    // Frames held for a guest that had no buffers go with its connection: counted, not
+    // lost silently.
+    Counters::add(&counters.rx_lost_on_disconnect, held.len() as u64);
     shared.set_link(false);
 }
 
