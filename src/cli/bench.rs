@@ -456,7 +456,7 @@ fn nanoseconds(ns: u64) -> String {
     }
 }
 
-/// "N cores (M usable), <model>" from the scheduler and /proc/cpuinfo.
+/// `N cores (M usable), <model>` from the scheduler and /proc/cpuinfo.
 fn machine() -> String {
     let cores = std::fs::read_to_string("/proc/cpuinfo")
         .map(|text| {

@@ -130,7 +130,7 @@ fn frames_for(to: MacAddress, from: MacAddress, size: usize, batch: usize) -> Ve
     (0..batch).map(|_| bench::frame(to, from, size)).collect()
 }
 
-/// Says "ready" (with the MAC, for the receiver), then waits for "go <deadline>".
+/// Says "ready" (with the MAC, for the receiver), then waits for `go <deadline>`.
 fn ready_then_go(mac: Option<MacAddress>) -> anyhow::Result<u64> {
     let mut out = std::io::stdout().lock();
     match mac {
