@@ -33,6 +33,12 @@ use crate::wire::vhost_user::{
 /// Chains taken from one transmit queue per round before the loop looks at the others.
 const TX_BUDGET: usize = 256;
 
+/// How long a second frontend may wait for the one being served to go. A frontend that
+/// reconnects closes its old connection first, but the old connection's end can reach us
+/// after the new one's knock: any process that forked meanwhile holds the old socket until
+/// it execs. Past this, the newcomer is taken for a second VM on the same socket.
+pub const NEWCOMER_GRACE: Duration = Duration::from_secs(1);
+
 /// How long the rest of a message may take to arrive once its first bytes have.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -245,10 +251,19 @@ struct Connection<'s, 'a> {
     rx_thread: std::thread::Thread,
     /// The unsealed-memory warning was given.
     warned_unsealed: bool,
+    /// A frontend that connected while this one is served, and since when it waits.
+    newcomer: Option<(UnixStream, std::time::Instant)>,
 }
 
 /// Serves one frontend until it disconnects, breaks the protocol, or `stop` rings.
-pub fn run(setup: Setup<'_>, stop: &Doorbell, listener: Option<&UnixListener>) {
+///
+/// Returns the frontend that knocked while this one was served and was kept waiting, if
+/// this one ended within [`NEWCOMER_GRACE`] of the knock: it is the one to serve next.
+pub fn run(
+    setup: Setup<'_>,
+    stop: &Doorbell,
+    listener: Option<&UnixListener>,
+) -> Option<UnixStream> {
     let Setup {
         stream,
         peer,
@@ -271,7 +286,7 @@ pub fn run(setup: Setup<'_>, stop: &Doorbell, listener: Option<&UnixListener>) {
         Ok(vrings) => vrings,
         Err(e) => {
             tracing::error!(error = %e, "cannot create the virtqueues");
-            return;
+            return None;
         }
     };
     let shared = Shared {
@@ -322,18 +337,21 @@ pub fn run(setup: Setup<'_>, stop: &Doorbell, listener: Option<&UnixListener>) {
             tx_kicks: Vec::new(),
             rx_thread: rx.thread().clone(),
             warned_unsealed: false,
+            newcomer: None,
         };
         let end = connection.serve(stop, listener);
         shared.closing.store(true, Ordering::Release);
         rx.thread().unpark();
-        end
+        (end, connection.newcomer.take())
     });
+    let (end, newcomer) = end;
     match end {
         End::Disconnected | End::Stopped => {}
         End::Broken(why) => {
             tracing::warn!(socket = %socket.path.display(), "closing the connection: {why}")
         }
     }
+    newcomer.map(|(stream, _)| stream)
 }
 
 /// Sleeps until `source` is readable (true) or `stop` rings (false).
@@ -386,9 +404,17 @@ impl Connection<'_, '_> {
             for (_, kick) in &self.tx_kicks {
                 fds.push(PollFd::new(kick, PollFlags::IN));
             }
+            let mut wait = if busy {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(1)
+            };
+            if let Some((_, since)) = &self.newcomer {
+                wait = wait.min(NEWCOMER_GRACE.saturating_sub(since.elapsed()));
+            }
             let timeout = rustix::time::Timespec {
-                tv_sec: if busy { 0 } else { 1 },
-                tv_nsec: 0,
+                tv_sec: wait.as_secs() as i64,
+                tv_nsec: i64::from(wait.subsec_nanos()),
             };
             match rustix::event::poll(&mut fds, Some(&timeout)) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -413,9 +439,6 @@ impl Connection<'_, '_> {
                 }
                 self.tx_pending[index] = true;
             }
-            // Before a knock is answered: a frontend that reconnects closes its old
-            // connection first, and that end must be seen before the new one is judged a
-            // second frontend.
             if socket_ready {
                 match self.handle_message() {
                     Ok(true) => {}
@@ -423,9 +446,10 @@ impl Connection<'_, '_> {
                     Err(why) => return End::Broken(why),
                 }
             }
-            if knocking && !socket_ready {
-                self.turn_away(listener);
+            if knocking {
+                self.knock(listener);
             }
+            self.expire_newcomer();
             for index in 0..self.tx_pending.len() {
                 if self.tx_pending[index] {
                     self.tx_pending[index] = self.transmit(index);
@@ -434,13 +458,35 @@ impl Connection<'_, '_> {
         }
     }
 
-    /// A second frontend on a socket that serves one: accepted and closed at once, so it
-    /// is not left hanging.
-    fn turn_away(&self, listener: Option<&UnixListener>) {
-        if let Some(Ok((stream, _))) = listener.map(UnixListener::accept) {
-            tracing::warn!(socket = %self.shared.socket.path.display(), "a second frontend connected; this socket serves one at a time");
-            drop(stream);
+    /// Another frontend connected while this one is served: it waits (its messages queue
+    /// in its socket) in case this one is about to go; a third is turned away at once.
+    fn knock(&mut self, listener: Option<&UnixListener>) {
+        let Some(Ok((stream, _))) = listener.map(UnixListener::accept) else {
+            return;
+        };
+        if self.newcomer.is_none() {
+            self.newcomer = Some((stream, std::time::Instant::now()));
+        } else {
+            self.turn_away(stream);
         }
+    }
+
+    /// Turns away a newcomer that waited [`NEWCOMER_GRACE`] while this frontend stayed.
+    fn expire_newcomer(&mut self) {
+        if self
+            .newcomer
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() >= NEWCOMER_GRACE)
+            && let Some((stream, _)) = self.newcomer.take()
+        {
+            self.turn_away(stream);
+        }
+    }
+
+    /// A second frontend on a socket that serves one: closed, so it is not left hanging.
+    fn turn_away(&self, stream: UnixStream) {
+        tracing::warn!(socket = %self.shared.socket.path.display(), "a second frontend connected; this socket serves one at a time");
+        drop(stream);
     }
 
     /// Drains one round of transmit queue `index` into the network; returns whether work

@@ -46,7 +46,10 @@
 //! reply. Nothing a frontend sends makes this process panic.
 //!
 //! **Restarts.** In server mode (the default) each socket takes the next frontend when one
-//! disconnects, so a QEMU with `reconnect-ms=` comes back after this process restarts;
+//! disconnects, so a QEMU with `reconnect-ms=` comes back after this process restarts. A
+//! frontend that connects while the last one is still served waits up to a second for it
+//! to go (a reconnecting QEMU's old connection may be seen to end after its new one
+//! knocks) before it is taken for a second VM on the socket and turned away;
 //! with `--client` the port connects to a listening QEMU and reconnects after it restarts.
 //! Either way the new connection starts from what QEMU tells it (`SET_VRING_BASE`), and the
 //! guest keeps running.
@@ -411,7 +414,13 @@ impl VhostUserPort {
 impl Serving<'_> {
     /// Takes one frontend after another on `listener`.
     fn listen(&self, listener: &UnixListener, stop: &Doorbell) {
+        // A frontend that knocked while the last one was served, and waited for it.
+        let mut next: Option<UnixStream> = None;
         while !stop.is_rung() {
+            if let Some(stream) = next.take() {
+                next = self.serve_frontend(stream, stop, Some(listener));
+                continue;
+            }
             match connection::wait_readable(listener, stop) {
                 Ok(true) => {}
                 Ok(false) => return,
@@ -421,7 +430,7 @@ impl Serving<'_> {
                 }
             }
             match listener.accept() {
-                Ok((stream, _)) => self.serve_frontend(stream, stop, Some(listener)),
+                Ok((stream, _)) => next = Some(stream),
                 Err(e) => {
                     tracing::warn!(socket = %self.socket.path.display(), error = %e, "accept failed");
                     if stop.wait(CONNECT_RETRY) {
@@ -436,7 +445,10 @@ impl Serving<'_> {
     fn connect(&self, stop: &Doorbell) {
         while !stop.is_rung() {
             match UnixStream::connect(&self.socket.path) {
-                Ok(stream) => self.serve_frontend(stream, stop, None),
+                Ok(stream) => {
+                    // A client has no listener, so nobody waits behind its frontend.
+                    let _ = self.serve_frontend(stream, stop, None);
+                }
                 Err(e) => {
                     tracing::debug!(socket = %self.socket.path.display(), error = %e, "frontend not there yet");
                     if stop.wait(CONNECT_RETRY) {
@@ -447,8 +459,14 @@ impl Serving<'_> {
         }
     }
 
-    /// Serves one connected frontend as one peer, until it goes or `stop` rings.
-    fn serve_frontend(&self, stream: UnixStream, stop: &Doorbell, listener: Option<&UnixListener>) {
+    /// Serves one connected frontend as one peer, until it goes or `stop` rings; returns
+    /// the frontend that knocked meanwhile and waited for it, if any.
+    fn serve_frontend(
+        &self,
+        stream: UnixStream,
+        stop: &Doorbell,
+        listener: Option<&UnixListener>,
+    ) -> Option<UnixStream> {
         let socket = self.socket;
         Counters::add(&socket.counters.connections, 1);
         let label = format!("vhost-user {}", socket.path.display());
@@ -461,7 +479,7 @@ impl Serving<'_> {
             Ok(peer) => peer,
             Err(e) => {
                 tracing::error!(socket = %socket.path.display(), error = %e, "cannot join the network; closing the connection");
-                return;
+                return None;
             }
         };
         let slot = peer.index();
@@ -470,7 +488,7 @@ impl Serving<'_> {
             info.slot = Some(slot);
             info.state = State::Connected;
         });
-        connection::run(
+        let next = connection::run(
             connection::Setup {
                 stream,
                 peer,
@@ -493,5 +511,6 @@ impl Serving<'_> {
                 acked_protocol_features: 0,
             }
         });
+        next
     }
 }
