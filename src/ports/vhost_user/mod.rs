@@ -55,7 +55,7 @@
 //! guest keeps running.
 
 mod connection;
-mod datapath;
+pub mod datapath;
 mod memory;
 mod rx;
 

@@ -1,0 +1,228 @@
+//! `cargo bench --bench vhost_user`: what the vhost-user port's data path costs per frame,
+//! in one thread with warm caches, against a plain copy of the same bytes measured in the
+//! same run.
+//!
+//! A guest's ring is laid out in (anonymous) guest memory as a driver would: each round
+//! the "driver" offers a batch of chains and the port's own functions take them —
+//! `transmit` copies frames out of transmit chains into a batch for the network, `place`
+//! writes frames with their virtio-net header into merged receive buffers. Reading and
+//! checking descriptors, the used ring and notifications' bookkeeping are what is measured
+//! on top of the copy. The anchor copies the same bytes between the same guest memory and
+//! a buffer with `vm-memory`'s checked `read_slice`/`write_slice`, the floor for any
+//! backend that copies.
+//!
+//! Under TCG the guests of `guestnet bench --vm` reach a few tens of thousands of frames a
+//! second; this says how far below the port's own limit that is.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use guestnet::ports::vhost_user::datapath::{
+    Placed, Placement, RxRules, TxBatch, TxRules, Vring, place, transmit,
+};
+use guestnet::wire::VirtioNetHdr;
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Chains per round.
+const BATCH: u16 = 32;
+/// Ring size (the size QEMU gives virtio-net queues by default).
+const SIZE: u16 = 256;
+const DESC: u64 = 0x1000;
+const AVAIL: u64 = 0x10000;
+const USED: u64 = 0x20000;
+/// Buffers: one 64 KiB slot per descriptor.
+const DATA: u64 = 0x100000;
+const SLOT: u64 = 0x10000;
+const MEMORY: usize = 0x100000 + 0x10000 * SIZE as usize;
+const HEADER: usize = 12;
+/// How long one measurement runs.
+const RUN: Duration = Duration::from_millis(400);
+/// Measurements per figure; the fastest is kept, as the one least disturbed.
+const TRIES: usize = 3;
+
+/// A ring of `SIZE` in guest memory and the driver's side of it.
+struct Ring {
+    memory: GuestMemoryMmap,
+    vring: Vring,
+    avail: u16,
+}
+
+impl Ring {
+    fn new() -> Ring {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY)]).expect("memory");
+        let mut vring = Vring::new().expect("ring");
+        vring.queue.try_set_size(SIZE).expect("size");
+        vring
+            .queue
+            .try_set_desc_table_address(GuestAddress(DESC))
+            .expect("desc");
+        vring
+            .queue
+            .try_set_avail_ring_address(GuestAddress(AVAIL))
+            .expect("avail");
+        vring
+            .queue
+            .try_set_used_ring_address(GuestAddress(USED))
+            .expect("used");
+        vring.queue.set_ready(true);
+        vring.addressed = true;
+        vring.started = true;
+        vring.enabled = true;
+        Ring {
+            memory,
+            vring,
+            avail: 0,
+        }
+    }
+
+    /// Descriptor `i`: slot `i`, `len` bytes, `flags` (2: device writes).
+    fn describe(&self, i: u16, len: u32, flags: u16) {
+        let mut bytes = [0u8; 16];
+        bytes[0..8].copy_from_slice(&(DATA + SLOT * u64::from(i)).to_le_bytes());
+        bytes[8..12].copy_from_slice(&len.to_le_bytes());
+        bytes[12..14].copy_from_slice(&flags.to_le_bytes());
+        let at = GuestAddress(DESC + 16 * u64::from(i));
+        self.memory.write_slice(&bytes, at).expect("descriptor");
+    }
+
+    /// Offers the next `BATCH` one-descriptor chains, as a driver does.
+    fn offer_batch(&mut self) {
+        for _ in 0..BATCH {
+            let head = self.avail % SIZE;
+            let slot = AVAIL + 4 + 2 * u64::from(head);
+            self.memory
+                .write_obj(head, GuestAddress(slot))
+                .expect("avail");
+            self.avail = self.avail.wrapping_add(1);
+        }
+        self.memory
+            .write_obj(self.avail, GuestAddress(AVAIL + 2))
+            .expect("avail idx");
+    }
+}
+
+/// Nanoseconds per frame of `round`, which moves `BATCH` frames.
+fn per_frame(mut round: impl FnMut()) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..TRIES {
+        let start = Instant::now();
+        let mut frames = 0u64;
+        while start.elapsed() < RUN {
+            for _ in 0..64 {
+                round();
+            }
+            frames += 64 * u64::from(BATCH);
+        }
+        best = best.min(start.elapsed().as_nanos() as f64 / frames as f64);
+    }
+    best
+}
+
+fn frame(len: usize) -> Vec<u8> {
+    let mut frame: Vec<u8> = (0..len).map(|i| i as u8).collect();
+    frame[..6].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 2]);
+    frame[6..12].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 1]);
+    frame
+}
+
+fn main() {
+    println!(
+        "one thread, batches of {BATCH}, ring of {SIZE}, best of {TRIES} × {} ms; ns per frame",
+        RUN.as_millis()
+    );
+    println!(
+        "{:>6}  {:>22}  {:>10}  {:>10}  {:>8}",
+        "bytes", "path", "guestnet", "copy only", "ratio"
+    );
+    for size in [64usize, 1514] {
+        // Guest → network: transmit chains of header + frame.
+        let mut ring = Ring::new();
+        let mut bytes = vec![0u8; HEADER];
+        bytes.extend_from_slice(&frame(size));
+        for i in 0..SIZE {
+            ring.describe(i, bytes.len() as u32, 0);
+            let at = GuestAddress(DATA + SLOT * u64::from(i));
+            ring.memory.write_slice(&bytes, at).expect("frame");
+        }
+        let rules = TxRules {
+            header_len: HEADER,
+            max_frame: 1518,
+            features: 0,
+        };
+        let mut batch = TxBatch::default();
+        let transmitted = per_frame(|| {
+            ring.offer_batch();
+            batch.clear();
+            let taken = transmit(
+                &mut ring.vring,
+                &ring.memory,
+                &rules,
+                usize::from(BATCH),
+                &mut batch,
+                |f| panic!("{f:?}"),
+            );
+            assert_eq!(
+                (taken, batch.len()),
+                (usize::from(BATCH), usize::from(BATCH))
+            );
+            black_box(&batch);
+        });
+        let mut out = vec![0u8; bytes.len()];
+        let copied_out = per_frame(|| {
+            for i in 0..BATCH {
+                let at = GuestAddress(DATA + SLOT * u64::from(i));
+                ring.memory.read_slice(&mut out, at).expect("copy");
+                black_box(&out);
+            }
+        });
+        row(size, "guest → network", transmitted, copied_out);
+
+        // Network → guest: merged receive buffers of 2 KiB, one per frame.
+        let mut ring = Ring::new();
+        for i in 0..SIZE {
+            ring.describe(i, 2048, 2);
+        }
+        let rules = RxRules {
+            header_len: HEADER,
+            mergeable: true,
+            guest_csum: true,
+        };
+        let payload = frame(size);
+        let hdr = VirtioNetHdr::default();
+        let mut work = Placement::default();
+        let placed = per_frame(|| {
+            ring.offer_batch();
+            for _ in 0..BATCH {
+                let outcome = place(
+                    &mut ring.vring,
+                    &ring.memory,
+                    &rules,
+                    &hdr,
+                    &payload,
+                    &mut work,
+                    |f| panic!("{f:?}"),
+                );
+                assert_eq!(outcome, Placed::Delivered);
+            }
+        });
+        let header = hdr.to_bytes();
+        let copied_in = per_frame(|| {
+            for i in 0..BATCH {
+                let at = GuestAddress(DATA + SLOT * u64::from(i));
+                ring.memory.write_slice(&header, at).expect("copy");
+                ring.memory
+                    .write_slice(&payload, GuestAddress(at.0 + HEADER as u64))
+                    .expect("copy");
+            }
+        });
+        row(size, "network → guest", placed, copied_in);
+    }
+}
+
+fn row(size: usize, path: &str, guestnet: f64, copy: f64) {
+    println!(
+        "{size:>6}  {path:>22}  {guestnet:>8.1} ns  {copy:>8.1} ns  {:>7.2}×",
+        guestnet / copy
+    );
+}
