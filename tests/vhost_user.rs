@@ -1051,6 +1051,25 @@ fn frames_held_for_a_guest_without_buffers_are_counted_when_it_disconnects() {
     assert_eq!(counter(&entry, "rx_lost_on_disconnect"), held);
 }
 
+// --- Reconnection ---------------------------------------------------------------------------
+
+/// A frontend that connects while the last one is still being served (a QEMU reconnecting,
+/// whose old connection's end reaches the backend after the new knock) waits, and is
+/// served as soon as the other goes: its first request is answered, not refused.
+#[test]
+fn frontend_knocking_before_the_last_one_left_is_served_after_it() {
+    let mut lab = Lab::start(&["s"]);
+    let first = lab.guest(0, SetupOptions::default());
+    let mut second = Frontend::connect(lab.socket(0)).expect("connect while the first is on");
+    drop(first);
+    let features = second
+        .get_u64(request::GET_FEATURES)
+        .expect("answered once the first frontend left");
+    assert_ne!(features & feature::VERSION_1, 0);
+    drop(second);
+    lab.fresh_connection_works(0);
+}
+
 /// A second VM on a socket that is busy is turned away once the grace for a reconnecting
 /// frontend has passed, and the VM being served carries on.
 #[test]
