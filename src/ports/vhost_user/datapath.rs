@@ -134,6 +134,8 @@ pub struct TxBatch {
     bytes: Vec<u8>,
     end: usize,
     frames: Vec<(VirtioNetHdr, Range<usize>)>,
+    /// The heads of the round's chains, to return once all are read.
+    heads: Vec<u16>,
 }
 
 impl TxBatch {
@@ -193,40 +195,45 @@ pub fn transmit(
     batch: &mut TxBatch,
     mut fault: impl FnMut(ChainFault),
 ) -> usize {
-    let mut taken = 0;
-    while taken < budget {
-        let chain = match vring.queue.iter(memory) {
-            Ok(mut chains) => chains.next(),
-            Err(_) => {
-                // The available index ran more than a ring ahead: the ring is unusable
-                // until the frontend sets it up again.
-                fault(ChainFault::BadChain);
-                vring.started = false;
-                break;
-            }
-        };
-        let Some(chain) = chain else { break };
-        taken += 1;
-        let head = chain.head_index();
-        let start = batch.end;
-        match read_chain(memory, chain, batch, rules.header_len + MAX_TX_FRAME)
-            .and_then(|()| check_frame(&batch.bytes[start..batch.end], rules))
-        {
-            Ok(hdr) => {
-                let range = start + rules.header_len..batch.end;
-                batch.frames.push((hdr, range));
-            }
-            Err(f) => {
-                batch.end = start;
-                fault(f);
+    // The round's chains are read first and returned after: one look at the available
+    // index per round, not per chain.
+    let mut heads = std::mem::take(&mut batch.heads);
+    heads.clear();
+    match vring.queue.iter(memory) {
+        Ok(chains) => {
+            for chain in chains.take(budget) {
+                heads.push(chain.head_index());
+                let start = batch.end;
+                match read_chain(memory, chain, batch, rules.header_len + MAX_TX_FRAME)
+                    .and_then(|()| check_frame(&batch.bytes[start..batch.end], rules))
+                {
+                    Ok(hdr) => {
+                        let range = start + rules.header_len..batch.end;
+                        batch.frames.push((hdr, range));
+                    }
+                    Err(f) => {
+                        batch.end = start;
+                        fault(f);
+                    }
+                }
             }
         }
+        Err(_) => {
+            // The available index ran more than a ring ahead: the ring is unusable until
+            // the frontend sets it up again.
+            fault(ChainFault::BadChain);
+            vring.started = false;
+        }
+    }
+    for &head in &heads {
         // A head past the table cannot be returned (and is not tried: the ring crate
         // would log each attempt); the guest has lost that entry.
         if head < vring.queue.size() {
             let _ = vring.queue.add_used(memory, head, 0);
         }
     }
+    let taken = heads.len();
+    batch.heads = heads;
     taken
 }
 
