@@ -170,8 +170,8 @@ impl Shared<'_> {
 
     /// Recomputes the socket's state for `status`, and the peer's link: up exactly while a
     /// receive queue runs. Called by the connection thread after every message, so the
-    /// link is up by the time the frontend has its acknowledgement, and by the receive
-    /// thread each round. Takes the vring locks: callers must hold none.
+    /// link is up by the time the frontend has its acknowledgement (the receive thread
+    /// sets the link itself each round). Takes the vring locks: callers must hold none.
     pub fn refresh_state(&self) {
         let negotiated = self.negotiated();
         let enabled_by_default = negotiated.enabled_by_default();
@@ -385,7 +385,7 @@ fn is_eventfd(fd: &OwnedFd) -> bool {
 }
 
 /// Reads an eventfd's count, clearing it. Only called when `poll` said it is readable.
-fn drain_eventfd(fd: &impl AsFd) {
+pub fn drain_eventfd(fd: &impl AsFd) {
     let mut count = [0u8; 8];
     let _ = rustix::io::read(fd, &mut count);
 }

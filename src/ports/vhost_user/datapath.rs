@@ -22,6 +22,7 @@
 
 use std::ops::Range;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{Ordering, fence};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, GuestMemoryMmap, Permissions};
@@ -94,6 +95,8 @@ pub struct Vring {
     pub started: bool,
     /// `SET_VRING_ADDR` gave valid addresses.
     pub addressed: bool,
+    /// The guest's available index when [`place`] last ran out of buffers.
+    pub posted_up_to: u16,
 }
 
 impl Vring {
@@ -106,6 +109,7 @@ impl Vring {
             enabled: false,
             started: false,
             addressed: false,
+            posted_up_to: 0,
         })
     }
 
@@ -363,7 +367,8 @@ impl Placement {
 }
 
 /// Writes one frame with its header into a receive queue. Bad chains met on the way are
-/// returned to the guest unused and reported through `fault`.
+/// returned to the guest unused and reported through `fault`; a dropped frame's reason is
+/// the return value's.
 pub fn place(
     vring: &mut Vring,
     memory: &GuestMemoryMmap,
@@ -381,14 +386,17 @@ pub fn place(
         let chain = match vring.queue.iter(memory) {
             Ok(mut chains) => chains.next(),
             Err(_) => {
-                fault(ChainFault::BadChain);
+                // The available index ran more than a ring ahead. Reported by the return
+                // value alone, as the other reasons for dropping the frame are.
                 vring.started = false;
                 vring.queue.set_next_avail(start);
                 return Placed::Dropped(ChainFault::BadChain);
             }
         };
         let Some(chain) = chain else {
-            // Out of buffers: give back what was taken for this frame.
+            // Out of buffers: give back what was taken for this frame, and remember how
+            // far the guest had posted, for `ask_for_buffers`.
+            vring.posted_up_to = vring.queue.next_avail();
             vring.queue.set_next_avail(start);
             return Placed::NoBuffers;
         };
@@ -449,6 +457,41 @@ pub fn place(
         let _ = vring.queue.add_used(memory, head, written as u32);
     }
     Placed::Delivered
+}
+
+/// After [`place`] ran out of buffers: asks the guest to kick as soon as it posts any
+/// buffer beyond those it had posted then, and returns whether it already has.
+///
+/// A frame may need more merged buffers than the guest has posted, so "some buffers are
+/// posted" is not a reason to try again, only "more than last time" is; else the receive
+/// thread would spin until the guest posts more. With `EVENT_IDX`, `avail_event` is set to
+/// that index (the ring crate's own notification call would set it to where the frame
+/// started, before buffers the guest already posted, and no kick would come).
+pub fn ask_for_buffers(vring: &mut Vring, memory: &GuestMemoryMmap) -> bool {
+    let posted_up_to = vring.posted_up_to;
+    if vring.queue.event_idx_enabled() {
+        let size = u64::from(vring.queue.size());
+        // avail_event follows the used ring's entries: flags, idx, 8 bytes per entry.
+        let at = vring.queue.used_ring().checked_add(4 + 8 * size);
+        let asked = at.is_some_and(|at| {
+            memory
+                .store(posted_up_to.to_le(), GuestAddress(at), Ordering::Release)
+                .is_ok()
+        });
+        if !asked {
+            // A used ring outside memory: nothing to ask; the caller sleeps its bounded
+            // slice and looks again.
+            return false;
+        }
+    } else {
+        let _ = vring.queue.enable_notification(memory);
+    }
+    // Pairs with the guest's barrier between adding a buffer and reading avail_event.
+    fence(Ordering::SeqCst);
+    vring
+        .queue
+        .avail_idx(memory, Ordering::Acquire)
+        .is_ok_and(|idx| idx.0 != posted_up_to)
 }
 
 /// Writes up to `len` bytes at `address` from the concatenation of `pieces`, starting at
@@ -836,6 +879,32 @@ mod tests {
         assert!(faults.is_empty(), "{faults:?}");
         assert_eq!(placed, Placed::Delivered);
         assert_eq!(guest.used_idx(), 2);
+    }
+
+    #[test]
+    fn too_few_buffers_are_not_a_reason_to_try_again() {
+        for event_idx in [true, false] {
+            let mut guest = Guest::new();
+            guest.vring.queue.set_event_idx(event_idx);
+            guest.descriptor(0, DATA, 512, WRITE, 0);
+            guest.offer(0);
+            // 1212 bytes need three 512-byte buffers; one is posted.
+            let (placed, _) = guest.place(&frame(1200), true);
+            assert_eq!(placed, Placed::NoBuffers);
+            assert!(
+                !ask_for_buffers(&mut guest.vring, &guest.memory),
+                "nothing new was posted (event_idx {event_idx})"
+            );
+            if event_idx {
+                // The guest is asked to kick when it posts the buffer after the first.
+                let at = GuestAddress(USED + 4 + 8 * u64::from(SIZE));
+                let avail_event: u16 = guest.memory.read_obj(at).unwrap();
+                assert_eq!(avail_event, 1);
+            }
+            guest.descriptor(1, DATA + 0x1000, 512, WRITE, 0);
+            guest.offer(1);
+            assert!(ask_for_buffers(&mut guest.vring, &guest.memory));
+        }
     }
 
     #[test]

@@ -14,10 +14,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
-use virtio_queue::QueueT;
 
 use super::Counters;
-use super::connection::{Negotiated, Shared, lock};
+use super::connection::{Negotiated, Shared, drain_eventfd, lock};
 use super::datapath::{self, ChainFault, Placed, RxRules, feature};
 use crate::network::monotonic_ns;
 use crate::network::peer::Receiver;
@@ -75,7 +74,9 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
         }
         shared.set_link(true);
         let mut faults: Vec<ChainFault> = Vec::new();
-        let mut used = vec![false; queues.len()];
+        // Bit q: queue q got frames this round (at most 16 queue pairs).
+        let mut used = 0u32;
+        let mut delivered = 0u64;
         let mut blocked = false;
         let count = queues.len();
         let mut offer = |hdr: &VirtioNetHdr, frame: &[u8], blocked: &mut bool| -> bool {
@@ -91,8 +92,8 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
                 faults.push(f)
             }) {
                 Placed::Delivered => {
-                    used[q] = true;
-                    Counters::add(&counters.rx_frames, 1);
+                    used |= 1 << q;
+                    delivered += 1;
                     true
                 }
                 Placed::Dropped(fault) => {
@@ -128,20 +129,19 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
                 }
             });
         }
-        for (vring, used) in queues.iter_mut().zip(&used) {
-            if *used {
+        Counters::add(&counters.rx_frames, delivered);
+        for (q, vring) in queues.iter_mut().enumerate() {
+            if used & (1 << q) != 0 {
                 vring.signal(mem);
             }
         }
-        // Before sleeping on the guest, ask it to kick when it posts buffers, and look
+        // Before sleeping on the guest, ask it to kick when it posts more buffers, and look
         // once more in case it did just now.
         let mut kicks: Vec<OwnedFd> = Vec::new();
         let mut posted = false;
         if blocked {
             for vring in queues.iter_mut() {
-                if vring.queue.enable_notification(mem).unwrap_or(true) {
-                    posted = true;
-                }
+                posted |= datapath::ask_for_buffers(vring, mem);
                 if let Some(kick) = vring.kick.as_ref().and_then(|k| k.try_clone().ok()) {
                     kicks.push(kick);
                 }
@@ -179,8 +179,7 @@ fn wait_for_kicks(kicks: &[OwnedFd]) {
     if rustix::event::poll(&mut fds, Some(&timeout)).is_ok_and(|n| n > 0) {
         for (fd, kick) in fds.iter().zip(kicks) {
             if !fd.revents().is_empty() {
-                let mut count = [0u8; 8];
-                let _ = rustix::io::read(kick, &mut count);
+                drain_eventfd(kick);
             }
         }
     }
