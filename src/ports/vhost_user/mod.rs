@@ -202,12 +202,22 @@ pub struct SocketStatus {
 }
 
 /// What changes about a socket while it serves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Info {
     slot: Option<u16>,
     state: State,
     acked_features: u64,
     acked_protocol_features: u64,
+}
+
+impl Info {
+    /// No frontend.
+    const LISTENING: Info = Info {
+        slot: None,
+        state: State::Listening,
+        acked_features: 0,
+        acked_protocol_features: 0,
+    };
 }
 
 /// One socket: its path, status and counters.
@@ -223,34 +233,16 @@ struct Socket {
 
 impl Socket {
     fn update(&self, change: impl FnOnce(&mut Info)) {
-        let Ok(mut info) = self.info.lock() else {
-            return;
-        };
-        let before = (
-            info.slot,
-            info.state,
-            info.acked_features,
-            info.acked_protocol_features,
-        );
+        let mut info = connection::lock(&self.info);
+        let before = *info;
         change(&mut info);
-        let after = (
-            info.slot,
-            info.state,
-            info.acked_features,
-            info.acked_protocol_features,
-        );
-        if before != after {
+        if *info != before {
             self.changed.ring();
         }
     }
 
     fn status(&self, queue_pairs: u16) -> SocketStatus {
-        let info = self.info.lock().map(|info| *info).unwrap_or(Info {
-            slot: None,
-            state: State::Listening,
-            acked_features: 0,
-            acked_protocol_features: 0,
-        });
+        let info = *connection::lock(&self.info);
         SocketStatus {
             pid: std::process::id(),
             socket: self.path.clone(),
@@ -360,12 +352,7 @@ impl VhostUserPort {
             let socket = Socket {
                 path: path.clone(),
                 mac: options.macs.get(i).copied(),
-                info: Mutex::new(Info {
-                    slot: None,
-                    state: State::Listening,
-                    acked_features: 0,
-                    acked_protocol_features: 0,
-                }),
+                info: Mutex::new(Info::LISTENING),
                 counters: Counters::default(),
                 changed: Arc::clone(&changed),
             };
@@ -504,12 +491,7 @@ impl Serving<'_> {
         );
         tracing::info!(socket = %socket.path.display(), slot, "frontend gone");
         socket.update(|info| {
-            *info = Info {
-                slot: None,
-                state: State::Listening,
-                acked_features: 0,
-                acked_protocol_features: 0,
-            }
+            *info = Info::LISTENING;
         });
         next
     }
