@@ -11,8 +11,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use guestnet::network::Sent;
 use guestnet::network::counters::{DropReason, PeerCounters};
-use guestnet::network::peer::Sent;
 use guestnet::network::{CreateOptions, Error, JoinOptions, Network, Peer, monotonic_ns};
 use guestnet::shm::layout::{self, FDB_ENTRIES, Geometry, Layout, LayoutError};
 use guestnet::wire::MacAddress;

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use guestnet::network::Sent;
 use guestnet::network::counters::DropReason;
-use guestnet::network::peer::Sent;
 use guestnet::network::ring::{self, Claim, SlotMemory, SlotMeta};
 use guestnet::network::{JoinOptions, Peer};
 use guestnet::shm::Mapping;

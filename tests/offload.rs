@@ -3,8 +3,8 @@
 
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use guestnet::network::counters::DropReason;
-use guestnet::network::peer::{Sent, offloads};
 use guestnet::network::{CreateOptions, JoinOptions, Network, Peer};
+use guestnet::network::{Sent, offloads};
 use guestnet::shm::layout::Geometry;
 use guestnet::wire::virtio_net::{FLAG_NEEDS_CSUM, GsoType, VirtioNetHdr};
 

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use guestnet::network::peer::Peer;
+use guestnet::network::Peer;
 use guestnet::network::{CreateOptions, JoinOptions, Network, PortKind};
 use guestnet::wire::MacAddress;
 
@@ -518,7 +518,7 @@ fn a_broadcast_reaches_each_of_two_other_hosts_exactly_once_and_a_reply_only_its
     let source = peers[0].mac();
     assert!(matches!(
         peers[0].send(&broadcast(source, 1)),
-        guestnet::network::peer::Sent::Routed { delivered: 1, .. }
+        guestnet::network::Sent::Routed { delivered: 1, .. }
     ));
     // The marker follows the broadcast down the same paths, so once it has arrived any
     // duplicate of the broadcast would have arrived before it.

@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-use guestnet::network::peer::Sent;
+use guestnet::network::Sent;
 use guestnet::network::{CreateOptions, JoinOptions, Network, Peer};
 use guestnet::wire::{MacAddress, ethernet};
 use libfuzzer_sys::fuzz_target;

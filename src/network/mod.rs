@@ -42,7 +42,7 @@ use counters::PeerCounters;
 use forward::PeerView;
 use ring::{SlotMemory, SlotMeta};
 
-pub use peer::{JoinOptions, Peer};
+pub use peer::{Control, JoinOptions, Peer, Receiver, Sender, Sent, offloads};
 
 /// The whole network sweeps for dead peers at most this often.
 pub const SWEEP_INTERVAL_NS: u64 = 250_000_000;

@@ -43,8 +43,8 @@ use rustix::io::Errno;
 use rustix::net::{SendFlags, SocketAddrUnix};
 
 use crate::network::counters::DropReason;
-use crate::network::peer::{Receiver, Sender};
 use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
+use crate::network::{Receiver, Sender};
 use crate::wire::MacAddress;
 
 use super::socket::{

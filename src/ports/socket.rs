@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::network::peer::Control;
+use crate::network::Control;
 use crate::wire::{EthernetFrame, MacAddress};
 
 /// Errors of a socket port's control path.

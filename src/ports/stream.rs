@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::network::counters::DropReason;
-use crate::network::peer::{Receiver, Sender};
 use crate::network::{Error as NetworkError, JoinOptions, Network, PortKind};
+use crate::network::{Receiver, Sender};
 use crate::wire::MacAddress;
 use crate::wire::stream::{Decoded, StreamDecoder, encode_header};
 

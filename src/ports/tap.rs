@@ -47,7 +47,7 @@
 //! undone, and takes them back the same way: one read and one write per 64 KiB instead of
 //! per 1.5 KiB. The peer advertises those offloads, so super-frames travel whole between
 //! such TAPs; peers that cannot take them get them segmented and checksummed by the
-//! network ([`crate::network::peer`]). `--no-offload` opens the device without the header:
+//! network ([`crate::network`]). `--no-offload` opens the device without the header:
 //! the kernel then segments and checksums everything itself. `from_device` and
 //! `to_device` are the one place where frames cross the device boundary and the header
 //! is taken off and put on.
@@ -63,8 +63,8 @@ use rustix::thread::LinkNameSpaceType;
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
 use crate::network::counters::DropReason;
-use crate::network::peer::offloads;
-use crate::network::peer::{Control, Receiver, Sender};
+use crate::network::offloads;
+use crate::network::{Control, Receiver, Sender};
 use crate::network::{JoinOptions, Network, Peer, PortKind};
 use crate::wire::MacAddress;
 use crate::wire::virtio_net::{LEGACY_HEADER_LEN, VirtioNetHdr};

@@ -72,8 +72,8 @@ use rustix::net::SendFlags;
 use serde::Serialize;
 
 use crate::network::counters::DropReason;
-use crate::network::peer::{Receiver, Sender};
 use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
+use crate::network::{Receiver, Sender};
 use crate::wire::ethernet::{HEADER_LEN as ETHERNET_HEADER_LEN, validate_frame};
 use crate::wire::vxlan::{
     self, HEADER_LEN, OVERHEAD_IPV4, OVERHEAD_IPV6, VxlanError, VxlanPacket, VxlanRepr,

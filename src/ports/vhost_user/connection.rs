@@ -24,7 +24,7 @@ use super::memory::{GuestMemory, MAX_MEM_SLOTS};
 use super::{Counters, QUARANTINE_FAULTS, Socket, State};
 use crate::network::counters::DropReason;
 use crate::network::monotonic_ns;
-use crate::network::peer::{Control, Peer, Sender};
+use crate::network::{Control, Peer, Sender};
 use crate::ports::socket::{Doorbell, MacLearner};
 use crate::wire::vhost_user::{
     self as protocol, HEADER_LEN, MAX_FDS, MessageError, MessageHeader, Request, code,

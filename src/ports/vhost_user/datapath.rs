@@ -27,7 +27,7 @@ use std::sync::atomic::{Ordering, fence};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, GuestMemoryMmap, Permissions};
 
-use crate::network::peer::offloads;
+use crate::network::offloads;
 use crate::wire::virtio_net::{FLAG_DATA_VALID, FLAG_NEEDS_CSUM};
 use crate::wire::{GsoType, VirtioNetHdr};
 

@@ -18,8 +18,8 @@ use rustix::event::{PollFd, PollFlags};
 use super::Counters;
 use super::connection::{Negotiated, Shared, drain_eventfd, lock};
 use super::datapath::{self, ChainFault, Placed, RxRules, feature};
+use crate::network::Receiver;
 use crate::network::monotonic_ns;
-use crate::network::peer::Receiver;
 use crate::wire::VirtioNetHdr;
 
 /// Frames taken from the ring per round.
