@@ -37,7 +37,7 @@
 //! A receiver drains its ring up to a budget without any system call and sleeps on a
 //! futex in the ring when it runs dry. A sender wakes a receiver only if it found it
 //! asleep, once per batch, so under load there are far fewer wake-ups than frames, and
-//! an idle network costs nothing ([`network::peer`]).
+//! an idle network costs nothing ([`network::receive`]).
 //!
 //! ## Nothing is lost without a count, and nobody can wedge the others
 //!

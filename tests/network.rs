@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use guestnet::network::counters::DropReason;
-use guestnet::network::{CreateOptions, JoinOptions, Network, peer::Sent};
+use guestnet::network::{CreateOptions, JoinOptions, Network, Sent};
 use guestnet::shm::layout::Geometry;
 use guestnet::wire::MacAddress;
 

@@ -19,8 +19,9 @@ use serde::Serialize;
 use crate::shm::layout::status;
 use crate::wire::MacAddress;
 
+use super::clock::monotonic_ns;
 use super::ring::{self, SlotMemory, SlotState, Tag};
-use super::{Network, fdb, monotonic_ns};
+use super::{Network, fdb};
 
 /// One problem found in a region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,0 +1,68 @@
+//! Errors of the control path: creating, opening, joining and changing a network.
+//!
+//! The data path never returns these: a frame that cannot be delivered is counted under a
+//! [`DropReason`](super::counters::DropReason) instead.
+
+use std::io;
+
+use crate::shm::layout::LayoutError;
+use crate::wire::MacAddress;
+
+/// Errors of the control path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The name is not usable as a file name.
+    #[error("invalid network name {0:?}: use letters, digits, '-', '_' and '.' (at most 64)")]
+    BadName(String),
+    /// A network of that name exists.
+    #[error("network {0:?} already exists")]
+    Exists(String),
+    /// No network of that name.
+    #[error("no network named {name:?} in {dir}")]
+    NotFound {
+        /// Name asked for.
+        name: String,
+        /// Directory searched.
+        dir: String,
+    },
+    /// The region is not a valid guestnet region.
+    #[error("network {name:?} is unusable: {source}")]
+    Layout {
+        /// Name.
+        name: String,
+        /// What is wrong.
+        #[source]
+        source: LayoutError,
+    },
+    /// Every peer slot is taken.
+    #[error("network {0:?} is full: every peer slot is taken")]
+    Full(String),
+    /// The MAC is held by another peer.
+    #[error("MAC {mac} is already used by peer {slot}")]
+    MacInUse {
+        /// Address.
+        mac: MacAddress,
+        /// Slot holding it.
+        slot: u16,
+    },
+    /// The MAC cannot be published.
+    #[error("MAC {0} cannot be published: it must be unicast and not all zeros")]
+    BadMac(MacAddress),
+    /// A system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Result of the control path.
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}

@@ -1,0 +1,465 @@
+//! The sending half of a peer: forwarding happens here, in the sender.
+//!
+//! Sending happens in batches. At the start of a batch the sender compares the table
+//! version with the one its cached view was taken at and refreshes the view if needed
+//! (one atomic load when nothing changed). Each frame is checked, its source address
+//! learned, its receivers resolved ([`forward::resolve`]) and copied once into each
+//! receiver's ring. At the end of the batch the sender wakes, once, each receiver that
+//! went to sleep, and writes its counters.
+//!
+//! **Offloads.** A frame may come with a virtio-net header asking for work still to be
+//! done: a checksum to complete, a 64 KiB super-frame to cut into segments. Such a frame
+//! travels as it is to receivers that advertise the same offloads (a TAP or a VM that will
+//! let its kernel finish it) and is finished in software, once per frame, for the others
+//! (stream and dgram ports, captures), so a mixed network never hands a peer something it
+//! cannot take. Segments are cut to the network's MTU whatever the sender asked for.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
+
+use crate::shm::layout::LARGE_FRAME;
+use crate::shm::layout::{flags, status};
+use crate::wire::offload::{self, Segmenter};
+use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
+use crate::wire::{EthernetFrame, EthernetRepr, MacAddress, ethernet};
+
+use super::clock::monotonic_ns;
+use super::counters::{self, DropReason, Pending, slot};
+use super::fdb;
+use super::forward::{self, PeerView, Route, Rules};
+use super::membership::{Control, Membership};
+use super::offloads::{header_words, needed_offloads};
+use super::region::SWEEP_INTERVAL_NS;
+use super::ring::{self, Push, SlotMeta};
+
+/// What happened to one frame given to [`Sender::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Accepted and routed: `delivered` copies went into rings, `dropped` were counted.
+    Routed {
+        /// Copies published.
+        delivered: u32,
+        /// Copies dropped (ring full, link down, …).
+        dropped: u32,
+    },
+    /// Refused before routing, and counted.
+    Refused(DropReason),
+}
+
+/// The sending half of a peer.
+#[derive(Debug)]
+pub struct Sender {
+    pub(super) membership: Arc<Membership>,
+    view: Vec<PeerView>,
+    view_version: u64,
+    own_mac: MacAddress,
+    quarantined: bool,
+    rules: Rules,
+    mtu: usize,
+    destinations: Vec<usize>,
+    touched: Vec<u16>,
+    touched_bits: Vec<u64>,
+    pending: Pending,
+    /// When each foreign source address was last written to the learned table.
+    learned_at: HashMap<MacAddress, u64>,
+    now_ms: u64,
+    last_maintenance_ns: u64,
+    /// Software offload: the current frame cut into segments (once, for all receivers
+    /// that need it), and where each segment ends.
+    segmenter: Segmenter,
+    segments: Vec<u8>,
+    segment_ends: Vec<usize>,
+    segmented: Option<std::result::Result<(), DropReason>>,
+}
+
+/// Bound on the private cache of learned addresses (a guest spraying random source
+/// addresses must not grow our memory; the shared table has its own bound).
+const LEARN_CACHE_LIMIT: usize = 4096;
+
+impl Sender {
+    pub(super) fn new(membership: Arc<Membership>) -> Sender {
+        let max_peers = membership.region.layout.geometry.max_peers as usize;
+        let rules = Rules {
+            drop_unknown_unicast: membership.region.drop_unknown_unicast(),
+        };
+        let mtu = membership.region.layout.geometry.mtu as usize;
+        Sender {
+            membership,
+            view: Vec::with_capacity(max_peers),
+            view_version: u64::MAX,
+            own_mac: MacAddress::ZERO,
+            quarantined: false,
+            rules,
+            mtu,
+            destinations: Vec::with_capacity(max_peers),
+            touched: Vec::with_capacity(max_peers),
+            touched_bits: vec![0; max_peers.div_ceil(64)],
+            pending: Pending::default(),
+            learned_at: HashMap::new(),
+            now_ms: 0,
+            last_maintenance_ns: 0,
+            segmenter: Segmenter::new(),
+            segments: Vec::new(),
+            segment_ends: Vec::new(),
+            segmented: None,
+        }
+    }
+
+    /// Control operations.
+    pub fn control(&self) -> Control {
+        Control {
+            membership: Arc::clone(&self.membership),
+        }
+    }
+
+    /// Sends one frame (a batch of one: it wakes the receivers and writes the counters).
+    pub fn send(&mut self, frame: &[u8]) -> Sent {
+        self.send_offloaded(&VirtioNetHdr::default(), frame)
+    }
+
+    /// Sends one frame whose virtio-net header asks for offload work (checksum,
+    /// segmentation); receivers that take those offloads get it as it is, the others get
+    /// it finished in software.
+    pub fn send_offloaded(&mut self, hdr: &VirtioNetHdr, frame: &[u8]) -> Sent {
+        self.begin_batch(monotonic_ns());
+        let sent = self.send_frame(frame, hdr);
+        self.end_batch();
+        sent
+    }
+
+    /// Sends frames with their virtio-net headers as one batch; returns how many were
+    /// accepted. See [`Sender::send_offloaded`].
+    pub fn send_batch_offloaded<'a>(
+        &mut self,
+        frames: impl IntoIterator<Item = (VirtioNetHdr, &'a [u8])>,
+    ) -> usize {
+        self.begin_batch(monotonic_ns());
+        let mut accepted = 0;
+        for (hdr, frame) in frames {
+            if matches!(self.send_frame(frame, &hdr), Sent::Routed { .. }) {
+                accepted += 1;
+            }
+        }
+        self.end_batch();
+        accepted
+    }
+
+    /// Sends frames as one batch; returns how many were accepted (routed). Each refusal
+    /// and each dropped copy is counted in the peer's counters.
+    pub fn send_batch<'a>(&mut self, frames: impl IntoIterator<Item = &'a [u8]>) -> usize {
+        self.send_batch_at(frames, monotonic_ns())
+    }
+
+    /// [`Sender::send_batch`] with the time passed in (monotonic nanoseconds).
+    pub fn send_batch_at<'a>(
+        &mut self,
+        frames: impl IntoIterator<Item = &'a [u8]>,
+        now_ns: u64,
+    ) -> usize {
+        self.begin_batch(now_ns);
+        let mut accepted = 0;
+        let plain = VirtioNetHdr::default();
+        for frame in frames {
+            if matches!(self.send_frame(frame, &plain), Sent::Routed { .. }) {
+                accepted += 1;
+            }
+        }
+        self.end_batch();
+        accepted
+    }
+
+    fn begin_batch(&mut self, now_ns: u64) {
+        self.now_ms = now_ns / 1_000_000;
+        if now_ns.saturating_sub(self.last_maintenance_ns) >= SWEEP_INTERVAL_NS {
+            self.last_maintenance_ns = now_ns;
+            self.membership.maintain(now_ns);
+        }
+        let version = self
+            .membership
+            .region
+            .header()
+            .table_version
+            .load(Ordering::Acquire);
+        if version != self.view_version {
+            self.view_version = self.membership.region.snapshot(&mut self.view);
+            let me = self.membership.index;
+            let own = self.view.iter().find(|p| p.index == me);
+            self.own_mac = own.map_or(MacAddress::ZERO, |p| p.mac);
+            self.quarantined = own.is_none_or(|p| p.flags & flags::QUARANTINED != 0);
+        }
+    }
+
+    fn end_batch(&mut self) {
+        if !self.touched.is_empty() {
+            // Pairs with the fence in Receiver::wait: either we see its `sleeping` flag,
+            // or it sees the frames we published before going to sleep.
+            fence(Ordering::SeqCst);
+            for &index in &self.touched {
+                let control = self.membership.region.ring(index).control();
+                if control.sleeping.load(Ordering::Relaxed) != 0
+                    && control.sleeping.swap(0, Ordering::AcqRel) != 0
+                {
+                    control.wake.fetch_add(1, Ordering::Release);
+                    let _ = rustix::thread::futex::wake(
+                        &control.wake,
+                        rustix::thread::futex::Flags::empty(),
+                        1,
+                    );
+                }
+                self.touched_bits[index as usize / 64] &= !(1 << (index % 64));
+            }
+            self.touched.clear();
+        }
+        self.pending.flush(self.membership.entry());
+    }
+
+    fn send_frame(&mut self, frame: &[u8], hdr: &VirtioNetHdr) -> Sent {
+        let (repr, hdr) = match self.check_outgoing(frame, hdr) {
+            Ok(checked) => checked,
+            Err(reason) => return self.refuse(reason),
+        };
+        if self.quarantined {
+            return self.refuse(DropReason::Quarantined);
+        }
+        if repr.src != self.own_mac {
+            self.learn(repr.src);
+        }
+        let region = &self.membership.region;
+        let now_ms = self.now_ms;
+        let route = forward::resolve(
+            repr.dst,
+            self.membership.index,
+            &self.view,
+            |mac| fdb::lookup(region.fdb(), mac, now_ms),
+            self.rules,
+            &mut self.destinations,
+        );
+        if route == Route::NoRoute {
+            return self.refuse(DropReason::NoRoute);
+        }
+        self.pending.add(slot::TX_PACKETS, 1);
+        self.pending.add(slot::TX_BYTES, frame.len() as u64);
+        self.segmented = None;
+        // A plain frame needs nothing; any receiver takes it as it is.
+        let needed = needed_offloads(&hdr).unwrap_or(u32::MAX);
+        let words = header_words(&hdr);
+        let (mut delivered, mut dropped) = (0, 0);
+        for i in 0..self.destinations.len() {
+            let destination = self.view[self.destinations[i]];
+            let (copies, drops, reason) =
+                if destination.offloads & needed == needed && self.fits(frame) {
+                    match self
+                        .admit(destination)
+                        .and_then(|()| self.push(destination, frame, words))
+                    {
+                        Ok(()) => (1, 0, None),
+                        Err(reason) => (0, 1, Some(reason)),
+                    }
+                } else {
+                    match self
+                        .admit(destination)
+                        .and_then(|()| self.segment(frame, &hdr))
+                    {
+                        Ok(()) => self.push_segments(destination),
+                        Err(reason) => (0, 1, Some(reason)),
+                    }
+                };
+            delivered += copies;
+            dropped += drops;
+            if let Some(reason) = reason {
+                for _ in 0..drops {
+                    self.pending.tx_drop(reason);
+                }
+            }
+        }
+        Sent::Routed { delivered, dropped }
+    }
+
+    /// Checks a frame and its offload header against the network's rules; returns the
+    /// frame's addresses and the header to forward (its segment size cut to the MTU).
+    fn check_outgoing(
+        &self,
+        frame: &[u8],
+        hdr: &VirtioNetHdr,
+    ) -> std::result::Result<(EthernetRepr, VirtioNetHdr), DropReason> {
+        if hdr.gso_type == GsoType::None {
+            let repr =
+                ethernet::validate_frame(frame, self.mtu).map_err(|_| DropReason::Invalid)?;
+            if hdr.needs_checksum() {
+                let field = usize::from(hdr.csum_start) + usize::from(hdr.csum_offset) + 2;
+                if field > frame.len() {
+                    return Err(DropReason::Invalid);
+                }
+            }
+            return Ok((repr, *hdr));
+        }
+        // A super-frame: its own length limit, and the MTU rule applies to its segments.
+        if needed_offloads(hdr).is_none() || frame.len() > LARGE_FRAME {
+            return Err(DropReason::Invalid);
+        }
+        let repr = EthernetFrame::new_checked(frame)
+            .and_then(|f| EthernetRepr::parse(&f))
+            .map_err(|_| DropReason::Invalid)?;
+        let mss = offload::mss_for_mtu(frame, hdr, self.mtu).map_err(|_| DropReason::Invalid)?;
+        if mss == 0 || hdr.gso_size == 0 {
+            return Err(DropReason::Invalid);
+        }
+        let mut forwarded = *hdr;
+        forwarded.gso_size = hdr.gso_size.min(u16::try_from(mss).unwrap_or(u16::MAX));
+        Ok((repr, forwarded))
+    }
+
+    /// Whether a frame fits the receivers' rings as it is (a slot, or a large buffer).
+    fn fits(&self, frame: &[u8]) -> bool {
+        let layout = &self.membership.region.layout;
+        frame.len() <= layout.max_frame || layout.geometry.gso_buffers > 0
+    }
+
+    /// Finishes the current frame in software (cuts it into segments with complete
+    /// checksums), once per frame whatever the number of receivers that need it.
+    fn segment(&mut self, frame: &[u8], hdr: &VirtioNetHdr) -> std::result::Result<(), DropReason> {
+        if let Some(done) = self.segmented {
+            return done;
+        }
+        self.segments.clear();
+        self.segment_ends.clear();
+        let (segments, ends) = (&mut self.segments, &mut self.segment_ends);
+        let done = self
+            .segmenter
+            .segment(frame, hdr, usize::MAX, &mut |segment: &[u8]| {
+                segments.extend_from_slice(segment);
+                ends.push(segments.len());
+            })
+            .map(|_| ())
+            .map_err(|_| DropReason::Invalid);
+        self.segmented = Some(done);
+        done
+    }
+
+    /// Sends the current frame's segments to one receiver; returns the copies delivered,
+    /// the copies dropped and why (the last reason, if several).
+    fn push_segments(&mut self, destination: PeerView) -> (u32, u32, Option<DropReason>) {
+        let (segments, ends) = (
+            std::mem::take(&mut self.segments),
+            std::mem::take(&mut self.segment_ends),
+        );
+        let (mut delivered, mut dropped, mut reason) = (0, 0, None);
+        let mut start = 0;
+        for &end in &ends {
+            match self.push(destination, &segments[start..end], [0; 3]) {
+                Ok(()) => delivered += 1,
+                Err(why) => {
+                    dropped += 1;
+                    reason = Some(why);
+                }
+            }
+            start = end;
+        }
+        (self.segments, self.segment_ends) = (segments, ends);
+        (delivered, dropped, reason)
+    }
+
+    /// Counts a frame the port refused before it could be sent (a runt announced by a
+    /// stream client, a datagram from a sender that cannot be answered, …). The count is
+    /// written at the end of the next batch, or by [`Sender::flush`].
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.pending.tx_drop(reason);
+    }
+
+    /// Writes counts accumulated outside a batch.
+    pub fn flush(&mut self) {
+        self.pending.flush(self.membership.entry());
+    }
+
+    fn refuse(&mut self, reason: DropReason) -> Sent {
+        self.pending.tx_drop(reason);
+        Sent::Refused(reason)
+    }
+
+    fn learn(&mut self, source: MacAddress) {
+        let now_ms = self.now_ms;
+        if self
+            .learned_at
+            .get(&source)
+            .is_some_and(|&at| now_ms.saturating_sub(at) < fdb::REFRESH_MS)
+        {
+            return;
+        }
+        if self.learned_at.len() >= LEARN_CACHE_LIMIT {
+            self.learned_at.clear();
+        }
+        self.learned_at.insert(source, now_ms);
+        fdb::learn(
+            self.membership.region.fdb(),
+            source,
+            self.membership.index,
+            now_ms,
+        );
+    }
+
+    /// Whether `destination` may be sent to at all; a refusal is counted on its side.
+    fn admit(&self, destination: PeerView) -> std::result::Result<(), DropReason> {
+        let entry = self.membership.region.peers().at(destination.index as u64);
+        let refused = if entry.status.load(Ordering::Relaxed) != status::UP
+            || entry.generation.load(Ordering::Relaxed) != destination.generation
+        {
+            Some(DropReason::PeerGone)
+        } else if destination.flags & flags::QUARANTINED != 0 {
+            Some(DropReason::Quarantined)
+        } else if destination.flags & flags::LINK_DOWN != 0 {
+            Some(DropReason::LinkDown)
+        } else {
+            None
+        };
+        match refused {
+            Some(reason) => {
+                counters::count_rx_drop(entry, reason);
+                Err(reason)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Copies one frame into `destination`'s ring. A refusal is counted on the
+    /// receiver's side here, and on ours by the caller.
+    fn push(
+        &mut self,
+        destination: PeerView,
+        frame: &[u8],
+        offload: [u32; 3],
+    ) -> std::result::Result<(), DropReason> {
+        let region = &self.membership.region;
+        let meta = SlotMeta {
+            generation: destination.generation,
+            offload,
+            ..SlotMeta::default()
+        };
+        let reason = match ring::push(
+            &region.ring(destination.index),
+            self.membership.index,
+            meta,
+            frame,
+        ) {
+            Push::Delivered => {
+                self.pending.add(slot::TX_DELIVERIES, 1);
+                let index = destination.index;
+                let (word, bit) = (index as usize / 64, 1u64 << (index % 64));
+                if self.touched_bits[word] & bit == 0 {
+                    self.touched_bits[word] |= bit;
+                    self.touched.push(index);
+                }
+                return Ok(());
+            }
+            Push::Full => DropReason::RingFull,
+            Push::Busy => DropReason::RingBusy,
+            // Checked against the same network before, so only a region whose geometry
+            // was scribbled on gets here.
+            Push::TooLarge => DropReason::Invalid,
+            // The receiver counts abandoned slots when it skips them.
+            Push::Abandoned => return Err(DropReason::Abandoned),
+        };
+        counters::count_rx_drop(region.peers().at(destination.index as u64), reason);
+        Err(reason)
+    }
+}
