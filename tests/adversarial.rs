@@ -451,3 +451,139 @@ fn a_region_of_another_version_is_refused() {
     fx.write_u32(0, offset::HEADER_VERSION, layout::VERSION);
     assert!(Network::open(fx.dir.path(), NAME).is_ok());
 }
+
+/// A READY or WRITING state forged at the receiver's next position, with what it claims.
+fn forge_slot(fx: &Fixture, ring: usize, tail: u64, state: guestnet::network::ring::SlotState) {
+    let slots = fx.layout.geometry.ring_slots as u64;
+    let at = fx.layout.slot_offset(ring, (tail % slots) as usize);
+    fx.write_u64(at, offset::SLOT_STATE, state.encode());
+    fx.write_u64(
+        fx.layout.ring_offset(ring),
+        offset::RING_RESERVE,
+        tail.wrapping_add(1),
+    );
+}
+
+#[test]
+fn a_writing_state_naming_a_writer_that_does_not_exist_is_skipped_as_abandoned_at_once() {
+    use guestnet::network::ring::{SlotState, Tag};
+    let fx = Fixture::new(8);
+    let mut a = fx.join();
+    let mut b = fx.join();
+    let ring = b.index() as usize;
+    let tail = fx.read_u64(fx.layout.ring_offset(ring), offset::RING_CONSUMED);
+    // Writer 7 is a free slot of this 8-peer network; writer 1000 is outside the table.
+    for (i, writer) in [7u16, 1000].into_iter().enumerate() {
+        let position = tail + i as u64;
+        forge_slot(
+            &fx,
+            ring,
+            position,
+            SlotState {
+                position,
+                writer,
+                tag: Tag::Writing,
+            },
+        );
+    }
+    // No waiting: nobody can ever finish these, so the receiver does not wait for them.
+    assert!(drain(&mut b).is_empty());
+    assert_eq!(b.counters().rx_dropped(DropReason::Abandoned), 2);
+    assert_traffic_flows(&mut a, &mut b, 0..10);
+}
+
+#[test]
+fn a_writer_that_stops_halfway_through_a_frame_is_passed_over_and_later_frames_flow() {
+    use guestnet::network::ring::{self, Claim, Unpublished};
+    let fx = Fixture::new(8);
+    let mut a = fx.join();
+    let mut b = fx.join();
+    // The stopped writer: a live member (it holds its slot lock) that claims a slot in B's
+    // ring and then does nothing, as a process stopped with SIGSTOP mid-copy would.
+    let stopped = fx.join();
+    let ring_view = fx.net.ring_memory(b.index()).expect("a ring");
+    let Claim::Claimed(position) = ring::claim(&ring_view, stopped.index()) else {
+        panic!("an empty ring has room")
+    };
+    let frames: Vec<Vec<u8>> = (0..3).map(|s| frame(b.mac(), a.mac(), s)).collect();
+    for f in &frames {
+        assert!(matches!(a.send(f), Sent::Routed { delivered: 1, .. }));
+    }
+    assert!(drain(&mut b).is_empty(), "B waits for the writer a while");
+    // B's wait ends by itself once its patience with the writer runs out (far sooner than
+    // the 5 s asked for), and then the frames behind the stopped writer arrive.
+    let started = std::time::Instant::now();
+    assert!(
+        b.wait(std::time::Duration::from_secs(5)),
+        "work is reported"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "waited {:?} for a stopped writer",
+        started.elapsed()
+    );
+    assert_eq!(
+        drain(&mut b),
+        frames,
+        "the frames behind it, whole and in order"
+    );
+    assert_eq!(b.counters().rx_dropped(DropReason::Stalled), 1);
+    // The writer wakes up: its frame is not delivered, and it is told so.
+    assert_eq!(
+        ring::publish(&ring_view, position, stopped.index()),
+        Err(Unpublished::PassedOver)
+    );
+    // Its slot comes back: many laps of traffic flow through the 8-slot ring.
+    assert_traffic_flows(&mut a, &mut b, 3..40);
+    assert_eq!(b.counters().rx_dropped(DropReason::Stalled), 1);
+}
+
+#[test]
+fn a_forged_slot_with_offload_words_never_hands_a_giant_or_stale_bytes_to_a_plain_receiver() {
+    use guestnet::network::ring::{SlotState, Tag};
+    use guestnet::wire::virtio_net::{GsoType, VirtioNetHdr};
+    let fx = Fixture::new(8);
+    let mut a = fx.join();
+    let mut b = fx.join();
+    let ring = b.index() as usize;
+    let slots = fx.layout.geometry.ring_slots as u64;
+    let tail = fx.read_u64(fx.layout.ring_offset(ring), offset::RING_CONSUMED);
+    let generation = fx.read_u32(fx.layout.peer_offset(ring), offset::PEER_GENERATION);
+    // TSO words with gso_size 65535 and a length of 3000 (past the slot's 1518 bytes), then
+    // TSO with gso_size 1, which would cut one frame into a thousand.
+    for (i, (gso_size, len)) in [(65535u16, 3000u32), (1, 1400)].into_iter().enumerate() {
+        let position = tail + i as u64;
+        let at = fx.layout.slot_offset(ring, (position % slots) as usize);
+        let hdr = VirtioNetHdr {
+            gso_type: GsoType::TcpV4,
+            gso_size,
+            hdr_len: 54,
+            ..VirtioNetHdr::default()
+        };
+        let bytes = hdr.to_bytes();
+        for (w, chunk) in bytes.chunks_exact(4).enumerate() {
+            fx.write_u32(
+                at,
+                16 + 4 * w as u64,
+                u32::from_le_bytes(chunk.try_into().expect("4 bytes")),
+            );
+        }
+        fx.write_u32(at, offset::SLOT_LEN, len);
+        fx.write_u32(at, offset::SLOT_GENERATION, generation);
+        forge_slot(
+            &fx,
+            ring,
+            position,
+            SlotState {
+                position,
+                writer: a.index(),
+                tag: Tag::Ready,
+            },
+        );
+    }
+    let mut sizes = Vec::new();
+    b.receive(usize::MAX, |f| sizes.push(f.len()));
+    assert!(sizes.is_empty(), "handed frames of {sizes:?} bytes");
+    assert_eq!(b.counters().rx_dropped(DropReason::Invalid), 2);
+    assert_traffic_flows(&mut a, &mut b, 0..10);
+}

@@ -392,7 +392,7 @@ fn a_sender_killed_halfway_through_a_frame_does_not_wedge_the_ring() {
         &half,
     );
     // A's frame lands behind the half-written one; B must not hand out either yet: the
-    // writer may still be alive, and skipping it would reorder or tear frames.
+    // writer may still be alive, and B waits for it a while before passing over its slot.
     let mut frame = Vec::new();
     let a_mac = a.mac();
     testframe::encode(&mut frame, b.mac(), a_mac, 1, 0, 120);
@@ -415,11 +415,20 @@ fn a_sender_killed_halfway_through_a_frame_does_not_wedge_the_ring() {
         b.receive(usize::MAX, |f| got.push(f.to_vec()));
     }
     assert_eq!(got, vec![frame], "only A's frame, intact");
-    assert_eq!(b.counters().rx_dropped(DropReason::Abandoned), 1);
-    assert!(
-        net.counters(victim.slot).is_none(),
-        "the slot was reclaimed"
+    // Skipped once: as abandoned when the sweep found the writer dead first, or as stalled
+    // when B lost patience with it first.
+    let counters = b.counters();
+    assert_eq!(
+        counters.rx_dropped(DropReason::Abandoned) + counters.rx_dropped(DropReason::Stalled),
+        1
     );
+    // B may have passed over the slot before the sweep saw the writer dead; the slot is
+    // reclaimed within the bound all the same.
+    while net.counters(victim.slot).is_some() {
+        assert!(killed.elapsed() < RECLAIM, "the slot was not reclaimed");
+        b.wait(Duration::from_millis(50));
+        net.sweep();
+    }
     // Had the writer been merely slow, it could no longer publish the abandoned slot.
     assert!(ring::publish(&ring, position, victim.slot).is_err());
 }

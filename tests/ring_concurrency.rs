@@ -258,12 +258,21 @@ struct Scenario {
     /// A further writer claims a slot, copies half a frame and dies; another thread, having
     /// seen it dead, calls `abandon_writer`.
     dead_writer: bool,
+    /// The consumer waits only a few looks for a writer holding the slot at its cursor,
+    /// then passes over it, as the receiver does with a stopped writer.
+    impatient_consumer: bool,
 }
+
+/// Looks at a slot held by its writer before an impatient consumer passes over it (the
+/// stand-in, in a test without clocks, for the receiver's deadline).
+const PATIENCE: u32 = 3;
 
 /// What the consumer saw.
 struct Consumed {
     frames: Vec<(u16, u32)>,
     abandoned: u64,
+    passed_over: u64,
+    void: u64,
     final_tail: u64,
 }
 
@@ -330,9 +339,12 @@ fn scenario(s: Scenario) {
             let mut seen = Consumed {
                 frames: Vec::new(),
                 abandoned: 0,
+                passed_over: 0,
+                void: 0,
                 final_tail: 0,
             };
             let mut tail = 0;
+            let mut looks = 0;
             let mut buffer = [0u8; MAX_WORDS * 8];
             loop {
                 // Read before looking at the ring: if every thread had finished by then, an
@@ -346,6 +358,17 @@ fn scenario(s: Scenario) {
                     Pop::InProgress { writer } if all_finished => {
                         panic!("stalled at position {tail}: writer {writer} holds it for ever")
                     }
+                    Pop::InProgress { writer } if s.impatient_consumer => {
+                        looks += 1;
+                        if looks >= PATIENCE && ring::pass_over(&*ring, tail, writer) {
+                            seen.passed_over += 1;
+                            tail = ring::advance(tail, 1);
+                            looks = 0;
+                        } else {
+                            shuttle::thread::yield_now();
+                        }
+                    }
+                    Pop::Void { .. } => seen.void += 1,
                     Pop::Empty | Pop::InProgress { .. } => shuttle::thread::yield_now(),
                     Pop::AlreadyConsumed | Pop::Corrupt => {
                         panic!("{step:?} at position {tail} of a ring only this consumer reads")
@@ -353,6 +376,7 @@ fn scenario(s: Scenario) {
                 }
                 if step.advances() {
                     tail = ring::advance(tail, 1);
+                    looks = 0;
                 }
             }
             seen.final_tail = tail;
@@ -375,6 +399,7 @@ fn scenario(s: Scenario) {
         by_writer.entry(writer).or_default().push(seq);
     }
     let mut delivered_total = 0;
+    let mut passed_over_total = 0;
     for (writer, outcomes) in outcomes.iter().enumerate() {
         let got = by_writer.remove(&(writer as u16)).unwrap_or_default();
         assert!(
@@ -388,10 +413,15 @@ fn scenario(s: Scenario) {
             .collect();
         for (seq, outcome) in outcomes {
             assert!(
-                matches!(outcome, Push::Delivered | Push::Full | Push::Busy),
+                matches!(outcome, Push::Delivered | Push::Full | Push::Busy)
+                    || (s.impatient_consumer && *outcome == Push::PassedOver),
                 "writer {writer} frame {seq}: {outcome:?}, yet nobody abandoned it"
             );
         }
+        passed_over_total += outcomes
+            .iter()
+            .filter(|(_, o)| *o == Push::PassedOver)
+            .count() as u64;
         assert_eq!(
             got, delivered,
             "writer {writer}: frames received differ from frames delivered"
@@ -414,20 +444,35 @@ fn scenario(s: Scenario) {
         }
         None => 0,
     };
+    // The dead writer's claim is skipped once: as abandoned, or passed over if the
+    // consumer lost patience before the sweep found it dead.
+    let dead_passed_over = consumed.passed_over.checked_sub(passed_over_total);
+    assert!(
+        matches!(dead_passed_over, Some(n) if n <= claimed_by_dead),
+        "a frame is passed over exactly when its writer is told so: counted on both sides \
+         ({} passed over, {passed_over_total} told)",
+        consumed.passed_over
+    );
     assert_eq!(
-        consumed.abandoned, claimed_by_dead,
+        consumed.abandoned + dead_passed_over.unwrap_or(0),
+        claimed_by_dead,
         "the consumer skips each abandoned slot once"
     );
     assert_eq!(
         consumed.final_tail,
-        delivered_total + claimed_by_dead,
+        delivered_total + consumed.abandoned + consumed.passed_over + consumed.void,
         "every claimed position was consumed exactly once"
     );
-    // Whatever happened, the ring is left consistent: every slot free for its next lap.
+    // Whatever happened, the ring is left consistent: every slot free for its next lap, or
+    // given back by a passed-over writer and waiting for the consumer to free it.
     for index in 0..s.slots {
         let state = SlotState::decode(ring.state(index).load(Ordering::SeqCst));
-        assert_eq!(state.tag, Tag::Free, "slot {index} left {state:?}");
         assert_eq!(state.position % s.slots, index);
+        if state.tag == Tag::Released {
+            assert!(s.impatient_consumer, "slot {index} left {state:?}");
+            continue;
+        }
+        assert_eq!(state.tag, Tag::Free, "slot {index} left {state:?}");
         assert!(state.position >= consumed.final_tail);
         assert!(state.position < consumed.final_tail + s.slots);
     }
@@ -460,6 +505,7 @@ fn concurrent_producers_lose_nothing_unannounced_and_keep_order() {
         frames_each: 4,
         retry_when_refused: false,
         dead_writer: false,
+        impatient_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -474,6 +520,7 @@ fn a_ring_of_two_slots_wraps_many_laps_without_loss() {
         frames_each: 5,
         retry_when_refused: true,
         dead_writer: false,
+        impatient_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -487,6 +534,7 @@ fn a_writer_dying_mid_copy_never_stalls_the_consumer() {
         frames_each: 4,
         retry_when_refused: false,
         dead_writer: true,
+        impatient_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -500,6 +548,7 @@ fn a_writer_dying_in_a_full_two_slot_ring_is_skipped_on_a_later_lap() {
         frames_each: 3,
         retry_when_refused: true,
         dead_writer: true,
+        impatient_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
 }
@@ -513,7 +562,8 @@ fn a_ring_started_afresh_for_a_new_owner_frees_the_large_buffers_of_unread_frame
         assert_eq!(push_frame(&ring, 1, 2), Push::Delivered);
         assert_eq!(push_frame(&ring, 1, 3), Push::Delivered);
         assert!(frame_for(1, 2).len() > SLOT_WORDS * 8, "a large frame");
-        let tail = ring::reset_ahead(&ring);
+        let (tail, discarded) = ring::reset_ahead(&ring);
+        assert_eq!(discarded, 2, "both unread frames are counted");
         for (index, large) in ring.large.iter().enumerate() {
             assert_eq!(
                 large.owner.load(Ordering::SeqCst),
@@ -529,4 +579,36 @@ fn a_ring_started_afresh_for_a_new_owner_frees_the_large_buffers_of_unread_frame
         };
         assert_eq!(check_frame(meta, &buffer), (2, 1));
     });
+}
+
+#[test]
+fn a_consumer_that_passes_over_slow_writers_never_delivers_a_torn_frame_or_breaks_order() {
+    // Writers that take their time (shuttle may pause any of them anywhere, as SIGSTOP
+    // would) meet a consumer that waits only a few looks before passing over: every frame
+    // arrives whole and in order, or is counted on both sides as passed over, and the slots
+    // held for passed-over writers come back.
+    let s = Scenario {
+        slots: 4,
+        producers: 3,
+        frames_each: 4,
+        retry_when_refused: false,
+        dead_writer: false,
+        impatient_consumer: true,
+    };
+    run(RandomScheduler::new(1500), move || scenario(s));
+    run(PctScheduler::new(3, 1500), move || scenario(s));
+}
+
+#[test]
+fn a_writer_dying_while_an_impatient_consumer_passes_over_it_is_still_accounted() {
+    let s = Scenario {
+        slots: 2,
+        producers: 2,
+        frames_each: 3,
+        retry_when_refused: false,
+        dead_writer: true,
+        impatient_consumer: true,
+    };
+    run(RandomScheduler::new(1500), move || scenario(s));
+    run(PctScheduler::new(3, 1500), move || scenario(s));
 }

@@ -15,7 +15,7 @@
 //! (invalid, no route) have no destination and count once in `tx_drops`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -47,6 +47,9 @@ pub enum DropReason {
     Corrupt,
     /// The port is quarantined for misbehaviour.
     Quarantined,
+    /// The writer, alive but not progressing (stopped mid-copy), held its slot past the
+    /// receiver's patience; the receiver passed over it. Counted on both sides.
+    Stalled,
 }
 
 impl DropReason {
@@ -62,6 +65,7 @@ impl DropReason {
         DropReason::Stale,
         DropReason::Corrupt,
         DropReason::Quarantined,
+        DropReason::Stalled,
     ];
 
     /// Index of the reason's counter.
@@ -82,6 +86,7 @@ impl DropReason {
             DropReason::Stale => "stale",
             DropReason::Corrupt => "corrupt",
             DropReason::Quarantined => "quarantined",
+            DropReason::Stalled => "stalled",
         }
     }
 }
@@ -121,7 +126,20 @@ pub struct PeerCounters {
 impl PeerCounters {
     /// Reads a table entry's counters.
     pub fn read(entry: &PeerEntry) -> PeerCounters {
-        let owner = |i: usize| entry.owner_counters[i].load(Ordering::Relaxed);
+        Self::from_words(&entry.owner_counters, &entry.rx_drops)
+    }
+
+    /// Reads the counters of the peers that have left, as the region's header keeps them
+    /// (owner counters, then receive drops).
+    pub fn read_retired(words: &[AtomicU64; OWNER_COUNTERS + 2 * DROP_REASONS]) -> PeerCounters {
+        let (owner, rx) = words.split_at(OWNER_COUNTERS + DROP_REASONS);
+        Self::from_words(owner, rx)
+    }
+
+    fn from_words(owner_words: &[AtomicU64], rx_words: &[AtomicU64]) -> PeerCounters {
+        let word =
+            |words: &[AtomicU64], i: usize| words.get(i).map_or(0, |w| w.load(Ordering::Relaxed));
+        let owner = |i: usize| word(owner_words, i);
         let mut counters = PeerCounters {
             tx_packets: owner(slot::TX_PACKETS),
             tx_bytes: owner(slot::TX_BYTES),
@@ -133,8 +151,7 @@ impl PeerCounters {
         };
         for reason in DropReason::ALL {
             counters.tx_drops[reason.index()] = owner(slot::TX_DROPS + reason.index());
-            counters.rx_drops[reason.index()] =
-                entry.rx_drops[reason.index()].load(Ordering::Relaxed);
+            counters.rx_drops[reason.index()] = word(rx_words, reason.index());
         }
         counters
     }
@@ -179,6 +196,32 @@ impl PeerCounters {
 impl Serialize for DropReason {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.name())
+    }
+}
+
+/// Moves a departing peer's counters into the network's retired totals (`retired`, laid
+/// out as [`PeerCounters::read_retired`] reads it) and zeroes them, so that the
+/// accounting identities above hold for the network as a whole after members come and go.
+/// Called when the entry is cleared, once its owner can no longer write them.
+pub(crate) fn retire(entry: &PeerEntry, retired: &[AtomicU64; OWNER_COUNTERS + 2 * DROP_REASONS]) {
+    let words = entry.owner_counters.iter().chain(entry.rx_drops.iter());
+    for (counter, total) in words.zip(retired.iter()) {
+        let value = counter.swap(0, Ordering::Relaxed);
+        if value != 0 {
+            total.fetch_add(value, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Adds unread frames discarded from a departed peer's ring to the retired `peer_gone`
+/// receive drops: the sender counted them delivered, and they will never be read.
+pub(crate) fn retire_discarded(
+    discarded: u64,
+    retired: &[AtomicU64; OWNER_COUNTERS + 2 * DROP_REASONS],
+) {
+    if discarded != 0 {
+        retired[OWNER_COUNTERS + DROP_REASONS + DropReason::PeerGone.index()]
+            .fetch_add(discarded, Ordering::Relaxed);
     }
 }
 

@@ -362,7 +362,8 @@ fn take_over_ring(region: &Region, index: u16) -> u64 {
     while ring::writers_in_progress(&ring) && monotonic_ns() < deadline {
         std::thread::yield_now();
     }
-    let tail = ring::reset_ahead(&ring);
+    let (tail, discarded) = ring::reset_ahead(&ring);
+    region.retire_discarded(discarded);
     ring.control().consumed.store(tail, Ordering::Relaxed);
     tail
 }

@@ -53,7 +53,8 @@ pub use peer::Peer;
 pub use receive::Receiver;
 pub use region::SWEEP_INTERVAL_NS;
 pub use send::{Sender, Sent};
-pub use status::{LearnedStatus, NetworkStatus, PeerStatus};
+pub use shm_ring::ShmRing;
+pub use status::{LearnedStatus, NetworkStatus, PeerStatus, RetiredStatus};
 
 /// Environment variable naming the directory that holds the regions.
 pub const DIR_ENV: &str = "GUESTNET_DIR";
@@ -262,6 +263,13 @@ impl Network {
     /// Joins the network as a new peer.
     pub fn join(&self, options: JoinOptions) -> Result<Peer> {
         Peer::join(Arc::clone(&self.region), options)
+    }
+
+    /// The receive ring of peer slot `index`, as the [`ring`] algorithm sees it: for
+    /// tools and tests that inspect a ring or play a writer's part. Any member can write
+    /// any byte of the region anyway; this only spares them the offsets.
+    pub fn ring_memory(&self, index: u16) -> Option<ShmRing<'_>> {
+        (u32::from(index) < self.region.layout.geometry.max_peers).then(|| self.region.ring(index))
     }
 
     /// Reclaims dead peers now, whatever the sweep interval; returns their slots.

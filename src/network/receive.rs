@@ -11,16 +11,18 @@ use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
 use crate::shm::layout::LARGE_FRAME;
-use crate::wire::offload::Segmenter;
+use crate::shm::layout::status as entry_status;
+use crate::wire::offload::{self, Segmenter};
 use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
 use crate::wire::{EthernetFrame, EthernetRepr, ethernet};
 
 use super::clock::monotonic_ns;
 use super::counters::{self, DropReason, Pending, slot};
 use super::membership::{Control, Membership};
-use super::offloads::header_from_words;
+use super::offloads::{header_from_words, needed_offloads};
 use super::region::SWEEP_INTERVAL_NS;
 use super::ring::{self, Pop, SlotMeta};
+use super::shm_ring::ShmRing;
 
 /// The receiving half of a peer.
 #[derive(Debug)]
@@ -31,11 +33,27 @@ pub struct Receiver {
     segmenter: Segmenter,
     pending: Pending,
     mtu: usize,
+    /// Bytes a ring slot holds; a frame in a slot claiming more is a lie.
+    slot_capacity: usize,
+    /// The position whose writer we are waiting for, and since when.
+    in_progress: Option<(u64, u64)>,
     last_maintenance_ns: u64,
 }
 
 /// Longest single sleep: a sleeping receiver still takes part in liveness sweeps.
 const WAIT_SLICE: Duration = Duration::from_millis(250);
+
+/// How long the receiver waits for a writer that holds the slot at its cursor before it
+/// passes over it. Copying a frame takes microseconds; a writer that holds a slot this long
+/// is stopped (`SIGSTOP`, a debugger) or starved of CPU, and every frame behind it waits
+/// too. Half of the 100 ms that a stopped member may cost the others, leaving the rest for
+/// wake-up and scheduling latency.
+pub const PASS_OVER_NS: u64 = 50_000_000;
+
+/// The smallest segment size a super-frame may ask for: TCP's minimum MSS for IPv4
+/// (RFC 9293's 536 less options is the usual floor; Linux takes 88). Anything smaller
+/// would let one frame multiply into thousands.
+pub const MIN_GSO_SIZE: u16 = 88;
 
 impl Receiver {
     pub(super) fn new(membership: Arc<Membership>, tail: u64) -> Receiver {
@@ -46,7 +64,8 @@ impl Receiver {
         } else {
             layout.max_frame
         };
-        let mtu = membership.region.layout.geometry.mtu as usize;
+        let mtu = layout.geometry.mtu as usize;
+        let slot_capacity = layout.max_frame;
         Receiver {
             membership,
             tail,
@@ -54,6 +73,8 @@ impl Receiver {
             segmenter: Segmenter::new(),
             pending: Pending::default(),
             mtu,
+            slot_capacity,
+            in_progress: None,
             last_maintenance_ns: 0,
         }
     }
@@ -67,40 +88,34 @@ impl Receiver {
 
     /// Hands up to `budget` received frames to `on_frame`, in ring order, and returns how
     /// many. Never blocks. Each frame is a private copy, already checked against the
-    /// network's rules and finished: a frame that still carried offload work (sent while
-    /// this peer advertised offloads it has since turned off) is completed in software
-    /// and handed over as its segments. Frames that fail the checks are counted and
-    /// skipped.
+    /// network's rules and finished: a frame that still carries offload work is completed
+    /// in software and handed over as its segments, each checked against the MTU. Frames
+    /// that fail the checks are counted and skipped.
     pub fn receive(&mut self, budget: usize, mut on_frame: impl FnMut(&[u8])) -> usize {
-        let mut segmenter = std::mem::take(&mut self.segmenter);
-        let mut unfinishable = 0;
-        let received = self.receive_offloaded(budget, |hdr, frame| {
-            if hdr.is_plain() {
-                on_frame(frame);
-            } else if segmenter
-                .segment(frame, hdr, usize::MAX, &mut |segment: &[u8]| {
-                    on_frame(segment)
-                })
-                .is_err()
-            {
-                unfinishable += 1;
-            }
-        });
-        self.segmenter = segmenter;
-        let entry = self.membership.entry();
-        for _ in 0..unfinishable {
-            counters::count_rx_drop(entry, DropReason::Invalid);
-        }
-        received
+        self.drain(budget, 0, |_, frame| on_frame(frame))
     }
 
     /// Like [`Receiver::receive`], but hands each frame over with its virtio-net header,
     /// for ports that pass offload work on (a TAP with offloads, a VM): a frame may be a
     /// super-frame of up to 64 KiB, or need its checksum completed, but only of the kinds
-    /// this peer advertised. Plain frames come with an all-zero header.
+    /// this peer advertises; anything else (a frame sent while it advertised more, or a
+    /// forged slot) is finished in software first. Plain frames come with an all-zero
+    /// header.
     pub fn receive_offloaded(
         &mut self,
         budget: usize,
+        on_frame: impl FnMut(&VirtioNetHdr, &[u8]),
+    ) -> usize {
+        let accepted = self.membership.entry().offloads.load(Ordering::Relaxed);
+        self.drain(budget, accepted, on_frame)
+    }
+
+    /// Drains up to `budget` frames, handing over as they are those whose offload work is
+    /// within `accepted` and finishing the others.
+    fn drain(
+        &mut self,
+        budget: usize,
+        accepted: u32,
         mut on_frame: impl FnMut(&VirtioNetHdr, &[u8]),
     ) -> usize {
         let membership = Arc::clone(&self.membership);
@@ -111,21 +126,33 @@ impl Receiver {
         let mut steps = budget.saturating_add(ring::SlotMemory::slot_count(&ring) as usize);
         while received < budget && steps > 0 {
             steps -= 1;
-            let step = ring::pop(&ring, self.tail, &mut self.buffer);
+            let position = self.tail;
+            let step = ring::pop(&ring, position, &mut self.buffer);
             if step.advances() {
-                self.tail = ring::advance(self.tail, 1);
+                self.tail = ring::advance(position, 1);
             }
             match step {
                 Pop::Frame(meta) => match self.check(meta) {
                     Ok((hdr, len)) => {
-                        self.pending.add(slot::RX_PACKETS, 1);
-                        self.pending.add(slot::RX_BYTES, len as u64);
-                        on_frame(&hdr, &self.buffer[..len]);
-                        received += 1;
+                        received += self.hand_over(&hdr, len, accepted, &mut on_frame);
                     }
                     Err(reason) => counters::count_rx_drop(entry, reason),
                 },
-                Pop::Empty | Pop::InProgress { .. } => break,
+                Pop::Empty => break,
+                Pop::InProgress { writer } => {
+                    if !self.wait_for_writer(&ring, position, writer) {
+                        break;
+                    }
+                }
+                Pop::Void { held_by } => {
+                    // A reservation by a writer that is not there will never be given back
+                    // by it: give it back on its behalf.
+                    if let Some(writer) = held_by
+                        && !self.writer_exists(writer)
+                    {
+                        ring::release_reservation(&ring, position, writer);
+                    }
+                }
                 Pop::Abandoned => counters::count_rx_drop(entry, DropReason::Abandoned),
                 Pop::Corrupt => counters::count_rx_drop(entry, DropReason::Corrupt),
                 Pop::AlreadyConsumed => {}
@@ -136,23 +163,144 @@ impl Receiver {
         received
     }
 
+    /// Hands one checked frame over, as it is or finished in software; returns how many
+    /// frames `on_frame` got. A segment that breaks the network's rules is counted and
+    /// dropped, so a forged header can neither smuggle a giant through nor multiply a
+    /// frame beyond what the MTU allows.
+    fn hand_over(
+        &mut self,
+        hdr: &VirtioNetHdr,
+        len: usize,
+        accepted: u32,
+        on_frame: &mut impl FnMut(&VirtioNetHdr, &[u8]),
+    ) -> usize {
+        let frame = &self.buffer[..len];
+        let needed = needed_offloads(hdr);
+        if needed.is_some_and(|needed| needed & accepted == needed) {
+            self.pending.add(slot::RX_PACKETS, 1);
+            self.pending.add(slot::RX_BYTES, len as u64);
+            on_frame(hdr, frame);
+            return 1;
+        }
+        let plain = VirtioNetHdr::default();
+        let mtu = self.mtu;
+        let entry = self.membership.entry();
+        // Segments are cut to the MTU whatever the sender asked for, and never below the
+        // floor: a header that leaves no room for a sane segment is refused.
+        let mss = if hdr.gso_type == GsoType::None {
+            usize::MAX
+        } else {
+            match offload::mss_for_mtu(frame, hdr, mtu) {
+                Ok(mss) if mss >= usize::from(MIN_GSO_SIZE) => mss,
+                _ => {
+                    counters::count_rx_drop(entry, DropReason::Invalid);
+                    return 0;
+                }
+            }
+        };
+        let (mut handed, mut bytes, mut invalid) = (0, 0, 0);
+        let finished = self
+            .segmenter
+            .segment(frame, hdr, mss, &mut |segment: &[u8]| {
+                if ethernet::validate_frame(segment, mtu).is_ok() {
+                    on_frame(&plain, segment);
+                    handed += 1;
+                    bytes += segment.len() as u64;
+                } else {
+                    invalid += 1;
+                }
+            });
+        if finished.is_err() {
+            invalid += 1;
+        }
+        self.pending.add(slot::RX_PACKETS, handed as u64);
+        self.pending.add(slot::RX_BYTES, bytes);
+        for _ in 0..invalid {
+            counters::count_rx_drop(entry, DropReason::Invalid);
+        }
+        handed
+    }
+
+    /// Decides what to do about a writer that holds the slot at `position`: returns true
+    /// when the slot was dealt with (abandoned or passed over) and the ring may be read on,
+    /// false to wait for the writer a little longer.
+    fn wait_for_writer(&mut self, ring: &ShmRing<'_>, position: u64, writer: u16) -> bool {
+        if !self.writer_exists(writer) {
+            // Nobody can ever publish it; the next pop counts it as abandoned.
+            ring::abandon_nonexistent(ring, position, writer);
+            return true;
+        }
+        let now = monotonic_ns();
+        let since = self.waiting_since(position, now);
+        if now.saturating_sub(since) < PASS_OVER_NS {
+            return false;
+        }
+        if ring::pass_over(ring, position, writer) {
+            self.tail = ring::advance(position, 1);
+            self.in_progress = None;
+            counters::count_rx_drop(self.membership.entry(), DropReason::Stalled);
+        }
+        // Passed over, or the writer published at the last moment: read on.
+        true
+    }
+
+    /// When we first saw the writer at `position` hold its slot.
+    fn waiting_since(&mut self, position: u64, now: u64) -> u64 {
+        match self.in_progress {
+            Some((waiting_at, since)) if waiting_at == position => since,
+            _ => {
+                self.in_progress = Some((position, now));
+                now
+            }
+        }
+    }
+
+    /// Whether `writer` names a peer that is up: only such a peer can finish a frame.
+    fn writer_exists(&self, writer: u16) -> bool {
+        let region = &self.membership.region;
+        u32::from(writer) < region.layout.geometry.max_peers
+            && region
+                .peers()
+                .at(u64::from(writer))
+                .status
+                .load(Ordering::Acquire)
+                == entry_status::UP
+    }
+
     /// Checks a frame copied out of the ring, on our private copy: the sender (or a
-    /// scribbler) cannot change it any more.
+    /// scribbler) cannot change it any more. The length must be what was copied, and an
+    /// offload header must describe work that can be done within the network's rules.
     fn check(&self, meta: SlotMeta) -> std::result::Result<(VirtioNetHdr, usize), DropReason> {
         if meta.generation != self.membership.generation {
             return Err(DropReason::Stale);
         }
         let len = meta.len as usize;
-        if len > self.buffer.len() {
+        // The copy was clamped to the slot (or the large buffer): a longer claim would
+        // hand over stale bytes of earlier frames.
+        let copied = if meta.large == 0 {
+            self.slot_capacity
+        } else {
+            LARGE_FRAME
+        };
+        if len > copied.min(self.buffer.len()) {
             return Err(DropReason::Invalid);
         }
         let frame = &self.buffer[..len];
         let hdr = header_from_words(meta.offload);
+        if hdr.needs_checksum() {
+            let field = usize::from(hdr.csum_start) + usize::from(hdr.csum_offset) + 2;
+            if field > len {
+                return Err(DropReason::Invalid);
+            }
+        }
         if hdr.gso_type == GsoType::None {
             ethernet::validate_frame(frame, self.mtu).map_err(|_| DropReason::Invalid)?;
         } else {
-            // A super-frame: only its Ethernet header is ours to check; the segments it
-            // becomes were checked against the MTU by its sender.
+            // A super-frame: its Ethernet header is checked here, its segment size against
+            // the floor, and each segment it becomes against the MTU when it is cut.
+            if hdr.gso_size < MIN_GSO_SIZE || needed_offloads(&hdr).is_none() {
+                return Err(DropReason::Invalid);
+            }
             EthernetFrame::new_checked(frame)
                 .and_then(|f| EthernetRepr::parse(&f))
                 .map_err(|_| DropReason::Invalid)?;
@@ -183,7 +331,19 @@ impl Receiver {
                 control.sleeping.store(0, Ordering::Relaxed);
                 return false;
             }
-            let slice = Duration::from_nanos(limit - elapsed).min(WAIT_SLICE);
+            let mut slice = Duration::from_nanos(limit - elapsed).min(WAIT_SLICE);
+            // A writer holds the slot at our cursor: sleep no longer than our patience
+            // with it, then report work, so that `receive` passes over it.
+            if let Some(writer) = ring::in_progress(&ring, self.tail) {
+                let due = self
+                    .waiting_since(self.tail, now)
+                    .saturating_add(PASS_OVER_NS);
+                if now >= due || !self.writer_exists(writer) {
+                    control.sleeping.store(0, Ordering::Relaxed);
+                    return true;
+                }
+                slice = slice.min(Duration::from_nanos(due - now));
+            }
             let timespec = rustix::time::Timespec {
                 tv_sec: slice.as_secs() as i64,
                 tv_nsec: slice.subsec_nanos() as i64,

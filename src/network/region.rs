@@ -30,7 +30,7 @@ use crate::wire::MacAddress;
 use super::error::{Error, Result, io_error};
 use super::forward::PeerView;
 use super::shm_ring::ShmRing;
-use super::{fdb, ring};
+use super::{counters, fdb, ring};
 
 pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -294,19 +294,22 @@ impl Region {
             self.clear_entry(index);
             true
         });
-        let _ = RangeLock::unlock(lock_file, byte, 1);
-        let cleared = result?;
-        if cleared {
-            // The dead peer may have been halfway through frames in any ring.
+        if matches!(result, Ok(true)) {
+            // The dead peer may have been halfway through frames in any ring. This happens
+            // while we still hold its slot's lock: a joiner that took the index first would
+            // have its own claims abandoned and its large buffers freed under it.
             for ring in 0..self.layout.geometry.max_peers as u16 {
                 ring::abandon_writer(&self.ring(ring), index);
             }
             tracing::info!(network = %self.name, slot = index, "reclaimed a dead peer");
         }
-        Ok(cleared)
+        let _ = RangeLock::unlock(lock_file, byte, 1);
+        result
     }
 
-    /// Marks an entry free and forgets what was learned behind it. Under the control lock.
+    /// Marks an entry free and forgets what was learned behind it; the frames still
+    /// unread in its ring are discarded and counted, and its counters join the network's
+    /// retired totals. Under the control lock, once the owner can no longer receive.
     pub fn clear_entry(&self, index: u16) {
         let entry = self.peers().at(index as u64);
         entry.status.store(status::FREE, Ordering::Relaxed);
@@ -314,6 +317,15 @@ impl Region {
         entry.flags.store(0, Ordering::Relaxed);
         entry.pid.store(0, Ordering::Relaxed);
         fdb::forget_peer(self.fdb(), index);
+        let (_, discarded) = ring::reset_ahead(&self.ring(index));
+        counters::retire(entry, &self.header().retired);
+        self.retire_discarded(discarded);
+    }
+
+    /// Counts unread frames discarded from a departed peer's ring as retired `peer_gone`
+    /// receive drops.
+    pub fn retire_discarded(&self, discarded: u64) {
+        counters::retire_discarded(discarded, &self.header().retired);
     }
 }
 

@@ -6,10 +6,10 @@
 //! 64-bit state word that says, for one position, what the slot holds:
 //!
 //! ```text
-//!  63                      16 15            2 1   0
+//!  63                      16 15            3 2   0
 //! +--------------------------+---------------+-----+
-//! |   position (48 bits)     | writer (14 b) | tag |   tag: FREE, WRITING, READY, ABANDONED
-//! +--------------------------+---------------+-----+
+//! |   position (48 bits)     | writer (13 b) | tag |   tag: FREE, WRITING, READY, ABANDONED,
+//! +--------------------------+---------------+-----+        RESERVED, RELEASED
 //! ```
 //!
 //! - `FREE(p)`: the slot waits for position `p`. A sender claims it by a compare-and-swap
@@ -25,10 +25,23 @@
 //!   frees slots, so a full ring is seen by senders as a slot still holding the previous
 //!   lap, and **a full ring never overwrites an unread frame** (defect 3 of lguest).
 //! - If a sender dies holding `WRITING(p, it)`, whoever reclaims its peer slot turns that
-//!   state into `ABANDONED(p)`; the receiver counts and skips it. If a sender merely takes
-//!   its time, the receiver waits for it: per-sender order and the absence of torn frames
-//!   matter more than latency under a sender that was stopped mid-copy (see the README's
-//!   known limitations).
+//!   state into `ABANDONED(p)`; the receiver counts and skips it.
+//! - If a sender is alive but does not finish (stopped by `SIGSTOP` or a debugger halfway
+//!   through its copy), the receiver waits for it only a bounded time, then *passes over*
+//!   the slot: `WRITING(p, w) → RESERVED(p, w)`, counts the frame as `stalled` and reads on.
+//!   The slot stays reserved for that writer, because it may wake up and go on copying
+//!   into it at any moment: nobody else may write it or read it until the writer is done.
+//!   When it wakes, its publishing compare-and-swap fails on `RESERVED`; it counts the
+//!   frame as `stalled` too and gives the slot back, `RESERVED(p, w) → RELEASED(p)`. A
+//!   writer that dies instead is released by the liveness sweep. The frame is dropped on
+//!   both sides and never delivered, so nothing torn is ever read and per-sender order
+//!   holds (a writer's later frames cannot overtake a frame that is never delivered).
+//! - While a slot is `RESERVED` or `RELEASED` for an earlier lap, the positions of later
+//!   laps that fall on it are *void*: senders skip them when claiming and the receiver
+//!   skips them when reading, both without counting anything, since no frame was ever
+//!   there. The receiver turns a `RELEASED` slot back into `FREE` for the lap after the one
+//!   it is reading, which is the only lap no sender can have skipped yet. So a stopped
+//!   writer costs its receiver one slot of capacity, never a stall.
 //!
 //! The reserve cursor in the control block is only a hint of the next position to try;
 //! anyone who sees it lag behind the slot states helps it forward. Positions wrap at
@@ -54,7 +67,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Bits of a position.
 pub const POSITION_BITS: u32 = 48;
 const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
-const WRITER_MASK: u64 = 0x3fff;
+const WRITER_MASK: u64 = 0x1fff;
 
 /// What a slot state says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +80,12 @@ pub enum Tag {
     Ready,
     /// Its writer died before publishing.
     Abandoned,
+    /// Passed over by the receiver while its writer, alive but not progressing, still
+    /// holds it (meaningful `writer`).
+    Reserved,
+    /// Given back by the writer that held it reserved (or by the sweep, if it died); the
+    /// receiver frees it for a later lap.
+    Released,
 }
 
 /// A decoded slot state.
@@ -74,7 +93,7 @@ pub enum Tag {
 pub struct SlotState {
     /// Position the state is about.
     pub position: u64,
-    /// Peer index of the writer (meaningful for `Writing` and `Ready`).
+    /// Peer index of the writer (meaningful for `Writing`, `Ready` and `Reserved`).
     pub writer: u16,
     /// What the slot holds.
     pub tag: Tag,
@@ -88,23 +107,35 @@ impl SlotState {
             Tag::Writing => 1,
             Tag::Ready => 2,
             Tag::Abandoned => 3,
+            Tag::Reserved => 4,
+            Tag::Released => 5,
         };
-        ((self.position & POSITION_MASK) << 16) | ((self.writer as u64 & WRITER_MASK) << 2) | tag
+        ((self.position & POSITION_MASK) << 16) | ((self.writer as u64 & WRITER_MASK) << 3) | tag
     }
 
     /// Unpacks a word (every word decodes to some state).
     pub const fn decode(word: u64) -> SlotState {
-        let tag = match word & 3 {
+        // The two codes no state uses read as abandoned: the receiver skips such a slot
+        // and counts it, which is what a scribbled state deserves.
+        let tag = match word & 7 {
             0 => Tag::Free,
             1 => Tag::Writing,
             2 => Tag::Ready,
+            4 => Tag::Reserved,
+            5 => Tag::Released,
             _ => Tag::Abandoned,
         };
         SlotState {
             position: word >> 16,
-            writer: ((word >> 2) & WRITER_MASK) as u16,
+            writer: ((word >> 3) & WRITER_MASK) as u16,
             tag,
         }
+    }
+
+    /// Whether the slot is held back from later laps (see the module doc): those laps'
+    /// positions on it are void.
+    pub const fn holds_slot(self) -> bool {
+        matches!(self.tag, Tag::Reserved | Tag::Released)
     }
 
     /// `FREE(position)`.
@@ -115,6 +146,13 @@ impl SlotState {
             tag: Tag::Free,
         }
     }
+}
+
+/// Whether `earlier` is the position of an earlier lap of the same slot than `position`
+/// (a whole number of laps before it, less than half the position space back).
+pub const fn is_earlier_lap(earlier: u64, position: u64, slots: u64) -> bool {
+    let distance = position.wrapping_sub(earlier) & POSITION_MASK;
+    distance != 0 && distance.is_multiple_of(slots) && distance < (1 << (POSITION_BITS - 1))
 }
 
 /// Adds to a position, modulo 2^48.
@@ -304,6 +342,19 @@ pub fn claim<M: SlotMemory>(ring: &M, writer: u16) -> Claim {
                 // Someone claimed this position but has not moved the hint yet.
                 help_reserve(ring, position);
             }
+        } else if state.holds_slot() && is_earlier_lap(state.position, position, slots) {
+            // A void position: the slot is held back for a writer the receiver passed over
+            // (or waits for the receiver to free it). The receiver skips it too, and frees
+            // the slot for the lap after the one it is reading; so a claim may skip a void
+            // position only if it is less than a lap ahead of the receiver. The cursor
+            // check above makes sure of that; without a cursor, only the lap right after
+            // the passed-over position is known to be.
+            if ring.consumed_hint().is_none()
+                && state.position != advance(position, slots.wrapping_neg())
+            {
+                return Claim::Full;
+            }
+            help_reserve(ring, position);
         } else if state.position == advance(position, slots.wrapping_neg()) {
             // The slot still holds the previous lap: unread, being written, or abandoned
             // but not yet skipped by its receiver. Either way it is not ours.
@@ -331,10 +382,16 @@ fn help_reserve<M: SlotMemory>(ring: &M, position: u64) {
 
 /// Why a publish failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Abandoned;
+pub enum Unpublished {
+    /// The claim was taken from us: we were believed dead, or the ring changed hands.
+    Abandoned,
+    /// The receiver passed over our slot because we took too long; the slot is given back.
+    PassedOver,
+}
 
-/// Publishes a claimed, filled slot.
-pub fn publish<M: SlotMemory>(ring: &M, position: u64, writer: u16) -> Result<(), Abandoned> {
+/// Publishes a claimed, filled slot. If the receiver passed over it meanwhile, gives the
+/// slot back (`RESERVED → RELEASED`).
+pub fn publish<M: SlotMemory>(ring: &M, position: u64, writer: u16) -> Result<(), Unpublished> {
     let word = ring.state(position & (ring.slot_count() - 1));
     let writing = SlotState {
         position,
@@ -350,9 +407,30 @@ pub fn publish<M: SlotMemory>(ring: &M, position: u64, writer: u16) -> Result<()
     .encode();
     // Release: the frame bytes and metadata written before must be visible to the
     // receiver that sees READY with Acquire.
-    word.compare_exchange(writing, ready, Ordering::Release, Ordering::Relaxed)
-        .map(|_| ())
-        .map_err(|_| Abandoned)
+    let Err(actual) = word.compare_exchange(writing, ready, Ordering::Release, Ordering::Relaxed)
+    else {
+        return Ok(());
+    };
+    let reserved = SlotState {
+        position,
+        writer,
+        tag: Tag::Reserved,
+    }
+    .encode();
+    if actual != reserved {
+        return Err(Unpublished::Abandoned);
+    }
+    let released = SlotState {
+        position,
+        writer,
+        tag: Tag::Released,
+    }
+    .encode();
+    // Release: our last writes into the slot happen before whoever reuses it sees it freed.
+    // Only we may release our reservation (or the sweep once we are dead), so this cannot
+    // fail; if a scribbler got there first, its state is handled as any other.
+    let _ = word.compare_exchange(reserved, released, Ordering::Release, Ordering::Relaxed);
+    Err(Unpublished::PassedOver)
 }
 
 /// Claims, writes and publishes a frame in one go; a frame too big for a slot goes into
@@ -371,7 +449,8 @@ pub fn push<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) 
             ring.write_frame(position & (ring.slot_count() - 1), meta, frame);
             match publish(ring, position, writer) {
                 Ok(()) => Push::Delivered,
-                Err(Abandoned) => Push::Abandoned,
+                Err(Unpublished::Abandoned) => Push::Abandoned,
+                Err(Unpublished::PassedOver) => Push::PassedOver,
             }
         }
         Claim::Full => Push::Full,
@@ -404,8 +483,24 @@ fn push_large<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]
             owner.store(large_handed(position), Ordering::Release);
             match publish(ring, position, writer) {
                 Ok(()) => Push::Delivered,
-                // The receiver frees it when it skips the abandoned slot.
-                Err(Abandoned) => Push::Abandoned,
+                Err(unpublished) => {
+                    // The buffer was handed to a position that will never be read: the
+                    // receiver passed over it, or the ring changed hands and the position
+                    // is gone. Take it back, or nobody ever would. (The receiver may free
+                    // it at the same moment when it skips an abandoned slot; the
+                    // compare-and-swap lets exactly one of us do it, and fails harmlessly
+                    // if the buffer has since gone to another frame.)
+                    let _ = owner.compare_exchange(
+                        large_handed(position),
+                        LARGE_FREE,
+                        Ordering::Release,
+                        Ordering::Relaxed,
+                    );
+                    match unpublished {
+                        Unpublished::Abandoned => Push::Abandoned,
+                        Unpublished::PassedOver => Push::PassedOver,
+                    }
+                }
             }
         }
         refused => {
@@ -474,8 +569,10 @@ pub enum Push {
     Full,
     /// Gave up under contention.
     Busy,
-    /// Our claim was taken from us (we were believed dead).
+    /// Our claim was taken from us (we were believed dead, or the ring changed hands).
     Abandoned,
+    /// We took so long that the receiver passed over our slot; the frame is dropped.
+    PassedOver,
     /// The frame is bigger than anything the ring can hold.
     TooLarge,
 }
@@ -499,6 +596,12 @@ pub enum Pop {
     AlreadyConsumed,
     /// The slot's state makes no sense for `tail`; it was reset. The tail advances.
     Corrupt,
+    /// A void position: its slot is held back for a writer passed over on an earlier lap
+    /// (`held_by`, if it still holds it). Nothing was there; the tail advances.
+    Void {
+        /// The writer still holding the slot, if any.
+        held_by: Option<u16>,
+    },
 }
 
 impl Pop {
@@ -514,6 +617,10 @@ pub fn pop<M: SlotMemory>(ring: &M, tail: u64, out: &mut [u8]) -> Pop {
     let word = ring.state(tail & (slots - 1));
     let state = SlotState::decode(word.load(Ordering::Acquire));
     let next_lap = SlotState::free(advance(tail, slots)).encode();
+    if state.holds_slot() && (state.position == tail || is_earlier_lap(state.position, tail, slots))
+    {
+        return pop_void(ring, state, tail, next_lap);
+    }
     if state.position == tail {
         match state.tag {
             Tag::Free => Pop::Empty,
@@ -539,12 +646,97 @@ pub fn pop<M: SlotMemory>(ring: &M, tail: u64, out: &mut [u8]) -> Pop {
                 word.store(next_lap, Ordering::Release);
                 Pop::Abandoned
             }
+            // Handled by pop_void above.
+            Tag::Reserved | Tag::Released => Pop::Void { held_by: None },
         }
     } else if state.position == advance(tail, slots) && state.tag == Tag::Free {
         Pop::AlreadyConsumed
     } else {
         word.store(next_lap, Ordering::Release);
         Pop::Corrupt
+    }
+}
+
+/// Skips a void position whose slot is held back (see the module doc); a slot its writer
+/// has given back is freed for the lap after `tail`'s.
+fn pop_void<M: SlotMemory>(ring: &M, state: SlotState, tail: u64, next_lap: u64) -> Pop {
+    if state.tag == Tag::Reserved {
+        return Pop::Void {
+            held_by: Some(state.writer),
+        };
+    }
+    let word = ring.state(tail & (ring.slot_count() - 1));
+    let released = state.encode();
+    // A large buffer handed to the passed-over position is its writer's to take back; a
+    // writer that died after handing it cannot, so free it here (only if it really was
+    // handed to that position).
+    release_large(
+        ring,
+        ring.read_meta(tail & (ring.slot_count() - 1)),
+        state.position,
+    );
+    // Release: the writer's last bytes in the slot happen before a sender reuses it. The
+    // lap after `tail`'s is the first no sender can have skipped: claims never run more
+    // than a lap ahead of the receiver.
+    let _ = word.compare_exchange(released, next_lap, Ordering::Release, Ordering::Relaxed);
+    Pop::Void { held_by: None }
+}
+
+/// Passes over the slot at `tail` whose writer is alive but has not finished in time:
+/// `WRITING(tail, writer) → RESERVED(tail, writer)`. Returns false if the writer published
+/// (or the state changed) meanwhile; the caller then reads the slot again.
+pub fn pass_over<M: SlotMemory>(ring: &M, tail: u64, writer: u16) -> bool {
+    let word = ring.state(tail & (ring.slot_count() - 1));
+    let writing = SlotState {
+        position: tail,
+        writer,
+        tag: Tag::Writing,
+    }
+    .encode();
+    let reserved = SlotState {
+        tag: Tag::Reserved,
+        ..SlotState::decode(writing)
+    }
+    .encode();
+    word.compare_exchange(writing, reserved, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Marks the slot at `tail` abandoned when the writer it names cannot exist (outside the
+/// peer table, or a free entry): nobody will ever publish it. Returns whether it did.
+pub fn abandon_nonexistent<M: SlotMemory>(ring: &M, tail: u64, writer: u16) -> bool {
+    let word = ring.state(tail & (ring.slot_count() - 1));
+    let writing = SlotState {
+        position: tail,
+        writer,
+        tag: Tag::Writing,
+    };
+    let abandoned = SlotState {
+        tag: Tag::Abandoned,
+        ..writing
+    };
+    word.compare_exchange(
+        writing.encode(),
+        abandoned.encode(),
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    )
+    .is_ok()
+}
+
+/// Gives back, on the writer's behalf, a slot held reserved by a writer that cannot exist
+/// or is dead: `RESERVED(p, writer) → RELEASED(p)` for the slot `position` falls on.
+pub fn release_reservation<M: SlotMemory>(ring: &M, position: u64, writer: u16) {
+    let index = position & (ring.slot_count() - 1);
+    let word = ring.state(index);
+    let seen = word.load(Ordering::Acquire);
+    let state = SlotState::decode(seen);
+    if state.tag == Tag::Reserved && state.writer == writer {
+        let released = SlotState {
+            tag: Tag::Released,
+            ..state
+        };
+        let _ = word.compare_exchange(seen, released.encode(), Ordering::AcqRel, Ordering::Relaxed);
     }
 }
 
@@ -571,8 +763,17 @@ pub fn has_work<M: SlotMemory>(ring: &M, tail: u64) -> bool {
     !(state.position == tail && matches!(state.tag, Tag::Free | Tag::Writing))
 }
 
-/// Marks every slot that `dead_writer` was filling as abandoned and frees the large
-/// buffers it was filling; returns how many slots. Called only once the writer is known
+/// The writer holding the slot at `tail` while it copies a frame, if one does.
+pub fn in_progress<M: SlotMemory>(ring: &M, tail: u64) -> Option<u16> {
+    let state = SlotState::decode(
+        ring.state(tail & (ring.slot_count() - 1))
+            .load(Ordering::Acquire),
+    );
+    (state.position == tail && state.tag == Tag::Writing).then_some(state.writer)
+}
+
+/// Marks every slot that `dead_writer` was filling as abandoned, gives back the slots it
+/// held reserved, and frees the large buffers it was filling; returns how many slots. Called only once the writer is known
 /// dead (its slot lock is free), so it cannot race with the writer itself.
 pub fn abandon_writer<M: SlotMemory>(ring: &M, dead_writer: u16) -> u64 {
     for buffer in 0..ring.large_count() {
@@ -586,19 +787,30 @@ pub fn abandon_writer<M: SlotMemory>(ring: &M, dead_writer: u16) -> u64 {
     let mut count = 0;
     for index in 0..ring.slot_count() {
         let word = ring.state(index);
-        let seen = word.load(Ordering::Acquire);
-        let state = SlotState::decode(seen);
-        if state.tag == Tag::Writing && state.writer == dead_writer {
-            let abandoned = SlotState {
-                tag: Tag::Abandoned,
+        // The receiver may pass over the slot between our load and our compare-and-swap
+        // (WRITING → RESERVED); look again then. Only the dead writer's states qualify and
+        // it cannot change them, so a few tries always settle it.
+        for _ in 0..4 {
+            let seen = word.load(Ordering::Acquire);
+            let state = SlotState::decode(seen);
+            // A dead writer's claims become abandoned (the receiver counts and skips them)
+            // and its reservations are given back (nobody else will ever give them back).
+            let replacement = match state.tag {
+                Tag::Writing if state.writer == dead_writer => Tag::Abandoned,
+                Tag::Reserved if state.writer == dead_writer => Tag::Released,
+                _ => break,
+            };
+            let replaced = SlotState {
+                tag: replacement,
                 ..state
             }
             .encode();
             if word
-                .compare_exchange(seen, abandoned, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(seen, replaced, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 count += 1;
+                break;
             }
         }
     }
@@ -617,23 +829,66 @@ pub fn reset<M: SlotMemory>(ring: &M) {
     reset_at(ring, 0);
 }
 
-/// Starts a ring afresh for a new owner and returns the position to read from.
+/// Starts a ring afresh for a new owner; returns the position to read from and how many
+/// unread frames were discarded.
 ///
 /// Whatever the previous owner left (unread frames, a cursor it died before storing,
 /// slots scribbled on) is discarded by moving every slot to a lap *ahead* of any position
 /// an earlier writer could have seen: a writer that was still in flight when the slot
 /// changed hands finds its compare-and-swap failing (its frame counts as abandoned)
-/// instead of publishing into the new owner's ring. Large buffers handed to the discarded
-/// frames are freed.
-pub fn reset_ahead<M: SlotMemory>(ring: &M) -> u64 {
+/// instead of publishing into the new owner's ring. A slot some writer still holds
+/// (claimed and being written, or reserved after a pass-over) stays held: that writer may
+/// still write into it, so it is passed over rather than freed, and its later laps are
+/// void until the writer gives it back. Large buffers handed to the discarded frames are
+/// freed.
+pub fn reset_ahead<M: SlotMemory>(ring: &M) -> (u64, u64) {
     let slots = ring.slot_count();
     let hint = ring.reserve().load(Ordering::Acquire);
     // Two laps past the hint, on a lap boundary so that position p sits in slot p mod N.
     let base = advance(hint, 2 * slots) & !(slots - 1);
-    reset_at(ring, base);
+    let mut discarded = 0;
+    for index in 0..slots {
+        let word = ring.state(index);
+        let seen = word.load(Ordering::Acquire);
+        let state = SlotState::decode(seen);
+        let replacement = match state.tag {
+            Tag::Writing if state.position & (slots - 1) == index => SlotState {
+                tag: Tag::Reserved,
+                ..state
+            },
+            Tag::Reserved | Tag::Released if state.position & (slots - 1) == index => continue,
+            tag => {
+                discarded += u64::from(tag == Tag::Ready);
+                SlotState::free(advance(base, index))
+            }
+        };
+        // A writer may publish (or give back) this very slot meanwhile; then look again.
+        if word
+            .compare_exchange(
+                seen,
+                replacement.encode(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            let now = SlotState::decode(word.load(Ordering::Acquire));
+            discarded += u64::from(now.tag == Tag::Ready);
+            if !now.holds_slot() {
+                word.store(
+                    SlotState::free(advance(base, index)).encode(),
+                    Ordering::Release,
+                );
+            }
+        }
+    }
+    // Release: a writer that reads the new hint must see the new slot states.
+    ring.reserve().store(base, Ordering::Release);
     // The discarded frames will never be read, so the large buffers handed to them would
     // never come back: free them. Buffers still FILLING belong to live writers (or to dead
-    // ones, which the liveness sweep frees) and are left alone.
+    // ones, which the liveness sweep frees) and are left alone; a passed-over writer takes
+    // back its own handed buffer when its publish fails, and does nothing harmful if it
+    // was freed here first.
     for buffer in 0..ring.large_count() {
         let owner = ring.large_owner(buffer);
         let seen = owner.load(Ordering::Acquire);
@@ -641,7 +896,7 @@ pub fn reset_ahead<M: SlotMemory>(ring: &M) -> u64 {
             let _ = owner.compare_exchange(seen, LARGE_FREE, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
-    base
+    (base, discarded)
 }
 
 fn reset_at<M: SlotMemory>(ring: &M, base: u64) {
@@ -761,7 +1016,7 @@ pub(crate) mod tests {
             writer: 3,
             tag: Tag::Ready,
         };
-        assert_eq!(ready.encode(), 0x0000_0000_0005_000e);
+        assert_eq!(ready.encode(), 0x0000_0000_0005_001a);
     }
 
     #[test]
@@ -801,7 +1056,7 @@ pub(crate) mod tests {
         assert_eq!(pop(&ring, 1, &mut out), Pop::Frame(meta(1)));
         assert_eq!(out[0], 42);
         // The dead writer, had it been alive after all, could not publish.
-        assert_eq!(publish(&ring, 0, 5), Err(Abandoned));
+        assert_eq!(publish(&ring, 0, 5), Err(Unpublished::Abandoned));
     }
 
     #[test]
@@ -829,22 +1084,34 @@ pub(crate) mod tests {
         let ring = HeapRing::new(4);
         assert_eq!(push(&ring, 1, meta(1), &[1]), Push::Delivered);
         assert_eq!(claim(&ring, 2), Claim::Claimed(1)); // in flight across the handover
-        let start = reset_ahead(&ring);
+        let (start, discarded) = reset_ahead(&ring);
         assert_eq!(start % 4, 0);
+        assert_eq!(discarded, 1, "the unread frame is counted");
         let mut out = [0u8; 4];
         assert_eq!(
             pop(&ring, start, &mut out),
             Pop::Empty,
             "old frames are gone"
         );
+        // The late writer may still be copying into its slot, so the slot stays held for
+        // it; its frame is never published into the new owner's ring.
         assert_eq!(
             publish(&ring, 1, 2),
-            Err(Abandoned),
+            Err(Unpublished::PassedOver),
             "the late writer is fenced off"
         );
         assert_eq!(push(&ring, 3, meta(1), &[9]), Push::Delivered);
         assert_eq!(pop(&ring, start, &mut out), Pop::Frame(meta(1)));
         assert_eq!(out[0], 9);
+        // The slot the late writer held is void for this lap and free again for the next.
+        assert_eq!(
+            pop(&ring, advance(start, 1), &mut out),
+            Pop::Void { held_by: None }
+        );
+        assert_eq!(
+            SlotState::decode(ring.state(1).load(Ordering::Relaxed)),
+            SlotState::free(advance(start, 5))
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use super::fdb;
 use super::forward::{self, PeerView, Route, Rules};
 use super::membership::{Control, Membership};
 use super::offloads::{header_words, needed_offloads};
+use super::receive::MIN_GSO_SIZE;
 use super::region::SWEEP_INTERVAL_NS;
 use super::ring::{self, Push, SlotMeta};
 
@@ -302,7 +303,8 @@ impl Sender {
             .and_then(|f| EthernetRepr::parse(&f))
             .map_err(|_| DropReason::Invalid)?;
         let mss = offload::mss_for_mtu(frame, hdr, self.mtu).map_err(|_| DropReason::Invalid)?;
-        if mss == 0 || hdr.gso_size == 0 {
+        // A segment size below the floor would multiply one frame into thousands.
+        if mss < usize::from(MIN_GSO_SIZE) || hdr.gso_size < MIN_GSO_SIZE {
             return Err(DropReason::Invalid);
         }
         let mut forwarded = *hdr;
@@ -458,6 +460,8 @@ impl Sender {
             Push::TooLarge => DropReason::Invalid,
             // The receiver counts abandoned slots when it skips them.
             Push::Abandoned => return Err(DropReason::Abandoned),
+            // The receiver counted it when it passed over the slot.
+            Push::PassedOver => return Err(DropReason::Stalled),
         };
         counters::count_rx_drop(region.peers().at(destination.index as u64), reason);
         Err(reason)

@@ -12,8 +12,8 @@ use crate::shm::{Mapping, Strided};
 
 use super::ring::{SlotMemory, SlotMeta};
 
-/// A ring in the region, as the ring algorithm sees it.
-pub(crate) struct ShmRing<'a> {
+/// A ring in the region, as the ring algorithm sees it ([`SlotMemory`]).
+pub struct ShmRing<'a> {
     pub(super) mapping: &'a Mapping,
     pub(super) control: &'a RingControl,
     pub(super) slots: Strided<'a, SlotHeader>,
@@ -22,6 +22,7 @@ pub(crate) struct ShmRing<'a> {
 }
 
 impl<'a> ShmRing<'a> {
+    /// The ring's control block (cursors, wake-up word).
     pub fn control(&self) -> &'a RingControl {
         self.control
     }

@@ -93,6 +93,22 @@ pub struct NetworkStatus {
     pub learned: Vec<LearnedStatus>,
     /// Slots reclaimed by this status call.
     pub reclaimed: Vec<u16>,
+    /// Counters of the peers that have left or were reclaimed, added up, and the frames
+    /// discarded unread from their rings (`rx_peer_gone`).
+    pub retired: RetiredStatus,
+}
+
+/// The counters of departed peers, added up.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetiredStatus {
+    /// Frames they sent.
+    pub tx_packets: u64,
+    /// Copies they delivered into receivers' rings.
+    pub tx_deliveries: u64,
+    /// Frames they received.
+    pub rx_packets: u64,
+    /// Drops by reason, non-zero only.
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// Reads everything `guestnet status` shows from `region`; `reclaimed` lists the slots
@@ -163,5 +179,14 @@ pub(crate) fn collect(region: &Region, reclaimed: Vec<u16>) -> NetworkStatus {
         peers: list,
         learned,
         reclaimed,
+        retired: {
+            let retired = PeerCounters::read_retired(&region.header().retired);
+            RetiredStatus {
+                tx_packets: retired.tx_packets,
+                tx_deliveries: retired.tx_deliveries,
+                rx_packets: retired.rx_packets,
+                drops: retired.drops_by_name(),
+            }
+        },
     }
 }

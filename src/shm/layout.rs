@@ -23,7 +23,7 @@ use crate::wire::ethernet::{HEADER_LEN, VLAN_TAG_LEN};
 /// "GUESTNET" in ASCII, read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GUESTNET");
 /// Layout version; bumped on any incompatible change to this file.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes reserved for the header.
 pub const HEADER_SIZE: usize = 4096;
 /// Bytes per peer table entry.
@@ -36,7 +36,7 @@ pub const SLOT_HEADER_SIZE: usize = 32;
 pub const FDB_ENTRIES: usize = 4096;
 /// Smallest and largest geometry accepted.
 pub const MIN_PEERS: u32 = 2;
-/// Largest number of peers (the writer field of a slot state has 14 bits).
+/// Largest number of peers (the writer field of a slot state has 13 bits).
 pub const MAX_PEERS: u32 = 1024;
 /// Smallest ring.
 pub const MIN_RING_SLOTS: u32 = 8;
@@ -56,7 +56,7 @@ pub const LARGE_STRIDE: usize = 64 + LARGE_FRAME;
 pub const MAX_GSO_BUFFERS: u32 = 256;
 
 /// Number of per-reason drop counters kept for each direction.
-pub const DROP_REASONS: usize = 10;
+pub const DROP_REASONS: usize = 11;
 /// Number of owner-written counters before the transmit drop counters.
 pub const OWNER_COUNTERS: usize = 8;
 
@@ -94,6 +94,10 @@ pub struct Header {
     /// Monotonic time of the last liveness sweep, so that the whole network sweeps a few
     /// times a second in total, however many peers it has.
     pub last_sweep_ns: AtomicU64,
+    /// Counters of peers that left or were reclaimed, added up when their slot was cleared
+    /// (the same order as a peer's `owner_counters` then `rx_drops`), so that the
+    /// network's accounting still adds up after its members come and go.
+    pub retired: [AtomicU64; OWNER_COUNTERS + 2 * DROP_REASONS],
 }
 
 /// Header option: drop unicast frames to unknown destinations instead of flooding them.
@@ -152,12 +156,12 @@ pub struct PeerEntry {
     /// Counters written by the owner only: see `network::counters`.
     pub owner_counters: [AtomicU64; OWNER_COUNTERS + DROP_REASONS],
     /// Padding: receive drops live on their own cache line.
-    pub pad1: [AtomicU64; 6],
+    pub pad1: [AtomicU64; 5],
     /// Receive-side drops, added with `fetch_add` by the senders that caused them (ring
     /// full) and by the owner (invalid, stale, abandoned).
     pub rx_drops: [AtomicU64; DROP_REASONS],
     /// Padding to [`PEER_ENTRY_SIZE`].
-    pub pad2: [AtomicU64; 14],
+    pub pad2: [AtomicU64; 13],
 }
 
 /// A ring's control block: the producers' reservation cursor on its own cache line, then
@@ -459,7 +463,7 @@ mod tests {
     #[test]
     fn structure_sizes_are_the_documented_ones() {
         assert!(size_of::<Header>() <= HEADER_SIZE);
-        assert_eq!(size_of::<Header>(), 128);
+        assert_eq!(size_of::<Header>(), 320);
         assert_eq!(size_of::<PeerEntry>(), PEER_ENTRY_SIZE);
         assert_eq!(size_of::<RingControl>(), RING_CONTROL_SIZE);
         assert_eq!(size_of::<SlotHeader>(), SLOT_HEADER_SIZE);
