@@ -75,6 +75,8 @@ use crate::network::counters::DropReason;
 use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
 use crate::network::{Receiver, Sender};
 use crate::wire::ethernet::{HEADER_LEN as ETHERNET_HEADER_LEN, validate_frame};
+use crate::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
+use crate::wire::udp::{self, UdpPacket, UdpRepr};
 use crate::wire::vxlan::{
     self, HEADER_LEN, OVERHEAD_IPV4, OVERHEAD_IPV6, VxlanError, VxlanPacket, VxlanRepr,
 };
@@ -732,9 +734,7 @@ fn open_raw_socket() -> Option<OwnedFd> {
 }
 
 /// Room before the VXLAN header for the outer IPv4 and UDP headers the raw socket needs.
-const OUTER_HEADROOM: usize = IPV4_HEADER_LEN + UDP_HEADER_LEN;
-const IPV4_HEADER_LEN: usize = 20;
-const UDP_HEADER_LEN: usize = 8;
+const OUTER_HEADROOM: usize = ipv4::HEADER_LEN + udp::HEADER_LEN;
 
 /// Writes the outer IPv4 and UDP headers in front of a VXLAN datagram for a raw
 /// (`IP_HDRINCL`) socket. The kernel fills in the IPv4 checksum and identification
@@ -753,23 +753,23 @@ fn emit_outer_headers(
     } else {
         64
     };
-    let udp_len = (UDP_HEADER_LEN + vxlan_len) as u16;
-    let total_len = (IPV4_HEADER_LEN + UDP_HEADER_LEN + vxlan_len) as u16;
-    let (ip, udp) = headroom.split_at_mut(IPV4_HEADER_LEN);
-    ip[0] = 0x45; // version 4, 5 words of header
-    ip[1] = 0; // DSCP/ECN
-    ip[2..4].copy_from_slice(&total_len.to_be_bytes());
-    ip[4..6].fill(0); // identification: the kernel's
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // Don't Fragment
-    ip[8] = ttl;
-    ip[9] = 17; // UDP
-    ip[10..12].fill(0); // checksum: the kernel's
-    ip[12..16].copy_from_slice(&source.octets());
-    ip[16..20].copy_from_slice(&destination.ip().octets());
-    udp[0..2].copy_from_slice(&source_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&destination.port().to_be_bytes());
-    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    udp[6..8].fill(0);
+    let udp = UdpRepr {
+        source_port,
+        destination_port: destination.port(),
+        payload_len: vxlan_len,
+    };
+    let ip = Ipv4Repr {
+        source,
+        destination: *destination.ip(),
+        protocol: ipv4::PROTOCOL_UDP,
+        payload_len: udp.header_len() + vxlan_len,
+        ttl,
+        // A datagram too big for a link on the way is refused, never fragmented.
+        dont_fragment: true,
+    };
+    let (ip_header, udp_header) = headroom.split_at_mut(ipv4::HEADER_LEN);
+    ip.emit(&mut Ipv4Packet::new_unchecked(ip_header));
+    udp.emit(&mut UdpPacket::new_unchecked(udp_header));
 }
 
 /// The encapsulation overhead for the underlay's address family.
