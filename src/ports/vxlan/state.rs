@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 
 use crate::network::monotonic_ns;
+use crate::ports::counters::counters;
 use crate::wire::MacAddress;
 
 use super::table::RemoteTable;
@@ -20,54 +21,37 @@ use super::table::RemoteTable;
 /// Most senders a port on a multicast group takes as remotes.
 pub const MAX_GROUP_REMOTES: usize = 1024;
 
-/// The counters of a remote endpoint, or of the whole port.
-///
-/// Every datagram or frame the port refuses bumps exactly one `rx_*`/`tx_*` drop counter
-/// here. `rx_unknown_remote` and `tx_too_big` are counted on the port only (the first has
-/// no remote; the second is refused before any remote is chosen).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct VxlanCounters {
+counters! {
+    /// The counters of a remote endpoint, or of the whole port.
+    ///
+    /// Every datagram or frame the port refuses bumps exactly one `rx_*`/`tx_*` drop counter
+    /// here. `rx_unknown_remote` and `tx_too_big` are counted on the port only (the first has
+    /// no remote; the second is refused before any remote is chosen).
+    pub struct VxlanCounters;
     /// Datagrams accepted and handed to the network.
-    pub rx_packets: u64,
+    rx_packets,
     /// Inner-frame bytes of those.
-    pub rx_bytes: u64,
+    rx_bytes,
     /// Datagrams sent.
-    pub tx_packets: u64,
+    tx_packets,
     /// Inner-frame bytes of those.
-    pub tx_bytes: u64,
+    tx_bytes,
     /// Dropped: shorter than the VXLAN header.
-    pub rx_malformed: u64,
+    rx_malformed,
     /// Dropped: the I flag was clear.
-    pub rx_instance_flag_clear: u64,
+    rx_instance_flag_clear,
     /// Dropped: another VNI.
-    pub rx_foreign_vni: u64,
+    rx_foreign_vni,
     /// Dropped: the inner frame broke the network's rules (runt, giant, multicast source).
-    pub rx_invalid_inner: u64,
+    rx_invalid_inner,
     /// Dropped: from an address that is not a configured remote.
-    pub rx_unknown_remote: u64,
+    rx_unknown_remote,
     /// Dropped: a new inner source address, and the table of remote addresses was full.
-    pub rx_too_many_sources: u64,
+    rx_too_many_sources,
     /// Dropped: too big for the underlay's MTU once encapsulated.
-    pub tx_too_big: u64,
+    tx_too_big,
     /// Dropped: the socket refused the send.
-    pub tx_errors: u64,
-}
-
-impl VxlanCounters {
-    pub(super) fn add(&mut self, other: &VxlanCounters) {
-        self.rx_packets += other.rx_packets;
-        self.rx_bytes += other.rx_bytes;
-        self.tx_packets += other.tx_packets;
-        self.tx_bytes += other.tx_bytes;
-        self.rx_malformed += other.rx_malformed;
-        self.rx_instance_flag_clear += other.rx_instance_flag_clear;
-        self.rx_foreign_vni += other.rx_foreign_vni;
-        self.rx_invalid_inner += other.rx_invalid_inner;
-        self.rx_unknown_remote += other.rx_unknown_remote;
-        self.rx_too_many_sources += other.rx_too_many_sources;
-        self.tx_too_big += other.tx_too_big;
-        self.tx_errors += other.tx_errors;
-    }
+    tx_errors,
 }
 
 /// A remote endpoint as `status` shows it.
@@ -284,5 +268,42 @@ mod tests {
         assert_eq!(remotes.endpoints.len(), MAX_GROUP_REMOTES + 1);
         assert_eq!(remotes.counters.len(), remotes.endpoints.len());
         assert_eq!(remotes.flood(), 0..1);
+    }
+
+    #[test]
+    fn counters_keep_their_json_names_and_add_up() {
+        let mut total = VxlanCounters {
+            rx_packets: 1,
+            tx_errors: 2,
+            ..VxlanCounters::default()
+        };
+        let once = total;
+        total.add(&once);
+        assert_eq!((total.rx_packets, total.tx_errors), (2, 4));
+        // The status file and the tests read these names.
+        let json = serde_json::to_value(total).unwrap();
+        let mut names: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        let mut expected = vec![
+            "rx_packets",
+            "rx_bytes",
+            "tx_packets",
+            "tx_bytes",
+            "rx_malformed",
+            "rx_instance_flag_clear",
+            "rx_foreign_vni",
+            "rx_invalid_inner",
+            "rx_unknown_remote",
+            "rx_too_many_sources",
+            "tx_too_big",
+            "tx_errors",
+        ];
+        expected.sort_unstable();
+        assert_eq!(names, expected);
     }
 }
