@@ -79,7 +79,7 @@
 //!
 //! | module | deals with |
 //! | --- | --- |
-//! | [`wire`] | byte formats: Ethernet, virtio-net, stream framing, pcap, VXLAN, vhost-user messages; no I/O, no clock |
+//! | [`wire`] | byte formats: Ethernet, virtio-net, stream framing, pcap, IPv4, UDP, VXLAN, vhost-user messages; no I/O, no clock |
 //! | [`shm`] | the only `unsafe` code: mapping the region, checked access, file locks |
 //! | [`network`] | the region's structures, rings, forwarding, learning, liveness, peers |
 //! | [`ports`] | adapters from sockets, devices and VMs to peers |

@@ -5,6 +5,7 @@
 //! enforced by the peer itself, so a port only has to frame and unframe.
 
 pub mod capture;
+mod counters;
 pub mod dgram;
 pub mod rtnetlink;
 pub mod socket;

@@ -6,7 +6,7 @@
 //! tests, and lets the same code serve every host — the shared-memory network, the port
 //! programs, the fuzz targets — without any of them dragging the others' I/O along.
 //!
-//! Seven modules live here:
+//! Nine modules live here:
 //!
 //! * [`ethernet`] — the frames themselves. The network moves bare Ethernet frames and looks
 //!   at only their first fourteen bytes, so this module is a thin, checked view over a
@@ -28,6 +28,9 @@
 //!   12-byte header, then a payload whose layout the request code decides; a frontend is
 //!   untrusted, so the header is checked alone before the payload is read, and each
 //!   payload against the request it claims to be.
+//! * [`ipv4`] and [`udp`] — the outer headers of a VXLAN datagram, which the VXLAN port
+//!   writes itself when it sends through a raw socket (to choose the UDP source port per
+//!   flow). Each field is a named byte range; the port never writes an offset of its own.
 //! * [`vxlan`] — the 8-byte VXLAN header (RFC 7348) that carries a frame between hosts in
 //!   a UDP datagram, the UDP source port hashed from the inner frame, and the overhead
 //!   that decides whether a frame fits the underlay.
@@ -38,9 +41,11 @@
 //! the caller counts, never a crash.
 
 pub mod ethernet;
+pub mod ipv4;
 pub mod offload;
 pub mod pcap;
 pub mod stream;
+pub mod udp;
 pub mod vhost_user;
 pub mod virtio_net;
 pub mod vxlan;

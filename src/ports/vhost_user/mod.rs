@@ -68,6 +68,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::network::{JoinOptions, Network, PortKind};
+use crate::ports::counters::counters;
 use crate::ports::socket::{Doorbell, PortError, SocketPath, SocketType, check_mac, io_error};
 use crate::wire::MacAddress;
 
@@ -112,32 +113,11 @@ pub enum State {
     Quarantined,
 }
 
-macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
-        /// One socket's counters, shared by its threads.
-        #[derive(Debug, Default)]
-        pub struct Counters {
-            $($(#[$doc])* pub $name: AtomicU64,)*
-        }
-
-        /// A copy of [`Counters`].
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-        pub struct CounterValues {
-            $($(#[$doc])* pub $name: u64,)*
-        }
-
-        impl Counters {
-            /// The current values.
-            pub fn values(&self) -> CounterValues {
-                CounterValues {
-                    $($name: self.$name.load(Ordering::Relaxed),)*
-                }
-            }
-        }
-    };
-}
-
 counters! {
+    /// One socket's counters, shared by its threads.
+    pub struct Counters;
+    /// A copy of [`Counters`].
+    pub struct CounterValues;
     /// Frontends that connected.
     connections,
     /// Messages handled.
