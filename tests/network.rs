@@ -212,3 +212,64 @@ fn wait_sleeps_until_a_frame_arrives() {
     assert!(woke);
     assert_eq!(n, 1);
 }
+
+#[test]
+fn a_peer_spraying_made_up_source_addresses_cannot_push_others_out_of_the_learned_table() {
+    use guestnet::network::send::LEARN_QUOTA;
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut flooder = net.join(JoinOptions::default()).unwrap();
+    let mut host = net.join(JoinOptions::default()).unwrap();
+    let mut other = net.join(JoinOptions::default()).unwrap();
+    // More made-up addresses than the whole shared table holds (4096 entries).
+    let sprayed = 5000u32;
+    let frames: Vec<Vec<u8>> = (0..sprayed)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            frame(
+                MacAddress::BROADCAST,
+                MacAddress([0x02, 0xee, b[0], b[1], b[2], b[3]]),
+                b"x",
+            )
+        })
+        .collect();
+    for chunk in frames.chunks(64) {
+        flooder.send_batch(chunk.iter().map(Vec::as_slice));
+        drain(&mut host);
+        drain(&mut other);
+    }
+    let refused = flooder.counters().learn_refused;
+    assert_eq!(refused, u64::from(sprayed) - LEARN_QUOTA as u64);
+    // A host behind `host` speaks afterwards and is learned; unicast to it goes to `host`
+    // alone instead of being flooded to everyone, the flooder included.
+    let behind = MacAddress([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
+    host.send(&frame(MacAddress::BROADCAST, behind, b"hello"));
+    drain(&mut flooder);
+    drain(&mut other);
+    let to_behind = frame(behind, other.mac(), b"to the learned host");
+    assert_eq!(
+        other.send(&to_behind),
+        Sent::Routed {
+            delivered: 1,
+            dropped: 0
+        }
+    );
+    assert_eq!(drain(&mut host), vec![to_behind]);
+    assert!(drain(&mut flooder).is_empty(), "not flooded to the flooder");
+    let status = net.status();
+    let flooder_status = status
+        .peers
+        .iter()
+        .find(|p| p.slot == flooder.index())
+        .unwrap();
+    assert_eq!(
+        flooder_status.learn_refused, refused,
+        "status shows the refusals"
+    );
+    let learned_behind_flooder = status
+        .learned
+        .iter()
+        .filter(|l| l.slot == flooder.index())
+        .count();
+    assert!(learned_behind_flooder <= LEARN_QUOTA);
+}

@@ -99,6 +99,7 @@ pub(crate) mod slot {
     pub const RX_BYTES: usize = 3;
     pub const WAKEUPS: usize = 4;
     pub const TX_DELIVERIES: usize = 5;
+    pub const LEARN_REFUSED: usize = 6;
     pub const TX_DROPS: usize = super::OWNER_COUNTERS;
 }
 
@@ -117,6 +118,8 @@ pub struct PeerCounters {
     pub rx_bytes: u64,
     /// Times the receiver was woken from sleep.
     pub wakeups: u64,
+    /// Source addresses not learned because the peer's learning quota was full.
+    pub learn_refused: u64,
     /// Transmit drops by [`DropReason::index`].
     pub tx_drops: [u64; DROP_REASONS],
     /// Receive drops by [`DropReason::index`].
@@ -147,6 +150,7 @@ impl PeerCounters {
             rx_packets: owner(slot::RX_PACKETS),
             rx_bytes: owner(slot::RX_BYTES),
             wakeups: owner(slot::WAKEUPS),
+            learn_refused: owner(slot::LEARN_REFUSED),
             ..PeerCounters::default()
         };
         for reason in DropReason::ALL {

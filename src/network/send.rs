@@ -62,8 +62,11 @@ pub struct Sender {
     touched: Vec<u16>,
     touched_bits: Vec<u64>,
     pending: Pending,
-    /// When each foreign source address was last written to the learned table.
+    /// When each foreign source address was last written to the learned table; at most
+    /// `learn_quota` of them.
     learned_at: HashMap<MacAddress, u64>,
+    learn_quota: usize,
+    learned_pruned_ms: u64,
     now_ms: u64,
     last_maintenance_ns: u64,
     /// Software offload: the current frame cut into segments (once, for all receivers
@@ -74,12 +77,21 @@ pub struct Sender {
     segmented: Option<std::result::Result<(), DropReason>>,
 }
 
-/// Bound on the private cache of learned addresses (a guest spraying random source
-/// addresses must not grow our memory; the shared table has its own bound).
-const LEARN_CACHE_LIMIT: usize = 4096;
+/// Addresses a peer may keep learned behind it in the shared table at once: plenty for a
+/// VM or a namespace (a handful of MACs), a sixteenth of the table.
+pub const LEARN_QUOTA: usize = 256;
+/// The same for an uplink (a TAP to a bridge, a tunnel), which fronts many hosts: a
+/// quarter of the table.
+pub const UPLINK_LEARN_QUOTA: usize = 1024;
 
 impl Sender {
     pub(super) fn new(membership: Arc<Membership>) -> Sender {
+        let uplink = membership.entry().flags.load(Ordering::Relaxed) & flags::UPLINK != 0;
+        let learn_quota = if uplink {
+            UPLINK_LEARN_QUOTA
+        } else {
+            LEARN_QUOTA
+        };
         let max_peers = membership.region.layout.geometry.max_peers as usize;
         let rules = Rules {
             drop_unknown_unicast: membership.region.drop_unknown_unicast(),
@@ -98,6 +110,8 @@ impl Sender {
             touched_bits: vec![0; max_peers.div_ceil(64)],
             pending: Pending::default(),
             learned_at: HashMap::new(),
+            learn_quota,
+            learned_pruned_ms: 0,
             now_ms: 0,
             last_maintenance_ns: 0,
             segmenter: Segmenter::new(),
@@ -379,17 +393,29 @@ impl Sender {
         Sent::Refused(reason)
     }
 
+    /// Learns `source` behind this peer, within its quota: a guest spraying made-up
+    /// source addresses must not fill the shared table and push everyone else's
+    /// addresses out (which would flood their unicast to every peer). Addresses over the
+    /// quota are not learned, and counted (`learn_refused`); their frames still go out.
     fn learn(&mut self, source: MacAddress) {
         let now_ms = self.now_ms;
-        if self
-            .learned_at
-            .get(&source)
-            .is_some_and(|&at| now_ms.saturating_sub(at) < fdb::REFRESH_MS)
-        {
-            return;
-        }
-        if self.learned_at.len() >= LEARN_CACHE_LIMIT {
-            self.learned_at.clear();
+        match self.learned_at.get(&source) {
+            Some(&at) if now_ms.saturating_sub(at) < fdb::REFRESH_MS => return,
+            Some(_) => {}
+            None if self.learned_at.len() >= self.learn_quota => {
+                // Forget what has aged out of the shared table by now (at most once a
+                // second: a flood must not make every frame walk the whole map).
+                if now_ms.saturating_sub(self.learned_pruned_ms) >= fdb::REFRESH_MS {
+                    self.learned_pruned_ms = now_ms;
+                    self.learned_at
+                        .retain(|_, at| now_ms.saturating_sub(*at) < fdb::AGE_MS);
+                }
+                if self.learned_at.len() >= self.learn_quota {
+                    self.pending.add(slot::LEARN_REFUSED, 1);
+                    return;
+                }
+            }
+            None => {}
         }
         self.learned_at.insert(source, now_ms);
         fdb::learn(

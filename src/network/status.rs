@@ -50,6 +50,8 @@ pub struct PeerStatus {
     pub tx_deliveries: u64,
     /// Receiver wake-ups.
     pub wakeups: u64,
+    /// Source addresses not learned: the peer's learning quota was full.
+    pub learn_refused: u64,
     /// Frames waiting in its ring.
     pub rx_queued: u64,
     /// Drops by reason (`tx_ring_full`, `rx_stale`, …), non-zero only.
@@ -147,6 +149,7 @@ pub(crate) fn collect(region: &Region, reclaimed: Vec<u16>) -> NetworkStatus {
             tx_bytes: counters.tx_bytes,
             tx_deliveries: counters.tx_deliveries,
             wakeups: counters.wakeups,
+            learn_refused: counters.learn_refused,
             rx_queued: queued.min(region.layout.geometry.ring_slots as u64),
             drops: counters.drops_by_name(),
         });
