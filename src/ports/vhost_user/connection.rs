@@ -9,22 +9,23 @@
 
 use std::io::{IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use virtio_queue::QueueT;
 
-use super::datapath::{self, ChainFault, TxBatch, TxRules, Vring, feature};
+use super::datapath::{self, TxBatch, TxRules, Vring, feature};
 use super::memory::{GuestMemory, MAX_MEM_SLOTS};
-use super::{Counters, QUARANTINE_FAULTS, Socket, State};
+use super::state::{Negotiated, Shared, Socket, drain_eventfd, is_eventfd, lock};
+use super::status::Counters;
 use crate::network::counters::DropReason;
 use crate::network::monotonic_ns;
-use crate::network::{Control, Peer, Sender};
+use crate::network::{Peer, Sender};
 use crate::ports::socket::{Doorbell, MacLearner};
 use crate::wire::vhost_user::{
     self as protocol, HEADER_LEN, MAX_FDS, MessageError, MessageHeader, Request, code,
@@ -60,154 +61,6 @@ pub struct Setup<'a> {
     pub max_frame: usize,
     /// Port label for logs.
     pub label: String,
-}
-
-/// What the frontend agreed to.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Negotiated {
-    /// Acked features, once `SET_FEATURES` came.
-    pub features: Option<u64>,
-    /// Acked protocol features.
-    pub protocol: u64,
-}
-
-impl Negotiated {
-    /// virtio-net header length: 12 with VERSION_1 or MRG_RXBUF, else the legacy 10.
-    pub fn header_len(features: u64) -> usize {
-        if features & (feature::VERSION_1 | feature::MRG_RXBUF) != 0 {
-            crate::wire::virtio_net::HEADER_LEN
-        } else {
-            crate::wire::virtio_net::LEGACY_HEADER_LEN
-        }
-    }
-
-    /// Whether rings run without `SET_VRING_ENABLE` (protocol features not negotiated).
-    pub fn enabled_by_default(&self) -> bool {
-        self.features
-            .is_some_and(|f| f & feature::PROTOCOL_FEATURES == 0)
-    }
-}
-
-/// Counts bad chains over one-second windows to decide on quarantine.
-#[derive(Debug, Default)]
-struct Meter {
-    window_start_ns: u64,
-    faults: u64,
-}
-
-/// The state both threads of a connection use.
-pub struct Shared<'a> {
-    /// Queues: `2k` receives, `2k + 1` transmits, for queue pair `k`.
-    pub vrings: Vec<Mutex<Vring>>,
-    memory: Mutex<Option<Arc<GuestMemory>>>,
-    negotiated: Mutex<Negotiated>,
-    /// Set once the port is quarantined.
-    pub quarantined: AtomicBool,
-    /// Set when the connection ends; the receive thread stops.
-    pub closing: AtomicBool,
-    /// The peer's link is up (a receive queue runs).
-    link_up: AtomicBool,
-    meter: Mutex<Meter>,
-    /// The peer's control half.
-    pub control: Control,
-    /// Status and counters.
-    pub socket: &'a Socket,
-}
-
-/// Locks a mutex, whatever a panicking holder left (none should: nothing here panics).
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Shared<'_> {
-    /// The current guest memory.
-    pub fn memory(&self) -> Option<Arc<GuestMemory>> {
-        lock(&self.memory).clone()
-    }
-
-    /// What was negotiated so far.
-    pub fn negotiated(&self) -> Negotiated {
-        *lock(&self.negotiated)
-    }
-
-    /// Counts a refused chain and quarantines the port when they come too fast.
-    pub fn fault(&self, transmit: bool, fault: ChainFault, now_ns: u64) {
-        let c = &self.socket.counters;
-        let counter = match (transmit, fault) {
-            (true, ChainFault::BadChain) => &c.tx_bad_chains,
-            (true, ChainFault::WrongDirection) => &c.tx_wrong_direction,
-            (true, ChainFault::BadLength) => &c.tx_bad_length,
-            (true, ChainFault::BadHeader) => &c.tx_bad_header,
-            (false, ChainFault::WrongDirection) => &c.rx_wrong_direction,
-            (false, ChainFault::BadLength) => &c.rx_no_room,
-            (false, _) => &c.rx_bad_chains,
-        };
-        Counters::add(counter, 1);
-        // A frame too big for the guest's buffers is the network's doing, not the guest's.
-        if !transmit && fault == ChainFault::BadLength {
-            return;
-        }
-        let quarantine = {
-            let mut meter = lock(&self.meter);
-            if now_ns.saturating_sub(meter.window_start_ns) >= 1_000_000_000 {
-                meter.window_start_ns = now_ns;
-                meter.faults = 0;
-            }
-            meter.faults += 1;
-            meter.faults > QUARANTINE_FAULTS
-        };
-        if quarantine && !self.quarantined.swap(true, Ordering::AcqRel) {
-            Counters::add(&c.quarantines, 1);
-            tracing::warn!(socket = %self.socket.path.display(), "quarantined: the guest keeps posting bad descriptors");
-            if let Err(e) = self.control.set_quarantined(true) {
-                tracing::warn!(error = %e, "cannot mark the peer quarantined");
-            }
-            self.refresh_state();
-        }
-    }
-
-    /// Recomputes the socket's state for `status`, and the peer's link: up exactly while a
-    /// receive queue runs. Called by the connection thread after every message, so the
-    /// link is up by the time the frontend has its acknowledgement (the receive thread
-    /// sets the link itself each round). Takes the vring locks: callers must hold none.
-    pub fn refresh_state(&self) {
-        let negotiated = self.negotiated();
-        let enabled_by_default = negotiated.enabled_by_default();
-        let running: Vec<bool> = self
-            .vrings
-            .iter()
-            .map(|v| lock(v).running(enabled_by_default))
-            .collect();
-        let quarantined = self.quarantined.load(Ordering::Acquire);
-        let receiving = running.iter().step_by(2).any(|&r| r)
-            && negotiated.features.is_some()
-            && self.memory().is_some();
-        self.set_link(receiving && !quarantined);
-        let state = if quarantined {
-            State::Quarantined
-        } else if running.iter().any(|&r| r) {
-            State::Running
-        } else {
-            State::Connected
-        };
-        self.socket.update(|info| {
-            info.state = state;
-            info.acked_features = negotiated.features.unwrap_or(0);
-            info.acked_protocol_features = negotiated.protocol;
-        });
-    }
-
-    /// Marks the peer's link up or down when that changes: down, senders count
-    /// `link_down` instead of filling a ring nobody drains.
-    pub fn set_link(&self, up: bool) {
-        if self.link_up.swap(up, Ordering::AcqRel) != up
-            && let Err(e) = self.control.set_link_down(!up)
-        {
-            tracing::warn!(error = %e, "cannot change the peer's link state");
-        }
-    }
 }
 
 /// What a request amounts to.
@@ -289,17 +142,7 @@ pub fn run(
             return None;
         }
     };
-    let shared = Shared {
-        vrings,
-        memory: Mutex::new(None),
-        negotiated: Mutex::new(Negotiated::default()),
-        quarantined: AtomicBool::new(false),
-        closing: AtomicBool::new(false),
-        link_up: AtomicBool::new(false),
-        meter: Mutex::new(Meter::default()),
-        control,
-        socket,
-    };
+    let shared = Shared::new(vrings, control, socket);
     let (sender, receiver) = peer.split();
     let mut offered = feature::VERSION_1
         | feature::MRG_RXBUF
@@ -352,42 +195,6 @@ pub fn run(
         }
     }
     newcomer.map(|(stream, _)| stream)
-}
-
-/// Sleeps until `source` is readable (true) or `stop` rings (false).
-pub fn wait_readable(source: &impl AsFd, stop: &Doorbell) -> std::io::Result<bool> {
-    loop {
-        let mut fds = [
-            PollFd::new(source, PollFlags::IN),
-            PollFd::new(stop, PollFlags::IN),
-        ];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) => {
-                if !fds[1].revents().is_empty() {
-                    return Ok(false);
-                }
-                if !fds[0].revents().is_empty() {
-                    return Ok(true);
-                }
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Whether `fd` is an eventfd (a kick or call descriptor must be one: anything else
-/// could block us or never stop being readable).
-fn is_eventfd(fd: &OwnedFd) -> bool {
-    use std::os::fd::AsRawFd;
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventfd]")
-}
-
-/// Reads an eventfd's count, clearing it. Only called when `poll` said it is readable.
-pub fn drain_eventfd(fd: &impl AsFd) {
-    let mut count = [0u8; 8];
-    let _ = rustix::io::read(fd, &mut count);
 }
 
 impl Connection<'_, '_> {
@@ -688,7 +495,7 @@ impl Connection<'_, '_> {
                         features & !self.offered
                     ));
                 }
-                lock(&shared.negotiated).features = Some(features);
+                shared.set_features(features);
                 for vring in &shared.vrings {
                     lock(vring)
                         .queue
@@ -713,8 +520,8 @@ impl Connection<'_, '_> {
                         Err(e) => return Answer::Refused(format!("reset a queue: {e}")),
                     }
                 }
-                *lock(&shared.memory) = None;
-                *lock(&shared.negotiated) = Negotiated::default();
+                shared.set_memory(None);
+                shared.forget_negotiation();
                 self.tx_kicks.clear();
                 self.rx_thread.unpark();
                 Answer::Done
@@ -722,7 +529,7 @@ impl Connection<'_, '_> {
             Request::SetMemTable(regions) => match GuestMemory::from_table(&regions, fds) {
                 Ok(memory) => {
                     self.warn_if_unsealed(&memory);
-                    *lock(&shared.memory) = Some(Arc::new(memory));
+                    shared.set_memory(Some(memory));
                     self.rx_thread.unpark();
                     Answer::Done
                 }
@@ -744,7 +551,7 @@ impl Connection<'_, '_> {
                 match added {
                     Ok(memory) => {
                         self.warn_if_unsealed(&memory);
-                        *lock(&shared.memory) = Some(Arc::new(memory));
+                        shared.set_memory(Some(memory));
                         self.rx_thread.unpark();
                         Answer::Done
                     }
@@ -757,7 +564,7 @@ impl Connection<'_, '_> {
                 };
                 match current.without_region(region) {
                     Ok(memory) => {
-                        *lock(&shared.memory) = memory.map(Arc::new);
+                        shared.set_memory(memory);
                         Answer::Done
                     }
                     Err(e) => Answer::Refused(format!("remove a memory region: {e}")),
@@ -918,7 +725,7 @@ impl Connection<'_, '_> {
                         features & !self.offered_protocol
                     ));
                 }
-                lock(&shared.negotiated).protocol = features;
+                shared.set_protocol_features(features);
                 Answer::Done
             }
             // Virtqueues, not pairs, as the specification counts them (cloud-hypervisor
