@@ -1,10 +1,10 @@
-//! One frontend connection: the message handler and the transmit loop.
+//! One frontend connection: its poll loop, its messages and the transmit loop.
 //!
 //! The connection thread owns the socket. It sleeps in `poll` on the socket, the stop
 //! doorbell and the kick eventfds of the transmit queues; a message is read whole
-//! (header, descriptors, payload), parsed by [`crate::wire::vhost_user`], and applied to
-//! the [`Shared`] state the receive thread also reads; a kick drains that transmit queue
-//! in budgeted rounds. The receive thread ([`super::rx`]) is started here and stopped when
+//! (header, descriptors, payload), parsed by [`crate::wire::vhost_user`], and applied by
+//! the [`RequestHandler`] to the [`Shared`] state the receive thread also reads; a kick
+//! drains that transmit queue in budgeted rounds. The receive thread ([`super::rx`]) is started here and stopped when
 //! the connection ends, before the peer leaves.
 
 use std::io::{IoSliceMut, Read, Write};
@@ -19,16 +19,16 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use virtio_queue::QueueT;
 
-use super::datapath::{self, TxBatch, TxRules, Vring, feature};
-use super::memory::{GuestMemory, MAX_MEM_SLOTS};
-use super::state::{Negotiated, Shared, Socket, drain_eventfd, is_eventfd, lock};
+use super::datapath::{self, TxBatch, TxRules, Vring};
+use super::requests::{Answer, RequestHandler};
+use super::state::{Negotiated, Shared, Socket, drain_eventfd, lock};
 use super::status::Counters;
 use crate::network::counters::DropReason;
 use crate::network::monotonic_ns;
 use crate::network::{Peer, Sender};
 use crate::ports::socket::{Doorbell, MacLearner};
 use crate::wire::vhost_user::{
-    self as protocol, HEADER_LEN, MAX_FDS, MessageError, MessageHeader, Request, code,
+    self as protocol, HEADER_LEN, MAX_FDS, MessageError, MessageHeader, Request,
 };
 
 /// Chains taken from one transmit queue per round before the loop looks at the others.
@@ -63,16 +63,6 @@ pub struct Setup<'a> {
     pub label: String,
 }
 
-/// What a request amounts to.
-enum Answer {
-    /// A reply of the request's own.
-    Reply(Vec<u8>),
-    /// Done; a `REPLY_ACK` status 0 if asked for.
-    Done,
-    /// Refused; status 1 if asked for.
-    Refused(String),
-}
-
 /// A message as read: header, payload, and the descriptors that came with it.
 type Message = (MessageHeader, Vec<u8>, Vec<OwnedFd>);
 
@@ -87,23 +77,13 @@ enum End {
 struct Connection<'s, 'a> {
     stream: UnixStream,
     shared: &'s Shared<'a>,
-    offered: u64,
-    offered_protocol: u64,
-    queue_pairs: u16,
-    offload: bool,
+    /// Applies the messages; owns the transmit queues' kicks.
+    handler: RequestHandler<'s, 'a>,
     max_frame: usize,
     sender: Sender,
     learner: MacLearner,
     label: String,
     batch: TxBatch,
-    /// Transmit queues with work left over from the last round.
-    tx_pending: Vec<bool>,
-    /// Duplicates of the transmit queues' kick descriptors, for `poll`.
-    tx_kicks: Vec<(usize, OwnedFd)>,
-    /// The receive thread, woken when the queues change.
-    rx_thread: std::thread::Thread,
-    /// The unsealed-memory warning was given.
-    warned_unsealed: bool,
     /// A frontend that connected while this one is served, and since when it waits.
     newcomer: Option<(UnixStream, std::time::Instant)>,
 }
@@ -144,42 +124,23 @@ pub fn run(
     };
     let shared = Shared::new(vrings, control, socket);
     let (sender, receiver) = peer.split();
-    let mut offered = feature::VERSION_1
-        | feature::MRG_RXBUF
-        | feature::EVENT_IDX
-        | feature::INDIRECT_DESC
-        | feature::PROTOCOL_FEATURES;
-    if offload {
-        offered |= feature::CSUM
-            | feature::GUEST_CSUM
-            | feature::GUEST_TSO4
-            | feature::GUEST_TSO6
-            | feature::HOST_TSO4
-            | feature::HOST_TSO6;
-    }
-    if queue_pairs > 1 {
-        offered |= feature::MQ;
-    }
     let end = std::thread::scope(|scope| {
         let rx = scope.spawn(|| super::rx::run(&shared, receiver));
         let mut connection = Connection {
             stream,
             shared: &shared,
-            offered,
-            offered_protocol: protocol::protocol::MQ
-                | protocol::protocol::REPLY_ACK
-                | protocol::protocol::CONFIGURE_MEM_SLOTS,
-            queue_pairs,
-            offload,
+            handler: RequestHandler::new(
+                &shared,
+                queue_pairs,
+                offload,
+                label.clone(),
+                rx.thread().clone(),
+            ),
             max_frame,
             sender,
             learner: MacLearner::new(!learn_mac),
             label,
             batch: TxBatch::default(),
-            tx_pending: vec![false; usize::from(queue_pairs) * 2],
-            tx_kicks: Vec::new(),
-            rx_thread: rx.thread().clone(),
-            warned_unsealed: false,
             newcomer: None,
         };
         let end = connection.serve(stop, listener);
@@ -200,15 +161,15 @@ pub fn run(
 impl Connection<'_, '_> {
     fn serve(&mut self, stop: &Doorbell, listener: Option<&UnixListener>) -> End {
         loop {
-            let busy = self.tx_pending.iter().any(|&p| p);
-            let mut fds = Vec::with_capacity(3 + self.tx_kicks.len());
+            let busy = self.handler.tx.pending.iter().any(|&p| p);
+            let mut fds = Vec::with_capacity(3 + self.handler.tx.kicks.len());
             fds.push(PollFd::new(&self.stream, PollFlags::IN));
             fds.push(PollFd::new(stop, PollFlags::IN));
             if let Some(listener) = listener {
                 fds.push(PollFd::new(listener, PollFlags::IN));
             }
             let kicks_at = fds.len();
-            for (_, kick) in &self.tx_kicks {
+            for (_, kick) in &self.handler.tx.kicks {
                 fds.push(PollFd::new(kick, PollFlags::IN));
             }
             let mut wait = if busy {
@@ -232,7 +193,7 @@ impl Connection<'_, '_> {
             let knocking = listener.is_some() && !fds[2].revents().is_empty();
             let kicked: Vec<usize> = fds[kicks_at..]
                 .iter()
-                .zip(&self.tx_kicks)
+                .zip(&self.handler.tx.kicks)
                 .filter(|(fd, _)| !fd.revents().is_empty())
                 .map(|(_, (index, _))| *index)
                 .collect();
@@ -241,10 +202,10 @@ impl Connection<'_, '_> {
                 return End::Stopped;
             }
             for index in kicked {
-                if let Some((_, kick)) = self.tx_kicks.iter().find(|(i, _)| *i == index) {
+                if let Some((_, kick)) = self.handler.tx.kicks.iter().find(|(i, _)| *i == index) {
                     drain_eventfd(kick);
                 }
-                self.tx_pending[index] = true;
+                self.handler.tx.pending[index] = true;
             }
             if socket_ready {
                 match self.handle_message() {
@@ -257,9 +218,9 @@ impl Connection<'_, '_> {
                 self.knock(listener);
             }
             self.expire_newcomer();
-            for index in 0..self.tx_pending.len() {
-                if self.tx_pending[index] {
-                    self.tx_pending[index] = self.transmit(index);
+            for index in 0..self.handler.tx.pending.len() {
+                if self.handler.tx.pending[index] {
+                    self.handler.tx.pending[index] = self.transmit(index);
                 }
             }
         }
@@ -379,13 +340,13 @@ impl Connection<'_, '_> {
         };
         Counters::add(&counters.messages, 1);
         tracing::debug!(port = %self.label, ?request, "message");
-        let answer = self.apply(request.clone(), fds);
+        let answer = self.handler.handle(request.clone(), fds);
         let reply_ack = self.shared.negotiated().protocol & protocol::protocol::REPLY_ACK != 0
             && header.needs_reply();
         let bytes = match answer {
-            Answer::Reply(bytes) => Some(bytes),
-            Answer::Done => reply_ack.then(|| protocol::reply_u64(header.request, 0)),
-            Answer::Refused(why) => {
+            Ok(Answer::Reply(bytes)) => Some(bytes),
+            Ok(Answer::Done) => reply_ack.then(|| protocol::reply_u64(header.request, 0)),
+            Err(why) => {
                 if matches!(request, Request::Unknown(_)) {
                     Counters::add(&counters.unknown_requests, 1);
                 } else {
@@ -454,302 +415,5 @@ impl Connection<'_, '_> {
             .set_read_timeout(None)
             .map_err(|e| format!("clear the read timeout: {e}"))?;
         Ok(Some((header, payload, fds)))
-    }
-
-    /// Says once per connection that the frontend could crash this process by shrinking
-    /// the guest's memory file under it.
-    fn warn_if_unsealed(&mut self, memory: &GuestMemory) {
-        if !memory.sealed() && !self.warned_unsealed {
-            self.warned_unsealed = true;
-            tracing::warn!(
-                port = %self.label,
-                "the guest's memory file is not sealed against shrinking: the frontend could \
-                 make this process fault, and every VM it serves lose its network; QEMU's \
-                 memfd backend seals by default, or run one port process per VM"
-            );
-        }
-    }
-
-    /// The vring `index`, if the frontend may use it.
-    fn vring(&self, index: u32) -> Result<&Mutex<Vring>, String> {
-        self.shared.vrings.get(index as usize).ok_or_else(|| {
-            format!(
-                "queue {index} out of range: this port offers {} queue pairs; start it with a \
-                 larger --queues or give the frontend fewer queues",
-                self.queue_pairs
-            )
-        })
-    }
-
-    /// Applies a request to the connection's state.
-    fn apply(&mut self, request: Request, mut fds: Vec<OwnedFd>) -> Answer {
-        let shared = self.shared;
-        match request {
-            Request::GetFeatures => {
-                Answer::Reply(protocol::reply_u64(code::GET_FEATURES, self.offered))
-            }
-            Request::SetFeatures(features) => {
-                if features & !self.offered != 0 {
-                    return Answer::Refused(format!(
-                        "features {:#x} were not offered",
-                        features & !self.offered
-                    ));
-                }
-                shared.set_features(features);
-                for vring in &shared.vrings {
-                    lock(vring)
-                        .queue
-                        .set_event_idx(features & feature::EVENT_IDX != 0);
-                }
-                let offloads = if self.offload {
-                    datapath::guest_offloads(features)
-                } else {
-                    0
-                };
-                if let Err(e) = shared.control.set_offloads(offloads) {
-                    tracing::warn!(error = %e, "cannot set the peer's offloads");
-                }
-                self.rx_thread.unpark();
-                Answer::Done
-            }
-            Request::SetOwner => Answer::Done,
-            Request::ResetOwner => {
-                for vring in &shared.vrings {
-                    match Vring::new() {
-                        Ok(fresh) => *lock(vring) = fresh,
-                        Err(e) => return Answer::Refused(format!("reset a queue: {e}")),
-                    }
-                }
-                shared.set_memory(None);
-                shared.forget_negotiation();
-                self.tx_kicks.clear();
-                self.rx_thread.unpark();
-                Answer::Done
-            }
-            Request::SetMemTable(regions) => match GuestMemory::from_table(&regions, fds) {
-                Ok(memory) => {
-                    self.warn_if_unsealed(&memory);
-                    shared.set_memory(Some(memory));
-                    self.rx_thread.unpark();
-                    Answer::Done
-                }
-                Err(e) => Answer::Refused(format!("memory table: {e}")),
-            },
-            Request::GetMaxMemSlots => Answer::Reply(protocol::reply_u64(
-                code::GET_MAX_MEM_SLOTS,
-                MAX_MEM_SLOTS as u64,
-            )),
-            Request::AddMemReg(region) => {
-                let Some(fd) = fds.pop() else {
-                    return Answer::Refused("ADD_MEM_REG without a descriptor".into());
-                };
-                let current = shared.memory();
-                let added = match &current {
-                    Some(memory) => memory.with_region(region, fd),
-                    None => GuestMemory::single(region, fd),
-                };
-                match added {
-                    Ok(memory) => {
-                        self.warn_if_unsealed(&memory);
-                        shared.set_memory(Some(memory));
-                        self.rx_thread.unpark();
-                        Answer::Done
-                    }
-                    Err(e) => Answer::Refused(format!("add a memory region: {e}")),
-                }
-            }
-            Request::RemMemReg(region) => {
-                let Some(current) = shared.memory() else {
-                    return Answer::Refused("REM_MEM_REG without memory".into());
-                };
-                match current.without_region(region) {
-                    Ok(memory) => {
-                        shared.set_memory(memory);
-                        Answer::Done
-                    }
-                    Err(e) => Answer::Refused(format!("remove a memory region: {e}")),
-                }
-            }
-            Request::SetVringNum { index, num } => {
-                let vring = match self.vring(index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let size = u16::try_from(num).unwrap_or(0);
-                match lock(vring).queue.try_set_size(size) {
-                    Ok(()) => Answer::Done,
-                    Err(_) => Answer::Refused(format!(
-                        "ring size {num} is not a power of two up to {}",
-                        datapath::MAX_QUEUE_SIZE
-                    )),
-                }
-            }
-            Request::SetVringAddr(addr) => {
-                let vring = match self.vring(addr.index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let Some(memory) = shared.memory() else {
-                    return Answer::Refused(
-                        "ring addresses before any guest memory was shared: is the VM's memory \
-                         shared? (QEMU: -object memory-backend-memfd,id=mem,size=…,share=on \
-                         -machine memory-backend=mem)"
-                            .into(),
-                    );
-                };
-                let mut vring = lock(vring);
-                let size = u64::from(vring.queue.size());
-                // The ring's three parts, each with its length, must lie in guest memory.
-                let parts = [
-                    (addr.desc, 16 * size),
-                    (addr.avail, 6 + 2 * size),
-                    (addr.used, 6 + 8 * size),
-                ];
-                let mut guest = [vm_memory::GuestAddress(0); 3];
-                for (slot, (address, len)) in guest.iter_mut().zip(parts) {
-                    match memory.frontend_to_guest(address, len) {
-                        Some(gpa) => *slot = gpa,
-                        None => {
-                            return Answer::Refused(format!(
-                                "ring address {address:#x} (+{len}) is outside guest memory"
-                            ));
-                        }
-                    }
-                }
-                let set = vring
-                    .queue
-                    .try_set_desc_table_address(guest[0])
-                    .and_then(|()| vring.queue.try_set_avail_ring_address(guest[1]))
-                    .and_then(|()| vring.queue.try_set_used_ring_address(guest[2]));
-                match set {
-                    Ok(()) => {
-                        vring.addressed = true;
-                        Answer::Done
-                    }
-                    Err(e) => {
-                        vring.addressed = false;
-                        Answer::Refused(format!("ring addresses: {e}"))
-                    }
-                }
-            }
-            Request::SetVringBase { index, num } => {
-                let vring = match self.vring(index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let mut vring = lock(vring);
-                // Split rings: the low 16 bits are the next available index.
-                vring.queue.set_next_avail(num as u16);
-                vring.queue.set_next_used(num as u16);
-                Answer::Done
-            }
-            Request::GetVringBase { index } => {
-                let vring = match self.vring(index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let next = {
-                    let mut vring = lock(vring);
-                    vring.started = false;
-                    vring.queue.set_ready(false);
-                    vring.queue.next_avail()
-                };
-                self.tx_kicks.retain(|(i, _)| *i != index as usize);
-                self.rx_thread.unpark();
-                Answer::Reply(protocol::reply_state(
-                    code::GET_VRING_BASE,
-                    index,
-                    u32::from(next),
-                ))
-            }
-            Request::SetVringKick(which) => {
-                let vring = match self.vring(which.index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let Some(kick) = fds.pop().filter(|_| which.has_fd) else {
-                    return Answer::Refused(
-                        "polled rings (no kick descriptor) are not supported".into(),
-                    );
-                };
-                if !is_eventfd(&kick) {
-                    return Answer::Refused("the kick descriptor is not an eventfd".into());
-                }
-                let index = which.index as usize;
-                let duplicate = kick.try_clone();
-                {
-                    let mut vring = lock(vring);
-                    vring.kick = Some(kick);
-                    vring.started = true;
-                    vring.queue.set_ready(true);
-                }
-                self.tx_kicks.retain(|(i, _)| *i != index);
-                if index % 2 == 1 {
-                    match duplicate {
-                        Ok(duplicate) => self.tx_kicks.push((index, duplicate)),
-                        Err(e) => {
-                            return Answer::Refused(format!("duplicate the kick descriptor: {e}"));
-                        }
-                    }
-                    // The guest may have queued frames before it could kick.
-                    self.tx_pending[index] = true;
-                }
-                self.rx_thread.unpark();
-                Answer::Done
-            }
-            Request::SetVringCall(which) => {
-                let vring = match self.vring(which.index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let call = fds.pop().filter(|_| which.has_fd);
-                if call.as_ref().is_some_and(|fd| !is_eventfd(fd)) {
-                    return Answer::Refused("the call descriptor is not an eventfd".into());
-                }
-                lock(vring).call = call;
-                Answer::Done
-            }
-            Request::SetVringErr(which) => match self.vring(which.index) {
-                // Errors are reported in the counters; the descriptor is not kept.
-                Ok(_) => Answer::Done,
-                Err(why) => Answer::Refused(why),
-            },
-            Request::GetProtocolFeatures => Answer::Reply(protocol::reply_u64(
-                code::GET_PROTOCOL_FEATURES,
-                self.offered_protocol,
-            )),
-            Request::SetProtocolFeatures(features) => {
-                if features & !self.offered_protocol != 0 {
-                    return Answer::Refused(format!(
-                        "protocol features {:#x} were not offered",
-                        features & !self.offered_protocol
-                    ));
-                }
-                shared.set_protocol_features(features);
-                Answer::Done
-            }
-            // Virtqueues, not pairs, as the specification counts them (cloud-hypervisor
-            // compares its queue count with this; QEMU compares pairs, which are fewer).
-            Request::GetQueueNum => Answer::Reply(protocol::reply_u64(
-                code::GET_QUEUE_NUM,
-                u64::from(self.queue_pairs) * 2,
-            )),
-            // Accepted whenever it comes: QEMU sends it before SET_FEATURES.
-            Request::SetVringEnable { index, enable } => {
-                let vring = match self.vring(index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                lock(vring).enabled = enable;
-                if enable && index % 2 == 1 {
-                    self.tx_pending[index as usize] = true;
-                }
-                self.rx_thread.unpark();
-                Answer::Done
-            }
-            Request::Unknown(request) => {
-                Answer::Refused(format!("request {request} is not implemented"))
-            }
-        }
     }
 }

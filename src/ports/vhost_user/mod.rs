@@ -12,11 +12,12 @@
 //! **Layers.** [`crate::wire::vhost_user`] parses messages (pure bytes); `memory` maps
 //! the guest's regions and translates the frontend's addresses; `datapath` moves frames
 //! between virtqueues and the network, checking every descriptor; `connection` is the
-//! message handler and transmit loop of one frontend; `rx` is the receive thread. The two
-//! threads meet in `state` (the queues, guest memory and negotiation of a connection),
-//! never in each other; `status` is what `guestnet status` shows of a socket, its
-//! counters included. The rings themselves are `virtio-queue`'s and all access to guest
-//! memory is `vm-memory`'s checked interface, so this port holds no `unsafe`.
+//! poll loop and transmit loop of one frontend, `requests` its message handler (one
+//! method per request); `rx` is the receive thread. The two threads meet in `state` (a
+//! connection's queues, guest memory and negotiation), never in each other; `status` is
+//! what `guestnet status` shows of a socket, its counters included. The rings themselves
+//! are `virtio-queue`'s and all access to guest memory is `vm-memory`'s checked
+//! interface, so this port holds no `unsafe`.
 //!
 //! **Threads.** Per connected VM, two: the *connection* thread sleeps in `poll` on the
 //! socket and the transmit queues' kick eventfds, answers messages, and drains transmit
@@ -59,6 +60,7 @@
 mod connection;
 pub mod datapath;
 mod memory;
+mod requests;
 mod rx;
 mod state;
 mod status;
