@@ -138,6 +138,16 @@ pub fn print_statuses(sockets: &[SocketStatus]) {
             "  messages refused: malformed {}  unknown {}  rejected {}",
             c.bad_messages, c.unknown_requests, c.rejected_messages
         );
+        let refused: Vec<String> = c
+            .refused
+            .named()
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect();
+        if !refused.is_empty() {
+            println!("  rejected by why: {}", refused.join("  "));
+        }
         println!(
             "  guest faults: tx bad chain {}  wrong direction {}  bad length {}  bad header {}   rx bad chain {}  wrong direction {}   rx no room {}  lost on disconnect {}  quarantines {}",
             c.tx_bad_chains,

@@ -340,19 +340,15 @@ impl Connection<'_, '_> {
         };
         Counters::add(&counters.messages, 1);
         tracing::debug!(port = %self.label, ?request, "message");
-        let answer = self.handler.handle(request.clone(), fds);
+        let answer = self.handler.handle(request, fds);
         let reply_ack = self.shared.negotiated().protocol & protocol::protocol::REPLY_ACK != 0
             && header.needs_reply();
         let bytes = match answer {
             Ok(Answer::Reply(bytes)) => Some(bytes),
             Ok(Answer::Done) => reply_ack.then(|| protocol::reply_u64(header.request, 0)),
-            Err(why) => {
-                if matches!(request, Request::Unknown(_)) {
-                    Counters::add(&counters.unknown_requests, 1);
-                } else {
-                    Counters::add(&counters.rejected_messages, 1);
-                }
-                tracing::warn!(port = %self.label, request = header.request, "refused: {why}");
+            Err(refusal) => {
+                refusal.count(counters);
+                tracing::warn!(port = %self.label, request = header.request, "refused: {refusal}");
                 reply_ack.then(|| protocol::reply_u64(header.request, 1))
             }
         };

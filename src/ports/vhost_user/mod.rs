@@ -60,6 +60,7 @@
 mod connection;
 pub mod datapath;
 mod memory;
+mod refusal;
 mod requests;
 mod rx;
 mod state;
@@ -81,7 +82,9 @@ use state::{Info, Socket};
 pub use datapath::{MAX_QUEUE_SIZE, feature};
 pub use memory::MAX_MEM_SLOTS;
 pub use state::QUARANTINE_FAULTS;
-pub use status::{CounterValues, Counters, SocketStatus, State};
+pub use status::{
+    CounterValues, Counters, RefusalCounterValues, RefusalCounters, SocketStatus, State,
+};
 
 /// Most queue pairs a port offers.
 pub const MAX_QUEUE_PAIRS: u16 = 16;

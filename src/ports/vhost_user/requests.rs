@@ -14,6 +14,7 @@ use virtio_queue::QueueT;
 
 use super::datapath::{self, Vring, feature};
 use super::memory::{GuestMemory, MAX_MEM_SLOTS};
+use super::refusal::Refusal;
 use super::state::{Shared, is_eventfd, lock};
 use crate::wire::vhost_user::{self as protocol, MemoryRegion, Request, VringAddr, VringFd, code};
 
@@ -98,7 +99,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     }
 
     /// Applies one request, with the descriptors its message carried.
-    pub fn handle(&mut self, request: Request, fds: Vec<OwnedFd>) -> Result<Answer, String> {
+    pub fn handle(&mut self, request: Request, fds: Vec<OwnedFd>) -> Result<Answer, Refusal> {
         match request {
             Request::GetFeatures => self.get_features(),
             Request::SetFeatures(features) => self.set_features(features),
@@ -119,12 +120,12 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
             Request::SetProtocolFeatures(features) => self.set_protocol_features(features),
             Request::GetQueueNum => self.get_queue_num(),
             Request::SetVringEnable { index, enable } => self.set_vring_enable(index, enable),
-            Request::Unknown(request) => Err(format!("request {request} is not implemented")),
+            Request::Unknown(request) => Err(Refusal::NotImplemented(request)),
         }
     }
 
     /// `GET_FEATURES`: what this port offers.
-    fn get_features(&self) -> Result<Answer, String> {
+    fn get_features(&self) -> Result<Answer, Refusal> {
         Ok(Answer::Reply(protocol::reply_u64(
             code::GET_FEATURES,
             self.offered,
@@ -133,12 +134,9 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
 
     /// `SET_FEATURES`: the features the driver acked; sets the rings' notification
     /// suppression and the peer's offloads.
-    fn set_features(&mut self, features: u64) -> Result<Answer, String> {
+    fn set_features(&mut self, features: u64) -> Result<Answer, Refusal> {
         if features & !self.offered != 0 {
-            return Err(format!(
-                "features {:#x} were not offered",
-                features & !self.offered
-            ));
+            return Err(Refusal::FeaturesNotOffered(features & !self.offered));
         }
         let shared = self.shared;
         shared.set_features(features);
@@ -160,10 +158,10 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     }
 
     /// `RESET_OWNER`: back to a fresh connection's state.
-    fn reset_owner(&mut self) -> Result<Answer, String> {
+    fn reset_owner(&mut self) -> Result<Answer, Refusal> {
         let shared = self.shared;
         for vring in &shared.vrings {
-            *lock(vring) = Vring::new().map_err(|e| format!("reset a queue: {e}"))?;
+            *lock(vring) = Vring::new().map_err(Refusal::QueueNotReset)?;
         }
         shared.set_memory(None);
         shared.forget_negotiation();
@@ -177,9 +175,8 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         &mut self,
         regions: &[MemoryRegion],
         fds: Vec<OwnedFd>,
-    ) -> Result<Answer, String> {
-        let memory =
-            GuestMemory::from_table(regions, fds).map_err(|e| format!("memory table: {e}"))?;
+    ) -> Result<Answer, Refusal> {
+        let memory = GuestMemory::from_table(regions, fds).map_err(Refusal::BadMemoryTable)?;
         self.warn_if_unsealed(&memory);
         self.shared.set_memory(Some(memory));
         self.rx_thread.unpark();
@@ -187,7 +184,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     }
 
     /// `GET_MAX_MEM_SLOTS`: how many regions `ADD_MEM_REG` may add.
-    fn get_max_mem_slots(&self) -> Result<Answer, String> {
+    fn get_max_mem_slots(&self) -> Result<Answer, Refusal> {
         Ok(Answer::Reply(protocol::reply_u64(
             code::GET_MAX_MEM_SLOTS,
             MAX_MEM_SLOTS as u64,
@@ -199,15 +196,15 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         &mut self,
         region: MemoryRegion,
         mut fds: Vec<OwnedFd>,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, Refusal> {
         let Some(fd) = fds.pop() else {
-            return Err("ADD_MEM_REG without a descriptor".into());
+            return Err(Refusal::RegionWithoutDescriptor);
         };
         let added = match self.shared.memory() {
             Some(memory) => memory.with_region(region, fd),
             None => GuestMemory::single(region, fd),
         };
-        let memory = added.map_err(|e| format!("add a memory region: {e}"))?;
+        let memory = added.map_err(Refusal::BadAddedRegion)?;
         self.warn_if_unsealed(&memory);
         self.shared.set_memory(Some(memory));
         self.rx_thread.unpark();
@@ -215,40 +212,33 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     }
 
     /// `REM_MEM_REG`: one region of guest memory less.
-    fn rem_mem_reg(&mut self, region: MemoryRegion) -> Result<Answer, String> {
+    fn rem_mem_reg(&mut self, region: MemoryRegion) -> Result<Answer, Refusal> {
         let Some(current) = self.shared.memory() else {
-            return Err("REM_MEM_REG without memory".into());
+            return Err(Refusal::RemoveWithoutMemory);
         };
         let memory = current
             .without_region(region)
-            .map_err(|e| format!("remove a memory region: {e}"))?;
+            .map_err(Refusal::BadRemovedRegion)?;
         self.shared.set_memory(memory);
         Ok(Answer::Done)
     }
 
     /// `SET_VRING_NUM`: a ring's size.
-    fn set_vring_num(&mut self, index: u32, num: u32) -> Result<Answer, String> {
+    fn set_vring_num(&mut self, index: u32, num: u32) -> Result<Answer, Refusal> {
         let vring = self.vring(index)?;
         let size = u16::try_from(num).unwrap_or(0);
-        lock(vring).queue.try_set_size(size).map_err(|_| {
-            format!(
-                "ring size {num} is not a power of two up to {}",
-                datapath::MAX_QUEUE_SIZE
-            )
-        })?;
+        lock(vring)
+            .queue
+            .try_set_size(size)
+            .map_err(|_| Refusal::BadRingSize(num))?;
         Ok(Answer::Done)
     }
 
     /// `SET_VRING_ADDR`: where a ring's three parts lie, in the frontend's addresses.
-    fn set_vring_addr(&mut self, addr: VringAddr) -> Result<Answer, String> {
+    fn set_vring_addr(&mut self, addr: VringAddr) -> Result<Answer, Refusal> {
         let vring = self.vring(addr.index)?;
         let Some(memory) = self.shared.memory() else {
-            return Err(
-                "ring addresses before any guest memory was shared: is the VM's memory \
-                 shared? (QEMU: -object memory-backend-memfd,id=mem,size=…,share=on \
-                 -machine memory-backend=mem)"
-                    .into(),
-            );
+            return Err(Refusal::RingBeforeMemory);
         };
         let mut vring = lock(vring);
         let size = u64::from(vring.queue.size());
@@ -260,9 +250,9 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         ];
         let mut guest = [vm_memory::GuestAddress(0); 3];
         for (slot, (address, len)) in guest.iter_mut().zip(parts) {
-            *slot = memory.frontend_to_guest(address, len).ok_or_else(|| {
-                format!("ring address {address:#x} (+{len}) is outside guest memory")
-            })?;
+            *slot = memory
+                .frontend_to_guest(address, len)
+                .ok_or(Refusal::RingOutsideMemory { address, len })?;
         }
         let set = vring
             .queue
@@ -270,12 +260,12 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
             .and_then(|()| vring.queue.try_set_avail_ring_address(guest[1]))
             .and_then(|()| vring.queue.try_set_used_ring_address(guest[2]));
         vring.addressed = set.is_ok();
-        set.map_err(|e| format!("ring addresses: {e}"))?;
+        set.map_err(Refusal::MisalignedRing)?;
         Ok(Answer::Done)
     }
 
     /// `SET_VRING_BASE`: where a ring starts (or resumes, after a reconnect).
-    fn set_vring_base(&mut self, index: u32, num: u32) -> Result<Answer, String> {
+    fn set_vring_base(&mut self, index: u32, num: u32) -> Result<Answer, Refusal> {
         let mut vring = lock(self.vring(index)?);
         // Split rings: the low 16 bits are the next available index.
         vring.queue.set_next_avail(num as u16);
@@ -284,7 +274,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     }
 
     /// `GET_VRING_BASE`: stops a ring and says where it stopped.
-    fn get_vring_base(&mut self, index: u32) -> Result<Answer, String> {
+    fn get_vring_base(&mut self, index: u32) -> Result<Answer, Refusal> {
         let next = {
             let mut vring = lock(self.vring(index)?);
             vring.started = false;
@@ -301,13 +291,13 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     }
 
     /// `SET_VRING_KICK`: the eventfd the guest kicks; starts the ring.
-    fn set_vring_kick(&mut self, which: VringFd, mut fds: Vec<OwnedFd>) -> Result<Answer, String> {
+    fn set_vring_kick(&mut self, which: VringFd, mut fds: Vec<OwnedFd>) -> Result<Answer, Refusal> {
         let vring = self.vring(which.index)?;
         let Some(kick) = fds.pop().filter(|_| which.has_fd) else {
-            return Err("polled rings (no kick descriptor) are not supported".into());
+            return Err(Refusal::PolledRing);
         };
         if !is_eventfd(&kick) {
-            return Err("the kick descriptor is not an eventfd".into());
+            return Err(Refusal::KickNotAnEventfd);
         }
         let index = which.index as usize;
         let duplicate = kick.try_clone();
@@ -319,7 +309,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         }
         self.tx.kicks.retain(|(i, _)| *i != index);
         if index % 2 == 1 {
-            let duplicate = duplicate.map_err(|e| format!("duplicate the kick descriptor: {e}"))?;
+            let duplicate = duplicate.map_err(Refusal::KickNotDuplicated)?;
             self.tx.kicks.push((index, duplicate));
             // The guest may have queued frames before it could kick.
             self.tx.pending[index] = true;
@@ -330,24 +320,24 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
 
     /// `SET_VRING_CALL`: the eventfd we signal when we used buffers (none: the guest
     /// polls).
-    fn set_vring_call(&mut self, which: VringFd, mut fds: Vec<OwnedFd>) -> Result<Answer, String> {
+    fn set_vring_call(&mut self, which: VringFd, mut fds: Vec<OwnedFd>) -> Result<Answer, Refusal> {
         let vring = self.vring(which.index)?;
         let call = fds.pop().filter(|_| which.has_fd);
         if call.as_ref().is_some_and(|fd| !is_eventfd(fd)) {
-            return Err("the call descriptor is not an eventfd".into());
+            return Err(Refusal::CallNotAnEventfd);
         }
         lock(vring).call = call;
         Ok(Answer::Done)
     }
 
     /// `SET_VRING_ERR`: errors are reported in the counters; the descriptor is not kept.
-    fn set_vring_err(&mut self, which: VringFd) -> Result<Answer, String> {
+    fn set_vring_err(&mut self, which: VringFd) -> Result<Answer, Refusal> {
         self.vring(which.index)?;
         Ok(Answer::Done)
     }
 
     /// `GET_PROTOCOL_FEATURES`: what this port offers of the protocol's extensions.
-    fn get_protocol_features(&self) -> Result<Answer, String> {
+    fn get_protocol_features(&self) -> Result<Answer, Refusal> {
         Ok(Answer::Reply(protocol::reply_u64(
             code::GET_PROTOCOL_FEATURES,
             self.offered_protocol,
@@ -355,11 +345,10 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     }
 
     /// `SET_PROTOCOL_FEATURES`: the extensions the frontend acked.
-    fn set_protocol_features(&mut self, features: u64) -> Result<Answer, String> {
+    fn set_protocol_features(&mut self, features: u64) -> Result<Answer, Refusal> {
         if features & !self.offered_protocol != 0 {
-            return Err(format!(
-                "protocol features {:#x} were not offered",
-                features & !self.offered_protocol
+            return Err(Refusal::ProtocolFeaturesNotOffered(
+                features & !self.offered_protocol,
             ));
         }
         self.shared.set_protocol_features(features);
@@ -369,7 +358,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     /// `GET_QUEUE_NUM`: virtqueues, not pairs, as the specification counts them
     /// (cloud-hypervisor compares its queue count with this; QEMU compares pairs, which are
     /// fewer).
-    fn get_queue_num(&self) -> Result<Answer, String> {
+    fn get_queue_num(&self) -> Result<Answer, Refusal> {
         Ok(Answer::Reply(protocol::reply_u64(
             code::GET_QUEUE_NUM,
             u64::from(self.queue_pairs) * 2,
@@ -378,7 +367,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
 
     /// `SET_VRING_ENABLE`: accepted whenever it comes, since QEMU sends it before
     /// `SET_FEATURES`.
-    fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<Answer, String> {
+    fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<Answer, Refusal> {
         lock(self.vring(index)?).enabled = enable;
         if enable && index % 2 == 1 {
             self.tx.pending[index as usize] = true;
@@ -388,14 +377,14 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     }
 
     /// The vring `index`, if the frontend may use it.
-    fn vring(&self, index: u32) -> Result<&'s Mutex<Vring>, String> {
-        self.shared.vrings.get(index as usize).ok_or_else(|| {
-            format!(
-                "queue {index} out of range: this port offers {} queue pairs; start it with a \
-                 larger --queues or give the frontend fewer queues",
-                self.queue_pairs
-            )
-        })
+    fn vring(&self, index: u32) -> Result<&'s Mutex<Vring>, Refusal> {
+        self.shared
+            .vrings
+            .get(index as usize)
+            .ok_or(Refusal::QueueOutOfRange {
+                index,
+                queue_pairs: self.queue_pairs,
+            })
     }
 
     /// Says once per connection that the frontend could crash this process by shrinking
