@@ -9,7 +9,7 @@
 
 use std::io::{IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -65,6 +65,64 @@ pub struct Setup<'a> {
 
 /// A message as read: header, payload, and the descriptors that came with it.
 type Message = (MessageHeader, Vec<u8>, Vec<OwnedFd>);
+
+/// What the connection thread sleeps on, in the order it attends to them once awake:
+/// stopping first; kicks before messages, so a message that replaces or removes a queue's
+/// kick does not leave the old kick's readiness to be acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// The stop doorbell rang: the process is ending.
+    Stop,
+    /// The guest kicked transmit queue `index` (it added frames).
+    Kick(usize),
+    /// A message, or the frontend's hang-up, on the socket.
+    Message,
+    /// Another frontend connected to the listening socket.
+    Knock,
+}
+
+/// The descriptors of one `poll`, each with the event it stands for.
+struct PollSet<'f> {
+    events: Vec<Event>,
+    fds: Vec<PollFd<'f>>,
+}
+
+impl<'f> PollSet<'f> {
+    fn with_capacity(capacity: usize) -> PollSet<'f> {
+        PollSet {
+            events: Vec::with_capacity(capacity),
+            fds: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Adds `source`, readable when `event` happened.
+    fn add(&mut self, event: Event, source: &'f impl AsFd) {
+        self.events.push(event);
+        self.fds.push(PollFd::new(source, PollFlags::IN));
+    }
+
+    /// Sleeps until a source is ready or `wait` passes. A signal ends the sleep early,
+    /// which is no error: the loop looks again.
+    fn poll(&mut self, wait: Duration) -> rustix::io::Result<()> {
+        let timeout = rustix::time::Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: i64::from(wait.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut self.fds, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The events whose sources are ready, in the order they were added.
+    fn ready(&self) -> impl Iterator<Item = Event> + '_ {
+        self.events
+            .iter()
+            .zip(&self.fds)
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|(&event, _)| event)
+    }
+}
 
 /// Why the connection ended.
 enum End {
@@ -159,19 +217,12 @@ pub fn run(
 }
 
 impl Connection<'_, '_> {
+    /// The poll loop: sleeps on the event sources, attends to those that are ready in the
+    /// order [`Event`] lists them, then gives each transmit queue with work a round.
     fn serve(&mut self, stop: &Doorbell, listener: Option<&UnixListener>) -> End {
+        let mut ready = Vec::new();
         loop {
             let busy = self.handler.tx.pending.iter().any(|&p| p);
-            let mut fds = Vec::with_capacity(3 + self.handler.tx.kicks.len());
-            fds.push(PollFd::new(&self.stream, PollFlags::IN));
-            fds.push(PollFd::new(stop, PollFlags::IN));
-            if let Some(listener) = listener {
-                fds.push(PollFd::new(listener, PollFlags::IN));
-            }
-            let kicks_at = fds.len();
-            for (_, kick) in &self.handler.tx.kicks {
-                fds.push(PollFd::new(kick, PollFlags::IN));
-            }
             let mut wait = if busy {
                 Duration::ZERO
             } else {
@@ -180,42 +231,32 @@ impl Connection<'_, '_> {
             if let Some((_, since)) = &self.newcomer {
                 wait = wait.min(NEWCOMER_GRACE.saturating_sub(since.elapsed()));
             }
-            let timeout = rustix::time::Timespec {
-                tv_sec: wait.as_secs() as i64,
-                tv_nsec: i64::from(wait.subsec_nanos()),
-            };
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return End::Broken(format!("poll: {e}")),
+            let mut sources = PollSet::with_capacity(3 + self.handler.tx.kicks.len());
+            sources.add(Event::Stop, stop);
+            for (index, kick) in &self.handler.tx.kicks {
+                sources.add(Event::Kick(*index), kick);
             }
-            let socket_ready = !fds[0].revents().is_empty();
-            let stopped = !fds[1].revents().is_empty();
-            let knocking = listener.is_some() && !fds[2].revents().is_empty();
-            let kicked: Vec<usize> = fds[kicks_at..]
-                .iter()
-                .zip(&self.handler.tx.kicks)
-                .filter(|(fd, _)| !fd.revents().is_empty())
-                .map(|(_, (index, _))| *index)
-                .collect();
-            drop(fds);
-            if stopped {
-                return End::Stopped;
+            sources.add(Event::Message, &self.stream);
+            if let Some(listener) = listener {
+                sources.add(Event::Knock, listener);
             }
-            for index in kicked {
-                if let Some((_, kick)) = self.handler.tx.kicks.iter().find(|(i, _)| *i == index) {
-                    drain_eventfd(kick);
+            if let Err(e) = sources.poll(wait) {
+                return End::Broken(format!("poll: {e}"));
+            }
+            ready.clear();
+            ready.extend(sources.ready());
+            drop(sources);
+            for &event in &ready {
+                match event {
+                    Event::Stop => return End::Stopped,
+                    Event::Kick(index) => self.kicked(index),
+                    Event::Message => match self.handle_message() {
+                        Ok(true) => {}
+                        Ok(false) => return End::Disconnected,
+                        Err(why) => return End::Broken(why),
+                    },
+                    Event::Knock => self.knock(listener),
                 }
-                self.handler.tx.pending[index] = true;
-            }
-            if socket_ready {
-                match self.handle_message() {
-                    Ok(true) => {}
-                    Ok(false) => return End::Disconnected,
-                    Err(why) => return End::Broken(why),
-                }
-            }
-            if knocking {
-                self.knock(listener);
             }
             self.expire_newcomer();
             for index in 0..self.handler.tx.pending.len() {
@@ -224,6 +265,15 @@ impl Connection<'_, '_> {
                 }
             }
         }
+    }
+
+    /// The guest kicked transmit queue `index`: clears the kick and gives the queue a
+    /// round.
+    fn kicked(&mut self, index: usize) {
+        if let Some((_, kick)) = self.handler.tx.kicks.iter().find(|(i, _)| *i == index) {
+            drain_eventfd(kick);
+        }
+        self.handler.tx.pending[index] = true;
     }
 
     /// Another frontend connected while this one is served: it waits (its messages queue
