@@ -1239,6 +1239,51 @@ fn removing_a_region_that_is_not_mapped_is_refused() {
     );
 }
 
+/// A frontend that replaces the memory table with one that leaves its running rings out:
+/// the backend cannot switch the guest's kicks off for the transmit ring (without
+/// `EVENT_IDX` that is a write to the used ring), counts that, drops the chain as a bad
+/// one, and serves the next frontend.
+#[test]
+fn memory_table_that_leaves_a_running_ring_out_is_counted() {
+    let mut lab = Lab::start(&["s"]);
+    let mut guest = lab.guest(
+        0,
+        SetupOptions {
+            features: feature::VERSION_1 | feature::MRG_RXBUF,
+            ..SetupOptions::default()
+        },
+    );
+    lab.good_frame_passes(&mut guest, 1);
+    // The rings lie in the first region; the new table has the second one only. Without
+    // protocol features there is no ack: the reply to a later GET_FEATURES shows the
+    // table was applied (messages are handled in order) before the guest sends again.
+    let buffers_only = &guest.memory.regions()[1..];
+    guest
+        .frontend
+        .request(
+            request::SET_MEM_TABLE,
+            &memory_table(buffers_only),
+            &[guest.memory.fd()],
+        )
+        .expect("the new table sent");
+    guest
+        .frontend
+        .get_u64(request::GET_FEATURES)
+        .expect("the backend answers after the new table");
+    let lost = frame(lab.peer.mac(), GUEST_MAC, 100, 2);
+    guest.tx.send(&guest.memory, &packet(&lost), 1, false);
+    let entry = lab.wait_status(0, "a ring access failure and a bad chain", |entry| {
+        counter(entry, "ring_access_failures") >= 1 && counter(entry, "tx_bad_chains") >= 1
+    });
+    assert_eq!(
+        counter(&entry, "tx_frames"),
+        1,
+        "only the first frame went out"
+    );
+    drop(guest);
+    lab.fresh_connection_works(0);
+}
+
 /// A guest that posted no receive buffers: the backend takes one round of frames from its
 /// ring and holds them for the guest, leaving the rest in the ring; when the frontend goes,
 /// the frames it held are counted, not lost silently.

@@ -149,7 +149,7 @@ pub fn print_statuses(sockets: &[SocketStatus]) {
             println!("  rejected by why: {}", refused.join("  "));
         }
         println!(
-            "  guest faults: tx bad chain {}  wrong direction {}  bad length {}  bad header {}   rx bad chain {}  wrong direction {}   rx no room {}  lost on disconnect {}  quarantines {}",
+            "  guest faults: tx bad chain {}  wrong direction {}  bad length {}  bad header {}   rx bad chain {}  wrong direction {}   rx no room {}  lost on disconnect {}  quarantines {}   ring access failures {}",
             c.tx_bad_chains,
             c.tx_wrong_direction,
             c.tx_bad_length,
@@ -158,7 +158,8 @@ pub fn print_statuses(sockets: &[SocketStatus]) {
             c.rx_wrong_direction,
             c.rx_no_room,
             c.rx_lost_on_disconnect,
-            c.quarantines
+            c.quarantines,
+            c.ring_access_failures
         );
     }
 }

@@ -333,7 +333,13 @@ impl Connection<'_, '_> {
             if !vring.running(negotiated.enabled_by_default()) {
                 return false;
             }
-            let _ = vring.queue.disable_notification(mem);
+            // Switching kicks off and on fails only for a ring no longer in guest memory
+            // (the frontend replaced the memory table under it): counted, and the round
+            // goes on as it did, its chains then failing as bad ones.
+            let ring_failures = &self.shared.socket.counters.ring_access_failures;
+            if vring.queue.disable_notification(mem).is_err() {
+                Counters::add(ring_failures, 1);
+            }
             let taken =
                 datapath::transmit(&mut vring, mem, &rules, TX_BUDGET, &mut self.batch, |f| {
                     faults.push(f)
@@ -341,7 +347,11 @@ impl Connection<'_, '_> {
             // Budget spent: come back at once, notifications still off. Else turn them
             // back on and look once more, so a frame added meanwhile is not missed.
             let more = taken == TX_BUDGET
-                || (vring.started && vring.queue.enable_notification(mem).unwrap_or(false));
+                || (vring.started
+                    && vring.queue.enable_notification(mem).unwrap_or_else(|_| {
+                        Counters::add(ring_failures, 1);
+                        false
+                    }));
             if taken > 0 {
                 vring.signal(mem);
             }
