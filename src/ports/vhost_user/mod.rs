@@ -13,11 +13,11 @@
 //! the guest's regions and translates the frontend's addresses; `datapath` moves frames
 //! between virtqueues and the network, checking every descriptor; `connection` is the
 //! poll loop and transmit loop of one frontend, `requests` its message handler (one
-//! method per request); `rx` is the receive thread. The two threads meet in `state` (a
-//! connection's queues, guest memory and negotiation), never in each other; `status` is
-//! what `guestnet status` shows of a socket, its counters included. The rings themselves
-//! are `virtio-queue`'s and all access to guest memory is `vm-memory`'s checked
-//! interface, so this port holds no `unsafe`.
+//! method per request) and `refusal` the reasons it refuses one; `rx` is the receive
+//! thread. The two threads meet in `state` (a connection's queues, guest memory and
+//! negotiation), never in each other; `status` is what `guestnet status` shows of a
+//! socket, its counters included. The rings themselves are `virtio-queue`'s and all access
+//! to guest memory is `vm-memory`'s checked interface, so this port holds no `unsafe`.
 //!
 //! **Threads.** Per connected VM, two: the *connection* thread sleeps in `poll` on the
 //! socket and the transmit queues' kick eventfds, answers messages, and drains transmit
@@ -45,8 +45,8 @@
 //! port until that frontend disconnects: its queues are no longer read and frames to it
 //! are dropped (and counted) by their senders. A malformed message closes the connection
 //! (the byte stream cannot be trusted after it); a well-formed one that makes no sense now
-//! is refused and counted, and answered with a failure when the frontend asked for a
-//! reply. Nothing a frontend sends makes this process panic.
+//! is refused and counted by why, and answered with a failure when the frontend asked for
+//! a reply. Nothing a frontend sends makes this process panic.
 //!
 //! **Restarts.** In server mode (the default) each socket takes the next frontend when one
 //! disconnects, so a QEMU with `reconnect-ms=` comes back after this process restarts. A

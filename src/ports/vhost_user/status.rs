@@ -114,8 +114,8 @@ counters! {
         ring_access_failures,
     }
     with {
-        /// `rejected_messages` by why, one counter per kind of refusal (see
-        /// `refusal::Refusal`, whose variants these are named after).
+        /// `rejected_messages` by why: one counter per kind of refusal, named after the
+        /// kind.
         refused: RefusalCounters / RefusalCounterValues,
     }
 }
