@@ -21,8 +21,8 @@ use guestnet::network::{CreateOptions, JoinOptions, Network, Peer, PortKind};
 use guestnet::wire::MacAddress;
 use vhost_support::{
     Backend, DEADLINE, Descriptor, Frontend, GuestMemory, MemoryMessages, NET_HEADER_LEN,
-    SetupOptions, TX_QUEUE, Virtqueue, counter, desc_flags, feature, flags, memory_table, request,
-    u64_payload, vring_address, vring_state, wait_for_status,
+    SetupOptions, TX_QUEUE, Virtqueue, counter, desc_flags, feature, flags, memory_table, refusals,
+    request, single_region, u64_payload, vring_address, vring_state, wait_for_status,
 };
 
 const NETWORK: &str = "lab";
@@ -117,14 +117,21 @@ impl Lab {
         );
     }
 
-    /// After a refused request: the answer was a failure, the refusal is counted, and the
-    /// socket still serves a fresh frontend properly. `why` says what should have been
-    /// refused.
-    fn refused(&mut self, frontend: Frontend, ack: u64, why: &str) {
+    /// After a refused request: the answer was a failure, the refusal is counted as
+    /// `rejected_messages` and as a refusal of `kind` (and of no other kind), and the socket
+    /// still serves a fresh frontend properly. `why` says what should have been refused.
+    fn refused(&mut self, frontend: Frontend, ack: u64, kind: &str, why: &str) {
         assert_ne!(ack, 0, "not refused: {why}");
         drop(frontend);
         self.fresh_connection_works(0);
-        self.wait_counter(0, "rejected_messages", 1);
+        let entry = self.wait_status(0, &format!("a refusal of kind {kind}"), |entry| {
+            counter(entry, "rejected_messages") >= 1 && refusals(entry, kind) >= 1
+        });
+        assert_eq!(
+            refusals(&entry, kind),
+            counter(&entry, "rejected_messages"),
+            "every refusal counted as {kind}: {why}"
+        );
     }
 
     /// After a malformed message: the backend hung up, counted it, and the socket still
@@ -848,6 +855,7 @@ fn vring_address_before_memory_table_is_refused() {
     lab.refused(
         frontend,
         ack,
+        "ring_before_memory",
         "no memory table yet: nothing to translate the address with",
     );
 }
@@ -868,6 +876,11 @@ fn unknown_request_code_is_refused_and_the_connection_kept() {
     lab.fresh_connection_works(0);
     let entry = lab.wait_counter(0, "unknown_requests", 1);
     assert_eq!(counter(&entry, "bad_messages"), 0);
+    assert_eq!(
+        counter(&entry, "rejected_messages"),
+        0,
+        "a request not implemented is not counted as a rejected one"
+    );
 }
 
 #[test]
@@ -922,7 +935,12 @@ fn set_features_with_a_bit_not_offered_is_refused() {
             &[],
         )
         .expect("an answer");
-    lab.refused(frontend, ack, "bit {not_offered:#x} was never offered");
+    lab.refused(
+        frontend,
+        ack,
+        "features_not_offered",
+        "bit {not_offered:#x} was never offered",
+    );
 }
 
 #[test]
@@ -932,7 +950,7 @@ fn ring_size_not_a_power_of_two_is_refused() {
     let ack = frontend
         .request_ack(request::SET_VRING_NUM, &vring_state(0, 3), &[])
         .expect("an answer");
-    lab.refused(frontend, ack, "refused");
+    lab.refused(frontend, ack, "bad_ring_size", "3 is not a power of two");
 }
 
 #[test]
@@ -942,7 +960,12 @@ fn queue_index_out_of_range_is_refused() {
     let ack = frontend
         .request_ack(request::SET_VRING_NUM, &vring_state(7, 256), &[])
         .expect("an answer");
-    lab.refused(frontend, ack, "one queue pair: queues 0 and 1 only");
+    lab.refused(
+        frontend,
+        ack,
+        "queue_out_of_range",
+        "one queue pair: queues 0 and 1 only",
+    );
 }
 
 #[test]
@@ -985,7 +1008,12 @@ fn vring_kick_without_a_descriptor_is_refused() {
     let ack = frontend
         .request_ack(request::SET_VRING_KICK, &u64_payload(1 | 1 << 8), &[])
         .expect("an answer");
-    lab.refused(frontend, ack, "polled rings are not supported");
+    lab.refused(
+        frontend,
+        ack,
+        "polled_ring",
+        "polled rings are not supported",
+    );
 }
 
 #[test]
@@ -1017,7 +1045,243 @@ fn memory_region_longer_than_its_file_is_refused() {
             &[memory.fd(), memory.fd()],
         )
         .expect("an answer");
-    lab.refused(frontend, ack, "the region runs past the end of its file");
+    lab.refused(
+        frontend,
+        ack,
+        "bad_memory_table",
+        "the region runs past the end of its file",
+    );
+}
+
+/// A frontend that has acked its features and shared the guest's memory with
+/// `SET_MEM_TABLE`, and set ring 1's size; returns it and the memory.
+fn with_memory(lab: &Lab) -> (Frontend, GuestMemory) {
+    let mut frontend = lab.negotiated(0);
+    let offered = frontend.get_u64(request::GET_FEATURES).expect("features");
+    let acked = offered & SetupOptions::default().features;
+    frontend
+        .request(request::SET_FEATURES, &u64_payload(acked), &[])
+        .expect("features acked");
+    let memory = GuestMemory::new().expect("guest memory");
+    frontend
+        .send_memory(&memory, MemoryMessages::SetMemTable)
+        .expect("memory shared");
+    frontend
+        .request(request::SET_VRING_NUM, &vring_state(1, 256), &[])
+        .expect("ring size");
+    (frontend, memory)
+}
+
+#[test]
+fn protocol_features_not_offered_are_refused() {
+    let mut lab = Lab::start(&["s"]);
+    let mut frontend = lab.negotiated(0);
+    let offered = frontend
+        .get_u64(request::GET_PROTOCOL_FEATURES)
+        .expect("protocol features");
+    let not_offered = 1u64 << (!offered).trailing_zeros();
+    let ack = frontend
+        .request_ack(
+            request::SET_PROTOCOL_FEATURES,
+            &u64_payload(offered | not_offered),
+            &[],
+        )
+        .expect("an answer");
+    lab.refused(
+        frontend,
+        ack,
+        "protocol_features_not_offered",
+        "protocol bit {not_offered:#x} was never offered",
+    );
+}
+
+#[test]
+fn ring_address_outside_guest_memory_is_refused() {
+    let mut lab = Lab::start(&["s"]);
+    let (mut frontend, memory) = with_memory(&lab);
+    // Between the two regions: no guest memory there.
+    let nowhere = memory.user_address(0x8000_0000);
+    let address = vring_address(
+        1,
+        nowhere,
+        memory.user_address(0x4000),
+        memory.user_address(0x2000),
+    );
+    let ack = frontend
+        .request_ack(request::SET_VRING_ADDR, &address, &[])
+        .expect("an answer");
+    lab.refused(
+        frontend,
+        ack,
+        "ring_outside_memory",
+        "the descriptor table lies between the regions",
+    );
+}
+
+#[test]
+fn misaligned_ring_address_is_refused() {
+    let mut lab = Lab::start(&["s"]);
+    let (mut frontend, memory) = with_memory(&lab);
+    // Inside guest memory, but a descriptor table must be 16-byte aligned.
+    let address = vring_address(
+        1,
+        memory.user_address(0x1008),
+        memory.user_address(0x4000),
+        memory.user_address(0x2000),
+    );
+    let ack = frontend
+        .request_ack(request::SET_VRING_ADDR, &address, &[])
+        .expect("an answer");
+    lab.refused(
+        frontend,
+        ack,
+        "misaligned_ring",
+        "the descriptor table is 8-byte aligned only",
+    );
+}
+
+#[test]
+fn kick_descriptor_that_is_not_an_eventfd_is_refused() {
+    let mut lab = Lab::start(&["s"]);
+    let mut frontend = lab.negotiated(0);
+    // A memfd: reading it would never block, and never stop being readable either.
+    let not_an_eventfd = GuestMemory::new().expect("guest memory");
+    let ack = frontend
+        .request_ack(
+            request::SET_VRING_KICK,
+            &u64_payload(1),
+            &[not_an_eventfd.fd()],
+        )
+        .expect("an answer");
+    lab.refused(
+        frontend,
+        ack,
+        "kick_not_an_eventfd",
+        "a memfd is no kick descriptor",
+    );
+}
+
+#[test]
+fn call_descriptor_that_is_not_an_eventfd_is_refused() {
+    let mut lab = Lab::start(&["s"]);
+    let mut frontend = lab.negotiated(0);
+    let not_an_eventfd = GuestMemory::new().expect("guest memory");
+    let ack = frontend
+        .request_ack(
+            request::SET_VRING_CALL,
+            &u64_payload(1),
+            &[not_an_eventfd.fd()],
+        )
+        .expect("an answer");
+    lab.refused(
+        frontend,
+        ack,
+        "call_not_an_eventfd",
+        "a memfd is no call descriptor",
+    );
+}
+
+#[test]
+fn adding_a_region_longer_than_its_file_is_refused() {
+    let mut lab = Lab::start(&["s"]);
+    let mut frontend = Frontend::connect(lab.socket(0)).expect("connect");
+    frontend
+        .negotiate(MemoryMessages::AddMemReg)
+        .expect("negotiate");
+    let memory = GuestMemory::new().expect("guest memory");
+    let mut region = memory.regions()[1];
+    region.size += 1 << 20;
+    let ack = frontend
+        .request_ack(request::ADD_MEM_REG, &single_region(region), &[memory.fd()])
+        .expect("an answer");
+    lab.refused(
+        frontend,
+        ack,
+        "bad_added_region",
+        "the region runs past the end of its file",
+    );
+}
+
+#[test]
+fn removing_memory_before_any_was_shared_is_refused() {
+    let mut lab = Lab::start(&["s"]);
+    let mut frontend = lab.negotiated(0);
+    let memory = GuestMemory::new().expect("guest memory");
+    let ack = frontend
+        .request_ack(
+            request::REM_MEM_REG,
+            &single_region(memory.regions()[0]),
+            &[],
+        )
+        .expect("an answer");
+    lab.refused(
+        frontend,
+        ack,
+        "remove_without_memory",
+        "no memory was shared yet",
+    );
+}
+
+#[test]
+fn removing_a_region_that_is_not_mapped_is_refused() {
+    let mut lab = Lab::start(&["s"]);
+    let (mut frontend, memory) = with_memory(&lab);
+    let mut region = memory.regions()[1];
+    region.size /= 2;
+    let ack = frontend
+        .request_ack(request::REM_MEM_REG, &single_region(region), &[])
+        .expect("an answer");
+    lab.refused(
+        frontend,
+        ack,
+        "bad_removed_region",
+        "no region of that size is mapped",
+    );
+}
+
+/// A frontend that replaces the memory table with one that leaves its running rings out:
+/// the backend cannot switch the guest's kicks off for the transmit ring (without
+/// `EVENT_IDX` that is a write to the used ring), counts that, drops the chain as a bad
+/// one, and serves the next frontend.
+#[test]
+fn memory_table_that_leaves_a_running_ring_out_is_counted() {
+    let mut lab = Lab::start(&["s"]);
+    let mut guest = lab.guest(
+        0,
+        SetupOptions {
+            features: feature::VERSION_1 | feature::MRG_RXBUF,
+            ..SetupOptions::default()
+        },
+    );
+    lab.good_frame_passes(&mut guest, 1);
+    // The rings lie in the first region; the new table has the second one only. Without
+    // protocol features there is no ack: the reply to a later GET_FEATURES shows the
+    // table was applied (messages are handled in order) before the guest sends again.
+    let buffers_only = &guest.memory.regions()[1..];
+    guest
+        .frontend
+        .request(
+            request::SET_MEM_TABLE,
+            &memory_table(buffers_only),
+            &[guest.memory.fd()],
+        )
+        .expect("the new table sent");
+    guest
+        .frontend
+        .get_u64(request::GET_FEATURES)
+        .expect("the backend answers after the new table");
+    let lost = frame(lab.peer.mac(), GUEST_MAC, 100, 2);
+    guest.tx.send(&guest.memory, &packet(&lost), 1, false);
+    let entry = lab.wait_status(0, "a ring access failure and a bad chain", |entry| {
+        counter(entry, "ring_access_failures") >= 1 && counter(entry, "tx_bad_chains") >= 1
+    });
+    assert_eq!(
+        counter(&entry, "tx_frames"),
+        1,
+        "only the first frame went out"
+    );
+    drop(guest);
+    lab.fresh_connection_works(0);
 }
 
 /// A guest that posted no receive buffers: the backend takes one round of frames from its

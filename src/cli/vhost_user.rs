@@ -138,8 +138,18 @@ pub fn print_statuses(sockets: &[SocketStatus]) {
             "  messages refused: malformed {}  unknown {}  rejected {}",
             c.bad_messages, c.unknown_requests, c.rejected_messages
         );
+        let refused: Vec<String> = c
+            .refused
+            .named()
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect();
+        if !refused.is_empty() {
+            println!("  rejected by why: {}", refused.join("  "));
+        }
         println!(
-            "  guest faults: tx bad chain {}  wrong direction {}  bad length {}  bad header {}   rx bad chain {}  wrong direction {}   rx no room {}  lost on disconnect {}  quarantines {}",
+            "  guest faults: tx bad chain {}  wrong direction {}  bad length {}  bad header {}   rx bad chain {}  wrong direction {}   rx no room {}  lost on disconnect {}  quarantines {}   ring access failures {}",
             c.tx_bad_chains,
             c.tx_wrong_direction,
             c.tx_bad_length,
@@ -148,7 +158,8 @@ pub fn print_statuses(sockets: &[SocketStatus]) {
             c.rx_wrong_direction,
             c.rx_no_room,
             c.rx_lost_on_disconnect,
-            c.quarantines
+            c.quarantines,
+            c.ring_access_failures
         );
     }
 }

@@ -77,6 +77,8 @@ pub mod request {
     pub const GET_MAX_MEM_SLOTS: u32 = 36;
     /// `VHOST_USER_ADD_MEM_REG`: one memory region, one fd.
     pub const ADD_MEM_REG: u32 = 37;
+    /// `VHOST_USER_REM_MEM_REG`: one memory region less.
+    pub const REM_MEM_REG: u32 = 38;
 }
 
 /// Header flag values.
@@ -1151,6 +1153,13 @@ pub fn counter(entry: &serde_json::Value, name: &str) -> u64 {
     entry["counters"][name]
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {name} in {entry}"))
+}
+
+/// A `vhost_user` status entry's count of refusals of one kind (`counters.refused`).
+pub fn refusals(entry: &serde_json::Value, kind: &str) -> u64 {
+    entry["counters"]["refused"][kind]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no refusal counter {kind} in {entry}"))
 }
 
 /// Polls the status of `socket` until `condition` holds (failing after [`DEADLINE`]) and

@@ -1,33 +1,34 @@
-//! One frontend connection: the message handler and the transmit loop.
+//! One frontend connection: its poll loop, its messages and the transmit loop.
 //!
 //! The connection thread owns the socket. It sleeps in `poll` on the socket, the stop
 //! doorbell and the kick eventfds of the transmit queues; a message is read whole
-//! (header, descriptors, payload), parsed by [`crate::wire::vhost_user`], and applied to
-//! the [`Shared`] state the receive thread also reads; a kick drains that transmit queue
-//! in budgeted rounds. The receive thread ([`super::rx`]) is started here and stopped when
+//! (header, descriptors, payload), parsed by [`crate::wire::vhost_user`], and applied by
+//! the [`RequestHandler`] to the [`Shared`] state the receive thread also reads; a kick
+//! drains that transmit queue in budgeted rounds. The receive thread ([`super::rx`]) is started here and stopped when
 //! the connection ends, before the peer leaves.
 
 use std::io::{IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use virtio_queue::QueueT;
 
-use super::datapath::{self, ChainFault, TxBatch, TxRules, Vring, feature};
-use super::memory::{GuestMemory, MAX_MEM_SLOTS};
-use super::{Counters, QUARANTINE_FAULTS, Socket, State};
+use super::datapath::{self, TxBatch, TxRules, Vring};
+use super::requests::{Answer, RequestHandler};
+use super::state::{Negotiated, Shared, Socket, drain_eventfd, lock};
+use super::status::Counters;
 use crate::network::counters::DropReason;
 use crate::network::monotonic_ns;
-use crate::network::{Control, Peer, Sender};
+use crate::network::{Peer, Sender};
 use crate::ports::socket::{Doorbell, MacLearner};
 use crate::wire::vhost_user::{
-    self as protocol, HEADER_LEN, MAX_FDS, MessageError, MessageHeader, Request, code,
+    self as protocol, HEADER_LEN, MAX_FDS, MessageError, MessageHeader, Request,
 };
 
 /// Chains taken from one transmit queue per round before the loop looks at the others.
@@ -62,166 +63,66 @@ pub struct Setup<'a> {
     pub label: String,
 }
 
-/// What the frontend agreed to.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Negotiated {
-    /// Acked features, once `SET_FEATURES` came.
-    pub features: Option<u64>,
-    /// Acked protocol features.
-    pub protocol: u64,
-}
-
-impl Negotiated {
-    /// virtio-net header length: 12 with VERSION_1 or MRG_RXBUF, else the legacy 10.
-    pub fn header_len(features: u64) -> usize {
-        if features & (feature::VERSION_1 | feature::MRG_RXBUF) != 0 {
-            crate::wire::virtio_net::HEADER_LEN
-        } else {
-            crate::wire::virtio_net::LEGACY_HEADER_LEN
-        }
-    }
-
-    /// Whether rings run without `SET_VRING_ENABLE` (protocol features not negotiated).
-    pub fn enabled_by_default(&self) -> bool {
-        self.features
-            .is_some_and(|f| f & feature::PROTOCOL_FEATURES == 0)
-    }
-}
-
-/// Counts bad chains over one-second windows to decide on quarantine.
-#[derive(Debug, Default)]
-struct Meter {
-    window_start_ns: u64,
-    faults: u64,
-}
-
-/// The state both threads of a connection use.
-pub struct Shared<'a> {
-    /// Queues: `2k` receives, `2k + 1` transmits, for queue pair `k`.
-    pub vrings: Vec<Mutex<Vring>>,
-    memory: Mutex<Option<Arc<GuestMemory>>>,
-    negotiated: Mutex<Negotiated>,
-    /// Set once the port is quarantined.
-    pub quarantined: AtomicBool,
-    /// Set when the connection ends; the receive thread stops.
-    pub closing: AtomicBool,
-    /// The peer's link is up (a receive queue runs).
-    link_up: AtomicBool,
-    meter: Mutex<Meter>,
-    /// The peer's control half.
-    pub control: Control,
-    /// Status and counters.
-    pub socket: &'a Socket,
-}
-
-/// Locks a mutex, whatever a panicking holder left (none should: nothing here panics).
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Shared<'_> {
-    /// The current guest memory.
-    pub fn memory(&self) -> Option<Arc<GuestMemory>> {
-        lock(&self.memory).clone()
-    }
-
-    /// What was negotiated so far.
-    pub fn negotiated(&self) -> Negotiated {
-        *lock(&self.negotiated)
-    }
-
-    /// Counts a refused chain and quarantines the port when they come too fast.
-    pub fn fault(&self, transmit: bool, fault: ChainFault, now_ns: u64) {
-        let c = &self.socket.counters;
-        let counter = match (transmit, fault) {
-            (true, ChainFault::BadChain) => &c.tx_bad_chains,
-            (true, ChainFault::WrongDirection) => &c.tx_wrong_direction,
-            (true, ChainFault::BadLength) => &c.tx_bad_length,
-            (true, ChainFault::BadHeader) => &c.tx_bad_header,
-            (false, ChainFault::WrongDirection) => &c.rx_wrong_direction,
-            (false, ChainFault::BadLength) => &c.rx_no_room,
-            (false, _) => &c.rx_bad_chains,
-        };
-        Counters::add(counter, 1);
-        // A frame too big for the guest's buffers is the network's doing, not the guest's.
-        if !transmit && fault == ChainFault::BadLength {
-            return;
-        }
-        let quarantine = {
-            let mut meter = lock(&self.meter);
-            if now_ns.saturating_sub(meter.window_start_ns) >= 1_000_000_000 {
-                meter.window_start_ns = now_ns;
-                meter.faults = 0;
-            }
-            meter.faults += 1;
-            meter.faults > QUARANTINE_FAULTS
-        };
-        if quarantine && !self.quarantined.swap(true, Ordering::AcqRel) {
-            Counters::add(&c.quarantines, 1);
-            tracing::warn!(socket = %self.socket.path.display(), "quarantined: the guest keeps posting bad descriptors");
-            if let Err(e) = self.control.set_quarantined(true) {
-                tracing::warn!(error = %e, "cannot mark the peer quarantined");
-            }
-            self.refresh_state();
-        }
-    }
-
-    /// Recomputes the socket's state for `status`, and the peer's link: up exactly while a
-    /// receive queue runs. Called by the connection thread after every message, so the
-    /// link is up by the time the frontend has its acknowledgement (the receive thread
-    /// sets the link itself each round). Takes the vring locks: callers must hold none.
-    pub fn refresh_state(&self) {
-        let negotiated = self.negotiated();
-        let enabled_by_default = negotiated.enabled_by_default();
-        let running: Vec<bool> = self
-            .vrings
-            .iter()
-            .map(|v| lock(v).running(enabled_by_default))
-            .collect();
-        let quarantined = self.quarantined.load(Ordering::Acquire);
-        let receiving = running.iter().step_by(2).any(|&r| r)
-            && negotiated.features.is_some()
-            && self.memory().is_some();
-        self.set_link(receiving && !quarantined);
-        let state = if quarantined {
-            State::Quarantined
-        } else if running.iter().any(|&r| r) {
-            State::Running
-        } else {
-            State::Connected
-        };
-        self.socket.update(|info| {
-            info.state = state;
-            info.acked_features = negotiated.features.unwrap_or(0);
-            info.acked_protocol_features = negotiated.protocol;
-        });
-    }
-
-    /// Marks the peer's link up or down when that changes: down, senders count
-    /// `link_down` instead of filling a ring nobody drains.
-    pub fn set_link(&self, up: bool) {
-        if self.link_up.swap(up, Ordering::AcqRel) != up
-            && let Err(e) = self.control.set_link_down(!up)
-        {
-            tracing::warn!(error = %e, "cannot change the peer's link state");
-        }
-    }
-}
-
-/// What a request amounts to.
-enum Answer {
-    /// A reply of the request's own.
-    Reply(Vec<u8>),
-    /// Done; a `REPLY_ACK` status 0 if asked for.
-    Done,
-    /// Refused; status 1 if asked for.
-    Refused(String),
-}
-
 /// A message as read: header, payload, and the descriptors that came with it.
 type Message = (MessageHeader, Vec<u8>, Vec<OwnedFd>);
+
+/// What the connection thread sleeps on, in the order it attends to them once awake:
+/// stopping first; kicks before messages, so a message that replaces or removes a queue's
+/// kick does not leave the old kick's readiness to be acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// The stop doorbell rang: the process is ending.
+    Stop,
+    /// The guest kicked transmit queue `index` (it added frames).
+    Kick(usize),
+    /// A message, or the frontend's hang-up, on the socket.
+    Message,
+    /// Another frontend connected to the listening socket.
+    Knock,
+}
+
+/// The descriptors of one `poll`, each with the event it stands for.
+struct PollSet<'f> {
+    events: Vec<Event>,
+    fds: Vec<PollFd<'f>>,
+}
+
+impl<'f> PollSet<'f> {
+    fn with_capacity(capacity: usize) -> PollSet<'f> {
+        PollSet {
+            events: Vec::with_capacity(capacity),
+            fds: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Adds `source`, readable when `event` happened.
+    fn add(&mut self, event: Event, source: &'f impl AsFd) {
+        self.events.push(event);
+        self.fds.push(PollFd::new(source, PollFlags::IN));
+    }
+
+    /// Sleeps until a source is ready or `wait` passes. A signal ends the sleep early,
+    /// which is no error: the loop looks again.
+    fn poll(&mut self, wait: Duration) -> rustix::io::Result<()> {
+        let timeout = rustix::time::Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: i64::from(wait.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut self.fds, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The events whose sources are ready, in the order they were added.
+    fn ready(&self) -> impl Iterator<Item = Event> + '_ {
+        self.events
+            .iter()
+            .zip(&self.fds)
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|(&event, _)| event)
+    }
+}
 
 /// Why the connection ended.
 enum End {
@@ -234,23 +135,13 @@ enum End {
 struct Connection<'s, 'a> {
     stream: UnixStream,
     shared: &'s Shared<'a>,
-    offered: u64,
-    offered_protocol: u64,
-    queue_pairs: u16,
-    offload: bool,
+    /// Applies the messages; owns the transmit queues' kicks.
+    handler: RequestHandler<'s, 'a>,
     max_frame: usize,
     sender: Sender,
     learner: MacLearner,
     label: String,
     batch: TxBatch,
-    /// Transmit queues with work left over from the last round.
-    tx_pending: Vec<bool>,
-    /// Duplicates of the transmit queues' kick descriptors, for `poll`.
-    tx_kicks: Vec<(usize, OwnedFd)>,
-    /// The receive thread, woken when the queues change.
-    rx_thread: std::thread::Thread,
-    /// The unsealed-memory warning was given.
-    warned_unsealed: bool,
     /// A frontend that connected while this one is served, and since when it waits.
     newcomer: Option<(UnixStream, std::time::Instant)>,
 }
@@ -289,54 +180,25 @@ pub fn run(
             return None;
         }
     };
-    let shared = Shared {
-        vrings,
-        memory: Mutex::new(None),
-        negotiated: Mutex::new(Negotiated::default()),
-        quarantined: AtomicBool::new(false),
-        closing: AtomicBool::new(false),
-        link_up: AtomicBool::new(false),
-        meter: Mutex::new(Meter::default()),
-        control,
-        socket,
-    };
+    let shared = Shared::new(vrings, control, socket);
     let (sender, receiver) = peer.split();
-    let mut offered = feature::VERSION_1
-        | feature::MRG_RXBUF
-        | feature::EVENT_IDX
-        | feature::INDIRECT_DESC
-        | feature::PROTOCOL_FEATURES;
-    if offload {
-        offered |= feature::CSUM
-            | feature::GUEST_CSUM
-            | feature::GUEST_TSO4
-            | feature::GUEST_TSO6
-            | feature::HOST_TSO4
-            | feature::HOST_TSO6;
-    }
-    if queue_pairs > 1 {
-        offered |= feature::MQ;
-    }
     let end = std::thread::scope(|scope| {
         let rx = scope.spawn(|| super::rx::run(&shared, receiver));
         let mut connection = Connection {
             stream,
             shared: &shared,
-            offered,
-            offered_protocol: protocol::protocol::MQ
-                | protocol::protocol::REPLY_ACK
-                | protocol::protocol::CONFIGURE_MEM_SLOTS,
-            queue_pairs,
-            offload,
+            handler: RequestHandler::new(
+                &shared,
+                queue_pairs,
+                offload,
+                label.clone(),
+                rx.thread().clone(),
+            ),
             max_frame,
             sender,
             learner: MacLearner::new(!learn_mac),
             label,
             batch: TxBatch::default(),
-            tx_pending: vec![false; usize::from(queue_pairs) * 2],
-            tx_kicks: Vec::new(),
-            rx_thread: rx.thread().clone(),
-            warned_unsealed: false,
             newcomer: None,
         };
         let end = connection.serve(stop, listener);
@@ -354,56 +216,13 @@ pub fn run(
     newcomer.map(|(stream, _)| stream)
 }
 
-/// Sleeps until `source` is readable (true) or `stop` rings (false).
-pub fn wait_readable(source: &impl AsFd, stop: &Doorbell) -> std::io::Result<bool> {
-    loop {
-        let mut fds = [
-            PollFd::new(source, PollFlags::IN),
-            PollFd::new(stop, PollFlags::IN),
-        ];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) => {
-                if !fds[1].revents().is_empty() {
-                    return Ok(false);
-                }
-                if !fds[0].revents().is_empty() {
-                    return Ok(true);
-                }
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Whether `fd` is an eventfd (a kick or call descriptor must be one: anything else
-/// could block us or never stop being readable).
-fn is_eventfd(fd: &OwnedFd) -> bool {
-    use std::os::fd::AsRawFd;
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventfd]")
-}
-
-/// Reads an eventfd's count, clearing it. Only called when `poll` said it is readable.
-pub fn drain_eventfd(fd: &impl AsFd) {
-    let mut count = [0u8; 8];
-    let _ = rustix::io::read(fd, &mut count);
-}
-
 impl Connection<'_, '_> {
+    /// The poll loop: sleeps on the event sources, attends to those that are ready in the
+    /// order [`Event`] lists them, then gives each transmit queue with work a round.
     fn serve(&mut self, stop: &Doorbell, listener: Option<&UnixListener>) -> End {
+        let mut ready = Vec::new();
         loop {
-            let busy = self.tx_pending.iter().any(|&p| p);
-            let mut fds = Vec::with_capacity(3 + self.tx_kicks.len());
-            fds.push(PollFd::new(&self.stream, PollFlags::IN));
-            fds.push(PollFd::new(stop, PollFlags::IN));
-            if let Some(listener) = listener {
-                fds.push(PollFd::new(listener, PollFlags::IN));
-            }
-            let kicks_at = fds.len();
-            for (_, kick) in &self.tx_kicks {
-                fds.push(PollFd::new(kick, PollFlags::IN));
-            }
+            let busy = self.handler.tx.pending.iter().any(|&p| p);
             let mut wait = if busy {
                 Duration::ZERO
             } else {
@@ -412,50 +231,49 @@ impl Connection<'_, '_> {
             if let Some((_, since)) = &self.newcomer {
                 wait = wait.min(NEWCOMER_GRACE.saturating_sub(since.elapsed()));
             }
-            let timeout = rustix::time::Timespec {
-                tv_sec: wait.as_secs() as i64,
-                tv_nsec: i64::from(wait.subsec_nanos()),
-            };
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return End::Broken(format!("poll: {e}")),
+            let mut sources = PollSet::with_capacity(3 + self.handler.tx.kicks.len());
+            sources.add(Event::Stop, stop);
+            for (index, kick) in &self.handler.tx.kicks {
+                sources.add(Event::Kick(*index), kick);
             }
-            let socket_ready = !fds[0].revents().is_empty();
-            let stopped = !fds[1].revents().is_empty();
-            let knocking = listener.is_some() && !fds[2].revents().is_empty();
-            let kicked: Vec<usize> = fds[kicks_at..]
-                .iter()
-                .zip(&self.tx_kicks)
-                .filter(|(fd, _)| !fd.revents().is_empty())
-                .map(|(_, (index, _))| *index)
-                .collect();
-            drop(fds);
-            if stopped {
-                return End::Stopped;
+            sources.add(Event::Message, &self.stream);
+            if let Some(listener) = listener {
+                sources.add(Event::Knock, listener);
             }
-            for index in kicked {
-                if let Some((_, kick)) = self.tx_kicks.iter().find(|(i, _)| *i == index) {
-                    drain_eventfd(kick);
+            if let Err(e) = sources.poll(wait) {
+                return End::Broken(format!("poll: {e}"));
+            }
+            ready.clear();
+            ready.extend(sources.ready());
+            drop(sources);
+            for &event in &ready {
+                match event {
+                    Event::Stop => return End::Stopped,
+                    Event::Kick(index) => self.kicked(index),
+                    Event::Message => match self.handle_message() {
+                        Ok(true) => {}
+                        Ok(false) => return End::Disconnected,
+                        Err(why) => return End::Broken(why),
+                    },
+                    Event::Knock => self.knock(listener),
                 }
-                self.tx_pending[index] = true;
-            }
-            if socket_ready {
-                match self.handle_message() {
-                    Ok(true) => {}
-                    Ok(false) => return End::Disconnected,
-                    Err(why) => return End::Broken(why),
-                }
-            }
-            if knocking {
-                self.knock(listener);
             }
             self.expire_newcomer();
-            for index in 0..self.tx_pending.len() {
-                if self.tx_pending[index] {
-                    self.tx_pending[index] = self.transmit(index);
+            for index in 0..self.handler.tx.pending.len() {
+                if self.handler.tx.pending[index] {
+                    self.handler.tx.pending[index] = self.transmit(index);
                 }
             }
         }
+    }
+
+    /// The guest kicked transmit queue `index`: clears the kick and gives the queue a
+    /// round.
+    fn kicked(&mut self, index: usize) {
+        if let Some((_, kick)) = self.handler.tx.kicks.iter().find(|(i, _)| *i == index) {
+            drain_eventfd(kick);
+        }
+        self.handler.tx.pending[index] = true;
     }
 
     /// Another frontend connected while this one is served: it waits (its messages queue
@@ -515,7 +333,13 @@ impl Connection<'_, '_> {
             if !vring.running(negotiated.enabled_by_default()) {
                 return false;
             }
-            let _ = vring.queue.disable_notification(mem);
+            // Switching kicks off and on fails only for a ring no longer in guest memory
+            // (the frontend replaced the memory table under it): counted, and the round
+            // goes on as it did, its chains then failing as bad ones.
+            let ring_failures = &self.shared.socket.counters.ring_access_failures;
+            if vring.queue.disable_notification(mem).is_err() {
+                Counters::add(ring_failures, 1);
+            }
             let taken =
                 datapath::transmit(&mut vring, mem, &rules, TX_BUDGET, &mut self.batch, |f| {
                     faults.push(f)
@@ -523,7 +347,11 @@ impl Connection<'_, '_> {
             // Budget spent: come back at once, notifications still off. Else turn them
             // back on and look once more, so a frame added meanwhile is not missed.
             let more = taken == TX_BUDGET
-                || (vring.started && vring.queue.enable_notification(mem).unwrap_or(false));
+                || (vring.started
+                    && vring.queue.enable_notification(mem).unwrap_or_else(|_| {
+                        Counters::add(ring_failures, 1);
+                        false
+                    }));
             if taken > 0 {
                 vring.signal(mem);
             }
@@ -572,19 +400,15 @@ impl Connection<'_, '_> {
         };
         Counters::add(&counters.messages, 1);
         tracing::debug!(port = %self.label, ?request, "message");
-        let answer = self.apply(request.clone(), fds);
+        let answer = self.handler.handle(request, fds);
         let reply_ack = self.shared.negotiated().protocol & protocol::protocol::REPLY_ACK != 0
             && header.needs_reply();
         let bytes = match answer {
-            Answer::Reply(bytes) => Some(bytes),
-            Answer::Done => reply_ack.then(|| protocol::reply_u64(header.request, 0)),
-            Answer::Refused(why) => {
-                if matches!(request, Request::Unknown(_)) {
-                    Counters::add(&counters.unknown_requests, 1);
-                } else {
-                    Counters::add(&counters.rejected_messages, 1);
-                }
-                tracing::warn!(port = %self.label, request = header.request, "refused: {why}");
+            Ok(Answer::Reply(bytes)) => Some(bytes),
+            Ok(Answer::Done) => reply_ack.then(|| protocol::reply_u64(header.request, 0)),
+            Err(refusal) => {
+                refusal.count(counters);
+                tracing::warn!(port = %self.label, request = header.request, "refused: {refusal}");
                 reply_ack.then(|| protocol::reply_u64(header.request, 1))
             }
         };
@@ -647,302 +471,5 @@ impl Connection<'_, '_> {
             .set_read_timeout(None)
             .map_err(|e| format!("clear the read timeout: {e}"))?;
         Ok(Some((header, payload, fds)))
-    }
-
-    /// Says once per connection that the frontend could crash this process by shrinking
-    /// the guest's memory file under it.
-    fn warn_if_unsealed(&mut self, memory: &GuestMemory) {
-        if !memory.sealed() && !self.warned_unsealed {
-            self.warned_unsealed = true;
-            tracing::warn!(
-                port = %self.label,
-                "the guest's memory file is not sealed against shrinking: the frontend could \
-                 make this process fault, and every VM it serves lose its network; QEMU's \
-                 memfd backend seals by default, or run one port process per VM"
-            );
-        }
-    }
-
-    /// The vring `index`, if the frontend may use it.
-    fn vring(&self, index: u32) -> Result<&Mutex<Vring>, String> {
-        self.shared.vrings.get(index as usize).ok_or_else(|| {
-            format!(
-                "queue {index} out of range: this port offers {} queue pairs; start it with a \
-                 larger --queues or give the frontend fewer queues",
-                self.queue_pairs
-            )
-        })
-    }
-
-    /// Applies a request to the connection's state.
-    fn apply(&mut self, request: Request, mut fds: Vec<OwnedFd>) -> Answer {
-        let shared = self.shared;
-        match request {
-            Request::GetFeatures => {
-                Answer::Reply(protocol::reply_u64(code::GET_FEATURES, self.offered))
-            }
-            Request::SetFeatures(features) => {
-                if features & !self.offered != 0 {
-                    return Answer::Refused(format!(
-                        "features {:#x} were not offered",
-                        features & !self.offered
-                    ));
-                }
-                lock(&shared.negotiated).features = Some(features);
-                for vring in &shared.vrings {
-                    lock(vring)
-                        .queue
-                        .set_event_idx(features & feature::EVENT_IDX != 0);
-                }
-                let offloads = if self.offload {
-                    datapath::guest_offloads(features)
-                } else {
-                    0
-                };
-                if let Err(e) = shared.control.set_offloads(offloads) {
-                    tracing::warn!(error = %e, "cannot set the peer's offloads");
-                }
-                self.rx_thread.unpark();
-                Answer::Done
-            }
-            Request::SetOwner => Answer::Done,
-            Request::ResetOwner => {
-                for vring in &shared.vrings {
-                    match Vring::new() {
-                        Ok(fresh) => *lock(vring) = fresh,
-                        Err(e) => return Answer::Refused(format!("reset a queue: {e}")),
-                    }
-                }
-                *lock(&shared.memory) = None;
-                *lock(&shared.negotiated) = Negotiated::default();
-                self.tx_kicks.clear();
-                self.rx_thread.unpark();
-                Answer::Done
-            }
-            Request::SetMemTable(regions) => match GuestMemory::from_table(&regions, fds) {
-                Ok(memory) => {
-                    self.warn_if_unsealed(&memory);
-                    *lock(&shared.memory) = Some(Arc::new(memory));
-                    self.rx_thread.unpark();
-                    Answer::Done
-                }
-                Err(e) => Answer::Refused(format!("memory table: {e}")),
-            },
-            Request::GetMaxMemSlots => Answer::Reply(protocol::reply_u64(
-                code::GET_MAX_MEM_SLOTS,
-                MAX_MEM_SLOTS as u64,
-            )),
-            Request::AddMemReg(region) => {
-                let Some(fd) = fds.pop() else {
-                    return Answer::Refused("ADD_MEM_REG without a descriptor".into());
-                };
-                let current = shared.memory();
-                let added = match &current {
-                    Some(memory) => memory.with_region(region, fd),
-                    None => GuestMemory::single(region, fd),
-                };
-                match added {
-                    Ok(memory) => {
-                        self.warn_if_unsealed(&memory);
-                        *lock(&shared.memory) = Some(Arc::new(memory));
-                        self.rx_thread.unpark();
-                        Answer::Done
-                    }
-                    Err(e) => Answer::Refused(format!("add a memory region: {e}")),
-                }
-            }
-            Request::RemMemReg(region) => {
-                let Some(current) = shared.memory() else {
-                    return Answer::Refused("REM_MEM_REG without memory".into());
-                };
-                match current.without_region(region) {
-                    Ok(memory) => {
-                        *lock(&shared.memory) = memory.map(Arc::new);
-                        Answer::Done
-                    }
-                    Err(e) => Answer::Refused(format!("remove a memory region: {e}")),
-                }
-            }
-            Request::SetVringNum { index, num } => {
-                let vring = match self.vring(index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let size = u16::try_from(num).unwrap_or(0);
-                match lock(vring).queue.try_set_size(size) {
-                    Ok(()) => Answer::Done,
-                    Err(_) => Answer::Refused(format!(
-                        "ring size {num} is not a power of two up to {}",
-                        datapath::MAX_QUEUE_SIZE
-                    )),
-                }
-            }
-            Request::SetVringAddr(addr) => {
-                let vring = match self.vring(addr.index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let Some(memory) = shared.memory() else {
-                    return Answer::Refused(
-                        "ring addresses before any guest memory was shared: is the VM's memory \
-                         shared? (QEMU: -object memory-backend-memfd,id=mem,size=…,share=on \
-                         -machine memory-backend=mem)"
-                            .into(),
-                    );
-                };
-                let mut vring = lock(vring);
-                let size = u64::from(vring.queue.size());
-                // The ring's three parts, each with its length, must lie in guest memory.
-                let parts = [
-                    (addr.desc, 16 * size),
-                    (addr.avail, 6 + 2 * size),
-                    (addr.used, 6 + 8 * size),
-                ];
-                let mut guest = [vm_memory::GuestAddress(0); 3];
-                for (slot, (address, len)) in guest.iter_mut().zip(parts) {
-                    match memory.frontend_to_guest(address, len) {
-                        Some(gpa) => *slot = gpa,
-                        None => {
-                            return Answer::Refused(format!(
-                                "ring address {address:#x} (+{len}) is outside guest memory"
-                            ));
-                        }
-                    }
-                }
-                let set = vring
-                    .queue
-                    .try_set_desc_table_address(guest[0])
-                    .and_then(|()| vring.queue.try_set_avail_ring_address(guest[1]))
-                    .and_then(|()| vring.queue.try_set_used_ring_address(guest[2]));
-                match set {
-                    Ok(()) => {
-                        vring.addressed = true;
-                        Answer::Done
-                    }
-                    Err(e) => {
-                        vring.addressed = false;
-                        Answer::Refused(format!("ring addresses: {e}"))
-                    }
-                }
-            }
-            Request::SetVringBase { index, num } => {
-                let vring = match self.vring(index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let mut vring = lock(vring);
-                // Split rings: the low 16 bits are the next available index.
-                vring.queue.set_next_avail(num as u16);
-                vring.queue.set_next_used(num as u16);
-                Answer::Done
-            }
-            Request::GetVringBase { index } => {
-                let vring = match self.vring(index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let next = {
-                    let mut vring = lock(vring);
-                    vring.started = false;
-                    vring.queue.set_ready(false);
-                    vring.queue.next_avail()
-                };
-                self.tx_kicks.retain(|(i, _)| *i != index as usize);
-                self.rx_thread.unpark();
-                Answer::Reply(protocol::reply_state(
-                    code::GET_VRING_BASE,
-                    index,
-                    u32::from(next),
-                ))
-            }
-            Request::SetVringKick(which) => {
-                let vring = match self.vring(which.index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let Some(kick) = fds.pop().filter(|_| which.has_fd) else {
-                    return Answer::Refused(
-                        "polled rings (no kick descriptor) are not supported".into(),
-                    );
-                };
-                if !is_eventfd(&kick) {
-                    return Answer::Refused("the kick descriptor is not an eventfd".into());
-                }
-                let index = which.index as usize;
-                let duplicate = kick.try_clone();
-                {
-                    let mut vring = lock(vring);
-                    vring.kick = Some(kick);
-                    vring.started = true;
-                    vring.queue.set_ready(true);
-                }
-                self.tx_kicks.retain(|(i, _)| *i != index);
-                if index % 2 == 1 {
-                    match duplicate {
-                        Ok(duplicate) => self.tx_kicks.push((index, duplicate)),
-                        Err(e) => {
-                            return Answer::Refused(format!("duplicate the kick descriptor: {e}"));
-                        }
-                    }
-                    // The guest may have queued frames before it could kick.
-                    self.tx_pending[index] = true;
-                }
-                self.rx_thread.unpark();
-                Answer::Done
-            }
-            Request::SetVringCall(which) => {
-                let vring = match self.vring(which.index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                let call = fds.pop().filter(|_| which.has_fd);
-                if call.as_ref().is_some_and(|fd| !is_eventfd(fd)) {
-                    return Answer::Refused("the call descriptor is not an eventfd".into());
-                }
-                lock(vring).call = call;
-                Answer::Done
-            }
-            Request::SetVringErr(which) => match self.vring(which.index) {
-                // Errors are reported in the counters; the descriptor is not kept.
-                Ok(_) => Answer::Done,
-                Err(why) => Answer::Refused(why),
-            },
-            Request::GetProtocolFeatures => Answer::Reply(protocol::reply_u64(
-                code::GET_PROTOCOL_FEATURES,
-                self.offered_protocol,
-            )),
-            Request::SetProtocolFeatures(features) => {
-                if features & !self.offered_protocol != 0 {
-                    return Answer::Refused(format!(
-                        "protocol features {:#x} were not offered",
-                        features & !self.offered_protocol
-                    ));
-                }
-                lock(&shared.negotiated).protocol = features;
-                Answer::Done
-            }
-            // Virtqueues, not pairs, as the specification counts them (cloud-hypervisor
-            // compares its queue count with this; QEMU compares pairs, which are fewer).
-            Request::GetQueueNum => Answer::Reply(protocol::reply_u64(
-                code::GET_QUEUE_NUM,
-                u64::from(self.queue_pairs) * 2,
-            )),
-            // Accepted whenever it comes: QEMU sends it before SET_FEATURES.
-            Request::SetVringEnable { index, enable } => {
-                let vring = match self.vring(index) {
-                    Ok(vring) => vring,
-                    Err(why) => return Answer::Refused(why),
-                };
-                lock(vring).enabled = enable;
-                if enable && index % 2 == 1 {
-                    self.tx_pending[index as usize] = true;
-                }
-                self.rx_thread.unpark();
-                Answer::Done
-            }
-            Request::Unknown(request) => {
-                Answer::Refused(format!("request {request} is not implemented"))
-            }
-        }
     }
 }

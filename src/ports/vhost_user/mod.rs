@@ -12,9 +12,12 @@
 //! **Layers.** [`crate::wire::vhost_user`] parses messages (pure bytes); `memory` maps
 //! the guest's regions and translates the frontend's addresses; `datapath` moves frames
 //! between virtqueues and the network, checking every descriptor; `connection` is the
-//! message handler and transmit loop of one frontend; `rx` is the receive thread. The
-//! rings themselves are `virtio-queue`'s and all access to guest memory is `vm-memory`'s
-//! checked interface, so this port holds no `unsafe`.
+//! poll loop and transmit loop of one frontend, `requests` its message handler (one
+//! method per request) and `refusal` the reasons it refuses one; `rx` is the receive
+//! thread. The two threads meet in `state` (a connection's queues, guest memory and
+//! negotiation), never in each other; `status` is what `guestnet status` shows of a
+//! socket, its counters included. The rings themselves are `virtio-queue`'s and all access
+//! to guest memory is `vm-memory`'s checked interface, so this port holds no `unsafe`.
 //!
 //! **Threads.** Per connected VM, two: the *connection* thread sleeps in `poll` on the
 //! socket and the transmit queues' kick eventfds, answers messages, and drains transmit
@@ -42,8 +45,8 @@
 //! port until that frontend disconnects: its queues are no longer read and frames to it
 //! are dropped (and counted) by their senders. A malformed message closes the connection
 //! (the byte stream cannot be trusted after it); a well-formed one that makes no sense now
-//! is refused and counted, and answered with a failure when the frontend asked for a
-//! reply. Nothing a frontend sends makes this process panic.
+//! is refused and counted by why, and answered with a failure when the frontend asked for
+//! a reply. Nothing a frontend sends makes this process panic.
 //!
 //! **Restarts.** In server mode (the default) each socket takes the next frontend when one
 //! disconnects, so a QEMU with `reconnect-ms=` comes back after this process restarts. A
@@ -57,26 +60,31 @@
 mod connection;
 pub mod datapath;
 mod memory;
+mod refusal;
+mod requests;
 mod rx;
+mod state;
+mod status;
 
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use rustix::event::{PollFd, PollFlags};
 
 use crate::network::{JoinOptions, Network, PortKind};
-use crate::ports::counters::counters;
 use crate::ports::socket::{Doorbell, PortError, SocketPath, SocketType, check_mac, io_error};
 use crate::wire::MacAddress;
+use state::{Info, Socket};
 
 pub use datapath::{MAX_QUEUE_SIZE, feature};
 pub use memory::MAX_MEM_SLOTS;
-
-/// Bad chains within one second that quarantine a port.
-pub const QUARANTINE_FAULTS: u64 = 64;
+pub use state::QUARANTINE_FAULTS;
+pub use status::{
+    CounterValues, Counters, RefusalCounterValues, RefusalCounters, SocketStatus, State,
+};
 
 /// Most queue pairs a port offers.
 pub const MAX_QUEUE_PAIRS: u16 = 16;
@@ -97,143 +105,6 @@ pub struct VhostUserOptions {
     pub client: bool,
     /// Offer checksum and segmentation offloads.
     pub offload: bool,
-}
-
-/// Where one socket's frontend stands, as `status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// No frontend connected (a client keeps trying to connect).
-    Listening,
-    /// A frontend is connected; no queue runs yet.
-    Connected,
-    /// At least one queue runs.
-    Running,
-    /// Quarantined until the frontend disconnects.
-    Quarantined,
-}
-
-counters! {
-    /// One socket's counters, shared by its threads.
-    pub struct Counters;
-    /// A copy of [`Counters`].
-    pub struct CounterValues;
-    /// Frontends that connected.
-    connections,
-    /// Messages handled.
-    messages,
-    /// Malformed messages (bad version or size, short payload, wrong number of file
-    /// descriptors); each closed its connection.
-    bad_messages,
-    /// Requests this backend does not implement.
-    unknown_requests,
-    /// Well-formed messages refused: out of order, out of range, features not offered,
-    /// addresses outside guest memory, memory that cannot be mapped.
-    rejected_messages,
-    /// Frames taken from the guest into the network.
-    tx_frames,
-    /// Frames written into the guest's buffers.
-    rx_frames,
-    /// Transmit chains outside guest memory, looping, or past the table.
-    tx_bad_chains,
-    /// Transmit chains with a write-only descriptor.
-    tx_wrong_direction,
-    /// Transmit frames too short, or too long for the MTU without segmentation offload.
-    tx_bad_length,
-    /// Transmit frames asking for an offload that was not negotiated.
-    tx_bad_header,
-    /// Receive chains outside guest memory, looping, or past the table.
-    rx_bad_chains,
-    /// Receive chains with a read-only descriptor.
-    rx_wrong_direction,
-    /// Frames that did not fit the buffers the guest posts.
-    rx_no_room,
-    /// Frames held for a guest that had no buffers posted when its frontend disconnected.
-    rx_lost_on_disconnect,
-    /// Times the port was quarantined.
-    quarantines,
-}
-
-impl Counters {
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// One socket's status, as `status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SocketStatus {
-    /// The port's process.
-    pub pid: u32,
-    /// The socket.
-    pub socket: PathBuf,
-    /// The peer's slot while a frontend is connected.
-    pub slot: Option<u16>,
-    /// Where the frontend stands.
-    pub state: State,
-    /// Features the frontend acked.
-    pub acked_features: u64,
-    /// Protocol features the frontend acked.
-    pub acked_protocol_features: u64,
-    /// Queue pairs offered.
-    pub queue_pairs: u16,
-    /// Counters since the port started.
-    pub counters: CounterValues,
-}
-
-/// What changes about a socket while it serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Info {
-    slot: Option<u16>,
-    state: State,
-    acked_features: u64,
-    acked_protocol_features: u64,
-}
-
-impl Info {
-    /// No frontend.
-    const LISTENING: Info = Info {
-        slot: None,
-        state: State::Listening,
-        acked_features: 0,
-        acked_protocol_features: 0,
-    };
-}
-
-/// One socket: its path, status and counters.
-#[derive(Debug)]
-struct Socket {
-    path: PathBuf,
-    mac: Option<MacAddress>,
-    info: Mutex<Info>,
-    counters: Counters,
-    /// Rung when `info` changes, so the status file follows promptly.
-    changed: Arc<Doorbell>,
-}
-
-impl Socket {
-    fn update(&self, change: impl FnOnce(&mut Info)) {
-        let mut info = connection::lock(&self.info);
-        let before = *info;
-        change(&mut info);
-        if *info != before {
-            self.changed.ring();
-        }
-    }
-
-    fn status(&self, queue_pairs: u16) -> SocketStatus {
-        let info = *connection::lock(&self.info);
-        SocketStatus {
-            pid: std::process::id(),
-            socket: self.path.clone(),
-            slot: info.slot,
-            state: info.state,
-            acked_features: info.acked_features,
-            acked_protocol_features: info.acked_protocol_features,
-            queue_pairs,
-            counters: self.counters.values(),
-        }
-    }
 }
 
 /// Reads the sockets' status from another thread (for the status file).
@@ -388,7 +259,7 @@ impl Serving<'_> {
                 next = self.serve_frontend(stream, stop, Some(listener));
                 continue;
             }
-            match connection::wait_readable(listener, stop) {
+            match wait_readable(listener, stop) {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
@@ -474,5 +345,28 @@ impl Serving<'_> {
             *info = Info::LISTENING;
         });
         next
+    }
+}
+
+/// Sleeps until `source` is readable (true) or `stop` rings (false).
+fn wait_readable(source: &impl AsFd, stop: &Doorbell) -> std::io::Result<bool> {
+    loop {
+        let mut fds = [
+            PollFd::new(source, PollFlags::IN),
+            PollFd::new(stop, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) => {
+                let [source, stop] = &fds;
+                if !stop.revents().is_empty() {
+                    return Ok(false);
+                }
+                if !source.revents().is_empty() {
+                    return Ok(true);
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
 
-use super::Counters;
-use super::connection::{Negotiated, Shared, drain_eventfd, lock};
 use super::datapath::{self, ChainFault, Placed, RxRules, feature};
+use super::state::{Negotiated, Shared, drain_eventfd, lock};
+use super::status::Counters;
 use crate::network::Receiver;
 use crate::network::monotonic_ns;
 use crate::wire::VirtioNetHdr;
