@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 
+use super::format::nanoseconds;
 use crate::bench::{
     self, AnchorResult, BenchResult, Drops, FrameCounts, ReceiverReport, SenderReport, Throughput,
 };
@@ -443,16 +444,6 @@ fn print_table(result: &BenchResult, args: &BenchArgs, command: &str, placement:
             "WARNING: {} frames arrived out of order",
             result.out_of_order
         );
-    }
-}
-
-fn nanoseconds(ns: u64) -> String {
-    if ns >= 1_000_000 {
-        format!("{:.1} ms", ns as f64 / 1e6)
-    } else if ns >= 1_000 {
-        format!("{:.1} µs", ns as f64 / 1e3)
-    } else {
-        format!("{ns} ns")
     }
 }
 

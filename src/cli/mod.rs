@@ -8,6 +8,7 @@ pub mod bench;
 pub mod capture;
 pub mod demo;
 pub mod dgram;
+pub mod format;
 pub mod netns;
 pub mod port_status;
 pub mod stream;

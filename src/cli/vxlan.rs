@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::admin::human_bytes;
+use super::format::human_bytes;
 use super::port_status::{self, StatusFile};
 use crate::network::Network;
 use crate::ports::socket::Doorbell;

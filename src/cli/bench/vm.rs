@@ -40,6 +40,7 @@ use serde::Serialize;
 
 use super::process::{Children, Interrupt, Tracked, Workspace};
 use super::{BenchArgs, NETWORK, TAP_RING_SLOTS};
+use crate::cli::format::packet_rate;
 use crate::cli::netns::{self, ip};
 use crate::network::Network;
 
@@ -863,15 +864,6 @@ fn print_table(result: &VmResult, command: &str) {
             .map(|(reason, count)| format!("{reason} {count}"))
             .collect();
         println!("guestnet drops: {}", drops.join(", "));
-    }
-}
-
-/// "1.23 Mpps" or "456.7 kpps".
-fn packet_rate(pps: f64) -> String {
-    if pps >= 1e6 {
-        format!("{:.2} Mpps", pps / 1e6)
-    } else {
-        format!("{:.1} kpps", pps / 1e3)
     }
 }
 
