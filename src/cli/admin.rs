@@ -11,6 +11,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::format::{Align, Table, human_bytes, human_count};
+use super::port_status::PortStatuses;
 use crate::network::check::{self, Damage};
 use crate::network::{CreateOptions, Network, NetworkStatus, PeerStatus};
 use crate::shm::layout::{Geometry, Layout};
@@ -221,12 +222,9 @@ struct StatusReport {
     #[serde(flatten)]
     status: NetworkStatus,
     damage: Vec<DamageReport>,
-    /// The VXLAN ports' own status, from the files they write.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    vxlan: Vec<crate::ports::vxlan::VxlanStatus>,
-    /// The vhost-user sockets' own status, from the files their ports write.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    vhost_user: Vec<crate::ports::vhost_user::SocketStatus>,
+    /// The ports' own status, from the files they write (`vxlan`, `vhost_user`).
+    #[serde(flatten)]
+    ports: PortStatuses,
 }
 
 /// Runs `status`.
@@ -247,14 +245,12 @@ pub fn status(dir: &Path, args: StatusArgs) -> anyhow::Result<()> {
                     damage,
                 })
                 .collect(),
-            vxlan: super::vxlan::read_statuses(dir, &args.name),
-            vhost_user: super::vhost_user::read_statuses(dir, &args.name),
+            ports: PortStatuses::read(dir, &args.name),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_status(&status);
-        super::vxlan::print_statuses(&super::vxlan::read_statuses(dir, &args.name));
-        super::vhost_user::print_statuses(&super::vhost_user::read_statuses(dir, &args.name));
+        PortStatuses::read(dir, &args.name).print();
         if !damage.is_empty() {
             println!();
             println!("DAMAGE ({problems})");
