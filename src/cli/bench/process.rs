@@ -1,6 +1,7 @@
-//! The coordinator's process plumbing: where workers run (CPU placement), the private
-//! directory, the workers themselves (spoken to by lines, killed and reaped when dropped),
-//! and the signal thread that turns Ctrl-C into "kill the workers, then fail".
+//! The coordinator's process plumbing, shared by every bench mode: the machine and where
+//! workers run on it (CPU placement), the private directory and its network, the workers
+//! themselves (spoken to by lines, killed and reaped when dropped), and the signal thread
+//! that turns Ctrl-C into "kill the workers, then fail".
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,9 @@ use anyhow::{Context, anyhow, bail};
 
 use crate::network::{CreateOptions, Network};
 use crate::shm::layout::Geometry;
+
+/// Name of the network inside the private directory.
+pub(super) const NETWORK: &str = "bench";
 
 /// Which CPU each worker is pinned to.
 #[derive(Debug)]
@@ -63,6 +67,27 @@ impl Placement {
     }
 }
 
+/// `N cores (M usable), <model>` from the scheduler and /proc/cpuinfo.
+pub(super) fn machine() -> String {
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|text| {
+            let model = text
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_string());
+            let count = text.lines().filter(|l| l.starts_with("processor")).count();
+            (count, model)
+        })
+        .unwrap_or((0, None));
+    let usable = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{} cores ({usable} usable), {}",
+        cores.0,
+        cores.1.unwrap_or_else(|| "unknown CPU".to_string())
+    )
+}
+
 /// The run's private directory under /dev/shm, removed when dropped.
 pub(super) struct Workspace {
     path: PathBuf,
@@ -98,7 +123,7 @@ impl Workspace {
         };
         Network::create(
             &self.path,
-            super::NETWORK,
+            NETWORK,
             CreateOptions {
                 geometry,
                 ..CreateOptions::default()

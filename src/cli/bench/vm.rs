@@ -38,8 +38,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::process::{Children, Interrupt, Tracked, Workspace};
-use super::{BenchArgs, NETWORK, TAP_RING_SLOTS};
+use super::args::BenchArgs;
+use super::netns::TAP_RING_SLOTS;
+use super::process::{Children, Interrupt, NETWORK, Tracked, Workspace, machine};
 use crate::cli::format::packet_rate;
 use crate::cli::netns::{self, ip};
 use crate::network::Network;
@@ -180,7 +181,7 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         guest_memory_mib: GUEST_MEMORY_MIB,
         udp_payload: UDP_PAYLOAD,
         ring_slots,
-        machine: super::machine(),
+        machine: machine(),
         guestnet,
         bridge,
         tcp_ratio: ratio(guestnet.tcp_gbps, bridge.tcp_gbps),
