@@ -5,13 +5,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 
+use crate::cli::child::{Children, Tracked};
 use crate::network::{CreateOptions, Network};
 use crate::shm::layout::Geometry;
 
@@ -144,13 +144,10 @@ impl Drop for Workspace {
     }
 }
 
-/// The pids of the workers that are running, for the signal thread to kill.
-pub(super) type Children = Arc<Mutex<Vec<u32>>>;
-
-/// Turns SIGINT and SIGTERM into "kill the workers, then fail": the coordinator sees its
-/// workers die, returns an error, and the guards clean up on the way out.
+/// Turns SIGINT and SIGTERM into "kill the workers, then fail": the signal thread
+/// interrupts the run's [`Children`], the coordinator sees its workers die and returns an
+/// error, and the guards clean up on the way out.
 pub(super) struct Interrupt {
-    interrupted: Arc<AtomicBool>,
     pub(super) children: Children,
     handle: signal_hook::iterator::Handle,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -162,32 +159,25 @@ impl Interrupt {
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
             .context("install signal handlers")?;
         let handle = signals.handle();
-        let interrupted = Arc::new(AtomicBool::new(false));
-        let children: Children = Arc::default();
+        let children = Children::default();
         let thread = std::thread::spawn({
-            let interrupted = Arc::clone(&interrupted);
-            let children = Arc::clone(&children);
+            let children = children.clone();
             move || {
                 for _ in signals.forever() {
-                    interrupted.store(true, Ordering::SeqCst);
-                    kill_all(&children);
+                    children.interrupt();
                 }
             }
         });
         Ok(Interrupt {
-            interrupted,
             children,
             handle,
             thread: Some(thread),
         })
     }
 
+    /// Fails once a signal came (see [`Children::check`]).
     pub(super) fn check(&self) -> anyhow::Result<()> {
-        if self.interrupted.load(Ordering::SeqCst) {
-            kill_all(&self.children);
-            bail!("interrupted");
-        }
-        Ok(())
+        self.children.check()
     }
 }
 
@@ -197,74 +187,6 @@ impl Drop for Interrupt {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-fn kill_all(children: &Children) {
-    let pids = children.lock().unwrap_or_else(|p| p.into_inner());
-    for &pid in pids.iter() {
-        // Only pids still in the list: a worker leaves it before it is reaped, so its pid
-        // cannot have been reused yet.
-        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-/// A child process in the interrupt list: the signal thread kills it on SIGINT or
-/// SIGTERM, and it is killed (if still running) and reaped when dropped.
-pub(super) struct Tracked {
-    child: Child,
-    children: Children,
-}
-
-impl Tracked {
-    /// Starts `command` (`what` names it in errors) and puts it in the list.
-    pub(super) fn spawn(
-        command: &mut Command,
-        what: &str,
-        children: &Children,
-    ) -> anyhow::Result<Tracked> {
-        let child = command.spawn().with_context(|| format!("start {what}"))?;
-        children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(child.id());
-        Ok(Tracked {
-            child,
-            children: Arc::clone(children),
-        })
-    }
-
-    /// The child, for its pipes and its id.
-    pub(super) fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
-
-    /// Waits for it to exit, taking it out of the list first: a pid leaves the list
-    /// before it is reaped, so the signal thread never kills a reused pid.
-    pub(super) fn reap(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.forget_pid();
-        self.child.wait()
-    }
-
-    fn forget_pid(&self) {
-        let id = self.child.id();
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|&pid| pid != id);
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // Kill before leaving the list: the signal thread must never see a reaped pid.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        self.forget_pid();
-        let _ = self.child.wait();
     }
 }
 
