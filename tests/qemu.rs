@@ -9,19 +9,25 @@
 //! The guest is built by `scripts/guest-image` (kernel and initramfs under
 //! `target/guest/`); its `/init` takes its address and a command from the kernel command
 //! line, prints `GUESTNET-DONE rc=N` on the serial console, which is QEMU's stdout here, and,
-//! with `guestnet.hold`, stays up until the test writes a line to the console.
+//! with `guestnet.hold`, stays up until the test writes a line to the console. The image,
+//! the accelerator (KVM where a guest boots under it, else TCG), QEMU's command line and
+//! the console are `guestnet::cli::guest`'s, which `guestnet bench --vm` uses too.
 //!
 //! These need root, /dev/net/tun, `ip`, `qemu-system-x86_64` 10 or newer and the guest image
 //! (built here when missing). Under CI (`CI=true`) a missing prerequisite fails the test;
 //! elsewhere the test says why it skips. Guards kill QEMU and the ports and remove the
 //! namespaces however a test ends.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use guestnet::cli::child::Children;
+use guestnet::cli::guest::{
+    Accelerator, Boot, Console, DONE_MARKER, GuestImage, HOLD_MARKER, QEMU, Stderr, done_status,
+    qemu_command,
+};
 use guestnet::network::{CreateOptions, Network, PeerStatus, PortKind};
 use guestnet::wire::MacAddress;
 
@@ -34,12 +40,6 @@ const GUEST_DONE: Duration = Duration::from_secs(60);
 /// How long a released guest may take to power off.
 const GUEST_EXIT: Duration = Duration::from_secs(15);
 const NAMESPACE_ADDRESS: &str = "10.80.0.1";
-
-/// The guest's kernel and initramfs.
-struct GuestImage {
-    kernel: PathBuf,
-    initrd: PathBuf,
-}
 
 /// The guest image if the machine can run these tests; panics under CI if it cannot.
 fn prerequisites() -> Option<&'static GuestImage> {
@@ -87,11 +87,11 @@ fn prerequisites() -> Option<&'static GuestImage> {
 
 /// `-netdev stream`/`dgram` with `addr.type=unix` and `reconnect-ms` need QEMU 10 here.
 fn qemu_version_ok() -> Result<(), String> {
-    let output = Command::new("qemu-system-x86_64")
+    let output = Command::new(QEMU)
         .arg("--version")
         .stdin(Stdio::null())
         .output()
-        .map_err(|_| "qemu-system-x86_64 (not found)".to_string())?;
+        .map_err(|_| format!("{QEMU} (not found)"))?;
     // "QEMU emulator version 10.0.2 (Debian …)"
     let text = String::from_utf8_lossy(&output.stdout);
     let major = text
@@ -103,7 +103,7 @@ fn qemu_version_ok() -> Result<(), String> {
     match major {
         Some(major) if major >= 10 => Ok(()),
         _ => Err(format!(
-            "qemu-system-x86_64 10 or newer (found {:?})",
+            "{QEMU} 10 or newer (found {:?})",
             text.lines().next().unwrap_or("")
         )),
     }
@@ -116,22 +116,11 @@ fn guest_image() -> Result<&'static GuestImage, String> {
     IMAGE
         .get_or_init(|| {
             let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-            let dir = root.join("target/guest");
-            let output = Command::new(root.join("scripts/guest-image"))
-                .arg(&dir)
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|error| format!("scripts/guest-image ({error})"))?;
-            if !output.status.success() {
-                return Err(format!(
-                    "the guest image (scripts/guest-image failed: {})",
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ));
-            }
-            Ok(GuestImage {
-                kernel: dir.join("vmlinuz"),
-                initrd: dir.join("initramfs.cpio.gz"),
-            })
+            GuestImage::build(
+                &root.join("scripts/guest-image"),
+                &root.join("target/guest"),
+            )
+            .map_err(|error| format!("the guest image ({error:#})"))
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -151,86 +140,20 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// Kills and reaps a helper process however the test ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// How long a probe guest may take under KVM; a working KVM boots it in about a second.
-const KVM_PROBE: Duration = Duration::from_secs(8);
-
-/// The accelerator to run guests with: KVM where it works, TCG otherwise. `/dev/kvm` being
-/// there is not enough (some hosts offer a flavour that starts QEMU but never runs an
-/// ordinary guest kernel), so a guest that only prints its marker is booted under KVM once
-/// per test process. `GUESTNET_ACCEL=kvm|tcg` skips the probe.
-fn accelerator(image: &GuestImage) -> &'static str {
-    static CHOSEN: OnceLock<&'static str> = OnceLock::new();
-    CHOSEN.get_or_init(|| {
-        match std::env::var("GUESTNET_ACCEL").as_deref() {
-            Ok("kvm") => return "kvm",
-            Ok("tcg") => return "tcg",
-            _ => {}
-        }
-        if !Path::new("/dev/kvm").exists() {
-            return "tcg";
-        }
-        let probe = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "kvm",
-                "-m",
-                "256",
-                "-nographic",
-                "-no-reboot",
-                "-nic",
-                "none",
-            ])
-            .arg("-kernel")
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&image.initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1 guestnet.run=true"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(mut probe) = probe else {
-            return "tcg";
-        };
-        let (lines, console) = mpsc::channel();
-        if let Some(stdout) = probe.stdout.take() {
-            forward_lines(stdout, lines);
-        }
-        let _probe = KillOnDrop(probe);
-        let deadline = Instant::now() + KVM_PROBE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match console.recv_timeout(left) {
-                Ok(line) if line.contains("GUESTNET-DONE") => break "kvm",
-                Ok(_) => {}
-                Err(_) => {
-                    eprintln!("KVM cannot run the guest here; guests run under TCG");
-                    break "tcg";
-                }
-            }
-        }
+/// The accelerator to run guests with, chosen once per test process and said once:
+/// KVM where a guest boots under it, TCG otherwise (`GUESTNET_ACCEL=kvm|tcg` skips the
+/// probe).
+fn accelerator(image: &GuestImage) -> Accelerator {
+    static CHOSEN: OnceLock<Accelerator> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let (accelerator, reason) = Accelerator::choose(image, &Children::default())
+            .unwrap_or_else(|error| (Accelerator::Tcg, format!("{error:#}")));
+        eprintln!(
+            "guests run under {}: {reason}",
+            accelerator.name().to_uppercase()
+        );
+        accelerator
     })
-}
-
-/// Sends every line a child writes on `output` to `lines`, from a thread of its own.
-fn forward_lines(output: impl Read + Send + 'static, lines: mpsc::Sender<String>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(output).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
 }
 
 /// A network in a private directory, with the ports and namespace the test starts on it;
@@ -238,7 +161,9 @@ fn forward_lines(output: impl Read + Send + 'static, lines: mpsc::Sender<String>
 struct Lab {
     dir: tempfile::TempDir,
     network: Network,
-    ports: Vec<KillOnDrop>,
+    /// The port processes, newest last; each is killed and reaped when dropped.
+    ports: Vec<Console>,
+    children: Children,
     namespace: Option<String>,
 }
 
@@ -250,6 +175,7 @@ impl Lab {
             dir,
             network,
             ports: Vec::new(),
+            children: Children::default(),
             namespace: None,
         }
     }
@@ -261,21 +187,14 @@ impl Lab {
     /// Starts `guestnet ARGS…` on the lab's network and returns its first stdout line once
     /// it is there (the port's ready line).
     fn start_port(&mut self, args: &[&str]) -> String {
-        let mut child = Command::new(BIN)
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
+        let mut command = Command::new(BIN);
+        command.arg("--dir").arg(self.dir.path()).args(args);
+        let port = Console::spawn(command, "guestnet port", Stderr::Inherit, &self.children)
             .expect("start a guestnet port");
-        let stdout = child.stdout.take().expect("piped stdout");
-        self.ports.push(KillOnDrop(child));
-        let (lines, received) = mpsc::channel();
-        forward_lines(stdout, lines);
-        received
-            .recv_timeout(PORT_READY)
-            .unwrap_or_else(|_| panic!("guestnet {args:?} printed no ready line"))
+        self.ports.push(port);
+        let port = self.ports.last_mut().expect("the port just started");
+        port.next_line(Instant::now() + PORT_READY)
+            .unwrap_or_else(|error| panic!("guestnet {args:?} printed no ready line: {error:#}"))
     }
 
     /// `guestnet stream lab --listen SOCK`; returns the socket path.
@@ -293,7 +212,7 @@ impl Lab {
 
     /// The process id of the newest port.
     fn newest_port_pid(&self) -> u32 {
-        self.ports.last().expect("a port").0.id()
+        self.ports.last().expect("a port").id()
     }
 
     /// `guestnet dgram lab --listen SOCK`; returns the socket path.
@@ -410,11 +329,8 @@ fn path_str(path: &Path) -> &str {
 
 /// A running QEMU guest whose serial console is read line by line; killed on drop.
 struct Guest {
-    qemu: KillOnDrop,
-    console: mpsc::Receiver<String>,
-    stdin: ChildStdin,
-    /// Everything the console and QEMU's stderr printed so far, for failure messages.
-    transcript: String,
+    /// QEMU's stdout (the console) and stderr.
+    console: Console,
     mac: MacAddress,
 }
 
@@ -445,101 +361,65 @@ impl Guest {
             .split(',')
             .find_map(|option| option.strip_prefix("mac="))
             .expect("the device names its MAC");
-        let append = format!(
-            "console=ttyS0 quiet panic=-1 guestnet.ip={address} guestnet.run=\"{command}\" guestnet.hold"
-        );
-        let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                accelerator(image),
-                "-m",
-                "256",
-                "-nographic",
-                "-no-reboot",
-            ])
-            .arg("-kernel")
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&image.initrd)
-            .args(["-append", &append])
-            .args(backend)
-            .args(["-device", device])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start qemu-system-x86_64");
-        let (lines, console) = mpsc::channel();
-        forward_lines(child.stdout.take().expect("stdout"), lines.clone());
-        forward_lines(child.stderr.take().expect("stderr"), lines);
-        let stdin = child.stdin.take().expect("stdin");
+        let boot = Boot {
+            run: command,
+            address: Some(address),
+            hold: true,
+        };
+        let mut qemu = qemu_command(image, accelerator(image), &boot);
+        qemu.args(backend).args(["-device", device]);
+        // Nothing here handles signals: the guest is a group of its own.
+        let console = Console::spawn(qemu, "guest", Stderr::Capture, &Children::default())
+            .unwrap_or_else(|error| panic!("{error:#}"));
         Guest {
-            qemu: KillOnDrop(child),
             console,
-            stdin,
-            transcript: String::new(),
             mac: mac.parse().expect("MAC"),
         }
     }
 
+    /// Everything the console and QEMU's stderr printed so far, for failure messages.
+    fn transcript(&self) -> String {
+        self.console.transcript().join("\n")
+    }
+
     /// Reads the console until a line contains `marker`; returns that line.
     fn expect_line(&mut self, marker: &str, deadline: Instant) -> String {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.console.recv_timeout(left) {
-                Ok(line) => {
-                    self.transcript.push_str(&line);
-                    self.transcript.push('\n');
-                    if line.contains(marker) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "the guest printed no {marker:?} in time; its console:\n{}",
-                    self.transcript
-                ),
-            }
-        }
+        self.console
+            .expect(marker, deadline)
+            .unwrap_or_else(|error| {
+                panic!("{error:#}\n(its whole console:\n{})", self.transcript())
+            })
     }
 
     /// Waits for the guest's command to finish and returns its exit status.
     fn exit_status(&mut self, deadline: Instant) -> i32 {
-        let line = self.expect_line("GUESTNET-DONE rc=", deadline);
-        let status = line
-            .rsplit("rc=")
-            .next()
-            .and_then(|rc| rc.trim().parse().ok());
-        self.expect_line("GUESTNET-HOLD", deadline);
+        let line = self.expect_line(DONE_MARKER, deadline);
+        let status = done_status(&line);
+        self.expect_line(HOLD_MARKER, deadline);
         status.unwrap_or_else(|| panic!("bad marker line {line:?}"))
     }
 
     /// Types an empty line on the guest's console: what a waiting `read` there takes.
     fn press_enter(&mut self) {
-        self.stdin.write_all(b"\n").expect("write to the console");
-        self.stdin.flush().expect("flush the console");
+        self.console
+            .press_enter()
+            .unwrap_or_else(|error| panic!("{error:#}"));
     }
 
     /// Lets the holding guest power off, and checks that QEMU ends on its own: its stdout
     /// and stderr close (the console channel disconnects) and it exits successfully.
     fn release(mut self) {
         self.press_enter();
-        let deadline = Instant::now() + GUEST_EXIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.console.recv_timeout(left) {
-                Ok(line) => {
-                    self.transcript.push_str(&line);
-                    self.transcript.push('\n');
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                    "the guest did not power off within {GUEST_EXIT:?}; its console:\n{}",
-                    self.transcript
-                ),
-            }
-        }
-        let status = self.qemu.0.wait().expect("reap qemu");
-        assert!(status.success(), "qemu: {status}\n{}", self.transcript);
+        let status = self
+            .console
+            .wait_for_exit(GUEST_EXIT)
+            .unwrap_or_else(|error| {
+                panic!(
+                    "the guest did not power off: {error:#}; its console:\n{}",
+                    self.transcript()
+                )
+            });
+        assert!(status.success(), "qemu: {status}\n{}", self.transcript());
     }
 }
 
@@ -575,18 +455,15 @@ enum Chardev {
     Listen,
 }
 
-/// The README's vhost-user netdev: the guest's memory shared (a memfd), a socket chardev
-/// to the port, and the netdev on it.
+/// The README's vhost-user netdev: a socket chardev to the port, and the netdev on it.
+/// The guest's memory is shared (a memfd) as the README says, for every guest
+/// (`qemu_command`).
 fn vhost_user_netdev(socket: &Path, chardev: Chardev) -> Vec<String> {
     let mode = match chardev {
         Chardev::Connect => "reconnect-ms=1000",
         Chardev::Listen => "server=on,wait=off",
     };
     [
-        "-object",
-        "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-machine",
-        "memory-backend=mem",
         "-chardev",
         &format!("socket,id=c0,path={},{mode}", socket.display()),
         "-netdev",
@@ -620,7 +497,7 @@ fn guest_pings_namespace(test: &str, kind: PortKind, netdev: impl FnOnce(&mut La
         &ping(NAMESPACE_ADDRESS),
     );
     let status = guest.exit_status(Instant::now() + GUEST_DONE);
-    assert_eq!(status, 0, "ping failed; console:\n{}", guest.transcript);
+    assert_eq!(status, 0, "ping failed; console:\n{}", guest.transcript());
 
     let peer = lab.peer_with_mac(guest.mac);
     assert_eq!(peer.kind, kind);
@@ -675,8 +552,8 @@ fn guests_on_stream_and_dgram_ports_ping_each_other() {
     let deadline = Instant::now() + GUEST_DONE;
     let first_status = first.exit_status(deadline);
     let second_status = second.exit_status(deadline);
-    assert_eq!(first_status, 0, "console:\n{}", first.transcript);
-    assert_eq!(second_status, 0, "console:\n{}", second.transcript);
+    assert_eq!(first_status, 0, "console:\n{}", first.transcript());
+    assert_eq!(second_status, 0, "console:\n{}", second.transcript());
 
     let on_stream = lab.peer_with_mac(first.mac);
     let on_dgram = lab.peer_with_mac(second.mac);
@@ -720,9 +597,10 @@ fn guest_on_stream_port_comes_back_after_the_port_restarts() {
     guest.press_enter();
     let status = guest.exit_status(deadline);
     assert_eq!(
-        status, 0,
+        status,
+        0,
         "ping after the restart failed; console:\n{}",
-        guest.transcript
+        guest.transcript()
     );
 
     let peer = lab.peer_with_mac(guest.mac);
@@ -783,15 +661,16 @@ fn guests_on_vhost_user_ports_ping_and_move_16_mib_over_tcp() {
     let deadline = Instant::now() + GUEST_DONE;
     let sent = sending.exit_status(deadline);
     let received = receiving.exit_status(deadline);
-    assert_eq!(sent, 0, "sender failed; console:\n{}", sending.transcript);
+    assert_eq!(sent, 0, "sender failed; console:\n{}", sending.transcript());
     assert_eq!(
-        received, 0,
+        received,
+        0,
         "receiver failed; console:\n{}",
-        receiving.transcript
+        receiving.transcript()
     );
     assert_eq!(
-        md5_of_f(&receiving.transcript),
-        md5_of_f(&sending.transcript),
+        md5_of_f(&receiving.transcript()),
+        md5_of_f(&sending.transcript()),
         "the 16 MiB arrived changed"
     );
 
@@ -859,8 +738,8 @@ fn vhost_user_stream_and_tap_guests_reach_each_other() {
     let deadline = Instant::now() + GUEST_DONE;
     let vhost_status = on_vhost.exit_status(deadline);
     let stream_status = on_stream.exit_status(deadline);
-    assert_eq!(vhost_status, 0, "console:\n{}", on_vhost.transcript);
-    assert_eq!(stream_status, 0, "console:\n{}", on_stream.transcript);
+    assert_eq!(vhost_status, 0, "console:\n{}", on_vhost.transcript());
+    assert_eq!(stream_status, 0, "console:\n{}", on_stream.transcript());
     // And from the namespace to both, while they hold.
     let namespace = lab.namespace.clone().expect("the lab's namespace");
     for guest in ["10.80.0.11", "10.80.0.12"] {
@@ -929,9 +808,10 @@ fn guest_comes_back_after_the_vhost_user_port_restarts(test: &str, chardev: Char
     guest.press_enter();
     let status = guest.exit_status(deadline);
     assert_eq!(
-        status, 0,
+        status,
+        0,
         "no traffic within 5 s of the restart; console:\n{}",
-        guest.transcript
+        guest.transcript()
     );
     let peer = lab.peer_with_mac(guest.mac);
     assert_ne!(first_port, new_port);
@@ -979,11 +859,11 @@ fn guest_with_two_queue_pairs_pings_namespace() {
         ),
     );
     let status = guest.exit_status(Instant::now() + GUEST_DONE);
-    assert_eq!(status, 0, "console:\n{}", guest.transcript);
+    assert_eq!(status, 0, "console:\n{}", guest.transcript());
     assert!(
-        guest.transcript.contains("rx-1") && guest.transcript.contains("tx-1"),
+        guest.transcript().contains("rx-1") && guest.transcript().contains("tx-1"),
         "the guest has one queue pair only:\n{}",
-        guest.transcript
+        guest.transcript()
     );
     let statuses = lab.vhost_user_status();
     let features = statuses[0]["acked_features"].as_u64().unwrap_or(0);

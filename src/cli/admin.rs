@@ -10,6 +10,8 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
+use super::format::{Align, Table, human_bytes, human_count};
+use super::port_status::PortStatuses;
 use crate::network::check::{self, Damage};
 use crate::network::{CreateOptions, Network, NetworkStatus, PeerStatus};
 use crate::shm::layout::{Geometry, Layout};
@@ -220,12 +222,9 @@ struct StatusReport {
     #[serde(flatten)]
     status: NetworkStatus,
     damage: Vec<DamageReport>,
-    /// The VXLAN ports' own status, from the files they write.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    vxlan: Vec<crate::ports::vxlan::VxlanStatus>,
-    /// The vhost-user sockets' own status, from the files their ports write.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    vhost_user: Vec<crate::ports::vhost_user::SocketStatus>,
+    /// The ports' own status, from the files they write (`vxlan`, `vhost_user`).
+    #[serde(flatten)]
+    ports: PortStatuses,
 }
 
 /// Runs `status`.
@@ -246,14 +245,12 @@ pub fn status(dir: &Path, args: StatusArgs) -> anyhow::Result<()> {
                     damage,
                 })
                 .collect(),
-            vxlan: super::vxlan::read_statuses(dir, &args.name),
-            vhost_user: super::vhost_user::read_statuses(dir, &args.name),
+            ports: PortStatuses::read(dir, &args.name),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_status(&status);
-        super::vxlan::print_statuses(&super::vxlan::read_statuses(dir, &args.name));
-        super::vhost_user::print_statuses(&super::vhost_user::read_statuses(dir, &args.name));
+        PortStatuses::read(dir, &args.name).print();
         if !damage.is_empty() {
             println!();
             println!("DAMAGE ({problems})");
@@ -381,122 +378,9 @@ fn drops_text(peer: &PeerStatus) -> String {
         .join(" ")
 }
 
-/// A count with a metric suffix past 9999: `1234`, `12.3k`, `4.56M`.
-fn human_count(value: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [
-        (1_000_000_000_000, "T"),
-        (1_000_000_000, "G"),
-        (1_000_000, "M"),
-        (1_000, "k"),
-    ];
-    if value < 10_000 {
-        return value.to_string();
-    }
-    for (scale, suffix) in UNITS {
-        if value >= scale {
-            return format!("{}{suffix}", three_digits(value as f64 / scale as f64));
-        }
-    }
-    value.to_string()
-}
-
-/// A byte count in binary units: `512 B`, `1.50 KiB`, `25.1 MiB`.
-pub(crate) fn human_bytes(value: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if value < 1024 {
-        return format!("{value} B");
-    }
-    let mut scaled = value as f64 / 1024.0;
-    let mut unit = 0;
-    while scaled >= 1024.0 && unit + 1 < UNITS.len() {
-        scaled /= 1024.0;
-        unit += 1;
-    }
-    format!("{} {}", three_digits(scaled), UNITS[unit])
-}
-
-/// Three significant digits for values from 1 to 9999.
-fn three_digits(value: f64) -> String {
-    if value >= 100.0 {
-        format!("{value:.0}")
-    } else if value >= 10.0 {
-        format!("{value:.1}")
-    } else {
-        format!("{value:.2}")
-    }
-}
-
-/// How a column's cells line up: text to the left, numbers to the right.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Align {
-    Left,
-    Right,
-}
-
-/// A plain-text table.
-struct Table {
-    headers: Vec<String>,
-    align: Vec<Align>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    fn new(columns: &[(&str, Align)]) -> Table {
-        Table {
-            headers: columns.iter().map(|(h, _)| h.to_string()).collect(),
-            align: columns.iter().map(|(_, a)| *a).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn render(&self) -> String {
-        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for row in std::iter::once(&self.headers).chain(&self.rows) {
-            let mut line = String::new();
-            for (column, cell) in row.iter().enumerate() {
-                let width = widths.get(column).copied().unwrap_or(0);
-                if column > 0 {
-                    line.push_str("  ");
-                }
-                if self.align.get(column) == Some(&Align::Right) {
-                    line.push_str(&format!("{cell:>width$}"));
-                } else {
-                    line.push_str(&format!("{cell:<width$}"));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_and_bytes_read_at_a_glance() {
-        assert_eq!(human_count(0), "0");
-        assert_eq!(human_count(9_999), "9999");
-        assert_eq!(human_count(12_345), "12.3k");
-        assert_eq!(human_count(4_560_000), "4.56M");
-        assert_eq!(human_count(987_000_000_000), "987G");
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.50 KiB");
-        assert_eq!(human_bytes(26_345_472), "25.1 MiB");
-        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
-    }
 
     #[test]
     fn modes_are_octal_and_bounded() {
@@ -504,16 +388,5 @@ mod tests {
         assert_eq!(parse_mode("600"), Ok(0o600));
         assert!(parse_mode("0800").is_err());
         assert!(parse_mode("1777").is_err());
-    }
-
-    #[test]
-    fn tables_align_their_columns() {
-        let mut table = Table::new(&[("NAME", Align::Left), ("PEERS", Align::Right)]);
-        table.row(vec!["a".into(), "3".into()]);
-        table.row(vec!["longer".into(), "12".into()]);
-        assert_eq!(
-            table.render(),
-            "NAME    PEERS\na           3\nlonger     12\n"
-        );
     }
 }

@@ -29,117 +29,36 @@
 //! Ctrl-C (or SIGTERM) kills the workers; the private directory is removed on every exit
 //! path by a guard.
 
+mod args;
 mod netns;
-pub use netns::TAP_RING_SLOTS;
 mod process;
 mod vm;
 mod worker;
 
-use std::path::{Path, PathBuf};
+pub use args::{BenchArgs, Role, WorkerArgs};
+pub use netns::TAP_RING_SLOTS;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 
+use super::format::nanoseconds;
 use crate::bench::{
     self, AnchorResult, BenchResult, Drops, FrameCounts, ReceiverReport, SenderReport, Throughput,
 };
 use crate::network::monotonic_ns;
 use crate::shm::layout::Geometry;
 use crate::wire::MacAddress;
-use process::{Interrupt, Placement, Worker, Workspace};
+use process::{Interrupt, Placement, Worker, Workspace, machine};
 
-/// Name of the network inside the private directory.
-const NETWORK: &str = "bench";
-/// File name of the anchor's socket inside the private directory.
-const ANCHOR_SOCKET: &str = "anchor.sock";
 /// What the anchor is, as printed.
 const ANCHOR_NAME: &str = "unix SOCK_DGRAM socket, one blocking send()/recv() per frame";
 /// How long a worker may take to start and join.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long after the deadline a worker may take to report.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Arguments of `bench`.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    /// Bytes per frame, Ethernet header included (32 to 1514).
-    #[arg(long, default_value_t = 64)]
-    pub frame_size: usize,
-    /// Sender processes (1 to 64).
-    #[arg(long, default_value_t = 1)]
-    pub senders: u16,
-    /// Seconds each of the two measurements lasts [with --vm: each test, default 5].
-    #[arg(long, default_value_t = 3.0, default_value_if("vm", "true", "5"))]
-    pub seconds: f64,
-    /// Frames per `send_batch` call (1 to 4096).
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Slots of the receiver's ring (a power of two) [default: 256; with --netns or --vm
-    /// 1024, what kernel stacks behind TAPs want: see the README's performance section].
-    #[arg(long)]
-    pub ring_slots: Option<u32>,
-    /// Leave the workers unpinned (the scheduler places them).
-    #[arg(long)]
-    pub no_pin: bool,
-    /// Print one JSON object instead of the table.
-    #[arg(long)]
-    pub json: bool,
-    /// Instead: TCP throughput and ping latency between two network namespaces through
-    /// guestnet's TAP ports and through a Linux bridge, offloads on and off (as root).
-    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin"])]
-    pub netns: bool,
-    /// With --netns: use the built-in TCP stream even if iperf3 is installed.
-    #[arg(long, requires = "netns")]
-    pub no_iperf: bool,
-    /// Instead: TCP throughput and UDP packet rate (iperf3) between two QEMU guests through
-    /// guestnet's vhost-user ports and through TAP devices on a Linux bridge (as root).
-    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin", "netns"])]
-    pub vm: bool,
-    /// With --vm: the guest image (vmlinuz, initramfs.cpio.gz) of scripts/guest-image,
-    /// built there by the script when missing.
-    #[arg(long, requires = "vm", default_value = "target/guest")]
-    pub image_dir: PathBuf,
-}
-
-/// What a worker process does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Role {
-    /// Sends bench frames into the network.
-    Sender,
-    /// Receives them from the network.
-    Receiver,
-    /// Sends bench frames into the anchor socket.
-    AnchorSender,
-    /// Receives them from the anchor socket.
-    AnchorReceiver,
-}
-
-/// Arguments of the hidden worker.
-#[derive(Debug, clap::Args)]
-pub struct WorkerArgs {
-    /// What to do.
-    #[arg(long, value_enum)]
-    role: Role,
-    /// Private directory of the run (network and socket).
-    #[arg(long)]
-    workspace: PathBuf,
-    /// Sender number, or the number of senders for a receiver.
-    #[arg(long)]
-    id: u16,
-    /// Receiver's MAC (senders).
-    #[arg(long)]
-    to: Option<MacAddress>,
-    /// Bytes per frame.
-    #[arg(long)]
-    frame_size: usize,
-    /// Frames per batch.
-    #[arg(long)]
-    batch: usize,
-    /// CPU to pin to.
-    #[arg(long)]
-    cpu: Option<usize>,
-}
 
 /// Runs `bench`. The global `--dir` is not used: the run's network is private.
 pub fn run(_dir: &Path, args: BenchArgs) -> anyhow::Result<()> {
@@ -444,37 +363,6 @@ fn print_table(result: &BenchResult, args: &BenchArgs, command: &str, placement:
             result.out_of_order
         );
     }
-}
-
-fn nanoseconds(ns: u64) -> String {
-    if ns >= 1_000_000 {
-        format!("{:.1} ms", ns as f64 / 1e6)
-    } else if ns >= 1_000 {
-        format!("{:.1} µs", ns as f64 / 1e3)
-    } else {
-        format!("{ns} ns")
-    }
-}
-
-/// `N cores (M usable), <model>` from the scheduler and /proc/cpuinfo.
-fn machine() -> String {
-    let cores = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|text| {
-            let model = text
-                .lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .and_then(|rest| rest.split_once(':'))
-                .map(|(_, model)| model.trim().to_string());
-            let count = text.lines().filter(|l| l.starts_with("processor")).count();
-            (count, model)
-        })
-        .unwrap_or((0, None));
-    let usable = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{} cores ({usable} usable), {}",
-        cores.0,
-        cores.1.unwrap_or_else(|| "unknown CPU".to_string())
-    )
 }
 
 /// Runs a worker (the hidden `bench-worker` subcommand). The global `--dir` is not used:

@@ -6,8 +6,11 @@
 pub mod admin;
 pub mod bench;
 pub mod capture;
+pub mod child;
 pub mod demo;
 pub mod dgram;
+pub mod format;
+pub mod guest;
 pub mod netns;
 pub mod port_status;
 pub mod stream;

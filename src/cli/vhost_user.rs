@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::port_status::{self, StatusFile};
+use super::port_status::{StatusFile, StatusKind};
 use crate::network::Network;
 use crate::ports::socket::Doorbell;
-use crate::ports::vhost_user::{SocketStatus, VhostUserOptions, VhostUserPort, feature};
+use crate::ports::vhost_user::{VhostUserOptions, VhostUserPort};
 use crate::wire::MacAddress;
-
-/// The status files' directory name.
-const STATUS_KIND: &str = "vhost-user";
 
 /// How often the status file is rewritten when nothing changes.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -72,7 +69,7 @@ pub fn run(dir: &Path, args: VhostUserArgs) -> anyhow::Result<()> {
     })
     .context("vhost-user port")?;
     let handle = port.status_handle();
-    let file = StatusFile::create(dir, STATUS_KIND, &args.name)?;
+    let file = StatusFile::create(dir, StatusKind::VhostUser, &args.name)?;
     file.write(&handle.status())
         .context("write the status file")?;
     let mut stdout = std::io::stdout().lock();
@@ -101,87 +98,4 @@ pub fn run(dir: &Path, args: VhostUserArgs) -> anyhow::Result<()> {
         port.serve(&network, stop)
     })?;
     Ok(())
-}
-
-/// The live vhost-user sockets of `network`.
-pub fn read_statuses(dir: &Path, network: &str) -> Vec<SocketStatus> {
-    let mut sockets: Vec<SocketStatus> =
-        port_status::read::<Vec<SocketStatus>>(dir, STATUS_KIND, network)
-            .into_iter()
-            .flatten()
-            .collect();
-    sockets.sort_by(|a, b| (a.pid, &a.socket).cmp(&(b.pid, &b.socket)));
-    sockets
-}
-
-/// Prints the vhost-user sockets for `guestnet status`.
-pub fn print_statuses(sockets: &[SocketStatus]) {
-    for s in sockets {
-        let c = &s.counters;
-        println!();
-        let slot = s.slot.map_or("-".to_string(), |slot| slot.to_string());
-        println!(
-            "vhost-user {}  pid {}  slot {slot}  {:?}  queue pairs {}",
-            s.socket.display(),
-            s.pid,
-            s.state,
-            s.queue_pairs
-        );
-        if s.acked_features != 0 {
-            println!("  features: {}", feature_names(s.acked_features).join(" "));
-        }
-        println!(
-            "  frames: tx {}  rx {}   connections {}  messages {}",
-            c.tx_frames, c.rx_frames, c.connections, c.messages
-        );
-        println!(
-            "  messages refused: malformed {}  unknown {}  rejected {}",
-            c.bad_messages, c.unknown_requests, c.rejected_messages
-        );
-        let refused: Vec<String> = c
-            .refused
-            .named()
-            .into_iter()
-            .filter(|&(_, n)| n > 0)
-            .map(|(why, n)| format!("{why} {n}"))
-            .collect();
-        if !refused.is_empty() {
-            println!("  rejected by why: {}", refused.join("  "));
-        }
-        println!(
-            "  guest faults: tx bad chain {}  wrong direction {}  bad length {}  bad header {}   rx bad chain {}  wrong direction {}   rx no room {}  lost on disconnect {}  quarantines {}   ring access failures {}",
-            c.tx_bad_chains,
-            c.tx_wrong_direction,
-            c.tx_bad_length,
-            c.tx_bad_header,
-            c.rx_bad_chains,
-            c.rx_wrong_direction,
-            c.rx_no_room,
-            c.rx_lost_on_disconnect,
-            c.quarantines,
-            c.ring_access_failures
-        );
-    }
-}
-
-/// The names of the feature bits set in `features`.
-fn feature_names(features: u64) -> Vec<&'static str> {
-    [
-        (feature::VERSION_1, "VERSION_1"),
-        (feature::MRG_RXBUF, "MRG_RXBUF"),
-        (feature::EVENT_IDX, "EVENT_IDX"),
-        (feature::INDIRECT_DESC, "INDIRECT_DESC"),
-        (feature::PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
-        (feature::CSUM, "CSUM"),
-        (feature::GUEST_CSUM, "GUEST_CSUM"),
-        (feature::HOST_TSO4, "HOST_TSO4"),
-        (feature::HOST_TSO6, "HOST_TSO6"),
-        (feature::GUEST_TSO4, "GUEST_TSO4"),
-        (feature::GUEST_TSO6, "GUEST_TSO6"),
-        (feature::MQ, "MQ"),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| features & bit != 0)
-    .map(|(_, name)| name)
-    .collect()
 }

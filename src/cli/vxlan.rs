@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::admin::human_bytes;
-use super::port_status::{self, StatusFile};
+use super::port_status::{StatusFile, StatusKind};
 use crate::network::Network;
 use crate::ports::socket::Doorbell;
 use crate::ports::vxlan::{
-    DEFAULT_AGEING, DEFAULT_MAX_LEARNED, MulticastGroup, VxlanOptions, VxlanPort, VxlanStatus,
+    DEFAULT_AGEING, DEFAULT_MAX_LEARNED, MulticastGroup, VxlanOptions, VxlanPort,
 };
 use crate::wire::vxlan::DEFAULT_PORT;
 
@@ -83,64 +82,6 @@ fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{text:?} is not an address or address:port"))
 }
 
-/// The status files' directory name.
-const STATUS_KIND: &str = "vxlan";
-
-/// The live VXLAN ports of `network`, by slot.
-pub fn read_statuses(dir: &Path, network: &str) -> Vec<VxlanStatus> {
-    let mut statuses: Vec<VxlanStatus> = port_status::read(dir, STATUS_KIND, network);
-    statuses.sort_by_key(|status| status.slot);
-    statuses
-}
-
-/// Prints the VXLAN ports' status for `guestnet status`.
-pub fn print_statuses(statuses: &[VxlanStatus]) {
-    for status in statuses {
-        let c = &status.counters;
-        println!();
-        println!(
-            "vxlan port slot {}  vni {}  local {}  underlay MTU {}  inner MTU {}{}",
-            status.slot,
-            status.vni,
-            status.local,
-            status.underlay_mtu,
-            status.inner_mtu,
-            match status.group {
-                Some(group) => format!("  group {group} (remote 0)"),
-                None => String::new(),
-            }
-        );
-        println!(
-            "  dropped: unknown remote {}  too big for the underlay {}",
-            c.rx_unknown_remote, c.tx_too_big
-        );
-        for remote in &status.remotes {
-            let r = &remote.counters;
-            println!(
-                "  remote {}  rx {} pkts {}  tx {} pkts {}",
-                remote.endpoint,
-                r.rx_packets,
-                human_bytes(r.rx_bytes),
-                r.tx_packets,
-                human_bytes(r.tx_bytes)
-            );
-            println!(
-                "    dropped: malformed {}  I flag clear {}  other VNI {}  invalid inner {}  too many sources {}  send errors {}",
-                r.rx_malformed,
-                r.rx_instance_flag_clear,
-                r.rx_foreign_vni,
-                r.rx_invalid_inner,
-                r.rx_too_many_sources,
-                r.tx_errors
-            );
-            if !remote.learned.is_empty() {
-                let macs: Vec<String> = remote.learned.iter().map(ToString::to_string).collect();
-                println!("    learned: {}", macs.join(" "));
-            }
-        }
-    }
-}
-
 /// Runs `vxlan` until SIGINT or SIGTERM.
 pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
     let stop = Doorbell::new().context("create the stop pipe")?;
@@ -161,7 +102,7 @@ pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
     };
     let port = VxlanPort::open(&network, options).context("VXLAN port")?;
     let handle = port.status_handle();
-    let file = StatusFile::create(dir, STATUS_KIND, &args.name)?;
+    let file = StatusFile::create(dir, StatusKind::Vxlan, &args.name)?;
     file.write(&handle.status())
         .context("write the status file")?;
     let mut stdout = std::io::stdout().lock();

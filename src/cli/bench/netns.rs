@@ -36,8 +36,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::BenchArgs;
-use super::process::Workspace;
+use super::args::BenchArgs;
+use super::process::{Workspace, machine};
 use crate::cli::netns::{self, TcpTest, ip, run_in};
 use crate::network::Network;
 use crate::ports::socket::Doorbell;
@@ -146,7 +146,7 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
             seconds,
             tool,
             ring_slots: args.ring_slots.unwrap_or(TAP_RING_SLOTS),
-            machine: super::machine(),
+            machine: machine(),
             results,
         })
     });

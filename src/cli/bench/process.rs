@@ -1,18 +1,22 @@
-//! The coordinator's process plumbing: where workers run (CPU placement), the private
-//! directory, the workers themselves (spoken to by lines, killed and reaped when dropped),
-//! and the signal thread that turns Ctrl-C into "kill the workers, then fail".
+//! The coordinator's process plumbing, shared by every bench mode: the machine and where
+//! workers run on it (CPU placement), the private directory and its network, the workers
+//! themselves (spoken to by lines, killed and reaped when dropped), and the signal thread
+//! that turns Ctrl-C into "kill the workers, then fail".
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 
+use crate::cli::child::{Children, Tracked};
 use crate::network::{CreateOptions, Network};
 use crate::shm::layout::Geometry;
+
+/// Name of the network inside the private directory.
+pub(super) const NETWORK: &str = "bench";
 
 /// Which CPU each worker is pinned to.
 #[derive(Debug)]
@@ -63,6 +67,27 @@ impl Placement {
     }
 }
 
+/// `N cores (M usable), <model>` from the scheduler and /proc/cpuinfo.
+pub(super) fn machine() -> String {
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|text| {
+            let model = text
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_string());
+            let count = text.lines().filter(|l| l.starts_with("processor")).count();
+            (count, model)
+        })
+        .unwrap_or((0, None));
+    let usable = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{} cores ({usable} usable), {}",
+        cores.0,
+        cores.1.unwrap_or_else(|| "unknown CPU".to_string())
+    )
+}
+
 /// The run's private directory under /dev/shm, removed when dropped.
 pub(super) struct Workspace {
     path: PathBuf,
@@ -98,7 +123,7 @@ impl Workspace {
         };
         Network::create(
             &self.path,
-            super::NETWORK,
+            NETWORK,
             CreateOptions {
                 geometry,
                 ..CreateOptions::default()
@@ -119,13 +144,10 @@ impl Drop for Workspace {
     }
 }
 
-/// The pids of the workers that are running, for the signal thread to kill.
-pub(super) type Children = Arc<Mutex<Vec<u32>>>;
-
-/// Turns SIGINT and SIGTERM into "kill the workers, then fail": the coordinator sees its
-/// workers die, returns an error, and the guards clean up on the way out.
+/// Turns SIGINT and SIGTERM into "kill the workers, then fail": the signal thread
+/// interrupts the run's [`Children`], the coordinator sees its workers die and returns an
+/// error, and the guards clean up on the way out.
 pub(super) struct Interrupt {
-    interrupted: Arc<AtomicBool>,
     pub(super) children: Children,
     handle: signal_hook::iterator::Handle,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -137,32 +159,25 @@ impl Interrupt {
         let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
             .context("install signal handlers")?;
         let handle = signals.handle();
-        let interrupted = Arc::new(AtomicBool::new(false));
-        let children: Children = Arc::default();
+        let children = Children::default();
         let thread = std::thread::spawn({
-            let interrupted = Arc::clone(&interrupted);
-            let children = Arc::clone(&children);
+            let children = children.clone();
             move || {
                 for _ in signals.forever() {
-                    interrupted.store(true, Ordering::SeqCst);
-                    kill_all(&children);
+                    children.interrupt();
                 }
             }
         });
         Ok(Interrupt {
-            interrupted,
             children,
             handle,
             thread: Some(thread),
         })
     }
 
+    /// Fails once a signal came (see [`Children::check`]).
     pub(super) fn check(&self) -> anyhow::Result<()> {
-        if self.interrupted.load(Ordering::SeqCst) {
-            kill_all(&self.children);
-            bail!("interrupted");
-        }
-        Ok(())
+        self.children.check()
     }
 }
 
@@ -172,74 +187,6 @@ impl Drop for Interrupt {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-fn kill_all(children: &Children) {
-    let pids = children.lock().unwrap_or_else(|p| p.into_inner());
-    for &pid in pids.iter() {
-        // Only pids still in the list: a worker leaves it before it is reaped, so its pid
-        // cannot have been reused yet.
-        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-/// A child process in the interrupt list: the signal thread kills it on SIGINT or
-/// SIGTERM, and it is killed (if still running) and reaped when dropped.
-pub(super) struct Tracked {
-    child: Child,
-    children: Children,
-}
-
-impl Tracked {
-    /// Starts `command` (`what` names it in errors) and puts it in the list.
-    pub(super) fn spawn(
-        command: &mut Command,
-        what: &str,
-        children: &Children,
-    ) -> anyhow::Result<Tracked> {
-        let child = command.spawn().with_context(|| format!("start {what}"))?;
-        children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(child.id());
-        Ok(Tracked {
-            child,
-            children: Arc::clone(children),
-        })
-    }
-
-    /// The child, for its pipes and its id.
-    pub(super) fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
-
-    /// Waits for it to exit, taking it out of the list first: a pid leaves the list
-    /// before it is reaped, so the signal thread never kills a reused pid.
-    pub(super) fn reap(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.forget_pid();
-        self.child.wait()
-    }
-
-    fn forget_pid(&self) {
-        let id = self.child.id();
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|&pid| pid != id);
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // Kill before leaving the list: the signal thread must never see a reaped pid.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        self.forget_pid();
-        let _ = self.child.wait();
     }
 }
 

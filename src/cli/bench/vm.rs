@@ -19,34 +19,35 @@
 //! the client's console (QEMU's stdout): iperf3's `receiver` summary lines, between marker
 //! lines the guest prints.
 //!
-//! The accelerator is KVM when a guest actually boots under it (a usable-looking
-//! `/dev/kvm` can still hang a guest, or make QEMU abort, as under some nested
-//! hypervisors), TCG otherwise; the output says which and why (`GUESTNET_ACCEL=kvm|tcg`
-//! skips the probe). Under TCG both figures are dominated by emulating the guests' CPUs,
-//! so the ratio says more than the absolute numbers.
+//! The guests, their accelerator and their consoles are [`crate::cli::guest`]'s, as in the
+//! QEMU tests. The accelerator is KVM when a guest actually boots under it (a
+//! usable-looking `/dev/kvm` can still hang a guest, or make QEMU abort, as under some
+//! nested hypervisors), TCG otherwise; the output says which and why
+//! (`GUESTNET_ACCEL=kvm|tcg` skips the probe). Under TCG both figures are dominated by
+//! emulating the guests' CPUs, so the ratio says more than the absolute numbers.
 //!
 //! SIGINT and SIGTERM kill the guests and the backend; the [`BridgeLab`] and [`GuestnetLab`]
 //! guards remove the namespace, the network and the directory on every way out.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::process::{Children, Interrupt, Tracked, Workspace};
-use super::{BenchArgs, NETWORK, TAP_RING_SLOTS};
+use super::args::BenchArgs;
+use super::netns::TAP_RING_SLOTS;
+use super::process::{Interrupt, NETWORK, Workspace, machine};
+use crate::cli::format::packet_rate;
+use crate::cli::guest::{
+    Accelerator, Boot, Console, DONE_MARKER, GUEST_MEMORY_MIB, GuestImage, QEMU, Stderr,
+    done_status, qemu_command,
+};
 use crate::cli::netns::{self, ip};
 use crate::network::Network;
 
-/// QEMU's binary.
-const QEMU: &str = "qemu-system-x86_64";
-/// Memory of each guest, in MiB.
-const GUEST_MEMORY_MIB: u32 = 256;
 /// UDP payload bytes per datagram: small, so the packet rate is what is measured.
 const UDP_PAYLOAD: u32 = 64;
 /// The guests' MACs and addresses: server first, then client.
@@ -55,21 +56,15 @@ const ADDRESSES: [&str; 2] = ["10.79.0.1", "10.79.0.2"];
 /// How long two guests may take to boot side by side and start: a TCG boot alone takes a
 /// few seconds; this leaves room for a loaded 2-core machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a guest under KVM may take to boot and run `true`: far longer than a working
-/// KVM needs, far shorter than waiting for a hung guest would be.
-const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Beyond the tests' own length, how long the client may take to report.
 const REPORT_MARGIN: Duration = Duration::from_secs(60);
 /// How long the backend may take to say it listens, or to exit after SIGTERM.
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Console lines quoted in an error.
-const TRANSCRIPT_TAIL: usize = 30;
 
 /// Markers the guests print on their consoles.
 const CLIENT_WAITING: &str = "GUESTNET-BENCH-WAIT";
 const TCP_BEGINS: &str = "GUESTNET-BENCH-TCP";
 const UDP_BEGINS: &str = "GUESTNET-BENCH-UDP";
-const GUEST_DONE: &str = "GUESTNET-DONE rc=";
 const SERVER_LISTENING: &str = "Server listening";
 
 /// The whole result, as `--json` prints it.
@@ -111,28 +106,6 @@ struct Measured {
     udp_lost: u64,
 }
 
-/// Which accelerator the guests use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Accelerator {
-    Kvm,
-    Tcg,
-}
-
-impl Accelerator {
-    fn name(self) -> &'static str {
-        match self {
-            Accelerator::Kvm => "kvm",
-            Accelerator::Tcg => "tcg",
-        }
-    }
-}
-
-/// The guest's kernel and initramfs.
-struct GuestImage {
-    kernel: PathBuf,
-    initrd: PathBuf,
-}
-
 /// Runs `bench --vm`.
 pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     preflight()?;
@@ -143,7 +116,13 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let interrupt = Interrupt::install()?;
     let image = guest_image(&args.image_dir)?;
     interrupt.check()?;
-    let (accelerator, accelerator_reason) = choose_accelerator(&image, &interrupt)?;
+    let (accelerator, accelerator_reason) = match Accelerator::without_probe() {
+        Some(choice) => choice,
+        None => {
+            progress("trying KVM: booting a guest");
+            Accelerator::probe(&image, &interrupt.children)?
+        }
+    };
     progress(&format!(
         "accelerator {}: {accelerator_reason}",
         accelerator.name().to_uppercase()
@@ -179,7 +158,7 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         guest_memory_mib: GUEST_MEMORY_MIB,
         udp_payload: UDP_PAYLOAD,
         ring_slots,
-        machine: super::machine(),
+        machine: machine(),
         guestnet,
         bridge,
         tcp_ratio: ratio(guestnet.tcp_gbps, bridge.tcp_gbps),
@@ -218,21 +197,11 @@ fn preflight() -> anyhow::Result<()> {
 
 /// The image in `dir`, built there by `scripts/guest-image` when it is missing.
 fn guest_image(dir: &Path) -> anyhow::Result<GuestImage> {
-    let image = GuestImage {
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initramfs.cpio.gz"),
-    };
-    if image.kernel.is_file() && image.initrd.is_file() {
+    let image = GuestImage::in_dir(dir);
+    if image.is_present() {
         return Ok(image);
     }
-    // From a source tree: the working directory's, or the one this binary was built from.
-    let script = [
-        PathBuf::from("scripts/guest-image"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/guest-image"),
-    ]
-    .into_iter()
-    .find(|script| script.is_file());
-    let Some(script) = script else {
+    let Some(script) = GuestImage::script() else {
         bail!(
             "no guest image in {} (vmlinuz and initramfs.cpio.gz): build it with \
              `scripts/guest-image {}` in guestnet's source tree, or name another with --image-dir",
@@ -245,117 +214,7 @@ fn guest_image(dir: &Path) -> anyhow::Result<GuestImage> {
         dir.display(),
         script.display()
     ));
-    let output = Command::new(&script)
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("run {}", script.display()))?;
-    if !(output.status.success() && image.kernel.is_file() && image.initrd.is_file()) {
-        bail!(
-            "{} {} failed ({}):\n{}",
-            script.display(),
-            dir.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim_end()
-        );
-    }
-    Ok(image)
-}
-
-/// KVM if a guest boots under it, else TCG (or what `GUESTNET_ACCEL=kvm|tcg` says); and why.
-fn choose_accelerator(
-    image: &GuestImage,
-    interrupt: &Interrupt,
-) -> anyhow::Result<(Accelerator, String)> {
-    // As in the QEMU tests: a person who knows may skip the probe.
-    match std::env::var("GUESTNET_ACCEL").as_deref() {
-        Ok("kvm") => return Ok((Accelerator::Kvm, "GUESTNET_ACCEL=kvm".to_string())),
-        Ok("tcg") => return Ok((Accelerator::Tcg, "GUESTNET_ACCEL=tcg".to_string())),
-        _ => {}
-    }
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        return Ok((Accelerator::Tcg, format!("/dev/kvm cannot be opened ({e})")));
-    }
-    progress("trying KVM: booting a guest");
-    // A NIC on a hub of its own: the guest's /init waits for eth0, and nothing else.
-    let mut command = qemu_command(image, Accelerator::Kvm, "true", None);
-    command.args([
-        "-netdev",
-        "hubport,id=n0,hubid=0",
-        "-device",
-        "virtio-net-pci,netdev=n0",
-    ]);
-    let mut guest = Console::spawn(command, "KVM probe guest", &interrupt.children, true)?;
-    interrupt.check()?;
-    let outcome = guest.expect(GUEST_DONE, Instant::now() + KVM_PROBE_TIMEOUT, interrupt);
-    interrupt.check()?;
-    Ok(match outcome {
-        Ok(line) if done_status(&line) == Some(0) => {
-            (Accelerator::Kvm, "a guest booted under KVM".to_string())
-        }
-        Ok(line) => (
-            Accelerator::Tcg,
-            format!("a guest under KVM ended badly ({line:?})"),
-        ),
-        Err(_) => {
-            let reason = match guest.process.child().try_wait() {
-                Ok(None) => format!("a guest under KVM did not boot within {KVM_PROBE_TIMEOUT:?}"),
-                _ => format!(
-                    "QEMU failed under KVM: {}",
-                    guest.transcript.last().map_or("no message", String::as_str)
-                ),
-            };
-            (Accelerator::Tcg, reason)
-        }
-    })
-}
-
-/// `GUESTNET-DONE rc=N` → N.
-fn done_status(line: &str) -> Option<i32> {
-    line.rsplit("rc=").next()?.trim().parse().ok()
-}
-
-/// QEMU with the guest image running `run` (guestnet's `/init` syntax), with `address`
-/// (CIDR) on eth0 if given; the network device is the caller's.
-fn qemu_command(
-    image: &GuestImage,
-    accelerator: Accelerator,
-    run: &str,
-    address: Option<&str>,
-) -> Command {
-    let mut append = "console=ttyS0 quiet panic=-1".to_string();
-    if let Some(address) = address {
-        append.push_str(&format!(" guestnet.ip={address}"));
-    }
-    append.push_str(&format!(" guestnet.run=\"{run}\""));
-    let memory = format!("{GUEST_MEMORY_MIB}M");
-    let mut command = Command::new(QEMU);
-    command
-        .args(["-accel", accelerator.name()])
-        .args(match accelerator {
-            // The host's CPU model: what a KVM user runs, and no feature QEMU must emulate.
-            Accelerator::Kvm => ["-cpu", "host"].as_slice(),
-            Accelerator::Tcg => [].as_slice(),
-        })
-        .args(["-m", &memory, "-nographic", "-no-reboot"])
-        // A vhost-user backend maps the guest's memory, so it must be shared; the bridge's
-        // guests get the same memory so that the two labs differ only in the network.
-        .args([
-            "-object",
-            &format!("memory-backend-memfd,id=mem,size={memory},share=on"),
-            "-machine",
-            "memory-backend=mem",
-        ])
-        .arg("-kernel")
-        .arg(&image.kernel)
-        .arg("-initrd")
-        .arg(&image.initrd)
-        .args(["-append", &append]);
-    command
+    GuestImage::build(&script, dir)
 }
 
 /// What one measurement needs.
@@ -391,12 +250,13 @@ impl Bench<'_> {
         let names = ["server guest", "client guest"];
         let mut guests = Vec::new();
         for i in 0..2 {
-            let mut command = qemu_command(
-                self.image,
-                self.accelerator,
-                &runs[i],
-                Some(&format!("{}/24", ADDRESSES[i])),
-            );
+            let address = format!("{}/24", ADDRESSES[i]);
+            let boot = Boot {
+                run: &runs[i],
+                address: Some(&address),
+                hold: false,
+            };
+            let mut command = qemu_command(self.image, self.accelerator, &boot);
             command.args(netdev(i)).args([
                 "-device",
                 &format!("virtio-net-pci,netdev=n0,mac={}", MACS[i]),
@@ -407,8 +267,8 @@ impl Bench<'_> {
             guests.push(Console::spawn(
                 command,
                 names[i],
+                Stderr::Capture,
                 &self.interrupt.children,
-                true,
             )?);
             self.interrupt.check()?;
         }
@@ -416,15 +276,11 @@ impl Bench<'_> {
             bail!("two guests were started");
         };
         let booted_by = Instant::now() + BOOT_TIMEOUT;
-        server.expect(SERVER_LISTENING, booted_by, self.interrupt)?;
-        client.expect(CLIENT_WAITING, booted_by, self.interrupt)?;
+        server.expect(SERVER_LISTENING, booted_by)?;
+        client.expect(CLIENT_WAITING, booted_by)?;
         client.press_enter()?;
         let tests = Duration::from_secs(2 * seconds);
-        let done = client.expect(
-            GUEST_DONE,
-            Instant::now() + tests + REPORT_MARGIN,
-            self.interrupt,
-        )?;
+        let done = client.expect(DONE_MARKER, Instant::now() + tests + REPORT_MARGIN)?;
         match done_status(&done) {
             Some(0) => {}
             Some(127) => bail!(
@@ -437,7 +293,7 @@ impl Bench<'_> {
                 client.tail()
             ),
         }
-        let report = parse_report(&client.transcript).with_context(|| {
+        let report = parse_report(client.transcript()).with_context(|| {
             format!(
                 "the client guest's console has no iperf3 results:\n{}",
                 client.tail()
@@ -533,160 +389,6 @@ fn parse_receiver_line(line: &str) -> anyhow::Result<Summary> {
     })
 }
 
-/// A child whose output arrives line by line (a guest's serial console and QEMU's
-/// messages, or the backend's stdout); killed and reaped when dropped.
-struct Console {
-    name: String,
-    process: Tracked,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    /// Every line so far, for the results and for error messages.
-    transcript: Vec<String>,
-}
-
-impl Console {
-    /// Starts `command`; with `capture_stderr` its stderr joins the lines (QEMU's errors
-    /// belong beside the console), else it goes to ours (the backend's log).
-    fn spawn(
-        mut command: Command,
-        name: &str,
-        children: &Children,
-        capture_stderr: bool,
-    ) -> anyhow::Result<Console> {
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(if capture_stderr {
-                Stdio::piped()
-            } else {
-                Stdio::inherit()
-            });
-        let mut process = Tracked::spawn(&mut command, &format!("the {name}"), children)?;
-        let (sender, lines) = mpsc::channel();
-        if let Some(stdout) = process.child().stdout.take() {
-            forward_lines(stdout, sender.clone());
-        }
-        if let Some(stderr) = process.child().stderr.take() {
-            forward_lines(stderr, sender);
-        }
-        Ok(Console {
-            name: name.to_string(),
-            stdin: process.child().stdin.take(),
-            process,
-            lines,
-            transcript: Vec::new(),
-        })
-    }
-
-    /// Reads lines until one contains `marker`, and returns it.
-    fn expect(
-        &mut self,
-        marker: &str,
-        by: Instant,
-        interrupt: &Interrupt,
-    ) -> anyhow::Result<String> {
-        loop {
-            let result = self
-                .lines
-                .recv_timeout(by.saturating_duration_since(Instant::now()));
-            interrupt.check()?;
-            match result {
-                Ok(line) => {
-                    self.transcript.push(line.clone());
-                    if line.contains(marker) {
-                        return Ok(line);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
-                    "the {} printed no {marker:?} in time; its output:\n{}",
-                    self.name,
-                    self.tail()
-                ),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.process.reap().ok();
-                    bail!(
-                        "the {} exited ({}) before printing {marker:?}; its output:\n{}",
-                        self.name,
-                        status.map_or_else(|| "status unknown".to_string(), |s| s.to_string()),
-                        self.tail()
-                    )
-                }
-            }
-        }
-    }
-
-    /// Types an empty line on the console (what the client guest's `read` waits for).
-    fn press_enter(&mut self) -> anyhow::Result<()> {
-        let stdin = self.stdin.as_mut().context("the console has no input")?;
-        stdin
-            .write_all(b"\n")
-            .and_then(|()| stdin.flush())
-            .with_context(|| format!("type on the {}'s console", self.name))
-    }
-
-    /// The last lines of the transcript.
-    fn tail(&self) -> String {
-        if self.transcript.is_empty() {
-            return "(nothing)".to_string();
-        }
-        let skip = self.transcript.len().saturating_sub(TRANSCRIPT_TAIL);
-        self.transcript[skip..].join("\n")
-    }
-
-    /// Asks the process to end (SIGTERM) and waits until it closes its output and exits.
-    fn terminate(mut self, timeout: Duration) -> anyhow::Result<()> {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.process.child().id() as i32) {
-            // Still ours: it is in the children list and not reaped.
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let by = Instant::now() + timeout;
-        loop {
-            match self
-                .lines
-                .recv_timeout(by.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => self.transcript.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!(
-                        "the {} did not exit within {timeout:?} of SIGTERM",
-                        self.name
-                    )
-                }
-            }
-        }
-        let status = self
-            .process
-            .reap()
-            .with_context(|| format!("wait for the {}", self.name))?;
-        if !status.success() {
-            bail!("the {} ended with {status}", self.name);
-        }
-        Ok(())
-    }
-}
-
-/// Sends each line of `output` to `lines` from a thread of its own, bytes that are not
-/// UTF-8 replaced (a console may print anything), line ends and carriage returns trimmed.
-fn forward_lines(output: impl Read + Send + 'static, lines: mpsc::Sender<String>) {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(output);
-        let mut buffer = Vec::new();
-        loop {
-            buffer.clear();
-            match reader.read_until(b'\n', &mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buffer).trim_end().to_string();
-                    if lines.send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-}
-
 /// guestnet's side: a network in a private directory and a `guestnet vhost-user` backend
 /// serving one socket per guest; undone when dropped.
 struct GuestnetLab {
@@ -718,13 +420,13 @@ impl GuestnetLab {
         let backend = lab.backend.insert(Console::spawn(
             command,
             "vhost-user backend",
+            Stderr::Inherit,
             &interrupt.children,
-            false,
         )?);
         interrupt.check()?;
         // "listening on PATH", one line per socket, in order.
         for socket in &lab.sockets {
-            let line = backend.expect("listening", Instant::now() + BACKEND_TIMEOUT, interrupt)?;
+            let line = backend.expect("listening", Instant::now() + BACKEND_TIMEOUT)?;
             if !line.ends_with(&socket.display().to_string()) {
                 bail!(
                     "the vhost-user backend said {line:?}, not that it listens on {}",
@@ -866,15 +568,6 @@ fn print_table(result: &VmResult, command: &str) {
     }
 }
 
-/// "1.23 Mpps" or "456.7 kpps".
-fn packet_rate(pps: f64) -> String {
-    if pps >= 1e6 {
-        format!("{:.2} Mpps", pps / 1e6)
-    } else {
-        format!("{:.1} kpps", pps / 1e3)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -925,12 +618,5 @@ mod tests {
         assert!((m.udp_pps - 10_000.0).abs() < 1e-9, "{m:?}");
         assert_eq!((m.udp_lost, m.udp_datagrams), (8000, 28000));
         assert!(parse_report(&console[..5]).is_err(), "no UDP result");
-    }
-
-    #[test]
-    fn done_marker_gives_the_exit_status() {
-        assert_eq!(done_status("GUESTNET-DONE rc=0"), Some(0));
-        assert_eq!(done_status("GUESTNET-DONE rc=127\r"), Some(127));
-        assert_eq!(done_status("GUESTNET-DONE"), None);
     }
 }

@@ -10,10 +10,14 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 
-use super::{ANCHOR_SOCKET, NETWORK, Role, WorkerArgs};
+use super::args::{Role, WorkerArgs};
+use super::process::NETWORK;
 use crate::bench::{self, LatencySamples, ReceiverReport, SenderReport, SequenceCheck, Stamp};
 use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
 use crate::wire::MacAddress;
+
+/// File name of the anchor's socket inside the run's private directory.
+const ANCHOR_SOCKET: &str = "anchor.sock";
 
 /// Frames the receiver takes per `receive` call.
 const RECEIVE_BUDGET: usize = 64;

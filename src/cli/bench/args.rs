@@ -1,0 +1,86 @@
+//! The command lines of `bench` and of the worker processes it starts.
+
+use std::path::PathBuf;
+
+use crate::wire::MacAddress;
+
+/// Arguments of `bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Bytes per frame, Ethernet header included (32 to 1514).
+    #[arg(long, default_value_t = 64)]
+    pub frame_size: usize,
+    /// Sender processes (1 to 64).
+    #[arg(long, default_value_t = 1)]
+    pub senders: u16,
+    /// Seconds each of the two measurements lasts [with --vm: each test, default 5].
+    #[arg(long, default_value_t = 3.0, default_value_if("vm", "true", "5"))]
+    pub seconds: f64,
+    /// Frames per `send_batch` call (1 to 4096).
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Slots of the receiver's ring (a power of two) [default: 256; with --netns or --vm
+    /// 1024, what kernel stacks behind TAPs want: see the README's performance section].
+    #[arg(long)]
+    pub ring_slots: Option<u32>,
+    /// Leave the workers unpinned (the scheduler places them).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Instead: TCP throughput and ping latency between two network namespaces through
+    /// guestnet's TAP ports and through a Linux bridge, offloads on and off (as root).
+    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin"])]
+    pub netns: bool,
+    /// With --netns: use the built-in TCP stream even if iperf3 is installed.
+    #[arg(long, requires = "netns")]
+    pub no_iperf: bool,
+    /// Instead: TCP throughput and UDP packet rate (iperf3) between two QEMU guests through
+    /// guestnet's vhost-user ports and through TAP devices on a Linux bridge (as root).
+    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin", "netns"])]
+    pub vm: bool,
+    /// With --vm: the guest image (vmlinuz, initramfs.cpio.gz) of scripts/guest-image,
+    /// built there by the script when missing.
+    #[arg(long, requires = "vm", default_value = "target/guest")]
+    pub image_dir: PathBuf,
+}
+
+/// What a worker process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Sends bench frames into the network.
+    Sender,
+    /// Receives them from the network.
+    Receiver,
+    /// Sends bench frames into the anchor socket.
+    AnchorSender,
+    /// Receives them from the anchor socket.
+    AnchorReceiver,
+}
+
+/// Arguments of the hidden worker.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// What to do.
+    #[arg(long, value_enum)]
+    pub(super) role: Role,
+    /// Private directory of the run (network and socket).
+    #[arg(long)]
+    pub(super) workspace: PathBuf,
+    /// Sender number, or the number of senders for a receiver.
+    #[arg(long)]
+    pub(super) id: u16,
+    /// Receiver's MAC (senders).
+    #[arg(long)]
+    pub(super) to: Option<MacAddress>,
+    /// Bytes per frame.
+    #[arg(long)]
+    pub(super) frame_size: usize,
+    /// Frames per batch.
+    #[arg(long)]
+    pub(super) batch: usize,
+    /// CPU to pin to.
+    #[arg(long)]
+    pub(super) cpu: Option<usize>,
+}
