@@ -2,6 +2,13 @@
 //!
 //! Subcommands are thin: they parse, open the network, and hand over to the library
 //! (`network`, `ports`). Errors are `anyhow` here and only here.
+//!
+//! Beside the subcommands, a few modules serve several of them and import none of them,
+//! so no two files of the command import each other: [`format`](mod@format) writes
+//! figures and tables, [`port_status`] keeps the list of ports that show their own status
+//! in `status`, [`netns`] drives namespaces and their tools, [`child`] keeps the child
+//! processes a run starts, and [`guest`] boots the QEMU guests of `bench --vm` (and of
+//! `tests/qemu.rs`).
 
 pub mod admin;
 pub mod bench;
