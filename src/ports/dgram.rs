@@ -47,10 +47,12 @@ use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
 use crate::network::{Receiver, Sender};
 use crate::wire::MacAddress;
 
-use super::socket::{
-    DatagramBatch, Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, check_mac,
-    io_error, label,
-};
+use super::batch::{DatagramBatch, FrameBatch};
+use super::doorbell::Doorbell;
+use super::error::{PortError, io_error};
+use super::label::label;
+use super::mac::{MacLearner, check_mac};
+use super::socket::{SocketPath, SocketType};
 
 /// Most datagrams taken from the socket per round.
 pub const RECEIVE_BATCH: usize = 64;

@@ -35,9 +35,12 @@ use crate::network::{Receiver, Sender};
 use crate::wire::MacAddress;
 use crate::wire::stream::{Decoded, StreamDecoder, encode_header};
 
-use super::socket::{
-    Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, check_mac, io_error, label,
-};
+use super::batch::FrameBatch;
+use super::doorbell::Doorbell;
+use super::error::{PortError, io_error};
+use super::label::label;
+use super::mac::{MacLearner, check_mac};
+use super::socket::{SocketPath, SocketType};
 
 /// Longest sleep of a writer before it looks whether its connection has closed. The
 /// network's own receivers wake this often anyway to take part in liveness sweeps, so a

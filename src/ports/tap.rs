@@ -69,8 +69,9 @@ use crate::network::{JoinOptions, Network, Peer, PortKind};
 use crate::wire::MacAddress;
 use crate::wire::virtio_net::{LEGACY_HEADER_LEN, VirtioNetHdr};
 
+use super::batch::FrameBatch;
+use super::doorbell::Doorbell;
 use super::rtnetlink::{LinkEvent, LinkMonitor, LinkState};
-use super::socket::{Doorbell, FrameBatch};
 
 /// Frames the reader takes from the device per wake-up, at most.
 pub const READ_BATCH: usize = 64;
