@@ -8,6 +8,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use super::wait;
+
 /// A self-pipe: any thread, or a signal handler, rings it; a `poll` loop wakes on it.
 ///
 /// Ringing writes one byte; the byte stays until [`drain`](Doorbell::drain), so a bell
@@ -47,15 +49,10 @@ impl Doorbell {
 
     /// Waits up to `timeout` for the bell; returns whether it has been rung.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let mut fds = [rustix::event::PollFd::new(
-            &self.read,
-            rustix::event::PollFlags::IN,
-        )];
-        let timeout = rustix::time::Timespec {
-            tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: i64::from(timeout.subsec_nanos()),
-        };
-        matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+        matches!(
+            wait::first_ready([(self.read.as_fd(), ())], Some(timeout)),
+            Ok(Some(()))
+        )
     }
 
     /// Silences the bell.

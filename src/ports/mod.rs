@@ -18,3 +18,4 @@ pub mod stream;
 pub mod tap;
 pub mod vhost_user;
 pub mod vxlan;
+pub(crate) mod wait;
