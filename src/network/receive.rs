@@ -344,10 +344,7 @@ impl Receiver {
                 }
                 slice = slice.min(Duration::from_nanos(due - now));
             }
-            let timespec = rustix::time::Timespec {
-                tv_sec: slice.as_secs() as i64,
-                tv_nsec: slice.subsec_nanos() as i64,
-            };
+            let timespec = crate::ports::wait::timespec(slice);
             let woken = rustix::thread::futex::wait(
                 &control.wake,
                 rustix::thread::futex::Flags::empty(),

@@ -32,6 +32,7 @@
 //! stops, since only a failed send reveals that it is gone.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::sync::Arc;
@@ -47,10 +48,13 @@ use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
 use crate::network::{Receiver, Sender};
 use crate::wire::MacAddress;
 
-use super::socket::{
-    DatagramBatch, Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, check_mac,
-    io_error, label,
-};
+use super::batch::{DatagramBatch, FrameBatch};
+use super::doorbell::Doorbell;
+use super::error::{PortError, io_error};
+use super::label::label;
+use super::mac::{MacLearner, check_mac};
+use super::socket::{SocketPath, SocketType};
+use super::wait;
 
 /// Most datagrams taken from the socket per round.
 pub const RECEIVE_BATCH: usize = 64;
@@ -441,26 +445,14 @@ fn wait_for_event(
     stop: &Doorbell,
     client_gone: &Doorbell,
 ) -> std::io::Result<Event> {
-    use rustix::event::{PollFd, PollFlags, poll};
+    let sources = [
+        (stop.as_fd(), Event::Stop),
+        (client_gone.as_fd(), Event::ClientGone),
+        (socket.as_fd(), Event::Datagrams),
+    ];
     loop {
-        let mut fds = [
-            PollFd::new(stop, PollFlags::IN),
-            PollFd::new(client_gone, PollFlags::IN),
-            PollFd::new(socket, PollFlags::IN),
-        ];
-        match poll(&mut fds, None) {
-            Ok(_) => {}
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        if !fds[0].revents().is_empty() {
-            return Ok(Event::Stop);
-        }
-        if !fds[1].revents().is_empty() {
-            return Ok(Event::ClientGone);
-        }
-        if !fds[2].revents().is_empty() {
-            return Ok(Event::Datagrams);
+        if let Some(event) = wait::first_ready(sources, None)? {
+            return Ok(event);
         }
     }
 }

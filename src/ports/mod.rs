@@ -4,12 +4,18 @@
 //! that peer and the outside world: a socket, a file, a device. The network's rules are
 //! enforced by the peer itself, so a port only has to frame and unframe.
 
+mod batch;
 pub mod capture;
 mod counters;
 pub mod dgram;
+pub mod doorbell;
+pub mod error;
+mod label;
+mod mac;
 pub mod rtnetlink;
 pub mod socket;
 pub mod stream;
 pub mod tap;
 pub mod vhost_user;
 pub mod vxlan;
+pub(crate) mod wait;

@@ -23,6 +23,7 @@
 //! [`WRITER_WAIT`]) and the peer leaves once both have let go of it.
 
 use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,9 +36,13 @@ use crate::network::{Receiver, Sender};
 use crate::wire::MacAddress;
 use crate::wire::stream::{Decoded, StreamDecoder, encode_header};
 
-use super::socket::{
-    Doorbell, FrameBatch, MacLearner, PortError, SocketPath, SocketType, check_mac, io_error, label,
-};
+use super::batch::FrameBatch;
+use super::doorbell::Doorbell;
+use super::error::{PortError, io_error};
+use super::label::label;
+use super::mac::{MacLearner, check_mac};
+use super::socket::{SocketPath, SocketType};
+use super::wait;
 
 /// Longest sleep of a writer before it looks whether its connection has closed. The
 /// network's own receivers wake this often anyway to take part in liveness sweeps, so a
@@ -214,6 +219,7 @@ impl StreamPort {
 }
 
 /// What woke the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
     /// The stop bell rang.
     Stop,
@@ -222,22 +228,13 @@ enum Event {
 }
 
 fn wait_for_connection(listener: &UnixListener, stop: &Doorbell) -> io::Result<Event> {
-    use rustix::event::{PollFd, PollFlags, poll};
+    let sources = [
+        (stop.as_fd(), Event::Stop),
+        (listener.as_fd(), Event::Connection),
+    ];
     loop {
-        let mut fds = [
-            PollFd::new(stop, PollFlags::IN),
-            PollFd::new(listener, PollFlags::IN),
-        ];
-        match poll(&mut fds, None) {
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-        if !fds[0].revents().is_empty() {
-            return Ok(Event::Stop);
-        }
-        if !fds[1].revents().is_empty() {
-            return Ok(Event::Connection);
+        if let Some(event) = wait::first_ready(sources, None)? {
+            return Ok(event);
         }
     }
 }

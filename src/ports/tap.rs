@@ -58,7 +58,6 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags};
 use rustix::thread::LinkNameSpaceType;
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
@@ -69,8 +68,10 @@ use crate::network::{JoinOptions, Network, Peer, PortKind};
 use crate::wire::MacAddress;
 use crate::wire::virtio_net::{LEGACY_HEADER_LEN, VirtioNetHdr};
 
+use super::batch::FrameBatch;
+use super::doorbell::Doorbell;
 use super::rtnetlink::{LinkEvent, LinkMonitor, LinkState};
-use super::socket::{Doorbell, FrameBatch};
+use super::wait;
 
 /// Frames the reader takes from the device per wake-up, at most.
 pub const READ_BATCH: usize = 64;
@@ -276,13 +277,9 @@ impl TapPort {
                     io::ErrorKind::TimedOut.into(),
                 ));
             }
-            let mut fds = [PollFd::new(&self.monitor, PollFlags::IN)];
-            let timeout = rustix::time::Timespec {
-                tv_sec: left.as_secs() as i64,
-                tv_nsec: i64::from(left.subsec_nanos()),
-            };
-            rustix::event::poll(&mut fds, Some(&timeout))
-                .map_err(|e| io_error("wait for the interface's state")(e.into()))?;
+            // Whether the monitor woke us or the time ran out, the read below tells.
+            wait::first_ready([(self.monitor.as_fd(), ())], Some(left))
+                .map_err(io_error("wait for the interface's state"))?;
             events.clear();
             match self.monitor.read(&mut events) {
                 Ok(()) => {}
@@ -459,22 +456,16 @@ enum Wake {
 
 /// Sleeps until `source` is readable or either doorbell rings.
 fn wait_readable(source: &impl AsFd, stop: &Doorbell, closed: &Doorbell) -> io::Result<Wake> {
-    let mut fds = [
-        PollFd::new(source, PollFlags::IN),
-        PollFd::new(stop, PollFlags::IN),
-        PollFd::new(closed, PollFlags::IN),
+    let sources = [
+        (stop.as_fd(), Wake::Stop),
+        (closed.as_fd(), Wake::Stop),
+        (source.as_fd(), Wake::Ready),
     ];
     loop {
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) => break,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+        if let Some(wake) = wait::first_ready(sources, None)? {
+            return Ok(wake);
         }
     }
-    if !fds[1].revents().is_empty() || !fds[2].revents().is_empty() {
-        return Ok(Wake::Stop);
-    }
-    Ok(Wake::Ready)
 }
 
 /// The reader: device → network, a batch per wake-up.

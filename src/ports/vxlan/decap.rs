@@ -7,14 +7,14 @@
 //! it came from; [`State::account`] turns its [`Verdict`] into counts and learning.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::time::Duration;
-
-use rustix::io::Errno;
 
 use crate::network::counters::DropReason;
 use crate::network::{Sender, monotonic_ns};
 use crate::ports::socket::{DatagramBatch, Doorbell, FrameBatch, PortError, io_error};
+use crate::ports::wait;
 use crate::wire::EthernetFrame;
 use crate::wire::ethernet::validate_frame;
 use crate::wire::vxlan::{HEADER_LEN, VxlanError, VxlanPacket, VxlanRepr};
@@ -213,31 +213,11 @@ fn classify(
 
 /// Waits for the stop bell or datagrams, at most [`HOUSEKEEPING`].
 fn wait_for_event(socket: &UdpSocket, stop: &Doorbell) -> std::io::Result<Event> {
-    use rustix::event::{PollFd, PollFlags, poll};
-    let timeout = rustix::time::Timespec {
-        tv_sec: HOUSEKEEPING.as_secs() as i64,
-        tv_nsec: 0,
-    };
-    loop {
-        let mut fds = [
-            PollFd::new(stop, PollFlags::IN),
-            PollFd::new(socket, PollFlags::IN),
-        ];
-        let ready = match poll(&mut fds, Some(&timeout)) {
-            Ok(ready) => ready,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if ready == 0 {
-            return Ok(Event::Housekeeping);
-        }
-        if !fds[0].revents().is_empty() {
-            return Ok(Event::Stop);
-        }
-        if !fds[1].revents().is_empty() {
-            return Ok(Event::Datagrams);
-        }
-    }
+    let sources = [
+        (stop.as_fd(), Event::Stop),
+        (socket.as_fd(), Event::Datagrams),
+    ];
+    Ok(wait::first_ready(sources, Some(HOUSEKEEPING))?.unwrap_or(Event::Housekeeping))
 }
 
 #[cfg(test)]
