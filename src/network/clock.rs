@@ -17,3 +17,11 @@ pub fn unix_ns() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
+
+/// `duration` as the kernel takes a timeout; durations beyond `i64::MAX` seconds saturate.
+pub fn timespec(duration: std::time::Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec {
+        tv_sec: duration.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(duration.subsec_nanos()),
+    }
+}

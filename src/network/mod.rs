@@ -45,7 +45,7 @@ use crate::shm::layout::{self, Geometry, Header, Layout, status as entry_status}
 use counters::PeerCounters;
 use region::{Region, check_name};
 
-pub use clock::{monotonic_ns, unix_ns};
+pub use clock::{monotonic_ns, timespec, unix_ns};
 pub(crate) use error::io_error;
 pub use error::{Error, Result};
 pub use membership::{Control, JoinOptions, PortKind};

@@ -16,7 +16,7 @@ use crate::wire::offload::{self, Segmenter};
 use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
 use crate::wire::{EthernetFrame, EthernetRepr, ethernet};
 
-use super::clock::monotonic_ns;
+use super::clock::{monotonic_ns, timespec};
 use super::counters::{self, DropReason, Pending, slot};
 use super::membership::{Control, Membership};
 use super::offloads::{header_from_words, needed_offloads};
@@ -344,7 +344,7 @@ impl Receiver {
                 }
                 slice = slice.min(Duration::from_nanos(due - now));
             }
-            let timespec = crate::ports::wait::timespec(slice);
+            let timespec = timespec(slice);
             let woken = rustix::thread::futex::wait(
                 &control.wake,
                 rustix::thread::futex::Flags::empty(),

@@ -12,15 +12,8 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
-use rustix::time::Timespec;
 
-/// `duration` as the kernel takes a timeout; durations beyond `i64::MAX` seconds saturate.
-pub(crate) fn timespec(duration: Duration) -> Timespec {
-    Timespec {
-        tv_sec: duration.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(duration.subsec_nanos()),
-    }
-}
+use crate::network::timespec;
 
 /// Sleeps until one of `sources` is readable (or hung up, or failed), or until `timeout`
 /// has passed (`None`: no limit). Answers the name of the first ready source in the order

@@ -104,10 +104,7 @@ impl<'f> PollSet<'f> {
     /// Sleeps until a source is ready or `wait` passes. A signal ends the sleep early,
     /// which is no error: the loop looks again.
     fn poll(&mut self, wait: Duration) -> rustix::io::Result<()> {
-        let timeout = rustix::time::Timespec {
-            tv_sec: wait.as_secs() as i64,
-            tv_nsec: i64::from(wait.subsec_nanos()),
-        };
+        let timeout = crate::network::timespec(wait);
         match rustix::event::poll(&mut self.fds, Some(&timeout)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
             Err(e) => Err(e),

@@ -72,7 +72,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags};
 
 use crate::network::{JoinOptions, Network, PortKind};
 use crate::ports::socket::{Doorbell, PortError, SocketPath, SocketType, check_mac, io_error};
@@ -350,23 +349,14 @@ impl Serving<'_> {
 
 /// Sleeps until `source` is readable (true) or `stop` rings (false).
 fn wait_readable(source: &impl AsFd, stop: &Doorbell) -> std::io::Result<bool> {
-    loop {
-        let mut fds = [
-            PollFd::new(source, PollFlags::IN),
-            PollFd::new(stop, PollFlags::IN),
-        ];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) => {
-                let [source, stop] = &fds;
-                if !stop.revents().is_empty() {
-                    return Ok(false);
-                }
-                if !source.revents().is_empty() {
-                    return Ok(true);
-                }
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Ready {
+        Stop,
+        Source,
     }
+    let ready = crate::ports::wait::first_ready(
+        [(stop.as_fd(), Ready::Stop), (source.as_fd(), Ready::Source)],
+        None,
+    )?;
+    Ok(ready == Some(Ready::Source))
 }

@@ -172,10 +172,7 @@ fn wait_for_kicks(kicks: &[OwnedFd]) {
         .iter()
         .map(|k| PollFd::new(k, PollFlags::IN))
         .collect();
-    let timeout = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: IDLE_SLICE.as_nanos() as i64,
-    };
+    let timeout = crate::network::timespec(IDLE_SLICE);
     if rustix::event::poll(&mut fds, Some(&timeout)).is_ok_and(|n| n > 0) {
         for (fd, kick) in fds.iter().zip(kicks) {
             if !fd.revents().is_empty() {
