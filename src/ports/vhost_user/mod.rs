@@ -72,7 +72,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-
 use crate::network::{JoinOptions, Network, PortKind};
 use crate::ports::socket::{Doorbell, PortError, SocketPath, SocketType, check_mac, io_error};
 use crate::wire::MacAddress;

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ports::counters::counters;
+
 /// Where one socket's frontend stands, as `status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -23,146 +25,102 @@ pub enum State {
     Quarantined,
 }
 
-/// Declares a counter struct of atomics, the serializable struct of their values, and
-/// `values()` from one to the other. Groups after `with` nest another such pair.
-macro_rules! counters {
-    (
-        $(#[$doc:meta])* $atomics:ident / $values:ident {
-            $($(#[$counter_doc:meta])* $counter:ident,)*
-        }
-        $(with {
-            $($(#[$group_doc:meta])* $group:ident: $group_atomics:ident / $group_values:ident,)*
-        })?
-    ) => {
-        $(#[$doc])*
-        #[derive(Debug, Default)]
-        pub struct $atomics {
-            $($(#[$counter_doc])* pub $counter: AtomicU64,)*
-            $($($(#[$group_doc])* pub $group: $group_atomics,)*)?
-        }
-
-        #[doc = concat!("A copy of [`", stringify!($atomics), "`]. A counter missing from a \
-            status file (one written before it existed) reads as 0.")]
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-        #[serde(default)]
-        pub struct $values {
-            $($(#[$counter_doc])* pub $counter: u64,)*
-            $($($(#[$group_doc])* pub $group: $group_values,)*)?
-        }
-
-        impl $atomics {
-            /// The current values.
-            pub fn values(&self) -> $values {
-                $values {
-                    $($counter: self.$counter.load(Ordering::Relaxed),)*
-                    $($($group: self.$group.values(),)*)?
-                }
-            }
-        }
-
-        impl $values {
-            /// The counters by name, in the order declared (nested groups left out).
-            pub fn named(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($counter), self.$counter),)*]
-            }
-        }
-    };
-}
-
 counters! {
     /// One socket's counters, shared by its threads.
-    Counters / CounterValues {
-        /// Frontends that connected.
-        connections,
-        /// Messages handled.
-        messages,
-        /// Malformed messages (bad version or size, short payload, wrong number of file
-        /// descriptors); each closed its connection.
-        bad_messages,
-        /// Requests this backend does not implement.
-        unknown_requests,
-        /// Well-formed messages refused: out of order, out of range, features not offered,
-        /// addresses outside guest memory, memory that cannot be mapped. By why in
-        /// `refused`.
-        rejected_messages,
-        /// Frames taken from the guest into the network.
-        tx_frames,
-        /// Frames written into the guest's buffers.
-        rx_frames,
-        /// Transmit chains outside guest memory, looping, or past the table.
-        tx_bad_chains,
-        /// Transmit chains with a write-only descriptor.
-        tx_wrong_direction,
-        /// Transmit frames too short, or too long for the MTU without segmentation offload.
-        tx_bad_length,
-        /// Transmit frames asking for an offload that was not negotiated.
-        tx_bad_header,
-        /// Receive chains outside guest memory, looping, or past the table.
-        rx_bad_chains,
-        /// Receive chains with a read-only descriptor.
-        rx_wrong_direction,
-        /// Frames that did not fit the buffers the guest posts.
-        rx_no_room,
-        /// Frames held for a guest that had no buffers posted when its frontend disconnected.
-        rx_lost_on_disconnect,
-        /// Times the port was quarantined.
-        quarantines,
-        /// Times the guest's kicks for a transmit ring could not be switched off or back
-        /// on: the ring no longer lies in guest memory, as when the frontend replaced the
-        /// memory table under a running ring. (The data path's own ring writes, returning
-        /// chains and signalling the guest, are not counted here.)
-        ring_access_failures,
-    }
-    with {
+    pub struct Counters;
+    /// A copy of [`Counters`].
+    pub struct CounterValues;
+    /// Frontends that connected.
+    connections,
+    /// Messages handled.
+    messages,
+    /// Malformed messages (bad version or size, short payload, wrong number of file
+    /// descriptors); each closed its connection.
+    bad_messages,
+    /// Requests this backend does not implement.
+    unknown_requests,
+    /// Well-formed messages refused: out of order, out of range, features not offered,
+    /// addresses outside guest memory, memory that cannot be mapped. By why in
+    /// `refused`.
+    rejected_messages,
+    /// Frames taken from the guest into the network.
+    tx_frames,
+    /// Frames written into the guest's buffers.
+    rx_frames,
+    /// Transmit chains outside guest memory, looping, or past the table.
+    tx_bad_chains,
+    /// Transmit chains with a write-only descriptor.
+    tx_wrong_direction,
+    /// Transmit frames too short, or too long for the MTU without segmentation offload.
+    tx_bad_length,
+    /// Transmit frames asking for an offload that was not negotiated.
+    tx_bad_header,
+    /// Receive chains outside guest memory, looping, or past the table.
+    rx_bad_chains,
+    /// Receive chains with a read-only descriptor.
+    rx_wrong_direction,
+    /// Frames that did not fit the buffers the guest posts.
+    rx_no_room,
+    /// Frames held for a guest that had no buffers posted when its frontend disconnected.
+    rx_lost_on_disconnect,
+    /// Times the port was quarantined.
+    quarantines,
+    /// Times the guest's kicks for a transmit ring could not be switched off or back
+    /// on: the ring no longer lies in guest memory, as when the frontend replaced the
+    /// memory table under a running ring. (The data path's own ring writes, returning
+    /// chains and signalling the guest, are not counted here.)
+    ring_access_failures,
+    [
         /// `rejected_messages` by why: one counter per kind of refusal, named after the
         /// kind.
         refused: RefusalCounters / RefusalCounterValues,
-    }
+    ]
 }
 
 counters! {
     /// Well-formed messages refused, by why; they add up to `rejected_messages`.
-    RefusalCounters / RefusalCounterValues {
-        /// `SET_FEATURES` with a feature this port did not offer.
-        features_not_offered,
-        /// `SET_PROTOCOL_FEATURES` with a protocol feature this port did not offer.
-        protocol_features_not_offered,
-        /// A queue index past the queue pairs this port offers (`--queues`).
-        queue_out_of_range,
-        /// `SET_VRING_NUM` with a size that is not a power of two up to the largest ring.
-        bad_ring_size,
-        /// `SET_VRING_ADDR` before any guest memory was shared.
-        ring_before_memory,
-        /// `SET_VRING_ADDR` with a part of the ring outside guest memory.
-        ring_outside_memory,
-        /// `SET_VRING_ADDR` with a part of the ring not aligned as virtio requires.
-        misaligned_ring,
-        /// `SET_MEM_TABLE` with a region that cannot be mapped (empty, past its file's end,
-        /// overlapping another, too many).
-        bad_memory_table,
-        /// `ADD_MEM_REG` with a region that cannot be mapped or added.
-        bad_added_region,
-        /// `ADD_MEM_REG` without its descriptor (the parser lets none through; counted
-        /// should that change).
-        region_without_descriptor,
-        /// `REM_MEM_REG` before any guest memory was shared.
-        remove_without_memory,
-        /// `REM_MEM_REG` of a region that is not mapped.
-        bad_removed_region,
-        /// `SET_VRING_KICK` without a descriptor: a polled ring, which this port does not
-        /// serve.
-        polled_ring,
-        /// `SET_VRING_KICK` with a descriptor that is not an eventfd.
-        kick_not_an_eventfd,
-        /// `SET_VRING_CALL` with a descriptor that is not an eventfd.
-        call_not_an_eventfd,
-        /// `SET_VRING_KICK` whose descriptor could not be duplicated for `poll` (out of
-        /// descriptors).
-        kick_not_duplicated,
-        /// `RESET_OWNER` when a fresh queue could not be made (never, for this port's ring
-        /// size; counted should that change).
-        queue_not_reset,
-    }
+    pub struct RefusalCounters;
+    /// A copy of [`RefusalCounters`].
+    pub struct RefusalCounterValues;
+    /// `SET_FEATURES` with a feature this port did not offer.
+    features_not_offered,
+    /// `SET_PROTOCOL_FEATURES` with a protocol feature this port did not offer.
+    protocol_features_not_offered,
+    /// A queue index past the queue pairs this port offers (`--queues`).
+    queue_out_of_range,
+    /// `SET_VRING_NUM` with a size that is not a power of two up to the largest ring.
+    bad_ring_size,
+    /// `SET_VRING_ADDR` before any guest memory was shared.
+    ring_before_memory,
+    /// `SET_VRING_ADDR` with a part of the ring outside guest memory.
+    ring_outside_memory,
+    /// `SET_VRING_ADDR` with a part of the ring not aligned as virtio requires.
+    misaligned_ring,
+    /// `SET_MEM_TABLE` with a region that cannot be mapped (empty, past its file's end,
+    /// overlapping another, too many).
+    bad_memory_table,
+    /// `ADD_MEM_REG` with a region that cannot be mapped or added.
+    bad_added_region,
+    /// `ADD_MEM_REG` without its descriptor (the parser lets none through; counted
+    /// should that change).
+    region_without_descriptor,
+    /// `REM_MEM_REG` before any guest memory was shared.
+    remove_without_memory,
+    /// `REM_MEM_REG` of a region that is not mapped.
+    bad_removed_region,
+    /// `SET_VRING_KICK` without a descriptor: a polled ring, which this port does not
+    /// serve.
+    polled_ring,
+    /// `SET_VRING_KICK` with a descriptor that is not an eventfd.
+    kick_not_an_eventfd,
+    /// `SET_VRING_CALL` with a descriptor that is not an eventfd.
+    call_not_an_eventfd,
+    /// `SET_VRING_KICK` whose descriptor could not be duplicated for `poll` (out of
+    /// descriptors).
+    kick_not_duplicated,
+    /// `RESET_OWNER` when a fresh queue could not be made (never, for this port's ring
+    /// size; counted should that change).
+    queue_not_reset,
 }
 
 impl Counters {
