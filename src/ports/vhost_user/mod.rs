@@ -57,6 +57,7 @@
 mod connection;
 pub mod datapath;
 mod memory;
+pub mod mock;
 mod rx;
 
 use std::os::unix::net::{UnixListener, UnixStream};
