@@ -46,6 +46,7 @@ use crate::bench::{
 };
 use crate::network::monotonic_ns;
 use crate::shm::layout::Geometry;
+use crate::testframe;
 use crate::wire::MacAddress;
 use process::{Interrupt, Placement, Worker, Workspace};
 
@@ -63,7 +64,7 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Bytes per frame, Ethernet header included (32 to 1514).
+    /// Bytes per frame, Ethernet header included (48 to 1514).
     #[arg(long, default_value_t = 64)]
     pub frame_size: usize,
     /// Sender processes (1 to 64).
@@ -180,10 +181,10 @@ pub fn run(_dir: &Path, args: BenchArgs) -> anyhow::Result<()> {
 
 fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
     let max_frame = crate::wire::ethernet::max_frame_len(Geometry::default().mtu as usize, false);
-    if !(bench::MIN_FRAME_LEN..=max_frame).contains(&args.frame_size) {
+    if !(testframe::MIN_LEN..=max_frame).contains(&args.frame_size) {
         bail!(
             "--frame-size must be between {} and {max_frame}",
-            bench::MIN_FRAME_LEN
+            testframe::MIN_LEN
         );
     }
     if !(1..=64).contains(&args.senders) {
