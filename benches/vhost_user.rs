@@ -2,10 +2,11 @@
 //! in one thread with warm caches, against a plain copy of the same bytes measured in the
 //! same run.
 //!
-//! A guest's ring is laid out in (anonymous) guest memory as a driver would: each round
-//! the "driver" offers a batch of chains and the port's own functions take them —
-//! `transmit` copies frames out of transmit chains into a batch for the network, `place`
-//! writes frames with their virtio-net header into merged receive buffers. Reading and
+//! A guest's ring is laid out in (anonymous) guest memory by the library's mock guest
+//! (`ports::vhost_user::mock`), as a driver would: each round the "driver" offers a batch
+//! of chains and the port's own functions take them — `transmit` copies frames out of
+//! transmit chains into a batch for the network, `place` writes frames with their
+//! virtio-net header into merged receive buffers. Reading and
 //! checking descriptors, the used ring and notifications' bookkeeping are what is measured
 //! on top of the copy. The anchor copies the same bytes between the same guest memory and
 //! a buffer with `vm-memory`'s checked `read_slice`/`write_slice`, the floor for any
@@ -20,9 +21,9 @@ use std::time::{Duration, Instant};
 use guestnet::ports::vhost_user::datapath::{
     Placed, Placement, RxRules, TxBatch, TxRules, Vring, place, transmit,
 };
+use guestnet::ports::vhost_user::mock::{Descriptor, GuestMemory, GuestQueue, Layout, desc_flags};
 use guestnet::wire::VirtioNetHdr;
-use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Chains per round.
 const BATCH: u16 = 32;
@@ -34,71 +35,58 @@ const USED: u64 = 0x20000;
 /// Buffers: one 64 KiB slot per descriptor.
 const DATA: u64 = 0x100000;
 const SLOT: u64 = 0x10000;
-const MEMORY: usize = 0x100000 + 0x10000 * SIZE as usize;
+const MEMORY: u64 = DATA + SLOT * SIZE as u64;
 const HEADER: usize = 12;
 /// How long one measurement runs.
 const RUN: Duration = Duration::from_millis(400);
 /// Measurements per figure; the fastest is kept, as the one least disturbed.
 const TRIES: usize = 3;
 
-/// A ring of `SIZE` in guest memory and the driver's side of it.
+/// A ring of `SIZE` in guest memory: the driver's side (the mock guest) and the port's.
 struct Ring {
-    memory: GuestMemoryMmap,
+    memory: GuestMemory,
+    driver: GuestQueue,
     vring: Vring,
-    avail: u16,
 }
 
 impl Ring {
     fn new() -> Ring {
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY)]).expect("memory");
+        let memory = GuestMemory::anonymous(&[(0, MEMORY)]).expect("memory");
+        let driver = GuestQueue::new(Layout {
+            size: SIZE,
+            desc: DESC,
+            avail: AVAIL,
+            used: USED,
+            buffers: DATA..MEMORY,
+        });
         let mut vring = Vring::new().expect("ring");
-        vring.queue.try_set_size(SIZE).expect("size");
-        vring
-            .queue
-            .try_set_desc_table_address(GuestAddress(DESC))
-            .expect("desc");
-        vring
-            .queue
-            .try_set_avail_ring_address(GuestAddress(AVAIL))
-            .expect("avail");
-        vring
-            .queue
-            .try_set_used_ring_address(GuestAddress(USED))
-            .expect("used");
-        vring.queue.set_ready(true);
+        driver.configure(&mut vring.queue).expect("ring addresses");
         vring.addressed = true;
         vring.started = true;
         vring.enabled = true;
         Ring {
             memory,
+            driver,
             vring,
-            avail: 0,
         }
     }
 
-    /// Descriptor `i`: slot `i`, `len` bytes, `flags` (2: device writes).
+    /// Descriptor `i`: slot `i`, `len` bytes, `flags`.
     fn describe(&self, i: u16, len: u32, flags: u16) {
-        let mut bytes = [0u8; 16];
-        bytes[0..8].copy_from_slice(&(DATA + SLOT * u64::from(i)).to_le_bytes());
-        bytes[8..12].copy_from_slice(&len.to_le_bytes());
-        bytes[12..14].copy_from_slice(&flags.to_le_bytes());
-        let at = GuestAddress(DESC + 16 * u64::from(i));
-        self.memory.write_slice(&bytes, at).expect("descriptor");
+        let d = Descriptor {
+            addr: DATA + SLOT * u64::from(i),
+            len,
+            flags,
+            next: 0,
+        };
+        self.driver.write_descriptor(&self.memory, i, d);
     }
 
     /// Offers the next `BATCH` one-descriptor chains, as a driver does.
     fn offer_batch(&mut self) {
-        for _ in 0..BATCH {
-            let head = self.avail % SIZE;
-            let slot = AVAIL + 4 + 2 * u64::from(head);
-            self.memory
-                .write_obj(head, GuestAddress(slot))
-                .expect("avail");
-            self.avail = self.avail.wrapping_add(1);
-        }
-        self.memory
-            .write_obj(self.avail, GuestAddress(AVAIL + 2))
-            .expect("avail idx");
+        let first = self.driver.next_avail();
+        let heads = (0..BATCH).map(|k| first.wrapping_add(k) % SIZE);
+        self.driver.publish_batch(&self.memory, heads);
     }
 }
 
@@ -142,8 +130,7 @@ fn main() {
         bytes.extend_from_slice(&frame(size));
         for i in 0..SIZE {
             ring.describe(i, bytes.len() as u32, 0);
-            let at = GuestAddress(DATA + SLOT * u64::from(i));
-            ring.memory.write_slice(&bytes, at).expect("frame");
+            ring.memory.write(DATA + SLOT * u64::from(i), &bytes);
         }
         let rules = TxRules {
             header_len: HEADER,
@@ -156,7 +143,7 @@ fn main() {
             batch.clear();
             let taken = transmit(
                 &mut ring.vring,
-                &ring.memory,
+                ring.memory.mmap(),
                 &rules,
                 usize::from(BATCH),
                 &mut batch,
@@ -172,7 +159,7 @@ fn main() {
         let copied_out = per_frame(|| {
             for i in 0..BATCH {
                 let at = GuestAddress(DATA + SLOT * u64::from(i));
-                ring.memory.read_slice(&mut out, at).expect("copy");
+                ring.memory.mmap().read_slice(&mut out, at).expect("copy");
                 black_box(&out);
             }
         });
@@ -181,7 +168,7 @@ fn main() {
         // Network → guest: merged receive buffers of 2 KiB, one per frame.
         let mut ring = Ring::new();
         for i in 0..SIZE {
-            ring.describe(i, 2048, 2);
+            ring.describe(i, 2048, desc_flags::WRITE);
         }
         let rules = RxRules {
             header_len: HEADER,
@@ -196,7 +183,7 @@ fn main() {
             for _ in 0..BATCH {
                 let outcome = place(
                     &mut ring.vring,
-                    &ring.memory,
+                    ring.memory.mmap(),
                     &rules,
                     &hdr,
                     &payload,
@@ -210,8 +197,9 @@ fn main() {
         let copied_in = per_frame(|| {
             for i in 0..BATCH {
                 let at = GuestAddress(DATA + SLOT * u64::from(i));
-                ring.memory.write_slice(&header, at).expect("copy");
+                ring.memory.mmap().write_slice(&header, at).expect("copy");
                 ring.memory
+                    .mmap()
                     .write_slice(&payload, GuestAddress(at.0 + HEADER as u64))
                     .expect("copy");
             }

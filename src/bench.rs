@@ -1,23 +1,19 @@
-//! The benchmark's measuring instruments: what a test frame carries, how latency samples
-//! become percentiles, what each worker process reports, and how the reports add up.
+//! The benchmark's measuring instruments: which frames carry a send time, how latency
+//! samples become percentiles, what each worker process reports, and how the reports add
+//! up.
 //!
 //! `guestnet bench` (in [`crate::cli::bench`]) runs senders and a receiver as separate
 //! processes, first over a guestnet network and then over the anchor, a unix datagram
 //! socket. The pieces here do no I/O, so they are unit-tested on their own and shared by
 //! both transports: the two are measured with the same frames and the same arithmetic.
 //!
-//! **Frame layout.** A bench frame is an Ethernet frame of the local experimental
-//! EtherType 0x88b5 whose payload starts with a 18-byte stamp:
-//!
-//! ```text
-//! 0      6      12   14        16                24                32
-//! | dst  | src  |type| sender  |    sequence     |  sent at (ns)   | padding…
-//! ```
-//!
-//! `sent at` is `CLOCK_MONOTONIC`, which all processes of a host share, so the receiver
-//! subtracts it from its own clock to get a one-way latency. Only every
-//! [`SAMPLE_EVERY`]th frame of a sender is stamped (0 means "not stamped"): reading the
-//! clock for every frame would cost more than the frame itself at small sizes.
+//! **Frames.** The frames are [test frames](crate::testframe), unchecked: each sender
+//! stamps its number and the frame's sequence number into every frame as it sends it, and
+//! checking each frame would measure the checksum instead of the network. Only every
+//! [`SAMPLE_EVERY`]th frame of a sender carries its send time (0 means "not stamped"):
+//! reading the clock for every frame would cost more than the frame itself at small
+//! sizes. The receiver subtracts the send time from its own `CLOCK_MONOTONIC`, which all
+//! processes of a host share, to get a one-way latency.
 //!
 //! **Accounting.** Every frame a sender offers is received, still queued when the
 //! receiver stops, or dropped with a counted reason. A drop that a sender sees on behalf
@@ -30,69 +26,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::network::counters::{DropReason, PeerCounters};
-use crate::wire::MacAddress;
+use crate::testframe::Repr;
 
-/// EtherType of bench frames (IEEE local experimental).
-pub const ETHERTYPE: u16 = 0x88b5;
-/// Bytes of a bench frame before its padding: Ethernet header and stamp.
-pub const MIN_FRAME_LEN: usize = 32;
 /// One frame in this many, per sender, carries its send time.
 pub const SAMPLE_EVERY: u64 = 64;
 /// Most latency samples a receiver keeps (8 bytes each); later ones are not recorded.
 pub const MAX_SAMPLES: usize = 1 << 21;
-
-const SENDER_AT: usize = 14;
-const SEQUENCE_AT: usize = 16;
-const SENT_AT: usize = 24;
-
-/// What a bench frame says about itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    /// Sender number (0-based).
-    pub sender: u16,
-    /// The sender's frame counter.
-    pub sequence: u64,
-    /// Monotonic send time in nanoseconds, or 0 when the frame is not a latency sample.
-    pub sent_ns: u64,
-}
-
-/// A bench frame of `size` bytes (at least [`MIN_FRAME_LEN`]) from `src` to `dst`, with a
-/// zero stamp.
-pub fn frame(dst: MacAddress, src: MacAddress, size: usize) -> Vec<u8> {
-    let mut frame = vec![0u8; size.max(MIN_FRAME_LEN)];
-    frame[0..6].copy_from_slice(&dst.0);
-    frame[6..12].copy_from_slice(&src.0);
-    frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-    frame
-}
-
-/// Writes `stamp` into a frame made by [`frame`]; a shorter buffer is left alone.
-pub fn write_stamp(frame: &mut [u8], stamp: Stamp) {
-    if frame.len() < MIN_FRAME_LEN {
-        return;
-    }
-    frame[SENDER_AT..SEQUENCE_AT].copy_from_slice(&stamp.sender.to_le_bytes());
-    frame[SEQUENCE_AT..SENT_AT].copy_from_slice(&stamp.sequence.to_le_bytes());
-    frame[SENT_AT..MIN_FRAME_LEN].copy_from_slice(&stamp.sent_ns.to_le_bytes());
-}
-
-/// Reads the stamp of a received frame; `None` if it is not a bench frame.
-pub fn read_stamp(frame: &[u8]) -> Option<Stamp> {
-    let header = frame.get(..MIN_FRAME_LEN)?;
-    if header[12..14] != ETHERTYPE.to_be_bytes() {
-        return None;
-    }
-    let u64_at = |at: usize| {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&header[at..at + 8]);
-        u64::from_le_bytes(bytes)
-    };
-    Some(Stamp {
-        sender: u16::from_le_bytes([header[SENDER_AT], header[SENDER_AT + 1]]),
-        sequence: u64_at(SEQUENCE_AT),
-        sent_ns: u64_at(SENT_AT),
-    })
-}
 
 /// Latency percentiles in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,7 +94,7 @@ pub struct SequenceCheck {
     next: Vec<u64>,
     /// Frames whose sequence number was lower than one already seen from their sender.
     pub out_of_order: u64,
-    /// Frames that are not bench frames or name a sender beyond the ones expected.
+    /// Frames that are not test frames or name a sender beyond the ones expected.
     pub foreign: u64,
 }
 
@@ -168,21 +107,25 @@ impl SequenceCheck {
         }
     }
 
-    /// Looks at one received frame's stamp.
-    pub fn observe(&mut self, stamp: Option<Stamp>) {
-        let Some(stamp) = stamp else {
+    /// Looks at one received frame's header (`None`: not a test frame).
+    pub fn observe(&mut self, header: Option<Repr>) {
+        let Some(header) = header else {
             self.foreign += 1;
             return;
         };
-        let Some(next) = self.next.get_mut(stamp.sender as usize) else {
+        let next = usize::try_from(header.sender)
+            .ok()
+            .and_then(|sender| self.next.get_mut(sender));
+        let Some(next) = next else {
             self.foreign += 1;
             return;
         };
         // Gaps are fine (drops are counted elsewhere); going backwards is not.
-        if stamp.sequence < *next {
+        if header.sequence < *next {
             self.out_of_order += 1;
         } else {
-            *next = stamp.sequence + 1;
+            // Saturating: the number is whatever a peer wrote.
+            *next = header.sequence.saturating_add(1);
         }
     }
 }
@@ -232,7 +175,7 @@ pub struct ReceiverReport {
     pub wakeups: u64,
     /// Frames that arrived behind a later one of the same sender.
     pub out_of_order: u64,
-    /// Frames that were not bench frames from an expected sender.
+    /// Frames that were not test frames from an expected sender.
     pub foreign: u64,
     /// Latency samples taken.
     pub latency_samples: u64,
@@ -388,26 +331,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stamps_survive_a_round_trip_and_foreign_frames_are_told_apart() {
-        let dst: MacAddress = "02:00:00:00:00:01".parse().unwrap();
-        let src: MacAddress = "02:00:00:00:00:02".parse().unwrap();
-        let mut f = frame(dst, src, 64);
-        assert_eq!(f.len(), 64);
-        let stamp = Stamp {
-            sender: 3,
-            sequence: 0x0102_0304_0506_0708,
-            sent_ns: 42,
-        };
-        write_stamp(&mut f, stamp);
-        assert_eq!(&f[0..6], &dst.0);
-        assert_eq!(read_stamp(&f), Some(stamp));
-        f[12] = 0x08;
-        assert_eq!(read_stamp(&f), None, "another EtherType is not ours");
-        assert_eq!(read_stamp(&f[..31]), None, "too short to hold a stamp");
-        assert_eq!(frame(dst, src, 14).len(), MIN_FRAME_LEN);
-    }
-
-    #[test]
     fn percentiles_use_the_nearest_rank() {
         let mut samples = LatencySamples::default();
         assert_eq!(samples.percentiles(), Percentiles::default());
@@ -431,10 +354,11 @@ mod tests {
     fn sequence_check_counts_reordering_but_not_gaps() {
         let mut check = SequenceCheck::new(2);
         let at = |sender, sequence| {
-            Some(Stamp {
+            Some(Repr {
                 sender,
                 sequence,
                 sent_ns: 0,
+                len: crate::testframe::MIN_LEN,
             })
         };
         for s in [

@@ -18,11 +18,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use guestnet::network::{CreateOptions, JoinOptions, Network, Peer, PortKind};
+use guestnet::ports::vhost_user::mock::{Descriptor, GuestMemory, desc_flags};
 use guestnet::wire::MacAddress;
 use vhost_support::{
-    Backend, DEADLINE, Descriptor, Frontend, GuestMemory, MemoryMessages, NET_HEADER_LEN,
-    SetupOptions, TX_QUEUE, Virtqueue, counter, desc_flags, feature, flags, memory_table, refusals,
-    request, single_region, u64_payload, vring_address, vring_state, wait_for_status,
+    Backend, DEADLINE, Frontend, MemoryMessages, NET_HEADER_LEN, SetupOptions, TX_QUEUE, Virtqueue,
+    counter, feature, flags, guest_memory, memory_fd, memory_table, refusals, request,
+    single_region, u64_payload, user_address, vring_address, vring_state, wait_for_status,
 };
 
 const NETWORK: &str = "lab";
@@ -175,7 +176,7 @@ struct Guest {
 impl Guest {
     /// Runs QEMU's start-up sequence over `frontend` with fresh guest memory.
     fn set_up(mut frontend: Frontend, options: SetupOptions) -> Guest {
-        let memory = GuestMemory::new().expect("guest memory");
+        let memory = guest_memory().expect("guest memory");
         let (rx, tx) = frontend.setup(&memory, options).expect("setup");
         Guest {
             frontend,
@@ -422,8 +423,9 @@ fn header_split_across_descriptors_is_put_back_together() {
         let lengths = [5, 10, 1, 50, packet.len() - 66];
         let head = guest
             .tx
+            .ring
             .chain_tx_cut(&guest.memory, &packet, &lengths, indirect);
-        guest.tx.publish(&guest.memory, head);
+        guest.tx.ring.publish(&guest.memory, head);
         guest.tx.kick();
         wait_for_frame(&mut lab.peer, &out);
         assert!(guest.tx.wait_used(&guest.memory, head).is_some());
@@ -500,7 +502,7 @@ fn tso_frame_from_the_guest_reaches_a_plain_peer_in_segments() {
 
 /// Publishes the chain starting at `head` on the transmit queue and kicks.
 fn publish_tx(guest: &mut Guest, head: u16) {
-    guest.tx.publish(&guest.memory, head);
+    guest.tx.ring.publish(&guest.memory, head);
     guest.tx.kick();
 }
 
@@ -537,7 +539,7 @@ fn bad_tx_chain_is_counted(name: &str, bad: impl FnOnce(&mut Guest, &Lab)) {
 fn descriptor_pointing_outside_guest_memory_is_counted() {
     bad_tx_chain_is_counted("tx_bad_chains", |guest, lab| {
         let out = packet(&frame(lab.peer.mac(), GUEST_MAC, 100, 1));
-        let head = guest.tx.take_descriptor();
+        let head = guest.tx.ring.take_descriptor();
         // Between the two regions: no memory there.
         let d = Descriptor {
             addr: 0x8000_0000,
@@ -545,7 +547,7 @@ fn descriptor_pointing_outside_guest_memory_is_counted() {
             flags: 0,
             next: 0,
         };
-        guest.tx.write_descriptor(&guest.memory, head, d);
+        guest.tx.ring.write_descriptor(&guest.memory, head, d);
         publish_tx(guest, head);
     });
 }
@@ -553,7 +555,7 @@ fn descriptor_pointing_outside_guest_memory_is_counted() {
 #[test]
 fn descriptor_straddling_the_end_of_a_region_is_counted() {
     bad_tx_chain_is_counted("tx_bad_chains", |guest, _| {
-        let head = guest.tx.take_descriptor();
+        let head = guest.tx.ring.take_descriptor();
         let (base, size) = vhost_support::LAYOUT[1];
         let d = Descriptor {
             addr: base + size - 64,
@@ -561,7 +563,7 @@ fn descriptor_straddling_the_end_of_a_region_is_counted() {
             flags: 0,
             next: 0,
         };
-        guest.tx.write_descriptor(&guest.memory, head, d);
+        guest.tx.ring.write_descriptor(&guest.memory, head, d);
         publish_tx(guest, head);
     });
 }
@@ -570,9 +572,12 @@ fn descriptor_straddling_the_end_of_a_region_is_counted() {
 fn descriptor_loop_is_counted() {
     bad_tx_chain_is_counted("tx_bad_chains", |guest, lab| {
         let out = packet(&frame(lab.peer.mac(), GUEST_MAC, 100, 2));
-        let addr = guest.tx.take_buffer(out.len());
+        let addr = guest.tx.ring.take_buffer(out.len());
         guest.memory.write(addr, &out);
-        let (a, b) = (guest.tx.take_descriptor(), guest.tx.take_descriptor());
+        let (a, b) = (
+            guest.tx.ring.take_descriptor(),
+            guest.tx.ring.take_descriptor(),
+        );
         let len = out.len() as u32 / 2;
         let d = |next| Descriptor {
             addr,
@@ -580,8 +585,8 @@ fn descriptor_loop_is_counted() {
             flags: desc_flags::NEXT,
             next,
         };
-        guest.tx.write_descriptor(&guest.memory, a, d(b));
-        guest.tx.write_descriptor(&guest.memory, b, d(a));
+        guest.tx.ring.write_descriptor(&guest.memory, a, d(b));
+        guest.tx.ring.write_descriptor(&guest.memory, b, d(a));
         publish_tx(guest, a);
     });
 }
@@ -590,8 +595,8 @@ fn descriptor_loop_is_counted() {
 fn write_only_descriptor_in_a_transmit_chain_is_refused() {
     bad_tx_chain_is_counted("tx_wrong_direction", |guest, lab| {
         let out = packet(&frame(lab.peer.mac(), GUEST_MAC, 100, 3));
-        let head = guest.tx.take_descriptor();
-        let addr = guest.tx.take_buffer(out.len());
+        let head = guest.tx.ring.take_descriptor();
+        let addr = guest.tx.ring.take_buffer(out.len());
         guest.memory.write(addr, &out);
         let d = Descriptor {
             addr,
@@ -599,7 +604,7 @@ fn write_only_descriptor_in_a_transmit_chain_is_refused() {
             flags: desc_flags::WRITE,
             next: 0,
         };
-        guest.tx.write_descriptor(&guest.memory, head, d);
+        guest.tx.ring.write_descriptor(&guest.memory, head, d);
         publish_tx(guest, head);
     });
 }
@@ -615,6 +620,7 @@ fn transmit_frame_over_the_mtu_without_gso_is_dropped() {
         );
         let head = guest
             .tx
+            .ring
             .chain_tx(&guest.memory, &packet(&too_long), 2, false);
         publish_tx(guest, head);
     });
@@ -624,7 +630,10 @@ fn transmit_frame_over_the_mtu_without_gso_is_dropped() {
 fn transmit_frame_shorter_than_an_ethernet_header_is_dropped() {
     bad_tx_chain_is_counted("tx_bad_length", |guest, lab| {
         let short = &frame(lab.peer.mac(), GUEST_MAC, 60, 5)[..13];
-        let head = guest.tx.chain_tx(&guest.memory, &packet(short), 1, false);
+        let head = guest
+            .tx
+            .ring
+            .chain_tx(&guest.memory, &packet(short), 1, false);
         publish_tx(guest, head);
     });
 }
@@ -638,7 +647,7 @@ fn checksum_offload_request_without_csum_negotiated_is_refused() {
         out[0] = 1;
         out[6..8].copy_from_slice(&34u16.to_le_bytes());
         out[8..10].copy_from_slice(&16u16.to_le_bytes());
-        let head = guest.tx.chain_tx(&guest.memory, &out, 1, false);
+        let head = guest.tx.ring.chain_tx(&guest.memory, &out, 1, false);
         publish_tx(guest, head);
     });
 }
@@ -646,7 +655,7 @@ fn checksum_offload_request_without_csum_negotiated_is_refused() {
 #[test]
 fn head_index_beyond_the_ring_is_counted() {
     bad_tx_chain_is_counted("tx_bad_chains", |guest, _| {
-        let size = guest.tx.size;
+        let size = guest.tx.ring.size();
         publish_tx(guest, size + 3);
     });
 }
@@ -655,16 +664,16 @@ fn head_index_beyond_the_ring_is_counted() {
 fn next_index_beyond_the_ring_is_counted() {
     bad_tx_chain_is_counted("tx_bad_chains", |guest, lab| {
         let out = packet(&frame(lab.peer.mac(), GUEST_MAC, 100, 6));
-        let addr = guest.tx.take_buffer(out.len());
+        let addr = guest.tx.ring.take_buffer(out.len());
         guest.memory.write(addr, &out);
-        let head = guest.tx.take_descriptor();
+        let head = guest.tx.ring.take_descriptor();
         let d = Descriptor {
             addr,
             len: 50,
             flags: desc_flags::NEXT,
-            next: guest.tx.size,
+            next: guest.tx.ring.size(),
         };
-        guest.tx.write_descriptor(&guest.memory, head, d);
+        guest.tx.ring.write_descriptor(&guest.memory, head, d);
         publish_tx(guest, head);
     });
 }
@@ -673,21 +682,16 @@ fn next_index_beyond_the_ring_is_counted() {
 fn indirect_table_with_a_bad_length_is_counted() {
     bad_tx_chain_is_counted("tx_bad_chains", |guest, lab| {
         let out = packet(&frame(lab.peer.mac(), GUEST_MAC, 100, 7));
-        let head = guest.tx.chain_tx(&guest.memory, &out, 2, true);
+        let head = guest.tx.ring.chain_tx(&guest.memory, &out, 2, true);
         // Rewrite the head so its table length is not a whole number of descriptors.
-        let table_addr = guest
-            .memory
-            .read(guest.tx.desc + 16 * u64::from(head), 8)
-            .try_into()
-            .map(u64::from_le_bytes)
-            .expect("8 bytes");
+        let table_addr = guest.tx.ring.read_descriptor(&guest.memory, head).addr;
         let d = Descriptor {
             addr: table_addr,
             len: 20,
             flags: desc_flags::INDIRECT,
             next: 0,
         };
-        guest.tx.write_descriptor(&guest.memory, head, d);
+        guest.tx.ring.write_descriptor(&guest.memory, head, d);
         publish_tx(guest, head);
     });
 }
@@ -696,8 +700,12 @@ fn indirect_table_with_a_bad_length_is_counted() {
 fn available_index_more_than_a_ring_ahead_stops_the_ring_until_it_is_restarted() {
     let mut lab = Lab::start(&["s"]);
     let mut guest = lab.guest(0, SetupOptions::default());
-    let bogus = guest.tx.next_avail().wrapping_add(guest.tx.size + 10);
-    guest.tx.set_avail_index(&guest.memory, bogus);
+    let bogus = guest
+        .tx
+        .ring
+        .next_avail()
+        .wrapping_add(guest.tx.ring.size() + 10);
+    guest.tx.ring.set_avail_index(&guest.memory, bogus);
     guest.tx.kick();
     let entry = lab.wait_counter(0, "tx_bad_chains", 1);
     assert_eq!(counter(&entry, "tx_frames"), 0);
@@ -705,10 +713,10 @@ fn available_index_more_than_a_ring_ahead_stops_the_ring_until_it_is_restarted()
     // Nothing in the ring can be trusted any more (as with Linux's vhost, the ring stops);
     // the guest resets the queue and QEMU stops and restarts it.
     guest.frontend.stop_queue(TX_QUEUE).expect("GET_VRING_BASE");
-    guest.tx.reset(&guest.memory);
+    guest.tx.ring.reset(&guest.memory);
     guest
         .frontend
-        .start_queue(&guest.memory, &guest.tx)
+        .start_queue(&guest.tx)
         .expect("restart the ring");
     lab.good_frame_passes(&mut guest, 0x43);
 }
@@ -719,10 +727,13 @@ fn available_index_more_than_a_ring_ahead_stops_the_ring_until_it_is_restarted()
 fn bad_rx_buffer_is_counted(name: &str, bad: impl FnOnce(u64) -> Descriptor) {
     let mut lab = Lab::start(&["s"]);
     let mut guest = lab.guest(0, SetupOptions::default());
-    let addr = guest.rx.take_buffer(2048);
-    let head = guest.rx.take_descriptor();
-    guest.rx.write_descriptor(&guest.memory, head, bad(addr));
-    guest.rx.publish(&guest.memory, head);
+    let addr = guest.rx.ring.take_buffer(2048);
+    let head = guest.rx.ring.take_descriptor();
+    guest
+        .rx
+        .ring
+        .write_descriptor(&guest.memory, head, bad(addr));
+    guest.rx.ring.publish(&guest.memory, head);
     guest.rx.kick();
     lab.assert_link_up();
     let first = frame(GUEST_MAC, lab.peer.mac(), 100, 1);
@@ -779,9 +790,9 @@ fn persistent_bad_chains_quarantine_the_port_but_not_its_neighbour() {
     let mut lab = Lab::start(&["bad", "good"]);
     let mut bad = lab.guest(0, SetupOptions::default());
     let mut good = lab.guest(1, SetupOptions::default());
-    let size = bad.tx.size;
+    let size = bad.tx.ring.size();
     for _ in 0..100 {
-        bad.tx.publish(&bad.memory, size + 1);
+        bad.tx.ring.publish(&bad.memory, size + 1);
     }
     bad.tx.kick();
     let entry = lab.wait_status(0, "the misbehaving port is quarantined", |e| {
@@ -909,14 +920,14 @@ fn size_field_over_the_limit_closes_the_connection() {
 fn memory_table_with_fewer_fds_than_regions_closes_the_connection() {
     let mut lab = Lab::start(&["s"]);
     let mut frontend = lab.negotiated(0);
-    let memory = GuestMemory::new().expect("guest memory");
+    let memory = guest_memory().expect("guest memory");
     assert_eq!(memory.regions().len(), 2);
     frontend
         .send(
             request::SET_MEM_TABLE,
             flags::VERSION | flags::NEED_REPLY,
             &memory_table(memory.regions()),
-            &[memory.fd()],
+            &[memory_fd(&memory)],
         )
         .expect("send");
     lab.hung_up_on(frontend);
@@ -972,13 +983,13 @@ fn queue_index_out_of_range_is_refused() {
 fn memory_table_with_more_fds_than_regions_closes_the_connection() {
     let mut lab = Lab::start(&["s"]);
     let mut frontend = lab.negotiated(0);
-    let memory = GuestMemory::new().expect("guest memory");
+    let memory = guest_memory().expect("guest memory");
     frontend
         .send(
             request::SET_MEM_TABLE,
             flags::VERSION | flags::NEED_REPLY,
             &memory_table(&memory.regions()[..1]),
-            &[memory.fd(), memory.fd()],
+            &[memory_fd(&memory), memory_fd(&memory)],
         )
         .expect("send");
     lab.hung_up_on(frontend);
@@ -1034,7 +1045,7 @@ fn frontend_disconnecting_mid_message_leaves_the_backend_serving() {
 fn memory_region_longer_than_its_file_is_refused() {
     let mut lab = Lab::start(&["s"]);
     let mut frontend = lab.negotiated(0);
-    let memory = GuestMemory::new().expect("guest memory");
+    let memory = guest_memory().expect("guest memory");
     let mut region = memory.regions()[1];
     // A mapping past the end of the file would fault (SIGBUS) on the first access.
     region.size += 1 << 20;
@@ -1042,7 +1053,7 @@ fn memory_region_longer_than_its_file_is_refused() {
         .request_ack(
             request::SET_MEM_TABLE,
             &memory_table(&[memory.regions()[0], region]),
-            &[memory.fd(), memory.fd()],
+            &[memory_fd(&memory), memory_fd(&memory)],
         )
         .expect("an answer");
     lab.refused(
@@ -1062,7 +1073,7 @@ fn with_memory(lab: &Lab) -> (Frontend, GuestMemory) {
     frontend
         .request(request::SET_FEATURES, &u64_payload(acked), &[])
         .expect("features acked");
-    let memory = GuestMemory::new().expect("guest memory");
+    let memory = guest_memory().expect("guest memory");
     frontend
         .send_memory(&memory, MemoryMessages::SetMemTable)
         .expect("memory shared");
@@ -1098,15 +1109,10 @@ fn protocol_features_not_offered_are_refused() {
 #[test]
 fn ring_address_outside_guest_memory_is_refused() {
     let mut lab = Lab::start(&["s"]);
-    let (mut frontend, memory) = with_memory(&lab);
+    let (mut frontend, _memory) = with_memory(&lab);
     // Between the two regions: no guest memory there.
-    let nowhere = memory.user_address(0x8000_0000);
-    let address = vring_address(
-        1,
-        nowhere,
-        memory.user_address(0x4000),
-        memory.user_address(0x2000),
-    );
+    let nowhere = user_address(0x8000_0000);
+    let address = vring_address(1, nowhere, user_address(0x4000), user_address(0x2000));
     let ack = frontend
         .request_ack(request::SET_VRING_ADDR, &address, &[])
         .expect("an answer");
@@ -1121,13 +1127,13 @@ fn ring_address_outside_guest_memory_is_refused() {
 #[test]
 fn misaligned_ring_address_is_refused() {
     let mut lab = Lab::start(&["s"]);
-    let (mut frontend, memory) = with_memory(&lab);
+    let (mut frontend, _memory) = with_memory(&lab);
     // Inside guest memory, but a descriptor table must be 16-byte aligned.
     let address = vring_address(
         1,
-        memory.user_address(0x1008),
-        memory.user_address(0x4000),
-        memory.user_address(0x2000),
+        user_address(0x1008),
+        user_address(0x4000),
+        user_address(0x2000),
     );
     let ack = frontend
         .request_ack(request::SET_VRING_ADDR, &address, &[])
@@ -1145,12 +1151,12 @@ fn kick_descriptor_that_is_not_an_eventfd_is_refused() {
     let mut lab = Lab::start(&["s"]);
     let mut frontend = lab.negotiated(0);
     // A memfd: reading it would never block, and never stop being readable either.
-    let not_an_eventfd = GuestMemory::new().expect("guest memory");
+    let not_an_eventfd = guest_memory().expect("guest memory");
     let ack = frontend
         .request_ack(
             request::SET_VRING_KICK,
             &u64_payload(1),
-            &[not_an_eventfd.fd()],
+            &[memory_fd(&not_an_eventfd)],
         )
         .expect("an answer");
     lab.refused(
@@ -1165,12 +1171,12 @@ fn kick_descriptor_that_is_not_an_eventfd_is_refused() {
 fn call_descriptor_that_is_not_an_eventfd_is_refused() {
     let mut lab = Lab::start(&["s"]);
     let mut frontend = lab.negotiated(0);
-    let not_an_eventfd = GuestMemory::new().expect("guest memory");
+    let not_an_eventfd = guest_memory().expect("guest memory");
     let ack = frontend
         .request_ack(
             request::SET_VRING_CALL,
             &u64_payload(1),
-            &[not_an_eventfd.fd()],
+            &[memory_fd(&not_an_eventfd)],
         )
         .expect("an answer");
     lab.refused(
@@ -1188,11 +1194,15 @@ fn adding_a_region_longer_than_its_file_is_refused() {
     frontend
         .negotiate(MemoryMessages::AddMemReg)
         .expect("negotiate");
-    let memory = GuestMemory::new().expect("guest memory");
+    let memory = guest_memory().expect("guest memory");
     let mut region = memory.regions()[1];
     region.size += 1 << 20;
     let ack = frontend
-        .request_ack(request::ADD_MEM_REG, &single_region(region), &[memory.fd()])
+        .request_ack(
+            request::ADD_MEM_REG,
+            &single_region(region),
+            &[memory_fd(&memory)],
+        )
         .expect("an answer");
     lab.refused(
         frontend,
@@ -1206,7 +1216,7 @@ fn adding_a_region_longer_than_its_file_is_refused() {
 fn removing_memory_before_any_was_shared_is_refused() {
     let mut lab = Lab::start(&["s"]);
     let mut frontend = lab.negotiated(0);
-    let memory = GuestMemory::new().expect("guest memory");
+    let memory = guest_memory().expect("guest memory");
     let ack = frontend
         .request_ack(
             request::REM_MEM_REG,
@@ -1263,7 +1273,7 @@ fn memory_table_that_leaves_a_running_ring_out_is_counted() {
         .request(
             request::SET_MEM_TABLE,
             &memory_table(buffers_only),
-            &[guest.memory.fd()],
+            &[memory_fd(&guest.memory)],
         )
         .expect("the new table sent");
     guest

@@ -50,6 +50,7 @@ use crate::bench::{
 };
 use crate::network::monotonic_ns;
 use crate::shm::layout::Geometry;
+use crate::testframe;
 use crate::wire::MacAddress;
 use process::{Interrupt, Placement, Worker, Workspace, machine};
 
@@ -99,10 +100,10 @@ pub fn run(_dir: &Path, args: BenchArgs) -> anyhow::Result<()> {
 
 fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
     let max_frame = crate::wire::ethernet::max_frame_len(Geometry::default().mtu as usize, false);
-    if !(bench::MIN_FRAME_LEN..=max_frame).contains(&args.frame_size) {
+    if !(testframe::MIN_LEN..=max_frame).contains(&args.frame_size) {
         bail!(
             "--frame-size must be between {} and {max_frame}",
-            bench::MIN_FRAME_LEN
+            testframe::MIN_LEN
         );
     }
     if !(1..=64).contains(&args.senders) {

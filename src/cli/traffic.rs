@@ -416,7 +416,7 @@ impl SinkReport {
 }
 
 fn report_corruption(corruption: Corruption, frame: &[u8]) {
-    let head = &frame[..frame.len().min(34)];
+    let head = &frame[..frame.len().min(testframe::HEADER_LEN)];
     tracing::warn!(?corruption, len = frame.len(), ?head, "corrupt test frame");
 }
 

@@ -1,21 +1,21 @@
 //! A mock vhost-user frontend: the part of QEMU that a vhost-user backend talks to, small
 //! enough to read, and able to misbehave on purpose.
 //!
-//! It has three layers, each usable on its own so that a test can break exactly one rule:
+//! The guest itself is the library's mock ([`guestnet::ports::vhost_user::mock`]): its
+//! memory, in a memfd handed to the backend, and the driver's side of its split
+//! virtqueues, whose raw descriptor and index writes are public for building bad chains.
+//! Around that guest, in layers that can each be used alone so that a test can break
+//! exactly one rule:
 //!
-//! * [`GuestMemory`]: "guest RAM" in a memfd, mapped here with `vm-memory` and handed to
-//!   the backend over the socket. Each region is announced with a made-up frontend virtual
-//!   address that differs from its guest-physical address, as QEMU's would, so a backend
-//!   that confuses the two reads the wrong bytes.
 //! * [`Frontend`]: the unix-socket protocol. [`Frontend::send`] writes any header, payload
 //!   and file descriptors (malformed ones too); [`Frontend::setup`] replays QEMU 10's
-//!   start-up sequence.
-//! * [`Virtqueue`]: a split virtqueue driver (virtio 1.x, 2.7 "Split Virtqueues") that lays
-//!   out the descriptor table, available and used rings in guest memory, posts transmit
-//!   frames and receive buffers, kicks and waits for the call eventfd. Raw descriptor and
-//!   index writes are public, for building bad chains.
+//!   start-up sequence. Each memory region is announced with a made-up frontend virtual
+//!   address that differs from its guest-physical address, as QEMU's would, so a backend
+//!   that confuses the two reads the wrong bytes.
+//! * [`Virtqueue`]: one of the guest's queues with its vhost-user notifications: it kicks
+//!   through the kick eventfd and waits (bounded) for the call eventfd.
 //!
-//! And the harness around it: [`Backend`] runs `guestnet vhost-user` as a child that is
+//! And the process harness: [`Backend`] runs `guestnet vhost-user` as a child that is
 //! killed however the test ends, and [`vhost_status`] reads its counters back from
 //! `guestnet status --json`.
 //!
@@ -24,20 +24,17 @@
 //! version (1) in bits 0–1, "reply" in bit 2, and "need reply" in bit 3. File descriptors
 //! travel as `SCM_RIGHTS` ancillary data with the message that needs them.
 
-use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use guestnet::ports::vhost_user::mock::{GuestMemory, GuestQueue, Layout, Region};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 
 /// How long any single expected event may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(5);
@@ -115,16 +112,6 @@ pub mod protocol_feature {
     pub const CONFIGURE_MEM_SLOTS: u64 = 1 << 15;
 }
 
-/// Split-ring descriptor flags (virtio 1.x, 2.7.5).
-pub mod desc_flags {
-    /// `VIRTQ_DESC_F_NEXT`: the chain continues at `next`.
-    pub const NEXT: u16 = 1;
-    /// `VIRTQ_DESC_F_WRITE`: the device writes this buffer (receive side).
-    pub const WRITE: u16 = 2;
-    /// `VIRTQ_DESC_F_INDIRECT`: the buffer is a table of descriptors.
-    pub const INDIRECT: u16 = 4;
-}
-
 /// Length of the virtio-net header with `VERSION_1` or `MRG_RXBUF`.
 pub const NET_HEADER_LEN: usize = 12;
 
@@ -141,138 +128,44 @@ fn invalid(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
-/// One guest memory region as the vhost-user memory table describes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Region {
-    /// Guest-physical address, what descriptors point at.
-    pub guest_address: u64,
-    /// Length in bytes.
-    pub size: u64,
-    /// Frontend virtual address, what `SET_VRING_ADDR` points at.
-    pub user_address: u64,
-    /// Where the region starts in the shared file.
-    pub mmap_offset: u64,
-}
-
-impl Region {
-    /// The region's 32-byte wire form (guest address, size, user address, mmap offset).
-    pub fn to_bytes(self) -> [u8; 32] {
-        let mut bytes = [0u8; 32];
-        for (i, v) in [
-            self.guest_address,
-            self.size,
-            self.user_address,
-            self.mmap_offset,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            bytes[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
-        }
-        bytes
-    }
-}
-
-/// Guest RAM: one memfd holding every region back to back, mapped here through
-/// `vm-memory`'s checked accessors and shared with the backend by fd.
-pub struct GuestMemory {
-    memory: GuestMemoryMmap,
-    file: Arc<File>,
-    regions: Vec<Region>,
-}
-
 /// The guest's memory map as `(guest-physical address, size)`: a small region for the rings
 /// at 0, and the buffers in a second region above 4 GiB, so a backend must translate
 /// through both regions (the second one at a non-zero file offset).
 pub const LAYOUT: [(u64, u64); 2] = [(0, 256 << 10), (0x1_0000_0000, 2 << 20)];
 
-impl GuestMemory {
-    /// Creates guest memory laid out as [`LAYOUT`].
-    pub fn new() -> io::Result<GuestMemory> {
-        let total: u64 = LAYOUT.iter().map(|&(_, size)| size).sum();
-        use rustix::fs::{MemfdFlags, SealFlags};
-        let fd =
-            rustix::fs::memfd_create("guest-ram", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, total)?;
-        // Sealed as QEMU's memfd backend does by default: the backend can then trust the
-        // size (a frontend could otherwise shrink the file under its mappings).
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        let file = Arc::new(File::from(fd));
-        let mut regions = Vec::with_capacity(LAYOUT.len());
-        let mut offset = 0;
-        for (guest_address, size) in LAYOUT {
-            regions.push(Region {
-                guest_address,
-                size,
-                user_address: guest_address + USER_ADDRESS_OFFSET,
-                mmap_offset: offset,
-            });
-            offset += size;
-        }
-        let ranges: Vec<_> = regions
-            .iter()
-            .map(|r| {
-                (
-                    GuestAddress(r.guest_address),
-                    r.size as usize,
-                    Some(FileOffset::from_arc(Arc::clone(&file), r.mmap_offset)),
-                )
-            })
-            .collect();
-        let memory = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(io::Error::other)?;
-        Ok(GuestMemory {
-            memory,
-            file,
-            regions,
-        })
-    }
+/// Guest memory laid out as [`LAYOUT`], in a memfd to hand to the backend.
+pub fn guest_memory() -> io::Result<GuestMemory> {
+    GuestMemory::shared(&LAYOUT)
+}
 
-    /// The regions, as the memory table announces them.
-    pub fn regions(&self) -> &[Region] {
-        &self.regions
-    }
+/// The memfd behind guest memory made by [`guest_memory`].
+pub fn memory_fd(memory: &GuestMemory) -> BorrowedFd<'_> {
+    memory
+        .fd()
+        .expect("guest memory made by guest_memory() is shared")
+}
 
-    /// The memfd behind every region.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
-    }
+/// The frontend virtual address of guest-physical `address`.
+pub fn user_address(address: u64) -> u64 {
+    address + USER_ADDRESS_OFFSET
+}
 
-    /// The frontend virtual address of guest-physical `address`.
-    pub fn user_address(&self, address: u64) -> u64 {
-        address + USER_ADDRESS_OFFSET
+/// A region's 32-byte wire form in the memory table (guest address, size, frontend
+/// virtual address, mmap offset).
+pub fn region_bytes(region: Region) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    for (i, v) in [
+        region.guest_address,
+        region.size,
+        user_address(region.guest_address),
+        region.file_offset,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        bytes[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
     }
-
-    /// Writes `bytes` at guest-physical `address`.
-    pub fn write(&self, address: u64, bytes: &[u8]) {
-        self.memory
-            .write_slice(bytes, GuestAddress(address))
-            .expect("the test writes inside guest memory");
-    }
-
-    /// Reads `len` bytes at guest-physical `address`.
-    pub fn read(&self, address: u64, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0; len];
-        self.memory
-            .read_slice(&mut bytes, GuestAddress(address))
-            .expect("the test reads inside guest memory");
-        bytes
-    }
-
-    /// Stores a little-endian ring index with `order`, as the driver publishes indices.
-    fn store_u16(&self, address: u64, value: u16, order: Ordering) {
-        self.memory
-            .store(value.to_le(), GuestAddress(address), order)
-            .expect("ring index inside guest memory");
-    }
-
-    /// Loads a little-endian ring index with `order`.
-    fn load_u16(&self, address: u64, order: Ordering) -> u16 {
-        let raw: u16 = self
-            .memory
-            .load(GuestAddress(address), order)
-            .expect("ring index inside guest memory");
-        u16::from_le(raw)
-    }
+    bytes
 }
 
 /// A reply from the backend.
@@ -326,7 +219,7 @@ pub fn memory_table(regions: &[Region]) -> Vec<u8> {
     let mut p = (regions.len() as u32).to_ne_bytes().to_vec();
     p.extend_from_slice(&0u32.to_ne_bytes());
     for region in regions {
-        p.extend_from_slice(&region.to_bytes());
+        p.extend_from_slice(&region_bytes(*region));
     }
     p
 }
@@ -334,7 +227,7 @@ pub fn memory_table(regions: &[Region]) -> Vec<u8> {
 /// An `ADD_MEM_REG` payload: 8 bytes of padding, then one region.
 pub fn single_region(region: Region) -> Vec<u8> {
     let mut p = vec![0u8; 8];
-    p.extend_from_slice(&region.to_bytes());
+    p.extend_from_slice(&region_bytes(region));
     p
 }
 
@@ -564,7 +457,7 @@ impl Frontend {
     pub fn send_memory(&mut self, memory: &GuestMemory, how: MemoryMessages) -> io::Result<()> {
         match how {
             MemoryMessages::SetMemTable => {
-                let fds: Vec<_> = memory.regions().iter().map(|_| memory.fd()).collect();
+                let fds: Vec<_> = memory.regions().iter().map(|_| memory_fd(memory)).collect();
                 self.request(
                     request::SET_MEM_TABLE,
                     &memory_table(memory.regions()),
@@ -577,7 +470,11 @@ impl Frontend {
                     return Err(invalid(format!("only {slots} memory slots")));
                 }
                 for &region in memory.regions() {
-                    self.request(request::ADD_MEM_REG, &single_region(region), &[memory.fd()])?;
+                    self.request(
+                        request::ADD_MEM_REG,
+                        &single_region(region),
+                        &[memory_fd(memory)],
+                    )?;
                 }
                 Ok(())
             }
@@ -603,19 +500,20 @@ impl Frontend {
     }
 
     /// Tells the backend where queue `queue`'s rings and eventfds are, and enables it.
-    pub fn start_queue(&mut self, memory: &GuestMemory, queue: &Virtqueue) -> io::Result<()> {
+    pub fn start_queue(&mut self, queue: &Virtqueue) -> io::Result<()> {
         let i = queue.index;
+        let rings = queue.ring.layout();
         self.request(
             request::SET_VRING_NUM,
-            &vring_state(i, u32::from(queue.size)),
+            &vring_state(i, u32::from(rings.size)),
             &[],
         )?;
         self.request(request::SET_VRING_BASE, &vring_state(i, 0), &[])?;
         let address = vring_address(
             i,
-            memory.user_address(queue.desc),
-            memory.user_address(queue.used),
-            memory.user_address(queue.avail),
+            user_address(rings.desc),
+            user_address(rings.used),
+            user_address(rings.avail),
         );
         self.request(request::SET_VRING_ADDR, &address, &[])?;
         self.request(
@@ -676,35 +574,11 @@ impl Frontend {
         self.acked_features = acked;
         self.send_memory(memory, options.memory)?;
         for queue in [&mut rx, &mut tx] {
-            queue.event_idx = acked & feature::EVENT_IDX != 0;
-            queue.lay_out(memory);
-            self.start_queue(memory, queue)?;
+            queue.ring.set_event_idx(acked & feature::EVENT_IDX != 0);
+            queue.ring.lay_out(memory);
+            self.start_queue(queue)?;
         }
         Ok((rx, tx))
-    }
-}
-
-/// One split-ring descriptor (16 bytes: address, length, flags, next).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Descriptor {
-    /// Guest-physical address of the buffer.
-    pub addr: u64,
-    /// Its length.
-    pub len: u32,
-    /// [`desc_flags`].
-    pub flags: u16,
-    /// Next descriptor of the chain, with [`desc_flags::NEXT`].
-    pub next: u16,
-}
-
-impl Descriptor {
-    fn to_bytes(self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&self.addr.to_le_bytes());
-        b[8..12].copy_from_slice(&self.len.to_le_bytes());
-        b[12..14].copy_from_slice(&self.flags.to_le_bytes());
-        b[14..16].copy_from_slice(&self.next.to_le_bytes());
-        b
     }
 }
 
@@ -714,219 +588,42 @@ const RING_STRIDE: u64 = 0x8000;
 const BUFFER_BASE: u64 = LAYOUT[1].0;
 const BUFFER_STRIDE: u64 = 1 << 20;
 
-/// The driver side of one split virtqueue (virtio 1.x, 2.7).
-///
-/// Ring layout: the descriptor table (16 bytes × size, 16-aligned); the available ring
-/// (`flags: u16, idx: u16, ring: [u16; size], used_event: u16`, 2-aligned); the used ring
-/// (`flags: u16, idx: u16, ring: [{id: u32, len: u32}; size], avail_event: u16`,
-/// 4-aligned). All little-endian.
+/// One of the guest's virtqueues and its vhost-user notifications.
 pub struct Virtqueue {
     /// The vhost-user queue index.
     pub index: u32,
-    /// Ring size.
-    pub size: u16,
-    /// Guest-physical address of the descriptor table.
-    pub desc: u64,
-    /// Guest-physical address of the available ring.
-    pub avail: u64,
-    /// Guest-physical address of the used ring.
-    pub used: u64,
+    /// The driver's side of the ring, in guest memory.
+    pub ring: GuestQueue,
     kick: OwnedFd,
     call: OwnedFd,
-    event_idx: bool,
-    next_desc: u16,
-    next_avail: u16,
-    last_used: u16,
-    buffer_next: u64,
-    /// Receive buffers posted and not yet used: head → (address, length).
-    posted: std::collections::HashMap<u16, (u64, u32)>,
-    /// Used entries read from the ring and not yet handed out by `receive`.
-    received: std::collections::VecDeque<Used>,
     /// How many times the call eventfd was found signalled.
     pub calls: u64,
 }
 
-/// One used-ring element.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Used {
-    /// Head of the chain the backend returned.
-    pub id: u32,
-    /// Bytes it wrote into the chain.
-    pub len: u32,
-}
-
 impl Virtqueue {
-    /// A queue with fresh kick and call eventfds; rings are laid out by `lay_out`.
+    /// A queue with fresh kick and call eventfds; its rings are laid out by `setup`.
     fn new(index: u32, size: u16) -> io::Result<Virtqueue> {
         if !size.is_power_of_two() || size > 1024 {
             // Larger rings would not fit in their RING_STRIDE slot.
             return Err(invalid(format!("ring size {size}")));
         }
         let eventfd = || rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK);
-        let base = u64::from(index) * RING_STRIDE;
-        let desc = base;
-        let avail = desc + 16 * u64::from(size);
-        let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(4);
+        let buffers = BUFFER_BASE + u64::from(index) * BUFFER_STRIDE;
+        let layout = Layout::packed(
+            size,
+            u64::from(index) * RING_STRIDE,
+            buffers..buffers + BUFFER_STRIDE,
+        );
         Ok(Virtqueue {
             index,
-            size,
-            desc,
-            avail,
-            used,
+            ring: GuestQueue::new(layout),
             kick: eventfd()?,
             call: eventfd()?,
-            event_idx: false,
-            next_desc: 0,
-            next_avail: 0,
-            last_used: 0,
-            buffer_next: 0,
-            posted: std::collections::HashMap::new(),
-            received: std::collections::VecDeque::new(),
             calls: 0,
         })
     }
 
-    /// Starts the queue over, as a guest driver does after a device reset: empty rings and
-    /// every index back at 0. The backend must be told again ([`Frontend::start_queue`]).
-    pub fn reset(&mut self, memory: &GuestMemory) {
-        self.lay_out(memory);
-        self.next_desc = 0;
-        self.next_avail = 0;
-        self.last_used = 0;
-        self.posted.clear();
-        self.received.clear();
-    }
-
-    /// Zeroes the rings in guest memory.
-    fn lay_out(&self, memory: &GuestMemory) {
-        let end = self.used + 6 + 8 * u64::from(self.size);
-        memory.write(self.desc, &vec![0; (end - self.desc) as usize]);
-    }
-
-    /// Writes descriptor `i` of the table (`i` may be out of range on purpose).
-    pub fn write_descriptor(&self, memory: &GuestMemory, i: u16, d: Descriptor) {
-        memory.write(self.desc + 16 * u64::from(i), &d.to_bytes());
-    }
-
-    /// Takes the next descriptor slot, round robin (tests post far fewer chains than the
-    /// ring holds before the backend returns them).
-    pub fn take_descriptor(&mut self) -> u16 {
-        let i = self.next_desc;
-        self.next_desc = (self.next_desc + 1) % self.size;
-        i
-    }
-
-    /// Takes `len` bytes (16-aligned) of this queue's buffer area, wrapping around.
-    pub fn take_buffer(&mut self, len: usize) -> u64 {
-        let len = (len as u64).next_multiple_of(16);
-        if self.buffer_next + len > BUFFER_STRIDE {
-            self.buffer_next = 0;
-        }
-        let address = BUFFER_BASE + u64::from(self.index) * BUFFER_STRIDE + self.buffer_next;
-        self.buffer_next += len;
-        address
-    }
-
-    /// Puts `head` in the next available slot and publishes the new index.
-    pub fn publish(&mut self, memory: &GuestMemory, head: u16) {
-        let slot = self.avail + 4 + 2 * u64::from(self.next_avail % self.size);
-        memory.write(slot, &head.to_le_bytes());
-        self.next_avail = self.next_avail.wrapping_add(1);
-        self.set_avail_index(memory, self.next_avail);
-    }
-
-    /// Stores `idx` as the available index without touching the ring: the backend reads
-    /// entries up to it. Release, so the entries written before are visible first.
-    pub fn set_avail_index(&self, memory: &GuestMemory, idx: u16) {
-        memory.store_u16(self.avail + 2, idx, Ordering::Release);
-    }
-
-    /// The next available index this driver will publish.
-    pub fn next_avail(&self) -> u16 {
-        self.next_avail
-    }
-
-    /// Writes `packet` (header and frame) into `pieces` buffers and chains them, through an
-    /// indirect table if asked; returns the head without publishing it.
-    pub fn chain_tx(
-        &mut self,
-        memory: &GuestMemory,
-        packet: &[u8],
-        pieces: usize,
-        indirect: bool,
-    ) -> u16 {
-        let piece_len = packet.len().div_ceil(pieces.max(1)).max(1);
-        let lengths: Vec<usize> = packet.chunks(piece_len).map(<[u8]>::len).collect();
-        self.chain_tx_cut(memory, packet, &lengths, indirect)
-    }
-
-    /// [`chain_tx`](Virtqueue::chain_tx) with the length of each piece given (they must
-    /// add up to the packet's), to cut where a test wants, e.g. inside the header.
-    pub fn chain_tx_cut(
-        &mut self,
-        memory: &GuestMemory,
-        packet: &[u8],
-        lengths: &[usize],
-        indirect: bool,
-    ) -> u16 {
-        assert_eq!(
-            lengths.iter().sum::<usize>(),
-            packet.len(),
-            "pieces cover the packet"
-        );
-        let mut chunks = Vec::with_capacity(lengths.len());
-        let mut rest = packet;
-        for &len in lengths {
-            let (chunk, tail) = rest.split_at(len);
-            chunks.push(chunk);
-            rest = tail;
-        }
-        let mut descriptors = Vec::with_capacity(chunks.len());
-        for chunk in &chunks {
-            let addr = self.take_buffer(chunk.len());
-            memory.write(addr, chunk);
-            descriptors.push(Descriptor {
-                addr,
-                len: chunk.len() as u32,
-                flags: 0,
-                next: 0,
-            });
-        }
-        if indirect {
-            let table = self.take_buffer(16 * descriptors.len());
-            for (i, d) in descriptors.iter().enumerate() {
-                let last = i + 1 == descriptors.len();
-                let d = Descriptor {
-                    flags: if last { 0 } else { desc_flags::NEXT },
-                    next: if last { 0 } else { i as u16 + 1 },
-                    ..*d
-                };
-                memory.write(table + 16 * i as u64, &d.to_bytes());
-            }
-            let head = self.take_descriptor();
-            let d = Descriptor {
-                addr: table,
-                len: 16 * descriptors.len() as u32,
-                flags: desc_flags::INDIRECT,
-                next: 0,
-            };
-            self.write_descriptor(memory, head, d);
-            return head;
-        }
-        let slots: Vec<u16> = descriptors.iter().map(|_| self.take_descriptor()).collect();
-        for (i, d) in descriptors.iter().enumerate() {
-            let next = slots.get(i + 1).copied();
-            let d = Descriptor {
-                flags: if next.is_some() { desc_flags::NEXT } else { 0 },
-                next: next.unwrap_or(0),
-                ..*d
-            };
-            self.write_descriptor(memory, slots[i], d);
-        }
-        slots[0]
-    }
-
-    /// Posts a transmit packet (see [`chain_tx`](Virtqueue::chain_tx)) and kicks.
+    /// Posts a transmit packet (see [`GuestQueue::chain_tx`]) and kicks.
     pub fn send(
         &mut self,
         memory: &GuestMemory,
@@ -934,8 +631,8 @@ impl Virtqueue {
         pieces: usize,
         indirect: bool,
     ) -> u16 {
-        let head = self.chain_tx(memory, packet, pieces, indirect);
-        self.publish(memory, head);
+        let head = self.ring.chain_tx(memory, packet, pieces, indirect);
+        self.ring.publish(memory, head);
         self.kick();
         head
     }
@@ -943,17 +640,7 @@ impl Virtqueue {
     /// Posts `count` device-writable receive buffers of `len` bytes and kicks.
     pub fn post_rx(&mut self, memory: &GuestMemory, count: usize, len: u32) {
         for _ in 0..count {
-            let addr = self.take_buffer(len as usize);
-            let head = self.take_descriptor();
-            let d = Descriptor {
-                addr,
-                len,
-                flags: desc_flags::WRITE,
-                next: 0,
-            };
-            self.write_descriptor(memory, head, d);
-            self.posted.insert(head, (addr, len));
-            self.publish(memory, head);
+            self.ring.post_receive_buffer(memory, len);
         }
         self.kick();
     }
@@ -977,34 +664,13 @@ impl Virtqueue {
         ready
     }
 
-    /// The used entries the backend added since the last call. With `EVENT_IDX`, also asks
-    /// for a call on the next one (`used_event`).
-    pub fn take_used(&mut self, memory: &GuestMemory) -> Vec<Used> {
-        // Acquire: the entries (and the buffers they describe) are written before the index.
-        let idx = memory.load_u16(self.used + 2, Ordering::Acquire);
-        let mut entries = Vec::new();
-        while self.last_used != idx {
-            let at = self.used + 4 + 8 * u64::from(self.last_used % self.size);
-            let b = memory.read(at, 8);
-            entries.push(Used {
-                id: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-                len: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-            });
-            self.last_used = self.last_used.wrapping_add(1);
-        }
-        if self.event_idx {
-            let used_event = self.avail + 4 + 2 * u64::from(self.size);
-            memory.store_u16(used_event, self.last_used, Ordering::SeqCst);
-        }
-        entries
-    }
-
     /// Waits (bounded by [`DEADLINE`]) until the backend returns chain `head`; returns its
     /// used length. Entries for other chains are passed over.
     pub fn wait_used(&mut self, memory: &GuestMemory, head: u16) -> Option<u32> {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(u) = self
+                .ring
                 .take_used(memory)
                 .into_iter()
                 .find(|u| u.id == u32::from(head))
@@ -1019,21 +685,12 @@ impl Virtqueue {
     }
 
     /// Waits (bounded by [`DEADLINE`]) for the next used receive buffer: its used length
-    /// and the bytes the backend wrote into it. A frame merged over several buffers takes
-    /// one call per buffer.
+    /// and the bytes the backend wrote into it (see [`GuestQueue::next_received`]).
     pub fn receive(&mut self, memory: &GuestMemory) -> Option<(u32, Vec<u8>)> {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let used = self.take_used(memory);
-            self.received.extend(used);
-            while let Some(u) = self.received.pop_front() {
-                // A chain the test posted by hand (a bad one the backend gave back) is
-                // not a received frame.
-                let Some((addr, len)) = self.posted.remove(&(u.id as u16)) else {
-                    continue;
-                };
-                let written = u.len.min(len) as usize;
-                return Some((u.len, memory.read(addr, written)));
+            if let Some(received) = self.ring.next_received(memory) {
+                return Some(received);
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             self.wait_call(left.min(Duration::from_millis(50)));

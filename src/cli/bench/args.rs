@@ -7,7 +7,7 @@ use crate::wire::MacAddress;
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Bytes per frame, Ethernet header included (32 to 1514).
+    /// Bytes per frame, Ethernet header included (48 to 1514).
     #[arg(long, default_value_t = 64)]
     pub frame_size: usize,
     /// Sender processes (1 to 64).

@@ -12,8 +12,9 @@ use anyhow::{Context, anyhow};
 
 use super::args::{Role, WorkerArgs};
 use super::process::NETWORK;
-use crate::bench::{self, LatencySamples, ReceiverReport, SenderReport, SequenceCheck, Stamp};
+use crate::bench::{self, LatencySamples, ReceiverReport, SenderReport, SequenceCheck};
 use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
+use crate::testframe;
 use crate::wire::MacAddress;
 
 /// File name of the anchor's socket inside the run's private directory.
@@ -32,7 +33,7 @@ pub(super) fn run(args: WorkerArgs) -> anyhow::Result<()> {
         rustix::thread::sched_setaffinity(None, &set)
             .with_context(|| format!("pin to CPU {cpu}"))?;
     }
-    let frame_size = args.frame_size.max(bench::MIN_FRAME_LEN);
+    let frame_size = args.frame_size.max(testframe::MIN_LEN);
     match args.role {
         Role::Sender => {
             let to = args.to.ok_or_else(|| anyhow!("a sender needs --to"))?;
@@ -131,7 +132,9 @@ fn bench_port(label: &str) -> JoinOptions {
 }
 
 fn frames_for(to: MacAddress, from: MacAddress, size: usize, batch: usize) -> Vec<Vec<u8>> {
-    (0..batch).map(|_| bench::frame(to, from, size)).collect()
+    (0..batch)
+        .map(|_| testframe::unchecked(to, from, size))
+        .collect()
 }
 
 /// Says "ready" (with the MAC, for the receiver), then waits for `go <deadline>`.
@@ -191,14 +194,11 @@ fn send_until(
             } else {
                 0
             };
-            bench::write_stamp(
-                frame,
-                Stamp {
-                    sender: id,
-                    sequence,
-                    sent_ns,
-                },
-            );
+            // Every frame came from `frames_for`, so it holds a whole header.
+            let mut packet = testframe::Packet::new_unchecked(frame.as_mut_slice());
+            packet.set_sender(u32::from(id));
+            packet.set_sequence(sequence);
+            packet.set_sent_ns(sent_ns);
             sequence += 1;
         }
         accepted += send(&frames, now);
@@ -235,11 +235,11 @@ impl ReceiveRun {
 
     fn frame(&mut self, frame: &[u8]) {
         self.received += 1;
-        let stamp = bench::read_stamp(frame);
-        if let Some(sent) = stamp.map(|s| s.sent_ns).filter(|&ns| ns != 0) {
+        let header = testframe::header(frame).ok();
+        if let Some(sent) = header.map(|h| h.sent_ns).filter(|&ns| ns != 0) {
             self.latency.record(monotonic_ns().saturating_sub(sent));
         }
-        self.sequences.observe(stamp);
+        self.sequences.observe(header);
     }
 
     /// How long to sleep when idle: not past the deadline, so the window closes on time.

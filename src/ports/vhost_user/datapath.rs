@@ -562,6 +562,7 @@ fn writable_parts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::vhost_user::mock::{Descriptor, GuestMemory, GuestQueue, Layout, desc_flags};
     use crate::wire::virtio_net::HEADER_LEN;
 
     const DESC: u64 = 0x1000;
@@ -570,73 +571,61 @@ mod tests {
     const DATA: u64 = 0x10000;
     const MEMORY: usize = 0x40000;
     const SIZE: u16 = 16;
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
+    const NEXT: u16 = desc_flags::NEXT;
+    const WRITE: u16 = desc_flags::WRITE;
 
-    /// A guest with one ring of 16 at fixed addresses in 256 KiB of memory.
+    /// A guest with one ring of 16 at fixed addresses in 256 KiB of memory, and the port's
+    /// side of that ring.
     struct Guest {
-        memory: GuestMemoryMmap,
+        memory: GuestMemory,
+        queue: GuestQueue,
         vring: Vring,
-        avail: u16,
     }
 
     impl Guest {
         fn new() -> Guest {
-            let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY)]).unwrap();
+            let memory = GuestMemory::anonymous(&[(0, MEMORY as u64)]).unwrap();
+            let queue = GuestQueue::new(Layout {
+                size: SIZE,
+                desc: DESC,
+                avail: AVAIL,
+                used: USED,
+                buffers: DATA..MEMORY as u64,
+            });
             let mut vring = Vring::new().unwrap();
-            vring.queue.try_set_size(SIZE).unwrap();
-            vring
-                .queue
-                .try_set_desc_table_address(GuestAddress(DESC))
-                .unwrap();
-            vring
-                .queue
-                .try_set_avail_ring_address(GuestAddress(AVAIL))
-                .unwrap();
-            vring
-                .queue
-                .try_set_used_ring_address(GuestAddress(USED))
-                .unwrap();
-            vring.queue.set_ready(true);
+            queue.configure(&mut vring.queue).unwrap();
             vring.addressed = true;
             vring.started = true;
             vring.enabled = true;
             Guest {
                 memory,
+                queue,
                 vring,
-                avail: 0,
             }
         }
 
         fn descriptor(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            let at = GuestAddress(DESC + 16 * u64::from(index));
-            let mut bytes = [0u8; 16];
-            bytes[0..8].copy_from_slice(&addr.to_le_bytes());
-            bytes[8..12].copy_from_slice(&len.to_le_bytes());
-            bytes[12..14].copy_from_slice(&flags.to_le_bytes());
-            bytes[14..16].copy_from_slice(&next.to_le_bytes());
-            self.memory.write_slice(&bytes, at).unwrap();
+            let d = Descriptor {
+                addr,
+                len,
+                flags,
+                next,
+            };
+            self.queue.write_descriptor(&self.memory, index, d);
         }
 
         /// Offers the chain starting at `head`.
         fn offer(&mut self, head: u16) {
-            let slot = AVAIL + 4 + 2 * u64::from(self.avail % SIZE);
-            self.memory.write_obj(head, GuestAddress(slot)).unwrap();
-            self.avail = self.avail.wrapping_add(1);
-            self.memory
-                .write_obj(self.avail, GuestAddress(AVAIL + 2))
-                .unwrap();
+            self.queue.publish(&self.memory, head);
         }
 
         fn used(&self, n: u16) -> (u32, u32) {
-            let at = USED + 4 + 8 * u64::from(n % SIZE);
-            let id: u32 = self.memory.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.memory.read_obj(GuestAddress(at + 4)).unwrap();
-            (id, len)
+            let used = self.queue.used_entry(&self.memory, n);
+            (used.id, used.len)
         }
 
         fn used_idx(&self) -> u16 {
-            self.memory.read_obj(GuestAddress(USED + 2)).unwrap()
+            self.queue.used_index(&self.memory)
         }
 
         /// Offers `frame` (plain header) to the ring as a receive queue.
@@ -644,7 +633,7 @@ mod tests {
             let mut faults = Vec::new();
             let placed = place(
                 &mut self.vring,
-                &self.memory,
+                self.memory.mmap(),
                 &rx_rules(mergeable),
                 &VirtioNetHdr::default(),
                 frame,
@@ -679,7 +668,7 @@ mod tests {
         let mut faults = Vec::new();
         transmit(
             &mut guest.vring,
-            &guest.memory,
+            guest.memory.mmap(),
             rules,
             64,
             &mut batch,
@@ -695,14 +684,8 @@ mod tests {
         let payload = frame(100);
         let mut bytes = vec![0u8; HEADER_LEN];
         bytes.extend_from_slice(&payload);
-        guest
-            .memory
-            .write_slice(&bytes[..40], GuestAddress(DATA))
-            .unwrap();
-        guest
-            .memory
-            .write_slice(&bytes[40..], GuestAddress(DATA + 0x1000))
-            .unwrap();
+        guest.memory.write(DATA, &bytes[..40]);
+        guest.memory.write(DATA + 0x1000, &bytes[40..]);
         guest.descriptor(0, DATA, 40, NEXT, 5);
         guest.descriptor(5, DATA + 0x1000, (bytes.len() - 40) as u32, 0, 0);
         guest.offer(0);
@@ -718,7 +701,7 @@ mod tests {
         let mut guest = Guest::new();
         let mut good = vec![0u8; HEADER_LEN];
         good.extend_from_slice(&frame(60));
-        guest.memory.write_slice(&good, GuestAddress(DATA)).unwrap();
+        guest.memory.write(DATA, &good);
         // 0: a loop (0 → 1 → 0).
         guest.descriptor(0, DATA, 8, NEXT, 1);
         guest.descriptor(1, DATA, 8, NEXT, 0);
@@ -766,18 +749,12 @@ mod tests {
         };
         let mut bytes = tso.to_bytes().to_vec();
         bytes.extend_from_slice(&frame(3000));
-        guest
-            .memory
-            .write_slice(&bytes, GuestAddress(DATA))
-            .unwrap();
+        guest.memory.write(DATA, &bytes);
         guest.descriptor(0, DATA, bytes.len() as u32, 0, 0);
         guest.descriptor(1, DATA, bytes.len() as u32, 0, 0);
         let mut plain = vec![0u8; HEADER_LEN];
         plain.extend_from_slice(&frame(3000));
-        guest
-            .memory
-            .write_slice(&plain, GuestAddress(DATA + 0x8000))
-            .unwrap();
+        guest.memory.write(DATA + 0x8000, &plain);
         guest.descriptor(2, DATA + 0x8000, plain.len() as u32, 0, 0);
         guest.offer(0);
         let (frames, faults) = transmit_all(&mut guest, &tx_rules(feature::CSUM));
@@ -819,16 +796,12 @@ mod tests {
         assert_eq!(guest.used(0), (0, 512));
         assert_eq!(guest.used(1), (1, 512));
         assert_eq!(guest.used(2), (2, 1212 - 1024));
-        let num_buffers: u16 = guest.memory.read_obj(GuestAddress(DATA + 10)).unwrap();
+        let num_buffers = guest.memory.read_u16(DATA + 10);
         assert_eq!(num_buffers, 3);
-        let mut back = vec![0u8; 1212];
+        let mut back = Vec::with_capacity(1212);
         for i in 0..3u64 {
             let len = if i == 2 { 1212 - 1024 } else { 512 };
-            let at = (512 * i) as usize;
-            guest
-                .memory
-                .read_slice(&mut back[at..at + len], GuestAddress(DATA + 0x1000 * i))
-                .unwrap();
+            back.extend(guest.memory.read(DATA + 0x1000 * i, len));
         }
         assert_eq!(&back[HEADER_LEN..], &payload[..]);
     }
@@ -845,19 +818,9 @@ mod tests {
         let (placed, faults) = guest.place(&payload, true);
         assert_eq!((placed, faults), (Placed::Delivered, vec![]));
         assert_eq!(guest.used(0), (0, 312));
-        let mut back = vec![0u8; 312];
-        guest
-            .memory
-            .read_slice(&mut back[..5], GuestAddress(DATA))
-            .unwrap();
-        guest
-            .memory
-            .read_slice(&mut back[5..14], GuestAddress(DATA + 0x100))
-            .unwrap();
-        guest
-            .memory
-            .read_slice(&mut back[14..], GuestAddress(DATA + 0x200))
-            .unwrap();
+        let mut back = guest.memory.read(DATA, 5);
+        back.extend(guest.memory.read(DATA + 0x100, 9));
+        back.extend(guest.memory.read(DATA + 0x200, 312 - 14));
         assert_eq!(u16::from_le_bytes([back[10], back[11]]), 1, "num_buffers");
         assert_eq!(&back[HEADER_LEN..], &payload[..]);
     }
@@ -892,18 +855,16 @@ mod tests {
             let (placed, _) = guest.place(&frame(1200), true);
             assert_eq!(placed, Placed::NoBuffers);
             assert!(
-                !ask_for_buffers(&mut guest.vring, &guest.memory),
+                !ask_for_buffers(&mut guest.vring, guest.memory.mmap()),
                 "nothing new was posted (event_idx {event_idx})"
             );
             if event_idx {
                 // The guest is asked to kick when it posts the buffer after the first.
-                let at = GuestAddress(USED + 4 + 8 * u64::from(SIZE));
-                let avail_event: u16 = guest.memory.read_obj(at).unwrap();
-                assert_eq!(avail_event, 1);
+                assert_eq!(guest.queue.avail_event(&guest.memory), 1);
             }
             guest.descriptor(1, DATA + 0x1000, 512, WRITE, 0);
             guest.offer(1);
-            assert!(ask_for_buffers(&mut guest.vring, &guest.memory));
+            assert!(ask_for_buffers(&mut guest.vring, guest.memory.mmap()));
         }
     }
 
@@ -949,18 +910,18 @@ mod tests {
             mergeable in proptest::prelude::any::<bool>(),
         ) {
             let mut guest = Guest::new();
-            guest.memory.write_slice(&table, GuestAddress(DESC)).unwrap();
-            guest.memory.write_slice(&avail, GuestAddress(AVAIL)).unwrap();
+            guest.memory.write(DESC, &table);
+            guest.memory.write(AVAIL, &avail);
             let mut batch = TxBatch::default();
             let mut faults = 0;
-            let taken = transmit(&mut guest.vring, &guest.memory, &tx_rules(u64::MAX), 64, &mut batch, |_| faults += 1);
+            let taken = transmit(&mut guest.vring, guest.memory.mmap(), &tx_rules(u64::MAX), 64, &mut batch, |_| faults += 1);
             proptest::prop_assert!(taken == batch.len() + faults || faults > 0 && taken == 0);
             let mut fresh = Guest::new();
-            fresh.memory.write_slice(&table, GuestAddress(DESC)).unwrap();
-            fresh.memory.write_slice(&avail, GuestAddress(AVAIL)).unwrap();
+            fresh.memory.write(DESC, &table);
+            fresh.memory.write(AVAIL, &avail);
             let mut work = Placement::default();
             for _ in 0..4 {
-                let _ = place(&mut fresh.vring, &fresh.memory, &rx_rules(mergeable), &VirtioNetHdr::default(), &frame(1500), &mut work, |_| {});
+                let _ = place(&mut fresh.vring, fresh.memory.mmap(), &rx_rules(mergeable), &VirtioNetHdr::default(), &frame(1500), &mut work, |_| {});
             }
         }
     }

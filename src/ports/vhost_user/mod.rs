@@ -60,6 +60,7 @@
 mod connection;
 pub mod datapath;
 mod memory;
+pub mod mock;
 mod refusal;
 mod requests;
 mod rx;
