@@ -77,13 +77,17 @@
 //!
 //! ## Layers
 //!
+//! Each layer uses only the ones above it in this table.
+//!
 //! | module | deals with |
 //! | --- | --- |
-//! | [`wire`] | byte formats: Ethernet, virtio-net, stream framing, pcap, IPv4, UDP, VXLAN, vhost-user messages; no I/O, no clock |
-//! | [`shm`] | the only `unsafe` code: mapping the region, checked access, file locks |
-//! | [`network`] | the region's structures, rings, forwarding, learning, liveness, peers |
-//! | [`ports`] | adapters from sockets, devices and VMs to peers |
-//! | [`cli`] | the `guestnet` command |
+//! | [`wire`] | byte formats, no I/O, no clock: [`wire::ethernet`], [`wire::virtio_net`] headers and [`wire::offload`] (software checksums and segmentation), [`wire::stream`] framing, [`wire::pcap`], [`wire::ipv4`], [`wire::udp`] and [`wire::vxlan`] headers, [`wire::vhost_user`] messages |
+//! | [`testframe`] | the numbered, checksummed test frames that `pktgen`, `sink`, `bench` and the tests send |
+//! | [`shm`] | the only `unsafe` code: mapping the region, checked access, file locks; [`shm::layout`] is the region byte for byte |
+//! | [`network`] | the region and its peers: [`network::ring`], [`network::forward`], [`network::fdb`], [`network::send`], [`network::receive`], [`network::peer`], [`network::offloads`], [`network::counters`], [`network::status`], [`network::check`] |
+//! | [`ports`] | adapters from sockets, devices and VMs to peers: [`ports::stream`], [`ports::dgram`], [`ports::capture`], [`ports::tap`] (with [`ports::rtnetlink`]), [`ports::vhost_user`], [`ports::vxlan`]; their shared pieces [`ports::socket`], [`ports::doorbell`], [`ports::error`] |
+//! | [`bench`](mod@bench) | what the benchmarks measure and report, independent of how they are run |
+//! | [`cli`] | the `guestnet` command, one module per subcommand ([`cli::admin`] for create, status, destroy…), and its shared pieces [`cli::format`], [`cli::port_status`], [`cli::child`], [`cli::guest`] |
 //!
 //! ## Example
 //!

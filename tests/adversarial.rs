@@ -1,7 +1,7 @@
 //! What a buggy or hostile peer can do to a region, and what the others see.
 //!
 //! Every process that can open a region can write any byte of it. The design's promise
-//! (DESIGN.md §4.5) is that such writes never crash another reader: they cost counted drops,
+//! (no loss or crash from a corrupted region) is that such writes never crash another reader: they cost counted drops,
 //! a reset slot or a refused region, and the network goes on. Each test here plays one bad
 //! peer by writing the region file directly, at offsets computed from the public
 //! [`Layout`], then checks that the honest peers still talk and that the counters say what

@@ -3,7 +3,7 @@
 //! A guest decides every byte of what its port sends. Whatever it is, the sender either
 //! refuses it with a counted reason or routes it, and every copy it says it delivered
 //! arrives byte for byte, once, never back at the sender, and passes the receiver's own
-//! checks (DESIGN.md §3 and §4.1–4.2).
+//! checks (the delivery rules, and no frame lost without a count).
 //!
 //! Input: the first byte chooses what to do to the destination address (keep it, or make it
 //! the second peer's, the third peer's, or broadcast) and whether to put the sender's own

@@ -2,7 +2,7 @@
 //!
 //! Every process that may open a region can write any byte of it, so opening a spoilt
 //! region must fail cleanly, and using one that still opens — status, join, send, receive,
-//! sweep — must never panic (DESIGN.md §4.5).
+//! sweep — must never panic: a corrupted region never crashes a reader.
 //!
 //! The input's first byte picks how the file is made. Even: the rest of the input *is* the
 //! file, which exercises the header and size checks. Odd: the rest is a list of patches

@@ -1,4 +1,4 @@
-//! Who receives a frame: the delivery rules of `DESIGN.md` §3 as one pure function.
+//! Who receives a frame: the network's delivery rules, numbered below, as one pure function.
 //!
 //! The sender calls [`resolve`] with its cached view of the peer table and a lookup into the
 //! learned table; the function touches no shared memory and no clock, so the property

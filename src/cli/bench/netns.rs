@@ -16,7 +16,7 @@
 //! off tx off rx off`, so both kernels build, checksum and hand over every 1500-byte frame
 //! one by one). A measurement is a warm-up ping (which also resolves ARP), 20 pings
 //! 50 ms apart, then a TCP test: iperf3 when it is installed, otherwise the built-in
-//! checksummed stream. The design's targets (`DESIGN.md` §5) are printed beside the
+//! checksummed stream. The project's targets (the README's Performance section) are printed beside the
 //! ratios: at least 0.5 × the bridge without offloads and 0.8 × with them.
 //!
 //! guestnet's drop counters over each measurement are printed with the figures: a TCP
