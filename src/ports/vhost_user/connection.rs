@@ -352,6 +352,7 @@ impl Connection<'_, '_> {
             if taken > 0 {
                 vring.signal(mem);
             }
+            Counters::add(ring_failures, vring.take_access_failures());
             more
         };
         let now = monotonic_ns();

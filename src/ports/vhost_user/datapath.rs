@@ -95,6 +95,11 @@ pub struct Vring {
     pub started: bool,
     /// `SET_VRING_ADDR` gave valid addresses.
     pub addressed: bool,
+    /// Writes to the ring (returning a chain, asking for kicks) and signals of the call
+    /// eventfd that failed since the port last took the count: the ring no longer lies
+    /// in guest memory (the frontend replaced the memory table under it). Counted, never
+    /// fatal: the guest sees a chain it must not reuse, or a missed interrupt.
+    pub access_failures: u64,
     /// The guest's available index when [`place`] last ran out of buffers.
     pub posted_up_to: u16,
 }
@@ -109,8 +114,21 @@ impl Vring {
             enabled: false,
             started: false,
             addressed: false,
+            access_failures: 0,
             posted_up_to: 0,
         })
+    }
+
+    /// Returns chain `head` to the guest with `written` bytes; a failure is counted.
+    fn add_used(&mut self, memory: &GuestMemoryMmap, head: u16, written: u32) {
+        if self.queue.add_used(memory, head, written).is_err() {
+            self.access_failures += 1;
+        }
+    }
+
+    /// The failed ring accesses counted since the last call, for the port's counters.
+    pub fn take_access_failures(&mut self) -> u64 {
+        std::mem::take(&mut self.access_failures)
     }
 
     /// Whether frames move on it: set up, started, enabled (`enabled_by_default` when the
@@ -123,8 +141,12 @@ impl Vring {
     pub fn signal(&mut self, memory: &GuestMemoryMmap) {
         if let Some(call) = &self.call {
             // Without EVENT_IDX this is always true; with it the guest said when.
-            if self.queue.needs_notification(memory).unwrap_or(true) {
-                let _ = rustix::io::write(call, &1u64.to_ne_bytes());
+            let needed = self.queue.needs_notification(memory).unwrap_or_else(|_| {
+                self.access_failures += 1;
+                true
+            });
+            if needed && rustix::io::write(call, &1u64.to_ne_bytes()).is_err() {
+                self.access_failures += 1;
             }
         }
     }
@@ -233,7 +255,7 @@ pub fn transmit(
         // A head past the table cannot be returned (and is not tried: the ring crate
         // would log each attempt); the guest has lost that entry.
         if head < vring.queue.size() {
-            let _ = vring.queue.add_used(memory, head, 0);
+            vring.add_used(memory, head, 0);
         }
     }
     let taken = heads.len();
@@ -360,7 +382,7 @@ impl Placement {
     /// Returns every chain taken for this frame to the guest unused.
     fn give_back(&mut self, vring: &mut Vring, memory: &GuestMemoryMmap) {
         for &(head, _) in &self.chains {
-            let _ = vring.queue.add_used(memory, head, 0);
+            vring.add_used(memory, head, 0);
         }
         self.clear();
     }
@@ -412,7 +434,7 @@ pub fn place(
                 // chain, or it would be read (and counted) again on every retry.
                 fault(f);
                 if head < vring.queue.size() {
-                    let _ = vring.queue.add_used(memory, head, 0);
+                    vring.add_used(memory, head, 0);
                 }
                 work.give_back(vring, memory);
                 capacity = 0;
@@ -454,7 +476,7 @@ pub fn place(
                 Err(()) => fault(ChainFault::BadChain),
             }
         }
-        let _ = vring.queue.add_used(memory, head, written as u32);
+        vring.add_used(memory, head, written as u32);
     }
     Placed::Delivered
 }
@@ -484,7 +506,9 @@ pub fn ask_for_buffers(vring: &mut Vring, memory: &GuestMemoryMmap) -> bool {
             return false;
         }
     } else {
-        let _ = vring.queue.enable_notification(memory);
+        if vring.queue.enable_notification(memory).is_err() {
+            vring.access_failures += 1;
+        }
     }
     // Pairs with the guest's barrier between adding a buffer and reading avail_event.
     fence(Ordering::SeqCst);
@@ -694,6 +718,27 @@ mod tests {
         assert_eq!(frames, vec![(VirtioNetHdr::default(), payload)]);
         assert_eq!(guest.used_idx(), 1);
         assert_eq!(guest.used(0), (0, 0));
+    }
+
+    #[test]
+    fn a_used_ring_moved_outside_guest_memory_costs_counted_ring_access_failures() {
+        let mut guest = Guest::new();
+        let payload = frame(100);
+        let mut bytes = vec![0u8; HEADER_LEN];
+        bytes.extend_from_slice(&payload);
+        guest.memory.write(DATA, &bytes);
+        guest.descriptor(0, DATA, bytes.len() as u32, 0, 0);
+        guest.offer(0);
+        // The used ring now lies past the end of guest memory (as after the frontend
+        // replaced the memory table under a running ring): returning the chain fails.
+        guest
+            .vring
+            .queue
+            .set_used_ring_address(Some(MEMORY as u32 + 0x1000), Some(0));
+        let (frames, _) = transmit_all(&mut guest, &tx_rules(0));
+        assert_eq!(frames.len(), 1, "the frame itself was read");
+        assert_eq!(guest.vring.take_access_failures(), 1);
+        assert_eq!(guest.vring.take_access_failures(), 0, "taken once");
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
                 }
             }
         }
+        let failures: u64 = queues.iter_mut().map(|v| v.take_access_failures()).sum();
+        Counters::add(&counters.ring_access_failures, failures);
         drop(queues);
         let now = monotonic_ns();
         for fault in faults {

@@ -65,10 +65,10 @@ counters! {
     rx_lost_on_disconnect,
     /// Times the port was quarantined.
     quarantines,
-    /// Times the guest's kicks for a transmit ring could not be switched off or back
-    /// on: the ring no longer lies in guest memory, as when the frontend replaced the
-    /// memory table under a running ring. (The data path's own ring writes, returning
-    /// chains and signalling the guest, are not counted here.)
+    /// Accesses to a ring that failed: switching the guest's kicks off or on, returning
+    /// a chain (`add_used`), or signalling the guest. They fail only when the ring no
+    /// longer lies in guest memory, as when the frontend replaced the memory table under a
+    /// running ring.
     ring_access_failures,
     [
         /// `rejected_messages` by why: one counter per kind of refusal, named after the
