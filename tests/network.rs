@@ -273,3 +273,66 @@ fn a_peer_spraying_made_up_source_addresses_cannot_push_others_out_of_the_learne
         .count();
     assert!(learned_behind_flooder <= LEARN_QUOTA);
 }
+
+#[test]
+fn a_guest_sending_as_a_host_learned_behind_another_peer_cannot_take_its_unicast() {
+    use guestnet::network::Error;
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut uplink = net.join(JoinOptions::default()).unwrap();
+    let mut guest = net.join(JoinOptions::default()).unwrap();
+    let mut other = net.join(JoinOptions::default()).unwrap();
+    // A host behind the uplink speaks first and is learned there.
+    let host = MacAddress([0x02, 0x42, 0, 0, 0, 7]);
+    uplink.send(&frame(MacAddress::BROADCAST, host, b"hello"));
+    drain(&mut guest);
+    drain(&mut other);
+    // The guest's port would publish the host's address, seen as the guest's source: refused.
+    match guest.control().publish_guest_mac(host) {
+        Err(Error::MacLearnedElsewhere { mac, slot }) => {
+            assert_eq!((mac, slot), (host, uplink.index()));
+        }
+        other => panic!("published a MAC learned behind another peer: {other:?}"),
+    }
+    // Unicast to the host still goes behind the uplink, not to the guest.
+    let to_host = frame(host, other.mac(), b"for the host");
+    other.send(&to_host);
+    assert_eq!(drain(&mut uplink), vec![to_host]);
+    assert!(drain(&mut guest).is_empty());
+    // A MAC nobody has used is published as before.
+    let fresh = MacAddress([0x02, 0x42, 0, 0, 0, 8]);
+    guest.control().publish_guest_mac(fresh).unwrap();
+    assert_eq!(guest.mac(), fresh);
+}
+
+#[test]
+fn a_mac_locked_peer_that_sends_from_another_address_is_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut locked = net.join(JoinOptions::default()).unwrap();
+    let mut b = net.join(JoinOptions::default()).unwrap();
+    locked.control().set_mac_locked(true).unwrap();
+    let own = frame(b.mac(), locked.mac(), b"mine");
+    let spoofed = frame(b.mac(), MacAddress([0x02, 0x66, 0, 0, 0, 1]), b"not mine");
+    assert!(matches!(
+        locked.send(&own),
+        Sent::Routed { delivered: 1, .. }
+    ));
+    assert_eq!(locked.send(&spoofed), Sent::Refused(DropReason::Spoofed));
+    assert_eq!(drain(&mut b), vec![own]);
+    assert_eq!(locked.counters().tx_dropped(DropReason::Spoofed), 1);
+    let status = net.status();
+    let entry = status
+        .peers
+        .iter()
+        .find(|p| p.slot == locked.index())
+        .unwrap();
+    assert!(entry.lock_mac);
+    assert_eq!(entry.drops.get("tx_spoofed"), Some(&1));
+    // Unlocked, the same frame goes out (and its source is learned).
+    locked.control().set_mac_locked(false).unwrap();
+    assert!(matches!(
+        locked.send(&spoofed),
+        Sent::Routed { delivered: 1, .. }
+    ));
+}

@@ -53,6 +53,21 @@ impl Lab {
 
     /// A namespace per entry of `offloads`, its TAP opened with offloads or without.
     fn with_offloads(test: &str, offloads: &[bool]) -> Lab {
+        let args: Vec<&[&str]> = offloads
+            .iter()
+            .map(|&offload| {
+                if offload {
+                    &[][..]
+                } else {
+                    &["--no-offload"][..]
+                }
+            })
+            .collect();
+        Lab::with_args(test, &args)
+    }
+
+    /// A namespace per entry of `args`, its TAP port started with those extra options.
+    fn with_args(test: &str, args: &[&[&str]]) -> Lab {
         let dir = tempfile::tempdir().expect("temp dir");
         let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
         let mut lab = Lab {
@@ -61,7 +76,7 @@ impl Lab {
             namespaces: Vec::new(),
             taps: Vec::new(),
         };
-        for (i, &offload) in offloads.iter().enumerate() {
+        for (i, &extra) in args.iter().enumerate() {
             let namespace = format!("gnt-{}-{test}-{i}", std::process::id());
             ip(&["netns", "add", &namespace]);
             lab.namespaces.push(namespace.clone());
@@ -75,7 +90,7 @@ impl Lab {
                 "net.ipv6.conf.default.disable_ipv6=1",
             ]));
             assert!(output.status.success(), "turn IPv6 off in {namespace}");
-            let tap = lab.start_tap(i, offload);
+            let tap = lab.start_tap(i, extra);
             lab.taps.push(tap);
             ip(&[
                 "-n",
@@ -95,7 +110,7 @@ impl Lab {
     }
 
     /// Starts `guestnet tap` for namespace `i` and waits for its ready line.
-    fn start_tap(&self, i: usize, offload: bool) -> Tap {
+    fn start_tap(&self, i: usize, extra: &[&str]) -> Tap {
         let mut child = Command::new(BIN)
             .arg("--dir")
             .arg(self.dir.path())
@@ -107,7 +122,7 @@ impl Lab {
                 "--netns",
                 &self.namespaces[i],
             ])
-            .args(if offload { None } else { Some("--no-offload") })
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -759,4 +774,41 @@ fn a_stream_client_gets_finished_checksums_from_an_offload_namespace() {
             _ => {}
         }
     }
+}
+
+#[test]
+fn a_mac_locked_namespace_that_changes_its_address_loses_its_traffic_counted() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::with_args("lock", &[&[], &["--lock-mac"]]);
+    assert!(
+        lab.ping(0, 1, 1),
+        "ping while the address is the locked one"
+    );
+    let locked = lab.peer(1);
+    assert!(locked.lock_mac, "status shows the lock");
+    ip(&[
+        "-n",
+        &lab.namespaces[1],
+        "link",
+        "set",
+        "dev",
+        IFNAME,
+        "address",
+        "02:00:5e:10:20:31",
+    ]);
+    // b now answers from an address it is not locked to: its frames are refused.
+    assert!(
+        !lab.ping(1, 0, 3),
+        "b's frames from its new address got through"
+    );
+    wait_until("b's refused frames are counted as spoofed", || {
+        lab.peer(1).drops.get("tx_spoofed").copied().unwrap_or(0) > 0
+    });
+    assert_eq!(
+        lab.peer(1).mac,
+        locked.mac,
+        "the locked MAC stays published"
+    );
 }

@@ -1510,3 +1510,33 @@ fn client_mode_reaches_a_listening_frontend_and_again_after_a_disconnect() {
         "counters last across connections"
     );
 }
+
+#[test]
+fn a_mac_locked_guest_that_sends_as_someone_else_is_refused_and_counted() {
+    let mut lab = Lab::start_with(&["s"], &["--lock-mac"]);
+    let mut guest = lab.guest(0, SetupOptions::default());
+    // The first source the guest sends from becomes its locked MAC.
+    lab.good_frame_passes(&mut guest, 1);
+    let slot = lab.wait_status(0, "a slot", |s| s["slot"].is_u64())["slot"]
+        .as_u64()
+        .expect("slot") as u16;
+    let spoofed = frame(lab.peer.mac(), MacAddress([0x02, 0x66, 0, 0, 0, 9]), 100, 2);
+    let head = guest.tx.send(&guest.memory, &packet(&spoofed), 1, false);
+    assert!(
+        guest.tx.wait_used(&guest.memory, head).is_some(),
+        "the chain comes back used"
+    );
+    // The next good frame arrives, the spoofed one never did.
+    let earlier = lab.good_frame_passes(&mut guest, 3);
+    assert!(earlier.is_empty(), "the spoofed frame got through");
+    let entry = lab
+        .network
+        .status()
+        .peers
+        .into_iter()
+        .find(|p| p.slot == slot)
+        .expect("the VM's peer");
+    assert!(entry.lock_mac);
+    assert_eq!(entry.mac, GUEST_MAC);
+    assert_eq!(entry.drops.get("tx_spoofed"), Some(&1));
+}

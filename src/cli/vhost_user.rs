@@ -52,6 +52,11 @@ pub struct VhostUserArgs {
     /// Do not offer checksum and segmentation offloads.
     #[arg(long)]
     pub no_offload: bool,
+    /// Lock each VM to its MAC (`--mac`, published before the guest speaks, or else the
+    /// first source address its guest sends from): frames from any other source are
+    /// dropped and counted (`spoofed`).
+    #[arg(long)]
+    pub lock_mac: bool,
 }
 
 /// Runs `vhost-user` until SIGINT or SIGTERM.
@@ -66,6 +71,7 @@ pub fn run(dir: &Path, args: VhostUserArgs) -> anyhow::Result<()> {
         queue_pairs: args.queues,
         client: args.client,
         offload: !args.no_offload,
+        lock_mac: args.lock_mac,
     })
     .context("vhost-user port")?;
     let handle = port.status_handle();

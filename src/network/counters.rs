@@ -50,6 +50,9 @@ pub enum DropReason {
     /// The writer, alive but not progressing (stopped mid-copy), held its slot past the
     /// receiver's patience; the receiver passed over it. Counted on both sides.
     Stalled,
+    /// The sender's port is locked to its published MAC and the frame's source was
+    /// another address.
+    Spoofed,
 }
 
 impl DropReason {
@@ -66,6 +69,7 @@ impl DropReason {
         DropReason::Corrupt,
         DropReason::Quarantined,
         DropReason::Stalled,
+        DropReason::Spoofed,
     ];
 
     /// Index of the reason's counter.
@@ -87,6 +91,7 @@ impl DropReason {
             DropReason::Corrupt => "corrupt",
             DropReason::Quarantined => "quarantined",
             DropReason::Stalled => "stalled",
+            DropReason::Spoofed => "spoofed",
         }
     }
 }

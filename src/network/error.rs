@@ -45,6 +45,15 @@ pub enum Error {
         /// Slot holding it.
         slot: u16,
     },
+    /// The MAC was learned behind another peer a moment ago: publishing it on a guest's
+    /// behalf would take that host's unicast.
+    #[error("MAC {mac} is in use behind peer {slot} (learned from its traffic)")]
+    MacLearnedElsewhere {
+        /// Address.
+        mac: MacAddress,
+        /// Slot it was learned behind.
+        slot: u16,
+    },
     /// The MAC cannot be published.
     #[error("MAC {0} cannot be published: it must be unicast and not all zeros")]
     BadMac(MacAddress),

@@ -21,7 +21,7 @@ use super::clock::{monotonic_ns, unix_ns};
 use super::counters::PeerCounters;
 use super::error::{Error, Result};
 use super::region::Region;
-use super::{forward, offloads, ring};
+use super::{fdb, forward, offloads, ring};
 
 /// How a peer joins.
 #[derive(Debug, Clone)]
@@ -273,6 +273,35 @@ impl Control {
                     .store(mac.to_u64(), Ordering::Relaxed);
                 Ok(())
             })?
+    }
+
+    /// Publishes a MAC taken from a guest's own traffic, as ports do when nobody told them
+    /// the guest's address: like [`Control::set_mac_address`], but also refused when the
+    /// address was learned a moment ago behind another peer (a host behind an uplink, a
+    /// VM that spoke first), so that a guest cannot take another host's unicast by
+    /// sending with its address.
+    pub fn publish_guest_mac(&self, mac: MacAddress) -> Result<()> {
+        let membership = &self.membership;
+        let region = &membership.region;
+        let now_ms = monotonic_ns() / 1_000_000;
+        if let Some(slot) = fdb::lookup(region.fdb(), mac, now_ms)
+            && slot != membership.index
+        {
+            return Err(Error::MacLearnedElsewhere { mac, slot });
+        }
+        self.set_mac_address(mac)
+    }
+
+    /// Locks the peer's sources to its published MAC: frames from any other source are
+    /// refused and counted (`spoofed`). A port sets it for a guest that must not send as
+    /// anyone else.
+    pub fn set_mac_locked(&self, on: bool) -> Result<()> {
+        self.set_flag(flags::LOCK_MAC, on)
+    }
+
+    /// Whether the peer's sources are locked to its published MAC.
+    pub fn mac_locked(&self) -> bool {
+        self.membership.entry().flags.load(Ordering::Relaxed) & flags::LOCK_MAC != 0
     }
 
     /// Turns promiscuous mode on or off.

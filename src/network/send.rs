@@ -56,6 +56,8 @@ pub struct Sender {
     view_version: u64,
     own_mac: MacAddress,
     quarantined: bool,
+    /// Frames from sources other than the published MAC are refused.
+    mac_locked: bool,
     rules: Rules,
     mtu: usize,
     destinations: Vec<usize>,
@@ -103,6 +105,7 @@ impl Sender {
             view_version: u64::MAX,
             own_mac: MacAddress::ZERO,
             quarantined: false,
+            mac_locked: false,
             rules,
             mtu,
             destinations: Vec::with_capacity(max_peers),
@@ -202,6 +205,7 @@ impl Sender {
             let own = self.view.iter().find(|p| p.index == me);
             self.own_mac = own.map_or(MacAddress::ZERO, |p| p.mac);
             self.quarantined = own.is_none_or(|p| p.flags & flags::QUARANTINED != 0);
+            self.mac_locked = own.is_some_and(|p| p.flags & flags::LOCK_MAC != 0);
         }
     }
 
@@ -236,6 +240,9 @@ impl Sender {
         };
         if self.quarantined {
             return self.refuse(DropReason::Quarantined);
+        }
+        if self.mac_locked && repr.src != self.own_mac && repr.src != self.published_mac() {
+            return self.refuse(DropReason::Spoofed);
         }
         if repr.src != self.own_mac {
             self.learn(repr.src);
@@ -386,6 +393,12 @@ impl Sender {
     /// Writes counts accumulated outside a batch.
     pub fn flush(&mut self) {
         self.pending.flush(self.membership.entry());
+    }
+
+    /// The MAC published now: the cached view may predate a change made in this batch
+    /// (a port publishing its guest's address from the very frame being sent).
+    fn published_mac(&self) -> MacAddress {
+        MacAddress::from_u64(self.membership.entry().mac.load(Ordering::Relaxed))
     }
 
     fn refuse(&mut self, reason: DropReason) -> Sent {

@@ -38,6 +38,8 @@ pub struct PeerStatus {
     pub link_down: bool,
     /// Quarantined flag.
     pub quarantined: bool,
+    /// Sources locked to the published MAC.
+    pub lock_mac: bool,
     /// Frames received.
     pub rx_packets: u64,
     /// Bytes received.
@@ -143,6 +145,7 @@ pub(crate) fn collect(region: &Region, reclaimed: Vec<u16>) -> NetworkStatus {
             all_multicast: flags & layout::flags::ALL_MULTICAST != 0,
             link_down: flags & layout::flags::LINK_DOWN != 0,
             quarantined: flags & layout::flags::QUARANTINED != 0,
+            lock_mac: flags & layout::flags::LOCK_MAC != 0,
             rx_packets: counters.rx_packets,
             rx_bytes: counters.rx_bytes,
             tx_packets: counters.tx_packets,

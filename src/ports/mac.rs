@@ -51,7 +51,7 @@ impl MacLearner {
         if control.mac() == source {
             return;
         }
-        match control.set_mac_address(source) {
+        match control.publish_guest_mac(source) {
             Ok(()) => tracing::info!(port = label, mac = %source, "published the guest's MAC"),
             Err(e) => tracing::warn!(
                 port = label,

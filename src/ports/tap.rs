@@ -116,6 +116,10 @@ pub struct TapOptions {
     pub mode: DeviceMode,
     /// Open the device with the virtio-net header and checksum/segmentation offloads.
     pub offload: bool,
+    /// Lock the peer's sources to the interface's MAC at start: frames from any other
+    /// source are dropped and counted (`spoofed`), and a later change of the interface's
+    /// address is not followed.
+    pub lock_mac: bool,
 }
 
 /// Errors of a TAP port's control path.
@@ -230,6 +234,9 @@ impl TapPort {
             offloads: taken,
             ..JoinOptions::default()
         })?;
+        if options.lock_mac {
+            peer.control().set_mac_locked(true)?;
+        }
         monitor
             .request_state()
             .map_err(io_error("ask the kernel for the interface's state"))?;
@@ -596,6 +603,7 @@ fn follow_link(
 
 /// Writes what changed in the interface's state to the peer; returns what is published.
 fn apply(control: &Control, ifname: &str, old: Published, state: &LinkState) -> Published {
+    let locked = control.mac_locked();
     let mut new = Published {
         link_down: !state.is_up(),
         promiscuous: state.is_promiscuous(),
@@ -618,7 +626,12 @@ fn apply(control: &Control, ifname: &str, old: Published, state: &LinkState) -> 
         );
         report("promiscuous mode", control.set_promiscuous(new.promiscuous));
     }
-    if new.mac != old.mac && new.mac != control.mac() {
+    if new.mac != old.mac && new.mac != control.mac() && locked {
+        // Locked to the address it started with: the new one is not published, and
+        // frames from it are refused as spoofed.
+        tracing::warn!(port = ifname, mac = %new.mac, kept = %control.mac(), "the interface changed its MAC, but the port is locked to its first one");
+        new.mac = old.mac;
+    } else if new.mac != old.mac && new.mac != control.mac() {
         match control.set_mac_address(new.mac) {
             Ok(()) => tracing::info!(port = ifname, mac = %new.mac, "published the new MAC"),
             Err(e) => {

@@ -56,7 +56,7 @@ pub const LARGE_STRIDE: usize = 64 + LARGE_FRAME;
 pub const MAX_GSO_BUFFERS: u32 = 256;
 
 /// Number of per-reason drop counters kept for each direction.
-pub const DROP_REASONS: usize = 11;
+pub const DROP_REASONS: usize = 12;
 /// Number of owner-written counters before the transmit drop counters.
 pub const OWNER_COUNTERS: usize = 8;
 
@@ -123,6 +123,9 @@ pub mod flags {
     pub const LINK_DOWN: u32 = 1 << 3;
     /// Quarantined for misbehaviour: its frames are not taken.
     pub const QUARANTINED: u32 = 1 << 4;
+    /// Source locked: frames whose source is not the published MAC are refused
+    /// (`spoofed`).
+    pub const LOCK_MAC: u32 = 1 << 5;
 }
 
 /// One peer's entry. Identity fields are written only under the control lock, between two
@@ -156,12 +159,12 @@ pub struct PeerEntry {
     /// Counters written by the owner only: see `network::counters`.
     pub owner_counters: [AtomicU64; OWNER_COUNTERS + DROP_REASONS],
     /// Padding: receive drops live on their own cache line.
-    pub pad1: [AtomicU64; 5],
+    pub pad1: [AtomicU64; 4],
     /// Receive-side drops, added with `fetch_add` by the senders that caused them (ring
     /// full) and by the owner (invalid, stale, abandoned).
     pub rx_drops: [AtomicU64; DROP_REASONS],
     /// Padding to [`PEER_ENTRY_SIZE`].
-    pub pad2: [AtomicU64; 13],
+    pub pad2: [AtomicU64; 12],
 }
 
 /// A ring's control block: the producers' reservation cursor on its own cache line, then
@@ -463,7 +466,7 @@ mod tests {
     #[test]
     fn structure_sizes_are_the_documented_ones() {
         assert!(size_of::<Header>() <= HEADER_SIZE);
-        assert_eq!(size_of::<Header>(), 320);
+        assert_eq!(size_of::<Header>(), 384);
         assert_eq!(size_of::<PeerEntry>(), PEER_ENTRY_SIZE);
         assert_eq!(size_of::<RingControl>(), RING_CONTROL_SIZE);
         assert_eq!(size_of::<SlotHeader>(), SLOT_HEADER_SIZE);

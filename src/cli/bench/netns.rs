@@ -337,6 +337,7 @@ impl Lab {
                     mac: None,
                     mode: DeviceMode::Create,
                     offload,
+                    lock_mac: false,
                 },
             )
             .with_context(|| format!("TAP {TAP_IFNAME} in {namespace}"))?;

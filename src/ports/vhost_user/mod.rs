@@ -104,6 +104,9 @@ pub struct VhostUserOptions {
     pub client: bool,
     /// Offer checksum and segmentation offloads.
     pub offload: bool,
+    /// Lock each VM's peer to its MAC (`macs`, or the first source its guest sends
+    /// from): frames from any other source are dropped and counted (`spoofed`).
+    pub lock_mac: bool,
 }
 
 /// Reads the sockets' status from another thread (for the status file).
@@ -319,6 +322,12 @@ impl Serving<'_> {
                 return None;
             }
         };
+        if self.options.lock_mac
+            && let Err(e) = peer.control().set_mac_locked(true)
+        {
+            tracing::error!(socket = %socket.path.display(), error = %e, "cannot lock the peer's MAC; closing the connection");
+            return None;
+        }
         let slot = peer.index();
         tracing::info!(socket = %socket.path.display(), slot, "frontend connected");
         socket.update(|info| {
