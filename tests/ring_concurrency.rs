@@ -244,7 +244,7 @@ fn check_frame(meta: SlotMeta, bytes: &[u8]) -> (u16, u32) {
     (writer, seq)
 }
 
-/// Peer index of the writer that dies in [`Scenario::dead_writer`] runs.
+/// Peer index of the writer that dies in the scenarios with a [`Death`].
 const DEAD_WRITER: u16 = 99;
 
 #[derive(Clone, Copy)]
@@ -255,9 +255,9 @@ struct Scenario {
     /// Producers retry a refused frame until it goes in (so every frame must arrive);
     /// otherwise a refused frame counts as dropped and must never arrive.
     retry_when_refused: bool,
-    /// A further writer claims a slot, copies half a frame and dies; another thread, having
-    /// seen it dead, calls `abandon_writer`.
-    dead_writer: bool,
+    /// A further writer dies partway (see [`Death`]); another thread, having seen it dead,
+    /// calls `abandon_writer`.
+    death: Option<Death>,
     /// The consumer waits only a few looks for a writer holding the slot at its cursor,
     /// then passes over it, as the receiver does with a stopped writer.
     impatient_consumer: bool,
@@ -266,6 +266,65 @@ struct Scenario {
 /// Looks at a slot held by its writer before an impatient consumer passes over it (the
 /// stand-in, in a test without clocks, for the receiver's deadline).
 const PATIENCE: u32 = 3;
+
+/// Where the dying writer of a scenario dies.
+#[derive(Clone, Copy, Debug)]
+enum Death {
+    /// Halfway through copying a small frame into its claimed slot.
+    MidCopy,
+    /// Holding a large buffer it is filling, before claiming a slot.
+    FillingLarge,
+    /// Having filled a large buffer and claimed a slot naming it, before handing it over.
+    ClaimedLarge,
+    /// Having handed the large buffer to its claimed slot, before publishing.
+    HandedLarge,
+}
+
+/// Plays the dying writer's part up to its death; returns its claim (if it got that far).
+fn die_partway(ring: &ShuttleRing, death: Death) -> Claim {
+    let frame = frame_for(DEAD_WRITER, 0);
+    if let Death::MidCopy = death {
+        let claim = ring::claim(ring, DEAD_WRITER);
+        if let Claim::Claimed(position) = claim {
+            let index = position % ring.slot_count();
+            ring.slot(index).bytes[0].store(word_of(&frame[..8]), Ordering::Relaxed);
+        }
+        return claim;
+    }
+    // The large-frame path, step by step as `ring::push` takes it.
+    let owner = ring.large_owner(0);
+    if owner
+        .compare_exchange(
+            ring::LARGE_FREE,
+            ring::large_filling(DEAD_WRITER),
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        )
+        .is_err()
+    {
+        return Claim::Busy;
+    }
+    ring.write_large(0, &frame[..8]);
+    if let Death::FillingLarge = death {
+        return Claim::Busy;
+    }
+    let claim = ring::claim(ring, DEAD_WRITER);
+    let Claim::Claimed(position) = claim else {
+        // A live writer would give the buffer back here; this one dies holding it.
+        return claim;
+    };
+    let meta = SlotMeta {
+        len: 32,
+        generation: generation_for(DEAD_WRITER),
+        large: 1,
+        ..SlotMeta::default()
+    };
+    ring.write_frame(position % ring.slot_count(), meta, &[]);
+    if let Death::HandedLarge = death {
+        owner.store(ring::large_handed(position), Ordering::Release);
+    }
+    claim
+}
 
 /// What the consumer saw.
 struct Consumed {
@@ -304,23 +363,11 @@ fn scenario(s: Scenario) {
         })
         .collect();
 
-    let abandoner = s.dead_writer.then(|| {
+    let abandoner = s.death.map(|death| {
         threads += 1;
         let dying = {
             let ring = Arc::clone(&ring);
-            shuttle::thread::spawn(move || {
-                let claim = ring::claim(&*ring, DEAD_WRITER);
-                if let Claim::Claimed(position) = claim {
-                    // Half a copy, then death: no publish.
-                    let frame = frame_for(DEAD_WRITER, 0);
-                    let index = position % ring.slot_count();
-                    ring.slot(index).bytes[0].store(
-                        u64::from_le_bytes(frame[..8].try_into().expect("8 bytes")),
-                        Ordering::Relaxed,
-                    );
-                }
-                claim
-            })
+            shuttle::thread::spawn(move || die_partway(&ring, death))
         };
         let (ring, finished) = (Arc::clone(&ring), Arc::clone(&finished));
         shuttle::thread::spawn(move || {
@@ -504,7 +551,7 @@ fn concurrent_producers_lose_nothing_unannounced_and_keep_order() {
         producers: 3,
         frames_each: 4,
         retry_when_refused: false,
-        dead_writer: false,
+        death: None,
         impatient_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
@@ -519,7 +566,7 @@ fn a_ring_of_two_slots_wraps_many_laps_without_loss() {
         producers: 2,
         frames_each: 5,
         retry_when_refused: true,
-        dead_writer: false,
+        death: None,
         impatient_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
@@ -533,7 +580,7 @@ fn a_writer_dying_mid_copy_never_stalls_the_consumer() {
         producers: 2,
         frames_each: 4,
         retry_when_refused: false,
-        dead_writer: true,
+        death: Some(Death::MidCopy),
         impatient_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
@@ -547,7 +594,7 @@ fn a_writer_dying_in_a_full_two_slot_ring_is_skipped_on_a_later_lap() {
         producers: 2,
         frames_each: 3,
         retry_when_refused: true,
-        dead_writer: true,
+        death: Some(Death::MidCopy),
         impatient_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
@@ -592,7 +639,7 @@ fn a_consumer_that_passes_over_slow_writers_never_delivers_a_torn_frame_or_break
         producers: 3,
         frames_each: 4,
         retry_when_refused: false,
-        dead_writer: false,
+        death: None,
         impatient_consumer: true,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
@@ -606,9 +653,164 @@ fn a_writer_dying_while_an_impatient_consumer_passes_over_it_is_still_accounted(
         producers: 2,
         frames_each: 3,
         retry_when_refused: false,
-        dead_writer: true,
+        death: Some(Death::MidCopy),
         impatient_consumer: true,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
+}
+
+#[test]
+fn a_writer_dying_at_any_step_of_a_large_push_leaks_no_buffer_and_stalls_nobody() {
+    for death in [Death::FillingLarge, Death::ClaimedLarge, Death::HandedLarge] {
+        let s = Scenario {
+            slots: 4,
+            producers: 2,
+            frames_each: 4,
+            retry_when_refused: false,
+            death: Some(death),
+            impatient_consumer: false,
+        };
+        run(RandomScheduler::new(800), move || scenario(s));
+        run(PctScheduler::new(3, 800), move || scenario(s));
+    }
+}
+
+#[test]
+fn a_reclaimed_index_rejoined_by_a_new_writer_gets_only_its_own_frames_through() {
+    // The old occupant of index 5 dies mid-copy; the reclaimer abandons its claims while
+    // it still holds the dead slot's lock, and only then may a new peer join with the same
+    // index and send. Modelled here by ordering: the new writer starts after the
+    // reclaimer has finished.
+    run(RandomScheduler::new(1000), || {
+        const INDEX: u16 = 5;
+        let ring = Arc::new(ShuttleRing::new(4));
+        let reclaimer = {
+            let ring = Arc::clone(&ring);
+            shuttle::thread::spawn(move || {
+                let claim = ring::claim(&*ring, INDEX);
+                if let Claim::Claimed(position) = claim {
+                    let frame = frame_for(INDEX, 99);
+                    ring.slot(position % 4).bytes[0].store(word_of(&frame[..8]), Ordering::Relaxed);
+                }
+                // Dead. The reclaim:
+                ring::abandon_writer(&*ring, INDEX);
+            })
+        };
+        let rejoined = {
+            let ring = Arc::clone(&ring);
+            shuttle::thread::spawn(move || {
+                reclaimer.join().expect("reclaimer");
+                (0..3)
+                    .map(|seq| {
+                        loop {
+                            match push_frame(&ring, INDEX, seq) {
+                                Push::Full | Push::Busy => shuttle::thread::yield_now(),
+                                other => break other,
+                            }
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let consumer = {
+            let ring = Arc::clone(&ring);
+            shuttle::thread::spawn(move || {
+                let (mut tail, mut got, mut abandoned) = (0, Vec::new(), 0);
+                let mut buffer = [0u8; MAX_WORDS * 8];
+                while got.len() < 3 {
+                    let step = ring::pop(&*ring, tail, &mut buffer);
+                    match step {
+                        Pop::Frame(meta) => got.push(check_frame(meta, &buffer)),
+                        Pop::Abandoned => abandoned += 1,
+                        Pop::Empty | Pop::InProgress { .. } => shuttle::thread::yield_now(),
+                        other => panic!("{other:?} at {tail}"),
+                    }
+                    if step.advances() {
+                        tail = ring::advance(tail, 1);
+                    }
+                }
+                (got, abandoned)
+            })
+        };
+        let pushed = rejoined.join().expect("rejoined writer");
+        assert!(pushed.iter().all(|p| *p == Push::Delivered), "{pushed:?}");
+        let (got, abandoned) = consumer.join().expect("consumer");
+        assert_eq!(got, vec![(INDEX, 0), (INDEX, 1), (INDEX, 2)]);
+        assert!(abandoned <= 1);
+    });
+}
+
+#[test]
+fn a_ring_changing_hands_under_a_stalled_large_push_loses_no_buffer_and_no_count() {
+    // Two writers push large and small frames while the ring's owner leaves and a new one
+    // takes it over (`reset_ahead`) at any moment, and then reads. A writer caught halfway
+    // (its large buffer filled or handed, its slot claimed) must neither publish into the
+    // new owner's ring nor leave a buffer held for ever; every frame that was published is
+    // either read by the new owner or counted as discarded.
+    let test = || {
+        let ring = Arc::new(ShuttleRing::new(4));
+        let finished = Arc::new(AtomicU64::new(0));
+        let writers: Vec<_> = (0..2u16)
+            .map(|writer| {
+                let (ring, finished) = (Arc::clone(&ring), Arc::clone(&finished));
+                shuttle::thread::spawn(move || {
+                    let outcomes: Vec<Push> =
+                        (0..3).map(|seq| push_frame(&ring, writer, seq)).collect();
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    outcomes
+                })
+            })
+            .collect();
+        let new_owner = {
+            let (ring, finished) = (Arc::clone(&ring), Arc::clone(&finished));
+            shuttle::thread::spawn(move || {
+                let (mut tail, discarded) = ring::reset_ahead(&*ring);
+                let mut got = Vec::new();
+                let mut buffer = [0u8; MAX_WORDS * 8];
+                loop {
+                    let all_finished = finished.load(Ordering::SeqCst) == 2;
+                    let before = SlotState::decode(ring.state(tail % 4).load(Ordering::SeqCst));
+                    let step = ring::pop(&*ring, tail, &mut buffer);
+                    match step {
+                        Pop::Frame(meta) => got.push(check_frame(meta, &buffer)),
+                        Pop::Empty if all_finished => break,
+                        Pop::Empty | Pop::InProgress { .. } => shuttle::thread::yield_now(),
+                        Pop::Void { .. } => {}
+                        other => panic!(
+                            "{other:?} at {tail} of a ring taken over cleanly (slot held {before:?})"
+                        ),
+                    }
+                    if step.advances() {
+                        tail = ring::advance(tail, 1);
+                    }
+                }
+                (got, discarded)
+            })
+        };
+        let outcomes: Vec<Vec<Push>> = writers
+            .into_iter()
+            .map(|w| w.join().expect("writer"))
+            .collect();
+        let (got, discarded) = new_owner.join().expect("new owner");
+        let delivered = outcomes
+            .iter()
+            .flatten()
+            .filter(|p| **p == Push::Delivered)
+            .count() as u64;
+        assert_eq!(
+            delivered,
+            got.len() as u64 + discarded,
+            "published frames are read or counted: {outcomes:?}, read {got:?}"
+        );
+        for (index, large) in ring.large.iter().enumerate() {
+            assert_eq!(
+                large.owner.load(Ordering::SeqCst),
+                ring::LARGE_FREE,
+                "large buffer {index} leaked"
+            );
+        }
+    };
+    run(RandomScheduler::new(1500), test);
+    run(PctScheduler::new(3, 1500), test);
 }

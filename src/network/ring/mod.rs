@@ -82,15 +82,18 @@ pub struct SlotMeta {
     pub large: u32,
 }
 
-const LARGE_FREE: u64 = 0;
+/// A large buffer's owner word when nobody holds it.
+pub const LARGE_FREE: u64 = 0;
 const LARGE_FILLING: u64 = 1;
 const LARGE_HANDED: u64 = 2;
 
-const fn large_filling(writer: u16) -> u64 {
+/// A large buffer's owner word while `writer` copies a frame into it.
+pub const fn large_filling(writer: u16) -> u64 {
     LARGE_FILLING | ((writer as u64 & WRITER_MASK) << 2)
 }
 
-const fn large_handed(position: u64) -> u64 {
+/// A large buffer's owner word once handed to the frame at `position`.
+pub const fn large_handed(position: u64) -> u64 {
     LARGE_HANDED | ((position & POSITION_MASK) << 16)
 }
 
@@ -721,36 +724,31 @@ pub fn reset_ahead<M: SlotMemory>(ring: &M) -> (u64, u64) {
     let mut discarded = 0;
     for index in 0..slots {
         let word = ring.state(index);
-        let seen = word.load(Ordering::Acquire);
-        let state = SlotState::decode(seen);
-        let replacement = match state.tag {
-            Tag::Writing if state.position & (slots - 1) == index => SlotState {
-                tag: Tag::Reserved,
-                ..state
-            },
-            Tag::Reserved | Tag::Released if state.position & (slots - 1) == index => continue,
-            tag => {
-                discarded += u64::from(tag == Tag::Ready);
-                SlotState::free(advance(base, index))
-            }
-        };
-        // A writer may publish (or give back) this very slot meanwhile; then look again.
-        if word
-            .compare_exchange(
-                seen,
-                replacement.encode(),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_err()
-        {
-            let now = SlotState::decode(word.load(Ordering::Acquire));
-            discarded += u64::from(now.tag == Tag::Ready);
-            if !now.holds_slot() {
-                word.store(
-                    SlotState::free(advance(base, index)).encode(),
-                    Ordering::Release,
-                );
+        // A writer may claim, publish or give back this very slot meanwhile; then look
+        // again. States only move forward, so a few tries settle it.
+        for _ in 0..8 {
+            let seen = word.load(Ordering::Acquire);
+            let state = SlotState::decode(seen);
+            let own_slot = state.position & (slots - 1) == index;
+            let replacement = match state.tag {
+                Tag::Writing if own_slot => SlotState {
+                    tag: Tag::Reserved,
+                    ..state
+                },
+                Tag::Reserved | Tag::Released if own_slot => break,
+                _ => SlotState::free(advance(base, index)),
+            };
+            if word
+                .compare_exchange(
+                    seen,
+                    replacement.encode(),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                discarded += u64::from(state.tag == Tag::Ready);
+                break;
             }
         }
     }
@@ -764,7 +762,11 @@ pub fn reset_ahead<M: SlotMemory>(ring: &M) -> (u64, u64) {
     for buffer in 0..ring.large_count() {
         let owner = ring.large_owner(buffer);
         let seen = owner.load(Ordering::Acquire);
-        if seen & 3 == LARGE_HANDED {
+        // Only buffers handed to positions before the new base: a sender may already have
+        // handed one to a position of the new lap (the slots were freed for it above).
+        let handed_to = (seen >> 16) & POSITION_MASK;
+        let in_new_lap = handed_to.wrapping_sub(base) & POSITION_MASK < slots;
+        if seen & 3 == LARGE_HANDED && !in_new_lap {
             let _ = owner.compare_exchange(seen, LARGE_FREE, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
