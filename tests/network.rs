@@ -336,3 +336,40 @@ fn a_mac_locked_peer_that_sends_from_another_address_is_refused_and_counted() {
         Sent::Routed { delivered: 1, .. }
     ));
 }
+
+#[test]
+fn frames_left_unread_by_a_departing_peer_are_counted_and_its_counters_retired() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut a = net.join(JoinOptions::default()).unwrap();
+    let mut b = net.join(JoinOptions::default()).unwrap();
+    // b reads one frame, then leaves with three still in its ring.
+    a.send(&frame(b.mac(), a.mac(), b"read"));
+    assert_eq!(drain(&mut b).len(), 1);
+    for _ in 0..3 {
+        a.send(&frame(b.mac(), a.mac(), b"never read"));
+    }
+    let b_sent = b.counters().tx_packets;
+    drop(b);
+    let status = net.status();
+    // a's side: four delivered, no drops; the network's side: one read, three gone.
+    assert_eq!(a.counters().tx_deliveries, 4);
+    assert_eq!(
+        status.retired.rx_packets, 1,
+        "b's counters are kept after it left"
+    );
+    assert_eq!(status.retired.tx_packets, b_sent);
+    assert_eq!(status.retired.drops.get("rx_peer_gone"), Some(&3));
+    // sent = delivered + drops, network-wide: every copy a delivered is read or counted.
+    let retired_rx_drops: u64 = status
+        .retired
+        .drops
+        .iter()
+        .filter(|(k, _)| k.starts_with("rx_"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(
+        a.counters().tx_deliveries,
+        status.retired.rx_packets + retired_rx_drops
+    );
+}
