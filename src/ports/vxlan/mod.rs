@@ -44,7 +44,9 @@
 //!   source address past the limit is dropped (`rx_too_many_sources`), as a switch port
 //!   with a MAC limit does: delivering it would let a flood of made-up addresses fill the
 //!   network's own learned table too. Addresses already learned keep working, and room
-//!   comes back as entries age out.
+//!   comes back as entries age out. The default, [`DEFAULT_MAX_LEARNED`], is what the
+//!   network itself learns behind one uplink peer, so that every address the port lets
+//!   in is one the network can answer without flooding.
 //! * Entries age out after [`VxlanOptions::ageing`] without traffic, as a bridge's do.
 //!
 //! **Multicast underlay** ([`VxlanOptions::group`]). Instead of a list of remotes, the

@@ -8,10 +8,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::network::send::UPLINK_LEARN_QUOTA;
 use crate::wire::MacAddress;
 
-/// Default bound on learned remote addresses.
-pub const DEFAULT_MAX_LEARNED: usize = 4096;
+/// Default bound on learned remote addresses: as many as the network learns behind one
+/// uplink peer. A larger table would let in frames from addresses the network then does
+/// not learn, so that every reply to them is flooded; a smaller one would refuse hosts
+/// the network could still serve.
+pub const DEFAULT_MAX_LEARNED: usize = UPLINK_LEARN_QUOTA;
 
 /// Default ageing time of a learned address (as the Linux bridge and vxlan device).
 pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
