@@ -872,3 +872,39 @@ fn over_an_ipv6_underlay_two_guestnet_hosts_ping_and_move_a_tcp_stream_intact() 
             && status["remotes"][0]["counters"]["rx_packets"].as_u64().unwrap_or(0) > 100
     });
 }
+
+#[test]
+fn on_a_multicast_group_a_sender_that_falls_silent_is_aged_out_and_counted() {
+    if !ready() {
+        return;
+    }
+    let mut world = World::new("gage");
+    let port_args: Vec<String> = ["--group", "239.1.1.1", "--dev", "u0", "--ageing", "1"]
+        .map(String::from)
+        .to_vec();
+    let a = world.vxlan_host(0, &port_args, 1550);
+    let b = world.underlay_host(1);
+    let mut peer = library_peer(&a);
+    let source = MacAddress::new([0x02, 0xcc, 0, 0, 0, 1]);
+    inject(
+        &b,
+        "10.99.0.2",
+        "10.99.0.1:4789",
+        vec![vxlan_datagram(0x08, 42, &broadcast(source, 1))],
+    );
+    assert_eq!(
+        tags_until(&mut peer, 1),
+        vec![1],
+        "the sender's frame arrives"
+    );
+    // A second later the sender has said nothing more: it is no longer a remote, and what
+    // it sent still counts in the port's totals.
+    wait_until("the silent sender is aged out", || {
+        let status = vxlan_status(&a);
+        let remotes = status["remotes"].as_array().cloned().unwrap_or_default();
+        remotes.len() == 1
+            && remotes[0]["endpoint"] == "239.1.1.1:4789"
+            && status["counters"]["remotes_aged"] == 1
+            && status["counters"]["rx_packets"] == 1
+    });
+}

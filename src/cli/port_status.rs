@@ -163,6 +163,9 @@ fn print_vxlan(statuses: &[VxlanStatus]) {
             "  dropped: unknown remote {}  too big for the underlay {}",
             c.rx_unknown_remote, c.tx_too_big
         );
+        if status.group.is_some() {
+            println!("  senders aged out {}", c.remotes_aged);
+        }
         for remote in &status.remotes {
             let r = &remote.counters;
             println!(

@@ -27,9 +27,9 @@ The port is one uplink peer standing for every host behind the remotes. Frames f
 addresses learned behind a remote go to it alone; broadcast, multicast and unknown unicast
 go to every remote, or once to a multicast group (`--group 239.1.1.1 --dev eth0`, as the
 Linux device's `group ... dev ...`). With remotes, datagrams from other addresses are
-dropped and counted; on a group, every sender becomes a remote. Prints
-`ready slot N local ADDR inner-mtu M` once it serves. Example, with the Linux kernel on the
-other side (`ip link add vx0 type vxlan id 42 local 10.99.0.2 remote 10.99.0.1 dstport 4789`):
+dropped and counted; on a group, every sender becomes a remote until it has been silent
+for the ageing time. Prints `ready slot N local ADDR inner-mtu M` once it serves. Example,
+with the Linux kernel on the other side (`ip link add vx0 type vxlan id 42 local 10.99.0.2 remote 10.99.0.1 dstport 4789`):
   guestnet vxlan lab --vni 42 --local 10.99.0.1 --remote 10.99.0.2")]
 pub struct VxlanArgs {
     /// Network name.
@@ -64,7 +64,8 @@ pub struct VxlanArgs {
     /// and would flood every frame sent to them.
     #[arg(long, default_value_t = DEFAULT_MAX_LEARNED)]
     pub max_learned: usize,
-    /// Seconds a learned address lives without traffic.
+    /// Seconds a learned address lives without traffic; on a group, also how long a
+    /// sender stays a remote without a datagram.
     #[arg(long, default_value_t = DEFAULT_AGEING.as_secs())]
     pub ageing: u64,
 }

@@ -25,7 +25,9 @@ use super::table::Learned;
 /// Most datagrams taken from the socket per round.
 pub const RECEIVE_BATCH: usize = 64;
 
-/// Longest the serving thread sleeps before it ages the table.
+/// How often the serving thread ages the table and the group's senders: at the latest
+/// after this long asleep, and at the end of a round once this long has passed since the
+/// last time, so that steady traffic does not put it off for ever.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Underlay → network, on the serving thread.
@@ -38,6 +40,8 @@ pub(super) struct Decapsulator<'a> {
     /// The round's datagrams, one slot each, with the address they came from.
     round: DatagramBatch<SocketAddr>,
     batch: FrameBatch,
+    /// When the table and the senders were last aged (monotonic nanoseconds).
+    aged_ns: u64,
 }
 
 /// What one datagram turned out to be.
@@ -88,6 +92,7 @@ impl<'a> Decapsulator<'a> {
             // A slot holds the largest valid datagram; a longer one is cut and flagged.
             round: DatagramBatch::new(RECEIVE_BATCH, max_frame_len + HEADER_LEN),
             batch: FrameBatch::default(),
+            aged_ns: 0,
         }
     }
 
@@ -97,7 +102,7 @@ impl<'a> Decapsulator<'a> {
             match wait_for_event(self.socket, stop).map_err(io_error("wait for datagrams"))? {
                 Event::Stop => return Ok(()),
                 Event::Datagrams => self.receive_round(),
-                Event::Housekeeping => lock(self.state).table.expire(monotonic_ns()),
+                Event::Housekeeping => self.age(&mut lock(self.state), monotonic_ns()),
             }
         }
     }
@@ -113,7 +118,7 @@ impl<'a> Decapsulator<'a> {
         let mut refused_inner = false;
         for datagram in self.round.datagrams() {
             let bytes = self.round.bytes(datagram);
-            let remote = state.remotes.find_or_admit(datagram.from.ip());
+            let remote = state.find_or_admit(datagram.from.ip(), now);
             let verdict = classify(remote, self.vni, self.network_mtu, bytes, datagram.oversize);
             match state.account(verdict, bytes, now) {
                 Some(inner) => self.batch.push(inner),
@@ -132,12 +137,23 @@ impl<'a> Decapsulator<'a> {
                 None => {}
             }
         }
+        if now.saturating_sub(self.aged_ns) >= HOUSEKEEPING.as_nanos() as u64 {
+            self.age(&mut state, now);
+        }
         drop(state);
         if !self.batch.is_empty() {
             self.sender.send_batch(self.batch.iter());
         } else if refused_inner {
             self.sender.flush();
         }
+    }
+}
+
+impl Decapsulator<'_> {
+    /// Forgets the addresses and the group's senders that have gone silent by `now_ns`.
+    fn age(&mut self, state: &mut State, now_ns: u64) {
+        state.expire(now_ns);
+        self.aged_ns = now_ns;
     }
 }
 

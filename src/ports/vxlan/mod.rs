@@ -55,8 +55,13 @@
 //! the group, and the underlay copies them. The group is the membership, so a datagram
 //! from any sender is accepted, and each new sender becomes a remote (at most
 //! [`MAX_GROUP_REMOTES`]; past that, `rx_unknown_remote`) to which learned unicast goes
-//! directly. The port's own datagrams are not looped back to it. In `status`, remote 0 is
-//! the group itself and counts what was sent to it.
+//! directly. A sender heard from no more for [`VxlanOptions::ageing`] is retired, as the
+//! addresses learned behind it have aged out by then (`remotes_aged`; its counts stay in
+//! the port's totals), and its place goes to the next new sender: without that, senders
+//! that came and went would hold the places for ever, and the group would refuse
+//! newcomers once [`MAX_GROUP_REMOTES`] had ever spoken. The port's own datagrams are not
+//! looped back to it. In `status`, remote 0 is the group itself and counts what was sent
+//! to it.
 //!
 //! Counters live in memory in the port process; a [`StatusHandle`] reads them while the
 //! port serves, and the command writes them to a status file that `guestnet status` shows.
@@ -118,7 +123,8 @@ pub struct VxlanOptions {
     pub underlay_mtu: usize,
     /// Bound on the table of remote addresses.
     pub max_learned: usize,
-    /// How long a learned address lives without traffic.
+    /// How long a learned address lives without traffic, and on a group how long a
+    /// sender stays a remote without a datagram.
     pub ageing: Duration,
 }
 
@@ -243,7 +249,7 @@ impl VxlanPort {
             .map_err(PortError::from)?;
         let (sender, receiver) = peer.split();
         let remotes = match &options.group {
-            Some(group) => Remotes::on_group(group.address, options.local),
+            Some(group) => Remotes::on_group(group.address, options.local, options.ageing),
             None => Remotes::configured(options.remotes.clone(), options.local),
         };
         let state = State::new(

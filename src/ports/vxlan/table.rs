@@ -105,6 +105,11 @@ impl RemoteTable {
             .retain(|_, entry| now_ns.saturating_sub(entry.seen_ns) < ageing_ns);
     }
 
+    /// Forgets every address learned behind `remote`, which has just stopped being one.
+    pub fn forget_remote(&mut self, remote: usize) {
+        self.entries.retain(|_, entry| entry.remote != remote);
+    }
+
     /// Number of entries (expired ones included until the next [`expire`](Self::expire)).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -194,5 +199,17 @@ mod tests {
         assert_eq!(table.learn(mac(200), 1, 10 * SECOND), Learned::New);
         assert_eq!(table.lookup(mac(200), 10 * SECOND), Some(1));
         assert_eq!(table.lookup(mac(1), 10 * SECOND), None);
+    }
+
+    #[test]
+    fn a_retired_remote_takes_its_addresses_with_it() {
+        let mut table = RemoteTable::new(16, DEFAULT_AGEING);
+        table.learn(mac(1), 1, 0);
+        table.learn(mac(2), 2, 0);
+        table.learn(mac(3), 1, 0);
+        table.forget_remote(1);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.lookup(mac(2), 0), Some(2));
+        assert_eq!(table.lookup(mac(1), 0), None);
     }
 }
