@@ -26,8 +26,9 @@ counters! {
     /// The counters of a remote endpoint, or of the whole port.
     ///
     /// Every datagram or frame the port refuses bumps exactly one `rx_*`/`tx_*` drop counter
-    /// here. `rx_unknown_remote` and `tx_too_big` are counted on the port only (the first has
-    /// no remote; the second is refused before any remote is chosen).
+    /// here. `rx_unknown_remote`, `rx_bad_outer`, `rx_fragmented` and `tx_too_big` are
+    /// counted on the port only (the first has no remote; the next two are refused before
+    /// their sender is looked at; the last before any remote is chosen).
     pub struct VxlanCounters;
     /// Datagrams accepted and handed to the network.
     rx_packets,
@@ -47,6 +48,14 @@ counters! {
     rx_invalid_inner,
     /// Dropped: from an address that is not a configured remote.
     rx_unknown_remote,
+    /// Dropped (packet socket only): outer IPv4 or UDP headers that do not hold together
+    /// (version, lengths, checksums), or a packet whose unfinished segmentation the kernel
+    /// could not describe.
+    rx_bad_outer,
+    /// Dropped (packet socket only): a fragmented datagram, counted once (by its first
+    /// fragment). The sender's underlay MTU is too small for its inner MTU; lower the
+    /// latter, as RFC 7348 lets a VTEP discard fragments and this one never sends any.
+    rx_fragmented,
     /// Dropped: a new inner source address, and the table of remote addresses was full.
     rx_too_many_sources,
     /// Dropped: too big for the underlay's MTU once encapsulated.
@@ -89,6 +98,11 @@ pub struct VxlanStatus {
     /// Whether datagrams leave from a source port hashed from the inner frame (a raw
     /// socket) or from the bound port (a UDP socket; no `CAP_NET_RAW`, or IPv6).
     pub hashed_source_ports: bool,
+    /// Whether datagrams arrive on a packet socket, which tells the checksums and the
+    /// segmentation a sender on this host left undone so that they go into the network as
+    /// offloads, or on the UDP socket (no `CAP_NET_RAW`, or IPv6), which cannot tell.
+    #[serde(default)]
+    pub receives_offloads: bool,
     /// The multicast group, if the port uses one; it is then remote 0.
     pub group: Option<SocketAddr>,
     /// Counters of the whole port (the remotes' summed, plus what has no remote, plus what
@@ -489,6 +503,7 @@ mod tests {
             inner_mtu: 1500,
             max_learned: 16,
             hashed_source_ports: true,
+            receives_offloads: true,
             group: endpoint("239.1.1.1:4789"),
             counters: VxlanCounters::default(),
             remotes: Vec::new(),
@@ -535,6 +550,8 @@ mod tests {
             "rx_foreign_vni",
             "rx_invalid_inner",
             "rx_unknown_remote",
+            "rx_bad_outer",
+            "rx_fragmented",
             "rx_too_many_sources",
             "tx_too_big",
             "tx_errors",
