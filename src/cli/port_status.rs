@@ -160,9 +160,12 @@ fn print_vxlan(statuses: &[VxlanStatus]) {
             }
         );
         println!(
-            "  dropped: unknown remote {}  too big for the underlay {}",
-            c.rx_unknown_remote, c.tx_too_big
+            "  dropped: unknown remote {}  bad outer headers {}  fragmented {}  too big for the underlay {}",
+            c.rx_unknown_remote, c.rx_bad_outer, c.rx_fragmented, c.tx_too_big
         );
+        if status.group.is_some() {
+            println!("  senders aged out {}", c.remotes_aged);
+        }
         for remote in &status.remotes {
             let r = &remote.counters;
             println!(

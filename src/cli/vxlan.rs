@@ -27,9 +27,9 @@ The port is one uplink peer standing for every host behind the remotes. Frames f
 addresses learned behind a remote go to it alone; broadcast, multicast and unknown unicast
 go to every remote, or once to a multicast group (`--group 239.1.1.1 --dev eth0`, as the
 Linux device's `group ... dev ...`). With remotes, datagrams from other addresses are
-dropped and counted; on a group, every sender becomes a remote. Prints
-`ready slot N local ADDR inner-mtu M` once it serves. Example, with the Linux kernel on the
-other side (`ip link add vx0 type vxlan id 42 local 10.99.0.2 remote 10.99.0.1 dstport 4789`):
+dropped and counted; on a group, every sender becomes a remote until it has been silent
+for the ageing time. Prints `ready slot N local ADDR inner-mtu M` once it serves. Example,
+with the Linux kernel on the other side (`ip link add vx0 type vxlan id 42 local 10.99.0.2 remote 10.99.0.1 dstport 4789`):
   guestnet vxlan lab --vni 42 --local 10.99.0.1 --remote 10.99.0.2")]
 pub struct VxlanArgs {
     /// Network name.
@@ -59,10 +59,13 @@ pub struct VxlanArgs {
     #[arg(long, default_value_t = 1500)]
     pub underlay_mtu: usize,
     /// Most inner addresses learned behind the remotes; frames from further new source
-    /// addresses are dropped and counted.
+    /// addresses are dropped and counted. The default is as many as the network learns
+    /// behind one uplink peer: past that, the network would not learn the extra addresses
+    /// and would flood every frame sent to them.
     #[arg(long, default_value_t = DEFAULT_MAX_LEARNED)]
     pub max_learned: usize,
-    /// Seconds a learned address lives without traffic.
+    /// Seconds a learned address lives without traffic; on a group, also how long a
+    /// sender stays a remote without a datagram.
     #[arg(long, default_value_t = DEFAULT_AGEING.as_secs())]
     pub ageing: u64,
 }
@@ -155,5 +158,33 @@ mod tests {
         );
         assert!(parse_endpoint("host").is_err());
         assert!(parse_endpoint("[10.0.0.1").is_err());
+    }
+
+    /// `vxlan`'s arguments as the command line parses them.
+    #[derive(Debug, clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: VxlanArgs,
+    }
+
+    #[test]
+    fn the_learned_address_bound_defaults_to_what_the_network_learns_behind_an_uplink() {
+        use clap::{CommandFactory, Parser};
+        let parsed = Command::try_parse_from([
+            "vxlan", "lab", "--vni", "42", "--local", "10.0.0.1", "--remote", "10.0.0.2",
+        ])
+        .unwrap();
+        assert_eq!(
+            parsed.args.max_learned,
+            crate::network::send::UPLINK_LEARN_QUOTA
+        );
+        let help = Command::command().render_long_help().to_string();
+        let option = help
+            .split("--max-learned")
+            .nth(1)
+            .and_then(|rest| rest.split("--ageing").next())
+            .unwrap_or_default();
+        assert!(option.contains("[default: 1024]"), "{option}");
+        assert!(option.contains("learns behind one uplink"), "{option}");
     }
 }

@@ -16,9 +16,13 @@
 //!   `--sharenet` used, with a write lock on one byte per slot).
 //!
 //! The layout of the structures is in [`layout`]; it is plain safe code.
+//!
+//! Beside the region, [`socket`] holds the few socket calls rustix does not wrap (a packet
+//! socket's filter, virtio-net header and bind, for the VXLAN port): `unsafe` stays here.
 #![allow(unsafe_code)]
 
 pub mod layout;
+pub mod socket;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};

@@ -1,43 +1,51 @@
-//! Underlay → network: the serving thread, which takes datagrams from the UDP socket in
-//! rounds, judges each, counts every refusal by its reason on the remote it came from (or
-//! on the port, when it came from no remote), learns the inner source address of each
-//! accepted frame, and sends the round's good frames into the network as one batch.
+//! Underlay → network: the serving thread, which takes datagrams from the underlay in
+//! rounds ([`Inbound`]), judges each, counts every refusal by its reason on the remote it
+//! came from (or on the port, when it came from no remote), learns the inner source
+//! address of each accepted frame, and sends the round's good frames into the network as
+//! one batch, each with the offload work its sender left undone.
 //!
 //! [`classify`] is the whole judgement, a pure function of the datagram's bytes and where
 //! it came from; [`State::account`] turns its [`Verdict`] into counts and learning.
 
-use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::network::counters::DropReason;
 use crate::network::{Sender, monotonic_ns};
-use crate::ports::socket::{DatagramBatch, Doorbell, FrameBatch, PortError, io_error};
+use crate::ports::socket::{Doorbell, FrameBatch, PortError, io_error};
 use crate::ports::wait;
-use crate::wire::EthernetFrame;
+use crate::shm::layout::LARGE_FRAME;
 use crate::wire::ethernet::validate_frame;
+use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
 use crate::wire::vxlan::{HEADER_LEN, VxlanError, VxlanPacket, VxlanRepr};
+use crate::wire::{EthernetFrame, EthernetRepr};
 
+use super::inbound::{Inbound, OuterFault};
 use super::state::{State, lock};
 use super::table::Learned;
 
 /// Most datagrams taken from the socket per round.
 pub const RECEIVE_BATCH: usize = 64;
 
-/// Longest the serving thread sleeps before it ages the table.
+/// How often the serving thread ages the table and the group's senders: at the latest
+/// after this long asleep, and at the end of a round once this long has passed since the
+/// last time, so that steady traffic does not put it off for ever.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Underlay → network, on the serving thread.
 pub(super) struct Decapsulator<'a> {
     sender: &'a mut Sender,
-    socket: &'a UdpSocket,
+    /// The socket and the round's datagrams.
+    inbound: Inbound<'a>,
     vni: u32,
     network_mtu: usize,
     state: &'a Mutex<State>,
-    /// The round's datagrams, one slot each, with the address they came from.
-    round: DatagramBatch<SocketAddr>,
+    /// The round's frames to deliver, and beside them the offload work of each.
     batch: FrameBatch,
+    offloads: Vec<VirtioNetHdr>,
+    /// When the table and the senders were last aged (monotonic nanoseconds).
+    aged_ns: u64,
 }
 
 /// What one datagram turned out to be.
@@ -47,6 +55,8 @@ enum Verdict {
     Deliver { remote: usize },
     /// From no configured remote.
     UnknownRemote,
+    /// Its outer headers were refused before its sender was looked at.
+    BadOuter(OuterFault),
     /// Refused, counted on `remote`.
     Refused { remote: usize, reason: RxDrop },
 }
@@ -69,54 +79,69 @@ enum Event {
 }
 
 impl<'a> Decapsulator<'a> {
-    /// A decapsulator that reads `socket` and sends into the network through `sender`;
-    /// `max_frame_len` is the network's largest frame.
+    /// A decapsulator that reads from `inbound` and sends into the network through
+    /// `sender`.
     pub(super) fn new(
         sender: &'a mut Sender,
-        socket: &'a UdpSocket,
+        inbound: Inbound<'a>,
         vni: u32,
         network_mtu: usize,
-        max_frame_len: usize,
         state: &'a Mutex<State>,
     ) -> Decapsulator<'a> {
         Decapsulator {
             sender,
-            socket,
+            inbound,
             vni,
             network_mtu,
             state,
-            // A slot holds the largest valid datagram; a longer one is cut and flagged.
-            round: DatagramBatch::new(RECEIVE_BATCH, max_frame_len + HEADER_LEN),
             batch: FrameBatch::default(),
+            offloads: Vec::with_capacity(RECEIVE_BATCH),
+            aged_ns: 0,
         }
     }
 
     /// Serves until `stop` rings.
     pub(super) fn run(&mut self, stop: &Doorbell) -> Result<(), PortError> {
         loop {
-            match wait_for_event(self.socket, stop).map_err(io_error("wait for datagrams"))? {
+            let sockets = self.inbound.sockets();
+            match wait_for_event(sockets, stop).map_err(io_error("wait for datagrams"))? {
                 Event::Stop => return Ok(()),
                 Event::Datagrams => self.receive_round(),
-                Event::Housekeeping => lock(self.state).table.expire(monotonic_ns()),
+                Event::Housekeeping => self.age(&mut lock(self.state), monotonic_ns()),
             }
         }
     }
 
     /// Takes the datagrams waiting, checks each, and sends the good frames as one batch.
     fn receive_round(&mut self) {
-        self.round.receive(self.socket, |from| {
-            from.and_then(|a| SocketAddr::try_from(a).ok())
-        });
+        let undescribed = self.inbound.receive();
         let now = monotonic_ns();
         let mut state = lock(self.state);
+        state.port.rx_bad_outer += undescribed;
         self.batch.clear();
+        self.offloads.clear();
         let mut refused_inner = false;
-        for datagram in self.round.datagrams() {
-            let bytes = self.round.bytes(datagram);
-            let remote = state.remotes.find_or_admit(datagram.from.ip());
-            let verdict = classify(remote, self.vni, self.network_mtu, bytes, datagram.oversize);
+        for arrival in self.inbound.arrivals() {
+            let (verdict, bytes, offload) = match arrival {
+                Ok(datagram) => {
+                    let remote = state.find_or_admit(datagram.from, now);
+                    let verdict = classify(
+                        remote,
+                        self.vni,
+                        self.network_mtu,
+                        datagram.bytes,
+                        datagram.oversize,
+                        &datagram.offload,
+                    );
+                    (verdict, datagram.bytes, datagram.offload)
+                }
+                Err(fault) => (Verdict::BadOuter(fault), &[][..], VirtioNetHdr::default()),
+            };
             match state.account(verdict, bytes, now) {
-                Some(inner) => self.batch.push(inner),
+                Some(inner) => {
+                    self.batch.push(inner);
+                    self.offloads.push(offload);
+                }
                 None if matches!(
                     verdict,
                     Verdict::Refused {
@@ -132,12 +157,24 @@ impl<'a> Decapsulator<'a> {
                 None => {}
             }
         }
+        if now.saturating_sub(self.aged_ns) >= HOUSEKEEPING.as_nanos() as u64 {
+            self.age(&mut state, now);
+        }
         drop(state);
         if !self.batch.is_empty() {
-            self.sender.send_batch(self.batch.iter());
+            let frames = self.offloads.iter().copied().zip(self.batch.iter());
+            self.sender.send_batch_offloaded(frames);
         } else if refused_inner {
             self.sender.flush();
         }
+    }
+}
+
+impl Decapsulator<'_> {
+    /// Forgets the addresses and the group's senders that have gone silent by `now_ns`.
+    fn age(&mut self, state: &mut State, now_ns: u64) {
+        state.expire(now_ns);
+        self.aged_ns = now_ns;
     }
 }
 
@@ -154,6 +191,14 @@ impl State {
         let (remote, reason) = match verdict {
             Verdict::UnknownRemote => {
                 self.port.rx_unknown_remote += 1;
+                return None;
+            }
+            Verdict::BadOuter(OuterFault::Invalid) => {
+                self.port.rx_bad_outer += 1;
+                return None;
+            }
+            Verdict::BadOuter(OuterFault::Fragment) => {
+                self.port.rx_fragmented += 1;
                 return None;
             }
             Verdict::Refused { remote, reason } => (remote, reason),
@@ -183,13 +228,14 @@ impl State {
 }
 
 /// Decides what one datagram from `remote` (`None`: no remote of ours) is. `oversize`:
-/// the socket cut it short.
+/// the socket cut it short; `offload`: what its inner frame still needs.
 fn classify(
     remote: Option<usize>,
     vni: u32,
     network_mtu: usize,
     datagram: &[u8],
     oversize: bool,
+    offload: &VirtioNetHdr,
 ) -> Verdict {
     let Some(remote) = remote else {
         return Verdict::UnknownRemote;
@@ -205,17 +251,37 @@ fn classify(
         Ok(repr) if repr.vni != vni => return refused(RxDrop::ForeignVni),
         Ok(_) => {}
     }
-    if oversize || validate_frame(packet.payload(), network_mtu).is_err() {
+    if oversize || !inner_frame_is_valid(packet.payload(), network_mtu, offload) {
         return refused(RxDrop::InvalidInner);
     }
     Verdict::Deliver { remote }
 }
 
+/// Whether `frame`, with the offload work `offload` still to do, keeps the network's rules:
+/// a plain frame fits the MTU; a super-frame still to be cut into segments fits a large
+/// buffer instead and has a checksum to finish (segmentation implies one); either way a
+/// checksum to finish lies inside the frame and the source is not multicast. (The network
+/// checks super-frames further, against its own MTU, and counts what it refuses.)
+fn inner_frame_is_valid(frame: &[u8], network_mtu: usize, offload: &VirtioNetHdr) -> bool {
+    let keeps_the_rules = if offload.gso_type == GsoType::None {
+        validate_frame(frame, network_mtu).is_ok()
+    } else {
+        offload.needs_checksum()
+            && frame.len() <= LARGE_FRAME
+            && EthernetFrame::new_checked(frame)
+                .and_then(|view| EthernetRepr::parse(&view))
+                .is_ok()
+    };
+    let checksum_field_end = usize::from(offload.csum_start) + usize::from(offload.csum_offset) + 2;
+    keeps_the_rules && (!offload.needs_checksum() || checksum_field_end <= frame.len())
+}
+
 /// Waits for the stop bell or datagrams, at most [`HOUSEKEEPING`].
-fn wait_for_event(socket: &UdpSocket, stop: &Doorbell) -> std::io::Result<Event> {
+fn wait_for_event(sockets: [BorrowedFd<'_>; 2], stop: &Doorbell) -> std::io::Result<Event> {
     let sources = [
         (stop.as_fd(), Event::Stop),
-        (socket.as_fd(), Event::Datagrams),
+        (sockets[0], Event::Datagrams),
+        (sockets[1], Event::Datagrams),
     ];
     Ok(wait::first_ready(sources, Some(HOUSEKEEPING))?.unwrap_or(Event::Housekeeping))
 }
@@ -226,6 +292,7 @@ mod tests {
     use crate::ports::vxlan::state::Remotes;
     use crate::ports::vxlan::table::{DEFAULT_AGEING, RemoteTable};
     use crate::wire::MacAddress;
+    use crate::wire::virtio_net::FLAG_NEEDS_CSUM;
 
     fn mac(last: u8) -> MacAddress {
         MacAddress::new([0x02, 0, 0, 0, 0, last])
@@ -248,7 +315,9 @@ mod tests {
 
     #[test]
     fn datagrams_are_classified_by_what_is_wrong_with_them() {
-        let check = |remote, bytes: &[u8], oversize| classify(remote, 42, 1500, bytes, oversize);
+        let plain = VirtioNetHdr::default();
+        let check =
+            |remote, bytes: &[u8], oversize| classify(remote, 42, 1500, bytes, oversize, &plain);
         let good = datagram(0x08, [0, 0, 42], &inner());
         assert_eq!(check(Some(1), &good, false), Verdict::Deliver { remote: 1 });
         assert_eq!(check(None, &good, false), Verdict::UnknownRemote);
@@ -280,6 +349,62 @@ mod tests {
             refused(RxDrop::InvalidInner)
         );
         assert_eq!(check(Some(0), &good, true), refused(RxDrop::InvalidInner));
+        let mut giant = inner();
+        giant.resize(1515, 0);
+        assert_eq!(
+            check(Some(0), &datagram(0x08, [0, 0, 42], &giant), false),
+            refused(RxDrop::InvalidInner)
+        );
+    }
+
+    #[test]
+    fn offload_work_left_by_the_sender_is_judged_with_the_inner_frame() {
+        let check = |frame: &[u8], offload: &VirtioNetHdr| {
+            classify(
+                Some(0),
+                42,
+                1500,
+                &datagram(0x08, [0, 0, 42], frame),
+                false,
+                offload,
+            )
+        };
+        let deliver = Verdict::Deliver { remote: 0 };
+        let refused = Verdict::Refused {
+            remote: 0,
+            reason: RxDrop::InvalidInner,
+        };
+        let checksum = |csum_start: u16, csum_offset: u16| VirtioNetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            csum_start,
+            csum_offset,
+            ..VirtioNetHdr::default()
+        };
+        let frame = inner();
+        assert_eq!(check(&frame, &checksum(34, 16)), deliver);
+        // The checksum field must lie inside the frame.
+        assert_eq!(check(&frame, &checksum(34, 24)), deliver);
+        assert_eq!(check(&frame, &checksum(34, 25)), refused);
+        // A super-frame may be longer than the MTU, up to a large buffer, and always has
+        // a checksum to finish.
+        let mut super_frame = inner();
+        super_frame.resize(16_000, 0);
+        let segmented = VirtioNetHdr {
+            gso_type: GsoType::TcpV4,
+            gso_size: 1448,
+            ..checksum(34, 16)
+        };
+        assert_eq!(check(&super_frame, &segmented), deliver);
+        let without_checksum = VirtioNetHdr {
+            flags: 0,
+            ..segmented
+        };
+        assert_eq!(check(&super_frame, &without_checksum), refused);
+        super_frame.resize(LARGE_FRAME + 1, 0);
+        assert_eq!(check(&super_frame, &segmented), refused);
+        // Without segmentation, the MTU still holds.
+        super_frame.truncate(16_000);
+        assert_eq!(check(&super_frame, &checksum(34, 16)), refused);
     }
 
     #[test]

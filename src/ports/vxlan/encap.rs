@@ -113,7 +113,7 @@ impl<'a> Encapsulator<'a> {
                     Target::All => flood.clone(),
                 };
                 for remote in remotes {
-                    if let (Some(&endpoint), Some(counters)) =
+                    if let (Some(&Some(endpoint)), Some(counters)) =
                         (endpoints.get(remote), counted.get_mut(remote))
                     {
                         self.send(&mut datagram, frame, endpoint, counters);
@@ -122,9 +122,7 @@ impl<'a> Encapsulator<'a> {
             }
             let mut state = lock(self.state);
             state.port.tx_too_big += too_big;
-            for (total, round) in state.remotes.counters.iter_mut().zip(&counted) {
-                total.add(round);
-            }
+            state.add_sent(&endpoints, &counted);
         }
     }
 
@@ -153,6 +151,23 @@ impl<'a> Encapsulator<'a> {
             Err(e) => {
                 tracing::debug!(%endpoint, error = %e, "sending a VXLAN datagram failed");
                 counters.tx_errors += 1;
+            }
+        }
+    }
+}
+
+// The accounting of sent datagrams lives here, beside the sends it counts.
+impl State {
+    /// Adds what a round sent to `endpoints` (the remotes as they were when the round
+    /// chose its targets) to each remote's counters. A slot whose sender was retired
+    /// meanwhile, or taken by another, gets none of it: the port's totals do, where the
+    /// retired sender's counts went too.
+    fn add_sent(&mut self, endpoints: &[Option<SocketAddr>], counted: &[VxlanCounters]) {
+        for (remote, (endpoint, round)) in endpoints.iter().zip(counted).enumerate() {
+            let same = self.remotes.endpoints.get(remote) == Some(endpoint);
+            match self.remotes.counters.get_mut(remote) {
+                Some(total) if same => total.add(round),
+                _ => self.port.add(round),
             }
         }
     }
@@ -207,5 +222,38 @@ mod tests {
         frame[..6].copy_from_slice(&mac(2).octets());
         assert_eq!(target(&table, 1514, &frame, 0), Target::All);
         assert_eq!(target(&table, 59, &frame, 0), Target::TooBig);
+    }
+
+    #[test]
+    fn what_was_sent_to_a_sender_retired_meanwhile_counts_on_the_port_not_on_its_successor() {
+        use crate::ports::vxlan::state::Remotes;
+        use std::net::Ipv4Addr;
+        let ageing = Duration::from_secs(10);
+        let mut state = State::new(
+            RemoteTable::new(16, ageing),
+            Remotes::on_group(
+                Ipv4Addr::new(239, 1, 1, 1),
+                "10.99.0.1:4789".parse().unwrap(),
+                ageing,
+            ),
+        );
+        state.find_or_admit("10.99.0.2".parse().unwrap(), 0);
+        state.find_or_admit("10.99.0.3".parse().unwrap(), 0);
+        // The round chose its targets and copied the remotes…
+        let endpoints = state.remotes.endpoints.clone();
+        let sent = VxlanCounters {
+            tx_packets: 1,
+            ..VxlanCounters::default()
+        };
+        let counted = vec![sent; 3];
+        // …then 10.99.0.2 went silent long enough, and 10.99.0.4 took its slot.
+        state.find_or_admit("10.99.0.3".parse().unwrap(), 10_000_000_000);
+        state.expire(10_000_000_000);
+        state.find_or_admit("10.99.0.4".parse().unwrap(), 10_000_000_000);
+        state.add_sent(&endpoints, &counted);
+        assert_eq!(state.remotes.counters[0].tx_packets, 1, "the group");
+        assert_eq!(state.remotes.counters[1].tx_packets, 0, "the newcomer");
+        assert_eq!(state.remotes.counters[2].tx_packets, 1, "still there");
+        assert_eq!(state.port.tx_packets, 1);
     }
 }

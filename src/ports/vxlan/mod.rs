@@ -16,6 +16,22 @@
 //! inner source address of an accepted frame is learned against its remote, and the frame
 //! goes into the network, which learns the same address behind the uplink peer.
 //!
+//! **How datagrams arrive.** A sender on this host — a container or a namespace behind a
+//! Linux `vxlan` device over veth — leaves its inner TCP and UDP checksums to "hardware"
+//! and sends TSO super-frames, and veth finishes neither: the datagrams cross with a
+//! checksum field holding only the pseudo-header sum, and 64 KiB long. A UDP socket cannot
+//! tell, and every such TCP segment would be dropped at the far end for its checksum. Over
+//! IPv4 the port therefore reads what arrives over Ethernet links from a packet socket
+//! (`AF_PACKET` with `PACKET_VNET_HDR`, which needs `CAP_NET_RAW`), where the kernel says
+//! before each packet which checksum is still to compute and which segmentation still to
+//! do; the port checks the outer headers itself and hands that work to the network as the
+//! frame's virtio-net header (`NEEDS_CSUM`, GSO), which passes it on to receivers that take
+//! those offloads and finishes it in software for the others (`inbound`). Datagrams over
+//! other links (WireGuard, IP-in-IP), and all of them over IPv6 or without the capability,
+//! come from the UDP socket as before, and `status` says which (`receives_offloads`). What
+//! the packet socket sees are packets, not datagrams: a fragmented datagram is dropped
+//! and counted (`rx_fragmented`), as RFC 7348 allows; the UDP socket gets it reassembled.
+//!
 //! **Network → underlay** (a second thread). Frames the uplink peer receives are looked
 //! up in the port's table of remote addresses: a unicast address learned behind a remote
 //! goes to that remote only; broadcast, multicast and unknown unicast are copied to every
@@ -44,7 +60,9 @@
 //!   source address past the limit is dropped (`rx_too_many_sources`), as a switch port
 //!   with a MAC limit does: delivering it would let a flood of made-up addresses fill the
 //!   network's own learned table too. Addresses already learned keep working, and room
-//!   comes back as entries age out.
+//!   comes back as entries age out. The default, [`DEFAULT_MAX_LEARNED`], is what the
+//!   network itself learns behind one uplink peer, so that every address the port lets
+//!   in is one the network can answer without flooding.
 //! * Entries age out after [`VxlanOptions::ageing`] without traffic, as a bridge's do.
 //!
 //! **Multicast underlay** ([`VxlanOptions::group`]). Instead of a list of remotes, the
@@ -53,20 +71,27 @@
 //! the group, and the underlay copies them. The group is the membership, so a datagram
 //! from any sender is accepted, and each new sender becomes a remote (at most
 //! [`MAX_GROUP_REMOTES`]; past that, `rx_unknown_remote`) to which learned unicast goes
-//! directly. The port's own datagrams are not looped back to it. In `status`, remote 0 is
-//! the group itself and counts what was sent to it.
+//! directly. A sender heard from no more for [`VxlanOptions::ageing`] is retired, as the
+//! addresses learned behind it have aged out by then (`remotes_aged`; its counts stay in
+//! the port's totals), and its place goes to the next new sender: without that, senders
+//! that came and went would hold the places for ever, and the group would refuse
+//! newcomers once [`MAX_GROUP_REMOTES`] had ever spoken. The port's own datagrams are not
+//! looped back to it. In `status`, remote 0 is the group itself and counts what was sent
+//! to it.
 //!
 //! Counters live in memory in the port process; a [`StatusHandle`] reads them while the
 //! port serves, and the command writes them to a status file that `guestnet status` shows.
 //!
 //! **Files.** `table` is the table of remote addresses; `state` what the two threads
-//! share and what `status` shows of it (remotes, counters); `underlay` the sockets, and
-//! the outer headers written for the raw one; `decap` the serving thread (underlay →
-//! network); `encap` the sending thread (network → underlay). This file checks the
+//! share and what `status` shows of it (remotes, counters); `underlay` the sockets, the
+//! packet socket's filter, and the outer headers written for the raw one; `inbound` what
+//! the serving thread reads from the sockets, and the outer headers it checks; `decap` the
+//! serving thread (underlay → network); `encap` the sending thread (network → underlay). This file checks the
 //! options, opens the port and starts the two threads.
 
 mod decap;
 mod encap;
+mod inbound;
 mod state;
 mod table;
 mod underlay;
@@ -85,8 +110,12 @@ use crate::wire::vxlan;
 
 use decap::Decapsulator;
 use encap::Encapsulator;
+use inbound::Inbound;
 use state::{Remotes, State};
-use underlay::{WayOut, forbid_fragmentation, join_group, open_raw_socket, overhead};
+use underlay::{
+    WayOut, forbid_fragmentation, join_group, leave_ethernet_to_packet_socket, open_packet_socket,
+    open_raw_socket, overhead,
+};
 
 pub use decap::RECEIVE_BATCH;
 pub use state::{MAX_GROUP_REMOTES, RemoteStatus, StatusHandle, VxlanCounters, VxlanStatus};
@@ -116,7 +145,8 @@ pub struct VxlanOptions {
     pub underlay_mtu: usize,
     /// Bound on the table of remote addresses.
     pub max_learned: usize,
-    /// How long a learned address lives without traffic.
+    /// How long a learned address lives without traffic, and on a group how long a
+    /// sender stays a remote without a datagram.
     pub ageing: Duration,
 }
 
@@ -141,6 +171,9 @@ pub struct VxlanPort {
     socket: UdpSocket,
     /// The send-only raw socket, if the port may have one (IPv4 and `CAP_NET_RAW`).
     raw: Option<OwnedFd>,
+    /// The packet socket datagrams arrive on, if the port may have one (IPv4 and
+    /// `CAP_NET_RAW`); otherwise they arrive on `socket`.
+    packet: Option<OwnedFd>,
     options: VxlanOptions,
     sender: Sender,
     receiver: Receiver,
@@ -230,6 +263,17 @@ impl VxlanPort {
                 group.address, group.interface
             )))?;
         }
+        let packet = match local {
+            SocketAddr::V4(local) => {
+                open_packet_socket(local, options.group.as_ref().map(|group| group.address))
+            }
+            SocketAddr::V6(_) => None,
+        };
+        if packet.is_some() {
+            // A datagram that arrived before this is queued on both sockets and will be
+            // read twice: at most the few that come while the port opens.
+            leave_ethernet_to_packet_socket(&socket).map_err(io_error("filter the UDP socket"))?;
+        }
         let options = VxlanOptions { local, ..options };
         let peer = network
             .join(JoinOptions {
@@ -241,7 +285,7 @@ impl VxlanPort {
             .map_err(PortError::from)?;
         let (sender, receiver) = peer.split();
         let remotes = match &options.group {
-            Some(group) => Remotes::on_group(group.address, options.local),
+            Some(group) => Remotes::on_group(group.address, options.local, options.ageing),
             None => Remotes::configured(options.remotes.clone(), options.local),
         };
         let state = State::new(
@@ -254,6 +298,7 @@ impl VxlanPort {
             max_frame_len: network.max_frame_len(),
             socket,
             raw,
+            packet,
             options,
             sender,
             receiver,
@@ -289,6 +334,7 @@ impl VxlanPort {
                 inner_mtu: self.inner_mtu(),
                 max_learned: self.options.max_learned,
                 hashed_source_ports: self.raw.is_some(),
+                receives_offloads: self.packet.is_some(),
                 group: self.options.group.as_ref().map(|group| {
                     SocketAddr::new(IpAddr::V4(group.address), self.options.local.port())
                 }),
@@ -305,6 +351,7 @@ impl VxlanPort {
             max_frame_len,
             socket,
             raw,
+            packet,
             options,
             mut sender,
             receiver,
@@ -319,14 +366,10 @@ impl VxlanPort {
             let encapsulator =
                 Encapsulator::new(receiver, way_out, options.vni, max_inner, &state, &stopping);
             let sending = scope.spawn(move || encapsulator.run());
-            let mut decapsulator = Decapsulator::new(
-                &mut sender,
-                &socket,
-                options.vni,
-                network_mtu,
-                max_frame_len,
-                &state,
-            );
+            // A slot holds the largest valid datagram; a longer one is cut and flagged.
+            let inbound = Inbound::new(packet.as_ref(), &socket, max_frame_len + vxlan::HEADER_LEN);
+            let mut decapsulator =
+                Decapsulator::new(&mut sender, inbound, options.vni, network_mtu, &state);
             let result = decapsulator.run(stop);
             stopping.store(true, Ordering::Relaxed);
             if sending.join().is_err() {

@@ -9,6 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -18,15 +19,16 @@ use crate::wire::MacAddress;
 
 use super::table::RemoteTable;
 
-/// Most senders a port on a multicast group takes as remotes.
+/// Most senders a port on a multicast group takes as remotes at once.
 pub const MAX_GROUP_REMOTES: usize = 1024;
 
 counters! {
     /// The counters of a remote endpoint, or of the whole port.
     ///
     /// Every datagram or frame the port refuses bumps exactly one `rx_*`/`tx_*` drop counter
-    /// here. `rx_unknown_remote` and `tx_too_big` are counted on the port only (the first has
-    /// no remote; the second is refused before any remote is chosen).
+    /// here. `rx_unknown_remote`, `rx_bad_outer`, `rx_fragmented` and `tx_too_big` are
+    /// counted on the port only (the first has no remote; the next two are refused before
+    /// their sender is looked at; the last before any remote is chosen).
     pub struct VxlanCounters;
     /// Datagrams accepted and handed to the network.
     rx_packets,
@@ -46,12 +48,23 @@ counters! {
     rx_invalid_inner,
     /// Dropped: from an address that is not a configured remote.
     rx_unknown_remote,
+    /// Dropped (packet socket only): outer IPv4 or UDP headers that do not hold together
+    /// (version, lengths, checksums), or a packet whose unfinished segmentation the kernel
+    /// could not describe.
+    rx_bad_outer,
+    /// Dropped (packet socket only): a fragmented datagram, counted once (by its first
+    /// fragment). The sender's underlay MTU is too small for its inner MTU; lower the
+    /// latter, as RFC 7348 lets a VTEP discard fragments and this one never sends any.
+    rx_fragmented,
     /// Dropped: a new inner source address, and the table of remote addresses was full.
     rx_too_many_sources,
     /// Dropped: too big for the underlay's MTU once encapsulated.
     tx_too_big,
     /// Dropped: the socket refused the send.
     tx_errors,
+    /// Senders on a multicast group retired after the ageing time without a datagram
+    /// (counted on the port only). What they had counted stays in the port's totals.
+    remotes_aged,
 }
 
 /// A remote endpoint as `status` shows it.
@@ -85,11 +98,17 @@ pub struct VxlanStatus {
     /// Whether datagrams leave from a source port hashed from the inner frame (a raw
     /// socket) or from the bound port (a UDP socket; no `CAP_NET_RAW`, or IPv6).
     pub hashed_source_ports: bool,
+    /// Whether datagrams arrive on a packet socket, which tells the checksums and the
+    /// segmentation a sender on this host left undone so that they go into the network as
+    /// offloads, or on the UDP socket (no `CAP_NET_RAW`, or IPv6), which cannot tell.
+    #[serde(default)]
+    pub receives_offloads: bool,
     /// The multicast group, if the port uses one; it is then remote 0.
     pub group: Option<SocketAddr>,
-    /// Counters of the whole port (the remotes' summed, plus what has no remote).
+    /// Counters of the whole port (the remotes' summed, plus what has no remote, plus what
+    /// retired remotes had counted).
     pub counters: VxlanCounters,
-    /// The remotes.
+    /// The remotes (on a group: the group, and the senders heard within the ageing time).
     pub remotes: Vec<RemoteStatus>,
 }
 
@@ -98,7 +117,7 @@ pub struct VxlanStatus {
 pub(super) struct State {
     pub(super) table: RemoteTable,
     pub(super) remotes: Remotes,
-    /// What is counted on no remote.
+    /// What is counted on no remote, and what retired remotes had counted.
     pub(super) port: VxlanCounters,
 }
 
@@ -111,67 +130,180 @@ impl State {
             port: VxlanCounters::default(),
         }
     }
+
+    /// The remote a datagram from `from`, arriving at `now_ns`, came from. On a group a new
+    /// sender is admitted while there is room; when there is none, senders silent for the
+    /// ageing time are retired first, as the table makes room from expired addresses.
+    pub(super) fn find_or_admit(&mut self, from: IpAddr, now_ns: u64) -> Option<usize> {
+        if let Some(found) = self.remotes.find(from) {
+            self.remotes.heard(found, now_ns);
+            return Some(found);
+        }
+        if !self.remotes.admits(from) {
+            return None;
+        }
+        if self.remotes.is_full() {
+            self.retire_silent_remotes(now_ns);
+        }
+        self.remotes.admit(from, now_ns)
+    }
+
+    /// Forgets what has gone silent by `now_ns`: learned addresses past their ageing, and
+    /// on a group the senders heard from no more for as long.
+    pub(super) fn expire(&mut self, now_ns: u64) {
+        self.table.expire(now_ns);
+        self.retire_silent_remotes(now_ns);
+    }
+
+    /// Retires the group's senders silent for the ageing time. Their counts move to the
+    /// port's, so the totals never go back, and the addresses learned behind them are
+    /// forgotten, so that a sender later given the same slot inherits none of them (they
+    /// have aged out by then anyway: they were learned from the retired sender's datagrams).
+    fn retire_silent_remotes(&mut self, now_ns: u64) {
+        for remote in self.remotes.admitted() {
+            if let Some(counters) = self.remotes.retire_if_silent(remote, now_ns) {
+                self.port.add(&counters);
+                self.port.remotes_aged += 1;
+                self.table.forget_remote(remote);
+            }
+        }
+    }
 }
 
-/// The remote endpoints and their counters. Indices are stable: remotes are only ever
-/// added (on a multicast group), never removed, so the table and the sending thread may
-/// hold an index across the lock.
+/// The remote endpoints and their counters, in slots.
+///
+/// A remote keeps its slot for as long as it is one, so the table and the sending thread
+/// may hold an index across the lock. Configured remotes are never removed. On a multicast
+/// group a sender silent for the ageing time is retired: its slot empties (`None`) and the
+/// next new sender takes it. The sending thread therefore checks, when it adds up what it
+/// sent, that a slot still holds the endpoint it sent to.
 #[derive(Debug)]
 pub(super) struct Remotes {
-    pub(super) endpoints: Vec<SocketAddr>,
+    pub(super) endpoints: Vec<Option<SocketAddr>>,
     pub(super) counters: Vec<VxlanCounters>,
+    /// When each remote was last heard from (monotonic nanoseconds).
+    heard_ns: Vec<u64>,
     /// On a multicast group: remote 0 is the group, and senders are admitted as they come.
     group: bool,
     /// The port's own address, never admitted as a remote.
     own: IpAddr,
     /// The UDP port admitted senders are sent to.
     port: u16,
+    /// How long an admitted sender stays a remote without a datagram.
+    ageing_ns: u64,
 }
 
 impl Remotes {
     /// A fixed list of remotes, for a port bound to `local`.
     pub(super) fn configured(endpoints: Vec<SocketAddr>, local: SocketAddr) -> Remotes {
-        Remotes::with(endpoints, false, local)
+        Remotes::with(endpoints, false, local, Duration::MAX)
     }
 
     /// The multicast group `group` alone, at the local port; senders are admitted as they
-    /// come.
-    pub(super) fn on_group(group: Ipv4Addr, local: SocketAddr) -> Remotes {
+    /// come, and retired after `ageing` without a datagram.
+    pub(super) fn on_group(group: Ipv4Addr, local: SocketAddr, ageing: Duration) -> Remotes {
         let endpoints = vec![SocketAddr::new(IpAddr::V4(group), local.port())];
-        Remotes::with(endpoints, true, local)
+        Remotes::with(endpoints, true, local, ageing)
     }
 
-    fn with(endpoints: Vec<SocketAddr>, group: bool, local: SocketAddr) -> Remotes {
+    fn with(
+        endpoints: Vec<SocketAddr>,
+        group: bool,
+        local: SocketAddr,
+        ageing: Duration,
+    ) -> Remotes {
         Remotes {
             counters: vec![VxlanCounters::default(); endpoints.len()],
-            endpoints,
+            heard_ns: vec![0; endpoints.len()],
+            endpoints: endpoints.into_iter().map(Some).collect(),
             group,
             own: local.ip(),
             port: local.port(),
+            ageing_ns: u64::try_from(ageing.as_nanos()).unwrap_or(u64::MAX),
         }
     }
 
-    /// The remote a datagram from `from` came from; on a group, a new sender is admitted
-    /// while there is room.
-    pub(super) fn find_or_admit(&mut self, from: IpAddr) -> Option<usize> {
-        // On a group, remote 0 is the group address, which never sends.
-        let first = usize::from(self.group);
-        if let Some(found) = self.endpoints[first.min(self.endpoints.len())..]
-            .iter()
-            .position(|endpoint| endpoint.ip() == from)
-        {
-            return Some(first + found);
+    /// The slots of admitted senders: on a group, every slot but the group's own (remote
+    /// 0, which never sends); with configured remotes, none.
+    fn admitted(&self) -> Range<usize> {
+        if self.group {
+            1..self.endpoints.len()
+        } else {
+            0..0
         }
+    }
+
+    /// The remote whose address is `from`. Remotes are matched by address alone, since
+    /// VTEPs send from hashed source ports.
+    fn find(&self, from: IpAddr) -> Option<usize> {
+        // On a group, remote 0 is the group address, which never sends.
+        let first = usize::from(self.group).min(self.endpoints.len());
+        self.endpoints[first..]
+            .iter()
+            .position(|endpoint| endpoint.is_some_and(|endpoint| endpoint.ip() == from))
+            .map(|found| first + found)
+    }
+
+    /// Records that `remote` sent a datagram at `now_ns`.
+    fn heard(&mut self, remote: usize, now_ns: u64) {
+        if let Some(heard) = self.heard_ns.get_mut(remote) {
+            *heard = now_ns;
+        }
+    }
+
+    /// Whether a sender at `from`, not a remote yet, may become one.
+    fn admits(&self, from: IpAddr) -> bool {
         // No host sends from a multicast or unspecified address; the first cannot be
         // answered, and admitting either would let a forged datagram claim the group.
         let impossible = from.is_multicast() || from.is_unspecified();
-        if !self.group || impossible || from == self.own || self.endpoints.len() > MAX_GROUP_REMOTES
-        {
+        self.group && !impossible && from != self.own
+    }
+
+    /// Whether every slot a sender may take is taken.
+    fn is_full(&self) -> bool {
+        self.vacant().is_none() && self.endpoints.len() > MAX_GROUP_REMOTES
+    }
+
+    /// The first empty slot, left by a retired sender.
+    fn vacant(&self) -> Option<usize> {
+        let admitted = self.admitted();
+        let first = admitted.start;
+        self.endpoints[admitted]
+            .iter()
+            .position(Option::is_none)
+            .map(|found| first + found)
+    }
+
+    /// Makes the sender at `from`, heard at `now_ns`, a remote in an empty slot or a new
+    /// one; `None` if every slot is taken.
+    fn admit(&mut self, from: IpAddr, now_ns: u64) -> Option<usize> {
+        let endpoint = Some(SocketAddr::new(from, self.port));
+        let remote = match self.vacant() {
+            Some(vacant) => vacant,
+            None if self.endpoints.len() <= MAX_GROUP_REMOTES => {
+                self.endpoints.push(None);
+                self.counters.push(VxlanCounters::default());
+                self.heard_ns.push(0);
+                self.endpoints.len() - 1
+            }
+            None => return None,
+        };
+        self.endpoints[remote] = endpoint;
+        self.counters[remote] = VxlanCounters::default();
+        self.heard_ns[remote] = now_ns;
+        Some(remote)
+    }
+
+    /// Empties `remote`'s slot if it is an admitted sender silent for the ageing time by
+    /// `now_ns`; returns what it had counted.
+    fn retire_if_silent(&mut self, remote: usize, now_ns: u64) -> Option<VxlanCounters> {
+        let heard_ns = *self.heard_ns.get(remote)?;
+        let endpoint = self.endpoints.get_mut(remote)?;
+        if endpoint.is_none() || now_ns.saturating_sub(heard_ns) < self.ageing_ns {
             return None;
         }
-        self.endpoints.push(SocketAddr::new(from, self.port));
-        self.counters.push(VxlanCounters::default());
-        Some(self.endpoints.len() - 1)
+        *endpoint = None;
+        self.counters.get_mut(remote).map(std::mem::take)
     }
 
     /// The remotes a flooded frame goes to: the group, or every remote.
@@ -205,9 +337,13 @@ impl StatusHandle {
         status.counters = state.port;
         let remotes = &state.remotes;
         let learned = state.table.by_remote(remotes.endpoints.len(), now);
-        for ((&endpoint, counters), learned) in
+        for ((endpoint, counters), learned) in
             remotes.endpoints.iter().zip(&remotes.counters).zip(learned)
         {
+            // A retired sender's counts are in the port's already; its slot shows nothing.
+            let Some(endpoint) = *endpoint else {
+                continue;
+            };
             status.counters.add(counters);
             status.remotes.push(RemoteStatus {
                 endpoint,
@@ -231,8 +367,27 @@ pub(super) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 mod tests {
     use super::*;
 
+    const SECOND: u64 = 1_000_000_000;
+
     fn local() -> SocketAddr {
         "10.99.0.1:4789".parse().unwrap()
+    }
+
+    fn address(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn endpoint(text: &str) -> Option<SocketAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    /// A port on group 239.1.1.1 whose senders and addresses age after ten seconds.
+    fn on_group() -> State {
+        let ageing = Duration::from_secs(10);
+        State::new(
+            RemoteTable::new(16, ageing),
+            Remotes::on_group(Ipv4Addr::new(239, 1, 1, 1), local(), ageing),
+        )
     }
 
     #[test]
@@ -241,33 +396,129 @@ mod tests {
             "10.99.0.2:4789".parse().unwrap(),
             "10.99.0.3:4789".parse().unwrap(),
         ];
-        let mut remotes = Remotes::configured(remotes, local());
+        let mut state = State::new(
+            RemoteTable::new(16, Duration::from_secs(10)),
+            Remotes::configured(remotes, local()),
+        );
         // VTEPs send from a hashed port: the address alone names the remote.
-        assert_eq!(remotes.find_or_admit("10.99.0.3".parse().unwrap()), Some(1));
-        assert_eq!(remotes.find_or_admit("10.99.0.9".parse().unwrap()), None);
-        assert_eq!(remotes.endpoints.len(), 2);
-        assert_eq!(remotes.flood(), 0..2);
+        assert_eq!(state.find_or_admit(address("10.99.0.3"), 0), Some(1));
+        assert_eq!(state.find_or_admit(address("10.99.0.9"), 0), None);
+        assert_eq!(state.remotes.endpoints.len(), 2);
+        assert_eq!(state.remotes.flood(), 0..2);
+        // Configured remotes are what the user typed: silence never retires them.
+        state.expire(3600 * SECOND);
+        assert_eq!(
+            state.find_or_admit(address("10.99.0.2"), 3600 * SECOND),
+            Some(0)
+        );
+        assert_eq!(state.remotes.endpoints.iter().flatten().count(), 2);
+        assert_eq!(state.port.remotes_aged, 0);
     }
 
     #[test]
     fn on_a_group_senders_become_remotes_up_to_the_limit() {
-        let mut remotes = Remotes::on_group(Ipv4Addr::new(239, 1, 1, 1), local());
-        assert_eq!(remotes.endpoints, vec!["239.1.1.1:4789".parse().unwrap()]);
-        assert_eq!(remotes.flood(), 0..1);
-        let sender: IpAddr = "10.99.0.2".parse().unwrap();
-        assert_eq!(remotes.find_or_admit(sender), Some(1));
-        assert_eq!(remotes.find_or_admit(sender), Some(1));
-        assert_eq!(remotes.endpoints[1], "10.99.0.2:4789".parse().unwrap());
+        let mut state = on_group();
+        assert_eq!(state.remotes.endpoints, vec![endpoint("239.1.1.1:4789")]);
+        assert_eq!(state.remotes.flood(), 0..1);
+        let sender = address("10.99.0.2");
+        assert_eq!(state.find_or_admit(sender, 0), Some(1));
+        assert_eq!(state.find_or_admit(sender, 0), Some(1));
+        assert_eq!(state.remotes.endpoints[1], endpoint("10.99.0.2:4789"));
         // Our own datagrams are never a remote, and the group never sends.
-        assert_eq!(remotes.find_or_admit("10.99.0.1".parse().unwrap()), None);
-        assert_eq!(remotes.find_or_admit("239.1.1.1".parse().unwrap()), None);
+        assert_eq!(state.find_or_admit(address("10.99.0.1"), 0), None);
+        assert_eq!(state.find_or_admit(address("239.1.1.1"), 0), None);
         for i in 0..2000u32 {
             let address = Ipv4Addr::from(0x0a63_1000 + i);
-            remotes.find_or_admit(IpAddr::V4(address));
+            state.find_or_admit(IpAddr::V4(address), 0);
         }
-        assert_eq!(remotes.endpoints.len(), MAX_GROUP_REMOTES + 1);
-        assert_eq!(remotes.counters.len(), remotes.endpoints.len());
-        assert_eq!(remotes.flood(), 0..1);
+        assert_eq!(state.remotes.endpoints.len(), MAX_GROUP_REMOTES + 1);
+        assert_eq!(state.remotes.counters.len(), state.remotes.endpoints.len());
+        assert_eq!(state.remotes.flood(), 0..1);
+    }
+
+    #[test]
+    fn on_a_group_a_sender_silent_for_the_ageing_time_is_retired_and_its_slot_reused() {
+        let mut state = on_group();
+        let (early, late) = (address("10.99.0.2"), address("10.99.0.3"));
+        assert_eq!(state.find_or_admit(early, 0), Some(1));
+        assert_eq!(state.find_or_admit(late, 5 * SECOND), Some(2));
+        state.table.learn(MacAddress::new([2, 0, 0, 0, 0, 1]), 1, 0);
+        state.remotes.counters[1].rx_packets = 3;
+        // Not yet: ten seconds of silence, not nine.
+        state.expire(9 * SECOND);
+        assert_eq!(state.port.remotes_aged, 0);
+        assert_eq!(state.find_or_admit(early, 9 * SECOND), Some(1));
+        // Heard at 9 s and 5 s: at 15 s the later sender has been silent for ten.
+        state.expire(15 * SECOND);
+        assert_eq!(state.port.remotes_aged, 1);
+        assert_eq!(state.remotes.endpoints[2], None);
+        // Silent at 19 s too; its counts stay in the port's, and what was learned behind it
+        // goes with it.
+        state.expire(19 * SECOND);
+        assert_eq!(state.port.remotes_aged, 2);
+        assert_eq!(state.port.rx_packets, 3);
+        assert!(state.table.is_empty());
+        // A new sender takes the first empty slot, with its own counters; a retired one
+        // that speaks again is a new sender too.
+        assert_eq!(
+            state.find_or_admit(address("10.99.0.4"), 20 * SECOND),
+            Some(1)
+        );
+        assert_eq!(state.remotes.endpoints[1], endpoint("10.99.0.4:4789"));
+        assert_eq!(state.remotes.counters[1], VxlanCounters::default());
+        assert_eq!(state.find_or_admit(late, 20 * SECOND), Some(2));
+        assert_eq!(state.remotes.endpoints.len(), 3);
+    }
+
+    #[test]
+    fn a_full_group_makes_room_from_silent_senders_when_a_new_one_arrives() {
+        let mut state = on_group();
+        for i in 0..MAX_GROUP_REMOTES as u32 {
+            let address = Ipv4Addr::from(0x0a63_1000 + i);
+            assert!(state.find_or_admit(IpAddr::V4(address), 0).is_some());
+        }
+        let newcomer = address("10.99.200.1");
+        assert_eq!(state.find_or_admit(newcomer, 9 * SECOND), None, "full");
+        // Once the others have been silent for the ageing time, no housekeeping is needed
+        // for the newcomer to get in.
+        assert_eq!(state.find_or_admit(newcomer, 10 * SECOND), Some(1));
+        assert_eq!(state.port.remotes_aged, MAX_GROUP_REMOTES as u64);
+        assert_eq!(state.remotes.endpoints.len(), MAX_GROUP_REMOTES + 1);
+    }
+
+    #[test]
+    fn status_leaves_out_retired_senders_and_keeps_their_counts_in_the_totals() {
+        let state = Arc::new(Mutex::new(on_group()));
+        {
+            let mut state = lock(&state);
+            state.find_or_admit(address("10.99.0.2"), 0);
+            state.remotes.counters[1].rx_packets = 3;
+        }
+        let template = VxlanStatus {
+            network: "lab".into(),
+            slot: 0,
+            vni: 42,
+            local: local(),
+            underlay_mtu: 1550,
+            inner_mtu: 1500,
+            max_learned: 16,
+            hashed_source_ports: true,
+            receives_offloads: true,
+            group: endpoint("239.1.1.1:4789"),
+            counters: VxlanCounters::default(),
+            remotes: Vec::new(),
+        };
+        let handle = StatusHandle::new(Arc::clone(&state), template);
+        assert_eq!(handle.status().remotes.len(), 2);
+        lock(&state).expire(monotonic_ns() + 10 * SECOND);
+        let status = handle.status();
+        assert_eq!(status.remotes.len(), 1);
+        assert_eq!(
+            status.remotes[0].endpoint,
+            "239.1.1.1:4789".parse().unwrap()
+        );
+        assert_eq!(status.counters.rx_packets, 3);
+        assert_eq!(status.counters.remotes_aged, 1);
     }
 
     #[test]
@@ -299,9 +550,12 @@ mod tests {
             "rx_foreign_vni",
             "rx_invalid_inner",
             "rx_unknown_remote",
+            "rx_bad_outer",
+            "rx_fragmented",
             "rx_too_many_sources",
             "tx_too_big",
             "tx_errors",
+            "remotes_aged",
         ];
         expected.sort_unstable();
         assert_eq!(names, expected);

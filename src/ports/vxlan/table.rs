@@ -8,10 +8,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::network::send::UPLINK_LEARN_QUOTA;
 use crate::wire::MacAddress;
 
-/// Default bound on learned remote addresses.
-pub const DEFAULT_MAX_LEARNED: usize = 4096;
+/// Default bound on learned remote addresses: as many as the network learns behind one
+/// uplink peer. A larger table would let in frames from addresses the network then does
+/// not learn, so that every reply to them is flooded; a smaller one would refuse hosts
+/// the network could still serve.
+pub const DEFAULT_MAX_LEARNED: usize = UPLINK_LEARN_QUOTA;
 
 /// Default ageing time of a learned address (as the Linux bridge and vxlan device).
 pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
@@ -99,6 +103,11 @@ impl RemoteTable {
         let ageing_ns = self.ageing_ns;
         self.entries
             .retain(|_, entry| now_ns.saturating_sub(entry.seen_ns) < ageing_ns);
+    }
+
+    /// Forgets every address learned behind `remote`, which has just stopped being one.
+    pub fn forget_remote(&mut self, remote: usize) {
+        self.entries.retain(|_, entry| entry.remote != remote);
     }
 
     /// Number of entries (expired ones included until the next [`expire`](Self::expire)).
@@ -190,5 +199,17 @@ mod tests {
         assert_eq!(table.learn(mac(200), 1, 10 * SECOND), Learned::New);
         assert_eq!(table.lookup(mac(200), 10 * SECOND), Some(1));
         assert_eq!(table.lookup(mac(1), 10 * SECOND), None);
+    }
+
+    #[test]
+    fn a_retired_remote_takes_its_addresses_with_it() {
+        let mut table = RemoteTable::new(16, DEFAULT_AGEING);
+        table.learn(mac(1), 1, 0);
+        table.learn(mac(2), 2, 0);
+        table.learn(mac(3), 1, 0);
+        table.forget_remote(1);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.lookup(mac(2), 0), Some(2));
+        assert_eq!(table.lookup(mac(1), 0), None);
     }
 }
