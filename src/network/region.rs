@@ -298,8 +298,15 @@ impl Region {
             // The dead peer may have been halfway through frames in any ring. This happens
             // while we still hold its slot's lock: a joiner that took the index first would
             // have its own claims abandoned and its large buffers freed under it.
+            // Rings of free slots are skipped: nobody reads them, the next joiner's reset
+            // deals with what is left there, and a ring never joined has no memory behind
+            // its large buffers, which must not be touched (a full /dev/shm would make
+            // that a SIGBUS).
+            let peers = self.peers();
             for ring in 0..self.layout.geometry.max_peers as u16 {
-                ring::abandon_writer(&self.ring(ring), index);
+                if peers.at(u64::from(ring)).status.load(Ordering::Acquire) == status::UP {
+                    ring::abandon_writer(&self.ring(ring), index);
+                }
             }
             tracing::info!(network = %self.name, slot = index, "reclaimed a dead peer");
         }
