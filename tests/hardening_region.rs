@@ -5,9 +5,14 @@
 //! Tests that need root (mounting a small tmpfs, handing a directory to another user) skip
 //! with a printed reason when not run as root, except under `CI=true`, where they fail.
 
+use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+use guestnet::network::{CreateOptions, Network};
+use guestnet::shm::layout::{Geometry, Layout};
 
 /// Runs `guestnet --dir DIR ARGS…` to completion, stdin closed, output captured.
 fn guestnet(dir: &Path, args: &[&str]) -> Output {
@@ -33,6 +38,73 @@ fn ok(dir: &Path, args: &[&str]) -> String {
         stderr(&output)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Whether the test may do what only root may; under `CI=true` it must, elsewhere it
+/// says why it skips.
+fn running_as_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} needs root, and CI must not skip it");
+    }
+    eprintln!("skipped: {test} needs root");
+    false
+}
+
+/// A tmpfs of a few MiB mounted on a fresh directory, unmounted when dropped.
+struct SmallTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    fn mount(size: &str) -> SmallTmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a {size} tmpfs: {status}");
+        SmallTmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Names of the files in it, hidden ones included.
+    fn files(&self) -> Vec<String> {
+        std::fs::read_dir(self.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) {
+        let mut filler = std::fs::File::create(self.path().join("filler")).unwrap();
+        let block = vec![0xa5u8; 64 * 1024];
+        loop {
+            if let Err(e) = filler.write_all(&block) {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "fill the tmpfs: {e}");
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
 }
 
 /// The write end of a pipe whose read end is already closed: every write to it fails
@@ -77,4 +149,118 @@ fn a_failed_system_call_is_named_once_in_the_message() {
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{err}");
     assert_eq!(err.matches("(os error").count(), 1, "{err}");
+}
+
+#[test]
+fn creating_a_network_on_a_full_file_system_fails_cleanly_instead_of_crashing() {
+    if !running_as_root("creating_a_network_on_a_full_file_system_fails_cleanly…") {
+        return;
+    }
+    let tmpfs = SmallTmpfs::mount("4m");
+    // The default geometry's rings need about 25 MiB.
+    let output = guestnet(tmpfs.path(), &["create", "lab"]);
+    let err = stderr(&output);
+    assert_eq!(
+        output.status.signal(),
+        None,
+        "create died by a signal: {err}"
+    );
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains(&tmpfs.path().display().to_string()), "{err}");
+    assert!(
+        err.contains("MiB"),
+        "the message says how much is needed: {err}"
+    );
+    assert!(tmpfs.files().is_empty(), "left behind: {:?}", tmpfs.files());
+
+    let refused = Network::create(tmpfs.path(), "lab", CreateOptions::default()).unwrap_err();
+    let needed = Layout::new(Geometry::default()).unwrap();
+    let message = refused.to_string();
+    assert!(message.contains("No space left"), "{message}");
+    assert!(
+        message.contains(&format!("in {}", tmpfs.path().display())),
+        "{message}"
+    );
+    assert!(needed.total_size > 4 << 20);
+    assert!(tmpfs.files().is_empty(), "left behind: {:?}", tmpfs.files());
+}
+
+#[test]
+fn a_network_outgrowing_the_file_system_is_created_when_only_its_offload_buffers_do_not_fit() {
+    if !running_as_root("a_network_outgrowing_the_file_system_is_created…") {
+        return;
+    }
+    let tmpfs = SmallTmpfs::mount("4m");
+    let geometry = Geometry {
+        max_peers: 4,
+        ring_slots: 8,
+        ..Geometry::default()
+    };
+    let layout = Layout::new(geometry).unwrap();
+    assert!(
+        layout.total_size > 4 << 20,
+        "the offload buffers outgrow the tmpfs"
+    );
+    let network = Network::create(
+        tmpfs.path(),
+        "lab",
+        CreateOptions {
+            geometry,
+            ..CreateOptions::default()
+        },
+    )
+    .expect("the header, tables and slots fit");
+    let resident = network.status().resident_bytes as usize;
+    assert!(
+        resident >= layout.rings_offset + 4 * layout.large_offset_in_ring,
+        "{resident} bytes reserved"
+    );
+    assert!(resident < 1 << 20, "{resident} bytes reserved");
+}
+
+#[test]
+fn a_file_system_filled_after_create_does_not_crash_the_peers_that_join() {
+    if !running_as_root("a_file_system_filled_after_create_does_not_crash…") {
+        return;
+    }
+    let tmpfs = SmallTmpfs::mount("4m");
+    // Through the library: `guestnet create` reads the whole region for its report.
+    let created = Network::create(
+        tmpfs.path(),
+        "lab",
+        CreateOptions {
+            geometry: Geometry {
+                max_peers: 4,
+                ring_slots: 8,
+                gso_buffers: 0,
+                ..Geometry::default()
+            },
+            ..CreateOptions::default()
+        },
+    );
+    drop(created.expect("create a small network"));
+    tmpfs.fill();
+    // Joining writes the peer table and sending learns addresses: pages that must have
+    // been reserved at creation, or their first touch is a SIGBUS.
+    for mac in ["02:00:00:00:00:01", "02:00:00:00:00:02"] {
+        let output = guestnet(
+            tmpfs.path(),
+            &[
+                "pktgen",
+                "lab",
+                "--mac",
+                mac,
+                "--count",
+                "10",
+                "--no-receive",
+            ],
+        );
+        let err = stderr(&output);
+        assert_eq!(
+            output.status.signal(),
+            None,
+            "pktgen died by a signal: {err}"
+        );
+        assert!(output.status.success(), "{err}");
+    }
 }

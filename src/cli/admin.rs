@@ -110,7 +110,7 @@ pub fn create(dir: &Path, args: CreateArgs) -> anyhow::Result<()> {
     println!("  unknown unicast  {}", status.unknown_unicast);
     println!("  mode             {:04o}", args.mode);
     println!(
-        "  size             {} ({} bytes; sparse: {} in use now, pages are taken as slots carry frames)",
+        "  size             {} ({} bytes; {} reserved now, offload buffers as peers use them)",
         human_bytes(status.size_bytes),
         status.size_bytes,
         human_bytes(status.resident_bytes)

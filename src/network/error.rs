@@ -48,6 +48,23 @@ pub enum Error {
     /// The MAC cannot be published.
     #[error("MAC {0} cannot be published: it must be unicast and not all zeros")]
     BadMac(MacAddress),
+    /// The file system cannot give the region the memory it needs up front.
+    #[error(
+        "cannot reserve {} ({needed_bytes} bytes) for network {name:?} in {dir}: {source}; \
+         free some space there or create a smaller network (--max-peers, --ring-slots, --mtu)",
+        mebibytes(*needed_bytes)
+    )]
+    Reserve {
+        /// Name of the network being created.
+        name: String,
+        /// Directory it was created in.
+        dir: String,
+        /// Bytes it needs reserved: header, tables, and every ring's slots.
+        needed_bytes: u64,
+        /// Why the file system refused (`ENOSPC` for a full one).
+        #[source]
+        source: io::Error,
+    },
     /// A system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -61,6 +78,10 @@ pub enum Error {
 
 /// Result of the control path.
 pub type Result<T> = std::result::Result<T, Error>;
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
 
 pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let context = context.into();

@@ -89,6 +89,57 @@ pub fn default_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
 }
 
+/// The byte ranges of a new region that get memory before it is mapped: the header, the
+/// tables and lock bytes, and each ring's control block and slots, which is everything
+/// members write without asking for more. The rest of each ring, its large buffers for
+/// offload frames, is left out: those are reserved as peers come to use them, so a network
+/// with idle slots stays small.
+fn reserved_ranges(layout: &Layout) -> impl Iterator<Item = (u64, u64)> + '_ {
+    const PAGE: usize = 4096;
+    // Rings start on page boundaries; rounding the slot area up to whole pages stays
+    // inside the ring, whose stride is itself a whole number of pages.
+    let per_ring = layout
+        .large_offset_in_ring
+        .next_multiple_of(PAGE)
+        .min(layout.ring_stride) as u64;
+    std::iter::once((0, layout.rings_offset as u64)).chain(
+        (0..layout.geometry.max_peers as usize)
+            .map(move |ring| (layout.ring_offset(ring) as u64, per_ring)),
+    )
+}
+
+/// Sizes a new region file and gives the [`reserved_ranges`] their memory.
+///
+/// A file on tmpfs is sparse: a page gets memory when it is first written, and a write
+/// through a mapping that the file system cannot back is a SIGBUS, not an error. Reserving
+/// with `fallocate` first turns a full `/dev/shm` into a clean `ENOSPC` at creation instead
+/// of a crash at creation or, later, in whichever peer first touches a page.
+fn reserve(file: &File, layout: &Layout) -> io::Result<()> {
+    file.set_len(layout.total_size as u64)?;
+    for (offset, len) in reserved_ranges(layout) {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
+            Ok(()) => {}
+            // A file system without fallocate still allocates on write, and a plain write
+            // reports a full file system as an error as well.
+            Err(rustix::io::Errno::OPNOTSUPP) => write_zeros(file, offset, len)?,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    Ok(())
+}
+
+fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let zeros = [0u8; 64 * 1024];
+    let mut done = 0;
+    while done < len {
+        let chunk = (len - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..chunk], offset + done)?;
+        done += chunk as u64;
+    }
+    Ok(())
+}
+
 /// A handle on a network, for control operations and for joining it.
 #[derive(Debug)]
 pub struct Network {
@@ -122,29 +173,36 @@ impl Network {
             .map_err(io_error(format!("create {}", temp.display())))?;
         // The umask may have narrowed the mode; the caller's choice wins.
         let _ = file.set_permissions(std::fs::Permissions::from_mode(options.mode));
-        let result = Self::initialise(&file, &temp, layout, options).and_then(|()| {
-            // link + unlink instead of rename: link fails if the name appeared meanwhile,
-            // so a concurrent create never replaces a network in use.
-            std::fs::hard_link(&temp, &path).map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    Error::Exists(name.to_string())
-                } else {
-                    Error::Io {
-                        context: format!("publish {}", path.display()),
-                        source: e,
-                    }
-                }
+        let result = reserve(&file, &layout)
+            .map_err(|source| Error::Reserve {
+                name: name.to_string(),
+                dir: dir.display().to_string(),
+                needed_bytes: reserved_ranges(&layout).map(|(_, len)| len).sum(),
+                source,
             })
-        });
+            .and_then(|()| Self::initialise(&file, &temp, layout, options))
+            .and_then(|()| {
+                // link + unlink instead of rename: link fails if the name appeared meanwhile,
+                // so a concurrent create never replaces a network in use.
+                std::fs::hard_link(&temp, &path).map_err(|e| {
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        Error::Exists(name.to_string())
+                    } else {
+                        Error::Io {
+                            context: format!("publish {}", path.display()),
+                            source: e,
+                        }
+                    }
+                })
+            });
         let _ = std::fs::remove_file(&temp);
         result?;
         drop(file);
         Network::open(dir, name)
     }
 
+    /// Writes the header and sets up the rings of a file [`reserve`] has given memory.
     fn initialise(file: &File, temp: &Path, layout: Layout, options: CreateOptions) -> Result<()> {
-        file.set_len(layout.total_size as u64)
-            .map_err(io_error(format!("size {}", temp.display())))?;
         let mapping = Mapping::map(std::os::fd::AsFd::as_fd(file), layout.total_size)
             .map_err(io_error(format!("map {}", temp.display())))?;
         let header = mapping.get::<Header>(0).ok_or_else(|| Error::Io {
