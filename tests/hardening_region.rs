@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use guestnet::network::{CreateOptions, Network};
+use guestnet::network::{CreateOptions, JoinOptions, Network, PortKind};
 use guestnet::shm::layout::{Geometry, Layout};
 
 /// Runs `guestnet --dir DIR ARGS…` to completion, stdin closed, output captured.
@@ -263,4 +263,104 @@ fn a_file_system_filled_after_create_does_not_crash_the_peers_that_join() {
         );
         assert!(output.status.success(), "{err}");
     }
+}
+
+fn small_geometry(max_peers: u32) -> CreateOptions {
+    CreateOptions {
+        geometry: Geometry {
+            max_peers,
+            ring_slots: 8,
+            gso_buffers: 0,
+            ..Geometry::default()
+        },
+        ..CreateOptions::default()
+    }
+}
+
+fn slots_up(network: &Network) -> Vec<u16> {
+    network
+        .status()
+        .peers
+        .iter()
+        .map(|peer| peer.slot)
+        .collect()
+}
+
+#[test]
+fn a_network_recreated_under_a_running_port_is_not_joined_through_the_old_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Network::create(dir.path(), "lab", small_geometry(2)).unwrap();
+    let _old_peer = old.join(JoinOptions::default()).unwrap();
+    // Destroyed and created anew while a port still holds the old network.
+    std::fs::remove_file(dir.path().join("lab")).unwrap();
+    let new = Network::create(dir.path(), "lab", small_geometry(2)).unwrap();
+    let _new_peer = new.join(JoinOptions::default()).unwrap();
+
+    // The old handle's next join belongs to the network that handle maps…
+    let late = old
+        .join(JoinOptions::default())
+        .expect("the old network has a free slot");
+    assert_eq!(late.index(), 1);
+    // …so it takes no lock in the new one, whose free slot stays free…
+    let _second_new_peer = new
+        .join(JoinOptions::default())
+        .expect("the new network's second slot is still free");
+    // …and the old network's own sweep finds its members alive.
+    assert_eq!(old.sweep(), Vec::<u16>::new());
+    assert_eq!(slots_up(&old), vec![0, 1]);
+    assert_eq!(slots_up(&new), vec![0, 1]);
+}
+
+#[test]
+fn destroying_a_network_with_live_peers_is_refused_and_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(dir.path(), &["create", "lab", "--max-peers", "4"]);
+    let network = Network::open(dir.path(), "lab").unwrap();
+    let _peer = network
+        .join(JoinOptions {
+            kind: PortKind::Stream,
+            label: "/tmp/vm0.sock".into(),
+            ..JoinOptions::default()
+        })
+        .unwrap();
+    let output = guestnet(dir.path(), &["destroy", "lab"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    for expected in [
+        "slot 0",
+        "stream",
+        &format!("pid {}", std::process::id()),
+        "/tmp/vm0.sock",
+        "--force",
+    ] {
+        assert!(err.contains(expected), "no {expected:?} in: {err}");
+    }
+    assert!(dir.path().join("lab").exists());
+
+    ok(dir.path(), &["destroy", "lab", "--force"]);
+    assert!(!dir.path().join("lab").exists());
+}
+
+#[test]
+fn a_dead_peer_left_in_the_table_does_not_hold_up_destroy() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(dir.path(), &["create", "lab", "--max-peers", "4"]);
+    let layout = Layout::new(Geometry {
+        max_peers: 4,
+        ..Geometry::default()
+    })
+    .unwrap();
+    // An entry marked up whose owner holds no lock: a process that died without leaving.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("lab"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &file,
+        &1u32.to_le_bytes(),
+        layout.peer_offset(2) as u64,
+    )
+    .unwrap();
+    ok(dir.path(), &["destroy", "lab"]);
+    assert!(!dir.path().join("lab").exists());
 }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::network::check::{self, Damage};
-use crate::network::{CreateOptions, Network, NetworkStatus, PeerStatus};
+use crate::network::{CreateOptions, DestroyOptions, Network, NetworkStatus, PeerStatus};
 use crate::shm::layout::{Geometry, Layout};
 
 /// What a network does with unicast frames to addresses nobody owns.
@@ -62,6 +62,10 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 pub struct DestroyArgs {
     /// Network name.
     pub name: String,
+    /// Remove it even while peers are on it (they keep running on the removed file until
+    /// they leave; whoever joins by name afterwards no longer finds them).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `list`.
@@ -120,7 +124,8 @@ pub fn create(dir: &Path, args: CreateArgs) -> anyhow::Result<()> {
 
 /// Runs `destroy`.
 pub fn destroy(dir: &Path, args: DestroyArgs) -> anyhow::Result<()> {
-    Network::destroy(dir, &args.name)?;
+    let options = DestroyOptions { force: args.force };
+    Network::destroy(dir, &args.name, options)?;
     println!("destroyed network {}", args.name);
     Ok(())
 }

@@ -65,6 +65,34 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The network was destroyed and another one created under its name since this
+    /// handle opened it.
+    #[error(
+        "network {name:?} was destroyed and created anew since this handle opened it; \
+         open {path} again to join the new one"
+    )]
+    Replaced {
+        /// Name.
+        name: String,
+        /// The path that now leads to another network.
+        path: String,
+    },
+    /// Peers are still on the network, and removing it was not forced.
+    #[error(
+        "network {name:?} still has {} live peer{}: {}; stop {} first, or remove the file \
+         anyway with guestnet destroy --force (live peers keep running on it until they \
+         leave)",
+        peers.len(),
+        if peers.len() == 1 { "" } else { "s" },
+        list(peers),
+        if peers.len() == 1 { "it" } else { "them" }
+    )]
+    InUse {
+        /// Name.
+        name: String,
+        /// The peers found alive.
+        peers: Vec<LivePeer>,
+    },
     /// A system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -74,6 +102,37 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// A peer found alive on a network, as an error names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivePeer {
+    /// Slot index.
+    pub slot: u16,
+    /// What kind of port it is, as `status` names it (`tap`, `vhost-user`…).
+    pub kind: &'static str,
+    /// Its process, as it published it.
+    pub pid: u32,
+    /// Its label (socket path, interface…), possibly empty.
+    pub label: String,
+}
+
+impl std::fmt::Display for LivePeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "slot {} ({}, pid {}", self.slot, self.kind, self.pid)?;
+        if !self.label.is_empty() {
+            write!(f, ", {:?}", self.label)?;
+        }
+        write!(f, ")")
+    }
+}
+
+fn list(peers: &[LivePeer]) -> String {
+    peers
+        .iter()
+        .map(LivePeer::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Result of the control path.

@@ -40,14 +40,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::shm::Mapping;
 use crate::shm::layout::{self, Geometry, Header, Layout, status as entry_status};
+use crate::shm::{LockState, Mapping, RangeLock};
 use counters::PeerCounters;
+use membership::read_label;
 use region::{Region, check_name};
 
 pub use clock::{monotonic_ns, unix_ns};
 pub(crate) use error::io_error;
-pub use error::{Error, Result};
+pub use error::{Error, LivePeer, Result};
 pub use membership::{Control, JoinOptions, PortKind};
 pub use peer::Peer;
 pub use receive::Receiver;
@@ -79,6 +80,14 @@ impl Default for CreateOptions {
             mode: 0o600,
         }
     }
+}
+
+/// Options for [`Network::destroy`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DestroyOptions {
+    /// Remove the network even while peers are on it. They keep working on the removed
+    /// file until they leave, cut off from anyone who joins by name afterwards.
+    pub force: bool,
 }
 
 /// The directory regions live in: `$GUESTNET_DIR`, else [`DEFAULT_DIR`].
@@ -138,6 +147,24 @@ fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
         done += chunk as u64;
     }
     Ok(())
+}
+
+/// Unlinks a region file.
+fn remove_region(dir: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    std::fs::remove_file(&path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::NotFound {
+                name: name.to_string(),
+                dir: dir.display().to_string(),
+            }
+        } else {
+            Error::Io {
+                context: format!("remove {}", path.display()),
+                source: e,
+            }
+        }
+    })
 }
 
 /// A handle on a network, for control operations and for joining it.
@@ -237,6 +264,9 @@ impl Network {
             control_mutex: std::sync::Mutex::new(()),
             name: String::new(),
             path: temp.to_path_buf(),
+            file: file
+                .try_clone()
+                .map_err(io_error(format!("duplicate {}", temp.display())))?,
             mapping,
             layout,
         };
@@ -261,23 +291,57 @@ impl Network {
         })
     }
 
-    /// Removes a network's file. Peers that have it mapped keep working until they leave.
-    pub fn destroy(dir: &Path, name: &str) -> Result<()> {
+    /// Removes a network's file, refusing ([`Error::InUse`]) while live peers are on it
+    /// unless `options.force` says so. A region too damaged to open is removed either way:
+    /// it has no table to ask, and nobody can join it.
+    pub fn destroy(dir: &Path, name: &str, options: DestroyOptions) -> Result<()> {
         check_name(name)?;
-        let path = dir.join(name);
-        std::fs::remove_file(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::NotFound {
-                    name: name.to_string(),
-                    dir: dir.display().to_string(),
-                }
-            } else {
-                Error::Io {
-                    context: format!("remove {}", path.display()),
-                    source: e,
-                }
+        if !options.force {
+            match Network::open(dir, name) {
+                Ok(network) => return network.remove_unless_in_use(),
+                Err(Error::Layout { .. }) => {}
+                Err(e) => return Err(e),
             }
-        })
+        }
+        remove_region(dir, name)
+    }
+
+    /// Removes the region's file if no live peer is on it. Under the control lock, so
+    /// that a peer joining meanwhile is either seen here or finds the name gone.
+    fn remove_unless_in_use(&self) -> Result<()> {
+        self.region.with_control_lock(&self.lock_file, || {
+            let live = self.live_peers();
+            if live.is_empty() {
+                remove_region(&self.dir, self.name())
+            } else {
+                Err(Error::InUse {
+                    name: self.name().to_string(),
+                    peers: live,
+                })
+            }
+        })?
+    }
+
+    /// The peers that are up and whose process still holds their slot's lock. Entries of
+    /// dead processes, not reclaimed yet, are not among them.
+    fn live_peers(&self) -> Vec<LivePeer> {
+        let peers = self.region.peers();
+        (0..self.region.layout.geometry.max_peers as u16)
+            .filter(|&slot| {
+                let byte = self.region.layout.peer_lock_byte(slot as usize);
+                peers.at(slot as u64).status.load(Ordering::Acquire) == entry_status::UP
+                    && RangeLock::probe(&self.lock_file, byte, 1).ok() == Some(LockState::Held)
+            })
+            .map(|slot| {
+                let entry = peers.at(slot as u64);
+                LivePeer {
+                    slot,
+                    kind: PortKind::from_code(entry.kind.load(Ordering::Relaxed)).name(),
+                    pid: entry.pid.load(Ordering::Relaxed),
+                    label: read_label(entry),
+                }
+            })
+            .collect()
     }
 
     /// Names of the networks in `dir`, sorted.
