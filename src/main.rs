@@ -11,10 +11,15 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = guestnet::cli::Cli::parse();
+    if cli.command.only_prints_a_report()
+        && let Err(error) = guestnet::shm::restore_default_sigpipe()
+    {
+        tracing::debug!(%error, "SIGPIPE keeps its ignored disposition");
+    }
     match guestnet::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("guestnet: error: {error:#}");
+            eprintln!("guestnet: error: {}", guestnet::cli::error_message(&error));
             std::process::ExitCode::FAILURE
         }
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::format::{Align, Table, human_bytes, human_count};
 use super::port_status::PortStatuses;
 use crate::network::check::{self, Damage};
-use crate::network::{CreateOptions, Network, NetworkStatus, PeerStatus};
+use crate::network::{CreateOptions, DestroyOptions, Network, NetworkStatus, PeerStatus};
 use crate::shm::layout::{Geometry, Layout};
 
 /// What a network does with unicast frames to addresses nobody owns.
@@ -64,6 +64,10 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 pub struct DestroyArgs {
     /// Network name.
     pub name: String,
+    /// Remove it even while peers are on it (they keep running on the removed file until
+    /// they leave; whoever joins by name afterwards no longer finds them).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Arguments of `list`.
@@ -112,7 +116,7 @@ pub fn create(dir: &Path, args: CreateArgs) -> anyhow::Result<()> {
     println!("  unknown unicast  {}", status.unknown_unicast);
     println!("  mode             {:04o}", args.mode);
     println!(
-        "  size             {} ({} bytes; sparse: {} in use now, pages are taken as slots carry frames)",
+        "  size             {} ({} bytes; {} reserved now, offload buffers as peers use them)",
         human_bytes(status.size_bytes),
         status.size_bytes,
         human_bytes(status.resident_bytes)
@@ -122,7 +126,8 @@ pub fn create(dir: &Path, args: CreateArgs) -> anyhow::Result<()> {
 
 /// Runs `destroy`.
 pub fn destroy(dir: &Path, args: DestroyArgs) -> anyhow::Result<()> {
-    Network::destroy(dir, &args.name)?;
+    let options = DestroyOptions { force: args.force };
+    Network::destroy(dir, &args.name, options)?;
     println!("destroyed network {}", args.name);
     Ok(())
 }

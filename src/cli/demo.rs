@@ -123,7 +123,7 @@ impl Drop for Lab {
         if let (Some(network), Some(dir)) = (self.network.take(), self.dir.as_ref()) {
             let name = network.name().to_string();
             drop(network);
-            let _ = Network::destroy(dir, &name);
+            let _ = Network::destroy(dir, &name, crate::network::DestroyOptions { force: true });
         }
         if let Some(dir) = self.dir.take()
             && let Err(e) = std::fs::remove_dir_all(&dir)

@@ -96,6 +96,38 @@ pub enum Command {
     TcpSend(demo::TcpSendArgs),
 }
 
+impl Command {
+    /// Whether the command only prints a report and exits. These end quietly when their
+    /// reader goes away (`guestnet status lab | head -2`), as `ls` does; the others serve
+    /// sockets and pipes, where a closed peer must be an error on that one connection.
+    pub fn only_prints_a_report(&self) -> bool {
+        matches!(
+            self,
+            Command::Create(_) | Command::Destroy(_) | Command::List(_) | Command::Status(_)
+        )
+    }
+}
+
+/// An error and its causes as one line: `what failed: why: why that`.
+///
+/// A cause whose words the message already holds is left out: the control path's errors
+/// name their cause in their own message (so that a bare `to_string()` says everything)
+/// and also return it as their `source()`, and printing both would say it twice.
+pub fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = cli.dir();
@@ -117,5 +149,35 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchWorker(args) => bench::worker(&dir, args),
         Command::TcpRecv(args) => demo::tcp_recv(args),
         Command::TcpSend(args) => demo::tcp_send(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::from_raw_os_error(libc::EACCES);
+        let error = anyhow::Error::new(crate::network::Error::Io {
+            context: "create /somewhere".into(),
+            source: io,
+        });
+        let message = error_message(&error);
+        assert_eq!(message.matches("Permission denied").count(), 1, "{message}");
+        assert!(message.starts_with("create /somewhere: "), "{message}");
+    }
+
+    #[test]
+    fn a_context_and_a_new_cause_are_both_printed() {
+        let error = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::ENOENT))
+            .context("open the capture file");
+        assert_eq!(
+            error_message(&error),
+            format!(
+                "open the capture file: {}",
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            )
+        );
     }
 }

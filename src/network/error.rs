@@ -57,6 +57,51 @@ pub enum Error {
     /// The MAC cannot be published.
     #[error("MAC {0} cannot be published: it must be unicast and not all zeros")]
     BadMac(MacAddress),
+    /// The file system cannot give the region the memory it needs up front.
+    #[error(
+        "cannot reserve {} ({needed_bytes} bytes) for network {name:?} in {dir}: {source}; \
+         free some space there or create a smaller network (--max-peers, --ring-slots, --mtu)",
+        mebibytes(*needed_bytes)
+    )]
+    Reserve {
+        /// Name of the network being created.
+        name: String,
+        /// Directory it was created in.
+        dir: String,
+        /// Bytes it needs reserved: header, tables, and every ring's slots.
+        needed_bytes: u64,
+        /// Why the file system refused (`ENOSPC` for a full one).
+        #[source]
+        source: io::Error,
+    },
+    /// The network was destroyed and another one created under its name since this
+    /// handle opened it.
+    #[error(
+        "network {name:?} was destroyed and created anew since this handle opened it; \
+         open {path} again to join the new one"
+    )]
+    Replaced {
+        /// Name.
+        name: String,
+        /// The path that now leads to another network.
+        path: String,
+    },
+    /// Peers are still on the network, and removing it was not forced.
+    #[error(
+        "network {name:?} still has {} live peer{}: {}; stop {} first, or remove the file \
+         anyway with guestnet destroy --force (live peers keep running on it until they \
+         leave)",
+        peers.len(),
+        if peers.len() == 1 { "" } else { "s" },
+        list(peers),
+        if peers.len() == 1 { "it" } else { "them" }
+    )]
+    InUse {
+        /// Name.
+        name: String,
+        /// The peers found alive.
+        peers: Vec<LivePeer>,
+    },
     /// A system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -68,8 +113,43 @@ pub enum Error {
     },
 }
 
+/// A peer found alive on a network, as an error names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LivePeer {
+    /// Slot index.
+    pub slot: u16,
+    /// What kind of port it is, as `status` names it (`tap`, `vhost-user`…).
+    pub kind: &'static str,
+    /// Its process, as it published it.
+    pub pid: u32,
+    /// Its label (socket path, interface…), possibly empty.
+    pub label: String,
+}
+
+impl std::fmt::Display for LivePeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "slot {} ({}, pid {}", self.slot, self.kind, self.pid)?;
+        if !self.label.is_empty() {
+            write!(f, ", {:?}", self.label)?;
+        }
+        write!(f, ")")
+    }
+}
+
+fn list(peers: &[LivePeer]) -> String {
+    peers
+        .iter()
+        .map(LivePeer::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Result of the control path.
 pub type Result<T> = std::result::Result<T, Error>;
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
 
 pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let context = context.into();

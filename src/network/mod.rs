@@ -40,14 +40,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::shm::Mapping;
 use crate::shm::layout::{self, Geometry, Header, Layout, status as entry_status};
+use crate::shm::{LockState, Mapping, RangeLock};
 use counters::PeerCounters;
+use membership::read_label;
 use region::{Region, check_name};
 
 pub use clock::{monotonic_ns, timespec, unix_ns};
 pub(crate) use error::io_error;
-pub use error::{Error, Result};
+pub use error::{Error, LivePeer, Result};
 pub use membership::{Control, JoinOptions, PortKind};
 pub use peer::Peer;
 pub use receive::Receiver;
@@ -82,12 +83,89 @@ impl Default for CreateOptions {
     }
 }
 
+/// Options for [`Network::destroy`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DestroyOptions {
+    /// Remove the network even while peers are on it. They keep working on the removed
+    /// file until they leave, cut off from anyone who joins by name afterwards.
+    pub force: bool,
+}
+
 /// The directory regions live in: `$GUESTNET_DIR`, else [`DEFAULT_DIR`].
 pub fn default_dir() -> PathBuf {
     std::env::var_os(DIR_ENV)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+}
+
+/// The byte ranges of a new region that get memory before it is mapped: the header, the
+/// tables and lock bytes, and each ring's control block and slots, which is everything
+/// members write without asking for more. The rest of each ring, its large buffers for
+/// offload frames, is left out: those are reserved as peers come to use them, so a network
+/// with idle slots stays small.
+fn reserved_ranges(layout: &Layout) -> impl Iterator<Item = (u64, u64)> + '_ {
+    const PAGE: usize = 4096;
+    // Rings start on page boundaries; rounding the slot area up to whole pages stays
+    // inside the ring, whose stride is itself a whole number of pages.
+    let per_ring = layout
+        .large_offset_in_ring
+        .next_multiple_of(PAGE)
+        .min(layout.ring_stride) as u64;
+    std::iter::once((0, layout.rings_offset as u64)).chain(
+        (0..layout.geometry.max_peers as usize)
+            .map(move |ring| (layout.ring_offset(ring) as u64, per_ring)),
+    )
+}
+
+/// Sizes a new region file and gives the [`reserved_ranges`] their memory.
+///
+/// A file on tmpfs is sparse: a page gets memory when it is first written, and a write
+/// through a mapping that the file system cannot back is a SIGBUS, not an error. Reserving
+/// with `fallocate` first turns a full `/dev/shm` into a clean `ENOSPC` at creation instead
+/// of a crash at creation or, later, in whichever peer first touches a page.
+fn reserve(file: &File, layout: &Layout) -> io::Result<()> {
+    file.set_len(layout.total_size as u64)?;
+    for (offset, len) in reserved_ranges(layout) {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
+            Ok(()) => {}
+            // A file system without fallocate still allocates on write, and a plain write
+            // reports a full file system as an error as well.
+            Err(rustix::io::Errno::OPNOTSUPP) => write_zeros(file, offset, len)?,
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    Ok(())
+}
+
+fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let zeros = [0u8; 64 * 1024];
+    let mut done = 0;
+    while done < len {
+        let chunk = (len - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..chunk], offset + done)?;
+        done += chunk as u64;
+    }
+    Ok(())
+}
+
+/// Unlinks a region file.
+fn remove_region(dir: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    std::fs::remove_file(&path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::NotFound {
+                name: name.to_string(),
+                dir: dir.display().to_string(),
+            }
+        } else {
+            Error::Io {
+                context: format!("remove {}", path.display()),
+                source: e,
+            }
+        }
+    })
 }
 
 /// A handle on a network, for control operations and for joining it.
@@ -123,29 +201,36 @@ impl Network {
             .map_err(io_error(format!("create {}", temp.display())))?;
         // The umask may have narrowed the mode; the caller's choice wins.
         let _ = file.set_permissions(std::fs::Permissions::from_mode(options.mode));
-        let result = Self::initialise(&file, &temp, layout, options).and_then(|()| {
-            // link + unlink instead of rename: link fails if the name appeared meanwhile,
-            // so a concurrent create never replaces a network in use.
-            std::fs::hard_link(&temp, &path).map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    Error::Exists(name.to_string())
-                } else {
-                    Error::Io {
-                        context: format!("publish {}", path.display()),
-                        source: e,
-                    }
-                }
+        let result = reserve(&file, &layout)
+            .map_err(|source| Error::Reserve {
+                name: name.to_string(),
+                dir: dir.display().to_string(),
+                needed_bytes: reserved_ranges(&layout).map(|(_, len)| len).sum(),
+                source,
             })
-        });
+            .and_then(|()| Self::initialise(&file, &temp, layout, options))
+            .and_then(|()| {
+                // link + unlink instead of rename: link fails if the name appeared meanwhile,
+                // so a concurrent create never replaces a network in use.
+                std::fs::hard_link(&temp, &path).map_err(|e| {
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        Error::Exists(name.to_string())
+                    } else {
+                        Error::Io {
+                            context: format!("publish {}", path.display()),
+                            source: e,
+                        }
+                    }
+                })
+            });
         let _ = std::fs::remove_file(&temp);
         result?;
         drop(file);
         Network::open(dir, name)
     }
 
+    /// Writes the header and sets up the rings of a file [`reserve`] has given memory.
     fn initialise(file: &File, temp: &Path, layout: Layout, options: CreateOptions) -> Result<()> {
-        file.set_len(layout.total_size as u64)
-            .map_err(io_error(format!("size {}", temp.display())))?;
         let mapping = Mapping::map(std::os::fd::AsFd::as_fd(file), layout.total_size)
             .map_err(io_error(format!("map {}", temp.display())))?;
         let header = mapping.get::<Header>(0).ok_or_else(|| Error::Io {
@@ -180,6 +265,9 @@ impl Network {
             control_mutex: std::sync::Mutex::new(()),
             name: String::new(),
             path: temp.to_path_buf(),
+            file: file
+                .try_clone()
+                .map_err(io_error(format!("duplicate {}", temp.display())))?,
             mapping,
             layout,
         };
@@ -204,23 +292,57 @@ impl Network {
         })
     }
 
-    /// Removes a network's file. Peers that have it mapped keep working until they leave.
-    pub fn destroy(dir: &Path, name: &str) -> Result<()> {
+    /// Removes a network's file, refusing ([`Error::InUse`]) while live peers are on it
+    /// unless `options.force` says so. A region too damaged to open is removed either way:
+    /// it has no table to ask, and nobody can join it.
+    pub fn destroy(dir: &Path, name: &str, options: DestroyOptions) -> Result<()> {
         check_name(name)?;
-        let path = dir.join(name);
-        std::fs::remove_file(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                Error::NotFound {
-                    name: name.to_string(),
-                    dir: dir.display().to_string(),
-                }
-            } else {
-                Error::Io {
-                    context: format!("remove {}", path.display()),
-                    source: e,
-                }
+        if !options.force {
+            match Network::open(dir, name) {
+                Ok(network) => return network.remove_unless_in_use(),
+                Err(Error::Layout { .. }) => {}
+                Err(e) => return Err(e),
             }
-        })
+        }
+        remove_region(dir, name)
+    }
+
+    /// Removes the region's file if no live peer is on it. Under the control lock, so
+    /// that a peer joining meanwhile is either seen here or finds the name gone.
+    fn remove_unless_in_use(&self) -> Result<()> {
+        self.region.with_control_lock(&self.lock_file, || {
+            let live = self.live_peers();
+            if live.is_empty() {
+                remove_region(&self.dir, self.name())
+            } else {
+                Err(Error::InUse {
+                    name: self.name().to_string(),
+                    peers: live,
+                })
+            }
+        })?
+    }
+
+    /// The peers that are up and whose process still holds their slot's lock. Entries of
+    /// dead processes, not reclaimed yet, are not among them.
+    fn live_peers(&self) -> Vec<LivePeer> {
+        let peers = self.region.peers();
+        (0..self.region.layout.geometry.max_peers as u16)
+            .filter(|&slot| {
+                let byte = self.region.layout.peer_lock_byte(slot as usize);
+                peers.at(slot as u64).status.load(Ordering::Acquire) == entry_status::UP
+                    && RangeLock::probe(&self.lock_file, byte, 1).ok() == Some(LockState::Held)
+            })
+            .map(|slot| {
+                let entry = peers.at(slot as u64);
+                LivePeer {
+                    slot,
+                    kind: PortKind::from_code(entry.kind.load(Ordering::Relaxed)).name(),
+                    pid: entry.pid.load(Ordering::Relaxed),
+                    label: read_label(entry),
+                }
+            })
+            .collect()
     }
 
     /// Names of the networks in `dir`, sorted.

@@ -8,7 +8,9 @@
 //! when to refresh their cached view of the table. Data operations take no lock at all.
 //!
 //! **Liveness.** Every peer holds an OFD lock on its own byte of the region file for as
-//! long as it lives. A periodic *sweep*, run by whichever peer or command gets to it first
+//! long as it lives, through an open file description of its own made from the region's
+//! descriptor rather than its name ([`Region::reopen`]): locks taken in another network
+//! that has since taken the name would say nothing about this one's peers. A periodic *sweep*, run by whichever peer or command gets to it first
 //! (at most [`SWEEP_INTERVAL_NS`] apart across the whole network), probes the lock of
 //! every used slot; a slot whose lock is free belongs to a dead process and is reclaimed:
 //! frames it was halfway through writing are marked abandoned, the addresses learned
@@ -16,7 +18,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{Ordering, fence};
 
@@ -57,6 +60,9 @@ pub(crate) struct Region {
     pub control_mutex: std::sync::Mutex<()>,
     pub name: String,
     pub path: PathBuf,
+    /// The file this region was opened from. New peers open this very inode again through
+    /// it ([`Region::reopen`]): by then the name may belong to another network.
+    pub file: File,
     pub mapping: Mapping,
     pub layout: Layout,
 }
@@ -188,11 +194,15 @@ impl Region {
                 expected: layout.total_size as u64,
             }));
         }
+        let own = file
+            .try_clone()
+            .map_err(io_error(format!("duplicate {}", path.display())))?;
         Ok((
             Region {
                 control_mutex: std::sync::Mutex::new(()),
                 name: name.to_string(),
                 path,
+                file: own,
                 mapping,
                 layout,
             },
@@ -400,15 +410,49 @@ fn read_table(peers: Strided<'_, PeerEntry>, out: &mut Vec<PeerView>) {
     }
 }
 impl Region {
-    /// A new open file description of the region's file, for a peer's own locks (OFD locks
-    /// belong to the description, so each peer needs one of its own).
+    /// A new open file description of the region's own inode, for a peer's own locks (OFD
+    /// locks belong to the description, so each peer needs one of its own).
+    ///
+    /// Not by name: the network may have been destroyed and a new one created under the
+    /// same name since this region was mapped, and locks taken in that other file would
+    /// be checked against this mapping's table, reclaiming its live peers and taking slots
+    /// of the new network. `/proc/self/fd/N` opens the inode the region's own descriptor
+    /// refers to, whatever its name is now; without `/proc`, the name is opened and
+    /// refused if it leads to another inode.
     pub fn reopen(&self) -> Result<File> {
-        OpenOptions::new()
+        let by_descriptor = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        let reopened = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
+            .open(by_descriptor);
+        match reopened {
+            Ok(file) => Ok(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.reopen_by_name(),
+            Err(e) => Err(io_error(format!("reopen {}", self.path.display()))(e)),
+        }
+    }
+
+    /// [`Region::reopen`] where `/proc` is not mounted: by name, checked to be our inode.
+    fn reopen_by_name(&self) -> Result<File> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&self.path)
-            .map_err(io_error(format!("open {}", self.path.display())))
+            .map_err(io_error(format!("open {}", self.path.display())))?;
+        let identity = |file: &File| {
+            file.metadata()
+                .map(|m| (m.dev(), m.ino()))
+                .map_err(io_error(format!("stat {}", self.path.display())))
+        };
+        if identity(&file)? != identity(&self.file)? {
+            return Err(Error::Replaced {
+                name: self.name.clone(),
+                path: self.path.display().to_string(),
+            });
+        }
+        Ok(file)
     }
 
     /// Takes the lock of the first free slot and returns its index. The slot is ours once
@@ -425,5 +469,31 @@ impl Region {
             }
         }
         Err(Error::Full(self.name.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{CreateOptions, Network};
+
+    #[test]
+    fn reopening_by_name_refuses_a_network_created_anew_under_that_name() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Network::create(dir.path(), "lab", CreateOptions::default()).unwrap());
+        let (region, _file) = Region::open(dir.path(), "lab").unwrap();
+        assert!(region.reopen_by_name().is_ok());
+        std::fs::remove_file(dir.path().join("lab")).unwrap();
+        drop(Network::create(dir.path(), "lab", CreateOptions::default()).unwrap());
+        assert!(matches!(
+            region.reopen_by_name(),
+            Err(Error::Replaced { name, .. }) if name == "lab"
+        ));
+        // Through the descriptor, the old inode is still there to be reopened.
+        let reopened = region.reopen().unwrap();
+        assert_eq!(
+            reopened.metadata().unwrap().ino(),
+            region.file.metadata().unwrap().ino()
+        );
     }
 }

@@ -15,10 +15,11 @@
 //!   makes `kill -9` of a peer detectable without heartbeats (the same trick lguest's
 //!   `--sharenet` used, with a write lock on one byte per slot).
 //!
-//! The layout of the structures is in [`layout`]; it is plain safe code.
-//!
-//! Beside the region, [`socket`] holds the few socket calls rustix does not wrap (a packet
-//! socket's filter, virtio-net header and bind, for the VXLAN port): `unsafe` stays here.
+//! The layout of the structures is in [`layout`]; it is plain safe code. Two more things
+//! need `unsafe` and live here so that every `unsafe` block of the crate stays in this
+//! module: [`socket`], the few socket calls rustix does not wrap (a packet socket's filter,
+//! virtio-net header and bind, for the VXLAN port), and [`restore_default_sigpipe`], a
+//! process-wide setting the command needs.
 #![allow(unsafe_code)]
 
 pub mod layout;
@@ -317,4 +318,21 @@ impl RangeLock {
             Ok(LockState::Held)
         }
     }
+}
+
+/// Gives `SIGPIPE` back its default action, ending the process when it writes to a pipe
+/// nobody reads any more.
+///
+/// Rust starts programs with `SIGPIPE` ignored, so such a write fails with `EPIPE` instead,
+/// and `println!` turns that into a panic. A command that only prints a report should
+/// rather end quietly, as `ls | head -1` does. Processes that serve sockets must not call
+/// this: a client closing its end would kill every port the process hosts.
+pub fn restore_default_sigpipe() -> io::Result<()> {
+    // SAFETY: SIG_DFL installs no handler, so no code of ours runs in signal context;
+    // changing a disposition is process-wide and safe to do from any thread.
+    let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if previous == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -452,7 +452,11 @@ impl Drop for Lab {
         if let (Some(network), Some(workspace)) = (self.network.take(), self.workspace.as_ref()) {
             let name = network.name().to_string();
             drop(network);
-            let _ = Network::destroy(workspace.path(), &name);
+            let _ = Network::destroy(
+                workspace.path(),
+                &name,
+                crate::network::DestroyOptions { force: true },
+            );
         }
         // The workspace's own guard removes the directory.
         self.workspace = None;

@@ -463,7 +463,11 @@ impl Drop for GuestnetLab {
         if let Some(network) = self.network.take() {
             let name = network.name().to_string();
             drop(network);
-            let _ = Network::destroy(self.workspace.path(), &name);
+            let _ = Network::destroy(
+                self.workspace.path(),
+                &name,
+                crate::network::DestroyOptions { force: true },
+            );
         }
         // The workspace's own guard removes the directory.
     }
