@@ -7,6 +7,13 @@ script says how they were made. Frames (checksums computed, as a host would send
   ipv6_nd       ICMPv6 neighbour solicitation for fe80::1 to its solicited-node group
   tcp_syn       IPv4 TCP SYN 10.0.2.15:40000 -> 10.0.2.2:22 with MSS and window scale
   vlan_tagged   the ARP request behind an 802.1Q tag (VLAN 100)
+Offload seeds are super-frames as a Linux guest with TSO/USO hands them over: one
+virtio-net header, then one frame whose TCP/UDP checksum field holds only the
+pseudo-header sum (NEEDS_CSUM), to be cut into segments:
+  tso4          TCP/IPv4, 4000 bytes of payload, gso_size 1448
+  tso6          TCP/IPv6, 3000 bytes of payload, gso_size 1428
+  uso4          UDP/IPv4, 3000 bytes of payload, gso_size 1400
+  csum_only     a small TCP/IPv4 segment with only its checksum left to do
 """
 import os
 import struct
@@ -60,6 +67,64 @@ def vlan_tagged():
     return arp[:12] + b"\x81\x00" + struct.pack("!H", 100) + arp[12:]
 
 
+def virtio_net_header(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset):
+    return struct.pack("<BBHHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, 0)
+
+
+def pseudo_sum(pseudo):
+    """The folded, uncomplemented sum Linux leaves in a NEEDS_CSUM checksum field."""
+    return (~checksum(pseudo)) & 0xFFFF
+
+
+def payload(n):
+    return bytes((i * 7 + i // 251) & 0xFF for i in range(n))
+
+
+def tcp_header(seq, csum):
+    # 40000 -> 5201, ACK|PSH, window 64000.
+    return struct.pack("!HHIIBBHHH", 40000, 5201, seq, 7, 5 << 4, 0x18, 64000, csum, 0)
+
+
+def tso4(n=4000):
+    src_ip, dst_ip = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    data = payload(n)
+    tcp_len = 20 + len(data)
+    csum = pseudo_sum(src_ip + dst_ip + struct.pack("!xBH", 6, tcp_len))
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + tcp_len, 1, 0x4000, 64, 6, 0) + src_ip + dst_ip
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    frame = DST + SRC + b"\x08\x00" + ip + tcp_header(1000, csum) + data
+    return virtio_net_header(1, 1, 54, 1448, 34, 16) + frame
+
+
+def tso6(n=3000):
+    src_ip = bytes.fromhex("20010db8000000000000000000000001")
+    dst_ip = bytes.fromhex("20010db8000000000000000000000002")
+    data = payload(n)
+    tcp_len = 20 + len(data)
+    csum = pseudo_sum(src_ip + dst_ip + struct.pack("!IxxxB", tcp_len, 6))
+    ip6 = struct.pack("!IHBB", 0x60000000, tcp_len, 6, 64) + src_ip + dst_ip
+    frame = DST + SRC + b"\x86\xdd" + ip6 + tcp_header(1000, csum) + data
+    return virtio_net_header(1, 4, 74, 1428, 54, 16) + frame
+
+
+def uso4(n=3000):
+    src_ip, dst_ip = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    data = payload(n)
+    udp_len = 8 + len(data)
+    csum = pseudo_sum(src_ip + dst_ip + struct.pack("!xBH", 17, udp_len))
+    udp = struct.pack("!HHHH", 40000, 5201, udp_len, csum)
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + udp_len, 1, 0x4000, 64, 17, 0) + src_ip + dst_ip
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    frame = DST + SRC + b"\x08\x00" + ip + udp + data
+    return virtio_net_header(1, 5, 42, 1400, 34, 6) + frame
+
+
+def csum_only():
+    # The TSO frame's header with no segmentation, over a payload that fits the MTU.
+    seeded = tso4(100)
+    return virtio_net_header(1, 0, 0, 0, 34, 16) + seeded[12:]
+
+
 FRAMES = {
     "arp_request": arp_request(),
     "ipv6_nd": ipv6_nd(),
@@ -92,6 +157,13 @@ write(
     "runt_then_giant",
     struct.pack("!HB", 1518, 3) + struct.pack("!I", 3) + b"abc" + struct.pack("!I", 70000),
 )
+# Offload: `how` 0xf0 keeps the destination and cuts the direct segmentation to an MTU of
+# 1508; 0xf1 sends to the plain receiver, 0x53 broadcasts and cuts to an MTU of 548.
+write("offload", "tso4", b"\xf0" + tso4())
+write("offload", "tso4_to_plain", b"\xf1" + tso4())
+write("offload", "tso6", b"\xf0" + tso6())
+write("offload", "uso4_broadcast", b"\x53" + uso4())
+write("offload", "csum_only", b"\xf2" + csum_only())
 write("pcap_reader", "three_frames", pcap(FRAMES.values()))
 write("pcap_reader", "truncated", pcap(FRAMES.values())[:-7])
 # Region: mode 1 with no patches is the real template region; "patched" overwrites eight
