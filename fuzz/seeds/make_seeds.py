@@ -14,6 +14,11 @@ pseudo-header sum (NEEDS_CSUM), to be cut into segments:
   tso6          TCP/IPv6, 3000 bytes of payload, gso_size 1428
   uso4          UDP/IPv4, 3000 bytes of payload, gso_size 1400
   csum_only     a small TCP/IPv4 segment with only its checksum left to do
+VXLAN seeds carry the frames above in a VXLAN header (I flag, VNI 42), alone or behind
+the outer IPv4 and UDP headers a VTEP sends (192.0.2.1 -> 192.0.2.2, port 4789, DF):
+  <frame>             the UDP payload alone
+  <frame>_ipv4        the whole IPv4 packet, UDP checksum 0 as RFC 7348 recommends
+  <frame>_ipv4_csum   the same with the UDP checksum computed, as some VTEPs send it
 """
 import os
 import struct
@@ -125,6 +130,23 @@ def csum_only():
     return virtio_net_header(1, 0, 0, 0, 34, 16) + seeded[12:]
 
 
+def vxlan_payload(frame, vni=42):
+    return struct.pack("!B3xI", 0x08, vni << 8) + frame
+
+
+def vxlan_ipv4(frame, with_checksum):
+    src_ip, dst_ip = bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2])
+    payload = vxlan_payload(frame)
+    udp_len = 8 + len(payload)
+    udp = struct.pack("!HHHH", 49152 + len(frame), 4789, udp_len, 0) + payload
+    if with_checksum:
+        pseudo = src_ip + dst_ip + struct.pack("!xBH", 17, udp_len)
+        udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0) + src_ip + dst_ip
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return ip + udp
+
+
 FRAMES = {
     "arp_request": arp_request(),
     "ipv6_nd": ipv6_nd(),
@@ -152,6 +174,10 @@ for name, frame in FRAMES.items():
     # max_frame 1518, cut seed 7, then the frame twice, a runt and a giant prefix.
     stream = b"".join(struct.pack("!I", len(frame)) + frame for _ in range(2))
     write("stream_decoder", name, struct.pack("!HB", 1518, 7) + stream)
+    # vxlan_datagram: `how` 0x00 is a UDP payload from remote 0, 0x01 a whole IPv4 packet.
+    write("vxlan_datagram", name, b"\x00" + vxlan_payload(frame))
+    write("vxlan_datagram", name + "_ipv4", b"\x01" + vxlan_ipv4(frame, False))
+    write("vxlan_datagram", name + "_ipv4_csum", b"\x01" + vxlan_ipv4(frame, True))
 write(
     "stream_decoder",
     "runt_then_giant",

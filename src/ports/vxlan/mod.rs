@@ -88,7 +88,7 @@ use encap::Encapsulator;
 use state::{Remotes, State};
 use underlay::{WayOut, forbid_fragmentation, join_group, open_raw_socket, overhead};
 
-pub use decap::RECEIVE_BATCH;
+pub use decap::{RECEIVE_BATCH, RxDrop, Verdict, classify};
 pub use state::{MAX_GROUP_REMOTES, RemoteStatus, StatusHandle, VxlanCounters, VxlanStatus};
 pub use table::{DEFAULT_AGEING, DEFAULT_MAX_LEARNED, Learned, RemoteTable};
 
