@@ -19,9 +19,18 @@ the outer IPv4 and UDP headers a VTEP sends (192.0.2.1 -> 192.0.2.2, port 4789, 
   <frame>             the UDP payload alone
   <frame>_ipv4        the whole IPv4 packet, UDP checksum 0 as RFC 7348 recommends
   <frame>_ipv4_csum   the same with the UDP checksum computed, as some VTEPs send it
+rtnetlink seeds are `[sender 0 = the kernel][ifindex][datagram]`:
+  lo_newlink        captured from a kernel (6.x): its RTM_NEWLINK answer to RTM_GETLINK for
+                    lo (index 1), with every attribute it sends; `--capture-rtnetlink`
+                    captures it again on this machine
+  tap_newlink       RTM_NEWLINK for index 7: up, promiscuous, name, address, promiscuity
+  forged_newlink    the same from port id 146 (a process, not the kernel)
+  changed_then_gone RTM_NEWLINK then RTM_DELLINK for index 7 in one datagram
 """
 import os
+import socket
 import struct
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = bytes.fromhex("525400123456")
@@ -147,6 +156,37 @@ def vxlan_ipv4(frame, with_checksum):
     return ip + udp
 
 
+def netlink_attribute(kind, payload):
+    attribute = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return attribute + b"\0" * (-len(attribute) % 4)
+
+
+def link_message(kind, ifindex, flags, attributes=b""):
+    # ifinfomsg: family, pad, type (ARPHRD_ETHER), index, flags, change.
+    body = struct.pack("=BxHiII", 0, 1, ifindex, flags, 0xFFFFFFFF) + attributes
+    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+
+def tap_newlink():
+    attributes = (
+        netlink_attribute(3, b"gn0\0")  # IFLA_IFNAME
+        + netlink_attribute(1, bytes.fromhex("021122334455"))  # IFLA_ADDRESS
+        + netlink_attribute(30, struct.pack("=I", 1))  # IFLA_PROMISCUITY
+    )
+    return link_message(16, 7, 0x1 | 0x100 | 0x1000, attributes)  # UP, PROMISC, MULTICAST
+
+
+def capture_lo_newlink():
+    """The kernel's answer to RTM_GETLINK for lo (index 1)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+    sock.bind((0, 0))
+    request = struct.pack("=IHHII", 32, 18, 1, 1, 0) + struct.pack("=BxHiII", 0, 0, 1, 0, 0)
+    sock.sendto(request, (0, 0))
+    answer, (port_id, _) = sock.recvfrom(65536)
+    assert port_id == 0, "not from the kernel"
+    return answer
+
+
 FRAMES = {
     "arp_request": arp_request(),
     "ipv6_nd": ipv6_nd(),
@@ -190,6 +230,12 @@ write("offload", "tso4_to_plain", b"\xf1" + tso4())
 write("offload", "tso6", b"\xf0" + tso6())
 write("offload", "uso4_broadcast", b"\x53" + uso4())
 write("offload", "csum_only", b"\xf2" + csum_only())
+# rtnetlink: sender 0 is the kernel, then the interface index the monitor watches.
+if "--capture-rtnetlink" in sys.argv:
+    write("rtnetlink", "lo_newlink", b"\x00\x01" + capture_lo_newlink())
+write("rtnetlink", "tap_newlink", b"\x00\x07" + tap_newlink())
+write("rtnetlink", "forged_newlink", bytes([146, 7]) + tap_newlink())
+write("rtnetlink", "changed_then_gone", b"\x00\x07" + tap_newlink() + link_message(17, 7, 0))
 write("pcap_reader", "three_frames", pcap(FRAMES.values()))
 write("pcap_reader", "truncated", pcap(FRAMES.values())[:-7])
 # Region: mode 1 with no patches is the real template region; "patched" overwrites eight
