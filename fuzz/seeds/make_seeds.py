@@ -26,6 +26,14 @@ rtnetlink seeds are `[sender 0 = the kernel][ifindex][datagram]`:
   tap_newlink       RTM_NEWLINK for index 7: up, promiscuous, name, address, promiscuity
   forged_newlink    the same from port id 146 (a process, not the kernel)
   changed_then_gone RTM_NEWLINK then RTM_DELLINK for index 7 in one datagram
+vhost_user_sequence seeds are `[image length: u16 LE][guest memory image][message]...`: a
+QEMU 10 start-up over a guest whose memory (one 256 KiB region at guest address 0) holds
+a receive ring (queue 0) with four 2 KiB buffers posted and a transmit ring (queue 1) with
+one ARP request queued, both of eight entries:
+  qemu_startup        SET_MEM_TABLE, both rings set up and enabled, REPLY_ACK on
+  add_mem_reg_startup the same with the memory added by ADD_MEM_REG (CONFIGURE_MEM_SLOTS)
+  startup_then_stop   qemu_startup, then both rings stopped (GET_VRING_BASE), the memory
+                      replaced, and RESET_OWNER
 """
 import os
 import socket
@@ -187,6 +195,93 @@ def capture_lo_newlink():
     return answer
 
 
+VHOST_USER_ADDRESS = 0x7F00_0000_0000  # where the frontend has the guest's memory
+RING_SIZE = 8
+# Guest-physical layout: per queue, descriptor table, available ring, used ring.
+RINGS = {0: (0x000, 0x080, 0x100), 1: (0x200, 0x280, 0x300)}
+RX_BUFFERS = [0x400 + i * 0x800 for i in range(4)]
+TX_FRAME = 0x2400
+
+
+def descriptor(addr, length, flags=0, next_index=0):
+    return struct.pack("<QIHH", addr, length, flags, next_index)
+
+
+def guest_memory_image():
+    """Rings and buffers as a virtio-net driver leaves them before its first kick."""
+    image = bytearray(TX_FRAME + 12 + 60)
+    rx_desc, rx_avail, _ = RINGS[0]
+    for i, buffer in enumerate(RX_BUFFERS):
+        image[rx_desc + 16 * i : rx_desc + 16 * (i + 1)] = descriptor(buffer, 2048, flags=2)
+    image[rx_avail : rx_avail + 12] = struct.pack("<HH4H", 0, 4, 0, 1, 2, 3)
+    tx_desc, tx_avail, _ = RINGS[1]
+    image[tx_desc : tx_desc + 16] = descriptor(TX_FRAME, 12 + 60)
+    image[tx_avail : tx_avail + 6] = struct.pack("<HHH", 0, 1, 0)
+    # A 12-byte virtio-net header with nothing to do, then the frame.
+    image[TX_FRAME + 12 :] = arp_request()
+    return bytes(image)
+
+
+def vhost_message(request, payload=b"", need_reply=False):
+    return struct.pack("<III", request, 1 | (8 if need_reply else 0), len(payload)) + payload
+
+
+def u64_message(request, value, need_reply=False):
+    return vhost_message(request, struct.pack("<Q", value), need_reply)
+
+
+def region(size=256 * 1024):
+    return struct.pack("<QQQQ", 0, size, VHOST_USER_ADDRESS, 0)
+
+
+def ring_setup(index):
+    desc, avail, used = RINGS[index]
+    to_frontend = lambda address: VHOST_USER_ADDRESS + address  # noqa: E731
+    return (
+        vhost_message(8, struct.pack("<II", index, RING_SIZE), True)  # SET_VRING_NUM
+        + vhost_message(10, struct.pack("<II", index, 0), True)  # SET_VRING_BASE
+        + vhost_message(  # SET_VRING_ADDR
+            9,
+            struct.pack(
+                "<IIQQQQ", index, 0, to_frontend(desc), to_frontend(used), to_frontend(avail), 0
+            ),
+            True,
+        )
+        + u64_message(12, index)  # SET_VRING_KICK, with an eventfd
+        + u64_message(13, index)  # SET_VRING_CALL, with an eventfd
+    )
+
+
+VERSION_1, MRG_RXBUF, PROTOCOL_FEATURES = 1 << 32, 1 << 15, 1 << 30
+PROTOCOL_MQ, PROTOCOL_REPLY_ACK, PROTOCOL_MEM_SLOTS = 1, 1 << 3, 1 << 15
+
+
+def vhost_startup(memory):
+    """QEMU 10's order: features, protocol features, owner, memory, rings, enable."""
+    return (
+        vhost_message(1)  # GET_FEATURES
+        + vhost_message(15)  # GET_PROTOCOL_FEATURES
+        + u64_message(16, PROTOCOL_MQ | PROTOCOL_REPLY_ACK | PROTOCOL_MEM_SLOTS)
+        + vhost_message(17)  # GET_QUEUE_NUM
+        + vhost_message(3)  # SET_OWNER
+        + u64_message(2, VERSION_1 | MRG_RXBUF | PROTOCOL_FEATURES, True)  # SET_FEATURES
+        + memory
+        + ring_setup(0)
+        + ring_setup(1)
+        + vhost_message(18, struct.pack("<II", 0, 1), True)  # SET_VRING_ENABLE
+        + vhost_message(18, struct.pack("<II", 1, 1), True)
+    )
+
+
+def vhost_sequence(messages):
+    image = guest_memory_image()
+    return struct.pack("<H", len(image)) + image + messages
+
+
+SET_MEM_TABLE = vhost_message(5, struct.pack("<II", 1, 0) + region(), True)
+ADD_MEM_REG = vhost_message(37, struct.pack("<Q", 0) + region(), True)
+
+
 FRAMES = {
     "arp_request": arp_request(),
     "ipv6_nd": ipv6_nd(),
@@ -236,6 +331,24 @@ if "--capture-rtnetlink" in sys.argv:
 write("rtnetlink", "tap_newlink", b"\x00\x07" + tap_newlink())
 write("rtnetlink", "forged_newlink", bytes([146, 7]) + tap_newlink())
 write("rtnetlink", "changed_then_gone", b"\x00\x07" + tap_newlink() + link_message(17, 7, 0))
+write("vhost_user_sequence", "qemu_startup", vhost_sequence(vhost_startup(SET_MEM_TABLE)))
+write(
+    "vhost_user_sequence",
+    "add_mem_reg_startup",
+    vhost_sequence(vhost_message(36) + vhost_startup(ADD_MEM_REG)),  # GET_MAX_MEM_SLOTS first
+)
+write(
+    "vhost_user_sequence",
+    "startup_then_stop",
+    vhost_sequence(
+        vhost_startup(SET_MEM_TABLE)
+        + vhost_message(11, struct.pack("<II", 0, 0))  # GET_VRING_BASE
+        + vhost_message(11, struct.pack("<II", 1, 0))
+        + SET_MEM_TABLE
+        + vhost_message(38, struct.pack("<Q", 0) + region(), True)  # REM_MEM_REG
+        + vhost_message(4)  # RESET_OWNER
+    ),
+)
 write("pcap_reader", "three_frames", pcap(FRAMES.values()))
 write("pcap_reader", "truncated", pcap(FRAMES.values())[:-7])
 # Region: mode 1 with no patches is the real template region; "patched" overwrites eight
