@@ -215,6 +215,43 @@ fn offload_requests_guestnet_cannot_honour_are_refused_and_counted() {
 }
 
 #[test]
+fn a_checksum_aimed_at_the_ethernet_header_is_refused_before_it_can_rewrite_addresses() {
+    // Found by the `offload` fuzz target: csum_start 0, csum_offset 6 had the sender (and
+    // a receiver taking the offload) write the checksum over the source address after the
+    // frame was routed and its source learned, so the plain peer was handed a frame from
+    // a multicast source, which it then dropped as invalid.
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, 16);
+    let mut sender = join(&net, offloads::ALL);
+    let mut offload_receiver = join(&net, offloads::ALL);
+    let mut plain_receiver = join(&net, 0);
+    let mut frame = super_frame(&sender, &plain_receiver, &payload(100));
+    frame[..6].fill(0xff);
+    for (gso_type, csum_start, csum_offset) in [
+        (GsoType::None, 0, 6),
+        (GsoType::None, 6, 0),
+        (GsoType::None, 13, 21),
+        (GsoType::TcpV4, 0, 6),
+    ] {
+        let hdr = VirtioNetHdr {
+            gso_type,
+            csum_start,
+            csum_offset,
+            ..tso(1448)
+        };
+        assert_eq!(
+            sender.send_offloaded(&hdr, &frame),
+            Sent::Refused(DropReason::Invalid),
+            "{hdr:?}"
+        );
+    }
+    assert_eq!(sender.counters().tx_dropped(DropReason::Invalid), 4);
+    assert_eq!(offload_receiver.receive_offloaded(64, |_, _| {}), 0);
+    assert_eq!(plain_receiver.receive(64, |_| {}), 0);
+    assert_eq!(plain_receiver.counters().rx_dropped_total(), 0);
+}
+
+#[test]
 fn a_frame_needing_only_a_checksum_is_completed_for_plain_peers() {
     let dir = tempfile::tempdir().unwrap();
     let net = network(&dir, 16);

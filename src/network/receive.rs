@@ -288,10 +288,7 @@ impl Receiver {
         let frame = &self.buffer[..len];
         let hdr = header_from_words(meta.offload);
         if hdr.needs_checksum() {
-            let field = usize::from(hdr.csum_start) + usize::from(hdr.csum_offset) + 2;
-            if field > len {
-                return Err(DropReason::Invalid);
-            }
+            offload::checksum_field(frame, &hdr).map_err(|_| DropReason::Invalid)?;
         }
         if hdr.gso_type == GsoType::None {
             ethernet::validate_frame(frame, self.mtu).map_err(|_| DropReason::Invalid)?;

@@ -16,10 +16,17 @@
 //! parse of its datagram instead of a panic. Only the fields the port needs are read:
 //! the interface flags, the promiscuity count (`tcpdump` raises it without setting the
 //! `IFF_PROMISC` flag an administrator sets) and the hardware address.
+//!
+//! Only the kernel speaks for the interface. Any process in the namespace, privileged or
+//! not, may send a datagram to our socket's port id, and a forged `RTM_NEWLINK` would
+//! otherwise take the peer's link down or publish a MAC of the forger's choosing. So each
+//! datagram's sender address is read with it, and one whose port id is not the kernel's
+//! ([`KERNEL_PORT_ID`]) is ignored and counted ([`LinkMonitor::foreign_datagrams`]).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use rustix::net::SocketAddrAny;
 use rustix::net::netlink::SocketAddrNetlink;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
@@ -49,6 +56,9 @@ pub const IFF_UP: u32 = 0x1;
 pub const IFF_PROMISC: u32 = 0x100;
 /// `IFF_ALLMULTI`: the interface takes every multicast frame.
 pub const IFF_ALLMULTI: u32 = 0x200;
+
+/// The netlink port id the kernel sends from; every process's socket has another.
+pub const KERNEL_PORT_ID: u32 = 0;
 
 /// Link messages are a few hundred bytes to a few KiB (they carry statistics); this holds
 /// a datagram of several.
@@ -93,6 +103,8 @@ pub struct LinkMonitor {
     ifindex: u32,
     sequence: u32,
     buffer: Vec<u8>,
+    /// Datagrams ignored because a process, not the kernel, sent them.
+    foreign_datagrams: u64,
 }
 
 impl LinkMonitor {
@@ -113,6 +125,7 @@ impl LinkMonitor {
             ifindex,
             sequence: 0,
             buffer: vec![0; RECEIVE_BUFFER],
+            foreign_datagrams: 0,
         })
     }
 
@@ -131,15 +144,37 @@ impl LinkMonitor {
         Ok(())
     }
 
-    /// Reads one datagram and appends the events about our interface to `events`.
+    /// Reads one datagram and appends the events about our interface to `events`; a
+    /// datagram a process sent instead of the kernel is counted and adds none.
     /// `WouldBlock` when nothing waits; `ENOBUFS` (as an `io::Error`) when the kernel
     /// dropped messages: call [`request_state`](LinkMonitor::request_state) then.
     pub fn read(&mut self, events: &mut Vec<LinkEvent>) -> io::Result<()> {
-        let (len, _) = rustix::net::recv(&self.socket, &mut self.buffer[..], RecvFlags::empty())?;
+        let (len, _, from) =
+            rustix::net::recvfrom(&self.socket, &mut self.buffer[..], RecvFlags::empty())?;
         let len = len.min(self.buffer.len());
-        parse(&self.buffer[..len], self.ifindex, events);
+        let sender = port_id(from);
+        if !parse_from(sender, &self.buffer[..len], self.ifindex, events) {
+            self.foreign_datagrams += 1;
+            if self.foreign_datagrams == 1 {
+                tracing::warn!(
+                    sender = ?sender,
+                    "ignoring link messages from a process instead of the kernel"
+                );
+            }
+        }
         Ok(())
     }
+
+    /// Datagrams ignored so far because a process, not the kernel, sent them.
+    pub fn foreign_datagrams(&self) -> u64 {
+        self.foreign_datagrams
+    }
+}
+
+/// The netlink port id of a datagram's sender, if it came with a netlink address.
+fn port_id(from: Option<SocketAddrAny>) -> Option<u32> {
+    from.and_then(|address| SocketAddrNetlink::try_from(address).ok())
+        .map(|address| address.pid())
 }
 
 /// The socket to poll.
@@ -176,8 +211,25 @@ fn align4(len: usize) -> usize {
     len.saturating_add(3) & !3
 }
 
-/// Appends the events of a datagram that concern interface `ifindex`. Stops at the first
-/// message whose length does not fit what was received.
+/// Appends the events of a datagram from netlink port `sender` (`None`: it came with no
+/// netlink address) that concern interface `ifindex`, and returns true; or, when the
+/// sender is not the kernel ([`KERNEL_PORT_ID`]), appends nothing and returns false.
+pub fn parse_from(
+    sender: Option<u32>,
+    datagram: &[u8],
+    ifindex: u32,
+    events: &mut Vec<LinkEvent>,
+) -> bool {
+    if sender != Some(KERNEL_PORT_ID) {
+        return false;
+    }
+    parse(datagram, ifindex, events);
+    true
+}
+
+/// Appends the events of a datagram that concern interface `ifindex`, whoever sent it
+/// (see [`parse_from`]). Stops at the first message whose length does not fit what was
+/// received.
 pub fn parse(datagram: &[u8], ifindex: u32, events: &mut Vec<LinkEvent>) {
     let mut offset = 0;
     // Each step advances by at least a header, so the loop ends.
@@ -327,6 +379,57 @@ mod tests {
             parse(&good[..cut], 7, &mut events);
             assert!(events.is_empty());
         }
+    }
+
+    #[test]
+    fn only_the_kernel_speaks_for_the_interface() {
+        let datagram = message(RTM_NEWLINK, 7, IFF_UP, &[attribute(IFLA_ADDRESS, &MAC)]);
+        let mut events = Vec::new();
+        for forger in [Some(1), Some(4242), Some(u32::MAX), None] {
+            assert!(!parse_from(forger, &datagram, 7, &mut events));
+            assert!(events.is_empty(), "believed port {forger:?}");
+        }
+        assert!(parse_from(Some(KERNEL_PORT_ID), &datagram, 7, &mut events));
+        assert_eq!(events.len(), 1);
+    }
+
+    /// Waits, at most a few seconds, for the monitor's socket to have a datagram.
+    fn wait_readable(monitor: &LinkMonitor) {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let timeout = rustix::time::Timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        let mut fds = [PollFd::new(monitor, PollFlags::IN)];
+        let ready = poll(&mut fds, Some(&timeout)).unwrap();
+        assert_eq!(ready, 1, "no datagram within 5 s");
+    }
+
+    #[test]
+    fn a_link_message_a_process_forges_is_ignored_and_counted() {
+        // The loopback interface has index 1 in every namespace.
+        let mut monitor = LinkMonitor::open(1).unwrap();
+        let ours = rustix::net::getsockname(&monitor.socket).unwrap();
+        let ours = SocketAddrNetlink::try_from(ours).unwrap();
+        let forger = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, None).unwrap();
+        // "lo is down, and its address is ours": what a forger in the namespace could send.
+        let forged = message(RTM_NEWLINK, 1, 0, &[attribute(IFLA_ADDRESS, &MAC)]);
+        rustix::net::sendto(&forger, &forged, SendFlags::empty(), &ours).unwrap();
+        wait_readable(&monitor);
+        let mut events = Vec::new();
+        monitor.read(&mut events).unwrap();
+        assert!(events.is_empty(), "believed {events:?}");
+        assert_eq!(monitor.foreign_datagrams(), 1);
+
+        // The kernel's own answer is still believed.
+        monitor.request_state().unwrap();
+        wait_readable(&monitor);
+        monitor.read(&mut events).unwrap();
+        assert!(
+            matches!(events.as_slice(), [LinkEvent::Changed(_)]),
+            "{events:?}"
+        );
+        assert_eq!(monitor.foreign_datagrams(), 1);
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub enum OffloadError {
     /// `csum_start + csum_offset` (plus the two bytes of the field) lies beyond the frame.
     #[error("checksum position outside the frame")]
     ChecksumOutOfBounds,
+    /// `csum_start` lies inside the Ethernet header (or its VLAN tag): the checksum would
+    /// be written over the addresses the frame was routed on.
+    #[error("checksum starts inside the Ethernet header")]
+    ChecksumInEthernetHeader,
     /// The frame ends inside a header it needs, or an IP length points past its end.
     #[error("frame truncated inside its headers")]
     Truncated,
@@ -138,22 +142,41 @@ fn fold(mut sum: u64) -> u16 {
 /// `csum_start + csum_offset`. A result of 0 is stored as 0xffff, which is the same number
 /// in one's complement and the only form UDP accepts (0 there means "no checksum").
 ///
-/// A header without `NEEDS_CSUM` leaves the frame alone. Fails with
-/// [`OffloadError::ChecksumOutOfBounds`], touching nothing, if the field does not lie
-/// wholly inside the frame.
+/// A header without `NEEDS_CSUM` leaves the frame alone. Fails, touching nothing, where
+/// [`checksum_field`] does.
 pub fn complete_checksum(frame: &mut [u8], hdr: &VirtioNetHdr) -> Result<(), OffloadError> {
     if !hdr.needs_checksum() {
         return Ok(());
     }
+    let field = checksum_field(frame, hdr)?;
+    let value = nonzero_checksum(checksum(&frame[usize::from(hdr.csum_start)..], 0));
+    frame[field..field + 2].copy_from_slice(&value.to_be_bytes());
+    Ok(())
+}
+
+/// Where the checksum field of a `NEEDS_CSUM` header lies in `frame`: its offset,
+/// `csum_start + csum_offset`, once the two bytes there are known to lie inside the frame
+/// ([`OffloadError::ChecksumOutOfBounds`] otherwise) and the sum to start after the
+/// Ethernet header and its VLAN tag, if any ([`OffloadError::ChecksumInEthernetHeader`]).
+///
+/// The second rule is the network's, not Linux's: a frame is routed, and its source
+/// learned, on its Ethernet header before anyone completes its checksum, so a sum that
+/// covered the header and a field written into it would change the frame's addresses or
+/// VLAN after the fact — a multicast source, another peer's address. A real stack starts
+/// the sum at the transport header, well beyond.
+pub fn checksum_field(frame: &[u8], hdr: &VirtioNetHdr) -> Result<usize, OffloadError> {
     let start = usize::from(hdr.csum_start);
     // Both are u16, so the sum cannot overflow a usize.
     let field = start + usize::from(hdr.csum_offset);
     if field + 2 > frame.len() {
         return Err(OffloadError::ChecksumOutOfBounds);
     }
-    let value = nonzero_checksum(checksum(&frame[start..], 0));
-    frame[field..field + 2].copy_from_slice(&value.to_be_bytes());
-    Ok(())
+    let tagged = frame.get(12..14) == Some(&0x8100u16.to_be_bytes()[..]);
+    let link_header = ETHERNET_HEADER_LEN + if tagged { VLAN_TAG_LEN } else { 0 };
+    if start < link_header {
+        return Err(OffloadError::ChecksumInEthernetHeader);
+    }
+    Ok(field)
 }
 
 /// Maps a computed checksum of 0 to its one's-complement twin 0xffff.
@@ -907,6 +930,55 @@ mod tests {
             ..Default::default()
         };
         assert!(complete_checksum(&mut copy, &hdr).is_ok());
+    }
+
+    #[test]
+    fn a_checksum_over_the_ethernet_header_is_refused() {
+        // A guest that points the sum at the header would have the checksum rewrite the
+        // addresses (here the source's first bytes) after the frame was routed on them.
+        let frame = SYN_PARTIAL;
+        for (start, offset) in [(0, 6), (6, 0), (0, 0), (12, 0), (13, 37)] {
+            let mut copy = frame;
+            let hdr = VirtioNetHdr {
+                flags: FLAG_NEEDS_CSUM,
+                csum_start: start,
+                csum_offset: offset,
+                ..Default::default()
+            };
+            assert_eq!(
+                complete_checksum(&mut copy, &hdr),
+                Err(OffloadError::ChecksumInEthernetHeader),
+                "start {start}, offset {offset}"
+            );
+            assert_eq!(copy, frame, "a refused frame is left untouched");
+            assert_eq!(
+                segment(&frame, &hdr, usize::MAX, &mut |_: &[u8]| panic!("emitted")),
+                Err(OffloadError::ChecksumInEthernetHeader)
+            );
+        }
+        // Behind an 802.1Q tag the header is four bytes longer: the tag is refused too.
+        let tagged = build(
+            Spec {
+                vlan: true,
+                ..TCP_V4
+            },
+            &pattern(10),
+        );
+        let over_the_tag = VirtioNetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            csum_start: 14,
+            csum_offset: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            checksum_field(&tagged, &over_the_tag),
+            Err(OffloadError::ChecksumInEthernetHeader)
+        );
+        let after_the_tag = VirtioNetHdr {
+            csum_start: 18,
+            ..over_the_tag
+        };
+        assert_eq!(checksum_field(&tagged, &after_the_tag), Ok(18));
     }
 
     #[test]

@@ -50,23 +50,36 @@ pub(super) struct Decapsulator<'a> {
 
 /// What one datagram turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+pub enum Verdict {
     /// An inner frame to deliver, from remote `remote`.
-    Deliver { remote: usize },
+    Deliver {
+        /// The remote's index.
+        remote: usize,
+    },
     /// From no configured remote.
     UnknownRemote,
     /// Its outer headers were refused before its sender was looked at.
     BadOuter(OuterFault),
     /// Refused, counted on `remote`.
-    Refused { remote: usize, reason: RxDrop },
+    Refused {
+        /// The remote's index.
+        remote: usize,
+        /// Why.
+        reason: RxDrop,
+    },
 }
 
 /// Why a datagram from a known remote was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RxDrop {
+pub enum RxDrop {
+    /// Shorter than the VXLAN header (`rx_malformed`).
     Malformed,
+    /// The I flag is clear (`rx_instance_flag_clear`).
     InstanceFlagClear,
+    /// Another VNI (`rx_foreign_vni`).
     ForeignVni,
+    /// The inner frame breaks the network's rules, or the socket cut the datagram short
+    /// (`rx_invalid_inner`).
     InvalidInner,
 }
 
@@ -228,8 +241,9 @@ impl State {
 }
 
 /// Decides what one datagram from `remote` (`None`: no remote of ours) is. `oversize`:
-/// the socket cut it short; `offload`: what its inner frame still needs.
-fn classify(
+/// the socket cut it short; `offload`: what its inner frame still needs. A pure function
+/// of its arguments, so it is tested and fuzzed without sockets.
+pub fn classify(
     remote: Option<usize>,
     vni: u32,
     network_mtu: usize,

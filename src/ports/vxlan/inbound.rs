@@ -58,7 +58,7 @@ pub(super) struct Datagram<'b> {
 
 /// Why a packet from the packet socket was dropped before its sender was looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum OuterFault {
+pub enum OuterFault {
     /// Outer IPv4 or UDP headers that do not hold together (version, lengths, checksums).
     Invalid,
     /// The first fragment of a fragmented datagram (the kernel filters out the others).
