@@ -265,6 +265,46 @@ fn a_file_system_filled_after_create_does_not_crash_the_peers_that_join() {
     }
 }
 
+#[test]
+fn a_peer_joining_when_its_offload_buffers_do_not_fit_is_refused_cleanly() {
+    if !running_as_root("a_peer_joining_when_its_offload_buffers_do_not_fit…") {
+        return;
+    }
+    let tmpfs = SmallTmpfs::mount("4m");
+    let geometry = Geometry {
+        max_peers: 4,
+        ring_slots: 8,
+        ..Geometry::default()
+    };
+    let network = Network::create(
+        tmpfs.path(),
+        "lab",
+        CreateOptions {
+            geometry,
+            ..CreateOptions::default()
+        },
+    )
+    .expect("the header, tables and slots fit");
+    // A sender writes a super-frame straight into a receiver's large buffer, so the
+    // buffers are given their memory when the receiver joins: the first join's fit in
+    // 4 MiB (32 × 64 KiB), the second's do not, and that join fails with a clear error
+    // rather than the first super-frame killing its sender.
+    let first = network
+        .join(JoinOptions::default())
+        .expect("the first peer fits");
+    let refused = network.join(JoinOptions::default()).unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        message.contains("large buffers") && message.contains("--gso-buffers 0"),
+        "{message}"
+    );
+    assert_eq!(
+        slots_up(&network),
+        vec![first.index()],
+        "the refused slot is free again"
+    );
+}
+
 fn small_geometry(max_peers: u32) -> CreateOptions {
     CreateOptions {
         geometry: Geometry {

@@ -74,6 +74,25 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The file system cannot give a joining peer's ring the memory of its large buffers
+    /// (the buffers senders write offload super-frames into).
+    #[error(
+        "cannot reserve {} ({needed_bytes} bytes) for the large buffers of peer slot {slot} of \
+         network {name:?}: {source}; free some space in its directory, or create the network \
+         with --gso-buffers 0",
+        mebibytes(*needed_bytes)
+    )]
+    ReserveRing {
+        /// Network name.
+        name: String,
+        /// The slot being joined.
+        slot: u16,
+        /// Bytes of its large buffers.
+        needed_bytes: u64,
+        /// Why the file system refused (`ENOSPC` for a full one).
+        #[source]
+        source: io::Error,
+    },
     /// The network was destroyed and another one created under its name since this
     /// handle opened it.
     #[error(

@@ -178,6 +178,10 @@ impl Membership {
         let lock_file = region.reopen()?;
         region.sweep(&lock_file, None, monotonic_ns(), true);
         let index = region.claim_slot(&lock_file)?;
+        if let Err(e) = reserve_large_buffers(&region, &lock_file, index) {
+            let _ = RangeLock::unlock(&lock_file, region.layout.peer_lock_byte(index as usize), 1);
+            return Err(e);
+        }
         let tail = take_over_ring(&region, index);
         let generation = match region
             .with_control_lock(&lock_file, || publish(&region, index, options))
@@ -374,6 +378,27 @@ fn holder_of(region: &Region, mac: MacAddress, except: u16) -> Option<u16> {
         i != except
             && entry.status.load(Ordering::Relaxed) == status::UP
             && entry.mac.load(Ordering::Relaxed) == mac.to_u64()
+    })
+}
+
+/// Gives the large buffers of ring `index` their memory before anyone may write them.
+///
+/// `create` reserves everything but the rings' large buffers, which senders write only into
+/// the ring of a peer that is up; they are reserved here, when a peer first joins the slot
+/// (the file keeps them afterwards). On a full file system the join fails cleanly instead
+/// of a sender dying of SIGBUS on its first super-frame to this peer.
+fn reserve_large_buffers(region: &Region, lock_file: &File, index: u16) -> Result<()> {
+    let layout = &region.layout;
+    let len = layout.geometry.gso_buffers as u64 * crate::shm::layout::LARGE_STRIDE as u64;
+    if len == 0 {
+        return Ok(());
+    }
+    let offset = (layout.ring_offset(index as usize) + layout.large_offset_in_ring) as u64;
+    super::reserve_range(lock_file, offset, len).map_err(|source| Error::ReserveRing {
+        name: region.name.clone(),
+        slot: index,
+        needed_bytes: len,
+        source,
     })
 }
 

@@ -127,15 +127,20 @@ fn reserved_ranges(layout: &Layout) -> impl Iterator<Item = (u64, u64)> + '_ {
 fn reserve(file: &File, layout: &Layout) -> io::Result<()> {
     file.set_len(layout.total_size as u64)?;
     for (offset, len) in reserved_ranges(layout) {
-        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
-            Ok(()) => {}
-            // A file system without fallocate still allocates on write, and a plain write
-            // reports a full file system as an error as well.
-            Err(rustix::io::Errno::OPNOTSUPP) => write_zeros(file, offset, len)?,
-            Err(errno) => return Err(errno.into()),
-        }
+        reserve_range(file, offset, len)?;
     }
     Ok(())
+}
+
+/// Gives `len` bytes of the region file at `offset` their memory now.
+pub(crate) fn reserve_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
+        Ok(()) => Ok(()),
+        // A file system without fallocate still allocates on write, and a plain write
+        // reports a full file system as an error as well.
+        Err(rustix::io::Errno::OPNOTSUPP) => write_zeros(file, offset, len),
+        Err(errno) => Err(errno.into()),
+    }
 }
 
 fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
