@@ -159,10 +159,10 @@ mod tests {
     #[test]
     fn a_cause_already_in_the_message_is_not_repeated() {
         let io = std::io::Error::from_raw_os_error(libc::EACCES);
-        let error = anyhow::Error::new(crate::network::Error::Io {
+        let error = anyhow::Error::new(crate::network::Error::Io(crate::network::IoError {
             context: "create /somewhere".into(),
             source: io,
-        });
+        }));
         let message = error_message(&error);
         assert_eq!(message.matches("Permission denied").count(), 1, "{message}");
         assert!(message.starts_with("create /somewhere: "), "{message}");

@@ -122,14 +122,30 @@ pub enum Error {
         peers: Vec<LivePeer>,
     },
     /// A system call failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+/// A system call that failed, and what was being done: the one shape of the `Io` variant
+/// of every error type of the crate's control paths (the network's, the ports').
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct IoError {
+    /// What was being done (`open /dev/shm/guestnet/lab`).
+    pub context: String,
+    /// The error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Wraps an I/O error with what was being done, for any error type with an `Io` variant:
+/// `.map_err(io_error("open the socket"))`. Each layer names its own type in a one-line
+/// wrapper, so that `?` knows what to convert to.
+pub(crate) fn io_error_as<E: From<IoError>>(
+    context: impl Into<String>,
+) -> impl FnOnce(io::Error) -> E {
+    let context = context.into();
+    move |source| E::from(IoError { context, source })
 }
 
 /// A peer found alive on a network, as an error names it.
@@ -171,6 +187,5 @@ fn mebibytes(bytes: u64) -> String {
 }
 
 pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
+    io_error_as(context)
 }

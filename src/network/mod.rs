@@ -47,8 +47,8 @@ use membership::read_label;
 use region::{Region, check_name};
 
 pub use clock::{monotonic_ns, timespec, unix_ns};
-pub(crate) use error::io_error;
-pub use error::{Error, LivePeer, Result};
+pub use error::{Error, IoError, LivePeer, Result};
+pub(crate) use error::{io_error, io_error_as};
 pub use membership::{Control, JoinOptions, PortKind};
 pub use peer::Peer;
 pub use receive::Receiver;
@@ -165,10 +165,7 @@ fn remove_region(dir: &Path, name: &str) -> Result<()> {
                 dir: dir.display().to_string(),
             }
         } else {
-            Error::Io {
-                context: format!("remove {}", path.display()),
-                source: e,
-            }
+            io_error(format!("remove {}", path.display()))(e)
         }
     })
 }
@@ -221,10 +218,7 @@ impl Network {
                     if e.kind() == io::ErrorKind::AlreadyExists {
                         Error::Exists(name.to_string())
                     } else {
-                        Error::Io {
-                            context: format!("publish {}", path.display()),
-                            source: e,
-                        }
+                        io_error(format!("publish {}", path.display()))(e)
                     }
                 })
             });
@@ -238,10 +232,9 @@ impl Network {
     fn initialise(file: &File, temp: &Path, layout: Layout, options: CreateOptions) -> Result<()> {
         let mapping = Mapping::map(std::os::fd::AsFd::as_fd(file), layout.total_size)
             .map_err(io_error(format!("map {}", temp.display())))?;
-        let header = mapping.get::<Header>(0).ok_or_else(|| Error::Io {
-            context: "map header".into(),
-            source: io::Error::other("region too small"),
-        })?;
+        let header = mapping
+            .get::<Header>(0)
+            .ok_or_else(|| io_error("map header")(io::Error::other("region too small")))?;
         let g = layout.geometry;
         header.version.store(layout::VERSION, Ordering::Relaxed);
         header.max_peers.store(g.max_peers, Ordering::Relaxed);

@@ -156,10 +156,7 @@ impl Region {
                         dir: dir.display().to_string(),
                     }
                 } else {
-                    Error::Io {
-                        context: format!("open {}", path.display()),
-                        source: e,
-                    }
+                    io_error(format!("open {}", path.display()))(e)
                 }
             })?;
         let size = file

@@ -1,6 +1,8 @@
 //! What a port's control path reports when it fails.
 
 use std::io;
+
+use crate::network::{IoError, io_error_as};
 use std::path::PathBuf;
 
 /// Errors of a socket port's control path.
@@ -13,14 +15,8 @@ pub enum PortError {
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
     /// A system call failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The network refused an operation.
     #[error(transparent)]
     Network(#[from] crate::network::Error),
@@ -28,6 +24,5 @@ pub enum PortError {
 
 /// Wraps an I/O error with what was being done.
 pub(crate) fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> PortError {
-    let context = context.into();
-    move |source| PortError::Io { context, source }
+    io_error_as(context)
 }

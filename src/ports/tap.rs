@@ -61,6 +61,7 @@ use std::time::Duration;
 use rustix::thread::LinkNameSpaceType;
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
+use crate::network::IoError;
 use crate::network::counters::DropReason;
 use crate::network::offloads;
 use crate::network::{Control, Receiver, Sender};
@@ -146,22 +147,15 @@ pub enum TapError {
     #[error("{0} cannot be an interface's address (multicast or zero)")]
     BadMac(MacAddress),
     /// A system call failed.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The network refused an operation.
     #[error(transparent)]
     Network(#[from] crate::network::Error),
 }
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> TapError {
-    let context = context.into();
-    move |source| TapError::Io { context, source }
+    crate::network::io_error_as(context)
 }
 
 /// The device and what was learned while in its namespace.

@@ -165,9 +165,10 @@ struct Serving<'a> {
 impl VhostUserPort {
     /// Opens the port: in server mode, binds every socket (replacing stale socket files).
     pub fn open(options: VhostUserOptions) -> Result<VhostUserPort, PortError> {
-        let invalid = |message: String| PortError::Io {
-            context: message,
-            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        let invalid = |message: String| {
+            crate::ports::socket::io_error(message)(std::io::Error::from(
+                std::io::ErrorKind::InvalidInput,
+            ))
         };
         if options.sockets.is_empty() {
             return Err(invalid("no --socket given".into()));
