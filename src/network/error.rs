@@ -93,6 +93,21 @@ pub enum Error {
         /// The peers found alive.
         peers: Vec<LivePeer>,
     },
+    /// The control lock stayed taken for longer than the caller may wait: its holder is
+    /// stopped, hung, or extremely slow.
+    #[error(
+        "the control lock of network {name:?} has been held by {} for over {waited_ms} ms \
+         (a stopped or hung process?); resume or end it, or try again",
+        holder.map_or("another process".to_string(), |pid| format!("pid {pid}"))
+    )]
+    ControlLockBusy {
+        /// Name.
+        name: String,
+        /// How long the caller waited, in milliseconds.
+        waited_ms: u64,
+        /// The holder's process, when `/proc` shows it.
+        holder: Option<u32>,
+    },
     /// A system call failed.
     #[error("{context}: {source}")]
     Io {

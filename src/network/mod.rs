@@ -386,7 +386,9 @@ impl Network {
         Peer::join(Arc::clone(&self.region), options)
     }
 
-    /// Reclaims dead peers now, whatever the sweep interval; returns their slots.
+    /// Reclaims dead peers now, whatever the sweep interval; returns their slots. If the
+    /// control lock stays taken for about a second (a stopped holder), it stops there and
+    /// leaves the rest to a later sweep, with a warning.
     pub fn sweep(&self) -> Vec<u16> {
         self.region
             .sweep(&self.lock_file, None, monotonic_ns(), true)
@@ -402,7 +404,8 @@ impl Network {
             .then(|| PeerCounters::read(entry))
     }
 
-    /// Everything `guestnet status` shows. Reclaims dead peers first.
+    /// Everything `guestnet status` shows. Reclaims dead peers first, as far as the
+    /// control lock allows; what it shows is read without that lock.
     pub fn status(&self) -> NetworkStatus {
         let reclaimed = self.sweep();
         status::collect(&self.region, reclaimed)
