@@ -7,7 +7,8 @@
 
 use std::io::{BufRead, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -564,4 +565,103 @@ fn a_held_control_lock_leaves_guestnet_status_printing_what_it_can() {
         err.contains(&format!("pid {}", std::process::id())),
         "{err}"
     );
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_networks_directory_owned_by_another_user_is_refused() {
+    if !running_as_root("a_networks_directory_owned_by_another_user_is_refused") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nets = dir.path().join("nets");
+    std::fs::create_dir(&nets).unwrap();
+    std::os::unix::fs::chown(&nets, Some(4242), Some(4242)).unwrap();
+
+    let refused = Network::create(&nets, "lab", small_geometry(4)).unwrap_err();
+    let message = refused.to_string();
+    for expected in [
+        "uid 4242",
+        "--dir",
+        "GUESTNET_DIR",
+        &nets.display().to_string(),
+    ] {
+        assert!(message.contains(expected), "no {expected:?} in: {message}");
+    }
+    assert!(std::fs::read_dir(&nets).unwrap().next().is_none());
+
+    // A network its owner made there is not opened either: the owner could swap it.
+    std::os::unix::fs::chown(&nets, Some(0), Some(0)).unwrap();
+    drop(Network::create(&nets, "lab", small_geometry(4)).unwrap());
+    std::os::unix::fs::chown(&nets, Some(4242), Some(4242)).unwrap();
+    let output = guestnet(&nets, &["status", "lab"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("uid 4242"), "{err}");
+}
+
+#[test]
+fn a_group_writable_directory_without_the_sticky_bit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nets = dir.path().join("nets");
+    std::fs::create_dir(&nets).unwrap();
+    set_mode(&nets, 0o775);
+    let output = guestnet(&nets, &["create", "lab", "--max-peers", "4"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    for expected in ["0775", "sticky", "--dir", "GUESTNET_DIR"] {
+        assert!(err.contains(expected), "no {expected:?} in: {err}");
+    }
+    assert!(std::fs::read_dir(&nets).unwrap().next().is_none());
+
+    // Sticky, like /dev/shm itself: others may add files but not replace ours.
+    set_mode(&nets, 0o1777);
+    ok(&nets, &["create", "lab", "--max-peers", "4"]);
+}
+
+#[test]
+fn a_symbolic_link_in_place_of_a_region_file_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Network::create(dir.path(), "real", small_geometry(4)).unwrap());
+    std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("lab")).unwrap();
+
+    let refused = Network::open(dir.path(), "lab").unwrap_err();
+    assert!(refused.to_string().contains("symbolic link"), "{refused}");
+    let output = guestnet(dir.path(), &["status", "lab"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    // Nor is a link taken for a free name.
+    let output = guestnet(dir.path(), &["create", "lab"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+}
+
+#[test]
+fn a_user_who_may_not_write_to_the_directory_is_told_whose_it_is() {
+    if !running_as_root("a_user_who_may_not_write_to_the_directory_is_told_whose_it_is") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    set_mode(dir.path(), 0o755);
+    let nets = dir.path().join("nets");
+    std::fs::create_dir(&nets).unwrap();
+    set_mode(&nets, 0o755);
+    let output = Command::new(env!("CARGO_BIN_EXE_guestnet"))
+        .arg("--dir")
+        .arg(&nets)
+        .args(["create", "lab", "--max-peers", "4"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run guestnet as nobody");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    for expected in ["uid 0", "0755", "--dir", "GUESTNET_DIR"] {
+        assert!(err.contains(expected), "no {expected:?} in: {err}");
+    }
+    assert!(err.matches("Permission denied").count() <= 1, "{err}");
 }

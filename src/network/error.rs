@@ -108,6 +108,44 @@ pub enum Error {
         /// The holder's process, when `/proc` shows it.
         holder: Option<u32>,
     },
+    /// The directory of the networks is not one to trust (see `directory`).
+    #[error(
+        "refusing to keep networks in {dir}: {problem}; use --dir DIR or set GUESTNET_DIR \
+         to a directory of your own"
+    )]
+    UntrustedDirectory {
+        /// The directory.
+        dir: String,
+        /// What is wrong with it.
+        problem: DirectoryProblem,
+    },
+    /// The user may not create files in the directory of the networks.
+    #[error(
+        "cannot create networks in {dir}: it belongs to uid {owner} with mode {mode:04o}, \
+         and you (uid {user}) may not write to it; use --dir DIR or set GUESTNET_DIR to a \
+         directory of your own"
+    )]
+    DirectoryNotWritable {
+        /// The directory.
+        dir: String,
+        /// Its owner.
+        owner: u32,
+        /// Its mode bits.
+        mode: u32,
+        /// Our effective uid.
+        user: u32,
+    },
+    /// Something other than a regular file sits under a network's name.
+    #[error(
+        "{path} is {what}, not a network: guestnet opens no links or special files under a \
+         network's name, since one could lead peers to a file of someone else's choosing"
+    )]
+    NotARegion {
+        /// The path.
+        path: String,
+        /// What it is instead ("a symbolic link", "a FIFO"…).
+        what: &'static str,
+    },
     /// A system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -116,6 +154,34 @@ pub enum Error {
         /// The error.
         #[source]
         source: io::Error,
+    },
+}
+
+/// Why a directory is not trusted with networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryProblem {
+    /// It is not a directory.
+    #[error("it is not a directory")]
+    NotADirectory,
+    /// Another user owns it, and so may replace the networks in it.
+    #[error(
+        "it belongs to uid {owner}, not to you (uid {user}) or root, and its owner could \
+         replace the networks in it"
+    )]
+    Owner {
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        user: u32,
+    },
+    /// Others may write to it and it is not sticky, so they may replace the networks in it.
+    #[error(
+        "its mode {mode:04o} lets others write to it without the sticky bit, so they could \
+         replace the networks in it (chmod +t or go-w would stop that)"
+    )]
+    WritableByOthers {
+        /// Its mode bits.
+        mode: u32,
     },
 }
 

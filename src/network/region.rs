@@ -29,7 +29,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::TryLockError;
 use std::sync::atomic::{Ordering, fence};
@@ -42,6 +42,7 @@ use crate::shm::layout::{
 use crate::shm::{LockState, Mapping, RangeLock, Strided};
 use crate::wire::MacAddress;
 
+use super::directory;
 use super::error::{Error, Result, io_error};
 use super::forward::PeerView;
 use super::shm_ring::ShmRing;
@@ -180,32 +181,49 @@ impl Region {
         self.header().options.load(Ordering::Relaxed) & layout::OPTION_DROP_UNKNOWN_UNICAST != 0
     }
 
-    /// Opens and maps a region file, checking its header against its size.
+    /// Opens and maps a region file, checking its header against its size. Its directory
+    /// is checked first (see `directory`), and no link is followed: a link under a
+    /// network's name could lead anywhere.
     pub fn open(dir: &Path, name: &str) -> Result<(Region, File)> {
         check_name(name)?;
+        directory::check(dir)?;
         let path = dir.join(name);
+        let not_a_region = |what| Error::NotARegion {
+            path: path.display().to_string(),
+            what,
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Error::NotFound {
-                        name: name.to_string(),
-                        dir: dir.display().to_string(),
-                    }
-                } else {
-                    Error::Io {
-                        context: format!("open {}", path.display()),
-                        source: e,
-                    }
-                }
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => Error::NotFound {
+                    name: name.to_string(),
+                    dir: dir.display().to_string(),
+                },
+                Some(libc::ELOOP) => not_a_region("a symbolic link"),
+                _ => Error::Io {
+                    context: format!("open {}", path.display()),
+                    source: e,
+                },
             })?;
-        let size = file
+        let metadata = file
             .metadata()
-            .map_err(io_error(format!("stat {}", path.display())))?
-            .len();
+            .map_err(io_error(format!("stat {}", path.display())))?;
+        let kind = metadata.file_type();
+        if !kind.is_file() {
+            return Err(not_a_region(if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_socket() {
+                "a socket"
+            } else if kind.is_block_device() || kind.is_char_device() {
+                "a device node"
+            } else {
+                "a special file"
+            }));
+        }
+        let size = metadata.len();
         let layout_error = |source| Error::Layout {
             name: name.to_string(),
             source,
