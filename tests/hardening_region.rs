@@ -5,14 +5,19 @@
 //! Tests that need root (mounting a small tmpfs, handing a directory to another user) skip
 //! with a printed reason when not run as root, except under `CI=true`, where they fail.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
-use guestnet::network::{CreateOptions, JoinOptions, Network, PortKind};
-use guestnet::shm::layout::{Geometry, Layout};
+use guestnet::network::{CreateOptions, Error, JoinOptions, Network, PortKind};
+use guestnet::shm::RangeLock;
+use guestnet::shm::layout::{Geometry, Header, Layout};
 
 /// Runs `guestnet --dir DIR ARGS…` to completion, stdin closed, output captured.
 fn guestnet(dir: &Path, args: &[&str]) -> Output {
@@ -403,4 +408,300 @@ fn a_dead_peer_left_in_the_table_does_not_hold_up_destroy() {
     .unwrap();
     ok(dir.path(), &["destroy", "lab"]);
     assert!(!dir.path().join("lab").exists());
+}
+
+/// Runs `guestnet sink` until it has joined, then kills it with SIGKILL: its entry stays
+/// up with nobody holding its lock. Returns its slot.
+fn dead_peer(dir: &Path, name: &str) -> u16 {
+    let mut sink = Command::new(env!("CARGO_BIN_EXE_guestnet"))
+        .arg("--dir")
+        .arg(dir)
+        .args(["sink", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a sink");
+    let mut ready = String::new();
+    // The sink prints its line right after joining, or exits (and so ends the line).
+    std::io::BufReader::new(sink.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    sink.kill().unwrap();
+    sink.wait().unwrap();
+    ready
+        .split_whitespace()
+        .nth(1)
+        .and_then(|slot| slot.parse().ok())
+        .unwrap_or_else(|| panic!("the sink did not join: {ready:?}"))
+}
+
+fn region_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join(name))
+        .unwrap()
+}
+
+fn last_sweep_offset() -> u64 {
+    std::mem::offset_of!(Header, last_sweep_ns) as u64
+}
+
+fn read_u64(file: &std::fs::File, offset: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    file.read_exact_at(&mut bytes, offset).unwrap();
+    u64::from_le_bytes(bytes)
+}
+
+/// Runs `work` on a thread and returns its result and how long it took, failing the test
+/// if it takes longer than `limit` (the thread is left behind, stuck).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> (T, Duration) {
+    let (done, result) = mpsc::channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    match result.recv_timeout(limit) {
+        Ok(value) => (value, start.elapsed()),
+        Err(_) => panic!("{what} did not return within {limit:?}"),
+    }
+}
+
+#[test]
+fn a_sweep_clock_scribbled_into_the_future_does_not_stop_reclaiming_dead_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::create(dir.path(), "lab", small_geometry(4)).unwrap();
+    let mut sender = network.join(JoinOptions::default()).unwrap();
+    let dead = dead_peer(dir.path(), "lab");
+    let file = region_file(dir.path(), "lab");
+    file.write_all_at(&u64::MAX.to_le_bytes(), last_sweep_offset())
+        .unwrap();
+
+    // Only the periodic sweep of a running peer may reclaim it here: commands force theirs.
+    let frame = [0xffu8; 60];
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while network.counters(dead).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the dead peer in slot {dead} was never reclaimed"
+        );
+        sender.send(&frame);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let repaired = read_u64(&file, last_sweep_offset());
+    assert!(
+        repaired <= guestnet::network::monotonic_ns(),
+        "last_sweep_ns left at {repaired:#x}"
+    );
+}
+
+/// A network with a dead peer whose reclaim needs the control lock, and that lock held
+/// by another open file description, as a stopped process would hold it.
+struct ControlLockHeld {
+    // Fields drop in this order: the lock is let go before the peer leaves, which
+    // takes the lock.
+    _holder: std::fs::File,
+    peer: Option<guestnet::network::Peer>,
+    network: Network,
+    dead: u16,
+    dir: tempfile::TempDir,
+}
+
+fn control_lock_held_with_a_dead_peer() -> ControlLockHeld {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Network::create(dir.path(), "lab", small_geometry(4)).unwrap();
+    let peer = network.join(JoinOptions::default()).unwrap();
+    let dead = dead_peer(dir.path(), "lab");
+    let holder = region_file(dir.path(), "lab");
+    let layout = Layout::new(network.geometry()).unwrap();
+    assert!(RangeLock::try_lock(&holder, layout.control_lock_byte(), 1).unwrap());
+    ControlLockHeld {
+        _holder: holder,
+        peer: Some(peer),
+        network,
+        dead,
+        dir,
+    }
+}
+
+#[test]
+fn a_held_control_lock_makes_status_give_up_on_reclaiming_instead_of_hanging() {
+    let held = control_lock_held_with_a_dead_peer();
+    let dead = held.dead;
+    let (status, took) = within(Duration::from_secs(5), "Network::status", move || {
+        let status = held.network.status();
+        (status, held)
+    });
+    let (status, _held) = status;
+    assert!(took < Duration::from_secs(3), "status took {took:?}");
+    assert!(status.reclaimed.is_empty());
+    // What it could read without the lock is still there.
+    assert!(status.peers.iter().any(|peer| peer.slot == dead));
+}
+
+#[test]
+fn a_held_control_lock_delays_a_sender_by_at_most_a_moment() {
+    let mut held = control_lock_held_with_a_dead_peer();
+    let mut sender = held.peer.take().unwrap();
+    // The sender's first batch runs the periodic sweep, which finds the dead peer.
+    let (held, took) = within(Duration::from_secs(5), "the sender's batch", move || {
+        sender.send(&[0xffu8; 60]);
+        held.peer = Some(sender);
+        held
+    });
+    assert!(took < Duration::from_millis(500), "the send took {took:?}");
+    assert!(held.network.counters(held.dead).is_some());
+}
+
+#[test]
+fn a_held_control_lock_refuses_a_join_with_the_holder_named() {
+    let held = control_lock_held_with_a_dead_peer();
+    let (joined, took) = within(Duration::from_secs(8), "Network::join", move || {
+        held.network
+            .join(JoinOptions::default())
+            .map(|peer| peer.index())
+    });
+    assert!(took < Duration::from_secs(5), "the join took {took:?}");
+    let error = joined.unwrap_err();
+    assert!(matches!(error, Error::ControlLockBusy { .. }), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_held_control_lock_leaves_guestnet_status_printing_what_it_can() {
+    let held = control_lock_held_with_a_dead_peer();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guestnet"))
+        .arg("--dir")
+        .arg(held.dir.path())
+        .args(["status", "lab"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("guestnet status hung on the held control lock");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
+    assert!(output.status.success(), "{out}{err}");
+    assert!(out.contains("network lab"), "{out}");
+    assert!(err.contains("control lock"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_networks_directory_owned_by_another_user_is_refused() {
+    if !running_as_root("a_networks_directory_owned_by_another_user_is_refused") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nets = dir.path().join("nets");
+    std::fs::create_dir(&nets).unwrap();
+    std::os::unix::fs::chown(&nets, Some(4242), Some(4242)).unwrap();
+
+    let refused = Network::create(&nets, "lab", small_geometry(4)).unwrap_err();
+    let message = refused.to_string();
+    for expected in [
+        "uid 4242",
+        "--dir",
+        "GUESTNET_DIR",
+        &nets.display().to_string(),
+    ] {
+        assert!(message.contains(expected), "no {expected:?} in: {message}");
+    }
+    assert!(std::fs::read_dir(&nets).unwrap().next().is_none());
+
+    // A network its owner made there is not opened either: the owner could swap it.
+    std::os::unix::fs::chown(&nets, Some(0), Some(0)).unwrap();
+    drop(Network::create(&nets, "lab", small_geometry(4)).unwrap());
+    std::os::unix::fs::chown(&nets, Some(4242), Some(4242)).unwrap();
+    let output = guestnet(&nets, &["status", "lab"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("uid 4242"), "{err}");
+}
+
+#[test]
+fn a_group_writable_directory_without_the_sticky_bit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nets = dir.path().join("nets");
+    std::fs::create_dir(&nets).unwrap();
+    set_mode(&nets, 0o775);
+    let output = guestnet(&nets, &["create", "lab", "--max-peers", "4"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    for expected in ["0775", "sticky", "--dir", "GUESTNET_DIR"] {
+        assert!(err.contains(expected), "no {expected:?} in: {err}");
+    }
+    assert!(std::fs::read_dir(&nets).unwrap().next().is_none());
+
+    // Sticky, like /dev/shm itself: others may add files but not replace ours.
+    set_mode(&nets, 0o1777);
+    ok(&nets, &["create", "lab", "--max-peers", "4"]);
+}
+
+#[test]
+fn a_symbolic_link_in_place_of_a_region_file_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Network::create(dir.path(), "real", small_geometry(4)).unwrap());
+    std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("lab")).unwrap();
+
+    let refused = Network::open(dir.path(), "lab").unwrap_err();
+    assert!(refused.to_string().contains("symbolic link"), "{refused}");
+    let output = guestnet(dir.path(), &["status", "lab"]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    // Nor is a link taken for a free name.
+    let output = guestnet(dir.path(), &["create", "lab"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+}
+
+#[test]
+fn a_user_who_may_not_write_to_the_directory_is_told_whose_it_is() {
+    if !running_as_root("a_user_who_may_not_write_to_the_directory_is_told_whose_it_is") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    set_mode(dir.path(), 0o755);
+    let nets = dir.path().join("nets");
+    std::fs::create_dir(&nets).unwrap();
+    set_mode(&nets, 0o755);
+    let output = Command::new(env!("CARGO_BIN_EXE_guestnet"))
+        .arg("--dir")
+        .arg(&nets)
+        .args(["create", "lab", "--max-peers", "4"])
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run guestnet as nobody");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    for expected in ["uid 0", "0755", "--dir", "GUESTNET_DIR"] {
+        assert!(err.contains(expected), "no {expected:?} in: {err}");
+    }
+    assert!(err.matches("Permission denied").count() <= 1, "{err}");
 }

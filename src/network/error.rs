@@ -121,6 +121,59 @@ pub enum Error {
         /// The peers found alive.
         peers: Vec<LivePeer>,
     },
+    /// The control lock stayed taken for longer than the caller may wait: its holder is
+    /// stopped, hung, or extremely slow.
+    #[error(
+        "the control lock of network {name:?} has been held by {} for over {waited_ms} ms \
+         (a stopped or hung process?); resume or end it, or try again",
+        holder.map_or("another process".to_string(), |pid| format!("pid {pid}"))
+    )]
+    ControlLockBusy {
+        /// Name.
+        name: String,
+        /// How long the caller waited, in milliseconds.
+        waited_ms: u64,
+        /// The holder's process, when `/proc` shows it.
+        holder: Option<u32>,
+    },
+    /// The directory of the networks is not one to trust (see `directory`).
+    #[error(
+        "refusing to keep networks in {dir}: {problem}; use --dir DIR or set GUESTNET_DIR \
+         to a directory of your own"
+    )]
+    UntrustedDirectory {
+        /// The directory.
+        dir: String,
+        /// What is wrong with it.
+        problem: DirectoryProblem,
+    },
+    /// The user may not create files in the directory of the networks.
+    #[error(
+        "cannot create networks in {dir}: it belongs to uid {owner} with mode {mode:04o}, \
+         and you (uid {user}) may not write to it; use --dir DIR or set GUESTNET_DIR to a \
+         directory of your own"
+    )]
+    DirectoryNotWritable {
+        /// The directory.
+        dir: String,
+        /// Its owner.
+        owner: u32,
+        /// Its mode bits.
+        mode: u32,
+        /// Our effective uid.
+        user: u32,
+    },
+    /// Something other than a regular file sits under a network's name.
+    #[error(
+        "{path} is {what}, not a network: guestnet opens no links or special files under a \
+         network's name, since one could lead peers to a file of someone else's choosing"
+    )]
+    NotARegion {
+        /// The path.
+        path: String,
+        /// What it is instead ("a symbolic link", "a FIFO"…).
+        what: &'static str,
+    },
     /// A system call failed.
     #[error(transparent)]
     Io(#[from] IoError),
@@ -146,6 +199,34 @@ pub(crate) fn io_error_as<E: From<IoError>>(
 ) -> impl FnOnce(io::Error) -> E {
     let context = context.into();
     move |source| E::from(IoError { context, source })
+}
+
+/// Why a directory is not trusted with networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryProblem {
+    /// It is not a directory.
+    #[error("it is not a directory")]
+    NotADirectory,
+    /// Another user owns it, and so may replace the networks in it.
+    #[error(
+        "it belongs to uid {owner}, not to you (uid {user}) or root, and its owner could \
+         replace the networks in it"
+    )]
+    Owner {
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        user: u32,
+    },
+    /// Others may write to it and it is not sticky, so they may replace the networks in it.
+    #[error(
+        "its mode {mode:04o} lets others write to it without the sticky bit, so they could \
+         replace the networks in it (chmod +t or go-w would stop that)"
+    )]
+    WritableByOthers {
+        /// Its mode bits.
+        mode: u32,
+    },
 }
 
 /// A peer found alive on a network, as an error names it.

@@ -15,11 +15,13 @@
 //! | [`forward`], [`fdb`] | the delivery rules as one pure function, and the learned table |
 //! | [`offloads`] | the offload work peers take, and how its header rides in a slot |
 //! | [`counters`], [`check`], [`status`] | accounting, integrity checks, and what `status` shows |
+//! | `directory` | where networks live, and the checks before that directory is trusted |
 //! | `error` | errors of the control path |
 
 pub mod check;
 mod clock;
 pub mod counters;
+mod directory;
 mod error;
 pub mod fdb;
 pub mod forward;
@@ -47,7 +49,8 @@ use membership::read_label;
 use region::{Region, check_name};
 
 pub use clock::{monotonic_ns, timespec, unix_ns};
-pub use error::{Error, IoError, LivePeer, Result};
+pub use directory::{DEFAULT_DIR, DIR_ENV, default_dir};
+pub use error::{DirectoryProblem, Error, IoError, LivePeer, Result};
 pub(crate) use error::{io_error, io_error_as};
 pub use membership::{Control, JoinOptions, PortKind};
 pub use peer::Peer;
@@ -56,11 +59,6 @@ pub use region::SWEEP_INTERVAL_NS;
 pub use send::{Sender, Sent};
 pub use shm_ring::ShmRing;
 pub use status::{LearnedStatus, NetworkStatus, PeerStatus, RetiredStatus};
-
-/// Environment variable naming the directory that holds the regions.
-pub const DIR_ENV: &str = "GUESTNET_DIR";
-/// Default directory of the regions.
-pub const DEFAULT_DIR: &str = "/dev/shm/guestnet";
 
 /// Options for [`Network::create`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,14 +87,6 @@ pub struct DestroyOptions {
     /// Remove the network even while peers are on it. They keep working on the removed
     /// file until they leave, cut off from anyone who joins by name afterwards.
     pub force: bool,
-}
-
-/// The directory regions live in: `$GUESTNET_DIR`, else [`DEFAULT_DIR`].
-pub fn default_dir() -> PathBuf {
-    std::env::var_os(DIR_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
 }
 
 /// The byte ranges of a new region that get memory before it is mapped: the header, the
@@ -179,17 +169,19 @@ pub struct Network {
     dir: PathBuf,
 }
 impl Network {
-    /// Creates a network in `dir` (made if missing). The file appears under its name only
-    /// once fully initialised, so nobody ever opens a half-written header.
+    /// Creates a network in `dir` (made if missing, and checked: see `directory`). The
+    /// file appears under its name only once fully initialised, so nobody ever opens a
+    /// half-written header.
     pub fn create(dir: &Path, name: &str, options: CreateOptions) -> Result<Network> {
         check_name(name)?;
         let layout = Layout::new(options.geometry).map_err(|source| Error::Layout {
             name: name.to_string(),
             source,
         })?;
-        std::fs::create_dir_all(dir).map_err(io_error(format!("create {}", dir.display())))?;
+        directory::prepare(dir)?;
         let path = dir.join(name);
-        if path.exists() {
+        // Not `exists()`, which follows links: a dangling link holds the name too.
+        if std::fs::symlink_metadata(&path).is_ok() {
             return Err(Error::Exists(name.to_string()));
         }
         let temp = dir.join(format!(".{name}.{}.creating", std::process::id()));
@@ -198,9 +190,9 @@ impl Network {
             .write(true)
             .create_new(true)
             .mode(options.mode)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&temp)
-            .map_err(io_error(format!("create {}", temp.display())))?;
+            .map_err(|e| directory::not_writable(dir, e, format!("create {}", temp.display())))?;
         // The umask may have narrowed the mode; the caller's choice wins.
         let _ = file.set_permissions(std::fs::Permissions::from_mode(options.mode));
         let result = reserve(&file, &layout)
@@ -295,6 +287,7 @@ impl Network {
     /// it has no table to ask, and nobody can join it.
     pub fn destroy(dir: &Path, name: &str, options: DestroyOptions) -> Result<()> {
         check_name(name)?;
+        directory::check(dir)?;
         if !options.force {
             match Network::open(dir, name) {
                 Ok(network) => return network.remove_unless_in_use(),
@@ -345,6 +338,7 @@ impl Network {
 
     /// Names of the networks in `dir`, sorted.
     pub fn list(dir: &Path) -> Result<Vec<String>> {
+        directory::check(dir)?;
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -392,7 +386,9 @@ impl Network {
         (u32::from(index) < self.region.layout.geometry.max_peers).then(|| self.region.ring(index))
     }
 
-    /// Reclaims dead peers now, whatever the sweep interval; returns their slots.
+    /// Reclaims dead peers now, whatever the sweep interval; returns their slots. If the
+    /// control lock stays taken for about a second (a stopped holder), it stops there and
+    /// leaves the rest to a later sweep, with a warning.
     pub fn sweep(&self) -> Vec<u16> {
         self.region
             .sweep(&self.lock_file, None, monotonic_ns(), true)
@@ -408,7 +404,8 @@ impl Network {
             .then(|| PeerCounters::read(entry))
     }
 
-    /// Everything `guestnet status` shows. Reclaims dead peers first.
+    /// Everything `guestnet status` shows. Reclaims dead peers first, as far as the
+    /// control lock allows; what it shows is read without that lock.
     pub fn status(&self) -> NetworkStatus {
         let reclaimed = self.sweep();
         status::collect(&self.region, reclaimed)

@@ -7,21 +7,33 @@
 //! increments of the table version, a seqlock that senders check once per batch to know
 //! when to refresh their cached view of the table. Data operations take no lock at all.
 //!
+//! A holder that is stopped (SIGSTOP, a debugger) does not die, so the kernel keeps its
+//! lock. Nobody waits for it unboundedly: a sweep run on the data path gives up after
+//! [`Patience::DataPath`] and a command or control operation after [`Patience::Command`],
+//! with [`Error::ControlLockBusy`] naming the holder when `/proc` shows it. A sweep that
+//! gives up leaves the dead peers for the next one.
+//!
 //! **Liveness.** Every peer holds an OFD lock on its own byte of the region file for as
 //! long as it lives, through an open file description of its own made from the region's
 //! descriptor rather than its name ([`Region::reopen`]): locks taken in another network
-//! that has since taken the name would say nothing about this one's peers. A periodic *sweep*, run by whichever peer or command gets to it first
-//! (at most [`SWEEP_INTERVAL_NS`] apart across the whole network), probes the lock of
-//! every used slot; a slot whose lock is free belongs to a dead process and is reclaimed:
-//! frames it was halfway through writing are marked abandoned, the addresses learned
-//! behind it are forgotten, and its MAC leaves the table so it stops attracting traffic.
+//! that has since taken the name would say nothing about this one's peers. A periodic
+//! *sweep*, run by whichever peer or command gets to it first (at most
+//! [`SWEEP_INTERVAL_NS`] apart across the whole network, by the time of the last sweep
+//! kept in the header), probes the lock of every used slot; a slot whose lock is free
+//! belongs to a dead process and is reclaimed: frames it was halfway through writing are
+//! marked abandoned, the addresses learned behind it are forgotten, and its MAC leaves the
+//! table so it stops attracting traffic. A last-sweep time in the future can only be a
+//! scribble (every peer of a host reads the same monotonic clock); it is swept over and
+//! repaired rather than obeyed, or it would stop the periodic sweeps for good.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::TryLockError;
 use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
 
 use crate::shm::layout::{
     self, FdbEntry, Header, LargeHeader, Layout, LayoutError, PeerEntry, RingControl, SlotHeader,
@@ -30,6 +42,7 @@ use crate::shm::layout::{
 use crate::shm::{LockState, Mapping, RangeLock, Strided};
 use crate::wire::MacAddress;
 
+use super::directory;
 use super::error::{Error, Result, io_error};
 use super::forward::PeerView;
 use super::shm_ring::ShmRing;
@@ -51,6 +64,34 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 
 /// The whole network sweeps for dead peers at most this often.
 pub const SWEEP_INTERVAL_NS: u64 = 250_000_000;
+
+/// How far ahead of our clock the last sweep's time may be before it counts as scribbled:
+/// a sweeper that read the clock just before us may have stored a slightly later time.
+const SWEEP_CLOCK_SLACK_NS: u64 = 1_000_000_000;
+
+/// How long a caller waits for the control lock before giving up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Patience {
+    /// A sweep run by a sender or receiver on its way: a stopped holder may delay the
+    /// others by at most 100 ms (DESIGN §4.7), and the next sweep tries again.
+    DataPath,
+    /// A command or a control operation (join, leave, MAC or flag change): about a
+    /// second, after which the holder is looked for in `/proc` to name it.
+    Command,
+}
+
+impl Patience {
+    fn wait(self) -> Duration {
+        match self {
+            Patience::DataPath => Duration::from_millis(100),
+            Patience::Command => Duration::from_secs(1),
+        }
+    }
+}
+
+/// Longest pause between two tries for a busy lock: short against the waits above, long
+/// enough not to spin.
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(5);
 
 /// A mapped region and its checked layout, shared by every handle of one process.
 #[derive(Debug)]
@@ -140,29 +181,46 @@ impl Region {
         self.header().options.load(Ordering::Relaxed) & layout::OPTION_DROP_UNKNOWN_UNICAST != 0
     }
 
-    /// Opens and maps a region file, checking its header against its size.
+    /// Opens and maps a region file, checking its header against its size. Its directory
+    /// is checked first (see `directory`), and no link is followed: a link under a
+    /// network's name could lead anywhere.
     pub fn open(dir: &Path, name: &str) -> Result<(Region, File)> {
         check_name(name)?;
+        directory::check(dir)?;
         let path = dir.join(name);
+        let not_a_region = |what| Error::NotARegion {
+            path: path.display().to_string(),
+            what,
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Error::NotFound {
-                        name: name.to_string(),
-                        dir: dir.display().to_string(),
-                    }
-                } else {
-                    io_error(format!("open {}", path.display()))(e)
-                }
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => Error::NotFound {
+                    name: name.to_string(),
+                    dir: dir.display().to_string(),
+                },
+                Some(libc::ELOOP) => not_a_region("a symbolic link"),
+                _ => io_error(format!("open {}", path.display()))(e),
             })?;
-        let size = file
+        let metadata = file
             .metadata()
-            .map_err(io_error(format!("stat {}", path.display())))?
-            .len();
+            .map_err(io_error(format!("stat {}", path.display())))?;
+        let kind = metadata.file_type();
+        if !kind.is_file() {
+            return Err(not_a_region(if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_socket() {
+                "a socket"
+            } else if kind.is_block_device() || kind.is_char_device() {
+                "a device node"
+            } else {
+                "a special file"
+            }));
+        }
+        let size = metadata.len();
         let layout_error = |source| Error::Layout {
             name: name.to_string(),
             source,
@@ -207,16 +265,47 @@ impl Region {
         ))
     }
 
-    /// Runs `f` under the control lock, between two increments of the table version.
+    /// Runs `f` under the control lock, between two increments of the table version,
+    /// waiting for the lock as a command does ([`Patience::Command`]).
     pub fn with_control_lock<T>(&self, lock_file: &File, f: impl FnOnce() -> T) -> Result<T> {
-        // A poisoned mutex only means another thread panicked while holding it; the
-        // table itself is protected by the seqlock repair below, so carry on.
-        let _guard = self
-            .control_mutex
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.with_control_lock_within(lock_file, Patience::Command, f)
+    }
+
+    /// Runs `f` under the control lock, or fails with [`Error::ControlLockBusy`] if the
+    /// lock stays taken for longer than `patience` allows.
+    pub fn with_control_lock_within<T>(
+        &self,
+        lock_file: &File,
+        patience: Patience,
+        f: impl FnOnce() -> T,
+    ) -> Result<T> {
+        let deadline = Instant::now() + patience.wait();
+        let mut pause = Duration::from_micros(50);
+        // The mutex is tried too rather than waited for: another thread of ours may hold
+        // it while it waits for the file lock itself, up to its own (maybe longer) limit.
+        let _guard = loop {
+            match self.control_mutex.try_lock() {
+                Ok(guard) => break guard,
+                // A poisoned mutex only means another thread panicked while holding it;
+                // the table itself is protected by the seqlock repair below, so carry on.
+                Err(TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            if !pause_until(deadline, &mut pause) {
+                return Err(self.control_lock_busy(patience, Some(std::process::id())));
+            }
+        };
         let byte = self.layout.control_lock_byte();
-        RangeLock::lock(lock_file, byte, 1).map_err(io_error("take the control lock"))?;
+        while !RangeLock::try_lock(lock_file, byte, 1).map_err(io_error("take the control lock"))? {
+            if !pause_until(deadline, &mut pause) {
+                let holder = match patience {
+                    Patience::Command => find_lock_holder(lock_file, byte),
+                    // Not worth a walk through /proc every sweep while the holder stays put.
+                    Patience::DataPath => None,
+                };
+                return Err(self.control_lock_busy(patience, holder));
+            }
+        }
         let version = &self.header().table_version;
         // A holder that died mid-update left the version odd; `| 1` keeps it odd while we
         // work and the final store makes it even again.
@@ -228,6 +317,14 @@ impl Region {
         version.store(start.wrapping_add(1), Ordering::Release);
         let _ = RangeLock::unlock(lock_file, byte, 1);
         Ok(result)
+    }
+
+    fn control_lock_busy(&self, patience: Patience, holder: Option<u32>) -> Error {
+        Error::ControlLockBusy {
+            name: self.name.clone(),
+            waited_ms: patience.wait().as_millis() as u64,
+            holder,
+        }
     }
 
     /// Reads the table as a consistent snapshot of the peers that are up.
@@ -256,18 +353,32 @@ impl Region {
     }
 
     /// Reclaims dead peers if this process wins the sweep for now; `force` ignores the
-    /// interval (used by commands). Returns the slots reclaimed.
+    /// interval (used by commands and joins, which also wait longer for the control
+    /// lock). Returns the slots reclaimed.
     pub fn sweep(&self, lock_file: &File, own: Option<u16>, now_ns: u64, force: bool) -> Vec<u16> {
         let last = &self.header().last_sweep_ns;
         let previous = last.load(Ordering::Relaxed);
-        if !force
-            && (now_ns.saturating_sub(previous) < SWEEP_INTERVAL_NS
+        let scribbled = previous > now_ns.saturating_add(SWEEP_CLOCK_SLACK_NS);
+        if force {
+            if scribbled {
+                let _ =
+                    last.compare_exchange(previous, now_ns, Ordering::Relaxed, Ordering::Relaxed);
+            }
+        } else {
+            let due = scribbled || now_ns.saturating_sub(previous) >= SWEEP_INTERVAL_NS;
+            if !due
                 || last
                     .compare_exchange(previous, now_ns, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err())
-        {
-            return Vec::new();
+                    .is_err()
+            {
+                return Vec::new();
+            }
         }
+        let patience = if force {
+            Patience::Command
+        } else {
+            Patience::DataPath
+        };
         let peers = self.peers();
         let mut reclaimed = Vec::new();
         for index in 0..self.layout.geometry.max_peers as u16 {
@@ -280,20 +391,35 @@ impl Region {
             if RangeLock::probe(lock_file, byte, 1).ok() != Some(LockState::Free) {
                 continue;
             }
-            if self.reclaim(lock_file, index).unwrap_or(false) {
-                reclaimed.push(index);
+            match self.reclaim(lock_file, index, patience) {
+                Ok(true) => reclaimed.push(index),
+                Ok(false) => {}
+                Err(error @ Error::ControlLockBusy { .. }) => {
+                    // Every further reclaim would wait as long again; the next sweep
+                    // tries again. Said once per command, not every round of a sender.
+                    match patience {
+                        Patience::Command => {
+                            tracing::warn!("dead peers are not reclaimed this time: {error}")
+                        }
+                        Patience::DataPath => {
+                            tracing::debug!("dead peers are not reclaimed this time: {error}")
+                        }
+                    }
+                    break;
+                }
+                Err(_) => {}
             }
         }
         reclaimed
     }
 
     /// Clears slot `index` if its owner is dead (we can take its lock).
-    fn reclaim(&self, lock_file: &File, index: u16) -> Result<bool> {
+    fn reclaim(&self, lock_file: &File, index: u16, patience: Patience) -> Result<bool> {
         let byte = self.layout.peer_lock_byte(index as usize);
         if !RangeLock::try_lock(lock_file, byte, 1).map_err(io_error("lock a peer slot"))? {
             return Ok(false); // it lives, or someone else is reclaiming or joining it
         }
-        let result = self.with_control_lock(lock_file, || {
+        let result = self.with_control_lock_within(lock_file, patience, || {
             let entry = self.peers().at(index as u64);
             if entry.status.load(Ordering::Relaxed) == status::FREE {
                 return false;
@@ -341,6 +467,66 @@ impl Region {
     pub fn retire_discarded(&self, discarded: u64) {
         counters::retire_discarded(discarded, &self.header().retired);
     }
+}
+
+/// Sleeps a little before the next try for a busy lock, doubling the pause each time up to
+/// [`LOCK_RETRY_MAX`] and never past `deadline`; false once the deadline has passed.
+fn pause_until(deadline: Instant, pause: &mut Duration) -> bool {
+    let now = Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    std::thread::sleep((*pause).min(deadline - now));
+    *pause = (*pause * 2).min(LOCK_RETRY_MAX);
+    true
+}
+
+/// The process holding the OFD lock on `byte` of `file`, if `/proc` shows it.
+///
+/// `F_OFD_GETLK` cannot tell: an OFD lock belongs to an open file description, not to a
+/// process, and the kernel reports its pid as -1. But `/proc/PID/fdinfo/FD` lists the
+/// locks held through that descriptor, so the holder is the process one of whose
+/// descriptors lists ours. Processes of other users are not readable, and a bound on the
+/// time spent keeps a host with very many descriptors from stalling the caller.
+fn find_lock_holder(file: &File, byte: u64) -> Option<u32> {
+    const SEARCH_LIMIT: Duration = Duration::from_millis(200);
+    let metadata = file.metadata().ok()?;
+    let dev = metadata.dev();
+    // The kernel prints the lock as "… OFDLCK ADVISORY WRITE -1 MAJ:MIN:INODE START END".
+    let ours = format!(
+        " {:02x}:{:02x}:{} {byte} {byte}",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev),
+        metadata.ino()
+    );
+    let deadline = Instant::now() + SEARCH_LIMIT;
+    for process in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(descriptors) = std::fs::read_dir(process.path().join("fdinfo")) else {
+            continue;
+        };
+        for descriptor in descriptors.flatten() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            let Ok(info) = std::fs::read_to_string(descriptor.path()) else {
+                continue;
+            };
+            let holds_ours = info.lines().any(|line| {
+                line.starts_with("lock:") && line.contains("OFDLCK") && line.ends_with(&ours)
+            });
+            if holds_ours {
+                return Some(pid);
+            }
+        }
+    }
+    None
 }
 
 /// Whether every view the region hands out lies inside the mapping. `Layout::from_header`
