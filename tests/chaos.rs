@@ -36,11 +36,10 @@
 //! the side that member was on; the test allows that, by the batch sizes of each kind of
 //! member, and prints the difference it found.
 //!
-//! Two further holes, both on the receiving side and both needing a receiver to leave while
-//! frames are on their way to it (here: to be killed), fall within the same allowance: a
-//! copy refused as `peer_gone` is counted on the departed receiver's entry after that
-//! entry's counters were retired (the next join zeroes it), and a frozen writer whose
-//! receiver leaves mid-copy counts `tx_stalled` that no receiver counts.
+//! Receivers that leave while frames are on their way to them are counted too: a copy
+//! refused as `peer_gone`, a frame left unread, and a writer caught mid-copy (`stalled`)
+//! are all counted on the departed receiver's behalf in the retired totals (the two
+//! deterministic cases are in `tests/network.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;

@@ -373,3 +373,51 @@ fn frames_left_unread_by_a_departing_peer_are_counted_and_its_counters_retired()
         status.retired.rx_packets + retired_rx_drops
     );
 }
+
+#[test]
+fn frames_refused_because_their_receiver_left_mid_batch_are_counted_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut a = net.join(JoinOptions::default()).unwrap();
+    let mut b = Some(net.join(JoinOptions::default()).unwrap());
+    let b_mac = b.as_ref().unwrap().mac();
+    let frames: Vec<Vec<u8>> = (0..4u8).map(|i| frame(b_mac, a.mac(), &[i])).collect();
+    // b leaves after the first frame of a's batch: a's view of the table is the one it
+    // took when the batch began, so the other three are refused as peer_gone.
+    a.send_batch(frames.iter().enumerate().map(|(i, f)| {
+        if i == 1 {
+            drop(b.take());
+        }
+        f.as_slice()
+    }));
+    let sent = a.counters();
+    assert_eq!(sent.tx_deliveries, 1);
+    assert_eq!(sent.tx_dropped(DropReason::PeerGone), 3);
+    // The receiving side: the delivered frame was discarded unread, the three refused
+    // ones counted on b's behalf; 4 = 1 + 3 on both sides.
+    let retired = net.status().retired;
+    assert_eq!(retired.drops.get("rx_peer_gone"), Some(&4));
+}
+
+#[test]
+fn a_writer_caught_mid_copy_by_its_receiver_leaving_is_counted_on_both_sides() {
+    use guestnet::network::ring::{self, Claim, Unpublished};
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let a = net.join(JoinOptions::default()).unwrap();
+    let b = net.join(JoinOptions::default()).unwrap();
+    let ring_memory = net.ring_memory(b.index()).unwrap();
+    let Claim::Claimed(position) = ring::claim(&ring_memory, a.index()) else {
+        panic!("an empty ring has room")
+    };
+    drop(b);
+    // a finishes its copy after b has gone: its frame is not published into the ring the
+    // next occupant will get, a is told so (and counts it stalled), and the network counts
+    // it on the receiving side too.
+    assert_eq!(
+        ring::publish(&ring_memory, position, a.index()),
+        Err(Unpublished::PassedOver)
+    );
+    let retired = net.status().retired;
+    assert_eq!(retired.drops.get("rx_stalled"), Some(&1));
+}

@@ -610,7 +610,7 @@ fn a_ring_started_afresh_for_a_new_owner_frees_the_large_buffers_of_unread_frame
         assert_eq!(push_frame(&ring, 1, 3), Push::Delivered);
         assert!(frame_for(1, 2).len() > SLOT_WORDS * 8, "a large frame");
         let (tail, discarded) = ring::reset_ahead(&ring);
-        assert_eq!(discarded, 2, "both unread frames are counted");
+        assert_eq!(discarded.unread, 2, "both unread frames are counted");
         for (index, large) in ring.large.iter().enumerate() {
             assert_eq!(
                 large.owner.load(Ordering::SeqCst),
@@ -800,8 +800,17 @@ fn a_ring_changing_hands_under_a_stalled_large_push_loses_no_buffer_and_no_count
             .count() as u64;
         assert_eq!(
             delivered,
-            got.len() as u64 + discarded,
+            got.len() as u64 + discarded.unread,
             "published frames are read or counted: {outcomes:?}, read {got:?}"
+        );
+        let passed_over = outcomes
+            .iter()
+            .flatten()
+            .filter(|p| **p == Push::PassedOver)
+            .count() as u64;
+        assert_eq!(
+            passed_over, discarded.passed_over,
+            "a writer told its slot was passed over is counted on the ring's side too"
         );
         for (index, large) in ring.large.iter().enumerate() {
             assert_eq!(

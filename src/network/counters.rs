@@ -222,15 +222,16 @@ pub(crate) fn retire(entry: &PeerEntry, retired: &[AtomicU64; OWNER_COUNTERS + 2
     }
 }
 
-/// Adds unread frames discarded from a departed peer's ring to the retired `peer_gone`
-/// receive drops: the sender counted them delivered, and they will never be read.
-pub(crate) fn retire_discarded(
-    discarded: u64,
+/// Counts `n` receive drops for `reason` on behalf of a receiver that has gone: into the
+/// network's retired totals, where its own counters went when it left. (Counting them on
+/// its entry would lose them: the entry is zeroed for its next occupant.)
+pub(crate) fn count_retired_rx(
+    reason: DropReason,
+    n: u64,
     retired: &[AtomicU64; OWNER_COUNTERS + 2 * DROP_REASONS],
 ) {
-    if discarded != 0 {
-        retired[OWNER_COUNTERS + DROP_REASONS + DropReason::PeerGone.index()]
-            .fetch_add(discarded, Ordering::Relaxed);
+    if n != 0 {
+        retired[OWNER_COUNTERS + DROP_REASONS + reason.index()].fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -42,11 +42,12 @@ use crate::shm::layout::{
 use crate::shm::{LockState, Mapping, RangeLock, Strided};
 use crate::wire::MacAddress;
 
+use super::counters::{self, DropReason};
 use super::directory;
 use super::error::{Error, Result, io_error};
 use super::forward::PeerView;
 use super::shm_ring::ShmRing;
-use super::{counters, fdb, ring};
+use super::{fdb, ring};
 
 pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -462,10 +463,13 @@ impl Region {
         self.retire_discarded(discarded);
     }
 
-    /// Counts unread frames discarded from a departed peer's ring as retired `peer_gone`
-    /// receive drops.
-    pub fn retire_discarded(&self, discarded: u64) {
-        counters::retire_discarded(discarded, &self.header().retired);
+    /// Counts what was discarded from a departed peer's ring on its behalf, in the retired
+    /// totals: unread frames as `peer_gone`, slots still being written as `stalled` (their
+    /// writers count them so when their publish fails).
+    pub fn retire_discarded(&self, discarded: ring::Discarded) {
+        let retired = &self.header().retired;
+        counters::count_retired_rx(DropReason::PeerGone, discarded.unread, retired);
+        counters::count_retired_rx(DropReason::Stalled, discarded.passed_over, retired);
     }
 }
 

@@ -453,6 +453,12 @@ impl Sender {
             None
         };
         match refused {
+            // The receiver's counters went to the retired totals when it left; count there.
+            Some(DropReason::PeerGone) => {
+                let retired = &self.membership.region.header().retired;
+                counters::count_retired_rx(DropReason::PeerGone, 1, retired);
+                Err(DropReason::PeerGone)
+            }
             Some(reason) => {
                 counters::count_rx_drop(entry, reason);
                 Err(reason)

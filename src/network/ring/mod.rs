@@ -704,8 +704,17 @@ pub fn reset<M: SlotMemory>(ring: &M) {
     reset_at(ring, 0);
 }
 
-/// Starts a ring afresh for a new owner; returns the position to read from and how many
-/// unread frames were discarded.
+/// What starting a ring afresh did to the frames in it, for the accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Discarded {
+    /// Published frames nobody will read.
+    pub unread: u64,
+    /// Slots still being written, now passed over: their writers count them `stalled`.
+    pub passed_over: u64,
+}
+
+/// Starts a ring afresh for a new owner; returns the position to read from and what was
+/// discarded.
 ///
 /// Whatever the previous owner left (unread frames, a cursor it died before storing,
 /// slots scribbled on) is discarded by moving every slot to a lap *ahead* of any position
@@ -716,12 +725,12 @@ pub fn reset<M: SlotMemory>(ring: &M) {
 /// still write into it, so it is passed over rather than freed, and its later laps are
 /// void until the writer gives it back. Large buffers handed to the discarded frames are
 /// freed.
-pub fn reset_ahead<M: SlotMemory>(ring: &M) -> (u64, u64) {
+pub fn reset_ahead<M: SlotMemory>(ring: &M) -> (u64, Discarded) {
     let slots = ring.slot_count();
     let hint = ring.reserve().load(Ordering::Acquire);
     // Two laps past the hint, on a lap boundary so that position p sits in slot p mod N.
     let base = advance(hint, 2 * slots) & !(slots - 1);
-    let mut discarded = 0;
+    let mut discarded = Discarded::default();
     for index in 0..slots {
         let word = ring.state(index);
         // A writer may claim, publish or give back this very slot meanwhile; then look
@@ -747,7 +756,8 @@ pub fn reset_ahead<M: SlotMemory>(ring: &M) -> (u64, u64) {
                 )
                 .is_ok()
             {
-                discarded += u64::from(state.tag == Tag::Ready);
+                discarded.unread += u64::from(state.tag == Tag::Ready);
+                discarded.passed_over += u64::from(state.tag == Tag::Writing);
                 break;
             }
         }
@@ -961,7 +971,14 @@ pub(crate) mod tests {
         assert_eq!(claim(&ring, 2), Claim::Claimed(1)); // in flight across the handover
         let (start, discarded) = reset_ahead(&ring);
         assert_eq!(start % 4, 0);
-        assert_eq!(discarded, 1, "the unread frame is counted");
+        assert_eq!(
+            discarded,
+            Discarded {
+                unread: 1,
+                passed_over: 1
+            },
+            "the unread frame and the late writer's are counted"
+        );
         let mut out = [0u8; 4];
         assert_eq!(
             pop(&ring, start, &mut out),
