@@ -1,6 +1,7 @@
 //! The socket ports end to end: the real `guestnet stream` and `guestnet dgram` commands,
 //! real unix socket clients speaking QEMU's framings, and library peers on the same
-//! network to check what arrives and what was counted.
+//! network to check what arrives and what was counted. Where a test needs the port's own
+//! counters, it serves the port in-process instead of running the command.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
@@ -9,7 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
 use guestnet::network::{CreateOptions, JoinOptions, Network, NetworkStatus, Peer, PeerStatus};
+use guestnet::ports::doorbell::Doorbell;
+use guestnet::ports::stream::{StreamCounters, StreamOptions, StreamPort};
 use guestnet::wire::MacAddress;
 
 /// How long any single expected event may take before the test fails.
@@ -254,6 +260,107 @@ fn stream_runt_is_counted_and_the_next_frame_still_goes_through() {
 }
 
 #[test]
+fn stream_client_with_a_jumbo_mtu_loses_the_giant_frame_not_its_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let _port = PortProcess::start(dir.path(), "stream", "lab.sock", &[]);
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let mut client = connect_and_join(&net, &dir.path().join("lab.sock"), 1);
+    // A guest configured for MTU 9000 on an MTU-1500 network: its length prefixes are
+    // intact, only the frame is too long. Its body goes out in pieces, as a real socket
+    // may deliver it.
+    let mut jumbo = frame(local.mac(), mac(0xa), "jumbo");
+    jumbo.resize(9000, 0x5a);
+    client.socket.write_all(&9000u32.to_be_bytes()).unwrap();
+    for piece in jumbo.chunks(1000) {
+        client.socket.write_all(piece).unwrap();
+    }
+    let normal = frame(local.mac(), mac(0xa), "after the jumbo");
+    client.send(&normal);
+    assert_eq!(receive_one(&mut local), normal, "the link stays up");
+    // The giant was counted alone, the normal frame sent: the counts may be written just
+    // after the frame was delivered, so wait for both.
+    let status = wait_for_status(&net, "the giant to be counted", |s| {
+        peer_with_mac(s, mac(0xa))
+            .is_some_and(|p| p.drops.get("tx_invalid") == Some(&1) && p.tx_packets == 1)
+    });
+    assert_eq!(count_kind(&status, "stream"), 1, "still connected");
+    // And the client still receives.
+    let down = frame(mac(0xa), local.mac(), "still connected");
+    local.send(&down);
+    assert_eq!(client.receive(), down);
+}
+
+/// A stream port served in this process, so a test can read the port's own counters;
+/// stopped and joined however the test ends.
+struct InProcessStreamPort {
+    path: PathBuf,
+    counters: Arc<StreamCounters>,
+    stop: Arc<Doorbell>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl InProcessStreamPort {
+    fn start(dir: &Path, options: StreamOptions) -> InProcessStreamPort {
+        let path = dir.join("lab.sock");
+        let network = Network::open(dir, "lab").expect("open the network");
+        let port = StreamPort::bind(network, &path, options).expect("bind");
+        let counters = port.counters();
+        let stop = Arc::new(Doorbell::new().expect("doorbell"));
+        let server = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || port.serve(&stop).expect("serve"))
+        };
+        InProcessStreamPort {
+            path,
+            counters,
+            stop,
+            server: Some(server),
+        }
+    }
+}
+
+impl Drop for InProcessStreamPort {
+    fn drop(&mut self) {
+        self.stop.ring();
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+    }
+}
+
+#[test]
+fn stream_client_announcing_a_gibibyte_frame_is_disconnected_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let port = InProcessStreamPort::start(dir.path(), StreamOptions::default());
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let mut client = connect_and_join(&net, &port.path, 1);
+    // A giant first: skipped and counted on the port, the connection stays.
+    let mut jumbo = frame(local.mac(), mac(0xa), "jumbo");
+    jumbo.resize(9000, 0);
+    client.send(&jumbo);
+    let normal = frame(local.mac(), mac(0xa), "normal");
+    client.send(&normal);
+    assert_eq!(receive_one(&mut local), normal);
+    assert_eq!(port.counters.values().giants_skipped, 1);
+    assert_eq!(port.counters.values().closed_out_of_step, 0);
+    // Then a length no frame has: the stream is out of step, the connection is closed.
+    // One write: the port may close the connection as soon as it has read the length.
+    let mut record = (1u32 << 30).to_be_bytes().to_vec();
+    record.extend_from_slice(&[0u8; 64]);
+    client.socket.write_all(&record).unwrap();
+    assert!(
+        client.is_closed_by_port(),
+        "a 1 GiB length closes the connection"
+    );
+    wait_for_status(&net, "its peer to leave", |s| count_kind(s, "stream") == 0);
+    let counters = port.counters.values();
+    assert_eq!(counters.closed_out_of_step, 1);
+    assert_eq!(counters.giants_skipped, 1);
+}
+
+#[test]
 fn stream_giant_closes_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();
     let net = network(&dir);
@@ -263,8 +370,10 @@ fn stream_giant_closes_only_that_connection() {
     let mut bad = connect_and_join(&net, &path, 1);
     let mut good = connect_and_join(&net, &path, 2);
 
-    bad.socket.write_all(&100_000u32.to_be_bytes()).unwrap();
-    bad.socket.write_all(&[0u8; 64]).unwrap();
+    // One write: the port may close the connection as soon as it has read the length.
+    let mut record = 100_000u32.to_be_bytes().to_vec();
+    record.extend_from_slice(&[0u8; 64]);
+    bad.socket.write_all(&record).unwrap();
     assert!(
         bad.is_closed_by_port(),
         "a giant length closes the connection"

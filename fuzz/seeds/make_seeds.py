@@ -87,10 +87,22 @@ for name, frame in FRAMES.items():
     # max_frame 1518, cut seed 7, then the frame twice, a runt and a giant prefix.
     stream = b"".join(struct.pack("!I", len(frame)) + frame for _ in range(2))
     write("stream_decoder", name, struct.pack("!HB", 1518, 7) + stream)
+# A runt, then a length beyond any frame (70000 > 64 KiB + tagged header): out of step.
 write(
     "stream_decoder",
-    "runt_then_giant",
+    "runt_then_out_of_step",
     struct.pack("!HB", 1518, 3) + struct.pack("!I", 3) + b"abc" + struct.pack("!I", 70000),
+)
+# A guest with MTU 1500 on a network of MTU 1000: a 1514-byte frame, skipped in pieces,
+# then a frame that fits.
+arp = FRAMES["arp_request"]
+jumbo = arp + b"\x5a" * (1514 - len(arp))
+write(
+    "stream_decoder",
+    "giant_then_frame",
+    struct.pack("!HB", 1018, 5)
+    + struct.pack("!I", len(jumbo)) + jumbo
+    + struct.pack("!I", len(arp)) + arp,
 )
 write("pcap_reader", "three_frames", pcap(FRAMES.values()))
 write("pcap_reader", "truncated", pcap(FRAMES.values())[:-7])
