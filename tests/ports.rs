@@ -394,6 +394,57 @@ fn stream_giant_closes_only_that_connection() {
 }
 
 #[test]
+fn stream_clients_beyond_max_clients_are_disconnected_until_one_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let _port = PortProcess::start(dir.path(), "stream", "lab.sock", &["--max-clients", "2"]);
+    let path = dir.path().join("lab.sock");
+    let mut first = connect_and_join(&net, &path, 1);
+    let mut second = connect_and_join(&net, &path, 2);
+    let mut third = StreamClient::connect(&path);
+    assert!(
+        third.is_closed_by_port(),
+        "a third client is over the limit"
+    );
+    assert_eq!(
+        count_kind(&net.status(), "stream"),
+        2,
+        "and never became a peer, although the network has room"
+    );
+    // The two clients served carry on.
+    first.send(&frame(MacAddress::BROADCAST, mac(1), "still here"));
+    assert_eq!(second.receive()[14..24], *b"still here");
+    // One leaves: the next client takes its place.
+    drop(first);
+    wait_for_status(&net, "the first client to leave", |s| {
+        count_kind(s, "stream") == 1
+    });
+    let mut fourth = connect_and_join(&net, &path, 2);
+    fourth.send(&frame(MacAddress::BROADCAST, mac(4), "my turn"));
+    assert_eq!(second.receive()[14..21], *b"my turn");
+}
+
+#[test]
+fn stream_client_opening_connection_after_connection_gets_16_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let port = InProcessStreamPort::start(dir.path(), StreamOptions::default());
+    // One program opens connection after connection on a network of 64 slots: the default
+    // limit leaves the other slots to others.
+    let clients: Vec<_> = (1..=16)
+        .map(|n| connect_and_join(&net, &port.path, n))
+        .collect();
+    let mut over = StreamClient::connect(&port.path);
+    assert!(over.is_closed_by_port(), "the 17th connection is refused");
+    let counters = port.counters.values();
+    assert_eq!(counters.connections_accepted, 16);
+    assert_eq!(counters.refused_over_limit, 1);
+    assert_eq!(counters.refused_by_network, 0);
+    assert_eq!(count_kind(&net.status(), "stream"), 16);
+    drop(clients);
+}
+
+#[test]
 fn stream_closed_connection_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
     let net = Network::create(

@@ -25,6 +25,12 @@
 //! Either thread that meets the end of the connection closes the socket for both, so the
 //! other wakes up (a blocked `read` or `write` returns; the writer's sleep is bounded by
 //! [`WRITER_WAIT`]) and the peer leaves once both have let go of it.
+//!
+//! **How many.** One program connecting again and again must not take every slot of the
+//! network: the port serves at most [`StreamOptions::max_clients`] connections at a time
+//! (16 unless told otherwise) and closes further ones at once, counted and logged, until
+//! one of those it serves ends. A connection needs no idle expiry: it lasts as long as its
+//! client keeps the socket open, and ends the moment the client closes it.
 
 use std::io::{self, Read};
 use std::os::fd::AsFd;
@@ -63,6 +69,13 @@ counters! {
     pub struct StreamCounters;
     /// A copy of [`StreamCounters`].
     pub struct StreamCounterValues;
+    /// Connections made peers.
+    connections_accepted,
+    /// Connections closed at once because [`StreamOptions::max_clients`] were served.
+    refused_over_limit,
+    /// Connections closed at once because the network refused them a peer (full, or the
+    /// `--mac` taken).
+    refused_by_network,
     /// Frames longer than the network's largest, skipped (each also counted as its
     /// peer's `invalid` drop).
     giants_skipped,
@@ -71,12 +84,29 @@ counters! {
     closed_out_of_step,
 }
 
+/// Connections a stream port serves at once unless told otherwise: enough for a lab of
+/// VMs, and a quarter of a default network's slots, so that one program connecting again
+/// and again leaves room for everyone else.
+pub const DEFAULT_MAX_CLIENTS: usize = 16;
+
 /// Options of a stream port.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StreamOptions {
     /// MAC to publish for each connection; by default it is learned from the first frame.
     /// Only one connection at a time can publish a given MAC.
     pub mac: Option<MacAddress>,
+    /// Most connections served at once; further ones are closed at once and counted
+    /// (`refused_over_limit`).
+    pub max_clients: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            mac: None,
+            max_clients: DEFAULT_MAX_CLIENTS,
+        }
+    }
 }
 
 /// A stream port bound to its socket, ready to serve.
@@ -154,6 +184,9 @@ impl StreamPort {
         let connections: Mutex<Vec<Weak<Connection>>> = Mutex::new(Vec::new());
         let result = std::thread::scope(|scope| {
             let mut accepted: u64 = 0;
+            // Whether the refusals of the current spell at the limit have been logged
+            // as a warning already: a client retrying in a loop must not flood the log.
+            let mut warned_over_limit = false;
             let result = loop {
                 match wait_for_connection(&self.listener, stop) {
                     Ok(Event::Stop) => break Ok(()),
@@ -179,12 +212,37 @@ impl StreamPort {
                     &format!("stream#{accepted} "),
                     &self.path().to_string_lossy(),
                 );
+                let served = {
+                    let mut list = connections.lock().unwrap_or_else(|p| p.into_inner());
+                    list.retain(|c| c.strong_count() > 0);
+                    list.len()
+                };
+                if served >= self.options.max_clients {
+                    let refused = 1 + self
+                        .counters
+                        .refused_over_limit
+                        .fetch_add(1, Ordering::Relaxed);
+                    if warned_over_limit {
+                        tracing::debug!(port = %name, refused, "refusing a connection over the limit");
+                    } else {
+                        tracing::warn!(
+                            port = %name,
+                            served,
+                            max_clients = self.options.max_clients,
+                            refused,
+                            "refusing a connection: --max-clients are connected (further refusals are logged at debug level until one leaves)"
+                        );
+                        warned_over_limit = true;
+                    }
+                    // Dropping the stream closes it; the client sees the end at once.
+                    continue;
+                }
                 let Some((connection, sender, receiver)) = self.admit(stream, name) else {
                     continue;
                 };
+                warned_over_limit = false;
                 {
                     let mut list = connections.lock().unwrap_or_else(|p| p.into_inner());
-                    list.retain(|c| c.strong_count() > 0);
                     list.push(Arc::downgrade(&connection));
                 }
                 let reader = Reader {
@@ -197,7 +255,7 @@ impl StreamPort {
                     giants: 0,
                 };
                 scope.spawn(move || reader.run());
-                scope.spawn(move || write_loop(&connection, receiver));
+                scope.spawn(move || write_loop(connection, receiver));
             };
             // Stopping (or failing): close every connection so their threads end; the
             // scope then waits for them, and each peer leaves as its halves drop.
@@ -234,15 +292,21 @@ impl StreamPort {
         };
         let peer = match self.network.join(options) {
             Ok(peer) => peer,
-            Err(e @ NetworkError::MacInUse { .. }) => {
-                tracing::warn!(port = %label, error = %e, "refusing a connection: --mac serves one client at a time");
-                return None;
-            }
             Err(e) => {
-                tracing::warn!(port = %label, error = %e, "refusing a connection");
+                self.counters
+                    .refused_by_network
+                    .fetch_add(1, Ordering::Relaxed);
+                if let NetworkError::MacInUse { .. } = e {
+                    tracing::warn!(port = %label, error = %e, "refusing a connection: --mac serves one client at a time");
+                } else {
+                    tracing::warn!(port = %label, error = %e, "refusing a connection");
+                }
                 return None;
             }
         };
+        self.counters
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(port = %label, slot = peer.index(), mac = %peer.mac(), "client connected");
         let (sender, receiver) = peer.split();
         let connection = Arc::new(Connection {
@@ -331,6 +395,14 @@ impl Reader<'_> {
         while self.read_once() == ReadOutcome::Open {}
         tracing::info!(port = %self.connection.label, giants = self.giants, "client disconnected");
         self.connection.close();
+        // The connection counts against --max-clients until both threads have let go of
+        // it; let go before the peer half, so that once the peer has left, a client that
+        // saw it leave finds its place free.
+        let Reader {
+            connection, sender, ..
+        } = self;
+        drop(connection);
+        drop(sender);
     }
 
     /// One `read`, decoded and sent as one batch.
@@ -417,7 +489,7 @@ impl Reader<'_> {
 }
 
 /// Network → socket, until the connection ends.
-fn write_loop(connection: &Connection, mut receiver: Receiver) {
+fn write_loop(connection: Arc<Connection>, mut receiver: Receiver) {
     let mut out = Vec::with_capacity(WRITE_BUDGET * 128);
     while !connection.is_closed() {
         if !receiver.wait(WRITER_WAIT) {
@@ -439,6 +511,9 @@ fn write_loop(connection: &Connection, mut receiver: Receiver) {
         }
     }
     connection.close();
+    // Before the peer half, as in the reader (see `Reader::run`).
+    drop(connection);
+    drop(receiver);
 }
 
 /// `write_all` with `MSG_NOSIGNAL`: a client that hung up must cost its connection, not
