@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use guestnet::network::{CreateOptions, JoinOptions, Network, NetworkStatus, Peer, PeerStatus};
+use guestnet::ports::dgram::{DgramCounters, DgramOptions, DgramPort};
 use guestnet::ports::doorbell::Doorbell;
 use guestnet::ports::stream::{StreamCounters, StreamOptions, StreamPort};
 use guestnet::wire::MacAddress;
@@ -291,27 +292,28 @@ fn stream_client_with_a_jumbo_mtu_loses_the_giant_frame_not_its_link() {
     assert_eq!(client.receive(), down);
 }
 
-/// A stream port served in this process, so a test can read the port's own counters;
-/// stopped and joined however the test ends.
-struct InProcessStreamPort {
+/// A port served in this process, so a test can read the port's own counters; stopped
+/// and joined however the test ends.
+struct InProcessPort<Counters> {
     path: PathBuf,
-    counters: Arc<StreamCounters>,
+    counters: Arc<Counters>,
     stop: Arc<Doorbell>,
     server: Option<JoinHandle<()>>,
 }
 
-impl InProcessStreamPort {
-    fn start(dir: &Path, options: StreamOptions) -> InProcessStreamPort {
-        let path = dir.join("lab.sock");
-        let network = Network::open(dir, "lab").expect("open the network");
-        let port = StreamPort::bind(network, &path, options).expect("bind");
-        let counters = port.counters();
+impl<Counters> InProcessPort<Counters> {
+    /// Runs `serve` on a thread of its own until the test ends.
+    fn start(
+        path: PathBuf,
+        counters: Arc<Counters>,
+        serve: impl FnOnce(&Doorbell) + Send + 'static,
+    ) -> InProcessPort<Counters> {
         let stop = Arc::new(Doorbell::new().expect("doorbell"));
         let server = {
             let stop = Arc::clone(&stop);
-            std::thread::spawn(move || port.serve(&stop).expect("serve"))
+            std::thread::spawn(move || serve(&stop))
         };
-        InProcessStreamPort {
+        InProcessPort {
             path,
             counters,
             stop,
@@ -320,7 +322,29 @@ impl InProcessStreamPort {
     }
 }
 
-impl Drop for InProcessStreamPort {
+/// A stream port on `DIR/lab.sock`, served in this process.
+fn stream_port_in_process(dir: &Path, options: StreamOptions) -> InProcessPort<StreamCounters> {
+    let path = dir.join("lab.sock");
+    let network = Network::open(dir, "lab").expect("open the network");
+    let port = StreamPort::bind(network, &path, options).expect("bind");
+    let counters = port.counters();
+    InProcessPort::start(path, counters, move |stop| {
+        port.serve(stop).expect("serve");
+    })
+}
+
+/// A datagram port on `DIR/lab.dgram`, served in this process.
+fn dgram_port_in_process(dir: &Path, options: DgramOptions) -> InProcessPort<DgramCounters> {
+    let path = dir.join("lab.dgram");
+    let network = Network::open(dir, "lab").expect("open the network");
+    let port = DgramPort::bind(network, &path, options).expect("bind");
+    let counters = port.counters();
+    InProcessPort::start(path, counters, move |stop| {
+        port.serve(stop).expect("serve");
+    })
+}
+
+impl<Counters> Drop for InProcessPort<Counters> {
     fn drop(&mut self) {
         self.stop.ring();
         if let Some(server) = self.server.take() {
@@ -333,7 +357,7 @@ impl Drop for InProcessStreamPort {
 fn stream_client_announcing_a_gibibyte_frame_is_disconnected_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let net = network(&dir);
-    let port = InProcessStreamPort::start(dir.path(), StreamOptions::default());
+    let port = stream_port_in_process(dir.path(), StreamOptions::default());
     let mut local = net.join(JoinOptions::default()).unwrap();
     let mut client = connect_and_join(&net, &port.path, 1);
     // A giant first: skipped and counted on the port, the connection stays.
@@ -428,7 +452,7 @@ fn stream_clients_beyond_max_clients_are_disconnected_until_one_leaves() {
 fn stream_client_opening_connection_after_connection_gets_16_and_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let net = network(&dir);
-    let port = InProcessStreamPort::start(dir.path(), StreamOptions::default());
+    let port = stream_port_in_process(dir.path(), StreamOptions::default());
     // One program opens connection after connection on a network of 64 slots: the default
     // limit leaves the other slots to others.
     let clients: Vec<_> = (1..=16)
@@ -705,4 +729,128 @@ fn dgram_port_cleans_up_on_sigterm() {
     assert!(port.terminate(), "exit status 0 after SIGTERM");
     assert!(!port.path.exists(), "the socket file is removed");
     assert!(net.status().peers.is_empty(), "every peer left");
+}
+
+/// Polls the port's counters until `check` holds; fails after the deadline.
+fn wait_for_counters<Values: std::fmt::Debug>(
+    what: &str,
+    read: impl Fn() -> Values,
+    check: impl Fn(&Values) -> bool,
+) -> Values {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let values = read();
+        if check(&values) {
+            return values;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {values:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn dgram_senders_beyond_max_clients_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let options = DgramOptions {
+        max_clients: 2,
+        ..DgramOptions::default()
+    };
+    let port = dgram_port_in_process(dir.path(), options);
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let a = dgram_client(dir.path(), "a.sock");
+    let b = dgram_client(dir.path(), "b.sock");
+    for (client, last) in [(&a, 0xa), (&b, 0xb)] {
+        let hello = frame(local.mac(), mac(last), "served");
+        client.send_to(&hello, &port.path).unwrap();
+        assert_eq!(receive_one(&mut local), hello);
+    }
+    // A third sender (one program binding address after address) gets no peer, although
+    // the network has room; its datagrams are dropped and counted.
+    let c = dgram_client(dir.path(), "c.sock");
+    for _ in 0..3 {
+        c.send_to(&frame(local.mac(), mac(0xc), "over the limit"), &port.path)
+            .unwrap();
+    }
+    let counters = wait_for_counters(
+        "the third sender's datagrams to be refused",
+        || port.counters.values(),
+        |c| c.refused_over_limit == 3,
+    );
+    assert_eq!(counters.senders_admitted, 2);
+    assert_eq!(counters.refused_by_network, 0);
+    assert_eq!(count_kind(&net.status(), "dgram"), 2);
+    assert_eq!(
+        local.receive(usize::MAX, |_| {}),
+        0,
+        "nothing of it arrived"
+    );
+    // The two served carry on.
+    let again = frame(local.mac(), mac(0xa), "still served");
+    a.send_to(&again, &port.path).unwrap();
+    assert_eq!(receive_one(&mut local), again);
+}
+
+#[test]
+fn dgram_sender_that_falls_silent_expires_and_its_place_goes_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let options = DgramOptions {
+        max_clients: 1,
+        // Long enough that the second sender surely comes while the first is served.
+        idle_timeout: Some(Duration::from_secs(1)),
+        ..DgramOptions::default()
+    };
+    let port = dgram_port_in_process(dir.path(), options);
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let quiet = dgram_client(dir.path(), "quiet.sock");
+    let hello = frame(local.mac(), mac(0x1), "then silence");
+    quiet.send_to(&hello, &port.path).unwrap();
+    assert_eq!(receive_one(&mut local), hello);
+    // A second sender waits for the place.
+    let next = dgram_client(dir.path(), "next.sock");
+    next.send_to(&frame(local.mac(), mac(0x2), "full"), &port.path)
+        .unwrap();
+    wait_for_counters(
+        "the second sender to be refused",
+        || port.counters.values(),
+        |c| c.refused_over_limit == 1,
+    );
+    // The first falls silent: it expires, its peer leaves and frees the slot.
+    wait_for_status(&net, "the silent sender's peer to leave", |s| {
+        count_kind(s, "dgram") == 0
+    });
+    assert_eq!(port.counters.values().senders_expired, 1);
+    let mine = frame(local.mac(), mac(0x2), "my turn");
+    next.send_to(&mine, &port.path).unwrap();
+    assert_eq!(receive_one(&mut local), mine);
+    assert_eq!(port.counters.values().senders_admitted, 2);
+    // The network's traffic towards it reaches it.
+    let reply = frame(mac(0x2), local.mac(), "welcome");
+    local.send(&reply);
+    assert_eq!(dgram_receive(&next), reply);
+}
+
+#[test]
+fn dgram_sender_silent_past_idle_timeout_leaves_and_comes_back_with_its_next_datagram() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let port = PortProcess::start(dir.path(), "dgram", "lab.dgram", &["--idle-timeout", "0.2"]);
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let client = dgram_client(dir.path(), "vm.sock");
+    let hello = frame(local.mac(), mac(0xe), "hello");
+    client.send_to(&hello, &port.path).unwrap();
+    assert_eq!(receive_one(&mut local), hello);
+    wait_for_status(&net, "the silent sender's peer to leave", |s| {
+        count_kind(s, "dgram") == 0
+    });
+    let back = frame(local.mac(), mac(0xe), "back again");
+    client.send_to(&back, &port.path).unwrap();
+    assert_eq!(receive_one(&mut local), back);
+    let reply = frame(mac(0xe), local.mac(), "welcome back");
+    local.send(&reply);
+    assert_eq!(dgram_receive(&client), reply);
 }
