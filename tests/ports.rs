@@ -1,6 +1,7 @@
 //! The socket ports end to end: the real `guestnet stream` and `guestnet dgram` commands,
 //! real unix socket clients speaking QEMU's framings, and library peers on the same
-//! network to check what arrives and what was counted.
+//! network to check what arrives and what was counted. Where a test needs the port's own
+//! counters, it serves the port in-process instead of running the command.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
@@ -9,7 +10,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
 use guestnet::network::{CreateOptions, JoinOptions, Network, NetworkStatus, Peer, PeerStatus};
+use guestnet::ports::dgram::{DgramCounters, DgramOptions, DgramPort};
+use guestnet::ports::doorbell::Doorbell;
+use guestnet::ports::stream::{StreamCounters, StreamOptions, StreamPort};
 use guestnet::wire::MacAddress;
 
 /// How long any single expected event may take before the test fails.
@@ -254,6 +261,130 @@ fn stream_runt_is_counted_and_the_next_frame_still_goes_through() {
 }
 
 #[test]
+fn stream_client_with_a_jumbo_mtu_loses_the_giant_frame_not_its_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let _port = PortProcess::start(dir.path(), "stream", "lab.sock", &[]);
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let mut client = connect_and_join(&net, &dir.path().join("lab.sock"), 1);
+    // A guest configured for MTU 9000 on an MTU-1500 network: its length prefixes are
+    // intact, only the frame is too long. Its body goes out in pieces, as a real socket
+    // may deliver it.
+    let mut jumbo = frame(local.mac(), mac(0xa), "jumbo");
+    jumbo.resize(9000, 0x5a);
+    client.socket.write_all(&9000u32.to_be_bytes()).unwrap();
+    for piece in jumbo.chunks(1000) {
+        client.socket.write_all(piece).unwrap();
+    }
+    let normal = frame(local.mac(), mac(0xa), "after the jumbo");
+    client.send(&normal);
+    assert_eq!(receive_one(&mut local), normal, "the link stays up");
+    // The giant was counted alone, the normal frame sent: the counts may be written just
+    // after the frame was delivered, so wait for both.
+    let status = wait_for_status(&net, "the giant to be counted", |s| {
+        peer_with_mac(s, mac(0xa))
+            .is_some_and(|p| p.drops.get("tx_invalid") == Some(&1) && p.tx_packets == 1)
+    });
+    assert_eq!(count_kind(&status, "stream"), 1, "still connected");
+    // And the client still receives.
+    let down = frame(mac(0xa), local.mac(), "still connected");
+    local.send(&down);
+    assert_eq!(client.receive(), down);
+}
+
+/// A port served in this process, so a test can read the port's own counters; stopped
+/// and joined however the test ends.
+struct InProcessPort<Counters> {
+    path: PathBuf,
+    counters: Arc<Counters>,
+    stop: Arc<Doorbell>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl<Counters> InProcessPort<Counters> {
+    /// Runs `serve` on a thread of its own until the test ends.
+    fn start(
+        path: PathBuf,
+        counters: Arc<Counters>,
+        serve: impl FnOnce(&Doorbell) + Send + 'static,
+    ) -> InProcessPort<Counters> {
+        let stop = Arc::new(Doorbell::new().expect("doorbell"));
+        let server = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || serve(&stop))
+        };
+        InProcessPort {
+            path,
+            counters,
+            stop,
+            server: Some(server),
+        }
+    }
+}
+
+/// A stream port on `DIR/lab.sock`, served in this process.
+fn stream_port_in_process(dir: &Path, options: StreamOptions) -> InProcessPort<StreamCounters> {
+    let path = dir.join("lab.sock");
+    let network = Network::open(dir, "lab").expect("open the network");
+    let port = StreamPort::bind(network, &path, options).expect("bind");
+    let counters = port.counters();
+    InProcessPort::start(path, counters, move |stop| {
+        port.serve(stop).expect("serve");
+    })
+}
+
+/// A datagram port on `DIR/lab.dgram`, served in this process.
+fn dgram_port_in_process(dir: &Path, options: DgramOptions) -> InProcessPort<DgramCounters> {
+    let path = dir.join("lab.dgram");
+    let network = Network::open(dir, "lab").expect("open the network");
+    let port = DgramPort::bind(network, &path, options).expect("bind");
+    let counters = port.counters();
+    InProcessPort::start(path, counters, move |stop| {
+        port.serve(stop).expect("serve");
+    })
+}
+
+impl<Counters> Drop for InProcessPort<Counters> {
+    fn drop(&mut self) {
+        self.stop.ring();
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+    }
+}
+
+#[test]
+fn stream_client_announcing_a_gibibyte_frame_is_disconnected_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let port = stream_port_in_process(dir.path(), StreamOptions::default());
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let mut client = connect_and_join(&net, &port.path, 1);
+    // A giant first: skipped and counted on the port, the connection stays.
+    let mut jumbo = frame(local.mac(), mac(0xa), "jumbo");
+    jumbo.resize(9000, 0);
+    client.send(&jumbo);
+    let normal = frame(local.mac(), mac(0xa), "normal");
+    client.send(&normal);
+    assert_eq!(receive_one(&mut local), normal);
+    assert_eq!(port.counters.values().giants_skipped, 1);
+    assert_eq!(port.counters.values().closed_out_of_step, 0);
+    // Then a length no frame has: the stream is out of step, the connection is closed.
+    // One write: the port may close the connection as soon as it has read the length.
+    let mut record = (1u32 << 30).to_be_bytes().to_vec();
+    record.extend_from_slice(&[0u8; 64]);
+    client.socket.write_all(&record).unwrap();
+    assert!(
+        client.is_closed_by_port(),
+        "a 1 GiB length closes the connection"
+    );
+    wait_for_status(&net, "its peer to leave", |s| count_kind(s, "stream") == 0);
+    let counters = port.counters.values();
+    assert_eq!(counters.closed_out_of_step, 1);
+    assert_eq!(counters.giants_skipped, 1);
+}
+
+#[test]
 fn stream_giant_closes_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();
     let net = network(&dir);
@@ -263,8 +394,10 @@ fn stream_giant_closes_only_that_connection() {
     let mut bad = connect_and_join(&net, &path, 1);
     let mut good = connect_and_join(&net, &path, 2);
 
-    bad.socket.write_all(&100_000u32.to_be_bytes()).unwrap();
-    bad.socket.write_all(&[0u8; 64]).unwrap();
+    // One write: the port may close the connection as soon as it has read the length.
+    let mut record = 100_000u32.to_be_bytes().to_vec();
+    record.extend_from_slice(&[0u8; 64]);
+    bad.socket.write_all(&record).unwrap();
     assert!(
         bad.is_closed_by_port(),
         "a giant length closes the connection"
@@ -282,6 +415,57 @@ fn stream_giant_closes_only_that_connection() {
     assert_eq!(good.receive(), down);
     // And the port still accepts new clients.
     let _again = connect_and_join(&net, &path, 2);
+}
+
+#[test]
+fn stream_clients_beyond_max_clients_are_disconnected_until_one_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let _port = PortProcess::start(dir.path(), "stream", "lab.sock", &["--max-clients", "2"]);
+    let path = dir.path().join("lab.sock");
+    let mut first = connect_and_join(&net, &path, 1);
+    let mut second = connect_and_join(&net, &path, 2);
+    let mut third = StreamClient::connect(&path);
+    assert!(
+        third.is_closed_by_port(),
+        "a third client is over the limit"
+    );
+    assert_eq!(
+        count_kind(&net.status(), "stream"),
+        2,
+        "and never became a peer, although the network has room"
+    );
+    // The two clients served carry on.
+    first.send(&frame(MacAddress::BROADCAST, mac(1), "still here"));
+    assert_eq!(second.receive()[14..24], *b"still here");
+    // One leaves: the next client takes its place.
+    drop(first);
+    wait_for_status(&net, "the first client to leave", |s| {
+        count_kind(s, "stream") == 1
+    });
+    let mut fourth = connect_and_join(&net, &path, 2);
+    fourth.send(&frame(MacAddress::BROADCAST, mac(4), "my turn"));
+    assert_eq!(second.receive()[14..21], *b"my turn");
+}
+
+#[test]
+fn stream_client_opening_connection_after_connection_gets_16_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let port = stream_port_in_process(dir.path(), StreamOptions::default());
+    // One program opens connection after connection on a network of 64 slots: the default
+    // limit leaves the other slots to others.
+    let clients: Vec<_> = (1..=16)
+        .map(|n| connect_and_join(&net, &port.path, n))
+        .collect();
+    let mut over = StreamClient::connect(&port.path);
+    assert!(over.is_closed_by_port(), "the 17th connection is refused");
+    let counters = port.counters.values();
+    assert_eq!(counters.connections_accepted, 16);
+    assert_eq!(counters.refused_over_limit, 1);
+    assert_eq!(counters.refused_by_network, 0);
+    assert_eq!(count_kind(&net.status(), "stream"), 16);
+    drop(clients);
 }
 
 #[test]
@@ -545,4 +729,128 @@ fn dgram_port_cleans_up_on_sigterm() {
     assert!(port.terminate(), "exit status 0 after SIGTERM");
     assert!(!port.path.exists(), "the socket file is removed");
     assert!(net.status().peers.is_empty(), "every peer left");
+}
+
+/// Polls the port's counters until `check` holds; fails after the deadline.
+fn wait_for_counters<Values: std::fmt::Debug>(
+    what: &str,
+    read: impl Fn() -> Values,
+    check: impl Fn(&Values) -> bool,
+) -> Values {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let values = read();
+        if check(&values) {
+            return values;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {values:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn dgram_senders_beyond_max_clients_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let options = DgramOptions {
+        max_clients: 2,
+        ..DgramOptions::default()
+    };
+    let port = dgram_port_in_process(dir.path(), options);
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let a = dgram_client(dir.path(), "a.sock");
+    let b = dgram_client(dir.path(), "b.sock");
+    for (client, last) in [(&a, 0xa), (&b, 0xb)] {
+        let hello = frame(local.mac(), mac(last), "served");
+        client.send_to(&hello, &port.path).unwrap();
+        assert_eq!(receive_one(&mut local), hello);
+    }
+    // A third sender (one program binding address after address) gets no peer, although
+    // the network has room; its datagrams are dropped and counted.
+    let c = dgram_client(dir.path(), "c.sock");
+    for _ in 0..3 {
+        c.send_to(&frame(local.mac(), mac(0xc), "over the limit"), &port.path)
+            .unwrap();
+    }
+    let counters = wait_for_counters(
+        "the third sender's datagrams to be refused",
+        || port.counters.values(),
+        |c| c.refused_over_limit == 3,
+    );
+    assert_eq!(counters.senders_admitted, 2);
+    assert_eq!(counters.refused_by_network, 0);
+    assert_eq!(count_kind(&net.status(), "dgram"), 2);
+    assert_eq!(
+        local.receive(usize::MAX, |_| {}),
+        0,
+        "nothing of it arrived"
+    );
+    // The two served carry on.
+    let again = frame(local.mac(), mac(0xa), "still served");
+    a.send_to(&again, &port.path).unwrap();
+    assert_eq!(receive_one(&mut local), again);
+}
+
+#[test]
+fn dgram_sender_that_falls_silent_expires_and_its_place_goes_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let options = DgramOptions {
+        max_clients: 1,
+        // Long enough that the second sender surely comes while the first is served.
+        idle_timeout: Some(Duration::from_secs(1)),
+        ..DgramOptions::default()
+    };
+    let port = dgram_port_in_process(dir.path(), options);
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let quiet = dgram_client(dir.path(), "quiet.sock");
+    let hello = frame(local.mac(), mac(0x1), "then silence");
+    quiet.send_to(&hello, &port.path).unwrap();
+    assert_eq!(receive_one(&mut local), hello);
+    // A second sender waits for the place.
+    let next = dgram_client(dir.path(), "next.sock");
+    next.send_to(&frame(local.mac(), mac(0x2), "full"), &port.path)
+        .unwrap();
+    wait_for_counters(
+        "the second sender to be refused",
+        || port.counters.values(),
+        |c| c.refused_over_limit == 1,
+    );
+    // The first falls silent: it expires, its peer leaves and frees the slot.
+    wait_for_status(&net, "the silent sender's peer to leave", |s| {
+        count_kind(s, "dgram") == 0
+    });
+    assert_eq!(port.counters.values().senders_expired, 1);
+    let mine = frame(local.mac(), mac(0x2), "my turn");
+    next.send_to(&mine, &port.path).unwrap();
+    assert_eq!(receive_one(&mut local), mine);
+    assert_eq!(port.counters.values().senders_admitted, 2);
+    // The network's traffic towards it reaches it.
+    let reply = frame(mac(0x2), local.mac(), "welcome");
+    local.send(&reply);
+    assert_eq!(dgram_receive(&next), reply);
+}
+
+#[test]
+fn dgram_sender_silent_past_idle_timeout_leaves_and_comes_back_with_its_next_datagram() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let port = PortProcess::start(dir.path(), "dgram", "lab.dgram", &["--idle-timeout", "0.2"]);
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let client = dgram_client(dir.path(), "vm.sock");
+    let hello = frame(local.mac(), mac(0xe), "hello");
+    client.send_to(&hello, &port.path).unwrap();
+    assert_eq!(receive_one(&mut local), hello);
+    wait_for_status(&net, "the silent sender's peer to leave", |s| {
+        count_kind(s, "dgram") == 0
+    });
+    let back = frame(local.mac(), mac(0xe), "back again");
+    client.send_to(&back, &port.path).unwrap();
+    assert_eq!(receive_one(&mut local), back);
+    let reply = frame(mac(0xe), local.mac(), "welcome back");
+    local.send(&reply);
+    assert_eq!(dgram_receive(&client), reply);
 }

@@ -3,30 +3,39 @@
 //! The guest chooses the length prefixes and the kernel chooses where reads end. Whatever
 //! both do, the incremental decoder must not panic, must keep its buffer bounded, and must
 //! hand out exactly what a simple decoder of the whole stream at once finds — the same
-//! frames, runts and giant, in the same order — however the stream was cut.
+//! frames, runts, skipped giants and length out of step, in the same order — however the
+//! stream was cut. A giant's body may span many reads; it must be skipped, never buffered.
 //!
 //! Input: `[max_frame: u16 BE][cut seed: u8][stream bytes]`.
 #![no_main]
 
-use guestnet::wire::stream::{Decoded, LENGTH_PREFIX, StreamDecoder};
+use guestnet::wire::stream::{Decoded, LARGEST_SKIPPED, LENGTH_PREFIX, StreamDecoder};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Item {
     Frame(Vec<u8>),
     Runt(usize),
-    Giant(u32),
+    Giant(usize),
+    OutOfStep(u32),
 }
 
 /// The whole stream decoded at once, as the format describes it.
 fn reference(stream: &[u8], max_frame: usize) -> Vec<Item> {
+    let largest_skipped = max_frame.max(LARGEST_SKIPPED);
     let mut items = Vec::new();
     let mut rest = stream;
     while rest.len() >= LENGTH_PREFIX {
         let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        if len as usize > max_frame {
-            items.push(Item::Giant(len));
+        if len as usize > largest_skipped {
+            items.push(Item::OutOfStep(len));
             break;
+        }
+        if len as usize > max_frame {
+            // Reported as soon as the prefix is read, whether or not its body follows.
+            items.push(Item::Giant(len as usize));
+            rest = rest.get(LENGTH_PREFIX + len as usize..).unwrap_or_default();
+            continue;
         }
         let Some(body) = rest.get(LENGTH_PREFIX..LENGTH_PREFIX + len as usize) else {
             break;
@@ -79,9 +88,14 @@ fuzz_target!(|data: &[u8]| {
                     items.push(Item::Runt(len));
                 }
                 Decoded::Giant { len } => {
-                    assert!(len as usize > max_frame);
-                    assert!(decoder.is_desynchronised());
+                    assert!(len > max_frame && len <= decoder.largest_skipped());
+                    assert!(!decoder.is_desynchronised());
                     items.push(Item::Giant(len));
+                }
+                Decoded::OutOfStep { len } => {
+                    assert!(len as usize > decoder.largest_skipped());
+                    assert!(decoder.is_desynchronised());
+                    items.push(Item::OutOfStep(len));
                 }
                 Decoded::Desynchronised => break 'feed,
             }

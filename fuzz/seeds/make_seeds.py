@@ -313,9 +313,10 @@ for name, frame in FRAMES.items():
     write("vxlan_datagram", name, b"\x00" + vxlan_payload(frame))
     write("vxlan_datagram", name + "_ipv4", b"\x01" + vxlan_ipv4(frame, False))
     write("vxlan_datagram", name + "_ipv4_csum", b"\x01" + vxlan_ipv4(frame, True))
+# A runt, then a length beyond any frame (70000 > 64 KiB + tagged header): out of step.
 write(
     "stream_decoder",
-    "runt_then_giant",
+    "runt_then_out_of_step",
     struct.pack("!HB", 1518, 3) + struct.pack("!I", 3) + b"abc" + struct.pack("!I", 70000),
 )
 # Offload: `how` 0xf0 keeps the destination and cuts the direct segmentation to an MTU of
@@ -348,6 +349,17 @@ write(
         + vhost_message(38, struct.pack("<Q", 0) + region(), True)  # REM_MEM_REG
         + vhost_message(4)  # RESET_OWNER
     ),
+)
+# A guest with MTU 1500 on a network of MTU 1000: a 1514-byte frame, skipped in pieces,
+# then a frame that fits.
+arp = FRAMES["arp_request"]
+jumbo = arp + b"\x5a" * (1514 - len(arp))
+write(
+    "stream_decoder",
+    "giant_then_frame",
+    struct.pack("!HB", 1018, 5)
+    + struct.pack("!I", len(jumbo)) + jumbo
+    + struct.pack("!I", len(arp)) + arp,
 )
 write("pcap_reader", "three_frames", pcap(FRAMES.values()))
 write("pcap_reader", "truncated", pcap(FRAMES.values())[:-7])

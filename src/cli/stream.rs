@@ -6,17 +6,20 @@ use anyhow::Context;
 
 use crate::network::Network;
 use crate::ports::socket::Doorbell;
-use crate::ports::stream::{StreamOptions, StreamPort};
+use crate::ports::stream::{DEFAULT_MAX_CLIENTS, StreamOptions, StreamPort};
 use crate::wire::MacAddress;
 
 /// Arguments of `stream`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Every connection is a peer of its own, so one socket serves many VMs. Example, with a VM:
+Every connection is a peer of its own, so one socket serves many VMs, up to --max-clients
+at a time. Example, with a VM:
   guestnet stream lab --listen /tmp/lab.sock
   qemu-system-x86_64 ... \\
     -netdev stream,id=n0,server=off,addr.type=unix,addr.path=/tmp/lab.sock,reconnect-ms=1000 \\
-    -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56")]
+    -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56
+Serving at most 4 VMs at once (a fifth connection is closed at once, and logged):
+  guestnet stream lab --listen /tmp/lab.sock --max-clients 4")]
 pub struct StreamArgs {
     /// Network name.
     pub name: String,
@@ -27,6 +30,11 @@ pub struct StreamArgs {
     /// address of its first frame.
     #[arg(long, value_name = "MAC")]
     pub mac: Option<MacAddress>,
+    /// Most connections served at once; further ones are closed at once, counted and
+    /// logged, so that one client cannot take every slot of the network.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS,
+          value_parser = parse_max_clients)]
+    pub max_clients: usize,
 }
 
 /// Runs `stream` until SIGINT or SIGTERM.
@@ -35,10 +43,23 @@ pub fn run(dir: &Path, args: StreamArgs) -> anyhow::Result<()> {
     stop.ring_on_signals(&[libc::SIGINT, libc::SIGTERM])
         .context("install signal handlers")?;
     let network = Network::open(dir, &args.name)?;
-    let port = StreamPort::bind(network, &args.listen, StreamOptions { mac: args.mac })?;
+    let options = StreamOptions {
+        mac: args.mac,
+        max_clients: args.max_clients,
+    };
+    let port = StreamPort::bind(network, &args.listen, options)?;
     announce(port.path())?;
     port.serve(&stop)?;
     Ok(())
+}
+
+/// `--max-clients`: a count of at least one (a port that serves nobody is a mistake).
+pub(crate) fn parse_max_clients(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Tells whoever started us that the socket is ready: one line, flushed at once.

@@ -27,9 +27,19 @@
 //! quarantined drops on their side, which is true (one destination refused them) but
 //! noisy. It is joined on the first such datagram and stays until the port stops.
 //! A sender the network refuses (it is full, or `--mac` is taken) has no peer to count
-//! its frames on; they are dropped with a warning.
-//! A client that vanishes without ever being sent anything keeps its peer until the port
-//! stops, since only a failed send reveals that it is gone.
+//! its frames on; they are dropped with a warning and counted on the port
+//! ([`DgramCounters`]).
+//!
+//! **How many, and for how long.** Nothing ends a datagram sender's stay on its own, so
+//! the port bounds both (the sender table, `dgram/senders.rs`): it serves at most [`DgramOptions::max_clients`]
+//! senders at once (a further one's datagrams are dropped and counted,
+//! `refused_over_limit`), and a sender not heard from for [`DgramOptions::idle_timeout`]
+//! leaves, freeing its slot, as does one whose address stops answering; either comes back
+//! as a new peer with its next datagram. The serving thread sleeps until the next sender is
+//! due to expire, so an idle port still costs nothing.
+
+mod answerer;
+mod senders;
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -40,31 +50,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rustix::io::Errno;
-use rustix::net::{SendFlags, SocketAddrUnix};
+use rustix::net::SocketAddrUnix;
 
+use crate::network::Sender;
 use crate::network::counters::DropReason;
 use crate::network::{JoinOptions, Network, PortKind, monotonic_ns};
-use crate::network::{Receiver, Sender};
 use crate::wire::MacAddress;
 
 use super::batch::{DatagramBatch, FrameBatch};
+use super::counters::counters;
 use super::doorbell::Doorbell;
 use super::error::{PortError, io_error};
 use super::label::label;
 use super::mac::{MacLearner, check_mac};
 use super::socket::{SocketPath, SocketType};
 use super::wait;
+use answerer::Answerer;
+pub use answerer::WRITER_WAIT;
+use senders::SenderTable;
 
 /// Most datagrams taken from the socket per round.
 pub const RECEIVE_BATCH: usize = 64;
-
-/// Longest a client's thread waits, in its ring or in a blocked send, before it looks
-/// whether the port is stopping (see [`stream::WRITER_WAIT`](super::stream::WRITER_WAIT)).
-pub const WRITER_WAIT: Duration = super::stream::WRITER_WAIT;
-
-/// Frames a client's thread takes from its ring per round.
-const WRITE_BUDGET: usize = 64;
 
 /// A client the network refused (full, MAC in use) is not asked again sooner than this,
 /// so that its datagrams do not each take the network's control lock.
@@ -73,12 +79,60 @@ const REFUSAL_BACKOFF_NS: u64 = 1_000_000_000;
 /// Bound on remembered refusals (a flood of distinct addresses must not grow memory).
 const REFUSALS_LIMIT: usize = 1024;
 
+/// Senders a datagram port serves at once unless told otherwise (as for the stream port,
+/// [`stream::DEFAULT_MAX_CLIENTS`](super::stream::DEFAULT_MAX_CLIENTS)).
+pub const DEFAULT_MAX_CLIENTS: usize = super::stream::DEFAULT_MAX_CLIENTS;
+
+/// How long a sender may stay silent before it leaves, unless told otherwise. A running
+/// guest is rarely silent that long (ARP and neighbour refreshes, DHCP renewals); one that
+/// is, comes back with its next datagram.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Options of a datagram port.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DgramOptions {
     /// MAC to publish for the client; by default it is learned from its first frame.
     /// Only one client at a time can publish a given MAC.
     pub mac: Option<MacAddress>,
+    /// Most senders served at once; datagrams from further ones are dropped and counted
+    /// (`refused_over_limit`).
+    pub max_clients: usize,
+    /// A sender not heard from for this long leaves; `None` (or zero): never.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for DgramOptions {
+    fn default() -> Self {
+        DgramOptions {
+            mac: None,
+            max_clients: DEFAULT_MAX_CLIENTS,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+        }
+    }
+}
+
+counters! {
+    /// The datagram port's own counters, over all its senders. Frames are counted on each
+    /// sender's peer as for any peer; these count what only the port sees, including the
+    /// datagrams of senders that have no peer to count them on.
+    pub struct DgramCounters;
+    /// A copy of [`DgramCounters`].
+    pub struct DgramCounterValues;
+    /// Senders made peers.
+    senders_admitted,
+    /// Senders that left after [`DgramOptions::idle_timeout`] without a datagram.
+    senders_expired,
+    /// Senders that left because their address stopped answering.
+    senders_gone,
+    /// Datagrams dropped because [`DgramOptions::max_clients`] senders were served
+    /// already and theirs was not one of them.
+    refused_over_limit,
+    /// Datagrams dropped because the network refused their sender a peer (full, or the
+    /// `--mac` taken).
+    refused_by_network,
+    /// Datagrams dropped because the port could not serve their sender (no thread or
+    /// socket for it, or no stand-in peer for unbound senders).
+    refused_unserved,
 }
 
 /// A datagram port bound to its socket, ready to serve.
@@ -88,6 +142,7 @@ pub struct DgramPort {
     socket: UnixDatagram,
     path: SocketPath,
     options: DgramOptions,
+    counters: Arc<DgramCounters>,
 }
 
 /// One client: the sending half of its peer (the receiving half lives on its thread).
@@ -98,7 +153,39 @@ struct Client {
     label: String,
     /// Set by the client's thread when the address stopped answering.
     gone: Arc<AtomicBool>,
+    /// Set by the serving thread to end the client's thread (it expired).
+    retired: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A dismissed (expired) client whose thread has been told to end but may not have yet.
+/// The sending half of its peer is gone already; the thread holds the receiving half, so
+/// the peer leaves when the thread ends (within [`WRITER_WAIT`]), whether or not it has
+/// been joined yet.
+#[derive(Debug)]
+struct Retiring {
+    address: SocketAddrUnix,
+    label: String,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Why a sender's datagrams are dropped rather than sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// `max_clients` senders are served already.
+    OverLimit,
+    /// The network refused it a peer.
+    ByNetwork,
+    /// The port could not serve it.
+    Unserved,
+}
+
+/// A refused sender, remembered so that its next datagrams are dropped without asking
+/// again (and without logging again) for a while.
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    since_ns: u64,
+    reason: Refused,
 }
 
 /// What woke the serving thread.
@@ -110,6 +197,8 @@ enum Event {
     ClientGone,
     /// Datagrams wait.
     Datagrams,
+    /// A sender is due to expire.
+    IdleSenderDue,
 }
 
 impl DgramPort {
@@ -135,6 +224,7 @@ impl DgramPort {
             socket,
             path,
             options,
+            counters: Arc::default(),
         })
     }
 
@@ -143,13 +233,19 @@ impl DgramPort {
         self.path.path()
     }
 
+    /// The port's counters, to read while it serves.
+    pub fn counters(&self) -> Arc<DgramCounters> {
+        Arc::clone(&self.counters)
+    }
+
     /// Serves clients until `stop` rings, then stops their threads; every peer has left
     /// when this returns.
     pub fn serve(self, stop: &Doorbell) -> Result<(), PortError> {
         let mut server = Server {
             clients: Clients {
                 port: &self,
-                by_address: HashMap::new(),
+                senders: SenderTable::new(self.options.max_clients, self.options.idle_timeout),
+                retiring: Vec::new(),
                 refusals: HashMap::new(),
                 unanswerable: None,
                 stopping: Arc::new(AtomicBool::new(false)),
@@ -160,15 +256,36 @@ impl DgramPort {
             batch: FrameBatch::default(),
         };
         let result = loop {
-            match wait_for_event(&self.socket, stop, &server.clients.client_gone) {
+            // Expiry is looked at on every turn, not only when its deadline wakes the loop:
+            // a busy socket would otherwise always win the wait. It walks the senders,
+            // which are few (max_clients) next to a round of datagrams.
+            let now = monotonic_ns();
+            server.clients.expire_idle(now);
+            let until_expiry = server
+                .clients
+                .senders
+                .next_expiry_ns()
+                .map(|at| Duration::from_nanos(at.saturating_sub(now)));
+            let event = wait_for_event(
+                &self.socket,
+                stop,
+                &server.clients.client_gone,
+                until_expiry,
+            );
+            match event {
                 Ok(Event::Stop) => break Ok(()),
                 Ok(Event::ClientGone) => server.clients.prune(),
                 Ok(Event::Datagrams) => server.receive_round(),
+                Ok(Event::IdleSenderDue) => {}
                 Err(e) => break Err(io_error("wait for datagrams")(e)),
             }
         };
         server.clients.stop();
-        tracing::info!(path = %self.path().display(), "datagram port stopped");
+        tracing::info!(
+            path = %self.path().display(),
+            counters = ?self.counters.values(),
+            "datagram port stopped"
+        );
         result
     }
 }
@@ -187,9 +304,11 @@ struct Server<'a> {
 /// The port's clients, by address.
 struct Clients<'a> {
     port: &'a DgramPort,
-    by_address: HashMap<SocketAddrUnix, Client>,
-    /// Clients the network refused, with when.
-    refusals: HashMap<SocketAddrUnix, u64>,
+    senders: SenderTable<SocketAddrUnix, Client>,
+    /// Expired clients whose threads are ending.
+    retiring: Vec<Retiring>,
+    /// Senders refused, with when and why.
+    refusals: HashMap<SocketAddrUnix, Refusal>,
     /// The peer that counts frames from senders that cannot be answered.
     unanswerable: Option<Sender>,
     stopping: Arc<AtomicBool>,
@@ -200,6 +319,7 @@ impl Server<'_> {
     /// Takes the datagrams waiting (without waiting for more) and sends them on, one
     /// batch per client.
     fn receive_round(&mut self) {
+        let now = monotonic_ns();
         self.round.receive(&self.clients.port.socket, |from| {
             Some(
                 from.and_then(|a| SocketAddrUnix::try_from(a).ok())
@@ -220,21 +340,37 @@ impl Server<'_> {
             while last < self.order.len() && datagrams[self.order[last]].from == from {
                 last += 1;
             }
-            self.send_group(from, first..last);
+            self.send_group(from, first..last, now);
             first = last;
         }
     }
 
-    /// Sends one sender's datagrams of the round (`order[range]`) as one batch.
-    fn send_group(&mut self, from: Option<SocketAddrUnix>, range: std::ops::Range<usize>) {
+    /// Sends one sender's datagrams of the round (`order[range]`), heard at `now_ns`, as
+    /// one batch.
+    fn send_group(
+        &mut self,
+        from: Option<SocketAddrUnix>,
+        range: std::ops::Range<usize>,
+        now_ns: u64,
+    ) {
         let Server {
             clients,
             round,
             order,
             batch,
         } = self;
-        let Some((sender, mut learner, label)) = clients.sender_for(from) else {
-            return;
+        let counters = &clients.port.counters;
+        let (sender, mut learner, label) = match clients.sender_for(from, now_ns) {
+            Ok(found) => found,
+            Err(reason) => {
+                let refused = match reason {
+                    Refused::OverLimit => &counters.refused_over_limit,
+                    Refused::ByNetwork => &counters.refused_by_network,
+                    Refused::Unserved => &counters.refused_unserved,
+                };
+                refused.fetch_add(range.len() as u64, Ordering::Relaxed);
+                return;
+            }
         };
         batch.clear();
         let mut counted = false;
@@ -261,17 +397,19 @@ impl Server<'_> {
 }
 
 impl Clients<'_> {
-    /// The sending half for datagrams from `from`, joining a peer for a new client.
+    /// The sending half for datagrams from `from`, heard at `now_ns`, joining a peer for
+    /// a new client.
     fn sender_for(
         &mut self,
         from: Option<SocketAddrUnix>,
-    ) -> Option<(&mut Sender, Option<&mut MacLearner>, &str)> {
+        now_ns: u64,
+    ) -> Result<(&mut Sender, Option<&mut MacLearner>, &str), Refused> {
         let Some(address) = from else {
-            let sender = self.unanswerable_sender()?;
-            return Some((sender, None, UNANSWERABLE_LABEL));
+            let sender = self.unanswerable_sender().ok_or(Refused::Unserved)?;
+            return Ok((sender, None, UNANSWERABLE_LABEL));
         };
         if self
-            .by_address
+            .senders
             .get(&address)
             .is_some_and(|c| c.gone.load(Ordering::Relaxed))
         {
@@ -279,29 +417,59 @@ impl Clients<'_> {
             // bound the same path): start afresh with a new peer.
             self.remove_client(&address);
         }
-        if !self.by_address.contains_key(&address) {
-            let client = self.admit(&address)?;
-            self.by_address.insert(address.clone(), client);
+        if self.senders.get(&address).is_none() {
+            let client = self.admit(&address, now_ns)?;
+            // admit() refuses when the table is full, so this insert succeeds; should it
+            // not, the new client leaves again.
+            if let Err(client) = self.senders.insert(address.clone(), client, now_ns) {
+                self.retire(address, client);
+                return Err(Refused::OverLimit);
+            }
         }
-        let client = self.by_address.get_mut(&address)?;
-        Some((
+        let client = self
+            .senders
+            .heard(&address, now_ns)
+            .ok_or(Refused::Unserved)?;
+        Ok((
             &mut client.sender,
             Some(&mut client.learner),
             client.label.as_str(),
         ))
     }
 
-    /// Makes a new sender a peer with a thread of its own; refusals are logged, and not
-    /// retried for a while.
-    fn admit(&mut self, address: &SocketAddrUnix) -> Option<Client> {
-        let now = monotonic_ns();
-        if let Some(&when) = self.refusals.get(address) {
-            if now.saturating_sub(when) < REFUSAL_BACKOFF_NS {
-                return None;
+    /// Makes a new sender a peer with a thread of its own; refusals are logged and counted,
+    /// and not retried for a while.
+    fn admit(&mut self, address: &SocketAddrUnix, now: u64) -> Result<Client, Refused> {
+        if let Some(&refusal) = self.refusals.get(address) {
+            let recent = now.saturating_sub(refusal.since_ns) < REFUSAL_BACKOFF_NS;
+            // The network is not asked again for a while (that takes its control lock);
+            // a place under the limit is cheap to look for, so it is taken as soon as free.
+            let still_refused = match refusal.reason {
+                Refused::OverLimit => self.senders.is_full(),
+                Refused::ByNetwork | Refused::Unserved => true,
+            };
+            if recent && still_refused {
+                return Err(refusal.reason);
             }
             self.refusals.remove(address);
         }
         let name = label("dgram ", &describe(address));
+        if self.senders.is_full() {
+            tracing::warn!(
+                port = %name,
+                served = self.senders.len(),
+                max_clients = self.senders.max_senders(),
+                "refusing a sender: --max-clients are served; its datagrams are dropped"
+            );
+            self.remember_refusal(address, now, Refused::OverLimit);
+            return Err(Refused::OverLimit);
+        }
+        // An expired client at this address may still be ending: let it finish, so that
+        // its peer has left (and given up its MAC) before the new one joins.
+        if let Some(index) = self.retiring.iter().position(|r| &r.address == address) {
+            let retiring = self.retiring.swap_remove(index);
+            join_thread(retiring.thread, &retiring.label);
+        }
         let options = JoinOptions {
             kind: PortKind::Dgram,
             mac: self.port.options.mac,
@@ -312,29 +480,35 @@ impl Clients<'_> {
             Ok(peer) => peer,
             Err(e) => {
                 tracing::warn!(port = %name, error = %e, "refusing a sender; its datagrams are dropped");
-                if self.refusals.len() >= REFUSALS_LIMIT {
-                    self.refusals.clear();
-                }
-                self.refusals.insert(address.clone(), now);
-                return None;
+                self.remember_refusal(address, now, Refused::ByNetwork);
+                return Err(Refused::ByNetwork);
             }
         };
         let socket = match self.port.socket.try_clone() {
             Ok(socket) => socket,
             Err(e) => {
                 tracing::warn!(port = %name, error = %e, "cannot serve a sender");
-                return None;
+                self.remember_refusal(address, now, Refused::Unserved);
+                return Err(Refused::Unserved);
             }
         };
-        tracing::info!(port = %name, slot = peer.index(), mac = %peer.mac(), "new sender");
+        tracing::info!(
+            port = %name,
+            slot = peer.index(),
+            mac = %peer.mac(),
+            senders = self.senders.len() + 1,
+            "new sender"
+        );
         let (sender, receiver) = peer.split();
         let gone = Arc::new(AtomicBool::new(false));
+        let retired = Arc::new(AtomicBool::new(false));
         let answerer = Answerer {
             receiver,
             socket,
             address: address.clone(),
             label: name.clone(),
             gone: Arc::clone(&gone),
+            retired: Arc::clone(&retired),
             stopping: Arc::clone(&self.stopping),
             client_gone: Arc::clone(&self.client_gone),
         };
@@ -345,16 +519,75 @@ impl Clients<'_> {
             Ok(thread) => thread,
             Err(e) => {
                 tracing::warn!(port = %name, error = %e, "cannot start a thread for a sender");
-                return None;
+                self.remember_refusal(address, now, Refused::Unserved);
+                return Err(Refused::Unserved);
             }
         };
-        Some(Client {
+        self.port
+            .counters
+            .senders_admitted
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Client {
             sender,
             learner: MacLearner::new(self.port.options.mac.is_some()),
             label: name,
             gone,
+            retired,
             thread: Some(thread),
         })
+    }
+
+    fn remember_refusal(&mut self, address: &SocketAddrUnix, now: u64, reason: Refused) {
+        // A flood of distinct addresses must not grow memory: forget them all at once.
+        if self.refusals.len() >= REFUSALS_LIMIT {
+            self.refusals.clear();
+        }
+        let refusal = Refusal {
+            since_ns: now,
+            reason,
+        };
+        self.refusals.insert(address.clone(), refusal);
+    }
+
+    /// Lets go of the senders not heard from for the idle timeout at `now`: each one's
+    /// thread is told to end, and its peer leaves when it has. Joins the threads of those
+    /// expired earlier that have ended.
+    fn expire_idle(&mut self, now: u64) {
+        for (address, client) in self.senders.expire(now) {
+            tracing::info!(
+                port = %client.label,
+                idle_timeout = ?self.port.options.idle_timeout,
+                "sender idle too long; its peer leaves"
+            );
+            self.port
+                .counters
+                .senders_expired
+                .fetch_add(1, Ordering::Relaxed);
+            self.retire(address, client);
+        }
+        self.join_retired();
+    }
+
+    /// Tells a client's thread to end, and lets go of the sending half of its peer now.
+    fn retire(&mut self, address: SocketAddrUnix, client: Client) {
+        client.retired.store(true, Ordering::Relaxed);
+        let Client { label, thread, .. } = client;
+        self.retiring.push(Retiring {
+            address,
+            label,
+            thread,
+        });
+    }
+
+    /// Joins the threads of expired clients that have ended.
+    fn join_retired(&mut self) {
+        self.retiring.retain_mut(|retiring| {
+            let ended = retiring.thread.as_ref().is_none_or(JoinHandle::is_finished);
+            if ended {
+                join_thread(retiring.thread.take(), &retiring.label);
+            }
+            !ended
+        });
     }
 
     /// The peer standing for unbound senders, joined (and quarantined) on first use.
@@ -385,23 +618,26 @@ impl Clients<'_> {
         self.unanswerable.as_mut()
     }
 
-    /// Lets go of clients whose address went away.
+    /// Lets go of clients whose address went away, and of expired clients whose threads
+    /// have ended.
     fn prune(&mut self) {
         self.client_gone.drain();
-        let gone: Vec<SocketAddrUnix> = self
-            .by_address
-            .iter()
-            .filter(|(_, c)| c.gone.load(Ordering::Relaxed))
-            .map(|(a, _)| a.clone())
-            .collect();
-        for address in gone {
+        for address in self
+            .senders
+            .addresses_where(|c| c.gone.load(Ordering::Relaxed))
+        {
             self.remove_client(&address);
         }
+        self.join_retired();
     }
 
     fn remove_client(&mut self, address: &SocketAddrUnix) {
-        if let Some(mut client) = self.by_address.remove(address) {
+        if let Some(mut client) = self.senders.remove(address) {
             tracing::info!(port = %client.label, "sender went away; its peer leaves");
+            self.port
+                .counters
+                .senders_gone
+                .fetch_add(1, Ordering::Relaxed);
             client.join_thread();
         }
     }
@@ -409,8 +645,11 @@ impl Clients<'_> {
     /// Stops every client's thread; the peers leave as their halves drop.
     fn stop(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
-        for (_, mut client) in self.by_address.drain() {
+        for (_, mut client) in self.senders.drain() {
             client.join_thread();
+        }
+        for retiring in self.retiring.drain(..) {
+            join_thread(retiring.thread, &retiring.label);
         }
         self.unanswerable = None;
     }
@@ -418,11 +657,15 @@ impl Clients<'_> {
 
 impl Client {
     fn join_thread(&mut self) {
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!(port = %self.label, "a sender's thread panicked");
-        }
+        join_thread(self.thread.take(), &self.label);
+    }
+}
+
+fn join_thread(thread: Option<JoinHandle<()>>, label: &str) {
+    if let Some(thread) = thread
+        && thread.join().is_err()
+    {
+        tracing::error!(port = %label, "a sender's thread panicked");
     }
 }
 
@@ -440,10 +683,13 @@ fn describe(address: &SocketAddrUnix) -> String {
     }
 }
 
+/// Sleeps until something happens, or until `until_expiry` has passed (a sender is due to
+/// expire); `None`: no limit.
 fn wait_for_event(
     socket: &UnixDatagram,
     stop: &Doorbell,
     client_gone: &Doorbell,
+    until_expiry: Option<Duration>,
 ) -> std::io::Result<Event> {
     let sources = [
         (stop.as_fd(), Event::Stop),
@@ -451,75 +697,10 @@ fn wait_for_event(
         (socket.as_fd(), Event::Datagrams),
     ];
     loop {
-        if let Some(event) = wait::first_ready(sources, None)? {
-            return Ok(event);
-        }
-    }
-}
-
-/// A client's thread: network → its address.
-struct Answerer {
-    receiver: Receiver,
-    socket: UnixDatagram,
-    address: SocketAddrUnix,
-    label: String,
-    gone: Arc<AtomicBool>,
-    stopping: Arc<AtomicBool>,
-    client_gone: Arc<Doorbell>,
-}
-
-/// What became of one frame sent to a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delivery {
-    Sent,
-    /// The address no longer answers.
-    Gone,
-    /// The port is stopping.
-    Stopping,
-}
-
-impl Answerer {
-    fn run(mut self) {
-        let mut batch = FrameBatch::default();
-        while !self.stopping.load(Ordering::Relaxed) {
-            if !self.receiver.wait(WRITER_WAIT) {
-                continue;
-            }
-            batch.clear();
-            self.receiver
-                .receive(WRITE_BUDGET, |frame| batch.push(frame));
-            for frame in batch.iter() {
-                match self.deliver(frame) {
-                    Delivery::Sent => {}
-                    Delivery::Stopping => return,
-                    Delivery::Gone => {
-                        self.gone.store(true, Ordering::Relaxed);
-                        self.client_gone.ring();
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    fn deliver(&self, frame: &[u8]) -> Delivery {
-        // Bounded by the stop flag: each blocked attempt lasts at most WRITER_WAIT.
-        loop {
-            match rustix::net::sendto(&self.socket, frame, SendFlags::NOSIGNAL, &self.address) {
-                Ok(_) => return Delivery::Sent,
-                // The send timed out on a full queue (the client is not reading), or a
-                // signal interrupted it: try again unless the port is stopping.
-                Err(Errno::AGAIN | Errno::INTR) => {
-                    if self.stopping.load(Ordering::Relaxed) {
-                        return Delivery::Stopping;
-                    }
-                }
-                Err(Errno::CONNREFUSED | Errno::NOENT) => return Delivery::Gone,
-                Err(e) => {
-                    tracing::warn!(port = %self.label, error = %e, "cannot send to the client; its peer leaves");
-                    return Delivery::Gone;
-                }
-            }
+        match wait::first_ready(sources, until_expiry)? {
+            Some(event) => return Ok(event),
+            None if until_expiry.is_some() => return Ok(Event::IdleSenderDue),
+            None => {}
         }
     }
 }

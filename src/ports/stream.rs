@@ -12,8 +12,12 @@
 //! * the **reader** reads whatever the socket holds, decodes it, and sends every frame of
 //!   one read into the network as one batch (one wake-up of each receiver per read, not
 //!   per frame). A runt (a length under 14) costs the client that one frame, counted as
-//!   invalid. A giant length cannot be skipped safely (the stream may be out of step), so
-//!   it is counted and the connection is closed; QEMU reconnects with `reconnect-ms=`.
+//!   invalid. So does a giant (a frame longer than the network's MTU allows, up to
+//!   [`LARGEST_SKIPPED`](crate::wire::stream::LARGEST_SKIPPED)), whose body is skipped as
+//!   it arrives: a guest configured with too large an MTU loses those frames, not its
+//!   link. A length beyond any frame means the stream is out of step and cannot be
+//!   trusted, so it is counted and the connection is closed; QEMU reconnects with
+//!   `reconnect-ms=`. Both are also counted on the port ([`StreamCounters`]).
 //! * the **writer** sleeps on the peer's ring, drains a budget of frames into one buffer,
 //!   and writes it with one `write_all`. A client that stops reading blocks only its own
 //!   writer: its ring fills and the senders count `ring_full`, as for any slow peer.
@@ -21,6 +25,12 @@
 //! Either thread that meets the end of the connection closes the socket for both, so the
 //! other wakes up (a blocked `read` or `write` returns; the writer's sleep is bounded by
 //! [`WRITER_WAIT`]) and the peer leaves once both have let go of it.
+//!
+//! **How many.** One program connecting again and again must not take every slot of the
+//! network: the port serves at most [`StreamOptions::max_clients`] connections at a time
+//! (16 unless told otherwise) and closes further ones at once, counted and logged, until
+//! one of those it serves ends. A connection needs no idle expiry: it lasts as long as its
+//! client keeps the socket open, and ends the moment the client closes it.
 
 use std::io::{self, Read};
 use std::os::fd::AsFd;
@@ -37,6 +47,7 @@ use crate::wire::MacAddress;
 use crate::wire::stream::{Decoded, StreamDecoder, encode_header};
 
 use super::batch::FrameBatch;
+use super::counters::counters;
 use super::doorbell::Doorbell;
 use super::error::{PortError, io_error};
 use super::label::label;
@@ -52,12 +63,50 @@ pub const WRITER_WAIT: Duration = Duration::from_millis(250);
 /// Frames a writer takes from the ring per write.
 const WRITE_BUDGET: usize = 64;
 
+counters! {
+    /// The stream port's own counters, over all its connections. Frames are counted on each
+    /// connection's peer as for any peer; these count what only the port sees.
+    pub struct StreamCounters;
+    /// A copy of [`StreamCounters`].
+    pub struct StreamCounterValues;
+    /// Connections made peers.
+    connections_accepted,
+    /// Connections closed at once because [`StreamOptions::max_clients`] were served.
+    refused_over_limit,
+    /// Connections closed at once because the network refused them a peer (full, or the
+    /// `--mac` taken).
+    refused_by_network,
+    /// Frames longer than the network's largest, skipped (each also counted as its
+    /// peer's `invalid` drop).
+    giants_skipped,
+    /// Connections closed because a length was beyond any frame, so the stream was out of
+    /// step (each also counted as its peer's `invalid` drop).
+    closed_out_of_step,
+}
+
+/// Connections a stream port serves at once unless told otherwise: enough for a lab of
+/// VMs, and a quarter of a default network's slots, so that one program connecting again
+/// and again leaves room for everyone else.
+pub const DEFAULT_MAX_CLIENTS: usize = 16;
+
 /// Options of a stream port.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StreamOptions {
     /// MAC to publish for each connection; by default it is learned from the first frame.
     /// Only one connection at a time can publish a given MAC.
     pub mac: Option<MacAddress>,
+    /// Most connections served at once; further ones are closed at once and counted
+    /// (`refused_over_limit`).
+    pub max_clients: usize,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            mac: None,
+            max_clients: DEFAULT_MAX_CLIENTS,
+        }
+    }
 }
 
 /// A stream port bound to its socket, ready to serve.
@@ -67,6 +116,7 @@ pub struct StreamPort {
     listener: UnixListener,
     socket: SocketPath,
     options: StreamOptions,
+    counters: Arc<StreamCounters>,
 }
 
 /// One accepted connection, shared by its reader, its writer and the accept loop (which
@@ -114,6 +164,7 @@ impl StreamPort {
             listener,
             socket,
             options,
+            counters: Arc::default(),
         })
     }
 
@@ -122,12 +173,20 @@ impl StreamPort {
         self.socket.path()
     }
 
+    /// The port's counters, to read while it serves.
+    pub fn counters(&self) -> Arc<StreamCounters> {
+        Arc::clone(&self.counters)
+    }
+
     /// Serves connections until `stop` rings, then closes them all and waits for their
     /// threads; every peer has left when this returns.
     pub fn serve(self, stop: &Doorbell) -> Result<(), PortError> {
         let connections: Mutex<Vec<Weak<Connection>>> = Mutex::new(Vec::new());
         let result = std::thread::scope(|scope| {
             let mut accepted: u64 = 0;
+            // Whether the refusals of the current spell at the limit have been logged
+            // as a warning already: a client retrying in a loop must not flood the log.
+            let mut warned_over_limit = false;
             let result = loop {
                 match wait_for_connection(&self.listener, stop) {
                     Ok(Event::Stop) => break Ok(()),
@@ -153,19 +212,50 @@ impl StreamPort {
                     &format!("stream#{accepted} "),
                     &self.path().to_string_lossy(),
                 );
+                let served = {
+                    let mut list = connections.lock().unwrap_or_else(|p| p.into_inner());
+                    list.retain(|c| c.strong_count() > 0);
+                    list.len()
+                };
+                if served >= self.options.max_clients {
+                    let refused = 1 + self
+                        .counters
+                        .refused_over_limit
+                        .fetch_add(1, Ordering::Relaxed);
+                    if warned_over_limit {
+                        tracing::debug!(port = %name, refused, "refusing a connection over the limit");
+                    } else {
+                        tracing::warn!(
+                            port = %name,
+                            served,
+                            max_clients = self.options.max_clients,
+                            refused,
+                            "refusing a connection: --max-clients are connected (further refusals are logged at debug level until one leaves)"
+                        );
+                        warned_over_limit = true;
+                    }
+                    // Dropping the stream closes it; the client sees the end at once.
+                    continue;
+                }
                 let Some((connection, sender, receiver)) = self.admit(stream, name) else {
                     continue;
                 };
+                warned_over_limit = false;
                 {
                     let mut list = connections.lock().unwrap_or_else(|p| p.into_inner());
-                    list.retain(|c| c.strong_count() > 0);
                     list.push(Arc::downgrade(&connection));
                 }
-                let reader_connection = Arc::clone(&connection);
-                let learner = MacLearner::new(self.options.mac.is_some());
-                let max_frame = self.network.max_frame_len();
-                scope.spawn(move || read_loop(&reader_connection, sender, learner, max_frame));
-                scope.spawn(move || write_loop(&connection, receiver));
+                let reader = Reader {
+                    connection: Arc::clone(&connection),
+                    decoder: StreamDecoder::new(self.network.max_frame_len()),
+                    batch: FrameBatch::default(),
+                    sender,
+                    learner: MacLearner::new(self.options.mac.is_some()),
+                    counters: &self.counters,
+                    giants: 0,
+                };
+                scope.spawn(move || reader.run());
+                scope.spawn(move || write_loop(connection, receiver));
             };
             // Stopping (or failing): close every connection so their threads end; the
             // scope then waits for them, and each peer leaves as its halves drop.
@@ -175,7 +265,11 @@ impl StreamPort {
             }
             result
         });
-        tracing::info!(path = %self.path().display(), "stream port stopped");
+        tracing::info!(
+            path = %self.path().display(),
+            counters = ?self.counters.values(),
+            "stream port stopped"
+        );
         result
     }
 
@@ -198,15 +292,21 @@ impl StreamPort {
         };
         let peer = match self.network.join(options) {
             Ok(peer) => peer,
-            Err(e @ NetworkError::MacInUse { .. }) => {
-                tracing::warn!(port = %label, error = %e, "refusing a connection: --mac serves one client at a time");
-                return None;
-            }
             Err(e) => {
-                tracing::warn!(port = %label, error = %e, "refusing a connection");
+                self.counters
+                    .refused_by_network
+                    .fetch_add(1, Ordering::Relaxed);
+                if let NetworkError::MacInUse { .. } = e {
+                    tracing::warn!(port = %label, error = %e, "refusing a connection: --mac serves one client at a time");
+                } else {
+                    tracing::warn!(port = %label, error = %e, "refusing a connection");
+                }
                 return None;
             }
         };
+        self.counters
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(port = %label, slot = peer.index(), mac = %peer.mac(), "client connected");
         let (sender, receiver) = peer.split();
         let connection = Arc::new(Connection {
@@ -272,98 +372,124 @@ enum ReadOutcome {
     Open,
     /// The client closed the connection or it failed.
     Ended,
-    /// The client sent a giant length: the stream cannot be trusted any more.
-    Desynchronised,
+    /// The client sent a length beyond any frame: the stream cannot be trusted any more.
+    OutOfStep,
 }
 
-/// Socket → network, until the connection ends.
-fn read_loop(
-    connection: &Connection,
-    mut sender: Sender,
-    mut learner: MacLearner,
-    max_frame: usize,
-) {
-    let mut decoder = StreamDecoder::new(max_frame);
-    let mut batch = FrameBatch::default();
-    loop {
-        let outcome = read_once(
+/// Socket → network for one connection: its reading thread's state.
+struct Reader<'port> {
+    connection: Arc<Connection>,
+    decoder: StreamDecoder,
+    batch: FrameBatch,
+    sender: Sender,
+    learner: MacLearner,
+    counters: &'port StreamCounters,
+    /// Giants this connection sent; only the first is logged as a warning, since a guest
+    /// with a wrong MTU sends them all the time.
+    giants: u64,
+}
+
+impl Reader<'_> {
+    /// Reads until the connection ends, then closes it for the writer too.
+    fn run(mut self) {
+        while self.read_once() == ReadOutcome::Open {}
+        tracing::info!(port = %self.connection.label, giants = self.giants, "client disconnected");
+        self.connection.close();
+        // The connection counts against --max-clients until both threads have let go of
+        // it; let go before the peer half, so that once the peer has left, a client that
+        // saw it leave finds its place free.
+        let Reader {
+            connection, sender, ..
+        } = self;
+        drop(connection);
+        drop(sender);
+    }
+
+    /// One `read`, decoded and sent as one batch.
+    fn read_once(&mut self) -> ReadOutcome {
+        let read = (&self.connection.stream).read(self.decoder.spare());
+        match read {
+            Ok(0) => return ReadOutcome::Ended,
+            Ok(n) => self.decoder.filled(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return ReadOutcome::Open,
+            Err(e) => {
+                if !self.connection.is_closed() {
+                    tracing::info!(port = %self.connection.label, error = %e, "read failed");
+                }
+                return ReadOutcome::Ended;
+            }
+        }
+        let Reader {
             connection,
-            &mut decoder,
-            &mut batch,
-            &mut sender,
-            &mut learner,
-        );
-        if outcome != ReadOutcome::Open {
-            break;
-        }
-    }
-    tracing::info!(port = %connection.label, "client disconnected");
-    connection.close();
-}
-
-/// One `read`, decoded and sent as one batch.
-fn read_once(
-    connection: &Connection,
-    decoder: &mut StreamDecoder,
-    batch: &mut FrameBatch,
-    sender: &mut Sender,
-    learner: &mut MacLearner,
-) -> ReadOutcome {
-    let read = (&connection.stream).read(decoder.spare());
-    match read {
-        Ok(0) => return ReadOutcome::Ended,
-        Ok(n) => decoder.filled(n),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return ReadOutcome::Open,
-        Err(e) => {
-            if !connection.is_closed() {
-                tracing::info!(port = %connection.label, error = %e, "read failed");
-            }
-            return ReadOutcome::Ended;
-        }
-    }
-    batch.clear();
-    let mut outcome = ReadOutcome::Open;
-    let mut counted = false;
-    while let Some(item) = decoder.next_item() {
-        match item {
-            Decoded::Frame(frame) => {
-                learner.observe(|| sender.control(), frame, &connection.label);
-                batch.push(frame);
-            }
-            Decoded::Runt { len } => {
-                tracing::debug!(port = %connection.label, len, "dropping a runt");
-                sender.count_drop(DropReason::Invalid);
-                counted = true;
-            }
-            Decoded::Giant { len } => {
-                tracing::warn!(
-                    port = %connection.label,
-                    len,
-                    max = decoder.max_frame(),
-                    "frame length too large: the stream is out of step; closing the connection"
-                );
-                sender.count_drop(DropReason::Invalid);
-                counted = true;
-                outcome = ReadOutcome::Desynchronised;
-                break;
-            }
-            Decoded::Desynchronised => {
-                outcome = ReadOutcome::Desynchronised;
-                break;
+            decoder,
+            batch,
+            sender,
+            learner,
+            counters,
+            giants,
+        } = self;
+        let label = &connection.label;
+        batch.clear();
+        let mut outcome = ReadOutcome::Open;
+        let mut counted = false;
+        let max_frame = decoder.max_frame();
+        while let Some(item) = decoder.next_item() {
+            match item {
+                Decoded::Frame(frame) => {
+                    learner.observe(|| sender.control(), frame, label);
+                    batch.push(frame);
+                }
+                Decoded::Runt { len } => {
+                    tracing::debug!(port = %label, len, "dropping a runt");
+                    sender.count_drop(DropReason::Invalid);
+                    counted = true;
+                }
+                Decoded::Giant { len } => {
+                    if *giants == 0 {
+                        tracing::warn!(
+                            port = %label,
+                            len,
+                            max = max_frame,
+                            "skipping a frame longer than the network's MTU allows (is the guest's MTU larger?); further ones are logged at debug level"
+                        );
+                    } else {
+                        tracing::debug!(port = %label, len, "skipping a giant");
+                    }
+                    *giants += 1;
+                    counters.giants_skipped.fetch_add(1, Ordering::Relaxed);
+                    sender.count_drop(DropReason::Invalid);
+                    counted = true;
+                }
+                Decoded::OutOfStep { len } => {
+                    tracing::warn!(
+                        port = %label,
+                        len,
+                        "frame length beyond any frame: the stream is out of step; closing the connection"
+                    );
+                    counters.closed_out_of_step.fetch_add(1, Ordering::Relaxed);
+                    sender.count_drop(DropReason::Invalid);
+                    counted = true;
+                    outcome = ReadOutcome::OutOfStep;
+                    break;
+                }
+                Decoded::Desynchronised => {
+                    outcome = ReadOutcome::OutOfStep;
+                    break;
+                }
             }
         }
+        if !batch.is_empty() {
+            // The batch also writes the drops counted above.
+            sender.send_batch(batch.iter());
+        } else if counted {
+            sender.flush();
+        }
+        outcome
     }
-    if !batch.is_empty() {
-        // The batch also writes the drops counted above.
-        sender.send_batch(batch.iter());
-    } else if counted {
-        sender.flush();
-    }
-    outcome
 }
 
 /// Network → socket, until the connection ends.
-fn write_loop(connection: &Connection, mut receiver: Receiver) {
+fn write_loop(connection: Arc<Connection>, mut receiver: Receiver) {
     let mut out = Vec::with_capacity(WRITE_BUDGET * 128);
     while !connection.is_closed() {
         if !receiver.wait(WRITER_WAIT) {
@@ -385,6 +511,9 @@ fn write_loop(connection: &Connection, mut receiver: Receiver) {
         }
     }
     connection.close();
+    // Before the peer half, as in the reader (see `Reader::run`).
+    drop(connection);
+    drop(receiver);
 }
 
 /// `write_all` with `MSG_NOSIGNAL`: a client that hung up must cost its connection, not

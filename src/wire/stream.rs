@@ -8,24 +8,36 @@
 //! partial leftover to the front so the buffer never grows past one maximal frame and its
 //! prefix.
 //!
-//! The lengths come from the other end — a guest, in effect — so they are untrusted. Two
+//! The lengths come from the other end — a guest, in effect — so they are untrusted. Three
 //! cases are told apart:
 //!
 //! * a **runt** (length 0 to 13) is too short to be a frame, but its length is small and
 //!   still believable: the decoder skips those bytes, reports [`Decoded::Runt`], and the
 //!   next prefix is read as usual, so one bad frame costs one frame;
-//! * a **giant** (length above the maximum frame) cannot be skipped safely. The length may
-//!   be a real oversize frame, or the stream may be out of step and the "length" four bytes
-//!   of someone's payload; skipping up to 4 GiB on the word of such a value would only hide
-//!   the problem. The decoder reports [`Decoded::Giant`] once and then stays
+//! * a **giant** (a length above the maximum frame, up to [`LARGEST_SKIPPED`]) is what a
+//!   guest whose MTU is larger than the network's sends: the prefix is intact, only the
+//!   frame is too long. The decoder reports [`Decoded::Giant`] as soon as it reads the
+//!   prefix and then discards the body as it arrives, over as many reads as it takes,
+//!   without ever holding it whole; the next prefix is read as usual. A guest with a wrong
+//!   MTU loses its large frames, not its link;
+//! * a length **beyond any frame** (above [`LARGEST_SKIPPED`]) cannot be skipped safely.
+//!   The stream is most likely out of step and the "length" four bytes of someone's
+//!   payload; skipping up to 4 GiB on the word of such a value would only hide the problem.
+//!   The decoder reports [`Decoded::OutOfStep`] once and then stays
 //!   [desynchronised](Decoded::Desynchronised): the caller must close the connection (QEMU
 //!   reconnects with `reconnect-ms=`) and [`reset`](StreamDecoder::reset) or replace the
 //!   decoder.
 
-use super::ethernet::HEADER_LEN;
+use super::ethernet::{HEADER_LEN, VLAN_TAG_LEN};
 
 /// Length of the big-endian length prefix in front of every frame.
 pub const LENGTH_PREFIX: usize = 4;
+
+/// The longest record a decoder skips as a giant rather than taking the stream to be out of
+/// step: a 64 KiB payload behind a VLAN-tagged Ethernet header, more than any MTU a guest
+/// could be configured with (an IP packet is at most 64 KiB). A decoder whose maximum frame
+/// is larger still treats every length above that maximum as out of step.
+pub const LARGEST_SKIPPED: usize = 64 * 1024 + HEADER_LEN + VLAN_TAG_LEN;
 
 /// One item taken off the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,13 +53,21 @@ pub enum Decoded<'a> {
         /// The length the prefix announced.
         len: usize,
     },
-    /// A length above the maximum frame. The decoder is now desynchronised for good.
+    /// A frame longer than the decoder's maximum, but no longer than [`LARGEST_SKIPPED`]:
+    /// its length is believable, so its bytes are being skipped as they arrive (in this
+    /// read or later ones, never buffered whole) and decoding continues after it.
     Giant {
+        /// The length the prefix announced.
+        len: usize,
+    },
+    /// A length above [`LARGEST_SKIPPED`] (and above the maximum frame): no frame is that
+    /// long, so the stream is out of step. The decoder is now desynchronised for good.
+    OutOfStep {
         /// The length the prefix announced.
         len: u32,
     },
-    /// A giant length was seen earlier; nothing more can be decoded from this stream. The
-    /// caller should close the connection.
+    /// A length out of step was seen earlier; nothing more can be decoded from this
+    /// stream. The caller should close the connection.
     Desynchronised,
 }
 
@@ -56,7 +76,12 @@ pub enum Decoded<'a> {
 enum State {
     /// Reading records normally.
     InStep,
-    /// A giant length was seen; every further call yields `Desynchronised`.
+    /// Discarding the body of a giant; this many of its bytes have not arrived yet.
+    Skipping {
+        /// Bytes of the giant still to discard.
+        remaining: usize,
+    },
+    /// A length out of step was seen; every further call yields `Desynchronised`.
     Desynchronised,
 }
 
@@ -82,7 +107,8 @@ impl StreamDecoder {
     /// [`max_frame_len`](super::ethernet::max_frame_len)`(mtu, true)`).
     ///
     /// Allocates `max_frame + 4` bytes once. A `max_frame` below [`HEADER_LEN`] is raised to
-    /// it, so that every record the decoder does not call a giant fits in its buffer.
+    /// it, so that every record the decoder keeps (neither a giant nor out of step) fits in its
+    /// buffer.
     pub fn new(max_frame: usize) -> Self {
         let max_frame = max_frame.max(HEADER_LEN);
         StreamDecoder {
@@ -99,7 +125,12 @@ impl StreamDecoder {
         self.max_frame
     }
 
-    /// Whether a giant length has put the decoder out of step for good.
+    /// The longest record skipped as a giant; a longer length puts the decoder out of step.
+    pub fn largest_skipped(&self) -> usize {
+        self.max_frame.max(LARGEST_SKIPPED)
+    }
+
+    /// Whether a length out of step has desynchronised the decoder for good.
     pub fn is_desynchronised(&self) -> bool {
         self.state == State::Desynchronised
     }
@@ -110,7 +141,8 @@ impl StreamDecoder {
         self.end - self.start
     }
 
-    /// Forgets all buffered bytes and the desynchronised state, for a new connection.
+    /// Forgets all buffered bytes, any giant being skipped and the desynchronised state,
+    /// for a new connection.
     pub fn reset(&mut self) {
         self.start = 0;
         self.end = 0;
@@ -153,18 +185,37 @@ impl StreamDecoder {
     /// A returned frame borrows the decoder's buffer, so handle (or copy) it before asking
     /// for the next one.
     pub fn next_item(&mut self) -> Option<Decoded<'_>> {
-        if self.state == State::Desynchronised {
-            return Some(Decoded::Desynchronised);
+        match self.state {
+            State::Desynchronised => return Some(Decoded::Desynchronised),
+            State::Skipping { remaining } => {
+                // Discard what has arrived of the giant; the rest comes in later reads.
+                let skipped = remaining.min(self.buffered());
+                self.start += skipped;
+                if remaining > skipped {
+                    self.state = State::Skipping {
+                        remaining: remaining - skipped,
+                    };
+                    return None;
+                }
+                self.state = State::InStep;
+            }
+            State::InStep => {}
         }
         let pending = &self.buffer[self.start..self.end];
         let prefix: [u8; LENGTH_PREFIX] = pending.get(..LENGTH_PREFIX)?.try_into().ok()?;
         let announced = u32::from_be_bytes(prefix);
-        // A length that does not even fit a usize is certainly above max_frame.
+        // A length that does not even fit a usize is certainly out of step.
         let len = match usize::try_from(announced) {
             Ok(len) if len <= self.max_frame => len,
+            Ok(len) if len <= self.largest_skipped() => {
+                // Believable but too long: skip it, however many reads its body takes.
+                self.start += LENGTH_PREFIX;
+                self.state = State::Skipping { remaining: len };
+                return Some(Decoded::Giant { len });
+            }
             _ => {
                 self.state = State::Desynchronised;
-                return Some(Decoded::Giant { len: announced });
+                return Some(Decoded::OutOfStep { len: announced });
             }
         };
         // Wait for the whole record. It fits: len <= max_frame, and the buffer holds
@@ -182,7 +233,7 @@ impl StreamDecoder {
 
 /// The length prefix for a frame of `len` bytes.
 ///
-/// A `len` above `u32::MAX` saturates to `u32::MAX`, which every receiver rejects as a giant,
+/// A `len` above `u32::MAX` saturates to `u32::MAX`, which every receiver takes as out of step,
 /// rather than wrapping to a small length that would silently desynchronise the stream.
 pub fn encode_header(len: usize) -> [u8; LENGTH_PREFIX] {
     u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes()
@@ -306,16 +357,94 @@ mod tests {
     }
 
     #[test]
-    fn giant_desynchronises_for_good() {
+    fn giant_is_skipped_across_reads_and_decoding_resumes_after_it() {
+        // A guest with MTU 9000 on an MTU-1500 network: the giant's body arrives in many
+        // reads of every size, and is discarded as it comes, never buffered whole.
+        let before = test_frame(60, 1);
+        let after = test_frame(1514, 2);
+        let mut stream = encode(std::slice::from_ref(&before));
+        stream.extend_from_slice(&encode(&[test_frame(9014, 3)]));
+        stream.extend_from_slice(&encode(std::slice::from_ref(&after)));
+        for pieces in [&[1][..], &[7, 1000], &[4, 9014], &[64, 3], &[usize::MAX]] {
+            let mut d = StreamDecoder::new(1514);
+            let out = decode_in_pieces(&mut d, &stream, pieces);
+            assert_eq!(
+                out,
+                vec![
+                    Ok(before.clone()),
+                    Err("Giant { len: 9014 }".to_string()),
+                    Ok(after.clone()),
+                ],
+                "pieces {pieces:?}"
+            );
+            assert_eq!(d.buffer.len(), 1514 + LENGTH_PREFIX, "nothing grew");
+            assert_eq!(d.buffered(), 0);
+            assert!(!d.is_desynchronised());
+        }
+    }
+
+    #[test]
+    fn giant_is_reported_as_soon_as_its_prefix_arrives() {
+        let mut d = StreamDecoder::new(1514);
+        d.spare()[..LENGTH_PREFIX].copy_from_slice(&encode_header(9000));
+        d.filled(LENGTH_PREFIX);
+        assert_eq!(d.next_item(), Some(Decoded::Giant { len: 9000 }));
+        assert_eq!(d.next_item(), None, "its body has yet to come");
+        assert_eq!(
+            d.spare().len(),
+            1514 + LENGTH_PREFIX,
+            "all the room to read it"
+        );
+    }
+
+    #[test]
+    fn largest_skipped_is_a_giant_and_one_more_is_out_of_step() {
+        let mut d = StreamDecoder::new(1514);
+        d.spare()[..LENGTH_PREFIX].copy_from_slice(&encode_header(LARGEST_SKIPPED));
+        d.filled(LENGTH_PREFIX);
+        assert_eq!(
+            d.next_item(),
+            Some(Decoded::Giant {
+                len: LARGEST_SKIPPED
+            })
+        );
+        let mut d = StreamDecoder::new(1514);
+        d.spare()[..LENGTH_PREFIX].copy_from_slice(&encode_header(LARGEST_SKIPPED + 1));
+        d.filled(LENGTH_PREFIX);
+        assert_eq!(
+            d.next_item(),
+            Some(Decoded::OutOfStep {
+                len: LARGEST_SKIPPED as u32 + 1
+            })
+        );
+    }
+
+    #[test]
+    fn above_a_maximum_beyond_the_skip_bound_every_longer_length_is_out_of_step() {
+        let max_frame = LARGEST_SKIPPED + 100;
+        let mut d = StreamDecoder::new(max_frame);
+        assert_eq!(d.largest_skipped(), max_frame);
+        d.spare()[..LENGTH_PREFIX].copy_from_slice(&encode_header(max_frame + 1));
+        d.filled(LENGTH_PREFIX);
+        assert_eq!(
+            d.next_item(),
+            Some(Decoded::OutOfStep {
+                len: max_frame as u32 + 1
+            })
+        );
+    }
+
+    #[test]
+    fn length_out_of_step_desynchronises_for_good() {
         let mut stream = encode(&[test_frame(60, 1)]);
-        stream.extend_from_slice(&encode_header(1515));
+        stream.extend_from_slice(&encode_header(1 << 30));
         stream.extend_from_slice(&encode(&[test_frame(60, 2)]));
         let mut d = StreamDecoder::new(1514);
         let spare = d.spare();
         spare[..stream.len()].copy_from_slice(&stream);
         d.filled(stream.len());
         assert!(matches!(d.next_item(), Some(Decoded::Frame(_))));
-        assert_eq!(d.next_item(), Some(Decoded::Giant { len: 1515 }));
+        assert_eq!(d.next_item(), Some(Decoded::OutOfStep { len: 1 << 30 }));
         assert!(d.is_desynchronised());
         assert_eq!(d.next_item(), Some(Decoded::Desynchronised));
         assert_eq!(d.next_item(), Some(Decoded::Desynchronised));
@@ -330,11 +459,23 @@ mod tests {
     }
 
     #[test]
-    fn giant_length_is_seen_before_its_payload() {
+    fn reset_forgets_a_giant_being_skipped() {
+        let mut d = StreamDecoder::new(1514);
+        d.spare()[..LENGTH_PREFIX].copy_from_slice(&encode_header(9000));
+        d.filled(LENGTH_PREFIX);
+        assert_eq!(d.next_item(), Some(Decoded::Giant { len: 9000 }));
+        d.reset();
+        let good = test_frame(60, 5);
+        let out = decode_in_pieces(&mut d, &encode(std::slice::from_ref(&good)), &[100]);
+        assert_eq!(out, vec![Ok(good)]);
+    }
+
+    #[test]
+    fn out_of_step_length_is_seen_before_its_payload() {
         let mut d = StreamDecoder::new(1514);
         d.spare()[..4].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
         d.filled(4);
-        assert_eq!(d.next_item(), Some(Decoded::Giant { len: u32::MAX }));
+        assert_eq!(d.next_item(), Some(Decoded::OutOfStep { len: u32::MAX }));
     }
 
     #[test]
@@ -374,6 +515,29 @@ mod tests {
             let mut d = StreamDecoder::new(1518);
             let out = decode_in_pieces(&mut d, &encode(&frames), &pieces);
             prop_assert_eq!(out, frames.into_iter().map(Ok).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn giants_among_frames_cost_only_themselves_however_the_reads_split(
+            lens in proptest::collection::vec(
+                prop_oneof![14usize..=1518, 1519usize..=20_000],
+                0..12,
+            ),
+            pieces in proptest::collection::vec(1usize..5000, 1..8),
+        ) {
+            let frames: Vec<_> = lens.iter().enumerate()
+                .map(|(i, &l)| test_frame(l, i as u8)).collect();
+            let expected: Vec<_> = frames.iter()
+                .map(|f| if f.len() <= 1518 {
+                    Ok(f.clone())
+                } else {
+                    Err(format!("Giant {{ len: {} }}", f.len()))
+                })
+                .collect();
+            let mut d = StreamDecoder::new(1518);
+            let out = decode_in_pieces(&mut d, &encode(&frames), &pieces);
+            prop_assert_eq!(out, expected);
+            prop_assert_eq!(d.buffer.len(), 1518 + LENGTH_PREFIX);
         }
 
         #[test]
