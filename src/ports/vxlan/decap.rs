@@ -21,12 +21,9 @@ use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
 use crate::wire::vxlan::{HEADER_LEN, VxlanError, VxlanPacket, VxlanRepr};
 use crate::wire::{EthernetFrame, EthernetRepr};
 
-use super::inbound::{Inbound, OuterFault};
+use super::inbound::{Inbound, OuterFault, RECEIVE_BATCH};
 use super::state::{State, lock};
 use super::table::Learned;
-
-/// Most datagrams taken from the socket per round.
-pub const RECEIVE_BATCH: usize = 64;
 
 /// How often the serving thread ages the table and the group's senders: at the latest
 /// after this long asleep, and at the end of a round once this long has passed since the

@@ -37,7 +37,8 @@ use crate::wire::virtio_net::{
 };
 use crate::wire::vxlan;
 
-use super::decap::RECEIVE_BATCH;
+/// Most datagrams taken from the sockets per round.
+pub const RECEIVE_BATCH: usize = 64;
 
 /// Room for one packet from the packet socket: its virtio-net header, the Ethernet header
 /// and the largest IPv4 packet.

@@ -117,8 +117,8 @@ use underlay::{
     open_raw_socket, overhead,
 };
 
-pub use decap::{RECEIVE_BATCH, RxDrop, Verdict, classify};
-pub use inbound::OuterFault;
+pub use decap::{RxDrop, Verdict, classify};
+pub use inbound::{OuterFault, RECEIVE_BATCH};
 pub use state::{MAX_GROUP_REMOTES, RemoteStatus, StatusHandle, VxlanCounters, VxlanStatus};
 pub use table::{DEFAULT_AGEING, DEFAULT_MAX_LEARNED, Learned, RemoteTable};
 
