@@ -854,3 +854,26 @@ fn dgram_sender_silent_past_idle_timeout_leaves_and_comes_back_with_its_next_dat
     local.send(&reply);
     assert_eq!(dgram_receive(&client), reply);
 }
+
+#[test]
+fn stream_client_locked_to_its_mac_that_sends_as_another_host_is_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let _port = PortProcess::start(dir.path(), "stream", "lab.sock", &["--lock-mac"]);
+    let path = dir.path().join("lab.sock");
+    let mut local = net.join(JoinOptions::default()).unwrap();
+    let mut client = connect_and_join(&net, &path, 1);
+    // The first source the client sends from becomes its locked MAC.
+    let first = frame(local.mac(), mac(0xa), "first");
+    client.send(&first);
+    assert_eq!(receive_one(&mut local), first);
+    // Then it sends as someone else, then as itself again: only the last one arrives.
+    client.send(&frame(local.mac(), mac(0xb), "spoofed"));
+    let again = frame(local.mac(), mac(0xa), "again");
+    client.send(&again);
+    assert_eq!(receive_one(&mut local), again);
+    let status = wait_for_status(&net, "the spoofed frame is counted", |s| {
+        peer_with_mac(s, mac(0xa)).is_some_and(|p| p.drops.get("tx_spoofed") == Some(&1))
+    });
+    assert!(peer_with_mac(&status, mac(0xa)).unwrap().lock_mac);
+}

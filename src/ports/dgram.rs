@@ -99,6 +99,9 @@ pub struct DgramOptions {
     pub max_clients: usize,
     /// A sender not heard from for this long leaves; `None` (or zero): never.
     pub idle_timeout: Option<Duration>,
+    /// Lock each client's peer to its MAC (`mac`, or the first source it sends from):
+    /// frames from any other source are dropped and counted (`spoofed`).
+    pub lock_mac: bool,
 }
 
 impl Default for DgramOptions {
@@ -107,6 +110,7 @@ impl Default for DgramOptions {
             mac: None,
             max_clients: DEFAULT_MAX_CLIENTS,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            lock_mac: false,
         }
     }
 }
@@ -476,7 +480,12 @@ impl Clients<'_> {
             label: name.clone(),
             ..JoinOptions::default()
         };
-        let peer = match self.port.network.join(options) {
+        let peer = match self.port.network.join(options).and_then(|peer| {
+            if self.port.options.lock_mac {
+                peer.control().set_mac_locked(true)?;
+            }
+            Ok(peer)
+        }) {
             Ok(peer) => peer,
             Err(e) => {
                 tracing::warn!(port = %name, error = %e, "refusing a sender; its datagrams are dropped");

@@ -98,6 +98,9 @@ pub struct StreamOptions {
     /// Most connections served at once; further ones are closed at once and counted
     /// (`refused_over_limit`).
     pub max_clients: usize,
+    /// Lock each client's peer to its MAC (`mac`, or the first source it sends from):
+    /// frames from any other source are dropped and counted (`spoofed`).
+    pub lock_mac: bool,
 }
 
 impl Default for StreamOptions {
@@ -105,6 +108,7 @@ impl Default for StreamOptions {
         StreamOptions {
             mac: None,
             max_clients: DEFAULT_MAX_CLIENTS,
+            lock_mac: false,
         }
     }
 }
@@ -290,7 +294,12 @@ impl StreamPort {
             label: label.clone(),
             ..JoinOptions::default()
         };
-        let peer = match self.network.join(options) {
+        let peer = match self.network.join(options).and_then(|peer| {
+            if self.options.lock_mac {
+                peer.control().set_mac_locked(true)?;
+            }
+            Ok(peer)
+        }) {
             Ok(peer) => peer,
             Err(e) => {
                 self.counters
