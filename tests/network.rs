@@ -421,3 +421,40 @@ fn a_writer_caught_mid_copy_by_its_receiver_leaving_is_counted_on_both_sides() {
     let retired = net.status().retired;
     assert_eq!(retired.drops.get("rx_stalled"), Some(&1));
 }
+
+#[test]
+fn two_isolated_peers_reach_a_normal_peer_and_never_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut gateway = net.join(JoinOptions::default()).unwrap();
+    let mut red = net.join(JoinOptions::default()).unwrap();
+    let mut blue = net.join(JoinOptions::default()).unwrap();
+    red.control().set_isolated(true).unwrap();
+    blue.control().set_isolated(true).unwrap();
+    // Unicast: to the gateway, yes; to the other isolated peer, no route.
+    let to_gateway = frame(gateway.mac(), red.mac(), b"to the gateway");
+    assert!(matches!(
+        red.send(&to_gateway),
+        Sent::Routed { delivered: 1, .. }
+    ));
+    assert_eq!(drain(&mut gateway), vec![to_gateway]);
+    assert_eq!(
+        red.send(&frame(blue.mac(), red.mac(), b"to blue")),
+        Sent::Refused(DropReason::NoRoute)
+    );
+    // Broadcast from an isolated peer reaches the gateway only; from the gateway, both.
+    let hello = frame(MacAddress::BROADCAST, blue.mac(), b"hello");
+    blue.send(&hello);
+    assert_eq!(drain(&mut gateway), vec![hello]);
+    assert!(
+        drain(&mut red).is_empty(),
+        "isolated peers never hear each other"
+    );
+    let announce = frame(MacAddress::BROADCAST, gateway.mac(), b"announce");
+    gateway.send(&announce);
+    assert_eq!(drain(&mut red), vec![announce.clone()]);
+    assert_eq!(drain(&mut blue), vec![announce]);
+    let status = net.status();
+    assert!(status.peers.iter().filter(|p| p.isolated).count() == 2);
+    assert_eq!(red.counters().tx_dropped(DropReason::NoRoute), 1);
+}

@@ -812,3 +812,16 @@ fn a_mac_locked_namespace_that_changes_its_address_loses_its_traffic_counted() {
         "the locked MAC stays published"
     );
 }
+
+#[test]
+fn two_isolated_namespaces_reach_a_normal_one_and_not_each_other() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::with_args("iso", &[&[], &["--isolated"], &["--isolated"]]);
+    assert!(lab.ping(1, 0, 1), "isolated → normal");
+    assert!(lab.ping(2, 0, 1), "the other isolated → normal");
+    assert!(lab.ping(0, 1, 1), "normal → isolated");
+    assert!(!lab.ping(1, 2, 2), "isolated namespaces reached each other");
+    assert!(lab.peer(1).isolated && lab.peer(2).isolated && !lab.peer(0).isolated);
+}

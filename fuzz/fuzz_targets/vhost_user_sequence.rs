@@ -100,7 +100,7 @@ fn bench() -> &'static Mutex<Bench> {
                 queue_pairs: 2,
                 client: false,
                 offload: true,
-                lock_mac: false,
+                policy: Default::default(),
             })
             .expect("open the port"),
         ));

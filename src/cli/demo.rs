@@ -181,7 +181,7 @@ fn demo(lab: &mut Lab, args: &DemoArgs) -> anyhow::Result<()> {
                 mac: None,
                 mode: DeviceMode::Create,
                 offload: true,
-                lock_mac: false,
+                policy: Default::default(),
             },
         )
         .with_context(|| format!("TAP {IFNAME} in {namespace}"))?;

@@ -37,10 +37,9 @@ pub struct DgramArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS,
           value_parser = super::stream::parse_max_clients)]
     pub max_clients: usize,
-    /// Lock each client to its MAC (`--mac`, or the first source address it sends
-    /// from): frames from any other source are dropped and counted (`spoofed`).
-    #[arg(long)]
-    pub lock_mac: bool,
+    /// What the port enforces for its guests.
+    #[command(flatten)]
+    pub policy: super::policy::PolicyArgs,
     /// Seconds (fractions allowed) a sender may stay silent before its peer leaves and
     /// frees its slot; 0: never.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs_f64(),
@@ -64,7 +63,7 @@ pub fn run(dir: &Path, args: DgramArgs) -> anyhow::Result<()> {
     let options = DgramOptions {
         mac: args.mac,
         max_clients: args.max_clients,
-        lock_mac: args.lock_mac,
+        policy: args.policy.into(),
         // parse_idle_timeout has checked it; zero means never.
         idle_timeout: Duration::try_from_secs_f64(args.idle_timeout)
             .ok()

@@ -19,6 +19,7 @@ pub mod dgram;
 pub mod format;
 pub mod guest;
 pub mod netns;
+pub mod policy;
 pub mod port_status;
 pub mod stream;
 pub mod tap;

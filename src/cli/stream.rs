@@ -35,10 +35,9 @@ pub struct StreamArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS,
           value_parser = parse_max_clients)]
     pub max_clients: usize,
-    /// Lock each client to its MAC (`--mac`, or the first source address it sends
-    /// from): frames from any other source are dropped and counted (`spoofed`).
-    #[arg(long)]
-    pub lock_mac: bool,
+    /// What the port enforces for its guests.
+    #[command(flatten)]
+    pub policy: super::policy::PolicyArgs,
 }
 
 /// Runs `stream` until SIGINT or SIGTERM.
@@ -50,7 +49,7 @@ pub fn run(dir: &Path, args: StreamArgs) -> anyhow::Result<()> {
     let options = StreamOptions {
         mac: args.mac,
         max_clients: args.max_clients,
-        lock_mac: args.lock_mac,
+        policy: args.policy.into(),
     };
     let port = StreamPort::bind(network, &args.listen, options)?;
     announce(port.path())?;

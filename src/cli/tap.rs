@@ -40,11 +40,9 @@ pub struct TapArgs {
     /// segmentation offloads: the kernel then segments and checksums every frame itself.
     #[arg(long)]
     pub no_offload: bool,
-    /// Lock each port to its interface's MAC as it is at start (or `--mac`): frames from
-    /// any other source address are dropped and counted (`spoofed`), and a later change of
-    /// the interface's address is not followed.
-    #[arg(long)]
-    pub lock_mac: bool,
+    /// What the port enforces for its guests.
+    #[command(flatten)]
+    pub policy: super::policy::PolicyArgs,
 }
 
 /// Runs `tap` until SIGINT or SIGTERM, or until every device has gone.
@@ -71,7 +69,7 @@ pub fn run(dir: &Path, args: TapArgs) -> anyhow::Result<()> {
             mac: args.mac,
             mode,
             offload: !args.no_offload,
-            lock_mac: args.lock_mac,
+            policy: args.policy.into(),
         };
         let port = TapPort::open(&network, &options).with_context(|| match &args.netns {
             Some(netns) => format!("TAP {ifname} in namespace {netns}"),

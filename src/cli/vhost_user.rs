@@ -52,11 +52,9 @@ pub struct VhostUserArgs {
     /// Do not offer checksum and segmentation offloads.
     #[arg(long)]
     pub no_offload: bool,
-    /// Lock each VM to its MAC (`--mac`, published before the guest speaks, or else the
-    /// first source address its guest sends from): frames from any other source are
-    /// dropped and counted (`spoofed`).
-    #[arg(long)]
-    pub lock_mac: bool,
+    /// What the port enforces for its guests.
+    #[command(flatten)]
+    pub policy: super::policy::PolicyArgs,
 }
 
 /// Runs `vhost-user` until SIGINT or SIGTERM.
@@ -71,7 +69,7 @@ pub fn run(dir: &Path, args: VhostUserArgs) -> anyhow::Result<()> {
         queue_pairs: args.queues,
         client: args.client,
         offload: !args.no_offload,
-        lock_mac: args.lock_mac,
+        policy: args.policy.into(),
     })
     .context("vhost-user port")?;
     let handle = port.status_handle();

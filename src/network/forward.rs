@@ -10,6 +10,9 @@
 //! 2. Broadcast goes to every other peer; multicast to those whose filter takes it.
 //! 3. Promiscuous peers get a copy of everything.
 //! 4. Never back to the sender.
+//! 5. Isolated peers (`--isolated`, as the Linux bridge's `isolated on`) exchange frames
+//!    with non-isolated peers only: nothing an isolated peer sends reaches another
+//!    isolated peer, promiscuous or not. Unicast between two isolated peers has no route.
 
 use crate::shm::layout::flags;
 use crate::wire::MacAddress;
@@ -32,6 +35,11 @@ pub struct PeerView {
 }
 
 impl PeerView {
+    /// Whether it is isolated from the other isolated peers.
+    pub fn is_isolated(&self) -> bool {
+        self.flags & flags::ISOLATED != 0
+    }
+
     /// Whether it gets a copy of every frame.
     pub fn is_promiscuous(&self) -> bool {
         self.flags & flags::PROMISCUOUS != 0
@@ -79,6 +87,28 @@ pub enum Route {
 ///
 /// `learned` maps an address to the slot index it was learned behind.
 pub fn resolve(
+    dst: MacAddress,
+    sender: u16,
+    peers: &[PeerView],
+    learned: impl FnOnce(MacAddress) -> Option<u16>,
+    rules: Rules,
+    out: &mut Vec<usize>,
+) -> Route {
+    let route = resolve_ignoring_isolation(dst, sender, peers, learned, rules, out);
+    let isolated_sender = peers.iter().any(|p| p.index == sender && p.is_isolated());
+    if !isolated_sender {
+        return route;
+    }
+    out.retain(|&i| !peers[i].is_isolated());
+    if out.is_empty() && route != Route::Multicast {
+        Route::NoRoute
+    } else {
+        route
+    }
+}
+
+/// Rules 1 to 4.
+fn resolve_ignoring_isolation(
     dst: MacAddress,
     sender: u16,
     peers: &[PeerView],
@@ -280,8 +310,11 @@ mod tests {
             .map(|p| p.index)
             .or_else(|| learned.filter(|l| peers.iter().any(|p| p.index == *l)));
         let mut set = BTreeSet::new();
+        let isolated_sender = peers
+            .iter()
+            .any(|p| p.index == sender && p.flags & flags::ISOLATED != 0);
         for p in peers {
-            if p.index == sender {
+            if p.index == sender || (isolated_sender && p.flags & flags::ISOLATED != 0) {
                 continue;
             }
             let wanted = if dst.is_multicast() {
@@ -305,7 +338,7 @@ mod tests {
     proptest! {
         #[test]
         fn resolve_agrees_with_the_model(
-            peer_flags in proptest::collection::vec((0u32..4, any::<u64>()), 1..12),
+            peer_flags in proptest::collection::vec((0u32..8, any::<u64>()), 1..12),
             sender in 0u16..12,
             dst_pick in 0usize..16,
             learned in proptest::option::of(0u16..12),
@@ -316,7 +349,11 @@ mod tests {
                 .enumerate()
                 .map(|(i, &(f, filter))| PeerView {
                     multicast_filter: filter & 0x0f0f,
-                    ..peer(i as u16, f & (flags::PROMISCUOUS | flags::ALL_MULTICAST))
+                    ..peer(
+                        i as u16,
+                        (f & (flags::PROMISCUOUS | flags::ALL_MULTICAST))
+                            | if f & 4 != 0 { flags::ISOLATED } else { 0 },
+                    )
                 })
                 .collect();
             let choices = [

@@ -303,6 +303,13 @@ impl Control {
         self.set_flag(flags::LOCK_MAC, on)
     }
 
+    /// Isolates the peer (or lifts it): an isolated peer exchanges frames with
+    /// non-isolated peers only (an uplink, a gateway, a DHCP server), never with another
+    /// isolated one, as the Linux bridge's `isolated on` does.
+    pub fn set_isolated(&self, on: bool) -> Result<()> {
+        self.set_flag(flags::ISOLATED, on)
+    }
+
     /// Whether the peer's sources are locked to its published MAC.
     pub fn mac_locked(&self) -> bool {
         self.membership.entry().flags.load(Ordering::Relaxed) & flags::LOCK_MAC != 0

@@ -40,6 +40,8 @@ pub struct PeerStatus {
     pub quarantined: bool,
     /// Sources locked to the published MAC.
     pub lock_mac: bool,
+    /// Isolated from the other isolated peers.
+    pub isolated: bool,
     /// Frames received.
     pub rx_packets: u64,
     /// Bytes received.
@@ -146,6 +148,7 @@ pub(crate) fn collect(region: &Region, reclaimed: Vec<u16>) -> NetworkStatus {
             link_down: flags & layout::flags::LINK_DOWN != 0,
             quarantined: flags & layout::flags::QUARANTINED != 0,
             lock_mac: flags & layout::flags::LOCK_MAC != 0,
+            isolated: flags & layout::flags::ISOLATED != 0,
             rx_packets: counters.rx_packets,
             rx_bytes: counters.rx_bytes,
             tx_packets: counters.tx_packets,

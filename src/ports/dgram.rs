@@ -99,9 +99,8 @@ pub struct DgramOptions {
     pub max_clients: usize,
     /// A sender not heard from for this long leaves; `None` (or zero): never.
     pub idle_timeout: Option<Duration>,
-    /// Lock each client's peer to its MAC (`mac`, or the first source it sends from):
-    /// frames from any other source are dropped and counted (`spoofed`).
-    pub lock_mac: bool,
+    /// What the port enforces for its guests (`--lock-mac`, `--isolated`).
+    pub policy: crate::ports::policy::PortPolicy,
 }
 
 impl Default for DgramOptions {
@@ -110,7 +109,7 @@ impl Default for DgramOptions {
             mac: None,
             max_clients: DEFAULT_MAX_CLIENTS,
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
-            lock_mac: false,
+            policy: crate::ports::policy::PortPolicy::default(),
         }
     }
 }
@@ -481,9 +480,7 @@ impl Clients<'_> {
             ..JoinOptions::default()
         };
         let peer = match self.port.network.join(options).and_then(|peer| {
-            if self.port.options.lock_mac {
-                peer.control().set_mac_locked(true)?;
-            }
+            self.port.options.policy.apply(&peer.control())?;
             Ok(peer)
         }) {
             Ok(peer) => peer,

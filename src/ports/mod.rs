@@ -12,6 +12,7 @@ pub mod doorbell;
 pub mod error;
 mod label;
 mod mac;
+pub mod policy;
 pub mod rtnetlink;
 pub mod socket;
 pub mod stream;

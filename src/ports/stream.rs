@@ -98,9 +98,8 @@ pub struct StreamOptions {
     /// Most connections served at once; further ones are closed at once and counted
     /// (`refused_over_limit`).
     pub max_clients: usize,
-    /// Lock each client's peer to its MAC (`mac`, or the first source it sends from):
-    /// frames from any other source are dropped and counted (`spoofed`).
-    pub lock_mac: bool,
+    /// What the port enforces for its guests (`--lock-mac`, `--isolated`).
+    pub policy: crate::ports::policy::PortPolicy,
 }
 
 impl Default for StreamOptions {
@@ -108,7 +107,7 @@ impl Default for StreamOptions {
         StreamOptions {
             mac: None,
             max_clients: DEFAULT_MAX_CLIENTS,
-            lock_mac: false,
+            policy: crate::ports::policy::PortPolicy::default(),
         }
     }
 }
@@ -295,9 +294,7 @@ impl StreamPort {
             ..JoinOptions::default()
         };
         let peer = match self.network.join(options).and_then(|peer| {
-            if self.options.lock_mac {
-                peer.control().set_mac_locked(true)?;
-            }
+            self.options.policy.apply(&peer.control())?;
             Ok(peer)
         }) {
             Ok(peer) => peer,

@@ -117,10 +117,8 @@ pub struct TapOptions {
     pub mode: DeviceMode,
     /// Open the device with the virtio-net header and checksum/segmentation offloads.
     pub offload: bool,
-    /// Lock the peer's sources to the interface's MAC at start: frames from any other
-    /// source are dropped and counted (`spoofed`), and a later change of the interface's
-    /// address is not followed.
-    pub lock_mac: bool,
+    /// What the port enforces for its guests (`--lock-mac`, `--isolated`).
+    pub policy: crate::ports::policy::PortPolicy,
 }
 
 /// Errors of a TAP port's control path.
@@ -228,9 +226,7 @@ impl TapPort {
             offloads: taken,
             ..JoinOptions::default()
         })?;
-        if options.lock_mac {
-            peer.control().set_mac_locked(true)?;
-        }
+        options.policy.apply(&peer.control())?;
         monitor
             .request_state()
             .map_err(io_error("ask the kernel for the interface's state"))?;

@@ -126,6 +126,8 @@ pub mod flags {
     /// Source locked: frames whose source is not the published MAC are refused
     /// (`spoofed`).
     pub const LOCK_MAC: u32 = 1 << 5;
+    /// Isolated: exchanges frames with non-isolated peers only.
+    pub const ISOLATED: u32 = 1 << 6;
 }
 
 /// One peer's entry. Identity fields are written only under the control lock, between two

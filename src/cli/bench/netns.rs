@@ -337,7 +337,7 @@ impl Lab {
                     mac: None,
                     mode: DeviceMode::Create,
                     offload,
-                    lock_mac: false,
+                    policy: Default::default(),
                 },
             )
             .with_context(|| format!("TAP {TAP_IFNAME} in {namespace}"))?;

@@ -104,9 +104,8 @@ pub struct VhostUserOptions {
     pub client: bool,
     /// Offer checksum and segmentation offloads.
     pub offload: bool,
-    /// Lock each VM's peer to its MAC (`macs`, or the first source its guest sends
-    /// from): frames from any other source are dropped and counted (`spoofed`).
-    pub lock_mac: bool,
+    /// What the port enforces for its guests (`--lock-mac`, `--isolated`).
+    pub policy: crate::ports::policy::PortPolicy,
 }
 
 /// Reads the sockets' status from another thread (for the status file).
@@ -323,10 +322,8 @@ impl Serving<'_> {
                 return None;
             }
         };
-        if self.options.lock_mac
-            && let Err(e) = peer.control().set_mac_locked(true)
-        {
-            tracing::error!(socket = %socket.path.display(), error = %e, "cannot lock the peer's MAC; closing the connection");
+        if let Err(e) = self.options.policy.apply(&peer.control()) {
+            tracing::error!(socket = %socket.path.display(), error = %e, "cannot apply the port's policy to the peer; closing the connection");
             return None;
         }
         let slot = peer.index();
