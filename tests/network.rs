@@ -458,3 +458,36 @@ fn two_isolated_peers_reach_a_normal_peer_and_never_each_other() {
     assert!(status.peers.iter().filter(|p| p.isolated).count() == 2);
     assert_eq!(red.counters().tx_dropped(DropReason::NoRoute), 1);
 }
+
+#[test]
+fn frames_over_a_peers_rate_limit_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, Geometry::default());
+    let mut limited = net.join(JoinOptions::default()).unwrap();
+    let mut b = net.join(JoinOptions::default()).unwrap();
+    // 8 kbit/s = 1000 bytes a second, a burst of 3 frames of 1000 bytes: the fourth of a
+    // quick batch is over it.
+    limited.control().set_rate(8_000, 3_000).unwrap();
+    let frames: Vec<Vec<u8>> = (0..4)
+        .map(|_| {
+            let mut f = frame(b.mac(), limited.mac(), b"");
+            f.resize(1000, 0);
+            f
+        })
+        .collect();
+    let accepted = limited.send_batch(frames.iter().map(Vec::as_slice));
+    assert_eq!(accepted, 3);
+    assert_eq!(drain(&mut b).len(), 3);
+    assert_eq!(limited.counters().tx_dropped(DropReason::RateLimited), 1);
+    let status = net.status();
+    let entry = status
+        .peers
+        .iter()
+        .find(|p| p.slot == limited.index())
+        .unwrap();
+    assert_eq!((entry.rate, entry.burst), (8_000, 3_000));
+    assert_eq!(entry.drops.get("tx_rate_limited"), Some(&1));
+    // Lifting the limit lets everything through again.
+    limited.control().set_rate(0, 0).unwrap();
+    assert_eq!(limited.send_batch(frames.iter().map(Vec::as_slice)), 4);
+}

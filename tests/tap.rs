@@ -825,3 +825,67 @@ fn two_isolated_namespaces_reach_a_normal_one_and_not_each_other() {
     assert!(!lab.ping(1, 2, 2), "isolated namespaces reached each other");
     assert!(lab.peer(1).isolated && lab.peer(2).isolated && !lab.peer(0).isolated);
 }
+
+#[test]
+fn a_rate_limited_namespace_sends_tcp_near_its_rate_without_losing_frames() {
+    if !ready() || !prerequisites_met("the rate-limit test", &["iperf3"]) {
+        return;
+    }
+    let lab = Lab::with_args("rate", &[&["--rate", "200m"], &[]]);
+    assert!(lab.ping(0, 1, 1));
+    assert_eq!(lab.peer(0).rate, 200_000_000, "status shows the rate");
+    // A one-off iperf3 server in the unlimited namespace; its first line says it listens.
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.namespaces[1],
+            "iperf3",
+            "-s",
+            "-1",
+            "--forceflush",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 server");
+    let stdout = server.stdout.take().expect("piped");
+    let _server = KillOnDrop(server);
+    let (lines, listening) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("listening") && lines.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    listening
+        .recv_timeout(DEADLINE)
+        .expect("the iperf3 server listens");
+    let mut client = Command::new("ip");
+    client.args(["netns", "exec", &lab.namespaces[0], "iperf3", "-c"]);
+    client.arg(Lab::address(1)).args(["-t", "3", "-J"]);
+    let output = output_within(client, Duration::from_secs(30));
+    assert!(output.status.success(), "iperf3 client failed");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("iperf3's JSON report");
+    let sent = &report["end"]["sum_sent"];
+    let bps = sent["bits_per_second"].as_f64().expect("bits per second");
+    let ratio = bps / 200e6;
+    eprintln!(
+        "rate-limited TCP: {:.1} Mbit/s ({ratio:.2} × 200 Mbit/s), {} retransmissions",
+        bps / 1e6,
+        sent["retransmits"]
+    );
+    assert!(
+        (0.5..=1.1).contains(&ratio),
+        "{:.1} Mbit/s against a 200 Mbit/s limit",
+        bps / 1e6
+    );
+    // The TAP port holds its guest back instead of dropping: no frame lost to the limit.
+    assert_eq!(
+        lab.peer(0).drops.get("tx_rate_limited"),
+        None,
+        "frames were dropped at the limit instead of held back"
+    );
+}

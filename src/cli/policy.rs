@@ -15,6 +15,14 @@ pub struct PolicyArgs {
     /// `isolated on` does.
     #[arg(long)]
     pub isolated: bool,
+    /// Limit what each guest sends into the network, in bits per second (`200m`, `1g`):
+    /// a token bucket. Frames over it are dropped and counted (`rate_limited`); TAP ports
+    /// hold their guest back instead, so that TCP slows down rather than losing frames.
+    #[arg(long, value_name = "RATE", value_parser = crate::network::rate::parse_rate)]
+    pub rate: Option<u64>,
+    /// The burst of `--rate`, in bytes [default: 10 ms of the rate, at least 128 KiB].
+    #[arg(long, value_name = "BYTES", requires = "rate")]
+    pub burst: Option<u64>,
 }
 
 impl From<PolicyArgs> for PortPolicy {
@@ -22,6 +30,12 @@ impl From<PolicyArgs> for PortPolicy {
         PortPolicy {
             lock_mac: args.lock_mac,
             isolated: args.isolated,
+            rate: args.rate.map(|rate| {
+                let burst = args
+                    .burst
+                    .unwrap_or_else(|| crate::network::rate::default_burst(rate));
+                (rate, burst)
+            }),
         }
     }
 }

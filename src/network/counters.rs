@@ -53,6 +53,8 @@ pub enum DropReason {
     /// The sender's port is locked to its published MAC and the frame's source was
     /// another address.
     Spoofed,
+    /// The sender's port has a rate limit and the frame was over it.
+    RateLimited,
 }
 
 impl DropReason {
@@ -70,6 +72,7 @@ impl DropReason {
         DropReason::Quarantined,
         DropReason::Stalled,
         DropReason::Spoofed,
+        DropReason::RateLimited,
     ];
 
     /// Index of the reason's counter.
@@ -92,6 +95,7 @@ impl DropReason {
             DropReason::Quarantined => "quarantined",
             DropReason::Stalled => "stalled",
             DropReason::Spoofed => "spoofed",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }

@@ -310,6 +310,21 @@ impl Control {
         self.set_flag(flags::ISOLATED, on)
     }
 
+    /// Limits what the peer sends to `rate_bps` bits per second with a burst of
+    /// `burst_bytes` (see [`rate`](super::rate)); frames over it are refused and counted
+    /// (`rate_limited`), and ports that can wait hold their guest back. A rate of 0 lifts
+    /// the limit.
+    pub fn set_rate(&self, rate_bps: u64, burst_bytes: u64) -> Result<()> {
+        let membership = &self.membership;
+        membership
+            .region
+            .with_control_lock(&membership.lock_file, || {
+                let entry = membership.entry();
+                entry.rate_bps.store(rate_bps, Ordering::Relaxed);
+                entry.burst_bytes.store(burst_bytes, Ordering::Relaxed);
+            })
+    }
+
     /// Whether the peer's sources are locked to its published MAC.
     pub fn mac_locked(&self) -> bool {
         self.membership.entry().flags.load(Ordering::Relaxed) & flags::LOCK_MAC != 0
@@ -460,6 +475,8 @@ fn publish(region: &Region, index: u16, options: &JoinOptions) -> Result<u32> {
     entry.kind.store(options.kind.code(), Ordering::Relaxed);
     entry.pid.store(std::process::id(), Ordering::Relaxed);
     entry.multicast_filter.store(0, Ordering::Relaxed);
+    entry.rate_bps.store(0, Ordering::Relaxed);
+    entry.burst_bytes.store(0, Ordering::Relaxed);
     entry
         .offloads
         .store(options.offloads & offloads::ALL, Ordering::Relaxed);

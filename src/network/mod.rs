@@ -28,6 +28,7 @@ pub mod forward;
 mod membership;
 pub mod offloads;
 pub mod peer;
+pub mod rate;
 pub mod receive;
 mod region;
 pub mod ring;

@@ -30,6 +30,7 @@ use super::fdb;
 use super::forward::{self, PeerView, Route, Rules};
 use super::membership::{Control, Membership};
 use super::offloads::{header_words, needed_offloads};
+use super::rate::TokenBucket;
 use super::receive::MIN_GSO_SIZE;
 use super::region::SWEEP_INTERVAL_NS;
 use super::ring::{self, Push, SlotMeta};
@@ -58,6 +59,8 @@ pub struct Sender {
     quarantined: bool,
     /// Frames from sources other than the published MAC are refused.
     mac_locked: bool,
+    /// The peer's rate limit, if it has one.
+    bucket: Option<TokenBucket>,
     rules: Rules,
     mtu: usize,
     destinations: Vec<usize>,
@@ -106,6 +109,7 @@ impl Sender {
             own_mac: MacAddress::ZERO,
             quarantined: false,
             mac_locked: false,
+            bucket: None,
             rules,
             mtu,
             destinations: Vec::with_capacity(max_peers),
@@ -206,7 +210,40 @@ impl Sender {
             self.own_mac = own.map_or(MacAddress::ZERO, |p| p.mac);
             self.quarantined = own.is_none_or(|p| p.flags & flags::QUARANTINED != 0);
             self.mac_locked = own.is_some_and(|p| p.flags & flags::LOCK_MAC != 0);
+            self.refresh_rate(now_ns);
         }
+        if let Some(bucket) = &mut self.bucket {
+            bucket.refill(now_ns);
+        }
+    }
+
+    /// Takes the rate limit from our entry when it changed (a control operation, which
+    /// also moved the table version); a new limit starts with a full bucket.
+    fn refresh_rate(&mut self, now_ns: u64) {
+        let entry = self.membership.entry();
+        let rate = entry.rate_bps.load(Ordering::Relaxed);
+        let burst = entry.burst_bytes.load(Ordering::Relaxed);
+        let unchanged = self
+            .bucket
+            .is_some_and(|b| b.rate_bps() == rate && b.burst() == burst);
+        if rate == 0 {
+            self.bucket = None;
+        } else if !unchanged {
+            self.bucket = Some(TokenBucket::new(rate, burst.max(1), now_ns));
+        }
+    }
+
+    /// For a port that can hold its guest back instead of losing frames: how long from
+    /// `now_ns` until `bytes` may be sent under the peer's rate limit (0: now), or `None`
+    /// without a limit. Bytes beyond the burst are never there at once: ask for at most the
+    /// burst ([`Sender::rate_burst`]).
+    pub fn rate_wait_ns(&self, bytes: u64, now_ns: u64) -> Option<u64> {
+        self.bucket.map(|bucket| bucket.wait_ns(bytes, now_ns))
+    }
+
+    /// The burst of the peer's rate limit, bytes, if it has one.
+    pub fn rate_burst(&self) -> Option<u64> {
+        self.bucket.map(|bucket| bucket.burst())
     }
 
     fn end_batch(&mut self) {
@@ -243,6 +280,11 @@ impl Sender {
         }
         if self.mac_locked && repr.src != self.own_mac && repr.src != self.published_mac() {
             return self.refuse(DropReason::Spoofed);
+        }
+        if let Some(bucket) = &mut self.bucket
+            && !bucket.take(frame.len() as u64)
+        {
+            return self.refuse(DropReason::RateLimited);
         }
         if repr.src != self.own_mac {
             self.learn(repr.src);

@@ -42,6 +42,10 @@ pub struct PeerStatus {
     pub lock_mac: bool,
     /// Isolated from the other isolated peers.
     pub isolated: bool,
+    /// Rate limit on what it sends, bits per second (0: none).
+    pub rate: u64,
+    /// Burst of the rate limit, bytes.
+    pub burst: u64,
     /// Frames received.
     pub rx_packets: u64,
     /// Bytes received.
@@ -149,6 +153,8 @@ pub(crate) fn collect(region: &Region, reclaimed: Vec<u16>) -> NetworkStatus {
             quarantined: flags & layout::flags::QUARANTINED != 0,
             lock_mac: flags & layout::flags::LOCK_MAC != 0,
             isolated: flags & layout::flags::ISOLATED != 0,
+            rate: entry.rate_bps.load(Ordering::Relaxed),
+            burst: entry.burst_bytes.load(Ordering::Relaxed),
             rx_packets: counters.rx_packets,
             rx_bytes: counters.rx_bytes,
             tx_packets: counters.tx_packets,

@@ -11,6 +11,8 @@ pub struct PortPolicy {
     pub lock_mac: bool,
     /// Isolate the peer: it exchanges frames with non-isolated peers only.
     pub isolated: bool,
+    /// Limit what the guest sends: bits per second and burst bytes.
+    pub rate: Option<(u64, u64)>,
 }
 
 impl PortPolicy {
@@ -21,6 +23,9 @@ impl PortPolicy {
         }
         if self.isolated {
             control.set_isolated(true)?;
+        }
+        if let Some((rate_bps, burst_bytes)) = self.rate {
+            control.set_rate(rate_bps, burst_bytes)?;
         }
         Ok(())
     }

@@ -64,7 +64,7 @@ use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 use crate::network::IoError;
 use crate::network::counters::DropReason;
 use crate::network::offloads;
-use crate::network::{Control, Receiver, Sender};
+use crate::network::{Control, Receiver, Sender, monotonic_ns};
 use crate::network::{JoinOptions, Network, Peer, PortKind};
 use crate::wire::MacAddress;
 use crate::wire::virtio_net::{LEGACY_HEADER_LEN, VirtioNetHdr};
@@ -489,10 +489,26 @@ fn read_device(
         batch.clear();
         headers.clear();
         let mut ended = false;
+        let mut held_ns = 0;
+        let mut batch_bytes = 0u64;
         for _ in 0..READ_BATCH {
+            // Under a rate limit, read a frame only when the largest one would still fit:
+            // the guest's frames wait in the kernel, and its TCP slows down instead of
+            // losing them.
+            if let Some(burst) = sender.rate_burst() {
+                let wanted = batch_bytes + READ_BUFFER as u64;
+                if wanted > burst {
+                    break;
+                }
+                held_ns = sender.rate_wait_ns(wanted, monotonic_ns()).unwrap_or(0);
+                if held_ns > 0 {
+                    break;
+                }
+            }
             match device.recv(&mut buffer) {
                 Ok(len) => match from_device(&buffer[..len.min(buffer.len())], offload) {
                     Ok((hdr, frame)) => {
+                        batch_bytes += frame.len() as u64;
                         headers.push(hdr);
                         batch.push(frame);
                     }
@@ -515,6 +531,18 @@ fn read_device(
         }
         if ended {
             return;
+        }
+        if batch.is_empty() && held_ns > 0 {
+            // Held back by the rate limit: sleep until the tokens are there (or a stop).
+            let doorbells = [(stop.as_fd(), Wake::Stop), (closed.as_fd(), Wake::Stop)];
+            match wait::first_ready(doorbells, Some(std::time::Duration::from_nanos(held_ns))) {
+                Ok(Some(Wake::Stop)) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(port = ifname, error = %e, "cannot wait for the rate limit");
+                    return;
+                }
+            }
         }
     }
 }

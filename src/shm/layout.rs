@@ -56,7 +56,7 @@ pub const LARGE_STRIDE: usize = 64 + LARGE_FRAME;
 pub const MAX_GSO_BUFFERS: u32 = 256;
 
 /// Number of per-reason drop counters kept for each direction.
-pub const DROP_REASONS: usize = 12;
+pub const DROP_REASONS: usize = 13;
 /// Number of owner-written counters before the transmit drop counters.
 pub const OWNER_COUNTERS: usize = 8;
 
@@ -156,17 +156,21 @@ pub struct PeerEntry {
     pub joined_unix_ns: AtomicU64,
     /// A short UTF-8 label (socket path, interface name), NUL-padded.
     pub label: [AtomicU64; 4],
+    /// Rate limit on what the peer sends, bits per second (0: none); see `network::rate`.
+    pub rate_bps: AtomicU64,
+    /// Burst of that rate limit, bytes.
+    pub burst_bytes: AtomicU64,
     /// Padding to the counters' cache line.
-    pub pad0: [AtomicU64; 5],
+    pub pad0: [AtomicU64; 3],
     /// Counters written by the owner only: see `network::counters`.
     pub owner_counters: [AtomicU64; OWNER_COUNTERS + DROP_REASONS],
     /// Padding: receive drops live on their own cache line.
-    pub pad1: [AtomicU64; 4],
+    pub pad1: [AtomicU64; 3],
     /// Receive-side drops, added with `fetch_add` by the senders that caused them (ring
     /// full) and by the owner (invalid, stale, abandoned).
     pub rx_drops: [AtomicU64; DROP_REASONS],
     /// Padding to [`PEER_ENTRY_SIZE`].
-    pub pad2: [AtomicU64; 12],
+    pub pad2: [AtomicU64; 11],
 }
 
 /// A ring's control block: the producers' reservation cursor on its own cache line, then
