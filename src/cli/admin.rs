@@ -332,7 +332,9 @@ pub fn print_status(status: &NetworkStatus) {
             ]);
         }
         print!("{}", table.render());
-        println!("flags: P promiscuous, M all-multicast, D link down, Q quarantined");
+        println!(
+            "flags: P promiscuous, M all-multicast, D link down, Q quarantined, L MAC locked, I isolated, R rate-limited"
+        );
     }
     println!();
     if status.learned.is_empty() {
@@ -360,6 +362,9 @@ fn flag_letters(peer: &PeerStatus) -> String {
         (peer.all_multicast, 'M'),
         (peer.link_down, 'D'),
         (peer.quarantined, 'Q'),
+        (peer.lock_mac, 'L'),
+        (peer.isolated, 'I'),
+        (peer.rate != 0, 'R'),
     ]
     .iter()
     .filter(|(on, _)| *on)
