@@ -31,6 +31,10 @@ pub struct Receiver {
     tail: u64,
     buffer: Vec<u8>,
     segmenter: Segmenter,
+    /// A frame finished in software, as its segments, and where each one ends (kept
+    /// between frames so that nothing allocates once they have grown).
+    segments: Vec<u8>,
+    segment_ends: Vec<usize>,
     pending: Pending,
     mtu: usize,
     /// Bytes a ring slot holds; a frame in a slot claiming more is a lie.
@@ -71,6 +75,8 @@ impl Receiver {
             tail,
             buffer: vec![0; max_frame],
             segmenter: Segmenter::new(),
+            segments: Vec::new(),
+            segment_ends: Vec::new(),
             pending: Pending::default(),
             mtu,
             slot_capacity,
@@ -164,9 +170,9 @@ impl Receiver {
     }
 
     /// Hands one checked frame over, as it is or finished in software; returns how many
-    /// frames `on_frame` got. A segment that breaks the network's rules is counted and
-    /// dropped, so a forged header can neither smuggle a giant through nor multiply a
-    /// frame beyond what the MTU allows.
+    /// frames `on_frame` got. It counts once, received or `invalid`: a frame one of whose
+    /// segments would break the network's rules is dropped whole, so a forged header can
+    /// neither smuggle a giant through nor multiply a frame beyond what the MTU allows.
     fn hand_over(
         &mut self,
         hdr: &VirtioNetHdr,
@@ -198,27 +204,31 @@ impl Receiver {
                 }
             }
         };
-        let (mut handed, mut bytes, mut invalid) = (0, 0, 0);
+        // All or nothing, so that one frame from the ring is one outcome in the counters:
+        // cut it into segments aside, check every one, then hand them all over, or none.
+        let (segments, ends) = (&mut self.segments, &mut self.segment_ends);
+        segments.clear();
+        ends.clear();
+        let mut valid = true;
         let finished = self
             .segmenter
             .segment(frame, hdr, mss, &mut |segment: &[u8]| {
-                if ethernet::validate_frame(segment, mtu).is_ok() {
-                    on_frame(&plain, segment);
-                    handed += 1;
-                    bytes += segment.len() as u64;
-                } else {
-                    invalid += 1;
-                }
+                valid &= ethernet::validate_frame(segment, mtu).is_ok();
+                segments.extend_from_slice(segment);
+                ends.push(segments.len());
             });
-        if finished.is_err() {
-            invalid += 1;
-        }
-        self.pending.add(slot::RX_PACKETS, handed as u64);
-        self.pending.add(slot::RX_BYTES, bytes);
-        for _ in 0..invalid {
+        if finished.is_err() || !valid || ends.is_empty() {
             counters::count_rx_drop(entry, DropReason::Invalid);
+            return 0;
         }
-        handed
+        let mut start = 0;
+        for &end in ends.iter() {
+            on_frame(&plain, &segments[start..end]);
+            start = end;
+        }
+        self.pending.add(slot::RX_PACKETS, 1);
+        self.pending.add(slot::RX_BYTES, len as u64);
+        ends.len()
     }
 
     /// Decides what to do about a writer that holds the slot at `position`: returns true
