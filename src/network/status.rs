@@ -94,8 +94,8 @@ pub struct NetworkStatus {
     pub unknown_unicast: &'static str,
     /// Region size in bytes.
     pub size_bytes: u64,
-    /// Memory the region really uses: the file is sparse, and only slots that have
-    /// carried frames take pages.
+    /// Memory the region really uses: what `create` reserved (header, tables, slots) and
+    /// the large buffers of the slots peers have joined.
     pub resident_bytes: u64,
     /// Peers that are up.
     pub peers: Vec<PeerStatus>,
@@ -188,7 +188,10 @@ pub(crate) fn collect(region: &Region, reclaimed: Vec<u16>) -> NetworkStatus {
             "flood"
         },
         size_bytes: region.layout.total_size as u64,
-        resident_bytes: std::fs::metadata(&region.path)
+        // The open file, not the path: the name may point to another network by now.
+        resident_bytes: region
+            .file
+            .metadata()
             .map(|m| std::os::unix::fs::MetadataExt::blocks(&m).saturating_mul(512))
             .unwrap_or(0),
         peers: list,
