@@ -111,7 +111,26 @@ fn answer(dir: &Path, mut stream: TcpStream) -> anyhow::Result<()> {
     stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
     stream.write_all(&response.to_bytes())?;
     stream.flush()?;
+    discard_unread(&mut stream);
     Ok(())
+}
+
+/// Reads away what the client sent beyond its request head, as far as it has arrived: a
+/// socket closed with unread input resets the connection, and the client may then lose
+/// the answer before reading it. Bounded, and without waiting, so a client that keeps
+/// sending cannot keep the server.
+fn discard_unread(stream: &mut TcpStream) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut buffer = [0u8; 4096];
+    let mut discarded = 0;
+    while discarded < 16 * MAX_REQUEST_BYTES {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => discarded += n,
+        }
+    }
 }
 
 /// Reads the request head (up to the blank line), within [`REQUEST_DEADLINE`] all told
@@ -231,4 +250,75 @@ pub fn scrape(dir: &Path) -> String {
         }
     }
     render(&networks, &unopened)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `request` to a fresh server on a private directory and returns its answer.
+    fn exchange(request: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(request).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        answer(dir.path(), stream).unwrap();
+        let mut response = String::new();
+        client.read_to_string(&mut response).unwrap();
+        response
+    }
+
+    #[test]
+    fn get_metrics_is_answered_in_the_text_format() {
+        let response = exchange(b"GET /metrics?x=1 HTTP/1.1\r\nHost: here\r\n\r\n");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(
+            response.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{response}"
+        );
+        // No network in the directory: nothing to say, and said with a length of 0.
+        assert!(response.ends_with("Content-Length: 0\r\nConnection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn anything_else_is_not_found() {
+        for request in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"POST /metrics HTTP/1.1\r\n\r\n",
+            b"GET /metricsx HTTP/1.0\n\n",
+        ] {
+            let response = exchange(request);
+            assert!(
+                response.starts_with("HTTP/1.1 404 Not Found\r\n"),
+                "{response}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_endless_request_head_is_cut_off() {
+        let mut request = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        request.resize(MAX_REQUEST_BYTES * 2, b'a');
+        let response = exchange(&request);
+        assert!(
+            response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{response}"
+        );
+    }
+
+    #[test]
+    fn a_client_that_never_finishes_its_request_is_let_go() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+        let (mut stream, _) = listener.accept().unwrap();
+        let started = Instant::now();
+        assert!(read_request_head(&mut stream).is_err());
+        let waited = started.elapsed();
+        assert!(
+            waited >= REQUEST_DEADLINE && waited < REQUEST_DEADLINE * 3,
+            "{waited:?}"
+        );
+    }
 }
