@@ -41,7 +41,8 @@ fn frame(dst: MacAddress, src: MacAddress, tag: u8) -> Vec<u8> {
 
 /// The `metrics` process, killed however the test ends.
 struct Exporter {
-    child: Child,
+    /// `None` once [`Exporter::terminate`] has taken it to wait for it.
+    child: Option<Child>,
     address: String,
 }
 
@@ -60,7 +61,7 @@ impl Exporter {
             let _ = tx.send(line);
         });
         let mut exporter = Exporter {
-            child,
+            child: Some(child),
             address: String::new(),
         };
         let line = rx
@@ -93,10 +94,33 @@ impl Exporter {
     }
 }
 
+impl Exporter {
+    /// Sends SIGTERM and waits, at most 30 s, for the exporter to end; its exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("not terminated yet");
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("send SIGTERM");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let status = child.wait();
+            let _ = tx.send(status);
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(status) => status.expect("wait for guestnet metrics"),
+            Err(_) => {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                panic!("guestnet metrics did not end within 30 s of SIGTERM");
+            }
+        }
+    }
+}
+
 impl Drop for Exporter {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -148,7 +172,7 @@ fn a_scrape_says_what_status_says_and_parses_with_promtool() {
     }
     drop(gone);
 
-    let exporter = Exporter::start(dir);
+    let mut exporter = Exporter::start(dir);
     let (status_line, body) = exporter.get("/metrics");
     assert_eq!(status_line, "HTTP/1.1 200 OK", "{body}");
     // Traffic has stopped, so this is the same moment as the scrape.
@@ -249,6 +273,7 @@ fn a_scrape_says_what_status_says_and_parses_with_promtool() {
 
     let (not_found, _) = exporter.get("/");
     assert_eq!(not_found, "HTTP/1.1 404 Not Found");
+    assert!(exporter.terminate().success(), "SIGTERM ends it cleanly");
 
     check_with_promtool(&body);
 }

@@ -39,6 +39,9 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// bytes.
 pub const MAX_REQUEST_BYTES: usize = 8192;
 
+/// How long the server pauses after a failed `accept` before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// The content type of the Prometheus text format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -97,7 +100,12 @@ pub fn serve(dir: &Path, listener: &TcpListener, stop: &Doorbell) -> anyhow::Res
                     tracing::debug!(%client, "metrics request failed: {error:#}");
                 }
             }
-            Err(error) => tracing::warn!("accept a metrics connection: {error}"),
+            Err(error) => {
+                tracing::warn!("accept a metrics connection: {error}");
+                // Out of descriptors, say: the listener stays readable, so pause rather
+                // than spin, yet still stop at once when told.
+                stop.wait(ACCEPT_BACKOFF);
+            }
         }
     }
 }
