@@ -18,6 +18,7 @@ pub mod demo;
 pub mod dgram;
 pub mod format;
 pub mod guest;
+pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod port_status;
@@ -37,7 +38,7 @@ use clap::{Parser, Subcommand};
     name = "guestnet",
     version,
     about,
-    after_help = "Examples:\n  guestnet create lab\n  guestnet stream lab --listen /tmp/lab.sock\n  guestnet vhost-user lab --socket /tmp/vm0.sock\n  guestnet capture lab -w lab.pcap -c 100\n  guestnet status lab\n  guestnet bench --frame-size 64"
+    after_help = "Examples:\n  guestnet create lab\n  guestnet stream lab --listen /tmp/lab.sock\n  guestnet vhost-user lab --socket /tmp/vm0.sock\n  guestnet capture lab -w lab.pcap -c 100\n  guestnet status lab\n  guestnet metrics --listen 127.0.0.1:9469\n  guestnet bench --frame-size 64"
 )]
 pub struct Cli {
     /// Directory holding the networks [default: $GUESTNET_DIR or /dev/shm/guestnet]
@@ -78,6 +79,8 @@ pub enum Command {
     Vxlan(vxlan::VxlanArgs),
     /// Capture a network's frames into a pcap file.
     Capture(capture::CaptureArgs),
+    /// Serve the networks' counters to Prometheus at /metrics.
+    Metrics(metrics::MetricsArgs),
     /// Show guestnet at work: two namespaces on TAP ports, ping, TCP, capture (as root).
     Demo(demo::DemoArgs),
     /// Measure throughput, wake-ups and latency against a socket baseline.
@@ -143,6 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VhostUser(args) => vhost_user::run(&dir, args),
         Command::Vxlan(args) => vxlan::run(&dir, args),
         Command::Capture(args) => capture::run(&dir, args),
+        Command::Metrics(args) => metrics::run(&dir, args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(&dir, args),
         Command::Pktgen(args) => traffic::pktgen(&dir, args),
