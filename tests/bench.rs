@@ -430,3 +430,188 @@ fn interrupt_and_check_cleanup(bench: Bench, pid: u32) {
     );
     assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
 }
+
+/// Held by each `--vhost-user` test: they reserve and give back huge pages, and two runs
+/// of busy-polling DPDK frontends on two cores would only measure each other.
+static VHOST_USER_BENCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Whether DPDK's testpmd is installed; outside CI a missing one skips the test, under CI
+/// it fails it. Looked for on `$PATH`, not run: testpmd started without arguments sets up
+/// DPDK and leaves its run directory behind.
+fn dpdk_installed() -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("dpdk-testpmd").is_file())
+    });
+    if found {
+        return true;
+    }
+    let reason = "bench --vhost-user tests need dpdk-testpmd (Debian 12: dpdk-dev, with \
+                  librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23)";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{reason}, and CI must not skip them");
+    }
+    eprintln!("skipped: {reason}");
+    false
+}
+
+/// The 2 MiB huge pages the kernel holds now.
+fn huge_pages() -> Option<u64> {
+    std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// DPDK run directories named after the bench process `pid`.
+fn dpdk_run_directories_of(pid: u32) -> Vec<String> {
+    let prefix = format!("guestnet-bench-{pid}-");
+    ["/var/run/dpdk", "/tmp/dpdk"]
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(&prefix))
+        .collect()
+}
+
+/// One switch's figures in one test of `bench --vhost-user`: frames flowed where they
+/// should, and every frame sent was received or counted as dropped by the switch.
+fn check_switch(m: &Value, frame_size: f64, both_ways: bool) {
+    let mpps = number(m, "mpps");
+    assert!(mpps > 0.0, "{m}");
+    assert!(
+        close(number(m, "gbit_s"), mpps * frame_size * 8.0 / 1000.0),
+        "{m}"
+    );
+    assert!(number(m, "switch_cpu") > 0.0, "{m}");
+    assert!(number(m, "sleeps_per_frame") >= 0.0, "{m}");
+    let directions = m["directions"].as_array().expect("directions");
+    assert_eq!(directions.len(), 2, "{m}");
+    for (d, (from, to)) in directions.iter().zip([("a", "b"), ("b", "a")]) {
+        assert_eq!(
+            (d["from"].as_str(), d["to"].as_str()),
+            (Some(from), Some(to))
+        );
+        let (sent, received, dropped) = (
+            number(d, "sent"),
+            number(d, "received"),
+            number(d, "dropped"),
+        );
+        if both_ways || from == "a" {
+            assert!(received > 0.0, "frames flowed {from} → {to}: {m}");
+        } else {
+            assert_eq!(sent, 0.0, "the stream is one way: {m}");
+        }
+        assert_eq!(
+            sent,
+            received + dropped,
+            "{from} → {to}: every frame sent is received or counted as dropped: {m}"
+        );
+        assert_eq!(number(d, "unaccounted"), 0.0, "{m}");
+    }
+    let dropped: f64 = directions.iter().map(|d| number(d, "dropped")).sum();
+    let by_reason: f64 = m["drops_by_reason"]
+        .as_object()
+        .expect("drops_by_reason")
+        .values()
+        .filter_map(Value::as_f64)
+        .sum();
+    assert_eq!(by_reason, dropped, "the reasons add up to the drops: {m}");
+}
+
+#[test]
+fn vhost_user_json_counts_add_up_on_both_sides_and_the_anchor_ran() {
+    if !dpdk_installed() {
+        return;
+    }
+    let _one_at_a_time = VHOST_USER_BENCH.lock().unwrap_or_else(|p| p.into_inner());
+    let huge_pages_before = huge_pages();
+    let bench = Bench::start(&["--vhost-user", "--seconds", "1", "--json"]);
+    let pid = bench.pid();
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(180));
+    assert!(
+        status.success(),
+        "bench failed: {status}; stderr {stderr:#?}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
+    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    assert_eq!(v["mode"], "vhost-user", "{v}");
+    assert_eq!(number(&v, "frame_size"), 64.0);
+    assert_eq!(number(&v, "seconds"), 1.0);
+    assert_eq!(number(&v, "switch_cores"), 1.0);
+    assert!(matches!(
+        v["memory"].as_str(),
+        Some("huge_pages" | "no_huge_pages")
+    ));
+
+    let looped = &v["request_response"];
+    assert_eq!(number(looped, "frames_in_flight"), 64.0, "{v}");
+    check_switch(&looped["guestnet"], 64.0, true);
+    check_switch(&looped["anchor"], 64.0, true);
+    assert!(
+        number(&looped["guestnet"], "wakeups_per_frame") >= 0.0,
+        "guestnet counts its wake-ups: {v}"
+    );
+    assert!(
+        looped["anchor"]["wakeups_per_frame"].is_null(),
+        "the anchor never sleeps: {v}"
+    );
+    assert!(
+        close(
+            number(looped, "ratio"),
+            number(&looped["guestnet"], "mpps") / number(&looped["anchor"], "mpps")
+        ),
+        "{v}"
+    );
+    if v["stream"].is_null() {
+        assert!(
+            v["stream_skipped"]
+                .as_str()
+                .is_some_and(|why| !why.is_empty()),
+            "a skipped stream says why: {v}"
+        );
+    } else {
+        check_switch(&v["stream"]["guestnet"], 64.0, false);
+        check_switch(&v["stream"]["anchor"], 64.0, false);
+    }
+
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+    assert!(
+        workers_of(pid).is_empty(),
+        "left running: {:?}",
+        workers_of(pid)
+    );
+    assert!(
+        dpdk_run_directories_of(pid).is_empty(),
+        "left {:?}",
+        dpdk_run_directories_of(pid)
+    );
+    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
+}
+
+#[test]
+fn an_interrupted_vhost_user_bench_stops_dpdk_and_gives_everything_back() {
+    if !dpdk_installed() {
+        return;
+    }
+    let _one_at_a_time = VHOST_USER_BENCH.lock().unwrap_or_else(|p| p.into_inner());
+    let huge_pages_before = huge_pages();
+    let bench = Bench::start(&["--vhost-user", "--seconds", "30", "--json"]);
+    let pid = bench.pid();
+    // Interrupted while guestnet's port, the frontends' testpmd and their traffic run.
+    bench.wait_for_stderr("guestnet: request/response", Duration::from_secs(60));
+    interrupt_and_check_cleanup(bench, pid);
+    assert!(
+        workers_of(pid).is_empty(),
+        "left running: {:?}",
+        workers_of(pid)
+    );
+    assert!(
+        dpdk_run_directories_of(pid).is_empty(),
+        "left {:?}",
+        dpdk_run_directories_of(pid)
+    );
+    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
+}

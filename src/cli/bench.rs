@@ -32,6 +32,8 @@
 mod args;
 mod netns;
 mod process;
+mod testpmd;
+mod vhost_user;
 mod vm;
 mod worker;
 
@@ -69,6 +71,9 @@ pub fn run(_dir: &Path, args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.vm {
         return vm::run(&args);
+    }
+    if args.vhost_user {
+        return vhost_user::run(&args);
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let interrupt = Interrupt::install()?;

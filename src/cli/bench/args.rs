@@ -19,8 +19,9 @@ pub struct BenchArgs {
     /// Frames per `send_batch` call (1 to 4096).
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
-    /// Slots of the receiver's ring (a power of two) [default: 256; with --netns or --vm
-    /// 1024, what kernel stacks behind TAPs want: see the README's performance section].
+    /// Slots of the receiver's ring (a power of two) [default: 256; with --netns, --vm or
+    /// --vhost-user 1024, what kernel stacks behind TAPs and virtqueues of 1024 want: see
+    /// the README's performance section].
     #[arg(long)]
     pub ring_slots: Option<u32>,
     /// Leave the workers unpinned (the scheduler places them).
@@ -40,6 +41,14 @@ pub struct BenchArgs {
     /// guestnet's vhost-user ports and through TAP devices on a Linux bridge (as root).
     #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin", "netns"])]
     pub vm: bool,
+    /// Instead: frames between two DPDK virtio-user frontends (dpdk-testpmd) through
+    /// guestnet's vhost-user ports and through DPDK's vhost PMD, request/response and one
+    /// way (DPDK needed; huge pages are reserved if missing).
+    #[arg(long, conflicts_with_all = ["senders", "batch", "no_pin", "netns", "vm"])]
+    pub vhost_user: bool,
+    /// With --vhost-user: CPUs the switch runs on (the frontends get the others).
+    #[arg(long, requires = "vhost_user", default_value_t = 1)]
+    pub switch_cores: usize,
     /// With --vm: the guest image (vmlinuz, initramfs.cpio.gz) of scripts/guest-image,
     /// built there by the script when missing.
     #[arg(long, requires = "vm", default_value = "target/guest")]

@@ -27,13 +27,7 @@ pub(super) struct Placement {
 
 impl Placement {
     pub(super) fn new(pin: bool) -> Placement {
-        let allowed = rustix::thread::sched_getaffinity(None)
-            .map(|set| {
-                (0..rustix::thread::CpuSet::MAX_CPU)
-                    .filter(|&cpu| set.is_set(cpu))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
+        let allowed = allowed_cpus();
         Placement {
             cpus: if pin && allowed.len() >= 2 {
                 allowed
@@ -65,6 +59,40 @@ impl Placement {
             cpus.join(",")
         )
     }
+}
+
+/// The CPUs this command may run on, in order (none if the scheduler will not say).
+pub(super) fn allowed_cpus() -> Vec<usize> {
+    rustix::thread::sched_getaffinity(None)
+        .map(|set| {
+            (0..rustix::thread::CpuSet::MAX_CPU)
+                .filter(|&cpu| set.is_set(cpu))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `spawn` (which starts a child) with the calling thread confined to `cpus`, then
+/// lets the thread run anywhere again. A child inherits the CPUs of the thread that forks
+/// it, and so do all the threads it will ever start: the child is confined from its first
+/// instruction, with no window in which a thread of it runs elsewhere, and without
+/// `taskset`.
+pub(super) fn on_cpus<T>(
+    cpus: &[usize],
+    spawn: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let before = rustix::thread::sched_getaffinity(None).context("read our CPU affinity")?;
+    let mut confined = rustix::thread::CpuSet::new();
+    for &cpu in cpus {
+        confined.set(cpu);
+    }
+    rustix::thread::sched_setaffinity(None, &confined)
+        .with_context(|| format!("confine a child to CPUs {cpus:?}"))?;
+    let spawned = spawn();
+    let restored = rustix::thread::sched_setaffinity(None, &before);
+    let spawned = spawned?;
+    restored.context("restore our CPU affinity")?;
+    Ok(spawned)
 }
 
 /// `N cores (M usable), <model>` from the scheduler and /proc/cpuinfo.

@@ -1,0 +1,715 @@
+//! `guestnet bench --vhost-user`: the VM-switching benchmark without VMs.
+//!
+//! A VM's frames reach a vhost-user switch through its virtio-net driver; here that driver
+//! is DPDK's own (`net_virtio_user`, in `dpdk-testpmd`), which moves frames as fast as a
+//! guest's driver can, with no guest to boot and no emulated CPU in the way. Two such
+//! frontends, `a` and `b`, each attached to one vhost-user socket, are switched by
+//!
+//! * **guestnet**: a `guestnet vhost-user` process (a child) serving both sockets as two
+//!   peers of one network in a private directory under `/dev/shm`;
+//! * **the anchor**: DPDK's vhost PMD (`net_vhost`) serving the same two sockets in another
+//!   testpmd, forwarding (`io`) every frame from one socket to the other. It is the fastest
+//!   thing that can stand between two vhost-user frontends: a busy-polling loop with no
+//!   address lookup, no ring of its own and no sleeping.
+//!
+//! Two tests, each run against both switches:
+//!
+//! * **request/response**: one testpmd owns both frontends' ports, in `macswap` mode with
+//!   `--port-topology=loop`: every frame received on a port goes back out of the same port
+//!   with its addresses swapped, so it crosses the switch again. `start tx_first` sends one
+//!   burst from each port, and those frames (`2 × BURST`) are all that is ever in flight:
+//!   the rate measures how fast the switch turns frames around, latency included.
+//! * **stream** (when the machine has a CPU for each frontend besides the switch's): a
+//!   `txonly` testpmd on `a` sends as fast as it can to an `rxonly` testpmd on `b`.
+//!
+//! The switch is confined to `--switch-cores` CPUs (default 1), the frontends to the
+//! others: the frontends busy-poll, and two busy pollers sharing a CPU would measure the
+//! scheduler, not the switch. On a 2-core machine the switch gets CPU 0, the
+//! request/response frontends CPU 1, and the stream is skipped. The anchor's forwarding
+//! threads are one per switch CPU, at most two (it has only two streams of frames to
+//! move). Each child is confined from birth (see `process::on_cpus`).
+//!
+//! A measurement reads the frontends' port counters (`show port stats all`) and the
+//! switch's own at the start and the end of the window; the rate is the frames the
+//! frontends received, both directions together, per second. The switch's CPU use is its
+//! process's user and system time over the window (`/proc/PID/stat`; 1.0 is one CPU busy
+//! all the time); guestnet's wake-ups are its peers' receiver wake-up counters, and the
+//! voluntary context switches of the switch's threads (`/proc/PID/task/*/status`) count
+//! every time it slept, kicks from the frontends included. Then the frontends stop sending
+//! and keep receiving (`rxonly`) until what they sent equals what they received plus what
+//! the switch counted as dropped, so the counts can add up exactly: for guestnet its
+//! network's drops (each frame once) and its vhost-user ports' frames that found no room in
+//! a frontend's buffers; for the anchor the frames its vhost PMD could not hand to a full
+//! queue (`TX-dropped` of testpmd's forwarding statistics).
+//!
+//! DPDK wants huge pages: the run reserves what is missing and gives it back at the end,
+//! saying so, or runs DPDK on ordinary memory when the kernel has none to give. SIGINT and
+//! SIGTERM kill every child; the guards remove the sockets, the network and the directory
+//! on every way out.
+
+mod switch;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use super::args::BenchArgs;
+use super::netns::TAP_RING_SLOTS;
+use super::process::{Interrupt, Workspace, allowed_cpus, machine};
+use super::testpmd::{self, HugePages, Instance, Memory, PortStats, Testpmd};
+use crate::bench::Throughput;
+use switch::{BURST, MACS, POLL_INTERVAL, SIDES, Switch};
+
+/// Descriptors per virtqueue of each frontend.
+const QUEUE_SIZE: u32 = 1024;
+/// How long the frames still in flight may take to arrive once the senders stop.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the anchor is, as printed.
+const ANCHOR_NAME: &str =
+    "DPDK's vhost PMD: dpdk-testpmd forwarding (io) between the same two sockets";
+
+/// The whole result, as `--json` prints it.
+#[derive(Debug, Serialize)]
+struct VhostUserResult {
+    mode: &'static str,
+    /// Bytes per frame, Ethernet header included.
+    frame_size: usize,
+    /// Seconds each measurement lasts.
+    seconds: f64,
+    switch_cores: usize,
+    /// Where the switch ran, and where the frontends did.
+    switch_cpus: Vec<usize>,
+    frontend_cpus: Vec<usize>,
+    /// "huge_pages" or "no_huge_pages".
+    memory: Memory,
+    /// Slots of each peer's ring in guestnet's network.
+    ring_slots: u32,
+    machine: String,
+    anchor_name: &'static str,
+    request_response: Comparison,
+    /// `None` on a machine without a CPU for each frontend besides the switch's.
+    stream: Option<Comparison>,
+    /// Why the stream was not measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_skipped: Option<String>,
+}
+
+/// One test, through guestnet and through the anchor.
+#[derive(Debug, Serialize)]
+struct Comparison {
+    /// Frames kept in flight (request/response), or none (stream: as many as fit).
+    frames_in_flight: Option<u64>,
+    guestnet: Measured,
+    anchor: Measured,
+    /// guestnet ÷ anchor frames per second.
+    ratio: f64,
+}
+
+/// One switch's figures in one test.
+#[derive(Debug, Clone, Serialize)]
+struct Measured {
+    /// Million frames per second received by the frontends, both directions together.
+    mpps: f64,
+    /// The same in gigabits per second (frame bytes only).
+    gbit_s: f64,
+    /// guestnet: its peers' receiver wake-ups per frame. None for the anchor, which never
+    /// sleeps.
+    wakeups_per_frame: Option<f64>,
+    /// Times the switch's threads went to sleep, per frame (voluntary context switches).
+    sleeps_per_frame: f64,
+    /// CPU time the switch used per second of the window (1.0 = one CPU all the time).
+    switch_cpu: f64,
+    /// Frame counts over the whole test, a → b then b → a.
+    directions: [Direction; 2],
+    /// The switch's drops by reason.
+    drops_by_reason: BTreeMap<String, u64>,
+}
+
+/// Frames one way over a whole test, counted once every frame in flight has arrived.
+#[derive(Debug, Clone, Serialize)]
+struct Direction {
+    from: &'static str,
+    to: &'static str,
+    /// Sent by the frontend `from` (its port's transmit counter).
+    sent: u64,
+    /// Received by the frontend `to`.
+    received: u64,
+    /// Dropped on the way, as the switch counted them.
+    dropped: u64,
+    /// `sent - received - dropped`: zero when the counts add up.
+    unaccounted: i64,
+}
+
+/// Runs `bench --vhost-user`.
+pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let testpmd = testpmd::preflight("guestnet bench --vhost-user")?;
+    let cpus = Cpus::split(args.switch_cores)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let interrupt = Interrupt::install()?;
+    let stream_skipped = cpus.stream().is_none().then(|| {
+        format!(
+            "the stream needs {} CPUs ({} for the switch, one for each frontend); this \
+             command may use {}",
+            args.switch_cores + 2,
+            args.switch_cores,
+            cpus.switch.len() + cpus.frontends.len()
+        )
+    });
+    // The anchor, and the frontends of one test: two testpmds, or three for the stream.
+    let huge_pages = HugePages::reserve(if stream_skipped.is_none() { 3 } else { 2 });
+    let workspace = Workspace::create()?;
+    let ring_slots = args.ring_slots.unwrap_or(TAP_RING_SLOTS);
+    let plan = Plan {
+        args,
+        testpmd: &testpmd,
+        cpus: &cpus,
+        memory: huge_pages.memory(),
+        interrupt: &interrupt,
+    };
+
+    progress(&format!(
+        "guestnet: vhost-user ports on CPU {}, DPDK frontends on CPU {}, {} s per test",
+        list(&cpus.switch),
+        list(&cpus.frontends),
+        args.seconds
+    ));
+    let guestnet = {
+        let mut switch = Switch::guestnet(&workspace, ring_slots, &cpus.switch, &interrupt)?;
+        plan.both_tests(&mut switch)?
+    };
+    progress(&format!("anchor: {ANCHOR_NAME}"));
+    let anchor = {
+        let mut switch = Switch::anchor(
+            &workspace,
+            &testpmd,
+            cpus.anchor(),
+            huge_pages.memory(),
+            &interrupt,
+        )?;
+        let measured = plan.both_tests(&mut switch)?;
+        switch.stop()?;
+        measured
+    };
+    let compare = |guestnet: Measured, anchor: Measured, frames_in_flight| Comparison {
+        frames_in_flight,
+        ratio: if anchor.mpps > 0.0 {
+            guestnet.mpps / anchor.mpps
+        } else {
+            0.0
+        },
+        guestnet,
+        anchor,
+    };
+    let result = VhostUserResult {
+        mode: "vhost-user",
+        frame_size: args.frame_size,
+        seconds: args.seconds,
+        switch_cores: args.switch_cores,
+        switch_cpus: cpus.switch.clone(),
+        frontend_cpus: cpus.frontends.clone(),
+        memory: huge_pages.memory(),
+        ring_slots,
+        machine: machine(),
+        anchor_name: ANCHOR_NAME,
+        request_response: compare(guestnet.0, anchor.0, Some(2 * BURST)),
+        stream: guestnet
+            .1
+            .zip(anchor.1)
+            .map(|(guestnet, anchor)| compare(guestnet, anchor, None)),
+        stream_skipped,
+    };
+    drop(workspace);
+    drop(huge_pages);
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print_table(&result, &command);
+    }
+    Ok(())
+}
+
+fn progress(what: &str) {
+    eprintln!("guestnet bench: {what}");
+}
+
+fn list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Which CPUs the switch gets and which the frontends get.
+#[derive(Debug)]
+struct Cpus {
+    switch: Vec<usize>,
+    frontends: Vec<usize>,
+}
+
+impl Cpus {
+    fn split(switch_cores: usize) -> anyhow::Result<Cpus> {
+        let allowed = allowed_cpus();
+        if allowed.len() < 2 {
+            bail!(
+                "guestnet bench --vhost-user needs 2 CPUs or more: the DPDK frontends \
+                 busy-poll, and sharing the switch's CPU with them would measure the \
+                 scheduler; this command may use {}",
+                allowed.len()
+            );
+        }
+        if switch_cores == 0 || switch_cores >= allowed.len() {
+            bail!(
+                "--switch-cores must be between 1 and {} here: the frontends need a CPU \
+                 the switch does not use",
+                allowed.len() - 1
+            );
+        }
+        let (switch, frontends) = allowed.split_at(switch_cores);
+        Ok(Cpus {
+            switch: switch.to_vec(),
+            frontends: frontends.to_vec(),
+        })
+    }
+
+    /// The request/response frontends' CPUs: a forwarding thread for each port's stream
+    /// at most.
+    fn request_response(&self) -> Vec<usize> {
+        self.frontends.iter().copied().take(2).collect()
+    }
+
+    /// The stream's sending and receiving frontends' CPUs, if there are two.
+    fn stream(&self) -> Option<(usize, usize)> {
+        Some((*self.frontends.first()?, *self.frontends.get(1)?))
+    }
+
+    /// The anchor's forwarding CPUs: it has two streams of frames to move at most.
+    fn anchor(&self) -> Vec<usize> {
+        self.switch.iter().copied().take(2).collect()
+    }
+}
+
+/// The two tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Test {
+    RequestResponse,
+    Stream,
+}
+
+/// Everything a measurement needs.
+struct Plan<'a> {
+    args: &'a BenchArgs,
+    testpmd: &'a Path,
+    cpus: &'a Cpus,
+    memory: Memory,
+    interrupt: &'a Interrupt,
+}
+
+impl Plan<'_> {
+    /// The request/response test, then the stream where there are CPUs for it.
+    fn both_tests(&self, switch: &mut Switch) -> anyhow::Result<(Measured, Option<Measured>)> {
+        let looped = self.measure(switch, Test::RequestResponse)?;
+        let stream = if self.cpus.stream().is_some() {
+            Some(self.measure(switch, Test::Stream)?)
+        } else {
+            None
+        };
+        Ok((looped, stream))
+    }
+
+    /// Runs one test through `switch`: frontends up, a window of traffic, the drain.
+    fn measure(&self, switch: &mut Switch, test: Test) -> anyhow::Result<Measured> {
+        let name = match test {
+            Test::RequestResponse => "request/response",
+            Test::Stream => "stream",
+        };
+        progress(&format!("{}: {name}", switch.name()));
+        let mut frontends = self.frontends(switch.sockets(), test)?;
+        switch.wait_for_frontends(true, self.interrupt)?;
+        let base = (frontends.counts()?, switch.sample()?);
+        match test {
+            Test::RequestResponse => {
+                frontends.command(0, "start tx_first")?;
+            }
+            Test::Stream => {
+                // The receiver first, so the first frame finds it polling.
+                frontends.command(1, "start")?;
+                frontends.command(0, "start")?;
+            }
+        }
+        let start = (Instant::now(), frontends.counts()?, switch.sample()?);
+        frontends.pause(Duration::from_secs_f64(self.args.seconds))?;
+        let end = (Instant::now(), frontends.counts()?, switch.sample()?);
+        // Stop sending; keep receiving until every frame sent has arrived or was dropped.
+        match test {
+            Test::RequestResponse => {
+                frontends.command(0, "stop")?;
+                frontends.command(0, "set fwd rxonly")?;
+                frontends.command(0, "start")?;
+            }
+            Test::Stream => {
+                frontends.command(0, "stop")?;
+            }
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let (counts, mut drained) = loop {
+            let counts = frontends.counts()?;
+            let sample = switch.sample()?;
+            let directions = directions(&base.0, &counts, base.1.dropped, sample.dropped);
+            if directions.iter().all(|d| d.unaccounted == 0) || Instant::now() >= deadline {
+                break (counts, sample);
+            }
+            frontends.pause(POLL_INTERVAL)?;
+        };
+        frontends.stop_receiving(test)?;
+        frontends.quit()?;
+        switch.wait_for_frontends(false, self.interrupt)?;
+        // The ports' own counters are final once the frontends are gone.
+        switch.refresh_port_drops(&mut drained)?;
+
+        let (t0, counts0, switch0) = &start;
+        let (t1, counts1, switch1) = &end;
+        let received: u64 = (0..2)
+            .map(|i| counts1[i].rx_packets.saturating_sub(counts0[i].rx_packets))
+            .sum();
+        let window = t1.duration_since(*t0);
+        let throughput = Throughput::of(received, self.args.frame_size, window.as_nanos() as u64);
+        let per_frame = |n: u64| {
+            if received == 0 {
+                0.0
+            } else {
+                n as f64 / received as f64
+            }
+        };
+        let ticks = rustix::param::clock_ticks_per_second().max(1) as f64;
+        let mut drops_by_reason = drained.drops_by_reason.clone();
+        for (reason, count) in &base.1.drops_by_reason {
+            if let Some(total) = drops_by_reason.get_mut(reason) {
+                *total = total.saturating_sub(*count);
+            }
+        }
+        drops_by_reason.retain(|_, count| *count != 0);
+        Ok(Measured {
+            mpps: throughput.mpps,
+            gbit_s: throughput.gbps,
+            wakeups_per_frame: switch1
+                .wakeups
+                .zip(switch0.wakeups)
+                .map(|(after, before)| per_frame(after.saturating_sub(before))),
+            sleeps_per_frame: per_frame(switch1.sleeps.saturating_sub(switch0.sleeps)),
+            switch_cpu: switch1.cpu_ticks.saturating_sub(switch0.cpu_ticks) as f64
+                / ticks
+                / window.as_secs_f64(),
+            directions: directions(&base.0, &counts, base.1.dropped, drained.dropped),
+            drops_by_reason,
+        })
+    }
+
+    /// Starts the frontends of `test` on `sockets`, ready to be told to start.
+    fn frontends(&self, sockets: &[PathBuf; 2], test: Test) -> anyhow::Result<Frontends> {
+        let device = |number: usize, side: usize| {
+            format!(
+                "net_virtio_user{number},path={},queue_size={QUEUE_SIZE},mac={}",
+                sockets[side].display(),
+                MACS[side]
+            )
+        };
+        let burst = format!("--burst={BURST}");
+        let frame_size = format!("--txpkts={}", self.args.frame_size);
+        let children = &self.interrupt.children;
+        let instances = match test {
+            Test::RequestResponse => vec![Testpmd::start(
+                self.testpmd,
+                &Instance {
+                    name: "frontends",
+                    cpus: self.cpus.request_response(),
+                    devices: vec![device(0, 0), device(1, 1)],
+                    options: vec![
+                        "--forward-mode=macswap".into(),
+                        "--port-topology=loop".into(),
+                        format!("--eth-peer=0,{}", MACS[1]),
+                        format!("--eth-peer=1,{}", MACS[0]),
+                        frame_size,
+                        burst,
+                    ],
+                },
+                self.memory,
+                children,
+            )?],
+            Test::Stream => {
+                let (sending, receiving) = self.cpus.stream().context("no CPUs for a stream")?;
+                // The receiver first: frames sent to `b` before it is there would be lost.
+                let receiver = Testpmd::start(
+                    self.testpmd,
+                    &Instance {
+                        name: "receiving frontend",
+                        cpus: vec![receiving],
+                        devices: vec![device(0, 1)],
+                        options: vec![
+                            "--forward-mode=rxonly".into(),
+                            "--port-topology=loop".into(),
+                            burst.clone(),
+                        ],
+                    },
+                    self.memory,
+                    children,
+                )?;
+                let sender = Testpmd::start(
+                    self.testpmd,
+                    &Instance {
+                        name: "sending frontend",
+                        cpus: vec![sending],
+                        devices: vec![device(0, 0)],
+                        options: vec![
+                            "--forward-mode=txonly".into(),
+                            "--port-topology=loop".into(),
+                            format!("--eth-peer=0,{}", MACS[1]),
+                            frame_size,
+                            burst,
+                        ],
+                    },
+                    self.memory,
+                    children,
+                )?;
+                vec![sender, receiver]
+            }
+        };
+        let sides = match test {
+            Test::RequestResponse => [(0, 0), (0, 1)],
+            Test::Stream => [(0, 0), (1, 0)],
+        };
+        Ok(Frontends { instances, sides })
+    }
+}
+
+/// Frame counts of a test from its frontends' counters (`base` and `now`) and the
+/// switch's drops by direction (`dropped_base` and `dropped_now`), a → b then b → a.
+fn directions(
+    base: &[PortStats; 2],
+    now: &[PortStats; 2],
+    dropped_base: [u64; 2],
+    dropped_now: [u64; 2],
+) -> [Direction; 2] {
+    [0, 1].map(|from| {
+        let to = 1 - from;
+        let sent = now[from].tx_packets.saturating_sub(base[from].tx_packets);
+        let received = now[to].rx_packets.saturating_sub(base[to].rx_packets);
+        let dropped = dropped_now[from].saturating_sub(dropped_base[from]);
+        Direction {
+            from: SIDES[from],
+            to: SIDES[to],
+            sent,
+            received,
+            dropped,
+            unaccounted: sent as i64 - received as i64 - dropped as i64,
+        }
+    })
+}
+
+/// The testpmd instances of one test, and where each frontend's port is.
+struct Frontends {
+    /// The first one is told to start and stop sending.
+    instances: Vec<Testpmd>,
+    /// For `a` and `b`: the instance and its port number.
+    sides: [(usize, usize); 2],
+}
+
+impl Frontends {
+    fn command(&mut self, instance: usize, line: &str) -> anyhow::Result<()> {
+        self.instances
+            .get_mut(instance)
+            .context("no such frontend")?
+            .command(line)?;
+        Ok(())
+    }
+
+    /// Both frontends' port counters, `a` then `b`.
+    fn counts(&mut self) -> anyhow::Result<[PortStats; 2]> {
+        let mut per_instance = Vec::new();
+        for instance in &mut self.instances {
+            per_instance.push(instance.port_stats()?);
+        }
+        let port = |(instance, port): (usize, usize)| {
+            per_instance
+                .get(instance)
+                .and_then(|ports| ports.get(port))
+                .copied()
+                .context("testpmd shows fewer ports than it was given")
+        };
+        Ok([port(self.sides[0])?, port(self.sides[1])?])
+    }
+
+    fn pause(&mut self, length: Duration) -> anyhow::Result<()> {
+        self.instances
+            .first_mut()
+            .context("no frontends")?
+            .pause(length)
+    }
+
+    /// Stops the receive-only forwarding of the drain.
+    fn stop_receiving(&mut self, test: Test) -> anyhow::Result<()> {
+        match test {
+            Test::RequestResponse => self.command(0, "stop"),
+            Test::Stream => self.command(1, "stop"),
+        }
+    }
+
+    fn quit(self) -> anyhow::Result<()> {
+        for instance in self.instances {
+            instance.quit()?;
+        }
+        Ok(())
+    }
+}
+
+fn print_table(result: &VhostUserResult, command: &str) {
+    println!(
+        "guestnet bench --vhost-user: DPDK virtio-user frontends a ↔ b through a vhost-user \
+         switch, {}-byte frames, {} s per test",
+        result.frame_size, result.seconds
+    );
+    println!("machine:   {}", result.machine);
+    println!(
+        "CPUs:      switch on {} (--switch-cores {}), frontends on {}",
+        list(&result.switch_cpus),
+        result.switch_cores,
+        list(&result.frontend_cpus)
+    );
+    println!(
+        "memory:    {}",
+        match result.memory {
+            Memory::HugePages => "2 MiB huge pages",
+            Memory::NoHugePages => "ordinary pages (--no-huge): DPDK runs slower",
+        }
+    );
+    println!(
+        "guestnet:  guestnet vhost-user, one network ({} ring slots per peer)",
+        result.ring_slots
+    );
+    println!("anchor:    {}", result.anchor_name);
+    println!("command:   {command}");
+    let tests = [
+        (
+            format!(
+                "request/response ({} frames in flight, macswap loop)",
+                2 * BURST
+            ),
+            Some(&result.request_response),
+        ),
+        (
+            "stream (txonly a → rxonly b)".to_string(),
+            result.stream.as_ref(),
+        ),
+    ];
+    for (title, comparison) in tests {
+        println!();
+        let Some(comparison) = comparison else {
+            println!(
+                "{title}: skipped, {}",
+                result.stream_skipped.as_deref().unwrap_or("")
+            );
+            continue;
+        };
+        println!("{title}");
+        println!(
+            "{:<9} {:>8} {:>8} {:>10} {:>14} {:>12}   frames sent / received / dropped",
+            "", "Mpps", "Gbit/s", "switch CPU", "wake-ups/frame", "sleeps/frame"
+        );
+        for (name, m) in [
+            ("guestnet", &comparison.guestnet),
+            ("anchor", &comparison.anchor),
+        ] {
+            let wakeups = m
+                .wakeups_per_frame
+                .map_or_else(|| "-".to_string(), |w| format!("{w:.4}"));
+            let directions: Vec<String> = m
+                .directions
+                .iter()
+                .filter(|d| d.sent != 0)
+                .map(|d| {
+                    format!(
+                        "{}→{} {} / {} / {}",
+                        d.from, d.to, d.sent, d.received, d.dropped
+                    )
+                })
+                .collect();
+            println!(
+                "{name:<9} {:>8.3} {:>8.2} {:>9.0} % {wakeups:>14} {:>12.4}   {}",
+                m.mpps,
+                m.gbit_s,
+                100.0 * m.switch_cpu,
+                m.sleeps_per_frame,
+                directions.join(", ")
+            );
+            for d in m.directions.iter().filter(|d| d.unaccounted != 0) {
+                println!(
+                    "WARNING: {name} {}→{}: {} frames unaccounted for",
+                    d.from, d.to, d.unaccounted
+                );
+            }
+            if !m.drops_by_reason.is_empty() {
+                let drops: Vec<String> = m
+                    .drops_by_reason
+                    .iter()
+                    .map(|(reason, count)| format!("{reason} {count}"))
+                    .collect();
+                println!("{:<9} drops: {}", "", drops.join(", "));
+            }
+        }
+        println!(
+            "ratio     {:.2} × anchor (frames per second)",
+            comparison.ratio
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directions_count_what_each_side_sent_and_the_other_received() {
+        let port = |rx_packets, tx_packets| PortStats {
+            rx_packets,
+            tx_packets,
+            tx_dropped: 0,
+        };
+        let base = [port(0, 0); 2];
+        let now = [port(90, 100), port(97, 95)];
+        let [ab, ba] = directions(&base, &now, [1, 0], [4, 5]);
+        assert_eq!((ab.from, ab.to), ("a", "b"));
+        // a sent 100, b received 97, the switch dropped 3 of them (4 counted, 1 before).
+        assert_eq!(
+            (ab.sent, ab.received, ab.dropped, ab.unaccounted),
+            (100, 97, 3, 0)
+        );
+        // b sent 95, a received 90, the switch dropped 5: all there.
+        assert_eq!(
+            (ba.sent, ba.received, ba.dropped, ba.unaccounted),
+            (95, 90, 5, 0)
+        );
+    }
+
+    #[test]
+    fn the_switch_gets_the_first_cpus_and_the_frontends_the_rest() {
+        let cpus = Cpus {
+            switch: vec![0],
+            frontends: vec![1],
+        };
+        assert_eq!(cpus.request_response(), [1]);
+        assert_eq!(
+            cpus.stream(),
+            None,
+            "two frontends on one CPU measure the scheduler"
+        );
+        let cpus = Cpus {
+            switch: vec![0, 1, 2],
+            frontends: vec![3, 4, 5],
+        };
+        assert_eq!(cpus.request_response(), [3, 4]);
+        assert_eq!(cpus.stream(), Some((3, 4)));
+        assert_eq!(cpus.anchor(), [0, 1]);
+    }
+}
