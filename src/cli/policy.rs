@@ -21,7 +21,7 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "RATE", value_parser = crate::network::rate::parse_rate)]
     pub rate: Option<u64>,
     /// The burst of `--rate`, in bytes [default: 10 ms of the rate, at least 128 KiB].
-    #[arg(long, value_name = "BYTES", requires = "rate")]
+    #[arg(long, value_name = "BYTES", requires = "rate", value_parser = parse_burst)]
     pub burst: Option<u64>,
 }
 
@@ -37,5 +37,33 @@ impl From<PolicyArgs> for PortPolicy {
                 (rate, burst)
             }),
         }
+    }
+}
+
+/// The smallest burst a port accepts: one of the largest frames (an offload super-frame),
+/// or such a frame could never pass the limit.
+const MIN_BURST: u64 = crate::shm::layout::LARGE_FRAME as u64;
+
+fn parse_burst(text: &str) -> Result<u64, String> {
+    let bytes: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    if bytes < MIN_BURST {
+        return Err(format!(
+            "a burst of {bytes} bytes cannot hold the largest frame: give at least {MIN_BURST}"
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_smaller_than_the_largest_frame_is_refused() {
+        assert!(parse_burst("3000").is_err());
+        assert!(parse_burst("lots").is_err());
+        assert_eq!(parse_burst("131200"), Ok(131_200));
     }
 }

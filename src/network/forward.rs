@@ -61,11 +61,14 @@ pub fn multicast_filter_bit(group: MacAddress) -> u64 {
     1u64 << (hash >> 58)
 }
 
-/// Network-wide rules.
+/// The rules for one sender's frames: the network's, and the sender's own standing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rules {
     /// Drop unicast to unknown addresses instead of flooding it.
     pub drop_unknown_unicast: bool,
+    /// The sender is isolated (rule 5). The sender knows it from its cached view of the
+    /// table, so no frame has to look it up.
+    pub isolated_sender: bool,
 }
 
 /// How the destinations were chosen.
@@ -95,8 +98,7 @@ pub fn resolve(
     out: &mut Vec<usize>,
 ) -> Route {
     let route = resolve_ignoring_isolation(dst, sender, peers, learned, rules, out);
-    let isolated_sender = peers.iter().any(|p| p.index == sender && p.is_isolated());
-    if !isolated_sender {
+    if !rules.isolated_sender {
         return route;
     }
     out.retain(|&i| !peers[i].is_isolated());
@@ -259,6 +261,7 @@ mod tests {
         );
         let drop = Rules {
             drop_unknown_unicast: true,
+            ..Rules::default()
         };
         assert_eq!(
             receivers(unknown, 1, &peers, None, drop),
@@ -363,7 +366,12 @@ mod tests {
                 MacAddress([2, 9, 9, 9, 9, 9]),
             ];
             let dst = if dst_pick < choices.len() { choices[dst_pick] } else { mac((dst_pick - choices.len()) as u8 + 1) };
-            let rules = Rules { drop_unknown_unicast: drop_unknown };
+            let rules = Rules {
+                drop_unknown_unicast: drop_unknown,
+                isolated_sender: peers
+                    .iter()
+                    .any(|p| p.index == sender && p.flags & flags::ISOLATED != 0),
+            };
             let mut out = Vec::new();
             resolve(dst, sender, &peers, |_| learned, rules, &mut out);
             let got: Vec<u16> = out.iter().map(|&i| peers[i].index).collect();

@@ -100,6 +100,7 @@ impl Sender {
         let max_peers = membership.region.layout.geometry.max_peers as usize;
         let rules = Rules {
             drop_unknown_unicast: membership.region.drop_unknown_unicast(),
+            isolated_sender: false,
         };
         let mtu = membership.region.layout.geometry.mtu as usize;
         Sender {
@@ -210,6 +211,7 @@ impl Sender {
             self.own_mac = own.map_or(MacAddress::ZERO, |p| p.mac);
             self.quarantined = own.is_none_or(|p| p.flags & flags::QUARANTINED != 0);
             self.mac_locked = own.is_some_and(|p| p.flags & flags::LOCK_MAC != 0);
+            self.rules.isolated_sender = own.is_some_and(|p| p.flags & flags::ISOLATED != 0);
             self.refresh_rate(now_ns);
         }
         if let Some(bucket) = &mut self.bucket {

@@ -497,10 +497,15 @@ fn read_device(
             // losing them.
             if let Some(burst) = sender.rate_burst() {
                 let wanted = batch_bytes + READ_BUFFER as u64;
-                if wanted > burst {
+                if wanted > burst && batch_bytes > 0 {
                     break;
                 }
-                held_ns = sender.rate_wait_ns(wanted, monotonic_ns()).unwrap_or(0);
+                // A burst smaller than the largest frame never holds one: wait for a full
+                // bucket then (the frame may still be refused, and counted, at the limit),
+                // rather than spin on a device the limit never lets us read.
+                held_ns = sender
+                    .rate_wait_ns(wanted.min(burst), monotonic_ns())
+                    .unwrap_or(0);
                 if held_ns > 0 {
                     break;
                 }
