@@ -21,6 +21,7 @@ use crate::wire::MacAddress;
 
 use super::clock::monotonic_ns;
 use super::ring::{self, SlotMemory, SlotState, Tag};
+use super::vlan::VlanSet;
 use super::{Network, fdb};
 
 /// One problem found in a region.
@@ -41,7 +42,8 @@ pub enum Damage {
         /// The MAC found.
         mac: MacAddress,
     },
-    /// Two up peers publish the same MAC (joining and `set_mac_address` refuse that).
+    /// Two up peers publish the same MAC in a VLAN they share (joining and
+    /// `set_mac_address` refuse that; in disjoint VLANs it is allowed).
     DuplicateMac {
         /// The MAC.
         mac: MacAddress,
@@ -158,7 +160,8 @@ pub fn check(network: &Network) -> Vec<Damage> {
 
 fn check_peers(network: &Network, damage: &mut Vec<Damage>) {
     let peers = network.region.peers();
-    let mut published: Vec<(MacAddress, u16)> = Vec::new();
+    let maps = network.region.vlans();
+    let mut published: Vec<(MacAddress, u16, VlanSet)> = Vec::new();
     for index in 0..peers.count() {
         let slot = index as u16;
         let entry = peers.at(index);
@@ -178,14 +181,17 @@ fn check_peers(network: &Network, damage: &mut Vec<Damage>) {
         let mac = MacAddress::from_u64(entry.mac.load(Ordering::Relaxed));
         if mac.is_multicast() || mac.is_zero() {
             damage.push(Damage::PeerMac { slot, mac });
-        } else if let Some(&(_, first)) = published.iter().find(|(m, _)| *m == mac) {
+        } else if let Some(&(_, first, _)) = published
+            .iter()
+            .find(|(m, _, vlans)| *m == mac && vlans.overlaps(&VlanSet::read(maps.at(index))))
+        {
             damage.push(Damage::DuplicateMac {
                 mac,
                 slot: first,
                 other: slot,
             });
         } else {
-            published.push((mac, slot));
+            published.push((mac, slot, VlanSet::read(maps.at(index))));
         }
         if entry.generation.load(Ordering::Relaxed) == 0 {
             damage.push(Damage::ZeroGeneration { slot });
@@ -381,7 +387,7 @@ mod tests {
             .mac
             .store(multicast.to_u64(), Ordering::Relaxed);
         let learned = MacAddress::new([2, 9, 9, 9, 9, 9]);
-        fdb::learn(region.fdb(), learned, 300, monotonic_ns() / 1_000_000);
+        fdb::learn(region.fdb(), 1, learned, 300, monotonic_ns() / 1_000_000);
         let found = check(&net);
         assert_eq!(
             found,

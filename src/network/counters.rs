@@ -55,6 +55,10 @@ pub enum DropReason {
     Spoofed,
     /// The sender's port has a rate limit and the frame was over it.
     RateLimited,
+    /// 802.1Q: the frame was tagged for a VLAN the port is not in, tagged on an access
+    /// port, or untagged on a trunk without a native VLAN; or (on the receiving side) it
+    /// arrived in a form its VLANs rule out.
+    VlanFiltered,
 }
 
 impl DropReason {
@@ -73,6 +77,7 @@ impl DropReason {
         DropReason::Stalled,
         DropReason::Spoofed,
         DropReason::RateLimited,
+        DropReason::VlanFiltered,
     ];
 
     /// Index of the reason's counter.
@@ -96,6 +101,7 @@ impl DropReason {
             DropReason::Stalled => "stalled",
             DropReason::Spoofed => "spoofed",
             DropReason::RateLimited => "rate_limited",
+            DropReason::VlanFiltered => "vlan_filtered",
         }
     }
 }

@@ -21,6 +21,7 @@ use super::clock::{monotonic_ns, unix_ns};
 use super::counters::PeerCounters;
 use super::error::{Error, Result};
 use super::region::Region;
+use super::vlan::{VlanMembership, VlanSet};
 use super::{fdb, forward, offloads, ring};
 
 /// How a peer joins.
@@ -40,6 +41,10 @@ pub struct JoinOptions {
     pub label: String,
     /// Offloads it takes ([`offloads`](super::offloads)); none by default.
     pub offloads: u32,
+    /// Its 802.1Q VLANs ([`vlan`](super::vlan)); by default a trunk of every VLAN with
+    /// native VLAN 1, which is a network without VLANs. Fixed at join, so the peer never
+    /// sees a frame of a VLAN it is not in.
+    pub vlans: VlanMembership,
 }
 
 impl Default for JoinOptions {
@@ -52,6 +57,7 @@ impl Default for JoinOptions {
             uplink: false,
             label: String::new(),
             offloads: 0,
+            vlans: VlanMembership::default(),
         }
     }
 }
@@ -159,6 +165,8 @@ pub(super) struct Membership {
     pub(super) lock_file: File,
     pub(super) index: u16,
     pub(super) generation: u32,
+    /// Our VLANs as we joined with them: our own copy, never re-read from the region.
+    pub(super) vlans: VlanMembership,
 }
 
 impl Membership {
@@ -199,6 +207,7 @@ impl Membership {
             lock_file,
             index,
             generation,
+            vlans: options.vlans,
         };
         Ok((Arc::new(membership), tail))
     }
@@ -268,7 +277,12 @@ impl Control {
         membership
             .region
             .with_control_lock(&membership.lock_file, || {
-                if let Some(slot) = holder_of(&membership.region, mac, membership.index) {
+                if let Some(slot) = holder_of(
+                    &membership.region,
+                    mac,
+                    membership.index,
+                    membership.vlans.members(),
+                ) {
                     return Err(Error::MacInUse { mac, slot });
                 }
                 membership
@@ -281,19 +295,27 @@ impl Control {
 
     /// Publishes a MAC taken from a guest's own traffic, as ports do when nobody told them
     /// the guest's address: like [`Control::set_mac_address`], but also refused when the
-    /// address was learned a moment ago behind another peer (a host behind an uplink, a
-    /// VM that spoke first), so that a guest cannot take another host's unicast by
-    /// sending with its address.
+    /// address was learned a moment ago behind another peer in one of our VLANs (a host
+    /// behind an uplink, a VM that spoke first), so that a guest cannot take another
+    /// host's unicast by sending with its address.
     pub fn publish_guest_mac(&self, mac: MacAddress) -> Result<()> {
         let membership = &self.membership;
         let region = &membership.region;
         let now_ms = monotonic_ns() / 1_000_000;
-        if let Some(slot) = fdb::lookup(region.fdb(), mac, now_ms)
-            && slot != membership.index
-        {
-            return Err(Error::MacLearnedElsewhere { mac, slot });
+        // At most 4094 lookups of 8 buckets each, on a control operation.
+        for vid in membership.vlans.members().iter() {
+            if let Some(slot) = fdb::lookup(region.fdb(), vid, mac, now_ms)
+                && slot != membership.index
+            {
+                return Err(Error::MacLearnedElsewhere { mac, slot });
+            }
         }
         self.set_mac_address(mac)
+    }
+
+    /// This peer's VLANs.
+    pub fn vlans(&self) -> VlanMembership {
+        self.membership.vlans
     }
 
     /// Locks the peer's sources to its published MAC: frames from any other source are
@@ -392,14 +414,17 @@ impl Control {
     }
 }
 
-/// The up peer other than `except` that publishes `mac`.
-fn holder_of(region: &Region, mac: MacAddress, except: u16) -> Option<u16> {
+/// The up peer other than `except` that publishes `mac` in one of the VLANs `vlans`: a
+/// MAC is unique per VLAN, so peers in disjoint VLANs may publish the same one.
+fn holder_of(region: &Region, mac: MacAddress, except: u16, vlans: &VlanSet) -> Option<u16> {
     let peers = region.peers();
+    let maps = region.vlans();
     (0..peers.count() as u16).find(|&i| {
         let entry = peers.at(i as u64);
         i != except
             && entry.status.load(Ordering::Relaxed) == status::UP
             && entry.mac.load(Ordering::Relaxed) == mac.to_u64()
+            && VlanSet::read(maps.at(u64::from(i))).overlaps(vlans)
     })
 }
 
@@ -450,7 +475,7 @@ fn publish(region: &Region, index: u16, options: &JoinOptions) -> Result<u32> {
     let mac = options
         .mac
         .unwrap_or_else(|| MacAddress::for_slot(index, region.network_tag()));
-    if let Some(slot) = holder_of(region, mac, index) {
+    if let Some(slot) = holder_of(region, mac, index, options.vlans.members()) {
         return Err(Error::MacInUse { mac, slot });
     }
     let entry = region.peers().at(index as u64);
@@ -480,6 +505,9 @@ fn publish(region: &Region, index: u16, options: &JoinOptions) -> Result<u32> {
     entry
         .offloads
         .store(options.offloads & offloads::ALL, Ordering::Relaxed);
+    options
+        .vlans
+        .write(entry, region.vlans().at(u64::from(index)));
     entry.joined_unix_ns.store(unix_ns(), Ordering::Relaxed);
     write_label(entry, &options.label);
     for counter in entry.owner_counters.iter().chain(entry.rx_drops.iter()) {

@@ -13,6 +13,7 @@
 //! | [`peer`] | [`Peer`], a member's two halves together |
 //! | [`ring`], `shm_ring` | the multi-producer ring algorithm, and the region memory it runs on |
 //! | [`forward`], [`fdb`] | the delivery rules as one pure function, and the learned table |
+//! | [`vlan`] | 802.1Q: a peer's VLANs ([`VlanMembership`]), how its frames are classified on the way in and tagged on the way out |
 //! | [`offloads`] | the offload work peers take, and how its header rides in a slot |
 //! | [`counters`], [`check`], [`status`] | accounting, integrity checks, and what `status` shows |
 //! | `directory` | where networks live, and the checks before that directory is trusted |
@@ -35,6 +36,7 @@ pub mod ring;
 pub mod send;
 mod shm_ring;
 pub mod status;
+pub mod vlan;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -60,6 +62,7 @@ pub use region::SWEEP_INTERVAL_NS;
 pub use send::{Sender, Sent};
 pub use shm_ring::ShmRing;
 pub use status::{LearnedStatus, NetworkStatus, PeerStatus, RetiredStatus};
+pub use vlan::{VlanMembership, VlanMode, VlanSet};
 
 /// Options for [`Network::create`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

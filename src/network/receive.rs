@@ -312,6 +312,11 @@ impl Receiver {
                 .and_then(|f| EthernetRepr::parse(&f))
                 .map_err(|_| DropReason::Invalid)?;
         }
+        // Senders tag each copy for us; a copy of a VLAN we are not in, or in a form our
+        // port does not carry, can only come from a writer that broke the rules.
+        if !self.membership.vlans.accepts_received(frame) {
+            return Err(DropReason::VlanFiltered);
+        }
         Ok((hdr, len))
     }
 

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use crate::shm::layout::{
     self, FdbEntry, Header, LargeHeader, Layout, LayoutError, PeerEntry, RingControl, SlotHeader,
-    status,
+    VlanEntry, status,
 };
 use crate::shm::{LockState, Mapping, RangeLock, Strided};
 use crate::wire::MacAddress;
@@ -47,6 +47,7 @@ use super::directory;
 use super::error::{Error, Result, io_error};
 use super::forward::PeerView;
 use super::shm_ring::ShmRing;
+use super::vlan::{VlanMembership, VlanSet};
 use super::{fdb, ring};
 
 pub(crate) fn check_name(name: &str) -> Result<()> {
@@ -126,6 +127,16 @@ impl Region {
                 self.layout.geometry.max_peers as usize,
             )
             .expect("views_fit checked the peer table when the region was opened")
+    }
+
+    pub fn vlans(&self) -> Strided<'_, VlanEntry> {
+        self.mapping
+            .strided(
+                self.layout.vlan_offset,
+                layout::VLAN_ENTRY_SIZE,
+                self.layout.geometry.max_peers as usize,
+            )
+            .expect("views_fit checked the VLAN table when the region was opened")
     }
 
     pub fn fdb(&self) -> Strided<'_, FdbEntry> {
@@ -328,10 +339,12 @@ impl Region {
         }
     }
 
-    /// Reads the table as a consistent snapshot of the peers that are up.
-    pub fn snapshot(&self, out: &mut Vec<PeerView>) -> u64 {
+    /// Reads the table as a consistent snapshot of the peers that are up, and each one's
+    /// VLANs (`vlans[i]` belongs to `out[i]`).
+    pub fn snapshot(&self, out: &mut Vec<PeerView>, vlans: &mut Vec<VlanSet>) -> u64 {
         let header = self.header();
         let peers = self.peers();
+        let maps = self.vlans();
         let mut version = 0;
         // Bounded: a writer that died mid-update leaves an odd version until the next
         // control operation, and we must not wait for that. After the tries we use what
@@ -342,13 +355,13 @@ impl Region {
                 std::hint::spin_loop();
                 continue;
             }
-            read_table(peers, out);
+            read_table(peers, maps, out, vlans);
             fence(Ordering::Acquire);
             if header.table_version.load(Ordering::Relaxed) == version {
                 return version;
             }
         }
-        read_table(peers, out);
+        read_table(peers, maps, out, vlans);
         // An odd version never equals a stable one, so the caller refreshes again soon.
         version | 1
     }
@@ -545,6 +558,9 @@ fn views_fit(mapping: &Mapping, layout: &Layout) -> bool {
             .strided::<PeerEntry>(layout.peer_table_offset, layout::PEER_ENTRY_SIZE, peers)
             .is_some()
         && mapping
+            .strided::<VlanEntry>(layout.vlan_offset, layout::VLAN_ENTRY_SIZE, peers)
+            .is_some()
+        && mapping
             .strided::<FdbEntry>(
                 layout.fdb_offset,
                 std::mem::size_of::<FdbEntry>(),
@@ -571,13 +587,20 @@ fn views_fit(mapping: &Mapping, layout: &Layout) -> bool {
                 .is_some())
 }
 
-fn read_table(peers: Strided<'_, PeerEntry>, out: &mut Vec<PeerView>) {
+fn read_table(
+    peers: Strided<'_, PeerEntry>,
+    maps: Strided<'_, VlanEntry>,
+    out: &mut Vec<PeerView>,
+    vlans: &mut Vec<VlanSet>,
+) {
     out.clear();
+    vlans.clear();
     for index in 0..peers.count() {
         let entry = peers.at(index);
         if entry.status.load(Ordering::Relaxed) != status::UP {
             continue;
         }
+        let membership = VlanMembership::read(entry, maps.at(index));
         let mac = MacAddress::from_u64(entry.mac.load(Ordering::Relaxed));
         // A scribbled entry with a multicast or zero MAC could never be a unicast owner;
         // keep the peer (it still gets broadcasts) but never match it by address.
@@ -593,7 +616,10 @@ fn read_table(peers: Strided<'_, PeerEntry>, out: &mut Vec<PeerView>) {
             flags: entry.flags.load(Ordering::Relaxed),
             multicast_filter: entry.multicast_filter.load(Ordering::Relaxed),
             offloads: entry.offloads.load(Ordering::Relaxed),
+            native: membership.native().unwrap_or(0),
+            all_vlans: membership.members().is_all(),
         });
+        vlans.push(*membership.members());
     }
 }
 impl Region {

@@ -13,6 +13,15 @@
 //! let its kernel finish it) and is finished in software, once per frame, for the others
 //! (stream and dgram ports, captures), so a mixed network never hands a peer something it
 //! cannot take. Segments are cut to the network's MTU whatever the sender asked for.
+//!
+//! **VLANs.** Each frame is given its VLAN on the way in, from the sender's own
+//! membership ([`VlanMembership::classify`]; refused as `vlan_filtered` when the port may
+//! not send it), learned and resolved within that VLAN, and each receiver's copy is
+//! written in the form its port wants ([`forward::egress_tagged`]). A copy whose form is
+//! the frame's own (always so on a network without VLANs) is pushed as it is; otherwise
+//! the frame is retagged once per form (there are at most two: untagged, and tagged with
+//! its VLAN), with an offload header's `csum_start` and `hdr_len` moved by the four bytes,
+//! and that form is pushed to every receiver that wants it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +31,7 @@ use crate::shm::layout::LARGE_FRAME;
 use crate::shm::layout::{flags, status};
 use crate::wire::offload::{self, Segmenter};
 use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
+use crate::wire::vlan::{self as wire_vlan, VlanTci};
 use crate::wire::{EthernetFrame, EthernetRepr, MacAddress, ethernet};
 
 use super::clock::monotonic_ns;
@@ -34,6 +44,7 @@ use super::rate::TokenBucket;
 use super::receive::MIN_GSO_SIZE;
 use super::region::SWEEP_INTERVAL_NS;
 use super::ring::{self, Push, SlotMeta};
+use super::vlan::{Classified, VlanMembership, VlanSet};
 
 /// What happened to one frame given to [`Sender::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +65,11 @@ pub enum Sent {
 pub struct Sender {
     pub(super) membership: Arc<Membership>,
     view: Vec<PeerView>,
+    /// The VLANs of each peer in `view`, at the same index.
+    view_vlans: Vec<VlanSet>,
     view_version: u64,
+    /// Our own VLANs, as we joined with them.
+    vlans: VlanMembership,
     own_mac: MacAddress,
     quarantined: bool,
     /// Frames from sources other than the published MAC are refused.
@@ -69,7 +84,7 @@ pub struct Sender {
     pending: Pending,
     /// When each foreign source address was last written to the learned table; at most
     /// `learn_quota` of them.
-    learned_at: HashMap<MacAddress, u64>,
+    learned_at: HashMap<(u16, MacAddress), u64>,
     learn_quota: usize,
     learned_pruned_ms: u64,
     now_ms: u64,
@@ -79,7 +94,12 @@ pub struct Sender {
     segmenter: Segmenter,
     segments: Vec<u8>,
     segment_ends: Vec<usize>,
-    segmented: Option<std::result::Result<(), DropReason>>,
+    /// For which form of the frame (its tag, if any) `segments` was cut.
+    segmented: Option<(Option<VlanTci>, std::result::Result<(), DropReason>)>,
+    /// The current frame retagged for receivers that want another form: [0] untagged,
+    /// [1] tagged; each with its offload header and whether it was made for this frame.
+    forms: [Vec<u8>; 2],
+    form_headers: [Option<std::result::Result<VirtioNetHdr, DropReason>>; 2],
 }
 
 /// Addresses a peer may keep learned behind it in the shared table at once: plenty for a
@@ -103,10 +123,13 @@ impl Sender {
             isolated_sender: false,
         };
         let mtu = membership.region.layout.geometry.mtu as usize;
+        let vlans = membership.vlans;
         Sender {
             membership,
             view: Vec::with_capacity(max_peers),
+            view_vlans: Vec::with_capacity(max_peers),
             view_version: u64::MAX,
+            vlans,
             own_mac: MacAddress::ZERO,
             quarantined: false,
             mac_locked: false,
@@ -126,6 +149,8 @@ impl Sender {
             segments: Vec::new(),
             segment_ends: Vec::new(),
             segmented: None,
+            forms: [Vec::new(), Vec::new()],
+            form_headers: [None, None],
         }
     }
 
@@ -205,7 +230,10 @@ impl Sender {
             .table_version
             .load(Ordering::Acquire);
         if version != self.view_version {
-            self.view_version = self.membership.region.snapshot(&mut self.view);
+            self.view_version = self
+                .membership
+                .region
+                .snapshot(&mut self.view, &mut self.view_vlans);
             let me = self.membership.index;
             let own = self.view.iter().find(|p| p.index == me);
             self.own_mac = own.map_or(MacAddress::ZERO, |p| p.mac);
@@ -280,6 +308,9 @@ impl Sender {
         if self.quarantined {
             return self.refuse(DropReason::Quarantined);
         }
+        let Some(class) = self.vlans.classify(frame) else {
+            return self.refuse(DropReason::VlanFiltered);
+        };
         if self.mac_locked && repr.src != self.own_mac && repr.src != self.published_mac() {
             return self.refuse(DropReason::Spoofed);
         }
@@ -289,15 +320,17 @@ impl Sender {
             return self.refuse(DropReason::RateLimited);
         }
         if repr.src != self.own_mac {
-            self.learn(repr.src);
+            self.learn(class.vid, repr.src);
         }
         let region = &self.membership.region;
         let now_ms = self.now_ms;
+        let (view, view_vlans, vid) = (&self.view, &self.view_vlans, class.vid);
         let route = forward::resolve(
             repr.dst,
             self.membership.index,
-            &self.view,
-            |mac| fdb::lookup(region.fdb(), mac, now_ms),
+            view,
+            |i| view[i].all_vlans || view_vlans[i].contains(vid),
+            |mac| fdb::lookup(region.fdb(), vid, mac, now_ms),
             self.rules,
             &mut self.destinations,
         );
@@ -307,30 +340,35 @@ impl Sender {
         self.pending.add(slot::TX_PACKETS, 1);
         self.pending.add(slot::TX_BYTES, frame.len() as u64);
         self.segmented = None;
+        self.form_headers = [None, None];
         // A plain frame needs nothing; any receiver takes it as it is.
         let needed = needed_offloads(&hdr).unwrap_or(u32::MAX);
-        let words = header_words(&hdr);
         let (mut delivered, mut dropped) = (0, 0);
         for i in 0..self.destinations.len() {
             let destination = self.view[self.destinations[i]];
-            let (copies, drops, reason) =
-                if destination.offloads & needed == needed && self.fits(frame) {
-                    match self
-                        .admit(destination)
-                        .and_then(|()| self.push(destination, frame, words))
-                    {
-                        Ok(()) => (1, 0, None),
-                        Err(reason) => (0, 1, Some(reason)),
-                    }
-                } else {
-                    match self
-                        .admit(destination)
-                        .and_then(|()| self.segment(frame, &hdr))
-                    {
-                        Ok(()) => self.push_segments(destination),
-                        Err(reason) => (0, 1, Some(reason)),
+            let out_tag = egress_tag(&destination, class);
+            let (copies, drops, reason) = if out_tag == class.tag {
+                self.deliver(destination, frame, &hdr, needed, out_tag)
+            } else {
+                let form = usize::from(out_tag.is_some());
+                let made = match self.form_headers[form] {
+                    Some(made) => made,
+                    None => {
+                        let made = retag(frame, &hdr, out_tag, &mut self.forms[form]);
+                        self.form_headers[form] = Some(made);
+                        made
                     }
                 };
+                match made {
+                    Ok(form_hdr) => {
+                        let bytes = std::mem::take(&mut self.forms[form]);
+                        let outcome = self.deliver(destination, &bytes, &form_hdr, needed, out_tag);
+                        self.forms[form] = bytes;
+                        outcome
+                    }
+                    Err(reason) => (0, 1, Some(reason)),
+                }
+            };
             delivered += copies;
             dropped += drops;
             if let Some(reason) = reason {
@@ -340,6 +378,35 @@ impl Sender {
             }
         }
         Sent::Routed { delivered, dropped }
+    }
+
+    /// Copies one form of the current frame (`out_tag` says which) to `destination`: as
+    /// it is when the receiver takes its offloads, else finished in software.
+    fn deliver(
+        &mut self,
+        destination: PeerView,
+        frame: &[u8],
+        hdr: &VirtioNetHdr,
+        needed: u32,
+        out_tag: Option<VlanTci>,
+    ) -> (u32, u32, Option<DropReason>) {
+        if destination.offloads & needed == needed && self.fits(frame) {
+            match self
+                .admit(destination)
+                .and_then(|()| self.push(destination, frame, header_words(hdr)))
+            {
+                Ok(()) => (1, 0, None),
+                Err(reason) => (0, 1, Some(reason)),
+            }
+        } else {
+            match self
+                .admit(destination)
+                .and_then(|()| self.segment(frame, hdr, out_tag))
+            {
+                Ok(()) => self.push_segments(destination),
+                Err(reason) => (0, 1, Some(reason)),
+            }
+        }
     }
 
     /// Checks a frame and its offload header against the network's rules; returns the
@@ -383,9 +450,16 @@ impl Sender {
     }
 
     /// Finishes the current frame in software (cuts it into segments with complete
-    /// checksums), once per frame whatever the number of receivers that need it.
-    fn segment(&mut self, frame: &[u8], hdr: &VirtioNetHdr) -> std::result::Result<(), DropReason> {
-        if let Some(done) = self.segmented {
+    /// checksums), once per frame and form whatever the number of receivers that need it.
+    fn segment(
+        &mut self,
+        frame: &[u8],
+        hdr: &VirtioNetHdr,
+        form: Option<VlanTci>,
+    ) -> std::result::Result<(), DropReason> {
+        if let Some((cut_for, done)) = self.segmented
+            && cut_for == form
+        {
             return done;
         }
         self.segments.clear();
@@ -399,7 +473,7 @@ impl Sender {
             })
             .map(|_| ())
             .map_err(|_| DropReason::Invalid);
-        self.segmented = Some(done);
+        self.segmented = Some((form, done));
         done
     }
 
@@ -453,9 +527,9 @@ impl Sender {
     /// source addresses must not fill the shared table and push everyone else's
     /// addresses out (which would flood their unicast to every peer). Addresses over the
     /// quota are not learned, and counted (`learn_refused`); their frames still go out.
-    fn learn(&mut self, source: MacAddress) {
+    fn learn(&mut self, vid: u16, source: MacAddress) {
         let now_ms = self.now_ms;
-        match self.learned_at.get(&source) {
+        match self.learned_at.get(&(vid, source)) {
             Some(&at) if now_ms.saturating_sub(at) < fdb::REFRESH_MS => return,
             Some(_) => {}
             None if self.learned_at.len() >= self.learn_quota => {
@@ -473,9 +547,10 @@ impl Sender {
             }
             None => {}
         }
-        self.learned_at.insert(source, now_ms);
+        self.learned_at.insert((vid, source), now_ms);
         fdb::learn(
             self.membership.region.fdb(),
+            vid,
             source,
             self.membership.index,
             now_ms,
@@ -554,4 +629,38 @@ impl Sender {
         counters::count_rx_drop(region.peers().at(destination.index as u64), reason);
         Err(reason)
     }
+}
+
+/// The tag `receiver`'s copy of a frame classified as `class` carries: its VLAN's, keeping
+/// the priority the frame came with, or none.
+#[inline]
+fn egress_tag(receiver: &PeerView, class: Classified) -> Option<VlanTci> {
+    forward::egress_tagged(receiver, class.vid).then(|| VlanTci {
+        vid: class.vid,
+        ..class.tag.unwrap_or_default()
+    })
+}
+
+/// Writes `frame` into `out` with its tag replaced by `tag` (or removed), and returns the
+/// offload header moved along: `csum_start` and `hdr_len` count from the frame's start,
+/// so they shift with the four bytes. A header that no longer points inside the frame
+/// (a checksum starting within the tag) is refused.
+fn retag(
+    frame: &[u8],
+    hdr: &VirtioNetHdr,
+    tag: Option<VlanTci>,
+    out: &mut Vec<u8>,
+) -> std::result::Result<VirtioNetHdr, DropReason> {
+    out.clear();
+    let delta = wire_vlan::retag(frame, tag, out);
+    let shift = |value: u16| u16::try_from(value as isize + delta).ok();
+    let mut moved = *hdr;
+    if hdr.needs_checksum() {
+        moved.csum_start = shift(hdr.csum_start).ok_or(DropReason::Invalid)?;
+        offload::checksum_field(out, &moved).map_err(|_| DropReason::Invalid)?;
+    }
+    if hdr.hdr_len != 0 {
+        moved.hdr_len = shift(hdr.hdr_len).unwrap_or(0);
+    }
+    Ok(moved)
 }

@@ -3,7 +3,8 @@
 //! ```text
 //! offset 0            Header            (one 4 KiB page: identity, geometry, table version)
 //! peer_table_offset   PeerEntry × max_peers          (512 bytes each)
-//! fdb_offset          FdbEntry × FDB_ENTRIES         (learned MAC → peer, 16 bytes each)
+//! vlan_offset         VlanEntry × max_peers          (each peer's VLANs, a 4096-bit map)
+//! fdb_offset          FdbEntry × FDB_ENTRIES         ((VLAN, MAC) → peer, 16 bytes each)
 //! lock_offset         one byte per peer + one control byte, never read: OFD lock targets
 //! rings_offset        per peer: RingControl (192 bytes) + ring_slots × slot_size
 //!                               + gso_buffers × LARGE_STRIDE (frames too big for a slot)
@@ -23,7 +24,7 @@ use crate::wire::ethernet::{HEADER_LEN, VLAN_TAG_LEN};
 /// "GUESTNET" in ASCII, read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GUESTNET");
 /// Layout version; bumped on any incompatible change to this file.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Bytes reserved for the header.
 pub const HEADER_SIZE: usize = 4096;
 /// Bytes per peer table entry.
@@ -56,7 +57,7 @@ pub const LARGE_STRIDE: usize = 64 + LARGE_FRAME;
 pub const MAX_GSO_BUFFERS: u32 = 256;
 
 /// Number of per-reason drop counters kept for each direction.
-pub const DROP_REASONS: usize = 13;
+pub const DROP_REASONS: usize = 14;
 /// Number of owner-written counters before the transmit drop counters.
 pub const OWNER_COUNTERS: usize = 8;
 
@@ -160,8 +161,12 @@ pub struct PeerEntry {
     pub rate_bps: AtomicU64,
     /// Burst of that rate limit, bytes.
     pub burst_bytes: AtomicU64,
+    /// How the peer carries its VLANs: 0 trunk, 1 access (see `network::vlan`).
+    pub vlan_mode: AtomicU32,
+    /// The VLAN of its untagged frames, 1..=4094 (0: none; untagged frames are dropped).
+    pub vlan_native: AtomicU32,
     /// Padding to the counters' cache line.
-    pub pad0: [AtomicU64; 3],
+    pub pad0: [AtomicU64; 2],
     /// Counters written by the owner only: see `network::counters`.
     pub owner_counters: [AtomicU64; OWNER_COUNTERS + DROP_REASONS],
     /// Padding: receive drops live on their own cache line.
@@ -170,7 +175,7 @@ pub struct PeerEntry {
     /// full) and by the owner (invalid, stale, abandoned).
     pub rx_drops: [AtomicU64; DROP_REASONS],
     /// Padding to [`PEER_ENTRY_SIZE`].
-    pub pad2: [AtomicU64; 11],
+    pub pad2: [AtomicU64; 10],
 }
 
 /// A ring's control block: the producers' reservation cursor on its own cache line, then
@@ -220,16 +225,29 @@ pub struct SlotHeader {
     pub offload: [AtomicU32; 4],
 }
 
-/// A learned address: `key` holds the MAC in its low 48 bits and peer index + 1 in its top
-/// 16 (0 means empty); `seen_ms` is the monotonic time it was last confirmed, and the peer's
-/// generation in its top 16 bits is not used: stale entries are purged on reclaim instead.
+/// A learned address: `key` holds the MAC in its low 48 bits, the VLAN in the next 12 and
+/// a set top bit (0 means empty); `owner_seen` holds the peer index + 1 in its top 16 bits
+/// (0: nobody) and, below, the monotonic millisecond it was last confirmed, so that the
+/// owner and its freshness change together in one store (see `network::fdb`).
 #[repr(C)]
 pub struct FdbEntry {
-    /// MAC and owner, see above.
+    /// VLAN and MAC, see above.
     pub key: AtomicU64,
-    /// Monotonic milliseconds when last refreshed.
-    pub seen_ms: AtomicU64,
+    /// Owner and time, see above.
+    pub owner_seen: AtomicU64,
 }
+
+/// One peer's VLANs: bit `v` of the map (word `v / 64`, bit `v % 64`) says it is in VLAN
+/// `v`. Written at join under the control lock, before the peer is up; bits 0 and 4095 are
+/// never set and are ignored when read.
+#[repr(C, align(64))]
+pub struct VlanEntry {
+    /// The map.
+    pub bits: [AtomicU64; 64],
+}
+
+/// Bytes per VLAN table entry.
+pub const VLAN_ENTRY_SIZE: usize = 512;
 
 /// The geometry chosen at creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,6 +332,8 @@ pub struct Layout {
     pub max_frame: usize,
     /// Peer table start.
     pub peer_table_offset: usize,
+    /// VLAN table start.
+    pub vlan_offset: usize,
     /// Learned table start.
     pub fdb_offset: usize,
     /// Lock bytes start: byte `i` locks peer `i`; byte `max_peers` is the control lock.
@@ -367,7 +387,8 @@ impl Layout {
         let peers = max_peers as usize;
         let slot_size = slot_size_for(mtu);
         let peer_table_offset = HEADER_SIZE;
-        let fdb_offset = peer_table_offset + peers * PEER_ENTRY_SIZE;
+        let vlan_offset = peer_table_offset + peers * PEER_ENTRY_SIZE;
+        let fdb_offset = vlan_offset + peers * VLAN_ENTRY_SIZE;
         let lock_offset = fdb_offset + FDB_ENTRIES * std::mem::size_of::<FdbEntry>();
         let rings_offset = round_up(lock_offset + peers + 1, 4096);
         let large_offset_in_ring =
@@ -382,6 +403,7 @@ impl Layout {
             slot_size,
             max_frame: slot_size - SLOT_HEADER_SIZE,
             peer_table_offset,
+            vlan_offset,
             fdb_offset,
             lock_offset,
             rings_offset,
@@ -394,6 +416,11 @@ impl Layout {
     /// Offset of peer `index`'s table entry.
     pub fn peer_offset(&self, index: usize) -> usize {
         self.peer_table_offset + index * PEER_ENTRY_SIZE
+    }
+
+    /// Offset of peer `index`'s VLAN map.
+    pub fn vlan_entry_offset(&self, index: usize) -> usize {
+        self.vlan_offset + index * VLAN_ENTRY_SIZE
     }
 
     /// Offset of learned-table entry `index`.
@@ -477,6 +504,8 @@ mod tests {
         assert_eq!(size_of::<RingControl>(), RING_CONTROL_SIZE);
         assert_eq!(size_of::<SlotHeader>(), SLOT_HEADER_SIZE);
         assert_eq!(size_of::<FdbEntry>(), 16);
+        assert_eq!(size_of::<VlanEntry>(), VLAN_ENTRY_SIZE);
+        assert_eq!(std::mem::offset_of!(PeerEntry, rx_drops) % 64, 0);
         assert_eq!(size_of::<LargeHeader>(), 64);
         assert_eq!(align_of::<PeerEntry>(), 64);
     }
@@ -487,7 +516,8 @@ mod tests {
         assert_eq!(layout.slot_size, 1600); // 32 + 1518 rounded up to 64
         assert_eq!(layout.max_frame, 1568);
         assert_eq!(layout.peer_table_offset, 4096);
-        assert_eq!(layout.fdb_offset, 4096 + 64 * 512);
+        assert_eq!(layout.vlan_offset, 4096 + 64 * 512);
+        assert_eq!(layout.fdb_offset, 4096 + 2 * 64 * 512);
         assert_eq!(layout.rings_offset % 4096, 0);
         assert_eq!(layout.large_offset_in_ring, 192 + 256 * 1600);
         assert_eq!(

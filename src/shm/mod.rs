@@ -57,6 +57,8 @@ unsafe impl ShmSafe for layout::SlotHeader {}
 unsafe impl ShmSafe for layout::FdbEntry {}
 // SAFETY: layout::LargeHeader is repr(C) and made only of atomics.
 unsafe impl ShmSafe for layout::LargeHeader {}
+// SAFETY: layout::VlanEntry is repr(C) and made only of an array of atomics.
+unsafe impl ShmSafe for layout::VlanEntry {}
 
 /// A read-write `MAP_SHARED` mapping of a whole region file. Unmapped on drop.
 #[derive(Debug)]

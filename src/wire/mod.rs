@@ -6,13 +6,16 @@
 //! tests, and lets the same code serve every host — the shared-memory network, the port
 //! programs, the fuzz targets — without any of them dragging the others' I/O along.
 //!
-//! Nine modules live here:
+//! Ten modules live here:
 //!
 //! * [`ethernet`] — the frames themselves. The network moves bare Ethernet frames and looks
 //!   at only their first fourteen bytes, so this module is a thin, checked view over a
 //!   buffer ([`EthernetFrame`]) plus a small validated summary ([`EthernetRepr`]) that the
 //!   delivery rules are written against. [`ethernet::validate_frame`] is the one place the
 //!   length and source-address rules of the design are spelled out.
+//! * [`vlan`] — the 802.1Q tag after a frame's addresses ([`vlan::VlanTag`],
+//!   [`vlan::VlanTci`]), and [`vlan::retag`], which removes, replaces or adds it as a frame
+//!   leaves a VLAN-aware port.
 //! * [`stream`] — QEMU's `-netdev stream` framing: a 4-byte big-endian length before each
 //!   frame. A byte stream arrives in arbitrary pieces and a guest controls the lengths, so
 //!   the decoder is incremental, bounded, and refuses to guess once a length is absurd.
@@ -48,6 +51,7 @@ pub mod stream;
 pub mod udp;
 pub mod vhost_user;
 pub mod virtio_net;
+pub mod vlan;
 pub mod vxlan;
 
 pub use ethernet::{EtherType, EthernetFrame, EthernetRepr, MacAddress, WireError};
