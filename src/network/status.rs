@@ -13,6 +13,7 @@ use super::clock::monotonic_ns;
 use super::counters::PeerCounters;
 use super::membership::{PortKind, read_label};
 use super::region::Region;
+use super::vlan::VlanMembership;
 use super::{fdb, ring};
 
 /// One peer as `status` shows it.
@@ -46,6 +47,12 @@ pub struct PeerStatus {
     pub rate: u64,
     /// Burst of the rate limit, bytes.
     pub burst: u64,
+    /// How it carries VLANs: "access" or "trunk".
+    pub vlan_mode: String,
+    /// Its VLANs: "10", "10,20,30-40" or "all".
+    pub vlans: String,
+    /// The VLAN of its untagged frames (none: a trunk that carries only tagged frames).
+    pub native: Option<u16>,
     /// Frames received.
     pub rx_packets: u64,
     /// Bytes received.
@@ -71,6 +78,8 @@ pub struct PeerStatus {
 pub struct LearnedStatus {
     /// Address.
     pub mac: MacAddress,
+    /// The VLAN it was learned in.
+    pub vlan: u16,
     /// Slot it is behind.
     pub slot: u16,
     /// Seconds since last seen.
@@ -140,6 +149,7 @@ pub(crate) fn collect(region: &Region, reclaimed: Vec<u16>) -> NetworkStatus {
             .load(Ordering::Relaxed)
             .wrapping_sub(ring.control().consumed.load(Ordering::Relaxed))
             & ((1 << ring::POSITION_BITS) - 1);
+        let vlans = VlanMembership::read(entry, region.vlans().at(index));
         list.push(PeerStatus {
             slot: index as u16,
             mac: MacAddress::from_u64(entry.mac.load(Ordering::Relaxed)),
@@ -155,6 +165,9 @@ pub(crate) fn collect(region: &Region, reclaimed: Vec<u16>) -> NetworkStatus {
             isolated: flags & layout::flags::ISOLATED != 0,
             rate: entry.rate_bps.load(Ordering::Relaxed),
             burst: entry.burst_bytes.load(Ordering::Relaxed),
+            vlan_mode: vlans.mode().name().to_string(),
+            vlans: vlans.members().to_string(),
+            native: vlans.native(),
             rx_packets: counters.rx_packets,
             rx_bytes: counters.rx_bytes,
             tx_packets: counters.tx_packets,
@@ -171,6 +184,7 @@ pub(crate) fn collect(region: &Region, reclaimed: Vec<u16>) -> NetworkStatus {
         .into_iter()
         .map(|e| LearnedStatus {
             mac: e.mac,
+            vlan: e.vlan,
             slot: e.peer,
             age_seconds: e.age_ms as f64 / 1000.0,
         })
