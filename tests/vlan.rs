@@ -457,3 +457,122 @@ fn status_shows_each_peers_vlans_and_native_vlan() {
         ]
     );
 }
+
+fn guestnet(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_guestnet"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run guestnet")
+}
+
+/// The arguments every port subcommand needs besides its VLAN options.
+const PORT_COMMANDS: [&[&str]; 5] = [
+    &["tap", "lab", "--ifname", "gnv0"],
+    &["vhost-user", "lab", "--socket", "/nonexistent/v.sock"],
+    &["stream", "lab", "--listen", "/nonexistent/s.sock"],
+    &["dgram", "lab", "--listen", "/nonexistent/d.sock"],
+    &["capture", "lab", "--write", "/nonexistent/c.pcap"],
+];
+
+#[test]
+fn vlan_options_refuse_vid_0_4095_and_a_native_vlan_without_a_trunk_on_every_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let vxlan: &[&str] = &[
+        "vxlan",
+        "lab",
+        "--vni",
+        "1",
+        "--local",
+        "127.0.0.1",
+        "--remote",
+        "127.0.0.2",
+    ];
+    let cases: [(&[&str], &str); 6] = [
+        (&["--vlan", "0"], "priority"),
+        (&["--vlan", "4095"], "reserved"),
+        (&["--trunk", "10,4095"], "reserved"),
+        (&["--trunk", "0-5"], "priority"),
+        (&["--native", "5"], "--trunk"),
+        (&["--vlan", "10", "--trunk", "20"], "cannot be used with"),
+    ];
+    for command in PORT_COMMANDS {
+        for (options, expected) in cases {
+            let args: Vec<&str> = command.iter().chain(options).copied().collect();
+            let output = guestnet(dir.path(), &args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        }
+    }
+    for (options, expected) in [
+        (&["--vlan", "4095"], "reserved"),
+        (&["--vlan", "0"], "priority"),
+    ] {
+        let args: Vec<&str> = vxlan.iter().chain(options).copied().collect();
+        let output = guestnet(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // vxlan takes --vlan only.
+    let args: Vec<&str> = vxlan.iter().chain(&["--trunk", "10"]).copied().collect();
+    assert_eq!(guestnet(dir.path(), &args).status.code(), Some(2));
+}
+
+#[test]
+fn status_json_and_table_show_vlans_and_native_vlan() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let mut a = join(&net, access(10));
+    let _t = join(&net, trunk("20,30-40", Some(5)));
+    let _d = join(&net, VlanMembership::default());
+    a.send(&frame(
+        MacAddress::BROADCAST,
+        MacAddress([2, 0xcc, 0, 0, 0, 1]),
+        60,
+    ));
+    a.send(&tagged(&frame(MacAddress::BROADCAST, a.mac(), 60), 10));
+    let output = guestnet(dir.path(), &["status", "vlans", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let peers = json["peers"].as_array().unwrap();
+    let shown: Vec<(String, String, serde_json::Value)> = peers
+        .iter()
+        .map(|p| {
+            (
+                p["vlan_mode"].as_str().unwrap().to_string(),
+                p["vlans"].as_str().unwrap().to_string(),
+                p["native"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("access".into(), "10".into(), serde_json::json!(10)),
+            ("trunk".into(), "5,20,30-40".into(), serde_json::json!(5)),
+            ("trunk".into(), "all".into(), serde_json::json!(1)),
+        ]
+    );
+    assert_eq!(peers[0]["drops"]["tx_vlan_filtered"], serde_json::json!(1));
+    let learned = json["learned"].as_array().unwrap();
+    assert_eq!(learned[0]["vlan"], serde_json::json!(10));
+
+    let output = guestnet(dir.path(), &["status", "vlans"]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("VLANS") && table.contains("NATIVE"),
+        "{table}"
+    );
+    assert!(
+        table.contains("5,20,30-40") && table.contains("access"),
+        "{table}"
+    );
+    assert!(table.contains("vlan_filtered"), "{table}");
+}

@@ -301,6 +301,8 @@ pub fn print_status(status: &NetworkStatus) {
             ("SLOT", Align::Right),
             ("MAC", Align::Left),
             ("FLAGS", Align::Left),
+            ("VLANS", Align::Left),
+            ("NATIVE", Align::Left),
             ("KIND", Align::Left),
             ("PID", Align::Right),
             ("LABEL", Align::Left),
@@ -316,6 +318,8 @@ pub fn print_status(status: &NetworkStatus) {
                 peer.slot.to_string(),
                 peer.mac.to_string(),
                 flag_letters(peer),
+                peer.vlans.clone(),
+                native_text(peer),
                 peer.kind.name().to_string(),
                 peer.pid.to_string(),
                 if peer.label.is_empty() {
@@ -335,6 +339,9 @@ pub fn print_status(status: &NetworkStatus) {
         println!(
             "flags: P promiscuous, M all-multicast, D link down, Q quarantined, L MAC locked, I isolated, R rate-limited"
         );
+        println!(
+            "VLANs (802.1Q): native is the VLAN of a trunk's untagged frames (-: none, untagged frames dropped); an access port is untagged in its one VLAN"
+        );
     }
     println!();
     if status.learned.is_empty() {
@@ -342,17 +349,28 @@ pub fn print_status(status: &NetworkStatus) {
     } else {
         let mut table = Table::new(&[
             ("LEARNED MAC", Align::Left),
+            ("VLAN", Align::Right),
             ("SLOT", Align::Right),
             ("AGE", Align::Right),
         ]);
         for learned in &status.learned {
             table.row(vec![
                 learned.mac.to_string(),
+                learned.vlan.to_string(),
                 learned.slot.to_string(),
                 format!("{:.1}s", learned.age_seconds),
             ]);
         }
         print!("{}", table.render());
+    }
+}
+
+/// The NATIVE column: `access` for an access port, the native VLAN of a trunk, or `-`.
+fn native_text(peer: &PeerStatus) -> String {
+    match (peer.vlan_mode.as_str(), peer.native) {
+        ("access", _) => "access".into(),
+        (_, Some(vid)) => vid.to_string(),
+        (_, None) => "-".into(),
     }
 }
 

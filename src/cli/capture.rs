@@ -13,8 +13,8 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
-use crate::network::Network;
 use crate::network::counters::DropReason;
+use crate::network::{Network, VlanMembership};
 use crate::ports::capture::{Capture, CaptureOptions, CaptureSummary};
 use crate::wire::pcap::MAX_SNAPLEN;
 
@@ -35,6 +35,13 @@ pub struct CaptureArgs {
     /// Bytes kept of each frame.
     #[arg(long, default_value_t = MAX_SNAPLEN)]
     pub snaplen: u32,
+    /// Which 802.1Q VLANs to capture. By default a capture is a trunk of every VLAN with
+    /// native VLAN 1: it sees every frame, each of VLANs 2-4094 with its VLAN's tag
+    /// (tcpdump and tshark show them) and those of VLAN 1 untagged, so a network without
+    /// VLANs is captured as it always was. `--trunk all` tags VLAN 1 as well; `--vlan 10`
+    /// captures VLAN 10 only, untagged; `--trunk 10,20` those two, tagged.
+    #[command(flatten)]
+    pub vlans: super::policy::VlanArgs,
 }
 
 /// Runs `capture`.
@@ -68,6 +75,10 @@ pub fn run(dir: &Path, args: CaptureArgs) -> anyhow::Result<()> {
         snaplen: args.snaplen,
         limit: args.count,
         label: label.clone(),
+        vlans: args
+            .vlans
+            .membership(VlanMembership::default())
+            .map_err(anyhow::Error::msg)?,
     };
     let mut capture = Capture::start(
         &network,

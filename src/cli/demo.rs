@@ -219,6 +219,7 @@ fn demo(lab: &mut Lab, args: &DemoArgs) -> anyhow::Result<()> {
             snaplen: MAX_SNAPLEN,
             limit: Some(CAPTURE_FRAMES),
             label: "demo capture".into(),
+            vlans: crate::network::VlanMembership::default(),
         },
     )?;
     let capture_stop = Arc::clone(&lab.capture_stop);

@@ -63,7 +63,7 @@ pub fn run(dir: &Path, args: DgramArgs) -> anyhow::Result<()> {
     let options = DgramOptions {
         mac: args.mac,
         max_clients: args.max_clients,
-        policy: args.policy.into(),
+        policy: args.policy.try_into()?,
         // parse_idle_timeout has checked it; zero means never.
         idle_timeout: Duration::try_from_secs_f64(args.idle_timeout)
             .ok()

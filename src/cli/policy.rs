@@ -1,6 +1,46 @@
-//! The policy options every port subcommand takes (`--lock-mac`, `--isolated`).
+//! The policy options every port subcommand takes (`--lock-mac`, `--isolated`, `--rate`,
+//! and the 802.1Q options `--vlan`, `--trunk`, `--native` of [`VlanArgs`]).
 
+use crate::network::vlan::parse_vid;
+use crate::network::{VlanMembership, VlanSet};
 use crate::ports::policy::PortPolicy;
+
+/// The 802.1Q options of a port subcommand.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct VlanArgs {
+    /// Make each guest's port an access port of VLAN VID (1-4094): its frames are
+    /// untagged on the port and stay in VLAN VID; a tagged frame from the guest is dropped
+    /// and counted (`vlan_filtered`). Example: `--vlan 10`.
+    #[arg(long, value_name = "VID", value_parser = parse_vid, conflicts_with = "trunk")]
+    pub vlan: Option<u16>,
+    /// Make each guest's port a trunk of these VLANs: a list of VIDs and ranges, or `all`.
+    /// Frames are tagged on the port (except those of `--native`); frames tagged for
+    /// other VLANs, and untagged ones without `--native`, are dropped and counted
+    /// (`vlan_filtered`). Examples: `--trunk 10,20`, `--trunk 100-199,300`, `--trunk all`.
+    /// Without --vlan or --trunk a port is a trunk of all VLANs with native VLAN 1, which
+    /// is a network without VLANs.
+    #[arg(long, value_name = "VIDS", value_parser = parse_vlan_set)]
+    pub trunk: Option<VlanSet>,
+    /// With --trunk: untagged frames on the trunk belong to VLAN VID, and its frames leave
+    /// untagged. Example: `--trunk 10,20 --native 1`.
+    #[arg(long, value_name = "VID", value_parser = parse_vid, requires = "trunk")]
+    pub native: Option<u16>,
+}
+
+impl VlanArgs {
+    /// The membership these options ask for, or `default` without any.
+    pub fn membership(&self, default: VlanMembership) -> Result<VlanMembership, String> {
+        match (self.vlan, self.trunk) {
+            (Some(vid), _) => VlanMembership::access(vid),
+            (None, Some(set)) => VlanMembership::trunk(set, self.native),
+            (None, None) => Ok(default),
+        }
+    }
+}
+
+fn parse_vlan_set(text: &str) -> Result<VlanSet, String> {
+    text.parse()
+}
 
 /// Policy options of a port subcommand.
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
@@ -23,11 +63,16 @@ pub struct PolicyArgs {
     /// The burst of `--rate`, in bytes [default: 10 ms of the rate, at least 128 KiB].
     #[arg(long, value_name = "BYTES", requires = "rate", value_parser = parse_burst)]
     pub burst: Option<u64>,
+    /// 802.1Q VLANs.
+    #[command(flatten)]
+    pub vlans: VlanArgs,
 }
 
-impl From<PolicyArgs> for PortPolicy {
-    fn from(args: PolicyArgs) -> PortPolicy {
-        PortPolicy {
+impl TryFrom<PolicyArgs> for PortPolicy {
+    type Error = anyhow::Error;
+
+    fn try_from(args: PolicyArgs) -> anyhow::Result<PortPolicy> {
+        Ok(PortPolicy {
             lock_mac: args.lock_mac,
             isolated: args.isolated,
             rate: args.rate.map(|rate| {
@@ -36,7 +81,11 @@ impl From<PolicyArgs> for PortPolicy {
                     .unwrap_or_else(|| crate::network::rate::default_burst(rate));
                 (rate, burst)
             }),
-        }
+            vlans: args
+                .vlans
+                .membership(VlanMembership::default())
+                .map_err(anyhow::Error::msg)?,
+        })
     }
 }
 

@@ -49,7 +49,7 @@ pub fn run(dir: &Path, args: StreamArgs) -> anyhow::Result<()> {
     let options = StreamOptions {
         mac: args.mac,
         max_clients: args.max_clients,
-        policy: args.policy.into(),
+        policy: args.policy.try_into()?,
     };
     let port = StreamPort::bind(network, &args.listen, options)?;
     announce(port.path())?;

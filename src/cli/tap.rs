@@ -69,7 +69,7 @@ pub fn run(dir: &Path, args: TapArgs) -> anyhow::Result<()> {
             mac: args.mac,
             mode,
             offload: !args.no_offload,
-            policy: args.policy.into(),
+            policy: args.policy.try_into()?,
         };
         let port = TapPort::open(&network, &options).with_context(|| match &args.netns {
             Some(netns) => format!("TAP {ifname} in namespace {netns}"),

@@ -69,7 +69,7 @@ pub fn run(dir: &Path, args: VhostUserArgs) -> anyhow::Result<()> {
         queue_pairs: args.queues,
         client: args.client,
         offload: !args.no_offload,
-        policy: args.policy.into(),
+        policy: args.policy.try_into()?,
     })
     .context("vhost-user port")?;
     let handle = port.status_handle();

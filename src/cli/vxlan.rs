@@ -68,6 +68,11 @@ pub struct VxlanArgs {
     /// sender stays a remote without a datagram.
     #[arg(long, default_value_t = DEFAULT_AGEING.as_secs())]
     pub ageing: u64,
+    /// Make the tunnel an access port of 802.1Q VLAN VID (1-4094): frames cross it
+    /// untagged and belong to VLAN VID here. Without it, tagged frames cross with their
+    /// tags and untagged ones are VLAN 1. Example: `--vlan 10`.
+    #[arg(long, value_name = "VID", value_parser = crate::network::vlan::parse_vid)]
+    pub vlan: Option<u16>,
 }
 
 /// `ADDR` or `ADDR:PORT`, IPv6 as `[ADDR]:PORT`; the port defaults to 4789.
@@ -102,6 +107,7 @@ pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
         underlay_mtu: args.underlay_mtu,
         max_learned: args.max_learned,
         ageing: Duration::from_secs(args.ageing),
+        vlan: args.vlan,
     };
     let port = VxlanPort::open(&network, options).context("VXLAN port")?;
     let handle = port.status_handle();

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::network::counters::PeerCounters;
-use crate::network::{self, JoinOptions, Network, Peer, PortKind, unix_ns};
+use crate::network::{self, JoinOptions, Network, Peer, PortKind, VlanMembership, unix_ns};
 use crate::wire::pcap::PcapWriter;
 
 /// Frames taken from the ring, and written, per batch.
@@ -49,6 +49,10 @@ pub struct CaptureOptions {
     pub limit: Option<u64>,
     /// Label shown in `status` (the file name).
     pub label: String,
+    /// The capture's VLANs: the default sees every frame, tagged but for VLAN 1's;
+    /// [`VlanMembership::trunk_all`] tags VLAN 1's too; an access membership sees one
+    /// VLAN's frames, untagged.
+    pub vlans: VlanMembership,
 }
 
 /// What a finished capture did.
@@ -86,6 +90,7 @@ impl<W: Write> Capture<W> {
                 promiscuous: true,
                 all_multicast: true,
                 label: options.label,
+                vlans: options.vlans,
                 ..JoinOptions::default()
             })
             .map_err(CaptureError::Join)?;
@@ -193,6 +198,7 @@ mod tests {
 
     fn options(limit: Option<u64>) -> CaptureOptions {
         CaptureOptions {
+            vlans: VlanMembership::default(),
             snaplen: 0,
             limit,
             label: "test".into(),

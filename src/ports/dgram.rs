@@ -477,6 +477,7 @@ impl Clients<'_> {
             kind: PortKind::Dgram,
             mac: self.port.options.mac,
             label: name.clone(),
+            vlans: self.port.options.policy.vlans,
             ..JoinOptions::default()
         };
         let peer = match self.port.network.join(options).and_then(|peer| {

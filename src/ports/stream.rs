@@ -291,6 +291,7 @@ impl StreamPort {
             kind: PortKind::Stream,
             mac: self.options.mac,
             label: label.clone(),
+            vlans: self.options.policy.vlans,
             ..JoinOptions::default()
         };
         let peer = match self.network.join(options).and_then(|peer| {

@@ -224,6 +224,7 @@ impl TapPort {
             promiscuous: false,
             label: options.ifname.clone(),
             offloads: taken,
+            vlans: options.policy.vlans,
             ..JoinOptions::default()
         })?;
         options.policy.apply(&peer.control())?;

@@ -314,6 +314,7 @@ impl Serving<'_> {
             kind: PortKind::VhostUser,
             mac: socket.mac,
             label: label.clone(),
+            vlans: self.options.policy.vlans,
             ..JoinOptions::default()
         }) {
             Ok(peer) => peer,

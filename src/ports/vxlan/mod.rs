@@ -102,7 +102,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::network::{JoinOptions, Network, PortKind};
+use crate::network::{JoinOptions, Network, PortKind, VlanMembership};
 use crate::network::{Receiver, Sender};
 use crate::ports::socket::{Doorbell, PortError, io_error, label};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
@@ -149,6 +149,9 @@ pub struct VxlanOptions {
     /// How long a learned address lives without traffic, and on a group how long a
     /// sender stays a remote without a datagram.
     pub ageing: Duration,
+    /// The 802.1Q VLAN the tunnel is an access port of (frames cross it untagged); by
+    /// default it is a trunk of all VLANs with native VLAN 1, tags crossing as they are.
+    pub vlan: Option<u16>,
 }
 
 /// Errors of the port's control path.
@@ -281,6 +284,10 @@ impl VxlanPort {
                 kind: PortKind::Vxlan,
                 uplink: true,
                 label: label("vxlan ", &format!("vni {} {}", options.vni, local)),
+                vlans: match options.vlan {
+                    Some(vid) => VlanMembership::access(vid).map_err(VxlanPortError::BadOptions)?,
+                    None => VlanMembership::default(),
+                },
                 ..JoinOptions::default()
             })
             .map_err(PortError::from)?;
