@@ -827,6 +827,40 @@ fn two_isolated_namespaces_reach_a_normal_one_and_not_each_other() {
 }
 
 #[test]
+fn namespaces_on_vlan_10_ping_each_other_and_one_on_vlan_20_in_the_same_subnet_cannot() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::with_args(
+        "vlan",
+        &[&["--vlan", "10"], &["--vlan", "10"], &["--vlan", "20"]],
+    );
+    assert!(lab.ping(0, 1, 1), "VLAN 10 → VLAN 10");
+    assert!(lab.ping(1, 0, 1), "and back");
+    let other = lab.peer(2);
+    assert_eq!(other.vlans, "20");
+    assert_eq!(
+        (other.vlan_mode.as_str(), other.native),
+        ("access", Some(20))
+    );
+    assert!(!lab.ping(2, 0, 2), "VLAN 20 reached VLAN 10");
+    assert!(!lab.ping(0, 2, 2), "VLAN 10 reached VLAN 20");
+    let after_2 = lab.peer(2);
+    // Its ARP requests went out, counted as sent, and reached nobody: it is alone in its
+    // VLAN, and nothing of VLAN 10 reached it.
+    assert!(
+        after_2.tx_packets > other.tx_packets,
+        "VLAN 20 sent nothing"
+    );
+    assert_eq!(
+        after_2.tx_deliveries, other.tx_deliveries,
+        "a frame of VLAN 20 was delivered somewhere"
+    );
+    assert_eq!(after_2.rx_packets, 0, "VLAN 20 received a frame");
+    assert!(lab.ping(0, 1, 1), "VLAN 10 still works");
+}
+
+#[test]
 fn a_rate_limited_namespace_sends_tcp_near_its_rate_without_losing_frames() {
     if !ready() || !prerequisites_met("the rate-limit test", &["iperf3"]) {
         return;
