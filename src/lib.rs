@@ -17,8 +17,10 @@
 //!   region of another version or whose size disagrees with its geometry is refused;
 //! - the **peer table**: per slot a published MAC, flags (promiscuous, all-multicast,
 //!   uplink, link down, quarantined), the owner's identity and its counters;
-//! - the **learned table**: source MAC → peer, with ageing, so that VMs whose MAC nobody
-//!   told us, and uplinks that front many MACs, are reached directly ([`network::fdb`]);
+//! - the **VLAN table**: per slot the 802.1Q VLANs the peer is in ([`network::vlan`]);
+//! - the **learned table**: (VLAN, source MAC) → peer, with ageing, so that VMs whose MAC
+//!   nobody told us, and uplinks that front many MACs, are reached directly
+//!   ([`network::fdb`]);
 //! - one **receive ring** per peer: a multi-producer, single-consumer ring of fixed-size
 //!   slots whose per-slot state word is claimed by compare-and-swap ([`network::ring`]).
 //!
@@ -31,6 +33,12 @@
 //! promiscuous peers see everything, never back to the sender) and copies the frame once
 //! into each receiver's ring. There is no switch process to fail or to saturate; the
 //! network scales with its senders.
+//!
+//! The network is a VLAN-aware bridge (IEEE 802.1Q). Each frame gets one VLAN as it
+//! enters, from its sender's port (access or trunk, [`network::vlan`]); every rule above
+//! then holds within that VLAN, and each receiver's copy is written tagged or untagged as
+//! its port wants. A peer that names no VLAN is a trunk of all of them with native VLAN
+//! 1, so a network nobody configures VLANs on behaves as a plain Ethernet segment.
 //!
 //! ## Receiving, NAPI-style
 //!

@@ -8,15 +8,17 @@
 //! file, which exercises the header and size checks. Odd: the rest is a list of patches
 //! `[offset: u32 LE][len: u8][len bytes]` over a real, small region with frames in flight,
 //! so that the fuzzer reaches the peer table, the learned table and the rings instead of
-//! stopping at the magic number.
+//! stopping at the magic number. One of the two peers is a trunk of VLAN 10, so the VLAN
+//! table, per-VLAN learning and retagging are on the path too, and what it receives must be
+//! tagged for VLAN 10 whatever the ring held.
 #![no_main]
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use guestnet::network::{CreateOptions, JoinOptions, Network};
+use guestnet::network::{CreateOptions, JoinOptions, Network, VlanMembership, VlanSet};
 use guestnet::shm::layout::Geometry;
-use guestnet::wire::{MacAddress, ethernet};
+use guestnet::wire::{MacAddress, ethernet, vlan};
 use libfuzzer_sys::fuzz_target;
 
 struct Workspace {
@@ -56,13 +58,27 @@ fn workspace() -> &'static Workspace {
         {
             // Leave frames in both rings, so slot states and headers are not all zero.
             let mut a = net.join(JoinOptions::default()).expect("join");
-            let mut b = net.join(JoinOptions::default()).expect("join");
-            a.send(&frame(b.mac(), a.mac()));
+            let mut b = net.join(trunk_of_vlan_10()).expect("join");
+            a.send(&tagged_10(&frame(b.mac(), a.mac())));
             b.send(&frame(MacAddress::BROADCAST, b.mac()));
         }
         let template = std::fs::read(dir.join("template")).expect("read the template");
         Workspace { dir, template }
     })
+}
+
+fn trunk_of_vlan_10() -> JoinOptions {
+    JoinOptions {
+        vlans: VlanMembership::trunk(VlanSet::single(10), None).expect("a valid trunk"),
+        ..JoinOptions::default()
+    }
+}
+
+fn tagged_10(untagged: &[u8]) -> Vec<u8> {
+    let mut f = untagged[..12].to_vec();
+    f.extend_from_slice(&[0x81, 0x00, 0x00, 10]);
+    f.extend_from_slice(&untagged[12..]);
+    f
 }
 
 fn patched(template: &[u8], mut patches: &[u8]) -> Vec<u8> {
@@ -95,18 +111,23 @@ fuzz_target!(|data: &[u8]| {
     let mtu = net.geometry().mtu as usize;
     let (Ok(mut a), Ok(mut b)) = (
         net.join(JoinOptions::default()),
-        net.join(JoinOptions::default()),
+        net.join(trunk_of_vlan_10()),
     ) else {
         return;
     };
     a.send(&frame(MacAddress::BROADCAST, a.mac()));
-    a.send(&frame(b.mac(), a.mac()));
-    for peer in [&mut a, &mut b] {
-        // Whatever a spoilt ring held, what comes out has passed the network's checks.
-        peer.receive(64, |f| {
-            assert!(ethernet::validate_frame(f, mtu).is_ok(), "{f:02x?}");
-        });
-    }
+    a.send(&tagged_10(&frame(MacAddress::BROADCAST, a.mac())));
+    a.send(&tagged_10(&frame(b.mac(), a.mac())));
+    b.send(&tagged_10(&frame(a.mac(), b.mac())));
+    // Whatever a spoilt ring held, what comes out has passed the network's checks, in
+    // the form the receiver's VLANs allow.
+    a.receive(64, |f| {
+        assert!(ethernet::validate_frame(f, mtu).is_ok(), "{f:02x?}");
+    });
+    b.receive(64, |f| {
+        assert!(ethernet::validate_frame(f, mtu).is_ok(), "{f:02x?}");
+        assert_eq!(vlan::tci_of(f).map(|t| t.vid), Some(10), "{f:02x?}");
+    });
     net.sweep();
     let _ = net.status();
 });

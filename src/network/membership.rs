@@ -5,7 +5,9 @@
 //! the control lock. Leaving clears the entry and drops the lock; a member that dies
 //! instead is reclaimed by the next sweep. [`Control`] changes what a
 //! member publishes (MAC, flags, offloads, multicast filter) while it runs. What a member
-//! declares when it joins ([`JoinOptions`], its [`PortKind`], its label) lives here too.
+//! declares when it joins ([`JoinOptions`], its [`PortKind`], its label, its VLANs) lives
+//! here too. A MAC is unique per VLAN: joining and changing a MAC are refused only when
+//! another peer publishes the address in a VLAN both are in.
 
 use std::fs::File;
 use std::sync::Arc;

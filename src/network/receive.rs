@@ -24,7 +24,10 @@ use super::region::SWEEP_INTERVAL_NS;
 use super::ring::{self, Pop, SlotMeta};
 use super::shm_ring::ShmRing;
 
-/// The receiving half of a peer.
+/// The receiving half of a peer. Besides the network's frame rules it checks that each
+/// frame has the form its VLANs allow (tagged only for a member VLAN other than its
+/// native one), which only a writer that bypassed the sender's rules can break
+/// (`vlan_filtered`).
 #[derive(Debug)]
 pub struct Receiver {
     membership: Arc<Membership>,
