@@ -576,3 +576,137 @@ fn status_json_and_table_show_vlans_and_native_vlan() {
     );
     assert!(table.contains("vlan_filtered"), "{table}");
 }
+
+/// A port process, killed and reaped however the test ends.
+struct PortProcess(std::process::Child);
+
+impl Drop for PortProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `guestnet ARGS` and waits (bounded) for its first line of output.
+fn start_port(dir: &std::path::Path, args: &[&str]) -> (PortProcess, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_guestnet"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the port");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let guard = PortProcess(child);
+    let (lines, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = lines.send(line);
+    });
+    let line = ready
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("guestnet {args:?} did not get ready within 10 s"));
+    (guard, line)
+}
+
+/// Waits up to 10 s for `condition`, failing loudly with `what`.
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_stream_port_with_vlan_10_is_an_access_port_of_vlan_10() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let socket = dir.path().join("qemu.sock");
+    let socket_text = socket.to_str().unwrap();
+    let (_port, line) = start_port(
+        dir.path(),
+        &["stream", "vlans", "--listen", socket_text, "--vlan", "10"],
+    );
+    assert!(line.starts_with("listening"), "{line}");
+    let mut client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    wait_for("the client's peer is up", || net.status().peers.len() == 1);
+    let port = net.status().peers[0].clone();
+    assert_eq!(
+        (port.vlan_mode.as_str(), port.vlans.as_str()),
+        ("access", "10")
+    );
+    let mut t = join(&net, trunk("10,20", None));
+
+    // Into the client, untagged: the trunk's VLAN-10 frame loses its tag.
+    let to_client = frame(MacAddress::BROADCAST, t.mac(), 60);
+    t.send(&tagged(&to_client, 10));
+    t.send(&tagged(&frame(MacAddress::BROADCAST, t.mac(), 61), 20));
+    let mut length = [0u8; 4];
+    client.read_exact(&mut length).unwrap();
+    let mut got = vec![0; u32::from_be_bytes(length) as usize];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(got, to_client, "VLAN 10's frame, untagged, first");
+
+    // From the client: untagged goes out in VLAN 10, a tag is refused and counted.
+    let mine = MacAddress([2, 0xdd, 0, 0, 0, 1]);
+    for f in [
+        frame(MacAddress::BROADCAST, mine, 60),
+        tagged(&frame(MacAddress::BROADCAST, mine, 60), 20),
+    ] {
+        client.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
+        client.write_all(&f).unwrap();
+    }
+    wait_for("the client's frames are counted", || {
+        let peer = &net.status().peers[0];
+        peer.tx_packets == 1 && peer.drops.get("tx_vlan_filtered") == Some(&1)
+    });
+    let mut at_trunk = Vec::new();
+    wait_for("the trunk receives it", || {
+        t.receive(8, |f| at_trunk.push(f.to_vec()));
+        !at_trunk.is_empty()
+    });
+    assert_eq!(
+        at_trunk,
+        vec![tagged(&frame(MacAddress::BROADCAST, mine, 60), 10)]
+    );
+}
+
+#[test]
+fn a_vxlan_port_with_vlan_10_joins_as_an_access_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let (_port, line) = start_port(
+        dir.path(),
+        &[
+            "vxlan",
+            "vlans",
+            "--vni",
+            "42",
+            "--local",
+            "127.0.0.1:0",
+            "--remote",
+            "127.0.0.1:9",
+            "--vlan",
+            "10",
+        ],
+    );
+    assert!(line.starts_with("ready"), "{line}");
+    let peers = net.status().peers;
+    assert_eq!(peers.len(), 1);
+    assert_eq!(
+        (
+            peers[0].vlan_mode.as_str(),
+            peers[0].vlans.as_str(),
+            peers[0].native
+        ),
+        ("access", "10", Some(10))
+    );
+}

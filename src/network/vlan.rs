@@ -165,6 +165,11 @@ pub fn parse_vid(text: &str) -> Result<u16, String> {
     let vid: u16 = text
         .parse()
         .map_err(|_| format!("{text:?} is not a VLAN ID (a number from 1 to 4094)"))?;
+    check_vid(vid)
+}
+
+/// Checks that `vid` names a VLAN (1..=4094), saying why not.
+pub fn check_vid(vid: u16) -> Result<u16, String> {
     match vid {
         0 => Err("VLAN ID 0 only marks a frame's priority and is not a VLAN: use 1 to 4094".into()),
         4095 => Err("VLAN ID 4095 is reserved by IEEE 802.1Q: use 1 to 4094".into()),
@@ -254,7 +259,7 @@ pub struct Classified {
 impl VlanMembership {
     /// An access port of VLAN `vid` (1..=4094).
     pub fn access(vid: u16) -> Result<VlanMembership, String> {
-        let vid = parse_vid(&vid.to_string())?;
+        let vid = check_vid(vid)?;
         Ok(VlanMembership {
             mode: VlanMode::Access,
             members: VlanSet::single(vid),
@@ -267,7 +272,7 @@ impl VlanMembership {
     pub fn trunk(members: VlanSet, native: Option<u16>) -> Result<VlanMembership, String> {
         let mut members = members;
         if let Some(vid) = native {
-            members.insert(parse_vid(&vid.to_string())?);
+            members.insert(check_vid(vid)?);
         }
         if members.is_empty() {
             return Err("a trunk needs at least one VLAN".into());
