@@ -18,10 +18,12 @@
 //! membership ([`VlanMembership::classify`]; refused as `vlan_filtered` when the port may
 //! not send it), learned and resolved within that VLAN, and each receiver's copy is
 //! written in the form its port wants ([`forward::egress_tagged`]). A copy whose form is
-//! the frame's own (always so on a network without VLANs) is pushed as it is; otherwise
-//! the frame is retagged once per form (there are at most two: untagged, and tagged with
-//! its VLAN), with an offload header's `csum_start` and `hdr_len` moved by the four bytes,
-//! and that form is pushed to every receiver that wants it.
+//! the frame's own (always so on a network without VLANs) is pushed as it is; another is
+//! pushed as three parts written one after the other into the receiver's ring — the
+//! addresses, the receiver's tag (or none), the rest after the frame's own tag — so that
+//! retagging costs no extra copy, with an offload header's `csum_start` and `hdr_len`
+//! moved by the four bytes. A frame finished in software is cut once, and each of its
+//! segments is retagged the same way.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use std::sync::atomic::{Ordering, fence};
 
 use crate::shm::layout::LARGE_FRAME;
 use crate::shm::layout::{flags, status};
+use crate::wire::ethernet::VLAN_TAG_LEN;
 use crate::wire::offload::{self, Segmenter};
 use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
 use crate::wire::vlan::{self as wire_vlan, VlanTci};
@@ -94,12 +97,50 @@ pub struct Sender {
     segmenter: Segmenter,
     segments: Vec<u8>,
     segment_ends: Vec<usize>,
-    /// For which form of the frame (its tag, if any) `segments` was cut.
-    segmented: Option<(Option<VlanTci>, std::result::Result<(), DropReason>)>,
-    /// The current frame retagged for receivers that want another form: [0] untagged,
-    /// [1] tagged; each with its offload header and whether it was made for this frame.
-    forms: [Vec<u8>; 2],
-    form_headers: [Option<std::result::Result<VirtioNetHdr, DropReason>>; 2],
+    segmented: Option<std::result::Result<(), DropReason>>,
+}
+
+/// How a receiver's copy differs from the frame as sent: its tag replaced, removed or
+/// added (see [`wire_vlan::retag_parts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Retag {
+    /// The copy's tag, if it has one.
+    tag: Option<VlanTci>,
+    /// Bytes the copy is longer than the frame: +4, 0 or -4.
+    delta: isize,
+}
+
+impl Retag {
+    /// The change from a frame tagged `from` to one tagged `to`, if there is one.
+    fn between(from: Option<VlanTci>, to: Option<VlanTci>) -> Option<Retag> {
+        let len = |tag: Option<VlanTci>| {
+            if tag.is_some() {
+                VLAN_TAG_LEN as isize
+            } else {
+                0
+            }
+        };
+        (from != to).then(|| Retag {
+            tag: to,
+            delta: len(to) - len(from),
+        })
+    }
+
+    /// The offload header of the copy: `csum_start` and `hdr_len` count from the frame's
+    /// start, so they move with the tag. The header was checked against the frame (its
+    /// checksum starts after the Ethernet header and tag), so the moved one holds for the
+    /// copy; a value that would not fit is refused all the same.
+    fn header(self, hdr: &VirtioNetHdr) -> std::result::Result<VirtioNetHdr, DropReason> {
+        let shift = |value: u16| u16::try_from(value as isize + self.delta).ok();
+        let mut moved = *hdr;
+        if hdr.needs_checksum() {
+            moved.csum_start = shift(hdr.csum_start).ok_or(DropReason::Invalid)?;
+        }
+        if hdr.hdr_len != 0 {
+            moved.hdr_len = shift(hdr.hdr_len).unwrap_or(0);
+        }
+        Ok(moved)
+    }
 }
 
 /// Addresses a peer may keep learned behind it in the shared table at once: plenty for a
@@ -149,8 +190,6 @@ impl Sender {
             segments: Vec::new(),
             segment_ends: Vec::new(),
             segmented: None,
-            forms: [Vec::new(), Vec::new()],
-            form_headers: [None, None],
         }
     }
 
@@ -340,35 +379,13 @@ impl Sender {
         self.pending.add(slot::TX_PACKETS, 1);
         self.pending.add(slot::TX_BYTES, frame.len() as u64);
         self.segmented = None;
-        self.form_headers = [None, None];
         // A plain frame needs nothing; any receiver takes it as it is.
         let needed = needed_offloads(&hdr).unwrap_or(u32::MAX);
         let (mut delivered, mut dropped) = (0, 0);
         for i in 0..self.destinations.len() {
             let destination = self.view[self.destinations[i]];
-            let out_tag = egress_tag(&destination, class);
-            let (copies, drops, reason) = if out_tag == class.tag {
-                self.deliver(destination, frame, &hdr, needed, out_tag)
-            } else {
-                let form = usize::from(out_tag.is_some());
-                let made = match self.form_headers[form] {
-                    Some(made) => made,
-                    None => {
-                        let made = retag(frame, &hdr, out_tag, &mut self.forms[form]);
-                        self.form_headers[form] = Some(made);
-                        made
-                    }
-                };
-                match made {
-                    Ok(form_hdr) => {
-                        let bytes = std::mem::take(&mut self.forms[form]);
-                        let outcome = self.deliver(destination, &bytes, &form_hdr, needed, out_tag);
-                        self.forms[form] = bytes;
-                        outcome
-                    }
-                    Err(reason) => (0, 1, Some(reason)),
-                }
-            };
+            let retag = Retag::between(class.tag, egress_tag(&destination, class));
+            let (copies, drops, reason) = self.deliver(destination, frame, &hdr, needed, retag);
             delivered += copies;
             dropped += drops;
             if let Some(reason) = reason {
@@ -380,20 +397,27 @@ impl Sender {
         Sent::Routed { delivered, dropped }
     }
 
-    /// Copies one form of the current frame (`out_tag` says which) to `destination`: as
-    /// it is when the receiver takes its offloads, else finished in software.
+    /// Copies the current frame, retagged for `destination`, into its ring: as it is when
+    /// the receiver takes its offloads, else finished in software.
     fn deliver(
         &mut self,
         destination: PeerView,
         frame: &[u8],
         hdr: &VirtioNetHdr,
         needed: u32,
-        out_tag: Option<VlanTci>,
+        retag: Option<Retag>,
     ) -> (u32, u32, Option<DropReason>) {
-        if destination.offloads & needed == needed && self.fits(frame) {
+        let len = frame
+            .len()
+            .saturating_add_signed(retag.map_or(0, |r| r.delta));
+        if destination.offloads & needed == needed && self.fits(len) {
+            let words = match retag.map_or(Ok(*hdr), |r| r.header(hdr)) {
+                Ok(moved) => header_words(&moved),
+                Err(reason) => return (0, 1, Some(reason)),
+            };
             match self
                 .admit(destination)
-                .and_then(|()| self.push(destination, frame, header_words(hdr)))
+                .and_then(|()| self.push(destination, frame, retag, words))
             {
                 Ok(()) => (1, 0, None),
                 Err(reason) => (0, 1, Some(reason)),
@@ -401,9 +425,9 @@ impl Sender {
         } else {
             match self
                 .admit(destination)
-                .and_then(|()| self.segment(frame, hdr, out_tag))
+                .and_then(|()| self.segment(frame, hdr))
             {
-                Ok(()) => self.push_segments(destination),
+                Ok(()) => self.push_segments(destination, retag),
                 Err(reason) => (0, 1, Some(reason)),
             }
         }
@@ -443,23 +467,18 @@ impl Sender {
         Ok((repr, forwarded))
     }
 
-    /// Whether a frame fits the receivers' rings as it is (a slot, or a large buffer).
-    fn fits(&self, frame: &[u8]) -> bool {
+    /// Whether a frame of `len` bytes fits the receivers' rings as it is (a slot, or a
+    /// large buffer).
+    fn fits(&self, len: usize) -> bool {
         let layout = &self.membership.region.layout;
-        frame.len() <= layout.max_frame || layout.geometry.gso_buffers > 0
+        len <= layout.max_frame || layout.geometry.gso_buffers > 0
     }
 
     /// Finishes the current frame in software (cuts it into segments with complete
-    /// checksums), once per frame and form whatever the number of receivers that need it.
-    fn segment(
-        &mut self,
-        frame: &[u8],
-        hdr: &VirtioNetHdr,
-        form: Option<VlanTci>,
-    ) -> std::result::Result<(), DropReason> {
-        if let Some((cut_for, done)) = self.segmented
-            && cut_for == form
-        {
+    /// checksums), once per frame whatever the number of receivers that need it; each
+    /// receiver's copies are retagged as they are pushed.
+    fn segment(&mut self, frame: &[u8], hdr: &VirtioNetHdr) -> std::result::Result<(), DropReason> {
+        if let Some(done) = self.segmented {
             return done;
         }
         self.segments.clear();
@@ -473,13 +492,17 @@ impl Sender {
             })
             .map(|_| ())
             .map_err(|_| DropReason::Invalid);
-        self.segmented = Some((form, done));
+        self.segmented = Some(done);
         done
     }
 
     /// Sends the current frame's segments to one receiver; returns the copies delivered,
     /// the copies dropped and why (the last reason, if several).
-    fn push_segments(&mut self, destination: PeerView) -> (u32, u32, Option<DropReason>) {
+    fn push_segments(
+        &mut self,
+        destination: PeerView,
+        retag: Option<Retag>,
+    ) -> (u32, u32, Option<DropReason>) {
         let (segments, ends) = (
             std::mem::take(&mut self.segments),
             std::mem::take(&mut self.segment_ends),
@@ -487,7 +510,7 @@ impl Sender {
         let (mut delivered, mut dropped, mut reason) = (0, 0, None);
         let mut start = 0;
         for &end in &ends {
-            match self.push(destination, &segments[start..end], [0; 3]) {
+            match self.push(destination, &segments[start..end], retag, [0; 3]) {
                 Ok(()) => delivered += 1,
                 Err(why) => {
                     dropped += 1;
@@ -586,12 +609,13 @@ impl Sender {
         }
     }
 
-    /// Copies one frame into `destination`'s ring. A refusal is counted on the
-    /// receiver's side here, and on ours by the caller.
+    /// Copies one frame, retagged if need be, into `destination`'s ring. A refusal is
+    /// counted on the receiver's side here, and on ours by the caller.
     fn push(
         &mut self,
         destination: PeerView,
         frame: &[u8],
+        retag: Option<Retag>,
         offload: [u32; 3],
     ) -> std::result::Result<(), DropReason> {
         let region = &self.membership.region;
@@ -600,12 +624,17 @@ impl Sender {
             offload,
             ..SlotMeta::default()
         };
-        let reason = match ring::push(
-            &region.ring(destination.index),
-            self.membership.index,
-            meta,
-            frame,
-        ) {
+        let ring = region.ring(destination.index);
+        let writer = self.membership.index;
+        let pushed = match retag {
+            None => ring::push(&ring, writer, meta, frame),
+            Some(retag) => {
+                let mut tag_bytes = [0; VLAN_TAG_LEN];
+                let parts = wire_vlan::retag_parts(frame, retag.tag, &mut tag_bytes);
+                ring::push_parts(&ring, writer, meta, &parts)
+            }
+        };
+        let reason = match pushed {
             Push::Delivered => {
                 self.pending.add(slot::TX_DELIVERIES, 1);
                 let index = destination.index;
@@ -639,28 +668,4 @@ fn egress_tag(receiver: &PeerView, class: Classified) -> Option<VlanTci> {
         vid: class.vid,
         ..class.tag.unwrap_or_default()
     })
-}
-
-/// Writes `frame` into `out` with its tag replaced by `tag` (or removed), and returns the
-/// offload header moved along: `csum_start` and `hdr_len` count from the frame's start,
-/// so they shift with the four bytes. A header that no longer points inside the frame
-/// (a checksum starting within the tag) is refused.
-fn retag(
-    frame: &[u8],
-    hdr: &VirtioNetHdr,
-    tag: Option<VlanTci>,
-    out: &mut Vec<u8>,
-) -> std::result::Result<VirtioNetHdr, DropReason> {
-    out.clear();
-    let delta = wire_vlan::retag(frame, tag, out);
-    let shift = |value: u16| u16::try_from(value as isize + delta).ok();
-    let mut moved = *hdr;
-    if hdr.needs_checksum() {
-        moved.csum_start = shift(hdr.csum_start).ok_or(DropReason::Invalid)?;
-        offload::checksum_field(out, &moved).map_err(|_| DropReason::Invalid)?;
-    }
-    if hdr.hdr_len != 0 {
-        moved.hdr_len = shift(hdr.hdr_len).unwrap_or(0);
-    }
-    Ok(moved)
 }

@@ -58,11 +58,14 @@ impl SlotMemory for ShmRing<'_> {
 
     #[inline]
     fn write_frame(&self, index: u64, meta: SlotMeta, bytes: &[u8]) {
-        let header = self.slots.at(index);
+        self.write_frame_parts(index, meta, &[bytes]);
+    }
+
+    #[inline]
+    fn write_frame_parts(&self, index: u64, meta: SlotMeta, parts: &[&[u8]]) {
         let data = self.slots.offset_of(index) + layout::SLOT_HEADER_SIZE;
-        let len = bytes.len().min(self.max_frame);
-        // In bounds by construction: the slot holds max_frame bytes after its header.
-        let _ = self.mapping.write_bytes(data, &bytes[..len]);
+        write_parts(self.mapping, data, self.max_frame, parts);
+        let header = self.slots.at(index);
         header.len.store(meta.len, Ordering::Relaxed);
         header.generation.store(meta.generation, Ordering::Relaxed);
         for (word, value) in header.offload.iter().zip(meta.offload) {
@@ -116,10 +119,13 @@ impl SlotMemory for ShmRing<'_> {
     }
 
     fn write_large(&self, index: u64, frame: &[u8]) {
+        self.write_large_parts(index, &[frame]);
+    }
+
+    fn write_large_parts(&self, index: u64, parts: &[&[u8]]) {
         if let Some(large) = self.large {
-            let len = frame.len().min(layout::LARGE_FRAME);
             let data = large.offset_of(index) + std::mem::size_of::<LargeHeader>();
-            let _ = self.mapping.write_bytes(data, &frame[..len]);
+            write_parts(self.mapping, data, layout::LARGE_FRAME, parts);
         }
     }
 
@@ -129,5 +135,17 @@ impl SlotMemory for ShmRing<'_> {
             let data = large.offset_of(index) + std::mem::size_of::<LargeHeader>();
             let _ = self.mapping.read_bytes(data, &mut out[..len]);
         }
+    }
+}
+
+/// Writes `parts` one after the other from `offset`, no more than `capacity` bytes in all.
+#[inline]
+fn write_parts(mapping: &Mapping, offset: usize, capacity: usize, parts: &[&[u8]]) {
+    let mut written = 0;
+    for part in parts {
+        let len = part.len().min(capacity - written);
+        // In bounds by construction: the slot or buffer holds `capacity` bytes.
+        let _ = mapping.write_bytes(offset + written, &part[..len]);
+        written += len;
     }
 }

@@ -14,8 +14,8 @@
 //!   delivery rules are written against. [`ethernet::validate_frame`] is the one place the
 //!   length and source-address rules of the design are spelled out.
 //! * [`vlan`] — the 802.1Q tag after a frame's addresses ([`vlan::VlanTag`],
-//!   [`vlan::VlanTci`]), and [`vlan::retag`], which removes, replaces or adds it as a frame
-//!   leaves a VLAN-aware port.
+//!   [`vlan::VlanTci`]), and [`vlan::retag_parts`], which removes, replaces or adds it as a
+//!   frame leaves a VLAN-aware port, as parts for a gather write.
 //! * [`stream`] — QEMU's `-netdev stream` framing: a 4-byte big-endian length before each
 //!   frame. A byte stream arrives in arbitrary pieces and a guest controls the lengths, so
 //!   the decoder is incremental, bounded, and refuses to guess once a length is absurd.

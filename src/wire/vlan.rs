@@ -12,8 +12,9 @@
 //! so VLANs are numbered 1 to 4094.
 //!
 //! [`VlanTag`] is the checked view of a frame's tag, [`VlanTci`] its parsed value, and
-//! [`retag`] writes a frame with its tag removed, replaced or added: what a port's egress
-//! does when a frame leaves a VLAN-aware bridge.
+//! [`retag_parts`] gives a frame with its tag removed, replaced or added, as parts to
+//! write one after the other: what a port's egress does when a frame leaves a VLAN-aware
+//! bridge, without copying the frame first.
 
 use super::ethernet::{EtherType, EthernetFrame, HEADER_LEN, VLAN_TAG_LEN, WireError};
 
@@ -103,29 +104,31 @@ pub fn tci_of(frame: &[u8]) -> Option<VlanTci> {
     VlanTag::new_checked(frame).ok().flatten().map(|t| t.tci())
 }
 
-/// Appends to `out` the frame `frame` (a checked one: at least a header, and a whole tag
-/// if its EtherType says 0x8100) without its outer tag, then with `tag` inserted after the
-/// addresses if one is given. Returns how many bytes the frame grew by: +4, 0 or -4.
-pub fn retag(frame: &[u8], tag: Option<VlanTci>, out: &mut Vec<u8>) -> isize {
+/// The frame `frame` (a checked one: at least a header, and a whole tag if its EtherType
+/// says 0x8100) with its outer tag removed, then `tag` inserted after the addresses if one
+/// is given, as three consecutive parts for a gather write: the addresses, the new tag
+/// (empty without one, its bytes kept in `tag_bytes`), and everything after the old tag.
+/// Nothing is copied; the frame's length changes by +4, 0 or -4.
+pub fn retag_parts<'a>(
+    frame: &'a [u8],
+    tag: Option<VlanTci>,
+    tag_bytes: &'a mut [u8; VLAN_TAG_LEN],
+) -> [&'a [u8]; 3] {
     let rest = match VlanTag::new_checked(frame) {
         Ok(Some(_)) => field::TAG + VLAN_TAG_LEN,
         _ => field::TAG,
     };
-    let rest = rest.min(frame.len());
     let cut = field::TAG.min(frame.len());
-    out.extend_from_slice(&frame[..cut]);
-    if let Some(tag) = tag {
-        out.extend_from_slice(&TPID.to_be_bytes());
-        out.extend_from_slice(&tag.to_bits().to_be_bytes());
-    }
-    out.extend_from_slice(&frame[rest..]);
-    let removed = (rest - cut) as isize;
-    let added = if tag.is_some() {
-        VLAN_TAG_LEN as isize
-    } else {
-        0
+    let rest = rest.min(frame.len());
+    let tag_len = match tag {
+        Some(tag) => {
+            tag_bytes[..2].copy_from_slice(&TPID.to_be_bytes());
+            tag_bytes[2..].copy_from_slice(&tag.to_bits().to_be_bytes());
+            VLAN_TAG_LEN
+        }
+        None => 0,
     };
-    added - removed
+    [&frame[..cut], &tag_bytes[..tag_len], &frame[rest..]]
 }
 
 #[cfg(test)]
@@ -174,26 +177,31 @@ mod tests {
         assert_eq!(tci_of(&TAGGED[..17]), None);
     }
 
+    fn retag(frame: &[u8], tag: Option<VlanTci>) -> Vec<u8> {
+        let mut bytes = [0; VLAN_TAG_LEN];
+        retag_parts(frame, tag, &mut bytes).concat()
+    }
+
     #[test]
     fn retag_removes_replaces_and_adds() {
-        let mut out = Vec::new();
-        assert_eq!(retag(&TAGGED, None, &mut out), -4);
+        let out = retag(&TAGGED, None);
+        assert_eq!(out.len(), TAGGED.len() - 4);
         assert_eq!(&out[..12], &TAGGED[..12]);
         assert_eq!(&out[12..], &TAGGED[16..]);
 
-        let mut again = Vec::new();
         let tag = VlanTci {
             pcp: 0,
             dei: false,
             vid: 20,
         };
-        assert_eq!(retag(&out, Some(tag), &mut again), 4);
+        let again = retag(&out, Some(tag));
+        assert_eq!(again.len(), out.len() + 4);
         assert_eq!(&again[12..16], &[0x81, 0x00, 0x00, 0x14]);
         assert_eq!(&again[16..], &TAGGED[16..]);
 
-        let mut replaced = Vec::new();
-        assert_eq!(retag(&TAGGED, Some(tag), &mut replaced), 0);
+        let replaced = retag(&TAGGED, Some(tag));
         assert_eq!(replaced.len(), TAGGED.len());
         assert_eq!(&replaced[14..16], &[0x00, 0x14]);
+        assert_eq!(retag(&out, None), out, "untagged stays untagged");
     }
 }

@@ -117,6 +117,12 @@ pub trait SlotMemory {
     /// `index`; `meta.len` is stored as given. Plain (relaxed) writes: the publishing CAS
     /// orders them.
     fn write_frame(&self, index: u64, meta: SlotMeta, bytes: &[u8]);
+    /// [`SlotMemory::write_frame`] of a frame given in consecutive parts (a header, a
+    /// VLAN tag, the rest), so that a sender retagging a frame copies it once. The default
+    /// joins the parts first; memories on the data path write them in place.
+    fn write_frame_parts(&self, index: u64, meta: SlotMeta, parts: &[&[u8]]) {
+        self.write_frame(index, meta, &parts.concat());
+    }
     /// Reads slot `index`'s metadata.
     fn read_meta(&self, index: u64) -> SlotMeta;
     /// Copies `len` bytes (clamped to the slot and to `out`) of slot `index`'s frame.
@@ -140,6 +146,11 @@ pub trait SlotMemory {
     }
     /// Copies a frame into large buffer `index`.
     fn write_large(&self, _index: u64, _frame: &[u8]) {}
+    /// [`SlotMemory::write_large`] of a frame given in consecutive parts (see
+    /// [`SlotMemory::write_frame_parts`]).
+    fn write_large_parts(&self, index: u64, parts: &[&[u8]]) {
+        self.write_large(index, &parts.concat());
+    }
     /// Copies `len` bytes (clamped) of large buffer `index` into `out`.
     fn read_large(&self, _index: u64, _len: usize, _out: &mut [u8]) {}
 }
@@ -311,17 +322,23 @@ pub fn publish<M: SlotMemory>(ring: &M, position: u64, writer: u16) -> Result<()
 /// Claims, writes and publishes a frame in one go; a frame too big for a slot goes into
 /// a large buffer.
 pub fn push<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) -> Push {
+    push_parts(ring, writer, meta, &[frame])
+}
+
+/// [`push`] of a frame given in consecutive parts, written in place one after the other.
+pub fn push_parts<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, parts: &[&[u8]]) -> Push {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
     let meta = SlotMeta {
-        len: frame.len() as u32,
+        len: len as u32,
         large: 0,
         ..meta
     };
-    if frame.len() > ring.slot_capacity() {
-        return push_large(ring, writer, meta, frame);
+    if len > ring.slot_capacity() {
+        return push_large(ring, writer, meta, len, parts);
     }
     match claim(ring, writer) {
         Claim::Claimed(position) => {
-            ring.write_frame(position & (ring.slot_count() - 1), meta, frame);
+            ring.write_frame_parts(position & (ring.slot_count() - 1), meta, parts);
             match publish(ring, position, writer) {
                 Ok(()) => Push::Delivered,
                 Err(Unpublished::Abandoned) => Push::Abandoned,
@@ -333,14 +350,20 @@ pub fn push<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) 
     }
 }
 
-fn push_large<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) -> Push {
-    if frame.len() > ring.large_capacity() {
+fn push_large<M: SlotMemory>(
+    ring: &M,
+    writer: u16,
+    meta: SlotMeta,
+    len: usize,
+    parts: &[&[u8]],
+) -> Push {
+    if len > ring.large_capacity() {
         return Push::TooLarge;
     }
     let Some(buffer) = claim_large(ring, writer) else {
         return Push::Full;
     };
-    ring.write_large(buffer, frame);
+    ring.write_large_parts(buffer, parts);
     let owner = ring.large_owner(buffer);
     match claim(ring, writer) {
         Claim::Claimed(position) => {
