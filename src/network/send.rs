@@ -381,11 +381,13 @@ impl Sender {
         self.segmented = None;
         // A plain frame needs nothing; any receiver takes it as it is.
         let needed = needed_offloads(&hdr).unwrap_or(u32::MAX);
+        let words = header_words(&hdr);
         let (mut delivered, mut dropped) = (0, 0);
         for i in 0..self.destinations.len() {
             let destination = self.view[self.destinations[i]];
             let retag = Retag::between(class.tag, egress_tag(&destination, class));
-            let (copies, drops, reason) = self.deliver(destination, frame, &hdr, needed, retag);
+            let (copies, drops, reason) =
+                self.deliver(destination, frame, (&hdr, words), needed, retag);
             delivered += copies;
             dropped += drops;
             if let Some(reason) = reason {
@@ -398,12 +400,13 @@ impl Sender {
     }
 
     /// Copies the current frame, retagged for `destination`, into its ring: as it is when
-    /// the receiver takes its offloads, else finished in software.
+    /// the receiver takes its offloads, else finished in software. `hdr` is the frame's
+    /// offload header with its words as a slot carries them.
     fn deliver(
         &mut self,
         destination: PeerView,
         frame: &[u8],
-        hdr: &VirtioNetHdr,
+        (hdr, words): (&VirtioNetHdr, [u32; 3]),
         needed: u32,
         retag: Option<Retag>,
     ) -> (u32, u32, Option<DropReason>) {
@@ -411,9 +414,10 @@ impl Sender {
             .len()
             .saturating_add_signed(retag.map_or(0, |r| r.delta));
         if destination.offloads & needed == needed && self.fits(len) {
-            let words = match retag.map_or(Ok(*hdr), |r| r.header(hdr)) {
-                Ok(moved) => header_words(&moved),
-                Err(reason) => return (0, 1, Some(reason)),
+            let words = match retag.map(|r| r.header(hdr)) {
+                None => words,
+                Some(Ok(moved)) => header_words(&moved),
+                Some(Err(reason)) => return (0, 1, Some(reason)),
             };
             match self
                 .admit(destination)
