@@ -15,10 +15,12 @@
 //! cannot take. Segments are cut to the network's MTU whatever the sender asked for.
 //!
 //! **VLANs.** Each frame is given its VLAN on the way in, from the sender's own
-//! membership ([`VlanMembership::classify`]; refused as `vlan_filtered` when the port may
-//! not send it), learned and resolved within that VLAN, and each receiver's copy is
-//! written in the form its port wants ([`forward::egress_tagged`]). A copy whose form is
-//! the frame's own (always so on a network without VLANs) is pushed as it is; another is
+//! membership ([`classify`](super::vlan::VlanMembership::classify); refused as
+//! `vlan_filtered` when the port may not send it), learned and resolved within that VLAN
+//! (with no VLAN map looked at while every peer is in every VLAN), and each receiver's
+//! copy is written in the form its port wants ([`forward::egress_tagged`]). A copy whose
+//! form is the frame's own (always so on a network without VLANs) is pushed as it is;
+//! another is
 //! pushed as three parts written one after the other into the receiver's ring — the
 //! addresses, the receiver's tag (or none), the rest after the frame's own tag — so that
 //! retagging costs no extra copy, with an offload header's `csum_start` and `hdr_len`
@@ -47,7 +49,7 @@ use super::rate::TokenBucket;
 use super::receive::MIN_GSO_SIZE;
 use super::region::SWEEP_INTERVAL_NS;
 use super::ring::{self, Push, SlotMeta};
-use super::vlan::{Classified, VlanMembership, VlanSet};
+use super::vlan::{Classified, VlanSet};
 
 /// What happened to one frame given to [`Sender::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +73,8 @@ pub struct Sender {
     /// The VLANs of each peer in `view`, at the same index.
     view_vlans: Vec<VlanSet>,
     view_version: u64,
-    /// Our own VLANs, as we joined with them.
-    vlans: VlanMembership,
+    /// Every peer in `view` is in every VLAN: nobody's frames need a VLAN map looked at.
+    all_in_every_vlan: bool,
     own_mac: MacAddress,
     quarantined: bool,
     /// Frames from sources other than the published MAC are refused.
@@ -164,13 +166,12 @@ impl Sender {
             isolated_sender: false,
         };
         let mtu = membership.region.layout.geometry.mtu as usize;
-        let vlans = membership.vlans;
         Sender {
             membership,
             view: Vec::with_capacity(max_peers),
             view_vlans: Vec::with_capacity(max_peers),
             view_version: u64::MAX,
-            vlans,
+            all_in_every_vlan: true,
             own_mac: MacAddress::ZERO,
             quarantined: false,
             mac_locked: false,
@@ -273,6 +274,7 @@ impl Sender {
                 .membership
                 .region
                 .snapshot(&mut self.view, &mut self.view_vlans);
+            self.all_in_every_vlan = self.view.iter().all(|p| p.all_vlans);
             let me = self.membership.index;
             let own = self.view.iter().find(|p| p.index == me);
             self.own_mac = own.map_or(MacAddress::ZERO, |p| p.mac);
@@ -347,7 +349,7 @@ impl Sender {
         if self.quarantined {
             return self.refuse(DropReason::Quarantined);
         }
-        let Some(class) = self.vlans.classify(frame) else {
+        let Some(class) = self.membership.vlans.classify(frame) else {
             return self.refuse(DropReason::VlanFiltered);
         };
         if self.mac_locked && repr.src != self.own_mac && repr.src != self.published_mac() {
@@ -364,15 +366,14 @@ impl Sender {
         let region = &self.membership.region;
         let now_ms = self.now_ms;
         let (view, view_vlans, vid) = (&self.view, &self.view_vlans, class.vid);
-        let route = forward::resolve(
-            repr.dst,
-            self.membership.index,
-            view,
-            |i| view[i].all_vlans || view_vlans[i].contains(vid),
-            |mac| fdb::lookup(region.fdb(), vid, mac, now_ms),
-            self.rules,
-            &mut self.destinations,
-        );
+        let lookup = |mac| fdb::lookup(region.fdb(), vid, mac, now_ms);
+        let (sender, rules, out) = (self.membership.index, self.rules, &mut self.destinations);
+        let route = if self.all_in_every_vlan {
+            forward::resolve(repr.dst, sender, view, |_| true, lookup, rules, out)
+        } else {
+            let member = |i: usize| view[i].all_vlans || view_vlans[i].contains(vid);
+            forward::resolve(repr.dst, sender, view, member, lookup, rules, out)
+        };
         if route == Route::NoRoute {
             return self.refuse(DropReason::NoRoute);
         }

@@ -19,7 +19,7 @@
 //! only one).
 //!
 //! In the region, a peer's VLANs are a 4096-bit map in its own table
-//! ([`VlanEntry`](crate::shm::layout::VlanEntry)) and its mode and native VLAN sit in its
+//! ([`VlanEntry`]) and its mode and native VLAN sit in its
 //! peer entry; both are written at join, under the control lock, before the peer is up.
 
 use std::fmt;
@@ -323,6 +323,10 @@ impl VlanMembership {
     /// (`vlan_filtered`). `frame` is a checked one (a whole tag if it claims one).
     #[inline]
     pub fn classify(&self, frame: &[u8]) -> Option<Classified> {
+        if !vlan::is_tagged(frame) {
+            // The common case, and a network without VLANs' only one: one comparison.
+            return self.native.map(|vid| Classified { vid, tag: None });
+        }
         let tag = vlan::tci_of(frame);
         let vid = match tag {
             Some(tci) if !tci.is_priority_only() => {

@@ -99,6 +99,13 @@ impl<T: AsRef<[u8]>> VlanTag<T> {
     }
 }
 
+/// Whether a frame's outer EtherType says it carries an 802.1Q tag (whether or not it is
+/// long enough to hold one).
+#[inline]
+pub fn is_tagged(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&TPID.to_be_bytes()[..])
+}
+
 /// The tag of a frame, if it has one and is long enough to hold it.
 pub fn tci_of(frame: &[u8]) -> Option<VlanTci> {
     VlanTag::new_checked(frame).ok().flatten().map(|t| t.tci())
