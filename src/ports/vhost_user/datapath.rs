@@ -22,6 +22,7 @@
 
 use std::ops::Range;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -30,6 +31,9 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, GuestMemoryMmap,
 use crate::network::offloads;
 use crate::wire::virtio_net::{FLAG_DATA_VALID, FLAG_NEEDS_CSUM};
 use crate::wire::{GsoType, VirtioNetHdr};
+
+/// `VRING_AVAIL_F_NO_INTERRUPT`: the driver asks not to be signalled (virtio 1.x, 2.7.7).
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Largest ring a frontend may set up (the virtio maximum for split rings).
 pub const MAX_QUEUE_SIZE: u16 = 32768;
@@ -86,7 +90,7 @@ pub struct Vring {
     /// The ring itself (addresses are guest-physical).
     pub queue: Queue,
     /// The guest kicks this when it adds buffers.
-    pub kick: Option<OwnedFd>,
+    pub kick: Option<Arc<OwnedFd>>,
     /// We signal this when we used buffers (absent: the guest polls).
     pub call: Option<OwnedFd>,
     /// `SET_VRING_ENABLE` said so.
@@ -140,11 +144,24 @@ impl Vring {
     /// Signals the guest that buffers were used, if it wants to know.
     pub fn signal(&mut self, memory: &GuestMemoryMmap) {
         if let Some(call) = &self.call {
-            // Without EVENT_IDX this is always true; with it the guest said when.
-            let needed = self.queue.needs_notification(memory).unwrap_or_else(|_| {
-                self.access_failures += 1;
-                true
-            });
+            // With EVENT_IDX the guest said when (`used_event`). Without it, the ring crate
+            // always says yes; the guest's `VRING_AVAIL_F_NO_INTERRUPT` says no (a polling
+            // driver, such as DPDK's, sets it), which saves a system call per round.
+            let needed = if self.queue.event_idx_enabled() {
+                self.queue.needs_notification(memory).unwrap_or_else(|_| {
+                    self.access_failures += 1;
+                    true
+                })
+            } else {
+                // Pairs with the driver's barrier between reading the used index and
+                // setting the flag: either it sees our entries or we see its flag cleared.
+                fence(Ordering::SeqCst);
+                let flags: Result<u16, _> =
+                    memory.load(GuestAddress(self.queue.avail_ring()), Ordering::Acquire);
+                flags.map_or(true, |flags| {
+                    u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0
+                })
+            };
             if needed && rustix::io::write(call, &1u64.to_ne_bytes()).is_err() {
                 self.access_failures += 1;
             }

@@ -59,6 +59,7 @@
 
 mod connection;
 pub mod datapath;
+mod engine;
 mod memory;
 pub mod mock;
 mod refusal;
@@ -76,6 +77,7 @@ use std::time::Duration;
 use crate::network::{JoinOptions, Network, PortKind};
 use crate::ports::socket::{Doorbell, PortError, SocketPath, SocketType, check_mac, io_error};
 use crate::wire::MacAddress;
+use engine::Engine;
 use state::{Info, Socket};
 
 pub use datapath::{MAX_QUEUE_SIZE, feature};
@@ -155,10 +157,12 @@ pub struct VhostUserPort {
 }
 
 /// What one frontend connection needs from the port.
-struct Serving<'a> {
+struct Serving<'e, 'a> {
     network: &'a Network,
     socket: &'a Socket,
     options: &'a VhostUserOptions,
+    /// The port's data path.
+    engine: &'e Engine<'a>,
 }
 
 impl VhostUserPort {
@@ -234,12 +238,16 @@ impl VhostUserPort {
 
     /// Serves every socket on `network` until `stop` rings.
     pub fn serve(&self, network: &Network, stop: &Doorbell) -> Result<(), PortError> {
+        let engine = Engine::new().map_err(io_error("create the data path's doorbell"))?;
+        let engine = &engine;
         std::thread::scope(|scope| {
+            scope.spawn(|| engine.run(stop));
             for (socket, endpoint) in &self.sockets {
                 let serving = Serving {
                     network,
                     socket,
                     options: &self.options,
+                    engine,
                 };
                 scope.spawn(move || match endpoint {
                     Endpoint::Listen { listener, .. } => serving.listen(listener, stop),
@@ -251,7 +259,7 @@ impl VhostUserPort {
     }
 }
 
-impl Serving<'_> {
+impl Serving<'_, '_> {
     /// Takes one frontend after another on `listener`.
     fn listen(&self, listener: &UnixListener, stop: &Doorbell) {
         // A frontend that knocked while the last one was served, and waited for it.
@@ -343,6 +351,7 @@ impl Serving<'_> {
                 max_frame: self.network.max_frame_len(),
                 label,
             },
+            self.engine,
             stop,
             listener,
         );
