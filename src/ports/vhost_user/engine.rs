@@ -369,9 +369,7 @@ impl<'a> Lane<'a> {
                 &mut self.batch,
                 |f| faults.push(f),
             );
-            if taken > 0 {
-                vring.signal(mem);
-            }
+            vring.finish_round(mem);
             Counters::add(&counters.ring_access_failures, vring.take_access_failures());
             taken
         };

@@ -94,8 +94,6 @@ impl RxHalf {
             faults,
             blocked,
         } = self;
-        // Bit q: queue q got frames this round (at most 16 queue pairs).
-        let mut used = 0u32;
         let mut delivered = 0u64;
         *blocked = false;
         let count = queues.len();
@@ -112,7 +110,6 @@ impl RxHalf {
                 faults.push(f)
             }) {
                 Placed::Delivered => {
-                    used |= 1 << q;
                     delivered += 1;
                     true
                 }
@@ -150,10 +147,9 @@ impl RxHalf {
             });
         }
         Counters::add(&counters.rx_frames, delivered);
-        for (q, vring) in queues.iter_mut().enumerate() {
-            if used & (1 << q) != 0 {
-                vring.signal(mem);
-            }
+        // Every queue, not only those that got frames: bad chains went back too.
+        for vring in queues.iter_mut() {
+            vring.finish_round(mem);
         }
         let failures: u64 = queues.iter_mut().map(|v| v.take_access_failures()).sum();
         Counters::add(&counters.ring_access_failures, failures);
