@@ -26,7 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _, GuestMemoryMmap, Permissions};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MemoryRegionAddress,
+};
 
 use crate::network::offloads;
 use crate::wire::virtio_net::{FLAG_DATA_VALID, FLAG_NEEDS_CSUM};
@@ -303,12 +306,13 @@ pub fn transmit(
     // index per round, not per chain.
     let mut heads = std::mem::take(&mut batch.heads);
     heads.clear();
+    let mut regions = Regions::new(memory);
     match vring.queue.iter(memory) {
         Ok(chains) => {
             for chain in chains.take(budget) {
                 heads.push(chain.head_index());
                 let start = batch.end;
-                match read_chain(memory, chain, batch, rules.header_len + MAX_TX_FRAME)
+                match read_chain(&mut regions, chain, batch, rules.header_len + MAX_TX_FRAME)
                     .and_then(|()| check_frame(&batch.bytes[start..batch.end], rules))
                 {
                     Ok(hdr) => {
@@ -344,7 +348,7 @@ pub fn transmit(
 
 /// Copies a transmit chain's bytes onto the end of `out`.
 fn read_chain(
-    memory: &GuestMemoryMmap,
+    regions: &mut Regions<'_>,
     chain: DescriptorChain<&GuestMemoryMmap>,
     out: &mut TxBatch,
     limit: usize,
@@ -359,9 +363,9 @@ fn read_chain(
         if out.end - start + len > limit {
             return Err(ChainFault::BadLength);
         }
-        memory
-            .read_slice(out.extend(len), descriptor.addr())
-            .map_err(|_| ChainFault::BadChain)?;
+        regions
+            .read(out.extend(len), descriptor.addr())
+            .map_err(|()| ChainFault::BadChain)?;
         ended = !descriptor.has_next();
     }
     // The chain iterator stops silently at a loop (its length bound), at an index past
@@ -480,6 +484,7 @@ pub fn place(
     mut fault: impl FnMut(ChainFault),
 ) -> Placed {
     let needed = rules.header_len + frame.len();
+    let mut regions = Regions::new(memory);
     let mut start = vring.queue.next_avail();
     work.clear();
     let mut capacity = 0;
@@ -502,7 +507,7 @@ pub fn place(
             return Placed::NoBuffers;
         };
         let head = chain.head_index();
-        match writable_parts(memory, chain, &mut work.parts) {
+        match writable_parts(&mut regions, chain, &mut work.parts) {
             Ok((count, room)) => {
                 capacity += room;
                 work.chains.push((head, count));
@@ -545,7 +550,7 @@ pub fn place(
     for &(head, count) in &work.chains {
         let mut written = 0;
         for &(address, len) in parts.by_ref().take(count) {
-            match write_span(memory, address, len, pieces, written_total) {
+            match write_span(&mut regions, address, len, pieces, written_total) {
                 Ok(n) => {
                     written += n;
                     written_total += n;
@@ -597,10 +602,69 @@ pub fn ask_for_buffers(vring: &mut Vring, memory: &GuestMemoryMmap) -> bool {
         .is_ok_and(|idx| idx.0 != posted_up_to)
 }
 
+/// Our own copies to and from guest memory, remembering the region the last one fell in:
+/// the buffers of a chain, and of a round, mostly lie in one region, and `vm-memory`
+/// would search the regions again on every access. Every access stays checked: a region's
+/// own `Bytes` refuses anything past its end, and an access that is not wholly inside one
+/// region goes through the whole memory, as before.
+struct Regions<'m> {
+    memory: &'m GuestMemoryMmap,
+    last: Option<&'m GuestRegionMmap>,
+}
+
+impl<'m> Regions<'m> {
+    fn new(memory: &'m GuestMemoryMmap) -> Regions<'m> {
+        Regions { memory, last: None }
+    }
+
+    /// The region holding all `len` bytes at `address`, and where in it they start.
+    fn locate(
+        &mut self,
+        address: GuestAddress,
+        len: usize,
+    ) -> Option<(&'m GuestRegionMmap, MemoryRegionAddress)> {
+        let within = |region: &GuestRegionMmap| {
+            let offset = address.checked_offset_from(region.start_addr())?;
+            let end = offset.checked_add(len as u64)?;
+            (end <= region.len()).then_some(MemoryRegionAddress(offset))
+        };
+        if let Some(region) = self.last
+            && let Some(offset) = within(region)
+        {
+            return Some((region, offset));
+        }
+        let region = self.memory.find_region(address)?;
+        self.last = Some(region);
+        within(region).map(|offset| (region, offset))
+    }
+
+    /// Copies guest memory at `address` into `buf`.
+    fn read(&mut self, buf: &mut [u8], address: GuestAddress) -> Result<(), ()> {
+        match self.locate(address, buf.len()) {
+            Some((region, offset)) => region.read_slice(buf, offset).map_err(|_| ()),
+            None => self.memory.read_slice(buf, address).map_err(|_| ()),
+        }
+    }
+
+    /// Copies `buf` into guest memory at `address`.
+    fn write(&mut self, buf: &[u8], address: GuestAddress) -> Result<(), ()> {
+        match self.locate(address, buf.len()) {
+            Some((region, offset)) => region.write_slice(buf, offset).map_err(|_| ()),
+            None => self.memory.write_slice(buf, address).map_err(|_| ()),
+        }
+    }
+
+    /// Whether all `len` bytes at `address` lie in guest memory.
+    fn writable(&mut self, address: GuestAddress, len: usize) -> bool {
+        self.locate(address, len).is_some()
+            || GuestMemoryBackend::check_range(self.memory, address, len)
+    }
+}
+
 /// Writes up to `len` bytes at `address` from the concatenation of `pieces`, starting at
 /// byte `from` of it; returns how many (fewer once the pieces run out).
 fn write_span(
-    memory: &GuestMemoryMmap,
+    regions: &mut Regions<'_>,
     address: GuestAddress,
     len: usize,
     pieces: [&[u8]; 2],
@@ -619,9 +683,7 @@ fn write_span(
         };
         let take = (n - done).min(piece.len() - offset);
         let target = address.checked_add(done as u64).ok_or(())?;
-        memory
-            .write_slice(&piece[offset..offset + take], target)
-            .map_err(|_| ())?;
+        regions.write(&piece[offset..offset + take], target)?;
         done += take;
     }
     Ok(n)
@@ -630,7 +692,7 @@ fn write_span(
 /// Appends the writable parts of a receive chain to `parts`, each checked to lie in guest
 /// memory; returns how many and their total length. On a fault, `parts` is as it was.
 fn writable_parts(
-    memory: &GuestMemoryMmap,
+    regions: &mut Regions<'_>,
     chain: DescriptorChain<&GuestMemoryMmap>,
     parts: &mut Vec<(GuestAddress, usize)>,
 ) -> Result<(usize, usize), ChainFault> {
@@ -644,7 +706,7 @@ fn writable_parts(
             break;
         }
         let len = descriptor.len() as usize;
-        if !memory.check_range(descriptor.addr(), len, Permissions::Write) {
+        if !regions.writable(descriptor.addr(), len) {
             fault = Some(ChainFault::BadChain);
             break;
         }
