@@ -23,7 +23,7 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFl
 use super::datapath::Vring;
 use super::engine::{self, Engine, Lane};
 use super::requests::{Answer, RequestHandler};
-use super::state::{Shared, Socket};
+use super::state::{Released, Shared, Socket};
 use super::status::Counters;
 use crate::network::Peer;
 use crate::ports::socket::Doorbell;
@@ -176,14 +176,15 @@ pub fn run<'a>(
         }
     };
     let shared = Arc::new(Shared::new(vrings, control, socket));
+    let released = Arc::new(Released::default());
     let (sender, receiver) = peer.split();
     let ring = receiver.watch();
     let end = std::thread::scope(|scope| {
         let watcher = scope.spawn(|| engine::watch(&shared, ring, engine.bell()));
         engine.attach(Lane::new(
             Arc::clone(&shared),
-            sender,
-            receiver,
+            Arc::clone(&released),
+            (sender, receiver),
             learn_mac,
             label.clone(),
             max_frame,
@@ -201,7 +202,7 @@ pub fn run<'a>(
         shared.closing.store(true, Ordering::Release);
         engine.notify(&shared);
         watcher.thread().unpark();
-        while !shared.wait_released(RELEASE_PATIENCE) {
+        while !released.wait(RELEASE_PATIENCE) {
             tracing::warn!(socket = %socket.path.display(), "the data path has not let go of the connection yet; waiting");
         }
         (end, connection.newcomer.take())

@@ -37,7 +37,7 @@ use virtio_queue::QueueT;
 use super::datapath::{self, ChainFault, RxRules, TxBatch, TxRules, feature};
 use super::memory::GuestMemory;
 use super::rx::RxHalf;
-use super::state::{Negotiated, Shared, drain_eventfd, lock};
+use super::state::{Negotiated, Released, Shared, drain_eventfd, lock};
 use super::status::Counters;
 use crate::network::counters::DropReason;
 use crate::network::{Receiver, RingWatch, Sender, monotonic_ns};
@@ -229,33 +229,34 @@ pub struct Lane<'a> {
     quiet: bool,
     /// The connection's ring watch, woken when armed.
     watcher: Thread,
-    /// Last: tells the connection thread, once everything above is dropped, that the
-    /// engine let go of the lane.
-    _release: Release<'a>,
+    /// Last: tells the connection thread, once everything above is dropped (the peer's
+    /// halves and this lane's share of the connection's state), that the engine let go.
+    _release: Release,
 }
 
 /// Dropped last in a lane: marks it released and wakes the connection thread waiting.
-struct Release<'a>(Arc<Shared<'a>>);
+struct Release(Arc<Released>);
 
-impl Drop for Release<'_> {
+impl Drop for Release {
     fn drop(&mut self) {
         self.0.release();
     }
 }
 
 impl<'a> Lane<'a> {
-    /// A lane for a connection; `watcher` is the thread running its [`watch`].
+    /// A lane for a connection; `watcher` is the thread running its [`watch`];
+    /// `released` is told when the engine has dropped the lane.
     pub fn new(
         shared: Arc<Shared<'a>>,
-        sender: Sender,
-        receiver: Receiver,
+        released: Arc<Released>,
+        (sender, receiver): (Sender, Receiver),
         learn_mac: bool,
         label: String,
         max_frame: usize,
         watcher: Thread,
     ) -> Lane<'a> {
         Lane {
-            _release: Release(Arc::clone(&shared)),
+            _release: Release(released),
             shared,
             sender,
             rx: RxHalf::new(receiver),

@@ -143,9 +143,6 @@ pub struct Shared<'a> {
     /// The ring watch should sleep on the ring, for a receiver at `watch_position`.
     watch_armed: AtomicBool,
     watch_position: AtomicU64,
-    /// The engine let go of the connection's lane.
-    released: Mutex<bool>,
-    released_signal: Condvar,
     /// The peer's link is up (a receive queue runs).
     link_up: AtomicBool,
     meter: Mutex<Meter>,
@@ -168,8 +165,6 @@ impl<'a> Shared<'a> {
             changes: AtomicU64::new(0),
             watch_armed: AtomicBool::new(false),
             watch_position: AtomicU64::new(0),
-            released: Mutex::new(false),
-            released_signal: Condvar::new(),
             link_up: AtomicBool::new(false),
             meter: Mutex::new(Meter::default()),
             control,
@@ -233,22 +228,6 @@ impl Shared<'_> {
     /// engine).
     pub fn take_watch(&self) -> bool {
         self.watch_armed.swap(false, Ordering::AcqRel)
-    }
-
-    /// The engine let go of this connection's lane.
-    pub fn release(&self) {
-        *lock(&self.released) = true;
-        self.released_signal.notify_all();
-    }
-
-    /// Waits up to `timeout` for the engine to let go of the lane; returns whether it did.
-    pub fn wait_released(&self, timeout: Duration) -> bool {
-        let released = lock(&self.released);
-        let (released, _) = self
-            .released_signal
-            .wait_timeout_while(released, timeout, |released| !*released)
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *released
     }
 
     /// Counts a refused chain and quarantines the port when they come too fast.
@@ -326,6 +305,33 @@ impl Shared<'_> {
         {
             tracing::warn!(error = %e, "cannot change the peer's link state");
         }
+    }
+}
+
+/// Tells a connection that the engine let go of its lane: everything the lane held (the
+/// peer's halves, its share of the connection's state) is gone by then. Kept apart from
+/// [`Shared`], which the lane also holds.
+#[derive(Debug, Default)]
+pub struct Released {
+    done: Mutex<bool>,
+    signal: Condvar,
+}
+
+impl Released {
+    /// The engine let go.
+    pub fn release(&self) {
+        *lock(&self.done) = true;
+        self.signal.notify_all();
+    }
+
+    /// Waits up to `timeout` for the engine to let go; returns whether it did.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let done = lock(&self.done);
+        let (done, _) = self
+            .signal
+            .wait_timeout_while(done, timeout, |done| !*done)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *done
     }
 }
 
