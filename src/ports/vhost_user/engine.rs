@@ -440,15 +440,21 @@ impl<'a> Lane<'a> {
         self.shared.disarm_watch();
     }
 
-    /// The kick eventfds the engine sleeps on for this lane.
+    /// The kick eventfds the engine sleeps on for this lane: none once it is quarantined,
+    /// so a guest that keeps kicking a port that no longer reads it cannot keep waking the
+    /// engine (each wake costs an idle poll).
     fn kicks(&self) -> impl Iterator<Item = &OwnedFd> {
         let blocked = self.rx.blocked();
-        self.view.iter().flat_map(move |view| {
-            view.tx_kicks
-                .iter()
-                .chain(view.rx_kicks.iter().filter(move |_| blocked))
-                .map(|kick| &**kick)
-        })
+        let quarantined = self.shared.quarantined.load(Ordering::Acquire);
+        self.view
+            .iter()
+            .filter(move |_| !quarantined)
+            .flat_map(move |view| {
+                view.tx_kicks
+                    .iter()
+                    .chain(view.rx_kicks.iter().filter(move |_| blocked))
+                    .map(|kick| &**kick)
+            })
     }
 }
 
