@@ -192,6 +192,7 @@ fn main() {
                 );
                 assert_eq!(outcome, Placed::Delivered);
             }
+            ring.vring.finish_round(ring.memory.mmap());
         });
         let header = hdr.to_bytes();
         let copied_in = per_frame(|| {

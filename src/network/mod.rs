@@ -57,7 +57,7 @@ pub use error::{DirectoryProblem, Error, IoError, LivePeer, Result};
 pub(crate) use error::{io_error, io_error_as};
 pub use membership::{Control, JoinOptions, PortKind};
 pub use peer::Peer;
-pub use receive::Receiver;
+pub use receive::{Receiver, RingWatch};
 pub use region::SWEEP_INTERVAL_NS;
 pub use send::{Sender, Sent};
 pub use shm_ring::ShmRing;

@@ -259,25 +259,12 @@ impl Receiver {
 
     /// When we first saw the writer at `position` hold its slot.
     fn waiting_since(&mut self, position: u64, now: u64) -> u64 {
-        match self.in_progress {
-            Some((waiting_at, since)) if waiting_at == position => since,
-            _ => {
-                self.in_progress = Some((position, now));
-                now
-            }
-        }
+        waiting_since(&mut self.in_progress, position, now)
     }
 
-    /// Whether `writer` names a peer that is up: only such a peer can finish a frame.
+    /// Whether `writer` names a peer that is up.
     fn writer_exists(&self, writer: u16) -> bool {
-        let region = &self.membership.region;
-        u32::from(writer) < region.layout.geometry.max_peers
-            && region
-                .peers()
-                .at(u64::from(writer))
-                .status
-                .load(Ordering::Acquire)
-                == entry_status::UP
+        writer_exists(&self.membership, writer)
     }
 
     /// Checks a frame copied out of the ring, on our private copy: the sender (or a
@@ -326,9 +313,73 @@ impl Receiver {
     /// Sleeps until a frame waits or `timeout` passes; returns whether work waits. Takes
     /// part in the network's liveness sweeps while it sleeps.
     pub fn wait(&mut self, timeout: Duration) -> bool {
+        let mut sleep = Sleep {
+            membership: &self.membership,
+            in_progress: &mut self.in_progress,
+            pending: &mut self.pending,
+            last_maintenance_ns: &mut self.last_maintenance_ns,
+        };
+        sleep.until_work(self.tail, timeout)
+    }
+
+    /// The ring position this receiver reads next, for a [`RingWatch`] to sleep on.
+    pub fn position(&self) -> u64 {
+        self.tail
+    }
+
+    /// A handle that sleeps on this receiver's ring from another thread (see
+    /// [`RingWatch`]).
+    pub fn watch(&self) -> RingWatch {
+        RingWatch {
+            membership: Arc::clone(&self.membership),
+            in_progress: None,
+            pending: Pending::default(),
+            last_maintenance_ns: 0,
+        }
+    }
+}
+
+/// Sleeps on a receiver's ring for a thread that does not own the [`Receiver`]: a port
+/// whose one thread polls many rings and guest queues, and while idle sleeps in `poll` on
+/// their eventfds, leaves the futex sleep on each ring to a watch, which wakes it when
+/// frames arrive. The receiver tells the watch where it stands
+/// ([`Receiver::position`]); the watch reads nothing from the ring but its state words.
+/// Its wake-ups are counted as the receiver's would be.
+#[derive(Debug)]
+pub struct RingWatch {
+    membership: Arc<Membership>,
+    in_progress: Option<(u64, u64)>,
+    pending: Pending,
+    last_maintenance_ns: u64,
+}
+
+impl RingWatch {
+    /// Sleeps until a frame waits at `position` or `timeout` passes; returns whether work
+    /// waits. Exactly [`Receiver::wait`], for a receiver standing at `position`.
+    pub fn wait(&mut self, position: u64, timeout: Duration) -> bool {
+        let mut sleep = Sleep {
+            membership: &self.membership,
+            in_progress: &mut self.in_progress,
+            pending: &mut self.pending,
+            last_maintenance_ns: &mut self.last_maintenance_ns,
+        };
+        sleep.until_work(position, timeout)
+    }
+}
+
+/// What sleeping on a ring needs: the receiver's, or a watch's.
+struct Sleep<'r> {
+    membership: &'r Arc<Membership>,
+    in_progress: &'r mut Option<(u64, u64)>,
+    pending: &'r mut Pending,
+    last_maintenance_ns: &'r mut u64,
+}
+
+impl Sleep<'_> {
+    fn until_work(&mut self, tail: u64, timeout: Duration) -> bool {
         let start = monotonic_ns();
         let limit = timeout.as_nanos().min(u64::MAX as u128) as u64;
-        let membership = Arc::clone(&self.membership);
+        let membership = Arc::clone(self.membership);
         let ring = membership.region.ring(membership.index);
         let control = ring.control();
         loop {
@@ -336,7 +387,7 @@ impl Receiver {
             control.sleeping.store(1, Ordering::Relaxed);
             // Pairs with the fence in Sender::end_batch (see there).
             fence(Ordering::SeqCst);
-            if ring::has_work(&ring, self.tail) {
+            if ring::has_work(&ring, tail) {
                 control.sleeping.store(0, Ordering::Relaxed);
                 return true;
             }
@@ -349,11 +400,9 @@ impl Receiver {
             let mut slice = Duration::from_nanos(limit - elapsed).min(WAIT_SLICE);
             // A writer holds the slot at our cursor: sleep no longer than our patience
             // with it, then report work, so that `receive` passes over it.
-            if let Some(writer) = ring::in_progress(&ring, self.tail) {
-                let due = self
-                    .waiting_since(self.tail, now)
-                    .saturating_add(PASS_OVER_NS);
-                if now >= due || !self.writer_exists(writer) {
+            if let Some(writer) = ring::in_progress(&ring, tail) {
+                let due = waiting_since(self.in_progress, tail, now).saturating_add(PASS_OVER_NS);
+                if now >= due || !writer_exists(&membership, writer) {
                     control.sleeping.store(0, Ordering::Relaxed);
                     return true;
                 }
@@ -372,10 +421,34 @@ impl Receiver {
                 self.pending.flush(membership.entry());
             }
             let now = monotonic_ns();
-            if now.saturating_sub(self.last_maintenance_ns) >= SWEEP_INTERVAL_NS {
-                self.last_maintenance_ns = now;
+            if now.saturating_sub(*self.last_maintenance_ns) >= SWEEP_INTERVAL_NS {
+                *self.last_maintenance_ns = now;
                 membership.maintain(now);
             }
         }
     }
+}
+
+/// When the writer at `position` was first seen holding its slot (`in_progress` remembers
+/// it between looks).
+fn waiting_since(in_progress: &mut Option<(u64, u64)>, position: u64, now: u64) -> u64 {
+    match *in_progress {
+        Some((waiting_at, since)) if waiting_at == position => since,
+        _ => {
+            *in_progress = Some((position, now));
+            now
+        }
+    }
+}
+
+/// Whether `writer` names a peer that is up: only such a peer can finish a frame.
+fn writer_exists(membership: &Membership, writer: u16) -> bool {
+    let region = &membership.region;
+    u32::from(writer) < region.layout.geometry.max_peers
+        && region
+            .peers()
+            .at(u64::from(writer))
+            .status
+            .load(Ordering::Acquire)
+            == entry_status::UP
 }

@@ -17,7 +17,7 @@ pub use super::doorbell::Doorbell;
 pub use super::error::PortError;
 pub(crate) use super::error::io_error;
 pub(crate) use super::label::label;
-pub(crate) use super::mac::{MacLearner, check_mac};
+pub(crate) use super::mac::check_mac;
 
 /// How a socket path is probed for a live listener before a port binds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

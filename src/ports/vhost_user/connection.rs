@@ -1,38 +1,35 @@
-//! One frontend connection: its poll loop, its messages and the transmit loop.
+//! One frontend connection: its poll loop and its messages.
 //!
-//! The connection thread owns the socket. It sleeps in `poll` on the socket, the stop
-//! doorbell and the kick eventfds of the transmit queues; a message is read whole
-//! (header, descriptors, payload), parsed by [`crate::wire::vhost_user`], and applied by
-//! the [`RequestHandler`] to the [`Shared`] state the receive thread also reads; a kick
-//! drains that transmit queue in budgeted rounds. The receive thread ([`super::rx`]) is started here and stopped when
-//! the connection ends, before the peer leaves.
+//! The connection thread owns the socket. It sleeps in `poll` on the socket and the stop
+//! doorbell; a message is read whole (header, descriptors, payload), parsed by
+//! [`crate::wire::vhost_user`], and applied by the [`RequestHandler`] to the [`Shared`]
+//! state, after which the port's data path ([`Engine`]) is told to look at it again. The
+//! frames themselves are the engine's: the connection hands it the peer's halves as a
+//! [`Lane`] when it starts, and its ring watch ([`engine::watch`]) runs here beside it.
+//! When the connection ends, it waits for the engine to let go of the lane before the
+//! peer leaves.
 
 use std::io::{IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
-use virtio_queue::QueueT;
 
-use super::datapath::{self, TxBatch, TxRules, Vring};
+use super::datapath::Vring;
+use super::engine::{self, Engine, Lane};
 use super::requests::{Answer, RequestHandler};
-use super::state::{Negotiated, Shared, Socket, drain_eventfd, lock};
+use super::state::{Released, Shared, Socket};
 use super::status::Counters;
-use crate::network::counters::DropReason;
-use crate::network::monotonic_ns;
-use crate::network::{Peer, Sender};
-use crate::ports::socket::{Doorbell, MacLearner};
+use crate::network::Peer;
+use crate::ports::socket::Doorbell;
 use crate::wire::vhost_user::{
     self as protocol, HEADER_LEN, MAX_FDS, MessageError, MessageHeader, Request,
 };
-
-/// Chains taken from one transmit queue per round before the loop looks at the others.
-const TX_BUDGET: usize = 256;
 
 /// How long a second frontend may wait for the one being served to go. A frontend that
 /// reconnects closes its old connection first, but the old connection's end can reach us
@@ -42,6 +39,11 @@ pub const NEWCOMER_GRACE: Duration = Duration::from_secs(1);
 
 /// How long the rest of a message may take to arrive once its first bytes have.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a connection that ended waits for the engine to let go of its lane before it
+/// says so in the log (and waits on: the peer must not leave while the engine sends as it).
+/// The engine lets go at its next round, microseconds away.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// What a connection starts from.
 pub struct Setup<'a> {
@@ -67,14 +69,11 @@ pub struct Setup<'a> {
 type Message = (MessageHeader, Vec<u8>, Vec<OwnedFd>);
 
 /// What the connection thread sleeps on, in the order it attends to them once awake:
-/// stopping first; kicks before messages, so a message that replaces or removes a queue's
-/// kick does not leave the old kick's readiness to be acted on.
+/// stopping first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
     /// The stop doorbell rang: the process is ending.
     Stop,
-    /// The guest kicked transmit queue `index` (it added frames).
-    Kick(usize),
     /// A message, or the frontend's hang-up, on the socket.
     Message,
     /// Another frontend connected to the listening socket.
@@ -132,13 +131,11 @@ enum End {
 struct Connection<'s, 'a> {
     stream: UnixStream,
     shared: &'s Shared<'a>,
-    /// Applies the messages; owns the transmit queues' kicks.
+    /// Applies the messages.
     handler: RequestHandler<'s, 'a>,
-    max_frame: usize,
-    sender: Sender,
-    learner: MacLearner,
+    /// Told after every message.
+    engine: &'s Engine<'a>,
     label: String,
-    batch: TxBatch,
     /// A frontend that connected while this one is served, and since when it waits.
     newcomer: Option<(UnixStream, std::time::Instant)>,
 }
@@ -147,8 +144,9 @@ struct Connection<'s, 'a> {
 ///
 /// Returns the frontend that knocked while this one was served and was kept waiting, if
 /// this one ended within [`NEWCOMER_GRACE`] of the knock: it is the one to serve next.
-pub fn run(
-    setup: Setup<'_>,
+pub fn run<'a>(
+    setup: Setup<'a>,
+    engine: &Engine<'a>,
     stop: &Doorbell,
     listener: Option<&UnixListener>,
 ) -> Option<UnixStream> {
@@ -177,30 +175,36 @@ pub fn run(
             return None;
         }
     };
-    let shared = Shared::new(vrings, control, socket);
+    let shared = Arc::new(Shared::new(vrings, control, socket));
+    let released = Arc::new(Released::default());
     let (sender, receiver) = peer.split();
+    let ring = receiver.watch();
     let end = std::thread::scope(|scope| {
-        let rx = scope.spawn(|| super::rx::run(&shared, receiver));
+        let watcher = scope.spawn(|| engine::watch(&shared, ring, engine.bell()));
+        engine.attach(Lane::new(
+            Arc::clone(&shared),
+            Arc::clone(&released),
+            (sender, receiver),
+            learn_mac,
+            label.clone(),
+            max_frame,
+            watcher.thread().clone(),
+        ));
         let mut connection = Connection {
             stream,
             shared: &shared,
-            handler: RequestHandler::new(
-                &shared,
-                queue_pairs,
-                offload,
-                label.clone(),
-                rx.thread().clone(),
-            ),
-            max_frame,
-            sender,
-            learner: MacLearner::new(!learn_mac),
+            handler: RequestHandler::new(&shared, queue_pairs, offload, label.clone()),
+            engine,
             label,
-            batch: TxBatch::default(),
             newcomer: None,
         };
         let end = connection.serve(stop, listener);
         shared.closing.store(true, Ordering::Release);
-        rx.thread().unpark();
+        engine.notify(&shared);
+        watcher.thread().unpark();
+        while !released.wait(RELEASE_PATIENCE) {
+            tracing::warn!(socket = %socket.path.display(), "the data path has not let go of the connection yet; waiting");
+        }
         (end, connection.newcomer.take())
     });
     let (end, newcomer) = end;
@@ -214,25 +218,17 @@ pub fn run(
 }
 
 impl Connection<'_, '_> {
-    /// The poll loop: sleeps on the event sources, attends to those that are ready in the
-    /// order [`Event`] lists them, then gives each transmit queue with work a round.
+    /// The poll loop: sleeps on the event sources and attends to those that are ready in
+    /// the order [`Event`] lists them.
     fn serve(&mut self, stop: &Doorbell, listener: Option<&UnixListener>) -> End {
         let mut ready = Vec::new();
         loop {
-            let busy = self.handler.tx.pending.iter().any(|&p| p);
-            let mut wait = if busy {
-                Duration::ZERO
-            } else {
-                Duration::from_secs(1)
-            };
+            let mut wait = Duration::from_secs(1);
             if let Some((_, since)) = &self.newcomer {
                 wait = wait.min(NEWCOMER_GRACE.saturating_sub(since.elapsed()));
             }
-            let mut sources = PollSet::with_capacity(3 + self.handler.tx.kicks.len());
+            let mut sources = PollSet::with_capacity(3);
             sources.add(Event::Stop, stop);
-            for (index, kick) in &self.handler.tx.kicks {
-                sources.add(Event::Kick(*index), kick);
-            }
             sources.add(Event::Message, &self.stream);
             if let Some(listener) = listener {
                 sources.add(Event::Knock, listener);
@@ -246,7 +242,6 @@ impl Connection<'_, '_> {
             for &event in &ready {
                 match event {
                     Event::Stop => return End::Stopped,
-                    Event::Kick(index) => self.kicked(index),
                     Event::Message => match self.handle_message() {
                         Ok(true) => {}
                         Ok(false) => return End::Disconnected,
@@ -256,21 +251,7 @@ impl Connection<'_, '_> {
                 }
             }
             self.expire_newcomer();
-            for index in 0..self.handler.tx.pending.len() {
-                if self.handler.tx.pending[index] {
-                    self.handler.tx.pending[index] = self.transmit(index);
-                }
-            }
         }
-    }
-
-    /// The guest kicked transmit queue `index`: clears the kick and gives the queue a
-    /// round.
-    fn kicked(&mut self, index: usize) {
-        if let Some((_, kick)) = self.handler.tx.kicks.iter().find(|(i, _)| *i == index) {
-            drain_eventfd(kick);
-        }
-        self.handler.tx.pending[index] = true;
     }
 
     /// Another frontend connected while this one is served: it waits (its messages queue
@@ -302,80 +283,6 @@ impl Connection<'_, '_> {
     fn turn_away(&self, stream: UnixStream) {
         tracing::warn!(socket = %self.shared.socket.path.display(), "a second frontend connected; this socket serves one at a time");
         drop(stream);
-    }
-
-    /// Drains one round of transmit queue `index` into the network; returns whether work
-    /// is left.
-    fn transmit(&mut self, index: usize) -> bool {
-        if index.is_multiple_of(2) || self.shared.quarantined.load(Ordering::Acquire) {
-            return false;
-        }
-        let negotiated = self.shared.negotiated();
-        let (Some(features), Some(memory)) = (negotiated.features, self.shared.memory()) else {
-            return false;
-        };
-        let Some(vring) = self.shared.vrings.get(index) else {
-            return false;
-        };
-        let rules = TxRules {
-            header_len: Negotiated::header_len(features),
-            max_frame: self.max_frame,
-            features,
-        };
-        let mem = memory.memory();
-        let mut faults = Vec::new();
-        self.batch.clear();
-        let more = {
-            let mut vring = lock(vring);
-            if !vring.running(negotiated.enabled_by_default()) {
-                return false;
-            }
-            // Switching kicks off and on fails only for a ring no longer in guest memory
-            // (the frontend replaced the memory table under it): counted, and the round
-            // goes on as it did, its chains then failing as bad ones.
-            let ring_failures = &self.shared.socket.counters.ring_access_failures;
-            if vring.queue.disable_notification(mem).is_err() {
-                Counters::add(ring_failures, 1);
-            }
-            let taken =
-                datapath::transmit(&mut vring, mem, &rules, TX_BUDGET, &mut self.batch, |f| {
-                    faults.push(f)
-                });
-            // Budget spent: come back at once, notifications still off. Else turn them
-            // back on and look once more, so a frame added meanwhile is not missed.
-            let more = taken == TX_BUDGET
-                || (vring.started
-                    && vring.queue.enable_notification(mem).unwrap_or_else(|_| {
-                        Counters::add(ring_failures, 1);
-                        false
-                    }));
-            if taken > 0 {
-                vring.signal(mem);
-            }
-            Counters::add(ring_failures, vring.take_access_failures());
-            more
-        };
-        let now = monotonic_ns();
-        for fault in &faults {
-            self.shared.fault(true, *fault, now);
-            self.sender.count_drop(DropReason::Invalid);
-        }
-        if !faults.is_empty() {
-            self.sender.flush();
-        }
-        if !self.batch.is_empty() {
-            let sender = &self.sender;
-            for (_, frame) in self.batch.iter() {
-                self.learner
-                    .observe(|| sender.control(), frame, &self.label);
-            }
-            Counters::add(
-                &self.shared.socket.counters.tx_frames,
-                self.batch.len() as u64,
-            );
-            self.sender.send_batch_offloaded(self.batch.iter());
-        }
-        more
     }
 
     /// Reads and applies one message; `Ok(false)` when the frontend closed the connection.
@@ -411,8 +318,9 @@ impl Connection<'_, '_> {
             }
         };
         // Before the answer: once the frontend has it, a started receive ring has its
-        // link up.
+        // link up, and the engine has been told to look at the queues again.
         self.shared.refresh_state();
+        self.engine.notify(self.shared);
         if let Some(bytes) = bytes {
             self.stream
                 .write_all(&bytes)

@@ -12,23 +12,29 @@
 //! **Layers.** [`crate::wire::vhost_user`] parses messages (pure bytes); `memory` maps
 //! the guest's regions and translates the frontend's addresses; `datapath` moves frames
 //! between virtqueues and the network, checking every descriptor; `connection` is the
-//! poll loop and transmit loop of one frontend, `requests` its message handler (one
-//! method per request) and `refusal` the reasons it refuses one; `rx` is the receive
-//! thread. The two threads meet in `state` (a connection's queues, guest memory and
-//! negotiation), never in each other; `status` is what `guestnet status` shows of a
-//! socket, its counters included. The rings themselves are `virtio-queue`'s and all access
-//! to guest memory is `vm-memory`'s checked interface, so this port holds no `unsafe`.
+//! message loop of one frontend, `requests` its message handler (one method per request)
+//! and `refusal` the reasons it refuses one; `engine` is the data path of the whole port
+//! and `rx` the receiving half of each of its lanes. Connections and the engine meet in
+//! `state` (a connection's queues, guest memory and negotiation), never in each other;
+//! `status` is what `guestnet status` shows of a socket, its counters included. The rings
+//! themselves are `virtio-queue`'s and all access to guest memory is `vm-memory`'s checked
+//! interface, so this port holds no `unsafe`.
 //!
-//! **Threads.** Per connected VM, two: the *connection* thread sleeps in `poll` on the
-//! socket and the transmit queues' kick eventfds, answers messages, and drains transmit
-//! queues in budgeted rounds, sending each round's frames to the network as one batch; the
-//! *receive* thread sleeps on the peer's ring and writes frames into the guest's receive
-//! queues, waking the guest once per round, not once per frame. When the guest has no
-//! buffers posted, the receive thread keeps the frames it took (at most one round) and
-//! sleeps on the receive queue's kick instead; frames behind those stay in the network's
-//! ring, where senders count them as `ring_full` once it fills. While no receive queue
-//! runs (before the driver loaded, after a reset) the peer's link is down, so senders
-//! count `link_down` rather than filling a ring nobody reads.
+//! **Threads.** One *engine* thread moves the frames of every VM the process serves, run to
+//! completion: per VM, a budgeted round of each transmit queue goes to the network as one
+//! batch, then the peer's ring goes into the guest's receive queues; each queue's used
+//! index moves, and the guest is signalled (if it asked to be), once per round. While
+//! frames flow the engine polls, with the guests told not to kick, and makes no system
+//! call of its own; after 100 µs without a frame it turns kicks back on, looks once more,
+//! and sleeps in one `poll` on every kick eventfd, so an idle port costs nothing. Beside
+//! it, per VM, a *connection* thread sleeps on the socket and answers messages, and a
+//! *ring watch* sleeps on the peer's ring while the engine sleeps and wakes it when frames
+//! arrive; under load neither runs. When the guest has no buffers posted, its lane keeps
+//! the frames it took (at most one round) and the engine waits for the receive queue's
+//! kick instead; frames behind those stay in the network's ring, where senders count them
+//! as `ring_full` once it fills. While no receive queue runs (before the driver loaded,
+//! after a reset) the peer's link is down, so senders count `link_down` rather than
+//! filling a ring nobody reads.
 //!
 //! **Negotiation.** QEMU sends `SET_VRING_ENABLE` before `SET_FEATURES`; this handler
 //! takes it whenever it comes, since `PROTOCOL_FEATURES` is always offered (QEMU
@@ -59,6 +65,7 @@
 
 mod connection;
 pub mod datapath;
+mod engine;
 mod memory;
 pub mod mock;
 mod refusal;
@@ -76,6 +83,7 @@ use std::time::Duration;
 use crate::network::{JoinOptions, Network, PortKind};
 use crate::ports::socket::{Doorbell, PortError, SocketPath, SocketType, check_mac, io_error};
 use crate::wire::MacAddress;
+use engine::Engine;
 use state::{Info, Socket};
 
 pub use datapath::{MAX_QUEUE_SIZE, feature};
@@ -155,10 +163,12 @@ pub struct VhostUserPort {
 }
 
 /// What one frontend connection needs from the port.
-struct Serving<'a> {
+struct Serving<'e, 'a> {
     network: &'a Network,
     socket: &'a Socket,
     options: &'a VhostUserOptions,
+    /// The port's data path.
+    engine: &'e Engine<'a>,
 }
 
 impl VhostUserPort {
@@ -234,12 +244,16 @@ impl VhostUserPort {
 
     /// Serves every socket on `network` until `stop` rings.
     pub fn serve(&self, network: &Network, stop: &Doorbell) -> Result<(), PortError> {
+        let engine = Engine::new().map_err(io_error("create the data path's doorbell"))?;
+        let engine = &engine;
         std::thread::scope(|scope| {
+            scope.spawn(|| engine.run(stop));
             for (socket, endpoint) in &self.sockets {
                 let serving = Serving {
                     network,
                     socket,
                     options: &self.options,
+                    engine,
                 };
                 scope.spawn(move || match endpoint {
                     Endpoint::Listen { listener, .. } => serving.listen(listener, stop),
@@ -251,7 +265,7 @@ impl VhostUserPort {
     }
 }
 
-impl Serving<'_> {
+impl Serving<'_, '_> {
     /// Takes one frontend after another on `listener`.
     fn listen(&self, listener: &UnixListener, stop: &Doorbell) {
         // A frontend that knocked while the last one was served, and waited for it.
@@ -344,6 +358,7 @@ impl Serving<'_> {
                 max_frame: self.network.max_frame_len(),
                 label,
             },
+            self.engine,
             stop,
             listener,
         );

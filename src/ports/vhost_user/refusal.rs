@@ -79,9 +79,6 @@ pub enum Refusal {
     /// `SET_VRING_CALL` with a descriptor that is not an eventfd.
     #[error("the call descriptor is not an eventfd")]
     CallNotAnEventfd,
-    /// `SET_VRING_KICK` whose descriptor could not be duplicated for `poll`.
-    #[error("duplicate the kick descriptor: {0}")]
-    KickNotDuplicated(#[source] std::io::Error),
     /// `RESET_OWNER` when a fresh queue could not be made.
     #[error("reset a queue: {0}")]
     QueueNotReset(#[source] virtio_queue::Error),
@@ -124,7 +121,6 @@ impl Refusal {
             Refusal::PolledRing => &c.polled_ring,
             Refusal::KickNotAnEventfd => &c.kick_not_an_eventfd,
             Refusal::CallNotAnEventfd => &c.call_not_an_eventfd,
-            Refusal::KickNotDuplicated(_) => &c.kick_not_duplicated,
             Refusal::QueueNotReset(_) => &c.queue_not_reset,
             Refusal::NotImplemented(_) => return None,
         })
@@ -159,7 +155,6 @@ mod tests {
             Refusal::PolledRing,
             Refusal::KickNotAnEventfd,
             Refusal::CallNotAnEventfd,
-            Refusal::KickNotDuplicated(std::io::Error::other("out of descriptors")),
             Refusal::QueueNotReset(virtio_queue::Error::InvalidSize),
             Refusal::NotImplemented(0x4242),
         ]

@@ -4,11 +4,11 @@
 //! what the frontend asks against what was offered and what guest memory holds, then
 //! changes the connection's [`Shared`] state. A request that makes no sense now is
 //! refused and changes nothing; the connection reads on. The handler runs on the
-//! connection thread, between polls, and wakes the receive thread when the queues change.
+//! connection thread, between polls; the connection tells the data path after each
+//! message that the state may have changed.
 
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
-use std::thread::Thread;
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::QueueT;
 
@@ -26,15 +26,6 @@ pub enum Answer {
     Done,
 }
 
-/// The transmit queues as the connection's poll loop sees them.
-pub struct TxQueues {
-    /// Duplicates of the started transmit queues' kick descriptors, for `poll`.
-    pub kicks: Vec<(usize, OwnedFd)>,
-    /// Per queue: work may be waiting (left over from the last round, or queued before
-    /// the queue could be kicked).
-    pub pending: Vec<bool>,
-}
-
 /// Applies the frontend's requests to a connection's state.
 pub struct RequestHandler<'s, 'a> {
     shared: &'s Shared<'a>,
@@ -49,10 +40,6 @@ pub struct RequestHandler<'s, 'a> {
     label: String,
     /// The unsealed-memory warning was given.
     warned_unsealed: bool,
-    /// The receive thread, woken when the queues change.
-    rx_thread: Thread,
-    /// The transmit queues' kicks and pending work.
-    pub tx: TxQueues,
 }
 
 impl<'s, 'a> RequestHandler<'s, 'a> {
@@ -62,7 +49,6 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         queue_pairs: u16,
         offload: bool,
         label: String,
-        rx_thread: Thread,
     ) -> RequestHandler<'s, 'a> {
         let mut offered = feature::VERSION_1
             | feature::MRG_RXBUF
@@ -90,11 +76,6 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
             offload,
             label,
             warned_unsealed: false,
-            rx_thread,
-            tx: TxQueues {
-                kicks: Vec::new(),
-                pending: vec![false; usize::from(queue_pairs) * 2],
-            },
         }
     }
 
@@ -153,7 +134,6 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         if let Err(e) = shared.control.set_offloads(offloads) {
             tracing::warn!(error = %e, "cannot set the peer's offloads");
         }
-        self.rx_thread.unpark();
         Ok(Answer::Done)
     }
 
@@ -165,8 +145,6 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         }
         shared.set_memory(None);
         shared.forget_negotiation();
-        self.tx.kicks.clear();
-        self.rx_thread.unpark();
         Ok(Answer::Done)
     }
 
@@ -179,7 +157,6 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         let memory = GuestMemory::from_table(regions, fds).map_err(Refusal::BadMemoryTable)?;
         self.warn_if_unsealed(&memory);
         self.shared.set_memory(Some(memory));
-        self.rx_thread.unpark();
         Ok(Answer::Done)
     }
 
@@ -207,7 +184,6 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         let memory = added.map_err(Refusal::BadAddedRegion)?;
         self.warn_if_unsealed(&memory);
         self.shared.set_memory(Some(memory));
-        self.rx_thread.unpark();
         Ok(Answer::Done)
     }
 
@@ -281,8 +257,6 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
             vring.queue.set_ready(false);
             vring.queue.next_avail()
         };
-        self.tx.kicks.retain(|(i, _)| *i != index as usize);
-        self.rx_thread.unpark();
         Ok(Answer::Reply(protocol::reply_state(
             code::GET_VRING_BASE,
             index,
@@ -299,22 +273,10 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         if !is_eventfd(&kick) {
             return Err(Refusal::KickNotAnEventfd);
         }
-        let index = which.index as usize;
-        let duplicate = kick.try_clone();
-        {
-            let mut vring = lock(vring);
-            vring.kick = Some(kick);
-            vring.started = true;
-            vring.queue.set_ready(true);
-        }
-        self.tx.kicks.retain(|(i, _)| *i != index);
-        if index % 2 == 1 {
-            let duplicate = duplicate.map_err(Refusal::KickNotDuplicated)?;
-            self.tx.kicks.push((index, duplicate));
-            // The guest may have queued frames before it could kick.
-            self.tx.pending[index] = true;
-        }
-        self.rx_thread.unpark();
+        let mut vring = lock(vring);
+        vring.kick = Some(Arc::new(kick));
+        vring.started = true;
+        vring.queue.set_ready(true);
         Ok(Answer::Done)
     }
 
@@ -369,10 +331,6 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     /// `SET_FEATURES`.
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<Answer, Refusal> {
         lock(self.vring(index)?).enabled = enable;
-        if enable && index % 2 == 1 {
-            self.tx.pending[index as usize] = true;
-        }
-        self.rx_thread.unpark();
         Ok(Answer::Done)
     }
 

@@ -1,32 +1,27 @@
-//! The receive thread: frames from the network into the guest's receive queues.
+//! The receiving half of a lane: frames from the network into the guest's receive queues.
 //!
 //! One round: take the running receive queues, write the frames held over from the last
 //! round, then up to [`RX_BUDGET`] frames from the peer's ring, each straight from the
 //! network's copy into guest buffers; then signal each queue that got frames once. When
-//! the guest has no buffers left, the frames taken are held (in order) and the thread
-//! sleeps on the receive queues' kick eventfds until the guest posts more; otherwise it
-//! sleeps on the ring. With several queue pairs, a frame goes to the queue its flow
+//! the guest has no buffers left, the frames taken are held (in order) and the lane is
+//! *blocked*: the engine then sleeps on the receive queues' kicks rather than on the ring,
+//! and frames behind those stay in the network's ring, where senders count them as
+//! `ring_full` once it fills. With several queue pairs, a frame goes to the queue its flow
 //! hashes to, so a flow's frames stay in order.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use rustix::event::{PollFd, PollFlags};
+use vm_memory::GuestMemoryMmap;
 
-use super::datapath::{self, ChainFault, Placed, RxRules, feature};
-use super::state::{Negotiated, Shared, drain_eventfd, lock};
+use super::datapath::{self, ChainFault, Placed, RxRules};
+use super::state::{Shared, lock};
 use super::status::Counters;
 use crate::network::Receiver;
 use crate::network::monotonic_ns;
 use crate::wire::VirtioNetHdr;
 
 /// Frames taken from the ring per round.
-const RX_BUDGET: usize = 64;
-
-/// Longest sleep: the thread checks whether its connection ended at least this often.
-const IDLE_SLICE: Duration = Duration::from_millis(250);
+const RX_BUDGET: usize = 256;
 
 /// A frame taken from the network that the guest had no room for yet.
 struct Held {
@@ -34,31 +29,50 @@ struct Held {
     frame: Vec<u8>,
 }
 
-/// Runs until the connection closes.
-pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
-    let mut held: VecDeque<Held> = VecDeque::new();
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut work = datapath::Placement::default();
-    let counters = &shared.socket.counters;
-    while !shared.closing.load(Ordering::Acquire) {
-        let negotiated = shared.negotiated();
-        let (Some(features), Some(memory)) = (negotiated.features, shared.memory()) else {
-            shared.set_link(false);
-            std::thread::park_timeout(IDLE_SLICE);
-            continue;
-        };
-        if shared.quarantined.load(Ordering::Acquire) {
-            shared.set_link(false);
-            std::thread::park_timeout(IDLE_SLICE);
-            continue;
+/// The receiving half of a lane.
+pub struct RxHalf {
+    receiver: Receiver,
+    held: VecDeque<Held>,
+    /// Buffers of frames held before, for reuse.
+    spare: Vec<Vec<u8>>,
+    work: datapath::Placement,
+    faults: Vec<ChainFault>,
+    /// The guest had no buffers for the last frame offered.
+    blocked: bool,
+}
+
+impl RxHalf {
+    /// The receiving half over `receiver`.
+    pub fn new(receiver: Receiver) -> RxHalf {
+        RxHalf {
+            receiver,
+            held: VecDeque::new(),
+            spare: Vec::new(),
+            work: datapath::Placement::default(),
+            faults: Vec::new(),
+            blocked: false,
         }
-        let mem = memory.memory();
-        let rules = RxRules {
-            header_len: Negotiated::header_len(features),
-            mergeable: features & feature::MRG_RXBUF != 0,
-            guest_csum: features & feature::GUEST_CSUM != 0,
-        };
-        let enabled_by_default = negotiated.enabled_by_default();
+    }
+
+    /// Whether frames wait for the guest to post buffers.
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Where the receiver stands in the peer's ring.
+    pub fn position(&self) -> u64 {
+        self.receiver.position()
+    }
+
+    /// One round; returns the frames delivered or taken from the ring.
+    pub fn round(
+        &mut self,
+        shared: &Shared<'_>,
+        mem: &GuestMemoryMmap,
+        rules: &RxRules,
+        enabled_by_default: bool,
+    ) -> usize {
+        let counters = &shared.socket.counters;
         let mut queues: Vec<_> = shared
             .vrings
             .iter()
@@ -69,15 +83,19 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
         if queues.is_empty() {
             drop(queues);
             shared.set_link(false);
-            std::thread::park_timeout(IDLE_SLICE);
-            continue;
+            return 0;
         }
         shared.set_link(true);
-        let mut faults: Vec<ChainFault> = Vec::new();
-        // Bit q: queue q got frames this round (at most 16 queue pairs).
-        let mut used = 0u32;
+        let RxHalf {
+            receiver,
+            held,
+            spare,
+            work,
+            faults,
+            blocked,
+        } = self;
         let mut delivered = 0u64;
-        let mut blocked = false;
+        *blocked = false;
         let count = queues.len();
         let mut offer = |hdr: &VirtioNetHdr, frame: &[u8], blocked: &mut bool| -> bool {
             if *blocked {
@@ -88,11 +106,10 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
             } else {
                 usize::from(crate::wire::vxlan::source_port(frame)) % count
             };
-            match datapath::place(&mut queues[q], mem, &rules, hdr, frame, &mut work, |f| {
+            match datapath::place(&mut queues[q], mem, rules, hdr, frame, work, |f| {
                 faults.push(f)
             }) {
                 Placed::Delivered => {
-                    used |= 1 << q;
                     delivered += 1;
                     true
                 }
@@ -108,7 +125,7 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
         };
         // Frames held from before go first, in order.
         while let Some(first) = held.front() {
-            if !offer(&first.hdr, &first.frame, &mut blocked) {
+            if !offer(&first.hdr, &first.frame, blocked) {
                 break;
             }
             if let Some(done) = held.pop_front() {
@@ -116,9 +133,9 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
             }
         }
         let mut received = 0;
-        if !blocked {
+        if !*blocked {
             received = receiver.receive_offloaded(RX_BUDGET, |hdr, frame| {
-                if !offer(hdr, frame, &mut blocked) {
+                if !offer(hdr, frame, blocked) {
                     let mut copy = spare.pop().unwrap_or_default();
                     copy.clear();
                     copy.extend_from_slice(frame);
@@ -130,56 +147,29 @@ pub fn run(shared: &Shared<'_>, mut receiver: Receiver) {
             });
         }
         Counters::add(&counters.rx_frames, delivered);
-        for (q, vring) in queues.iter_mut().enumerate() {
-            if used & (1 << q) != 0 {
-                vring.signal(mem);
-            }
-        }
-        // Before sleeping on the guest, ask it to kick when it posts more buffers, and look
-        // once more in case it did just now.
-        let mut kicks: Vec<OwnedFd> = Vec::new();
-        let mut posted = false;
-        if blocked {
-            for vring in queues.iter_mut() {
-                posted |= datapath::ask_for_buffers(vring, mem);
-                if let Some(kick) = vring.kick.as_ref().and_then(|k| k.try_clone().ok()) {
-                    kicks.push(kick);
-                }
-            }
+        // Every queue, not only those that got frames: bad chains went back too.
+        for vring in queues.iter_mut() {
+            vring.finish_round(mem);
         }
         let failures: u64 = queues.iter_mut().map(|v| v.take_access_failures()).sum();
         Counters::add(&counters.ring_access_failures, failures);
         drop(queues);
-        let now = monotonic_ns();
-        for fault in faults {
-            shared.fault(false, fault, now);
-        }
-        if blocked {
-            if !posted {
-                wait_for_kicks(&kicks);
+        if !faults.is_empty() {
+            let now = monotonic_ns();
+            for fault in faults.drain(..) {
+                shared.fault(false, fault, now);
             }
-        } else if received == 0 && held.is_empty() {
-            receiver.wait(IDLE_SLICE);
         }
+        received.max(delivered as usize)
     }
-    // Frames held for a guest that had no buffers go with its connection: counted, not
-    // lost silently.
-    Counters::add(&counters.rx_lost_on_disconnect, held.len() as u64);
-    shared.set_link(false);
-}
 
-/// Sleeps until a receive queue is kicked, at most [`IDLE_SLICE`], and clears the kicks.
-fn wait_for_kicks(kicks: &[OwnedFd]) {
-    let mut fds: Vec<PollFd<'_>> = kicks
-        .iter()
-        .map(|k| PollFd::new(k, PollFlags::IN))
-        .collect();
-    let timeout = crate::network::timespec(IDLE_SLICE);
-    if rustix::event::poll(&mut fds, Some(&timeout)).is_ok_and(|n| n > 0) {
-        for (fd, kick) in fds.iter().zip(kicks) {
-            if !fd.revents().is_empty() {
-                drain_eventfd(kick);
-            }
-        }
+    /// Frames held for a guest that had no buffers go with its connection: counted, not
+    /// lost silently.
+    pub fn count_lost(&mut self, shared: &Shared<'_>) {
+        Counters::add(
+            &shared.socket.counters.rx_lost_on_disconnect,
+            self.held.len() as u64,
+        );
+        self.held.clear();
     }
 }

@@ -1,13 +1,16 @@
-//! What a socket's threads share: the socket's status, and per connection the state both
-//! its threads read (queues, guest memory, what was negotiated, quarantine).
+//! What a socket's threads share: the socket's status, and per connection the state its
+//! connection thread writes and the port's data path reads (queues, guest memory, what was
+//! negotiated, quarantine, the ring watch's arming).
 //!
-//! The connection thread (`connection`) writes this state as messages come; the receive
-//! thread (`rx`) reads it each round. Neither imports the other: both meet here.
+//! The connection thread (`connection`) writes this state as messages come and counts each
+//! change in `changes`; the engine (`engine`) reads it again when that count moves.
+//! Neither imports the other: both meet here.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::datapath::{ChainFault, Vring, feature};
 use super::memory::GuestMemory;
@@ -124,7 +127,7 @@ struct Meter {
     faults: u64,
 }
 
-/// The state both threads of a connection use.
+/// The state a connection's thread and the port's data path share.
 pub struct Shared<'a> {
     /// Queues: `2k` receives, `2k + 1` transmits, for queue pair `k`.
     pub vrings: Vec<Mutex<Vring>>,
@@ -132,8 +135,14 @@ pub struct Shared<'a> {
     negotiated: Mutex<Negotiated>,
     /// Set once the port is quarantined.
     pub quarantined: AtomicBool,
-    /// Set when the connection ends; the receive thread stops.
+    /// Set when the connection ends; the engine drops its lane and the ring watch stops.
     pub closing: AtomicBool,
+    /// Counts the changes the connection thread made (messages applied): the engine takes
+    /// the state again when it moves.
+    pub changes: AtomicU64,
+    /// The ring watch should sleep on the ring, for a receiver at `watch_position`.
+    watch_armed: AtomicBool,
+    watch_position: AtomicU64,
     /// The peer's link is up (a receive queue runs).
     link_up: AtomicBool,
     meter: Mutex<Meter>,
@@ -153,6 +162,9 @@ impl<'a> Shared<'a> {
             negotiated: Mutex::new(Negotiated::default()),
             quarantined: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
+            watch_armed: AtomicBool::new(false),
+            watch_position: AtomicU64::new(0),
             link_up: AtomicBool::new(false),
             meter: Mutex::new(Meter::default()),
             control,
@@ -190,6 +202,32 @@ impl Shared<'_> {
     /// Forgets what was negotiated (the frontend reset its ownership).
     pub fn forget_negotiation(&self) {
         *lock(&self.negotiated) = Negotiated::default();
+    }
+
+    /// Arms the ring watch for a receiver standing at `position` (the engine is about to
+    /// sleep).
+    pub fn arm_watch(&self, position: u64) {
+        self.watch_position.store(position, Ordering::Relaxed);
+        // Release: the watch that sees the flag sees the position.
+        self.watch_armed.store(true, Ordering::Release);
+    }
+
+    /// Stands the ring watch down (the engine is awake).
+    pub fn disarm_watch(&self) {
+        self.watch_armed.store(false, Ordering::Release);
+    }
+
+    /// Where the receiver stands, if the watch is armed.
+    pub fn armed_at(&self) -> Option<u64> {
+        self.watch_armed
+            .load(Ordering::Acquire)
+            .then(|| self.watch_position.load(Ordering::Relaxed))
+    }
+
+    /// Disarms the watch; returns whether it was armed (then it is the one to wake the
+    /// engine).
+    pub fn take_watch(&self) -> bool {
+        self.watch_armed.swap(false, Ordering::AcqRel)
     }
 
     /// Counts a refused chain and quarantines the port when they come too fast.
@@ -230,8 +268,8 @@ impl Shared<'_> {
 
     /// Recomputes the socket's state for `status`, and the peer's link: up exactly while a
     /// receive queue runs. Called by the connection thread after every message, so the
-    /// link is up by the time the frontend has its acknowledgement (the receive thread
-    /// sets the link itself each round). Takes the vring locks: callers must hold none.
+    /// link is up by the time the frontend has its acknowledgement (the engine sets the
+    /// link itself each round). Takes the vring locks: callers must hold none.
     pub fn refresh_state(&self) {
         let negotiated = self.negotiated();
         let enabled_by_default = negotiated.enabled_by_default();
@@ -267,6 +305,33 @@ impl Shared<'_> {
         {
             tracing::warn!(error = %e, "cannot change the peer's link state");
         }
+    }
+}
+
+/// Tells a connection that the engine let go of its lane: everything the lane held (the
+/// peer's halves, its share of the connection's state) is gone by then. Kept apart from
+/// [`Shared`], which the lane also holds.
+#[derive(Debug, Default)]
+pub struct Released {
+    done: Mutex<bool>,
+    signal: Condvar,
+}
+
+impl Released {
+    /// The engine let go.
+    pub fn release(&self) {
+        *lock(&self.done) = true;
+        self.signal.notify_all();
+    }
+
+    /// Waits up to `timeout` for the engine to let go; returns whether it did.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let done = lock(&self.done);
+        let (done, _) = self
+            .signal
+            .wait_timeout_while(done, timeout, |done| !*done)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *done
     }
 }
 

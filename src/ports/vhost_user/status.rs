@@ -115,9 +115,6 @@ counters! {
     kick_not_an_eventfd,
     /// `SET_VRING_CALL` with a descriptor that is not an eventfd.
     call_not_an_eventfd,
-    /// `SET_VRING_KICK` whose descriptor could not be duplicated for `poll` (out of
-    /// descriptors).
-    kick_not_duplicated,
     /// `RESET_OWNER` when a fresh queue could not be made (never, for this port's ring
     /// size; counted should that change).
     queue_not_reset,
