@@ -8,6 +8,7 @@ mod batch;
 pub mod capture;
 mod counters;
 pub mod dgram;
+pub mod dhcp;
 pub mod doorbell;
 pub mod error;
 mod label;
