@@ -385,17 +385,62 @@ impl Endpoint {
     }
 }
 
+/// Where a DHCP message's options start: after the fixed BOOTP fields and the magic
+/// cookie (RFC 2131 section 3).
+const OPTIONS_AT: usize = 240;
+
 /// Decodes a DHCP message a guest sent.
 ///
-/// dhcproto 0.15 checks some option lengths with `debug_assert!` (options 80, 81, 94 and
-/// others), so in a debug build a guest's malformed option panics inside the decoder;
-/// release builds compile those checks out and decode on. The panic is caught here, so
-/// that debug builds (the tests, the fuzz targets) hold to the same rule as release ones:
-/// a message the crate cannot decode is counted and dropped, whatever its bytes.
+/// dhcproto 0.15 checks the lengths of a few options only with `debug_assert!`s, or
+/// subtracts from them unchecked (rapid commit, client FQDN, client network interface,
+/// bulk lease query times and status), so in a build with debug assertions a guest's
+/// malformed option panics inside the decoder; release builds decode on and fail
+/// cleanly. [`option_lengths_fit`] refuses those lengths before the crate sees them, so
+/// every build holds to the rule: a message the crate cannot decode is counted and
+/// dropped, whatever its bytes. Any other panic in the decoder is caught as a last line
+/// of defence (a fuzzer, whose panic hook aborts, still reports it).
 fn decode_dhcp(payload: &[u8]) -> Option<v4::Message> {
+    if !option_lengths_fit(payload) {
+        return None;
+    }
     std::panic::catch_unwind(|| v4::Message::decode(&mut Decoder::new(payload)).ok())
         .ok()
         .flatten()
+}
+
+/// Whether the options whose length dhcproto trusts have a length their code allows.
+/// Consecutive options of one code count as one (RFC 3396), as the crate joins them.
+/// Reading stops at the end option or the end of the bytes; every step advances.
+fn option_lengths_fit(payload: &[u8]) -> bool {
+    let allowed = |code: u8, length: usize| match code {
+        80 => length == 0,
+        81 => length >= 3,
+        94 => length == 3,
+        151 => length >= 1,
+        152..=155 => length == 4,
+        _ => true,
+    };
+    let mut at = OPTIONS_AT;
+    let mut run: Option<(u8, usize)> = None;
+    while let Some(&code) = payload.get(at) {
+        match code {
+            0 => at += 1,
+            255 => break,
+            _ => {
+                let Some(&length) = payload.get(at + 1) else {
+                    break;
+                };
+                let length = usize::from(length);
+                run = match run {
+                    Some((same, total)) if same == code => Some((code, total + length)),
+                    Some((other, total)) if !allowed(other, total) => return false,
+                    _ => Some((code, length)),
+                };
+                at += 2 + length;
+            }
+        }
+    }
+    run.is_none_or(|(code, total)| allowed(code, total))
 }
 
 /// Pads a frame to the Ethernet minimum.

@@ -568,6 +568,52 @@ fn a_chaddr_length_beyond_the_field_is_refused_not_sliced() {
     assert_eq!(s.counters().not_ethernet, 1);
 }
 
+#[test]
+fn options_the_decoder_would_trip_on_are_refused_before_it_sees_them() {
+    let mut e = endpoint();
+    let mut bytes = Vec::new();
+    discover(ALICE, None)
+        .encode(&mut Encoder::new(&mut bytes))
+        .unwrap();
+    let end = bytes.len() - 1;
+    assert_eq!(bytes[end], 255);
+    // Client FQDN (81) shorter than its three fixed bytes, rapid commit (80) with a value,
+    // client network interface (94) of two bytes, a bulk lease query time (152) of one.
+    for option in [
+        &[81u8, 1, 0][..],
+        &[80, 1, 0],
+        &[94, 2, 1, 2],
+        &[152, 1, 0],
+        &[81, 2, 0, 0, 81, 0],
+    ] {
+        let mut bad = bytes[..end].to_vec();
+        bad.extend_from_slice(option);
+        bad.push(255);
+        let frame = udp_frame(
+            ALICE,
+            MacAddress::BROADCAST,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            (CLIENT_PORT, SERVER_PORT),
+            &bad,
+        );
+        assert!(e.receive(&frame, T0).is_empty(), "{option:?}");
+    }
+    assert_eq!(e.counters().undecodable, 5);
+    // Split over two options (RFC 3396), an FQDN of three bytes and more is fine.
+    let mut split = bytes[..end].to_vec();
+    split.extend_from_slice(&[81, 2, 0, 0, 81, 1, 0, 255]);
+    let frame = udp_frame(
+        ALICE,
+        MacAddress::BROADCAST,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        (CLIENT_PORT, SERVER_PORT),
+        &split,
+    );
+    assert_eq!(e.receive(&frame, T0).len(), 1);
+}
+
 /// One step of a client population, for the property below.
 #[derive(Debug, Clone)]
 enum Step {
