@@ -8,7 +8,8 @@
 //!
 //! Input: `[how][bytes]`. `how & 3`: 0, `bytes` is a whole frame; 1, a DHCP message in a
 //! broadcast UDP datagram to port 67; 2, a DNS query in a UDP datagram to the server's
-//! port 53; 3, an ARP packet broadcast. Bit 2: let the probe wait pass afterwards, so an
+//! port 53; 3, an ARP packet broadcast. A DHCP message comes from the hardware address
+//! it names (bytes 28 to 33), as the station drops one that asks in another's name. Bit 2: let the probe wait pass afterwards, so an
 //! offer goes out.
 #![no_main]
 
@@ -42,17 +43,27 @@ fn station() -> Endpoint {
     Endpoint::new(SERVER_MAC, Server::new(config, Leases::new())).expect("zone")
 }
 
-fn ethernet_frame(destination: MacAddress, ethertype: EtherType, payload: &[u8]) -> Vec<u8> {
+fn ethernet_frame(
+    source: MacAddress,
+    destination: MacAddress,
+    ethertype: EtherType,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut frame = vec![0u8; ethernet::HEADER_LEN];
     let mut view = EthernetFrame::new_unchecked(&mut frame[..]);
     view.set_destination(destination);
-    view.set_source(GUEST_MAC);
+    view.set_source(source);
     view.set_ethertype(ethertype);
     frame.extend_from_slice(payload);
     frame
 }
 
-fn udp_frame(destination: (MacAddress, Ipv4Addr), ports: (u16, u16), payload: &[u8]) -> Vec<u8> {
+fn udp_frame(
+    source_mac: MacAddress,
+    destination: (MacAddress, Ipv4Addr),
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
     let udp_len = udp::HEADER_LEN + payload.len();
     let mut packet = vec![0u8; ipv4::HEADER_LEN + udp_len];
     let source = Ipv4Addr::new(10, 0, 0, 10);
@@ -76,7 +87,7 @@ fn udp_frame(destination: (MacAddress, Ipv4Addr), ports: (u16, u16), payload: &[
     .emit(&mut datagram);
     packet[ipv4::HEADER_LEN + udp::HEADER_LEN..].copy_from_slice(payload);
     UdpPacket::new_unchecked(&mut packet[ipv4::HEADER_LEN..]).fill_checksum(source, destination.1);
-    ethernet_frame(destination.0, EtherType::Ipv4, &packet)
+    ethernet_frame(source_mac, destination.0, EtherType::Ipv4, &packet)
 }
 
 /// Everything the station sends is a frame it could have been taught to write.
@@ -108,15 +119,21 @@ fuzz_target!(|data: &[u8]| {
     let Some((&how, bytes)) = data.split_first() else {
         return;
     };
+    // The client hardware address, as the frame's source.
+    let client = bytes
+        .get(28..34)
+        .and_then(MacAddress::from_slice)
+        .unwrap_or(GUEST_MAC);
     let frame = match how & 3 {
         0 => bytes.to_vec(),
         1 => udp_frame(
+            client,
             (MacAddress::BROADCAST, Ipv4Addr::BROADCAST),
             (CLIENT_PORT, SERVER_PORT),
             bytes,
         ),
-        2 => udp_frame((SERVER_MAC, SERVER), (40000, DNS_PORT), bytes),
-        _ => ethernet_frame(MacAddress::BROADCAST, EtherType::Arp, bytes),
+        2 => udp_frame(GUEST_MAC, (SERVER_MAC, SERVER), (40000, DNS_PORT), bytes),
+        _ => ethernet_frame(GUEST_MAC, MacAddress::BROADCAST, EtherType::Arp, bytes),
     };
     let mut station = station();
     for sent in station.receive(&frame, NOW) {

@@ -22,6 +22,9 @@ counters! {
     /// Dropped: another hardware type or length than Ethernet's, or a multicast or zero
     /// client hardware address.
     not_ethernet,
+    /// Dropped: the client hardware address is not the frame's source (a guest asking
+    /// in another's name).
+    chaddr_mismatch,
     /// Dropped: through a relay agent (giaddr set); this server serves its own segment.
     relayed,
     /// Dropped: no or an unknown DHCP message type.

@@ -6,7 +6,8 @@
 //!
 //! - ARP: answers requests for the server's own address, and no other (it is no proxy);
 //!   sends the probes the state machine asks for; tells it who answers for what;
-//! - IPv4/UDP port 67, to the broadcast address or to the server: DHCP;
+//! - IPv4/UDP port 67, to the broadcast address or to the server: DHCP, from a client
+//!   whose hardware address in the message is the frame's source;
 //! - IPv4/UDP port 53, to the server: DNS, when it serves a domain;
 //! - ICMP echo to the server: answered, so `ping` can check that it is there.
 //!
@@ -198,7 +199,7 @@ impl Endpoint {
             return Vec::new();
         };
         match udp.destination_port {
-            SERVER_PORT => self.dhcp(packet.payload(), now),
+            SERVER_PORT => self.dhcp(source_mac, packet.payload(), now),
             DNS_PORT if ip.destination == self.address() => self.dns(
                 source_mac,
                 ip.source,
@@ -213,11 +214,19 @@ impl Endpoint {
         }
     }
 
-    fn dhcp(&mut self, payload: &[u8], now: Duration) -> Vec<Vec<u8>> {
+    fn dhcp(&mut self, source_mac: MacAddress, payload: &[u8], now: Duration) -> Vec<Vec<u8>> {
         let Some(message) = decode_dhcp(payload) else {
             self.counters_mut().undecodable += 1;
             return Vec::new();
         };
+        // A guest asks for itself: the client hardware address must be the frame's
+        // source, so a guest cannot take leases in other MACs' names (and, on a port that
+        // locks its MAC, holds one lease at most). The length is checked first, since
+        // chaddr() slices by it (the state machine counts a wrong one).
+        if message.hlen() == 6 && message.chaddr() != source_mac.octets() {
+            self.counters_mut().chaddr_mismatch += 1;
+            return Vec::new();
+        }
         let actions = self.server.handle(&message, now);
         self.perform(actions)
     }

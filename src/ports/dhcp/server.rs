@@ -187,9 +187,11 @@ impl Server {
     /// whose time is over are forgotten.
     pub fn poll(&mut self, now: Duration) -> Vec<Action> {
         let mut actions = Vec::new();
+        // A deadline further away than a whole wait means the wall clock was set back
+        // since the probe began: the wait is over all the same, rather than stretched.
         let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
             .into_iter()
-            .partition(|p| p.deadline <= now);
+            .partition(|p| p.deadline <= now || p.deadline > now + PROBE_WAIT);
         self.pending = waiting;
         for pending in due {
             actions.extend(self.offer(pending, now));

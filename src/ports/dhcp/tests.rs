@@ -213,6 +213,14 @@ fn a_discover_is_offered_only_once_its_probe_went_unanswered() {
 }
 
 #[test]
+fn a_probe_started_before_the_clock_was_set_back_still_ends() {
+    let mut s = server();
+    s.handle(&discover(ALICE, None), T0);
+    let earlier = T0 - Duration::from_secs(3600);
+    assert_eq!(replies(&s.poll(earlier)).len(), 1);
+}
+
+#[test]
 fn a_client_asking_for_broadcast_gets_broadcast() {
     let mut s = server();
     let mut d = discover(ALICE, None);
@@ -1005,6 +1013,20 @@ fn on_the_wire_broken_frames_are_counted_by_reason() {
         &[1, 2, 3],
     );
     assert!(e.receive(&garbage, T0).is_empty());
+    let mut bytes = Vec::new();
+    discover(BOB, None)
+        .encode(&mut Encoder::new(&mut bytes))
+        .unwrap();
+    let in_bobs_name = udp_frame(
+        ALICE,
+        MacAddress::BROADCAST,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::BROADCAST,
+        (CLIENT_PORT, SERVER_PORT),
+        &bytes,
+    );
+    assert!(e.receive(&in_bobs_name, T0).is_empty());
+    assert_eq!(e.counters().chaddr_mismatch, 1);
     let elsewhere = udp_frame(
         ALICE,
         BOB,
@@ -1026,8 +1048,9 @@ proptest! {
         frame.extend_from_slice(match kind { 0 => &[0x08, 0x06], 1 => &[0x08, 0x00], _ => &[0x86, 0xdd] });
         frame.extend_from_slice(&bytes);
         let _ = e.receive(&frame, T0);
-        // And the same bytes as a DHCP payload in good headers.
-        let _ = e.receive(&udp_frame(ALICE, MacAddress::BROADCAST, Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, (CLIENT_PORT, SERVER_PORT), &bytes), T0);
+        // And the same bytes as a DHCP payload in good headers, from the MAC it names.
+        let client = bytes.get(28..34).and_then(MacAddress::from_slice).unwrap_or(ALICE);
+        let _ = e.receive(&udp_frame(client, MacAddress::BROADCAST, Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, (CLIENT_PORT, SERVER_PORT), &bytes), T0);
         let _ = e.poll(T0 + PROBE_WAIT);
     }
 }
