@@ -57,6 +57,10 @@ pub struct Leases {
     /// in use by an ARP probe.
     #[serde(default)]
     set_aside: BTreeMap<Ipv4Addr, u64>,
+    /// Which client's record holds each address: the index that keeps every lookup
+    /// logarithmic in a range of any size. Not in the file; rebuilt after loading.
+    #[serde(skip)]
+    by_address: BTreeMap<Ipv4Addr, MacAddress>,
 }
 
 /// Errors of the lease file.
@@ -100,14 +104,35 @@ impl Leases {
     /// Sets the record of `mac`, removing any other record on the same address (it was
     /// expired, or the caller would not give the address away).
     pub fn set(&mut self, mac: MacAddress, lease: Lease) {
-        self.leases
-            .retain(|&other, l| other == mac || l.address != lease.address);
+        self.remove(mac);
+        if let Some(other) = self.by_address.insert(lease.address, mac) {
+            self.leases.remove(&other);
+        }
         self.leases.insert(mac, lease);
     }
 
     /// Removes the record of `mac`.
     pub fn remove(&mut self, mac: MacAddress) -> Option<Lease> {
-        self.leases.remove(&mac)
+        let lease = self.leases.remove(&mac)?;
+        if self.by_address.get(&lease.address) == Some(&mac) {
+            self.by_address.remove(&lease.address);
+        }
+        Some(lease)
+    }
+
+    /// Rebuilds the address index from the records, keeping the first of two records on
+    /// one address (a hand-edited file may hold both).
+    fn reindex(&mut self) {
+        self.by_address.clear();
+        let by_address = &mut self.by_address;
+        self.leases
+            .retain(|&mac, lease| match by_address.entry(lease.address) {
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(mac);
+                    true
+                }
+                std::collections::btree_map::Entry::Occupied(_) => false,
+            });
     }
 
     /// Every record, by MAC.
@@ -117,7 +142,8 @@ impl Leases {
 
     /// The client whose record holds `address`, expired or not.
     pub fn holder(&self, address: Ipv4Addr) -> Option<(MacAddress, &Lease)> {
-        self.iter().find(|(_, lease)| lease.address == address)
+        let &mac = self.by_address.get(&address)?;
+        self.leases.get(&mac).map(|lease| (mac, lease))
     }
 
     /// Leases bound and not expired at `now`.
@@ -164,9 +190,7 @@ impl Leases {
                 && Some(address) != config.router
                 && !config.is_static_for_another(address, mac)
         });
-        // Two records on one address cannot come from `set`; keep the first.
-        let mut seen = std::collections::BTreeSet::new();
-        self.leases.retain(|_, lease| seen.insert(lease.address));
+        self.reindex();
         self.set_aside
             .retain(|address, _| config.subnet.contains(address));
         before - self.leases.len()
@@ -185,7 +209,7 @@ impl Leases {
                 });
             }
         };
-        let leases: Leases =
+        let mut leases: Leases =
             serde_json::from_slice(&bytes).map_err(|e| LeaseFileError::Format {
                 path: path.to_path_buf(),
                 why: e.to_string(),
@@ -196,6 +220,7 @@ impl Leases {
                 why: format!("version {} where {FILE_VERSION} is known", leases.version),
             });
         }
+        leases.reindex();
         Ok(leases)
     }
 
@@ -291,6 +316,19 @@ mod tests {
         leases.set(B, lease(10, 200));
         assert!(leases.get(A).is_none());
         assert_eq!(leases.holder(Ipv4Addr::new(10, 0, 0, 10)).unwrap().0, B);
+    }
+
+    #[test]
+    fn a_file_with_two_records_on_one_address_keeps_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lab.leases");
+        let text = r#"{"version": 1, "leases": {
+            "02:00:00:00:00:01": {"address": "10.0.0.10", "expires": 5, "bound": true},
+            "02:00:00:00:00:02": {"address": "10.0.0.10", "expires": 9, "bound": true}}}"#;
+        fs::write(&path, text).unwrap();
+        let leases = Leases::load(&path).unwrap();
+        assert_eq!(leases.iter().count(), 1);
+        assert_eq!(leases.holder(Ipv4Addr::new(10, 0, 0, 10)).unwrap().0, A);
     }
 
     #[test]

@@ -518,6 +518,8 @@ impl Server {
         {
             return Some(address);
         }
+        // The first address without a record is at most as many steps in as there are
+        // records, set-aside addresses and probes; each step is a lookup in an index.
         if let Some(address) = self
             .config
             .range
@@ -526,9 +528,17 @@ impl Server {
         {
             return Some(address);
         }
+        // Every address has had a client: the record that expired longest ago gives way.
+        // Each record holds its own address, so "free" is only "expired" here.
+        let now_s = seconds(now);
         self.leases
             .iter()
-            .filter(|&(_, l)| usable(l.address))
+            .filter(|&(_, l)| {
+                !l.is_active(now_s)
+                    && self.is_allowed_for(l.address, mac)
+                    && !self.leases.is_set_aside(l.address, now_s)
+                    && !pending_for_another(l.address)
+            })
             .min_by_key(|&(_, l)| l.expires)
             .map(|(_, l)| l.address)
     }

@@ -462,6 +462,41 @@ fn an_expired_lease_frees_its_address_and_its_name_only_when_the_range_is_used_u
 }
 
 #[test]
+fn a_large_range_full_of_records_still_answers_at_once() {
+    // 65,000 expired records in a /16: choosing must not look up every address against
+    // every record.
+    let config = Config::new(&ConfigOptions {
+        subnet: "10.1.0.0/16".into(),
+        range: "10.1.0.10-10.1.254.100".into(),
+        ..ConfigOptions::default()
+    })
+    .unwrap();
+    let mut leases = Leases::new();
+    for (i, address) in config.range.iter().enumerate() {
+        let n = i as u64;
+        let mac = MacAddress::from_u64(0x0200_0000_0000 | n);
+        leases.set(
+            mac,
+            super::leases::Lease {
+                address,
+                expires: T0.as_secs() - 1 - n % 7,
+                bound: true,
+                host_name: None,
+            },
+        );
+    }
+    let mut s = Server::new(config, leases);
+    let started = std::time::Instant::now();
+    let actions = s.handle(&discover(STRANGER, None), T0);
+    assert_eq!(probes(&actions).len(), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn leases_survive_a_restart_the_same_mac_gets_the_same_address() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lab.leases");
