@@ -3,20 +3,30 @@
 //! each other, find each other by name through the server's DNS, and get the same
 //! addresses back from a restarted server.
 //!
-//! These need root, /dev/net/tun, `ip`, `ping`, `busybox` and `dhclient`. Under CI
+//! Two tests need nothing: a client peer speaks DHCP to the command through the library
+//! (and a scrape of `guestnet metrics` shows its lease and parses with `promtool`,
+//! required under CI), and a second server on one lease file is refused. The namespace
+//! test needs root, /dev/net/tun, `ip`, `ping`, `busybox` and `dhclient`. Under CI
 //! (`CI=true`) a missing prerequisite fails the test; elsewhere the test says why it
 //! skips. The namespaces are named after the process, and a [`Lab`] guard removes them
 //! and kills every process it started however the test ends. The clients run with
 //! scripts of the test's own that only set the interface's address, so nothing of the
 //! host (its resolv.conf, its lease files) is touched.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use guestnet::network::{CreateOptions, Network};
+use dhcproto::v4::{self, DhcpOption, MessageType, Opcode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use guestnet::network::{CreateOptions, JoinOptions, Network, Peer};
+use guestnet::wire::arp::{ArpOperation, ArpPacket, ArpRepr};
+use guestnet::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
+use guestnet::wire::udp::{self, UdpPacket, UdpRepr};
+use guestnet::wire::{EtherType, EthernetFrame, MacAddress, ethernet};
 
 mod root_support;
 use root_support::{DEADLINE, KillOnDrop, ip, output_within, prerequisites_met, run, wait_until};
@@ -401,9 +411,6 @@ fn two_namespaces_get_leases_ping_and_find_each_other_by_name_and_keep_them_acro
 
 #[test]
 fn a_second_server_on_the_same_network_and_lease_file_is_refused() {
-    if !ready() {
-        return;
-    }
     let mut lab = Lab::new("twice", 0);
     lab.start_dhcp();
     let output = run(Command::new(BIN).arg("--dir").arg(lab.dir.path()).args([
@@ -419,5 +426,223 @@ fn a_second_server_on_the_same_network_and_lease_file_is_refused() {
     assert!(
         error.contains("another guestnet dhcp uses the lease file"),
         "{error}"
+    );
+}
+
+/// A DHCP client made of a peer: it sends BOOTREQUESTs from its own MAC and reads what
+/// comes back.
+struct Client {
+    peer: Peer,
+}
+
+impl Client {
+    fn send(&mut self, message: &v4::Message) {
+        let mut payload = Vec::new();
+        message
+            .encode(&mut Encoder::new(&mut payload))
+            .expect("encode");
+        let udp_len = udp::HEADER_LEN + payload.len();
+        let mut frame = vec![0u8; ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp_len];
+        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+        eth.set_destination(MacAddress::BROADCAST);
+        eth.set_source(self.peer.mac());
+        eth.set_ethertype(EtherType::Ipv4);
+        let mut ip = Ipv4Packet::new_unchecked(&mut frame[ethernet::HEADER_LEN..]);
+        Ipv4Repr {
+            source: Ipv4Addr::UNSPECIFIED,
+            destination: Ipv4Addr::BROADCAST,
+            protocol: ipv4::PROTOCOL_UDP,
+            payload_len: udp_len,
+            ttl: 64,
+            dont_fragment: false,
+        }
+        .emit(&mut ip);
+        ip.fill_checksum();
+        let at = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
+        UdpRepr {
+            source_port: 68,
+            destination_port: 67,
+            payload_len: payload.len(),
+        }
+        .emit(&mut UdpPacket::new_unchecked(&mut frame[at..]));
+        frame[at + udp::HEADER_LEN..].copy_from_slice(&payload);
+        self.peer.send(&frame);
+    }
+
+    fn message(&self, kind: MessageType) -> v4::Message {
+        let mut m = v4::Message::new_with_id(
+            7,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &self.peer.mac().octets(),
+        );
+        m.set_opcode(Opcode::BootRequest);
+        m.opts_mut().insert(DhcpOption::MessageType(kind));
+        m.opts_mut().insert(DhcpOption::Hostname("peer".into()));
+        m
+    }
+
+    /// The next DHCP reply, within the lease deadline; ARP probes seen on the way are
+    /// counted into `probes`.
+    fn reply(&mut self, probes: &mut u32) -> v4::Message {
+        let deadline = Instant::now() + LEASE_DEADLINE;
+        loop {
+            let mut found = None;
+            self.peer.receive(64, |frame| {
+                if let Some(message) = dhcp_reply(frame) {
+                    found = Some(message);
+                } else if is_arp_request(frame) {
+                    *probes += 1;
+                }
+            });
+            if let Some(message) = found {
+                return message;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no DHCP reply within {LEASE_DEADLINE:?}");
+            self.peer.wait(left.min(Duration::from_millis(100)));
+        }
+    }
+
+    /// DISCOVER, OFFER (after a probe), REQUEST, ACK: the address leased.
+    fn lease(&mut self) -> Ipv4Addr {
+        let mut probes = 0;
+        self.send(&self.message(MessageType::Discover));
+        let offer = self.reply(&mut probes);
+        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+        let mut request = self.message(MessageType::Request);
+        request
+            .opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        request
+            .opts_mut()
+            .insert(DhcpOption::ServerIdentifier(SERVER.parse().unwrap()));
+        self.send(&request);
+        let ack = self.reply(&mut probes);
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(ack.yiaddr(), offer.yiaddr());
+        ack.yiaddr()
+    }
+}
+
+fn dhcp_reply(frame: &[u8]) -> Option<v4::Message> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    let header = Ipv4Repr::parse(&ip).ok()?;
+    let datagram = UdpPacket::new_checked(ip.payload()).ok()?;
+    let udp = UdpRepr::parse(&datagram, header.source, header.destination).ok()?;
+    (udp.destination_port == 68).then_some(())?;
+    v4::Message::decode(&mut Decoder::new(datagram.payload())).ok()
+}
+
+fn is_arp_request(frame: &[u8]) -> bool {
+    EthernetFrame::new_checked(frame)
+        .ok()
+        .filter(|eth| eth.ethertype() == EtherType::Arp)
+        .and_then(|eth| ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).ok()?).ok())
+        .is_some_and(|arp| arp.operation == ArpOperation::Request)
+}
+
+/// `GET /metrics` from a `guestnet metrics` on a free port of 127.0.0.1.
+fn scrape(dir: &std::path::Path) -> String {
+    let mut child = Command::new(BIN)
+        .arg("--dir")
+        .arg(dir)
+        .args(["metrics", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start guestnet metrics");
+    let stdout = child.stdout.take().expect("stdout");
+    let _exporter = KillOnDrop(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(DEADLINE)
+        .expect("metrics says where it listens");
+    let address = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_string();
+    let mut stream = TcpStream::connect(&address).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").expect("ask");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .expect("a body")
+        .1
+        .to_string()
+}
+
+/// `promtool check metrics` accepts `body` (required under CI; elsewhere skipped with a
+/// word when promtool is missing).
+fn promtool_accepts(body: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipped the promtool check: {e} (Debian package prometheus)");
+            return;
+        }
+        Err(e) => panic!("promtool is needed under CI: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let output = child.wait_with_output().expect("promtool");
+    assert!(
+        output.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_peer_gets_a_lease_from_the_command_keeps_it_across_a_restart_and_the_scrape_shows_it() {
+    let mut lab = Lab::new("peer", 0);
+    lab.start_dhcp();
+    let peer = lab.network.join(JoinOptions::default()).expect("join");
+    let mut client = Client { peer };
+    let address = client.lease();
+    assert!(in_range(&address.to_string()), "{address}");
+    wait_until("status shows the lease", || {
+        lab.dhcp_status()["leases"] == 1
+    });
+    let body = scrape(lab.dir.path());
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("guestnet_dhcp_leases{") && l.ends_with(" 1")),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("guestnet_dhcp_acks_total{") && l.ends_with(" 1")),
+        "{body}"
+    );
+    promtool_accepts(&body);
+    lab.stop_dhcp();
+    lab.start_dhcp();
+    assert_eq!(
+        client.lease(),
+        address,
+        "the same MAC gets the same address after a restart"
     );
 }
