@@ -73,9 +73,9 @@ pub struct DhcpArgs {
     /// The server's own address (in the subnet, outside the range, not the router's).
     #[arg(long, value_name = "IP")]
     pub address: Option<Ipv4Addr>,
-    /// Answer DNS for the guests' host names as NAME.DOMAIN (and their reverse names);
+    /// Answer DNS for the guests' host names as HOST.DOMAIN (and their reverse names);
     /// also given to guests as option 15.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "DOMAIN")]
     pub domain: Option<String>,
 }
 
