@@ -67,6 +67,9 @@
 //! copy), QEMU's `-netdev stream` and `-netdev dgram` sockets, a pcap capture, a TAP device
 //! in a network namespace, a VXLAN tunnel to other hosts (one uplink peer standing for all
 //! of them). One port process may host many peers, one per connection, VM or device.
+//! One port is a service rather than a way in: the DHCP server ([`ports::dhcp`]), a
+//! station of its own on the segment that gives the guests addresses and, with a
+//! domain, answers DNS for their names.
 //!
 //! A port is where untrusted input arrives, and each treats it as the region is treated:
 //! a guest's descriptors, a frontend's messages, a socket's lengths are parsed through
@@ -89,11 +92,11 @@
 //!
 //! | module | deals with |
 //! | --- | --- |
-//! | [`wire`] | byte formats, no I/O, no clock: [`wire::ethernet`], [`wire::virtio_net`] headers and [`wire::offload`] (software checksums and segmentation), [`wire::stream`] framing, [`wire::pcap`], [`wire::ipv4`], [`wire::udp`] and [`wire::vxlan`] headers, [`wire::vhost_user`] messages |
+//! | [`wire`] | byte formats, no I/O, no clock: [`wire::ethernet`], [`wire::virtio_net`] headers and [`wire::offload`] (software checksums and segmentation), [`wire::stream`] framing, [`wire::pcap`], [`wire::ipv4`], [`wire::udp`], [`wire::icmp`] and [`wire::vxlan`] headers, [`wire::arp`], [`wire::vhost_user`] messages |
 //! | [`testframe`] | the numbered, checksummed test frames that `pktgen`, `sink`, `bench` and the tests send |
 //! | [`shm`] | the only `unsafe` code: mapping the region, checked access, file locks; [`shm::layout`] is the region byte for byte |
 //! | [`network`] | the region and its peers: [`network::ring`], [`network::forward`], [`network::fdb`], [`network::send`], [`network::receive`], [`network::peer`], [`network::offloads`], [`network::counters`], [`network::status`], [`network::check`] |
-//! | [`ports`] | adapters from sockets, devices and VMs to peers: [`ports::stream`], [`ports::dgram`], [`ports::capture`], [`ports::tap`] (with [`ports::rtnetlink`]), [`ports::vhost_user`], [`ports::vxlan`]; their shared pieces [`ports::socket`], [`ports::doorbell`], [`ports::error`] |
+//! | [`ports`] | adapters from sockets, devices and VMs to peers: [`ports::stream`], [`ports::dgram`], [`ports::capture`], [`ports::tap`] (with [`ports::rtnetlink`]), [`ports::vhost_user`], [`ports::vxlan`], [`ports::dhcp`]; their shared pieces [`ports::socket`], [`ports::doorbell`], [`ports::error`] |
 //! | [`bench`](mod@bench) | what the benchmarks measure and report, independent of how they are run |
 //! | [`cli`] | the `guestnet` command, one module per subcommand ([`cli::admin`] for create, status, destroy…), and its shared pieces [`cli::format`], [`cli::port_status`], [`cli::child`], [`cli::guest`] |
 //!

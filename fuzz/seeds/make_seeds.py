@@ -34,6 +34,14 @@ one ARP request queued, both of eight entries:
   add_mem_reg_startup the same with the memory added by ADD_MEM_REG (CONFIGURE_MEM_SLOTS)
   startup_then_stop   qemu_startup, then both rings stopped (GET_VRING_BASE), the memory
                       replaced, and RESET_OWNER
+dhcp_station seeds are `[how][bytes]` (see the target): messages as busybox udhcpc and
+ISC dhclient send them, from 52:54:00:12:34:56, host names alpha and beta:
+  udhcpc_discover   DISCOVER with client id, host name, parameter list, max size
+  dhclient_request  REQUEST (SELECTING) for 10.0.0.10 from server 10.0.0.254, with
+                    host name and parameter list
+  dns_a             a DNS query, recursion desired, for the A record of alpha.lab.internal
+  dns_ptr           the same for the PTR record of 10.0.0.10 (10.0.0.10.in-addr.arpa)
+  arp_request       the ARP request above, as the payload of a broadcast ARP frame
 """
 import os
 import socket
@@ -368,3 +376,29 @@ write("pcap_reader", "truncated", pcap(FRAMES.values())[:-7])
 write("region", "template", b"\x01")
 write("region", "patched", b"\x01" + struct.pack("<IB", 4096 + 64, 8) + b"\x01" * 8)
 write("region", "raw_header", b"\x00" + b"GUESTNET" + struct.pack("<IIII", 1, 2, 8, 128))
+
+
+def dhcp_message(kind, options):
+    fixed = struct.pack("!BBBBIHH", 1, 1, 6, 0, 0x5EED, 0, 0x8000 if kind == 1 else 0)
+    fixed += b"\0" * 16 + SRC + b"\0" * 10 + b"\0" * 192 + bytes([99, 130, 83, 99])
+    body = bytes([53, 1, kind])
+    for code, value in options:
+        body += bytes([code, len(value)]) + value
+    return fixed + body + b"\xff"
+
+
+def dns_query(name, qtype):
+    labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
+    return struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack("!HH", qtype, 1)
+
+
+write("dhcp_station", "udhcpc_discover", b"\x05" + dhcp_message(1, [
+    (61, b"\x01" + SRC), (12, b"alpha"), (55, bytes([1, 3, 6, 12, 15, 28, 42])), (57, struct.pack("!H", 576)),
+]))
+write("dhcp_station", "dhclient_request", b"\x01" + dhcp_message(3, [
+    (50, bytes([10, 0, 0, 10])), (54, bytes([10, 0, 0, 254])), (12, b"beta"),
+    (55, bytes([1, 28, 2, 3, 15, 6, 119, 12, 44, 47, 26, 121, 42])),
+]))
+write("dhcp_station", "dns_a", b"\x02" + dns_query("alpha.lab.internal", 1))
+write("dhcp_station", "dns_ptr", b"\x02" + dns_query("10.0.0.10.in-addr.arpa", 12))
+write("dhcp_station", "arp_request", b"\x03" + FRAMES["arp_request"][14:42])

@@ -227,7 +227,7 @@ struct StatusReport {
     #[serde(flatten)]
     status: NetworkStatus,
     damage: Vec<DamageReport>,
-    /// The ports' own status, from the files they write (`vxlan`, `vhost_user`).
+    /// The ports' own status, from the files they write (`vxlan`, `vhost_user`, `dhcp`).
     #[serde(flatten)]
     ports: PortStatuses,
 }

@@ -16,6 +16,7 @@ pub mod capture;
 pub mod child;
 pub mod demo;
 pub mod dgram;
+pub mod dhcp;
 pub mod format;
 pub mod guest;
 pub mod metrics;
@@ -38,7 +39,7 @@ use clap::{Parser, Subcommand};
     name = "guestnet",
     version,
     about,
-    after_help = "Examples:\n  guestnet create lab\n  guestnet stream lab --listen /tmp/lab.sock\n  guestnet vhost-user lab --socket /tmp/vm0.sock\n  guestnet capture lab -w lab.pcap -c 100\n  guestnet status lab\n  guestnet metrics --listen 127.0.0.1:9469\n  guestnet bench --frame-size 64"
+    after_help = "Examples:\n  guestnet create lab\n  guestnet stream lab --listen /tmp/lab.sock\n  guestnet vhost-user lab --socket /tmp/vm0.sock\n  guestnet capture lab -w lab.pcap -c 100\n  guestnet dhcp lab --subnet 10.0.0.0/24 --range 10.0.0.10-10.0.0.99 --domain lab.internal\n  guestnet status lab\n  guestnet metrics --listen 127.0.0.1:9469\n  guestnet bench --frame-size 64"
 )]
 pub struct Cli {
     /// Directory holding the networks [default: $GUESTNET_DIR or /dev/shm/guestnet]
@@ -79,6 +80,8 @@ pub enum Command {
     Vxlan(vxlan::VxlanArgs),
     /// Capture a network's frames into a pcap file.
     Capture(capture::CaptureArgs),
+    /// Serve DHCPv4, and DNS for the guests' names, on a network.
+    Dhcp(dhcp::DhcpArgs),
     /// Serve the networks' counters to Prometheus at /metrics.
     Metrics(metrics::MetricsArgs),
     /// Show guestnet at work: two namespaces on TAP ports, ping, TCP, capture (as root).
@@ -146,6 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VhostUser(args) => vhost_user::run(&dir, args),
         Command::Vxlan(args) => vxlan::run(&dir, args),
         Command::Capture(args) => capture::run(&dir, args),
+        Command::Dhcp(args) => dhcp::run(&dir, args),
         Command::Metrics(args) => metrics::run(&dir, args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(&dir, args),

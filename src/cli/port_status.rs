@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::format::human_bytes;
+use crate::ports::dhcp::DhcpStatus;
 use crate::ports::vhost_user::{SocketStatus, feature};
 use crate::ports::vxlan::VxlanStatus;
 
@@ -29,6 +30,8 @@ pub enum StatusKind {
     Vxlan,
     /// `guestnet vhost-user`: a list of [`SocketStatus`], one per socket the process serves.
     VhostUser,
+    /// `guestnet dhcp`: one [`DhcpStatus`] per process.
+    Dhcp,
 }
 
 impl StatusKind {
@@ -37,6 +40,7 @@ impl StatusKind {
         match self {
             StatusKind::Vxlan => "vxlan",
             StatusKind::VhostUser => "vhost-user",
+            StatusKind::Dhcp => "dhcp",
         }
     }
 }
@@ -51,6 +55,9 @@ pub struct PortStatuses {
     /// The vhost-user sockets' own status, by process and socket path.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vhost_user: Vec<SocketStatus>,
+    /// The DHCP servers' own status, by slot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dhcp: Vec<DhcpStatus>,
 }
 
 impl PortStatuses {
@@ -64,13 +71,20 @@ impl PortStatuses {
                 .flatten()
                 .collect();
         vhost_user.sort_by(|a, b| (a.pid, &a.socket).cmp(&(b.pid, &b.socket)));
-        PortStatuses { vxlan, vhost_user }
+        let mut dhcp: Vec<DhcpStatus> = read(dir, StatusKind::Dhcp, network);
+        dhcp.sort_by_key(|status| status.slot);
+        PortStatuses {
+            vxlan,
+            vhost_user,
+            dhcp,
+        }
     }
 
     /// Prints them as `guestnet status` shows them, below the network's own tables.
     pub fn print(&self) {
         print_vxlan(&self.vxlan);
         print_vhost_user(&self.vhost_user);
+        print_dhcp(&self.dhcp);
     }
 }
 
@@ -240,6 +254,36 @@ fn print_vhost_user(sockets: &[SocketStatus]) {
             c.quarantines,
             c.ring_access_failures
         );
+    }
+}
+
+/// Prints the DHCP servers for `guestnet status`: what they serve, their leases, and
+/// every counter that is not zero.
+fn print_dhcp(servers: &[DhcpStatus]) {
+    for s in servers {
+        println!();
+        println!(
+            "dhcp slot {}  pid {}  {} on {}  range {}{}  leases {}",
+            s.slot,
+            s.pid,
+            s.address,
+            s.subnet,
+            s.range,
+            s.domain
+                .as_deref()
+                .map_or(String::new(), |d| format!("  domain {d}")),
+            s.leases
+        );
+        let counts: Vec<String> = s
+            .counters
+            .named()
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        if !counts.is_empty() {
+            println!("  {}", counts.join("  "));
+        }
     }
 }
 

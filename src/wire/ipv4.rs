@@ -27,6 +27,9 @@ use super::offload::checksum;
 /// Length of a header without options.
 pub const HEADER_LEN: usize = 20;
 
+/// The protocol number of ICMP.
+pub const PROTOCOL_ICMP: u8 = 1;
+
 /// The protocol number of UDP.
 pub const PROTOCOL_UDP: u8 = 17;
 

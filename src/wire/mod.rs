@@ -6,7 +6,7 @@
 //! tests, and lets the same code serve every host — the shared-memory network, the port
 //! programs, the fuzz targets — without any of them dragging the others' I/O along.
 //!
-//! Ten modules live here:
+//! Twelve modules live here:
 //!
 //! * [`ethernet`] — the frames themselves. The network moves bare Ethernet frames and looks
 //!   at only their first fourteen bytes, so this module is a thin, checked view over a
@@ -33,17 +33,24 @@
 //!   payload against the request it claims to be.
 //! * [`ipv4`] and [`udp`] — the outer headers of a VXLAN datagram, which the VXLAN port
 //!   writes itself when it sends through a raw socket (to choose the UDP source port per
-//!   flow). Each field is a named byte range; the port never writes an offset of its own.
+//!   flow), and of the DHCP and DNS messages the DHCP port exchanges with guests. Each
+//!   field is a named byte range; the ports never write an offset of their own.
 //! * [`vxlan`] — the 8-byte VXLAN header (RFC 7348) that carries a frame between hosts in
 //!   a UDP datagram, the UDP source port hashed from the inner frame, and the overhead
 //!   that decides whether a frame fits the underlay.
+//!
+//! * [`arp`] — ARP for IPv4 over Ethernet, which the DHCP port answers for its own
+//!   address and sends to probe an address before offering it, and [`icmp`] echo, which
+//!   it answers so that `ping` finds it.
 //!
 //! Every view follows one rule, borrowed from smoltcp: construct it with `new_checked` (or
 //! call `check_len` yourself) and after that no accessor panics, whatever the bytes are.
 //! Guests and peers write these bytes; a malformed frame must become an error value that
 //! the caller counts, never a crash.
 
+pub mod arp;
 pub mod ethernet;
+pub mod icmp;
 pub mod ipv4;
 pub mod offload;
 pub mod pcap;

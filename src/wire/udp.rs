@@ -143,6 +143,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     pub fn set_checksum(&mut self, value: u16) {
         write_u16(self.buffer.as_mut(), field::CHECKSUM, value);
     }
+
+    /// Computes and writes the checksum over the IPv4 pseudo-header of `source` and
+    /// `destination`, the header and the payload up to the length field. A sum of zero is
+    /// written as 0xffff, since zero on the wire means "no checksum" (RFC 768).
+    pub fn fill_checksum(&mut self, source: Ipv4Addr, destination: Ipv4Addr) {
+        self.set_checksum(0);
+        let length = self.length();
+        // A length beyond the buffer (set wrongly by the caller) is clamped, not trusted.
+        let end = usize::from(length).min(self.buffer.as_ref().len());
+        let datagram = &self.buffer.as_ref()[..end];
+        let sum = checksum(datagram, pseudo_header_sum(source, destination, length));
+        self.set_checksum(if sum == 0 { 0xffff } else { sum });
+    }
 }
 
 /// The one's-complement sum of the IPv4 pseudo-header a UDP checksum covers.
@@ -244,6 +257,15 @@ mod tests {
         assert!(packet.verify_checksum(SOURCE, DESTINATION));
         assert_eq!(UdpRepr::parse(&packet, SOURCE, DESTINATION), Ok(repr()));
         assert_eq!(packet.payload(), &DATAGRAM[8..]);
+    }
+
+    #[test]
+    fn fill_checksum_writes_the_known_sum() {
+        let mut bytes = DATAGRAM;
+        let mut packet = UdpPacket::new_checked(&mut bytes[..]).unwrap();
+        packet.set_checksum(0);
+        packet.fill_checksum(SOURCE, DESTINATION);
+        assert_eq!(bytes, DATAGRAM);
     }
 
     #[test]

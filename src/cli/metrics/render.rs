@@ -15,6 +15,7 @@ use std::fmt::Write;
 
 use crate::cli::port_status::PortStatuses;
 use crate::network::{NetworkStatus, PeerStatus};
+use crate::ports::dhcp::DhcpStatus;
 use crate::ports::vhost_user::{SocketStatus, State};
 use crate::ports::vxlan::{RemoteStatus, VxlanStatus};
 
@@ -36,6 +37,7 @@ pub fn render(networks: &[NetworkMetrics], unopened: &[String]) -> String {
     render_peers(&mut out, networks);
     render_vhost_user(&mut out, networks);
     render_vxlan(&mut out, networks);
+    render_dhcp(&mut out, networks);
     out.text
 }
 
@@ -485,6 +487,44 @@ fn render_vxlan(out: &mut Exposition, networks: &[NetworkMetrics]) {
     );
 }
 
+/// The labels that name a DHCP server: its network and its slot.
+fn dhcp_labels(server: &DhcpStatus) -> Labels {
+    vec![
+        ("network", server.network.clone()),
+        ("slot", server.slot.to_string()),
+    ]
+}
+
+fn render_dhcp(out: &mut Exposition, networks: &[NetworkMetrics]) {
+    let servers: Vec<&DhcpStatus> = networks
+        .iter()
+        .flat_map(|network| &network.ports.dhcp)
+        .collect();
+    let Some(first) = servers.first() else {
+        return;
+    };
+    out.metric(
+        "guestnet_dhcp_leases",
+        Kind::Gauge,
+        "Leases the DHCP server holds bound and unexpired.",
+        servers
+            .iter()
+            .map(|server| (dhcp_labels(server), server.leases))
+            .collect(),
+    );
+    for (index, (name, _)) in first.counters.named().into_iter().enumerate() {
+        out.metric(
+            &format!("guestnet_dhcp_{name}_total"),
+            Kind::Counter,
+            &format!("The DHCP server's {name} counter, as status --json shows it."),
+            servers
+                .iter()
+                .map(|server| (dhcp_labels(server), server.counters.named()[index].1))
+                .collect(),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -730,6 +770,42 @@ guestnet_peer_link_down{network="lab",slot="0",mac="52:54:00:00:00:00",kind="pro
                 queue_pairs: 1,
                 counters,
             }],
+            dhcp: vec![DhcpStatus {
+                network: "b".to_string(),
+                pid: 100,
+                slot: 3,
+                mac: MacAddress([2, 0, 0, 0, 0, 3]),
+                address: "10.0.0.254".parse().unwrap(),
+                subnet: "10.0.0.0/24".to_string(),
+                range: "10.0.0.10-10.0.0.99".to_string(),
+                domain: Some("lab.internal".to_string()),
+                leases: 2,
+                counters: crate::ports::dhcp::DhcpCounters {
+                    acks: 2,
+                    dns_refused: 1,
+                    ..Default::default()
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn dhcp_servers_show_their_leases_and_counters() {
+        let mut lab = network("b", Vec::new());
+        lab.ports.dhcp = ports().dhcp;
+        let text = render(&[lab], &[]);
+        let server = r#"network="b",slot="3""#;
+        for line in [
+            "# TYPE guestnet_dhcp_leases gauge".to_string(),
+            format!("guestnet_dhcp_leases{{{server}}} 2"),
+            format!("guestnet_dhcp_acks_total{{{server}}} 2"),
+            format!("guestnet_dhcp_dns_refused_total{{{server}}} 1"),
+            format!("guestnet_dhcp_naks_total{{{server}}} 0"),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
         }
     }
 
