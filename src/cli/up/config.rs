@@ -465,10 +465,14 @@ impl Checker<'_> {
         skip: &[&str],
     ) {
         let Some(definition) = self.cli.find_subcommand(subcommand).cloned() else {
+            // Said with the command line the table would make, so the user sees what
+            // a build with that command would run.
+            let (options, _) = options(None, table, skip);
+            let line = command_line(subcommand, network, &options).join(" ");
             self.error(
                 span,
                 None,
-                format!("this guestnet has no `{subcommand}` command to run this table"),
+                format!("this guestnet has no `{subcommand}` command to run `guestnet {line}`"),
             );
             return;
         };
@@ -760,21 +764,6 @@ fn command_line(subcommand: &str, network: Option<&str>, options: &[String]) -> 
     args
 }
 
-/// The generic mapping of a table to options, for a subcommand this build may lack: what
-/// `[network.dhcp]` becomes before `dhcp` exists.
-pub fn generic_command_line(
-    subcommand: &str,
-    network: Option<&str>,
-    text: &str,
-) -> Result<Vec<String>, String> {
-    let table = DeTable::parse(text).map_err(|e| e.message().to_string())?;
-    let (options, problems) = options(None, table.get_ref(), &[]);
-    if !problems.is_empty() {
-        return Err(format!("{problems:?}"));
-    }
-    Ok(command_line(subcommand, network, &options))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -950,14 +939,21 @@ mod tests {
         assert_eq!(config.children[0].network, None);
     }
 
+    /// The mapping of a table for a subcommand this build may lack.
+    fn generic_command_line(subcommand: &str, network: Option<&str>, text: &str) -> Vec<String> {
+        let table = DeTable::parse(text).expect("valid TOML");
+        let (options, problems) = options(None, table.get_ref(), &[]);
+        assert!(problems.is_empty(), "{problems:?}");
+        command_line(subcommand, network, &options)
+    }
+
     #[test]
     fn a_service_table_maps_to_its_subcommand_even_before_it_exists() {
         let args = generic_command_line(
             "dhcp",
             Some("lab"),
             "subnet = \"10.0.0.0/24\"\nrange = \"10.0.0.10-10.0.0.99\"\nhost = [\"52:54:00:00:00:01=10.0.0.5\"]\ndns = [\"10.0.0.1\"]\nauthoritative = true\nquiet = false\nlease_time = 3600\n",
-        )
-        .expect("mapped");
+        );
         assert_eq!(
             args,
             [
