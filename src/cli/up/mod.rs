@@ -80,6 +80,8 @@ with one interface and no `mac` gets a MAC derived from the network, namespace a
 interface names, the same on every start. SIGHUP re-reads the file (unchanged ports keep
 running); SIGTERM stops everything. Under systemd (Type=notify) READY=1 is sent once every
 port is up.
+
+Examples:
   guestnet up --check /etc/guestnet/guestnet.toml
   guestnet up /etc/guestnet/guestnet.toml")]
 pub struct UpArgs {
@@ -373,9 +375,14 @@ impl Supervisor {
                     );
                     // Ends when the child's output closes, that is when it exits.
                     std::thread::spawn(move || {
-                        for line in BufReader::new(stdout).lines() {
-                            let Ok(line) = line else { break };
-                            log(format_args!("{name}: {line}"));
+                        let mut reader = BufReader::new(stdout);
+                        let mut line = Vec::new();
+                        // Read to the end whatever it writes, so it never blocks on a
+                        // full pipe.
+                        while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                            let text = String::from_utf8_lossy(&line);
+                            log(format_args!("{name}: {}", text.trim_end()));
+                            line.clear();
                             printed.store(true, Ordering::SeqCst);
                             bell.ring();
                         }
