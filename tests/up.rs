@@ -280,19 +280,133 @@ impl Drop for Lab {
     }
 }
 
+impl Lab {
+    /// A lab in a new temporary directory, with its notification socket.
+    fn new() -> Lab {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let notify = UnixDatagram::bind(dir.path().join("notify")).expect("notify socket");
+        std::fs::create_dir(dir.path().join("nets")).expect("networks directory");
+        Lab {
+            dir,
+            namespaces: Vec::new(),
+            up: None,
+            notify,
+        }
+    }
+
+    /// Starts `guestnet up` on the lab's file, its notifications to the lab's socket.
+    fn start_up(&mut self) {
+        let up = Command::new(BIN)
+            .arg("--dir")
+            .arg(self.nets())
+            .arg("up")
+            .arg(self.file())
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start up");
+        self.up = Some(up);
+    }
+
+    /// Pids of the peers whose label is `label`.
+    fn owners_labelled(&self, label: &str) -> Vec<u32> {
+        let Ok(network) = Network::open(&self.nets(), "lab") else {
+            return Vec::new();
+        };
+        let status = network.status();
+        status
+            .peers
+            .iter()
+            .filter(|p| p.label == label)
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    /// Sends SIGTERM to `up` and waits for it to exit with success.
+    fn stop_up(&mut self) {
+        self.signal_up(rustix::process::Signal::TERM);
+        self.wait_for_notification("STOPPING=1");
+        let mut up = self.up.take().expect("up");
+        let deadline = Instant::now() + UP_DEADLINE;
+        let status = loop {
+            if let Some(status) = up.try_wait().expect("wait for up") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "up did not stop within {UP_DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "up ended with {status}");
+    }
+}
+
+/// Without root: a capture (up once its peer shows) and a stream port (up once it prints
+/// that it listens), the capture killed and restarted, a reload, a clean stop.
+#[test]
+fn up_supervises_captures_and_a_stream_socket_without_root() {
+    let mut lab = Lab::new();
+    let first = lab.dir.path().join("first.pcap").display().to_string();
+    let second = lab.dir.path().join("second.pcap").display().to_string();
+    let capture =
+        |path: &str| format!("[[network.port]]\ntype = \"capture\"\nwrite = \"{path}\"\n\n");
+    let mut text = format!(
+        "[[network]]\nname = \"lab\"\nmax_peers = 8\n\n{}[[network.port]]\ntype = \"stream\"\nlisten = \"{}\"\n\n",
+        capture(&first),
+        lab.socket().display()
+    );
+    std::fs::write(lab.file(), &text).expect("write the file");
+    lab.start_up();
+    lab.wait_for_notification("READY=1");
+    assert!(lab.socket().exists(), "the stream port's socket");
+    let [killed] = lab.owners_labelled(&first)[..] else {
+        panic!("not one capture peer for {first}");
+    };
+
+    let pid = rustix::process::Pid::from_raw(killed as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill the capture");
+    let mut restarted = Vec::new();
+    wait_until("the killed capture is back", || {
+        restarted = lab.owners_labelled(&first);
+        restarted.len() == 1 && restarted[0] != killed
+    });
+
+    text.push_str(&capture(&second));
+    std::fs::write(lab.file(), &text).expect("rewrite the file");
+    lab.signal_up(rustix::process::Signal::HUP);
+    lab.wait_for_notification("RELOADING=1");
+    lab.wait_for_notification("READY=1");
+    assert_eq!(
+        lab.owners_labelled(&second).len(),
+        1,
+        "the added capture runs"
+    );
+    assert_eq!(
+        lab.owners_labelled(&first),
+        restarted,
+        "the unchanged capture kept running"
+    );
+
+    lab.stop_up();
+    for pid in restarted {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "capture {pid} is left"
+        );
+    }
+    assert!(!lab.socket().exists(), "the stream socket is left");
+    let network = Network::open(&lab.nets(), "lab").expect("the network stays");
+    assert!(network.status().peers.is_empty(), "peers are left");
+    assert_eq!(network.geometry().max_peers, 8, "created as the file says");
+}
+
 #[test]
 fn up_runs_restarts_reloads_and_stops_a_file_of_two_namespaces() {
     if !prerequisites_met("up tests", &["ip", "ping"]) {
         return;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let notify = UnixDatagram::bind(dir.path().join("notify")).expect("notify socket");
-    let mut lab = Lab {
-        dir,
-        namespaces: Vec::new(),
-        up: None,
-        notify,
-    };
+    let mut lab = Lab::new();
     for name in ["a", "b", "c"] {
         let namespace = format!("gnu-{}-{name}", std::process::id());
         ip(&["netns", "add", &namespace]);
@@ -305,17 +419,7 @@ fn up_runs_restarts_reloads_and_stops_a_file_of_two_namespaces() {
         lab.socket().display()
     );
     std::fs::write(lab.file(), &text).expect("write the file");
-    std::fs::create_dir(lab.nets()).expect("networks directory");
-    let up = Command::new(BIN)
-        .arg("--dir")
-        .arg(lab.nets())
-        .arg("up")
-        .arg(lab.file())
-        .env("NOTIFY_SOCKET", lab.dir.path().join("notify"))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start up");
-    lab.up = Some(up);
+    lab.start_up();
 
     // Both ports come up, with the MACs derived from their names, and carry traffic.
     lab.wait_for_notification("READY=1");
@@ -390,21 +494,7 @@ fn up_runs_restarts_reloads_and_stops_a_file_of_two_namespaces() {
     // SIGTERM: up ends with success, and leaves no port, TAP or socket behind.
     let ports: Vec<u32> = (0..3).filter_map(|i| lab.owner_of(macs[i])).collect();
     assert_eq!(ports.len(), 3);
-    lab.signal_up(rustix::process::Signal::TERM);
-    lab.wait_for_notification("STOPPING=1");
-    let mut up = lab.up.take().expect("up");
-    let deadline = Instant::now() + UP_DEADLINE;
-    let status = loop {
-        if let Some(status) = up.try_wait().expect("wait for up") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "up did not stop within {UP_DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "up ended with {status}");
+    lab.stop_up();
     for pid in ports {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
