@@ -296,16 +296,8 @@ impl Checker<'_> {
             .chain(NETWORK_SERVICES.iter())
             .copied()
             .collect();
-        let create = self.cli.find_subcommand("create").cloned();
-        if let Some(cli) = self.table_to_cli(
-            create.as_ref(),
-            "create",
-            Some(&name),
-            "a network",
-            value.span(),
-            table,
-            &skip,
-        ) && let Command::Create(args) = cli.command
+        if let Some((cli, _)) = self.table_to_cli("create", Some(&name), value.span(), table, &skip)
+            && let Command::Create(args) = cli.command
         {
             match admin::create_options(&args) {
                 Ok(options) => self.config.networks.push(NetworkPlan {
@@ -472,38 +464,11 @@ impl Checker<'_> {
         table: &Table<'_>,
         skip: &[&str],
     ) {
-        let Some(definition) = self.cli.find_subcommand(subcommand).cloned() else {
-            // Said with the command line the table would make, so the user sees what
-            // a build with that command would run.
-            let (options, _) = options(None, table, skip);
-            let line = command_line(subcommand, network, &options).join(" ");
-            self.error(
-                span,
-                None,
-                format!("this guestnet has no `{subcommand}` command to run `guestnet {line}`"),
-            );
+        let Some((cli, mut args)) =
+            self.table_to_cli(subcommand, network, span.clone(), table, skip)
+        else {
             return;
         };
-        let what = match subcommand {
-            s if PORT_TYPES.contains(&s) => format!("a {s} port"),
-            s => format!("[{}{s}]", if network.is_some() { "network." } else { "" }),
-        };
-        let Some(cli) = self.table_to_cli(
-            Some(&definition),
-            subcommand,
-            network,
-            &what,
-            span.clone(),
-            table,
-            skip,
-        ) else {
-            return;
-        };
-        let mut args = command_line(
-            subcommand,
-            network,
-            &options(Some(&definition), table, skip).0,
-        );
         // A TAP that `up` creates keeps its MAC across restarts.
         if let Command::Tap(tap) = &cli.command
             && tap.mac.is_none()
@@ -530,37 +495,54 @@ impl Checker<'_> {
     }
 
     /// Checks `table` as the options of `subcommand` and parses the command line it makes
-    /// as the command would; `None` after reporting what is wrong.
-    #[allow(clippy::too_many_arguments)]
+    /// as the command would: the parsed command and that command line (without the
+    /// program's name), or `None` after reporting what is wrong.
     fn table_to_cli(
         &mut self,
-        definition: Option<&clap::Command>,
         subcommand: &str,
         network: Option<&str>,
-        what: &str,
         span: Range<usize>,
         table: &Table<'_>,
         skip: &[&str],
-    ) -> Option<Cli> {
-        let (options, problems) = options(definition, table, skip);
+    ) -> Option<(Cli, Vec<String>)> {
+        let what = match subcommand {
+            "create" => "a network".to_string(),
+            s if PORT_TYPES.contains(&s) => format!("a {s} port"),
+            s if network.is_some() => format!("[network.{s}]"),
+            s => format!("[{s}]"),
+        };
+        let Some(definition) = self.cli.find_subcommand(subcommand).cloned() else {
+            // Said with the command line the table would make, so the user sees what
+            // a build with that command would run.
+            let (options, _) = options(None, table, skip);
+            let line = command_line(subcommand, network, &options).join(" ");
+            self.error(
+                span,
+                None,
+                format!("this guestnet has no `{subcommand}` command to run `guestnet {line}`"),
+            );
+            return None;
+        };
+        let (options, problems) = options(Some(&definition), table, skip);
         if !problems.is_empty() {
             for problem in problems {
                 match problem {
                     Problem::Unknown { key, span } => {
-                        let mut valid = definition.map(keys).unwrap_or_default();
+                        let mut valid = keys(&definition);
                         valid.extend(skip.iter().map(|s| s.to_string()));
                         valid.sort();
-                        self.unknown_key(span, &key, what, &valid);
+                        self.unknown_key(span, &key, &what, &valid);
                     }
                     Problem::Value { key, span, message } => self.error(span, Some(&key), message),
                 }
             }
             return None;
         }
-        let mut argv = vec!["guestnet".to_string()];
-        argv.extend(command_line(subcommand, network, &options));
-        match Cli::try_parse_from(&argv) {
-            Ok(cli) => Some(cli),
+        let args = command_line(subcommand, network, &options);
+        match Cli::try_parse_from(
+            std::iter::once("guestnet").chain(args.iter().map(String::as_str)),
+        ) {
+            Ok(cli) => Some((cli, args)),
             Err(error) => {
                 use clap::error::{ContextKind, ContextValue, ErrorKind};
                 if error.kind() == ErrorKind::MissingRequiredArgument
