@@ -45,6 +45,10 @@ use supervise::Restarts;
 /// How long a stopped child has to exit after `SIGTERM` before its group gets `SIGKILL`.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// The longest the loop sleeps: every event it waits for (a signal, a child's death, its
+/// output) rings the doorbell, so this only bounds a wait that nothing should need.
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+
 /// How often a child not yet up is looked for in its network.
 const UP_POLL: Duration = Duration::from_millis(100);
 
@@ -178,13 +182,13 @@ pub fn run(dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         }
         let mut timeout = supervisor
             .next_restart()
-            .map_or(Duration::from_secs(1), |at| {
+            .map_or(IDLE_WAIT, |at| {
                 at.saturating_duration_since(now)
             });
         if !all_up {
             timeout = timeout.min(UP_POLL);
         }
-        bell.wait(timeout.min(Duration::from_secs(1)));
+        bell.wait(timeout.min(IDLE_WAIT));
     }
 }
 
