@@ -401,6 +401,29 @@ fn up_supervises_captures_and_a_stream_socket_without_root() {
     assert_eq!(network.geometry().max_peers, 8, "created as the file says");
 }
 
+/// `up` killed outright still takes its ports with it: they get SIGTERM from the kernel
+/// (the parent-death signal) and stop cleanly, socket removed.
+#[test]
+fn a_killed_up_takes_its_ports_with_it() {
+    let mut lab = Lab::new();
+    let capture = lab.dir.path().join("c.pcap").display().to_string();
+    let text = format!(
+        "[[network]]\nname = \"lab\"\n\n[[network.port]]\ntype = \"capture\"\nwrite = \"{capture}\"\n\n[[network.port]]\ntype = \"stream\"\nlisten = \"{}\"\n",
+        lab.socket().display()
+    );
+    std::fs::write(lab.file(), &text).expect("write the file");
+    lab.start_up();
+    lab.wait_for_notification("READY=1");
+    assert_eq!(lab.owners_labelled(&capture).len(), 1);
+    lab.signal_up(rustix::process::Signal::KILL);
+    wait_until("the capture has left the network", || {
+        lab.owners_labelled(&capture).is_empty()
+    });
+    wait_until("the stream port has removed its socket", || {
+        !lab.socket().exists()
+    });
+}
+
 #[test]
 fn up_runs_restarts_reloads_and_stops_a_file_of_two_namespaces() {
     if !prerequisites_met("up tests", &["ip", "ping"]) {

@@ -18,7 +18,9 @@
 //! on running (and keeps its slots and its guests' connections), removed ones are stopped,
 //! new ones started; a file with errors changes nothing and is reported. `SIGTERM` and
 //! `SIGINT` stop every child (`SIGTERM` to its group, `SIGKILL` after [`STOP_GRACE`]) and
-//! end `up` with success. Networks are left in place, as `create` leaves them.
+//! end `up` with success. Networks are left in place, as `create` leaves them. Should
+//! `up` be killed outright, the kernel sends each child `SIGTERM`
+//! ([`end_with_parent`](crate::shm::end_with_parent)), so no port outlives it.
 //!
 //! The loop sleeps on a doorbell rung by those signals, by `SIGCHLD` and by the children's
 //! output, with a timeout no longer than the next restart, so it costs nothing while
@@ -182,9 +184,7 @@ pub fn run(dir: &Path, args: UpArgs) -> anyhow::Result<()> {
         }
         let mut timeout = supervisor
             .next_restart()
-            .map_or(IDLE_WAIT, |at| {
-                at.saturating_duration_since(now)
-            });
+            .map_or(IDLE_WAIT, |at| at.saturating_duration_since(now));
         if !all_up {
             timeout = timeout.min(UP_POLL);
         }
@@ -362,6 +362,9 @@ impl Supervisor {
             // Its own group: a terminal's Ctrl-C reaches `up` alone, which stops the
             // children in order, and a stop reaches whatever the child started.
             .process_group(0);
+        // And if `up` is killed outright, its children still stop (this loop runs on the
+        // main thread, which lives as long as `up`).
+        crate::shm::end_with_parent(&mut command);
         match command.spawn() {
             Ok(mut child) => {
                 log(format_args!(
