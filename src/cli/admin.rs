@@ -88,8 +88,8 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Runs `create`.
-pub fn create(dir: &Path, args: CreateArgs) -> anyhow::Result<()> {
+/// What `create` makes of its arguments, checked (`up` checks a file's networks with it).
+pub fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
     let geometry = Geometry {
         max_peers: args.max_peers,
         ring_slots: args.ring_slots,
@@ -100,11 +100,16 @@ pub fn create(dir: &Path, args: CreateArgs) -> anyhow::Result<()> {
     // an unusable region.
     Layout::new(geometry)
         .with_context(|| format!("cannot create network {:?}: bad geometry", args.name))?;
-    let options = CreateOptions {
+    Ok(CreateOptions {
         geometry,
         drop_unknown_unicast: args.unknown_unicast == UnknownUnicast::Drop,
         mode: args.mode,
-    };
+    })
+}
+
+/// Runs `create`.
+pub fn create(dir: &Path, args: CreateArgs) -> anyhow::Result<()> {
+    let options = create_options(&args)?;
     let network = Network::create(dir, &args.name, options)?;
     let status = network.status();
     println!("created network {}", status.name);

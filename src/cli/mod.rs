@@ -26,6 +26,7 @@ pub mod port_status;
 pub mod stream;
 pub mod tap;
 pub mod traffic;
+pub mod up;
 pub mod vhost_user;
 pub mod vxlan;
 
@@ -39,7 +40,7 @@ use clap::{Parser, Subcommand};
     name = "guestnet",
     version,
     about,
-    after_help = "Examples:\n  guestnet create lab\n  guestnet stream lab --listen /tmp/lab.sock\n  guestnet vhost-user lab --socket /tmp/vm0.sock\n  guestnet capture lab -w lab.pcap -c 100\n  guestnet dhcp lab --subnet 10.0.0.0/24 --range 10.0.0.10-10.0.0.99 --domain lab.internal\n  guestnet status lab\n  guestnet metrics --listen 127.0.0.1:9469\n  guestnet bench --frame-size 64"
+    after_help = "Examples:\n  guestnet create lab\n  guestnet stream lab --listen /tmp/lab.sock\n  guestnet vhost-user lab --socket /tmp/vm0.sock\n  guestnet capture lab -w lab.pcap -c 100\n  guestnet dhcp lab --subnet 10.0.0.0/24 --range 10.0.0.10-10.0.0.99 --domain lab.internal\n  guestnet status lab\n  guestnet metrics --listen 127.0.0.1:9469\n  guestnet up /etc/guestnet/guestnet.toml\n  guestnet bench --frame-size 64"
 )]
 pub struct Cli {
     /// Directory holding the networks [default: $GUESTNET_DIR or /dev/shm/guestnet]
@@ -84,6 +85,8 @@ pub enum Command {
     Dhcp(dhcp::DhcpArgs),
     /// Serve the networks' counters to Prometheus at /metrics.
     Metrics(metrics::MetricsArgs),
+    /// Run and supervise the networks, ports and services a TOML file declares.
+    Up(up::UpArgs),
     /// Show guestnet at work: two namespaces on TAP ports, ping, TCP, capture (as root).
     Demo(demo::DemoArgs),
     /// Measure throughput, wake-ups and latency against a socket baseline.
@@ -151,6 +154,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Capture(args) => capture::run(&dir, args),
         Command::Dhcp(args) => dhcp::run(&dir, args),
         Command::Metrics(args) => metrics::run(&dir, args),
+        Command::Up(args) => up::run(&dir, args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(&dir, args),
         Command::Pktgen(args) => traffic::pktgen(&dir, args),

@@ -49,7 +49,7 @@ use crate::shm::layout::{self, Geometry, Header, Layout, status as entry_status}
 use crate::shm::{LockState, Mapping, RangeLock};
 use counters::PeerCounters;
 use membership::read_label;
-use region::{Region, check_name};
+use region::Region;
 
 pub use clock::{monotonic_ns, timespec, unix_ns};
 pub use directory::{DEFAULT_DIR, DIR_ENV, default_dir};
@@ -58,7 +58,7 @@ pub(crate) use error::{io_error, io_error_as};
 pub use membership::{Control, JoinOptions, PortKind};
 pub use peer::Peer;
 pub use receive::{Receiver, RingWatch};
-pub use region::SWEEP_INTERVAL_NS;
+pub use region::{SWEEP_INTERVAL_NS, check_name};
 pub use send::{Sender, Sent};
 pub use shm_ring::ShmRing;
 pub use status::{LearnedStatus, NetworkStatus, PeerStatus, RetiredStatus};

@@ -50,7 +50,9 @@ use super::shm_ring::ShmRing;
 use super::vlan::{VlanMembership, VlanSet};
 use super::{fdb, ring};
 
-pub(crate) fn check_name(name: &str) -> Result<()> {
+/// Refuses a network name that is empty, longer than 64 bytes, starts with a dot or holds
+/// anything but ASCII letters, digits, `-`, `_` and `.`.
+pub fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')

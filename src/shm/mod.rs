@@ -18,8 +18,9 @@
 //! The layout of the structures is in [`layout`]; it is plain safe code. Two more things
 //! need `unsafe` and live here so that every `unsafe` block of the crate stays in this
 //! module: [`socket`], the few socket calls rustix does not wrap (a packet socket's filter,
-//! virtio-net header and bind, for the VXLAN port), and [`restore_default_sigpipe`], a
-//! process-wide setting the command needs.
+//! virtio-net header and bind, for the VXLAN port), [`restore_default_sigpipe`], a
+//! process-wide setting the command needs, and [`end_with_parent`], for the children
+//! `guestnet up` supervises.
 #![allow(unsafe_code)]
 
 pub mod layout;
@@ -337,4 +338,27 @@ pub fn restore_default_sigpipe() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Has the child `command` starts receive `SIGTERM` when the thread that starts it ends
+/// (Linux's parent-death signal), so that the ports a supervisor runs stop, and clean up,
+/// even when the supervisor is killed with `SIGKILL` and cannot stop them itself. The
+/// kernel sends it when the *thread* that forked the child exits: call this from a thread
+/// that lives as long as the children should.
+pub fn end_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes two system calls (prctl, getppid)
+    // through rustix, which allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+            // The parent may have died before the call above: then no signal would come.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }
