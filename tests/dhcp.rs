@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use dhcproto::v4::{self, DhcpOption, MessageType, Opcode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
-use guestnet::network::{CreateOptions, JoinOptions, Network, Peer};
+use guestnet::network::{CreateOptions, JoinOptions, Network, Peer, VlanMembership};
 use guestnet::wire::arp::{ArpOperation, ArpPacket, ArpRepr};
 use guestnet::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
 use guestnet::wire::udp::{self, UdpPacket, UdpRepr};
@@ -148,21 +148,25 @@ impl Lab {
 
     /// Starts the DHCP server (again).
     fn start_dhcp(&mut self) {
-        let server = self.start(
-            &[
-                "dhcp",
-                "lab",
-                "--subnet",
-                "10.79.0.0/24",
-                "--range",
-                "10.79.0.10-10.79.0.50",
-                "--domain",
-                DOMAIN,
-                "--lease-time",
-                "10m",
-            ],
-            "ready",
-        );
+        self.start_dhcp_with(&[]);
+    }
+
+    /// Starts `guestnet dhcp` with `extra` options after the usual ones.
+    fn start_dhcp_with(&mut self, extra: &[&str]) {
+        let mut args = vec![
+            "dhcp",
+            "lab",
+            "--subnet",
+            "10.79.0.0/24",
+            "--range",
+            "10.79.0.10-10.79.0.50",
+            "--domain",
+            DOMAIN,
+            "--lease-time",
+            "10m",
+        ];
+        args.extend_from_slice(extra);
+        let server = self.start(&args, "ready");
         self.dhcp = Some(server);
     }
 
@@ -644,5 +648,37 @@ fn a_peer_gets_a_lease_from_the_command_keeps_it_across_a_restart_and_the_scrape
         client.lease(),
         address,
         "the same MAC gets the same address after a restart"
+    );
+}
+
+#[test]
+fn a_server_in_vlan_10_leases_to_vlan_10_and_never_hears_vlan_20() {
+    let mut lab = Lab::new("vlan", 0);
+    lab.start_dhcp_with(&["--vlan", "10"]);
+    let join = |vid| {
+        let vlans = VlanMembership::access(vid).expect("a VLAN");
+        lab.network
+            .join(JoinOptions {
+                vlans,
+                ..JoinOptions::default()
+            })
+            .expect("join")
+    };
+    let mut in_10 = Client { peer: join(10) };
+    let address = in_10.lease();
+    assert!(in_range(&address.to_string()), "{address}");
+    // The server is the only other peer; a DISCOVER in VLAN 20 reaches no one.
+    let mut in_20 = Client { peer: join(20) };
+    in_20.send(&in_20.message(MessageType::Discover));
+    let sent = in_20.peer.counters();
+    assert_eq!(sent.tx_packets, 1, "the DISCOVER was sent");
+    assert_eq!(sent.tx_deliveries, 0, "and delivered to no one: {sent:?}");
+    wait_until("status shows one lease", || {
+        lab.dhcp_status()["leases"] == 1
+    });
+    let status = lab.dhcp_status();
+    assert_eq!(
+        status["counters"]["discovers"], 1,
+        "only VLAN 10's DISCOVER arrived: {status}"
     );
 }

@@ -54,10 +54,14 @@ fn the_example_file_passes_check() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/guestnet.toml");
     let (ok, stdout, stderr) = check_file(dir.path(), &example);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains(": ok: 1 network, 4 processes"), "{stdout}");
+    assert!(stdout.contains(": ok: 1 network, 5 processes"), "{stdout}");
     assert!(
-        stdout.contains("guestnet tap lab --ifname=gn0 --netns=red --mac="),
+        stdout.contains("guestnet tap lab --ifname=gn0 --netns=red --vlan=10 --mac="),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("--subnet=10.0.0.0/24 --vlan=10"),
+        "the DHCP table takes the VLAN key: {stdout}"
     );
     assert!(
         Network::list(dir.path()).expect("list").is_empty(),

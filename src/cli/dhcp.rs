@@ -17,7 +17,7 @@ use anyhow::Context;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use super::port_status::{StatusFile, StatusKind};
-use crate::network::Network;
+use crate::network::{Network, VlanMembership};
 use crate::ports::dhcp::config::{Config, ConfigOptions};
 use crate::ports::dhcp::{DhcpPort, now};
 
@@ -77,6 +77,11 @@ pub struct DhcpArgs {
     /// also given to guests as option 15.
     #[arg(long, value_name = "DOMAIN")]
     pub domain: Option<String>,
+    /// Serve the guests of VLAN VID (1-4094) only: the server is an access port of that
+    /// VLAN, and its default lease file is DIR/.dhcp/NAME.vlanVID.leases. One server per
+    /// VLAN; without it the server is in VLAN 1, the untagged one.
+    #[arg(long, value_name = "VID", value_parser = crate::network::vlan::parse_vid)]
+    pub vlan: Option<u16>,
 }
 
 impl DhcpArgs {
@@ -96,8 +101,12 @@ impl DhcpArgs {
 }
 
 /// The default lease file of network `name`.
-pub fn default_leases_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(".dhcp").join(format!("{name}.leases"))
+pub fn default_leases_path(dir: &Path, name: &str, vlan: Option<u16>) -> PathBuf {
+    let file = match vlan {
+        Some(vid) => format!("{name}.vlan{vid}.leases"),
+        None => format!("{name}.leases"),
+    };
+    dir.join(".dhcp").join(file)
 }
 
 /// Runs `dhcp` until SIGINT or SIGTERM.
@@ -112,7 +121,7 @@ pub fn run(dir: &Path, args: DhcpArgs) -> anyhow::Result<()> {
     let leases_path = match &args.leases {
         Some(path) => path.clone(),
         None => {
-            let path = default_leases_path(dir, &args.name);
+            let path = default_leases_path(dir, &args.name, args.vlan);
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("create {}", parent.display()))?;
@@ -121,9 +130,16 @@ pub fn run(dir: &Path, args: DhcpArgs) -> anyhow::Result<()> {
         }
     };
     let _lock = lock(&leases_path)?;
-    let label = format!("dhcp {}", config.address);
+    let label = match args.vlan {
+        Some(vid) => format!("dhcp {} vlan {vid}", config.address),
+        None => format!("dhcp {}", config.address),
+    };
     let address = config.address;
-    let mut port = DhcpPort::start(&network, config, &leases_path, label)
+    let vlans = match args.vlan {
+        Some(vid) => VlanMembership::access(vid).map_err(anyhow::Error::msg)?,
+        None => VlanMembership::default(),
+    };
+    let mut port = DhcpPort::start(&network, config, &leases_path, label, vlans)
         .with_context(|| format!("dhcp on {}", args.name))?;
     let file = StatusFile::create(dir, StatusKind::Dhcp, &args.name)?;
     file.write(&port.status(&args.name, now()))

@@ -301,6 +301,33 @@ fn render_peers(out: &mut Exposition, networks: &[NetworkMetrics]) {
             per_peer(value),
         );
     }
+    out.metric(
+        "guestnet_peer_policy_info",
+        Kind::Gauge,
+        "The peer's segment and policy as labels (always 1): its VLANs, native VLAN, isolation and MAC lock.",
+        networks
+            .iter()
+            .flat_map(|network| {
+                network.status.peers.iter().map(|peer| {
+                    let mut labels = peer_labels(&network.status, peer);
+                    labels.extend([
+                        ("vlan_mode", peer.vlan_mode.clone()),
+                        ("vlans", peer.vlans.clone()),
+                        ("native", peer.native.map_or_else(String::new, |vid| vid.to_string())),
+                        ("isolated", peer.isolated.to_string()),
+                        ("lock_mac", peer.lock_mac.to_string()),
+                    ]);
+                    (labels, 1)
+                })
+            })
+            .collect(),
+    );
+    out.metric(
+        "guestnet_peer_rate_limit_bytes_per_second",
+        Kind::Gauge,
+        "The limit on what the peer sends (--rate, given in bits per second), in bytes per second; 0: none.",
+        per_peer(|p| p.rate / 8),
+    );
 }
 
 /// The labels that name a vhost-user socket: its network and its path.
@@ -657,6 +684,12 @@ guestnet_peer_quarantined{network="lab",slot="0",mac="52:54:00:00:00:00",kind="p
 # HELP guestnet_peer_link_down Whether the peer's link is down.
 # TYPE guestnet_peer_link_down gauge
 guestnet_peer_link_down{network="lab",slot="0",mac="52:54:00:00:00:00",kind="process",label="a"} 0
+# HELP guestnet_peer_policy_info The peer's segment and policy as labels (always 1): its VLANs, native VLAN, isolation and MAC lock.
+# TYPE guestnet_peer_policy_info gauge
+guestnet_peer_policy_info{network="lab",slot="0",mac="52:54:00:00:00:00",kind="process",label="a",vlan_mode="trunk",vlans="all",native="1",isolated="false",lock_mac="false"} 1
+# HELP guestnet_peer_rate_limit_bytes_per_second The limit on what the peer sends (--rate, given in bits per second), in bytes per second; 0: none.
+# TYPE guestnet_peer_rate_limit_bytes_per_second gauge
+guestnet_peer_rate_limit_bytes_per_second{network="lab",slot="0",mac="52:54:00:00:00:00",kind="process",label="a"} 0
 "#;
         assert_eq!(render(&[network("lab", vec![peer(0, "a")])], &[]), expected);
     }

@@ -45,7 +45,7 @@ pub use self::counters::DhcpCounters;
 use self::endpoint::Endpoint;
 use self::leases::{LeaseFileError, Leases};
 use self::server::Server;
-use crate::network::{self, JoinOptions, Network, Peer, PortKind, unix_ns};
+use crate::network::{self, JoinOptions, Network, Peer, PortKind, VlanMembership, unix_ns};
 use crate::wire::MacAddress;
 
 /// Frames taken from the ring per round.
@@ -104,12 +104,14 @@ pub fn now() -> Duration {
 }
 
 impl DhcpPort {
-    /// Loads the leases from `leases_path` and joins `network` with the label `label`.
+    /// Loads the leases from `leases_path` and joins `network` with the label `label`, in
+    /// the VLANs `vlans`.
     pub fn start(
         network: &Network,
         config: config::Config,
         leases_path: &Path,
         label: String,
+        vlans: VlanMembership,
     ) -> Result<DhcpPort, DhcpError> {
         let leases = Leases::load(leases_path)?;
         let server = Server::new(config, leases);
@@ -117,6 +119,7 @@ impl DhcpPort {
             .join(JoinOptions {
                 kind: PortKind::Process,
                 label,
+                vlans,
                 ..JoinOptions::default()
             })
             .map_err(DhcpError::Join)?;
