@@ -491,3 +491,144 @@ fn frames_over_a_peers_rate_limit_are_refused_and_counted() {
     limited.control().set_rate(0, 0).unwrap();
     assert_eq!(limited.send_batch(frames.iter().map(Vec::as_slice)), 4);
 }
+
+/// A network of 8-slot rings, a sender that may hold back for `hold_back`, and a receiver.
+fn held_back_pair(
+    dir: &tempfile::TempDir,
+    hold_back: Duration,
+) -> (
+    Network,
+    guestnet::network::Sender,
+    MacAddress,
+    guestnet::network::Peer,
+) {
+    let net = network(
+        dir,
+        Geometry {
+            ring_slots: 8,
+            ..Geometry::default()
+        },
+    );
+    let a = net.join(JoinOptions::default()).unwrap();
+    let b = net.join(JoinOptions::default()).unwrap();
+    let a_mac = a.mac();
+    let (mut sender, _) = a.split();
+    sender.set_hold_back(hold_back);
+    (net, sender, a_mac, b)
+}
+
+#[test]
+fn with_hold_back_a_unicast_frame_waits_for_room_and_none_of_a_stream_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_net, mut sender, a_mac, b) = held_back_pair(&dir, Duration::from_secs(10));
+    let frames: Vec<Vec<u8>> = (0..64u8).map(|i| frame(b.mac(), a_mac, &[i])).collect();
+    // The first eight fill the ring; the reader starts only then.
+    assert_eq!(
+        sender.send_batch(frames[..8].iter().map(|f| f.as_slice())),
+        8
+    );
+    let b_control = b.control();
+    let (_, mut receiver) = b.split();
+    let reader = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < 64 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "only {} of 64 frames arrived", got.len());
+            receiver.wait(left);
+            receiver.receive(1, |f| got.push(f.to_vec()));
+        }
+        got
+    });
+    for f in &frames[8..] {
+        assert_eq!(
+            sender.send(f),
+            Sent::Routed {
+                delivered: 1,
+                dropped: 0
+            }
+        );
+    }
+    let got = reader.join().expect("the reader");
+    let counters = b_control.counters();
+    assert_eq!(got, frames, "every frame, in order");
+    assert_eq!(
+        sender.control().counters().tx_dropped(DropReason::RingFull),
+        0
+    );
+    assert_eq!(counters.rx_dropped(DropReason::RingFull), 0);
+    assert!(
+        sender.control().counters().held_back >= 1,
+        "the ninth frame found the ring full and waited: {:?}",
+        sender.control().counters()
+    );
+}
+
+#[test]
+fn a_receiver_that_stays_full_is_marked_congested_and_never_waited_for_again_until_it_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold_back = Duration::from_secs(2);
+    let (_net, mut sender, a_mac, mut b) = held_back_pair(&dir, hold_back);
+    let to_b = frame(b.mac(), a_mac, b"b");
+    for _ in 0..8 {
+        sender.send(&to_b);
+    }
+    // Full, and nobody reads: the frame waits the whole hold-back, then is dropped.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        sender.send(&to_b),
+        Sent::Routed {
+            delivered: 0,
+            dropped: 1
+        }
+    );
+    assert!(started.elapsed() >= hold_back, "it waited for room");
+    // Congested now: the next ones are dropped at once (well within one hold-back).
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        sender.send(&to_b);
+    }
+    assert!(
+        started.elapsed() < hold_back,
+        "a congested receiver is not waited for"
+    );
+    // Broadcast never waits, whatever the receiver's state.
+    let started = std::time::Instant::now();
+    sender.send(&frame(MacAddress::BROADCAST, a_mac, b"all"));
+    assert!(started.elapsed() < hold_back, "broadcast never waits");
+    assert_eq!(
+        sender.control().counters().tx_dropped(DropReason::RingFull),
+        7
+    );
+    assert_eq!(b.counters().rx_dropped(DropReason::RingFull), 7);
+    assert_eq!(sender.control().counters().held_back, 0);
+    // Drained, it is waited for again: a reader that drains after the ring filled lets
+    // the next frame in.
+    assert_eq!(drain(&mut b).len(), 8);
+    for _ in 0..8 {
+        sender.send(&to_b);
+    }
+    let (_, mut receiver) = b.split();
+    let reader = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut got = 0;
+        while got < 9 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "only {got} of 9 frames arrived");
+            receiver.wait(left);
+            receiver.receive(1, |_| got += 1);
+        }
+    });
+    assert_eq!(
+        sender.send(&to_b),
+        Sent::Routed {
+            delivered: 1,
+            dropped: 0
+        }
+    );
+    reader.join().expect("the reader");
+    assert_eq!(
+        sender.control().counters().tx_dropped(DropReason::RingFull),
+        7
+    );
+}

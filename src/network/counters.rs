@@ -115,6 +115,7 @@ pub(crate) mod slot {
     pub const WAKEUPS: usize = 4;
     pub const TX_DELIVERIES: usize = 5;
     pub const LEARN_REFUSED: usize = 6;
+    pub const TX_HELD_BACK: usize = 7;
     pub const TX_DROPS: usize = super::OWNER_COUNTERS;
 }
 
@@ -135,6 +136,9 @@ pub struct PeerCounters {
     pub wakeups: u64,
     /// Source addresses not learned because the peer's learning quota was full.
     pub learn_refused: u64,
+    /// Unicast frames that found their receiver's ring full, waited for room (a port
+    /// that holds its guest back, see `Sender::set_hold_back`) and went in.
+    pub held_back: u64,
     /// Transmit drops by [`DropReason::index`].
     pub tx_drops: [u64; DROP_REASONS],
     /// Receive drops by [`DropReason::index`].
@@ -166,6 +170,7 @@ impl PeerCounters {
             rx_bytes: owner(slot::RX_BYTES),
             wakeups: owner(slot::WAKEUPS),
             learn_refused: owner(slot::LEARN_REFUSED),
+            held_back: owner(slot::TX_HELD_BACK),
             ..PeerCounters::default()
         };
         for reason in DropReason::ALL {

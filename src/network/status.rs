@@ -67,6 +67,8 @@ pub struct PeerStatus {
     pub wakeups: u64,
     /// Source addresses not learned: the peer's learning quota was full.
     pub learn_refused: u64,
+    /// Unicast frames that waited for room in a full ring, then went in.
+    pub held_back: u64,
     /// Frames waiting in its ring.
     pub rx_queued: u64,
     /// Drops by reason (`tx_ring_full`, `rx_stale`, …), non-zero only.
@@ -175,6 +177,7 @@ pub(crate) fn collect(region: &Region, reclaimed: Vec<u16>) -> NetworkStatus {
             tx_deliveries: counters.tx_deliveries,
             wakeups: counters.wakeups,
             learn_refused: counters.learn_refused,
+            held_back: counters.held_back,
             rx_queued: queued.min(region.layout.geometry.ring_slots as u64),
             drops: counters.drops_by_name(),
         });

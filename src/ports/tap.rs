@@ -82,6 +82,11 @@ const WRITE_BUDGET: usize = 64;
 
 /// Longest sleep of the writer before it looks at the doorbells again.
 const WRITER_WAIT: Duration = Duration::from_millis(250);
+/// How long the reader lets a unicast frame wait for room in its receiver's full ring
+/// before marking that receiver congested ([`Sender::set_hold_back`]). Meanwhile the
+/// guest's frames wait in the kernel's queue, and its TCP slows down instead of losing
+/// them; a few scheduler ticks of a shared machine.
+const HOLD_BACK: Duration = Duration::from_millis(10);
 
 /// How long the kernel may take to answer the first state request.
 const STATE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -475,6 +480,7 @@ fn read_device(
     closed: &Doorbell,
     ifname: &str,
 ) {
+    sender.set_hold_back(HOLD_BACK);
     let mut buffer = vec![0u8; READ_BUFFER];
     let mut batch = FrameBatch::default();
     let mut headers = Vec::with_capacity(READ_BATCH);

@@ -236,7 +236,7 @@ fn render_peers(out: &mut Exposition, networks: &[NetworkMetrics]) {
             })
             .collect()
     };
-    let counters: [PeerFigure; 7] = [
+    let counters: [PeerFigure; 8] = [
         ("rx_packets", "Frames the peer received.", |p| p.rx_packets),
         ("rx_bytes", "Bytes the peer received.", |p| p.rx_bytes),
         ("tx_packets", "Frames the peer sent.", |p| p.tx_packets),
@@ -253,6 +253,11 @@ fn render_peers(out: &mut Exposition, networks: &[NetworkMetrics]) {
             "learn_refused",
             "Source addresses of the peer not learned: its learning quota was full.",
             |p| p.learn_refused,
+        ),
+        (
+            "held_back",
+            "Unicast frames of the peer that waited for room in a full ring, then went in.",
+            |p| p.held_back,
         ),
     ];
     for (name, help, value) in counters {
@@ -588,6 +593,7 @@ mod tests {
             tx_deliveries: 6,
             wakeups: 3,
             learn_refused: 0,
+            held_back: 0,
             rx_queued: 2,
             drops: BTreeMap::from([("tx_ring_full".to_string(), 4), ("rx_stale".to_string(), 1)]),
         }
@@ -671,6 +677,9 @@ guestnet_peer_wakeups_total{network="lab",slot="0",mac="52:54:00:00:00:00",kind=
 # HELP guestnet_peer_learn_refused_total Source addresses of the peer not learned: its learning quota was full.
 # TYPE guestnet_peer_learn_refused_total counter
 guestnet_peer_learn_refused_total{network="lab",slot="0",mac="52:54:00:00:00:00",kind="process",label="a"} 0
+# HELP guestnet_peer_held_back_total Unicast frames of the peer that waited for room in a full ring, then went in.
+# TYPE guestnet_peer_held_back_total counter
+guestnet_peer_held_back_total{network="lab",slot="0",mac="52:54:00:00:00:00",kind="process",label="a"} 0
 # HELP guestnet_peer_drops_total Frames, or copies of them, the peer did not send (tx) or receive (rx), by reason.
 # TYPE guestnet_peer_drops_total counter
 guestnet_peer_drops_total{network="lab",slot="0",mac="52:54:00:00:00:00",kind="process",label="a",direction="rx",reason="stale"} 1
