@@ -2,6 +2,8 @@
 //! fails inside it, running `ip`, killing children on drop, and bounded waits.
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod packet;
+
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
