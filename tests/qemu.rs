@@ -1,23 +1,27 @@
 //! Real QEMU guests on the stream, dgram and vhost-user ports: a Linux kernel with
 //! virtio-net, booted under software emulation (TCG), pings a namespace on a TAP port or
-//! another guest, moves 16 MiB over TCP, and comes back after its port restarts.
+//! another guest, moves 16 MiB over TCP, and comes back after its port restarts; a guest
+//! gets its address from `guestnet dhcp` at boot, and one on a VLAN trunk port reaches,
+//! through its 802.1Q sub-interfaces, the peers of its own VLAN only.
 //!
 //! This is the check that the ports speak QEMU's `-netdev stream`, `-netdev dgram` and
 //! vhost-user protocols as QEMU itself does, which the socket-level tests cannot prove.
 //! The QEMU command lines are the README's.
 //!
 //! The guest is built by `scripts/guest-image` (kernel and initramfs under
-//! `target/guest/`); its `/init` takes its address and a command from the kernel command
-//! line, prints `GUESTNET-DONE rc=N` on the serial console, which is QEMU's stdout here, and,
-//! with `guestnet.hold`, stays up until the test writes a line to the console. The image,
-//! the accelerator (KVM where a guest boots under it, else TCG), QEMU's command line and
-//! the console are `guestnet::cli::guest`'s, which `guestnet bench --vm` uses too.
+//! `target/guest/`); its `/init` takes its address (or `dhcp`), VLAN sub-interfaces and a
+//! command from the kernel command line, prints `GUESTNET-DONE rc=N` on the serial console,
+//! which is QEMU's stdout here, and, with `guestnet.hold`, stays up until the test writes a
+//! line to the console. The image, the accelerator (KVM where a guest boots under it, else
+//! TCG), QEMU's command line and the console are `guestnet::cli::guest`'s, which `guestnet
+//! bench --vm` uses too.
 //!
 //! These need root, /dev/net/tun, `ip`, `qemu-system-x86_64` 10 or newer and the guest image
 //! (built here when missing). Under CI (`CI=true`) a missing prerequisite fails the test;
 //! elsewhere the test says why it skips. Guards kill QEMU and the ports and remove the
 //! namespaces however a test ends.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -25,10 +29,11 @@ use std::time::{Duration, Instant};
 
 use guestnet::cli::child::Children;
 use guestnet::cli::guest::{
-    Accelerator, Boot, Console, DONE_MARKER, GuestImage, HOLD_MARKER, QEMU, Stderr, done_status,
-    qemu_command,
+    Accelerator, Boot, Console, DHCP, DONE_MARKER, GuestImage, HOLD_MARKER, LEASE_MARKER, QEMU,
+    Stderr, done_status, qemu_command,
 };
 use guestnet::network::{CreateOptions, Network, PeerStatus, PortKind};
+use guestnet::ports::dhcp::leases::Leases;
 use guestnet::wire::MacAddress;
 
 const BIN: &str = env!("CARGO_BIN_EXE_guestnet");
@@ -277,16 +282,22 @@ impl Lab {
 
     /// A namespace on a TAP port, `10.80.0.1/24` on its `gn0`; returns the TAP's slot.
     fn namespace_on_tap(&mut self, test: &str) -> u16 {
+        self.namespace_on_tap_with(test, &format!("{NAMESPACE_ADDRESS}/24"), &[])
+    }
+
+    /// [`Lab::namespace_on_tap`] with `address` (CIDR) and more arguments for the port.
+    fn namespace_on_tap_with(&mut self, test: &str, address: &str, extra: &[&str]) -> u16 {
         let namespace = format!("gnq-{}-{test}", std::process::id());
         ip(&["netns", "add", &namespace]);
         self.namespace = Some(namespace.clone());
-        let line = self.start_port(&["tap", "lab", "--ifname", "gn0", "--netns", &namespace]);
+        let mut args = vec!["tap", "lab", "--ifname", "gn0", "--netns", &namespace];
+        args.extend(extra);
+        let line = self.start_port(&args);
         // "ready gn0 slot N mac M"
         let words: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(words.first(), Some(&"ready"), "{line}");
         let slot = words.get(3).and_then(|slot| slot.parse().ok());
-        let address = format!("{NAMESPACE_ADDRESS}/24");
-        ip(&["-n", &namespace, "addr", "add", &address, "dev", "gn0"]);
+        ip(&["-n", &namespace, "addr", "add", address, "dev", "gn0"]);
         ip(&["-n", &namespace, "link", "set", "gn0", "up"]);
         slot.unwrap_or_else(|| panic!("no slot in {line:?}"))
     }
@@ -357,16 +368,22 @@ impl Guest {
         address: &str,
         command: &str,
     ) -> Guest {
-        let mac = device
-            .split(',')
-            .find_map(|option| option.strip_prefix("mac="))
-            .expect("the device names its MAC");
         let boot = Boot {
             run: command,
             address: Some(address),
             hold: true,
+            ..Boot::default()
         };
-        let mut qemu = qemu_command(image, accelerator(image), &boot);
+        Guest::boot_as(image, backend, device, &boot)
+    }
+
+    /// [`Guest::boot_with_device`] doing what `boot` says (which should hold).
+    fn boot_as(image: &GuestImage, backend: &[String], device: &str, boot: &Boot) -> Guest {
+        let mac = device
+            .split(',')
+            .find_map(|option| option.strip_prefix("mac="))
+            .expect("the device names its MAC");
+        let mut qemu = qemu_command(image, accelerator(image), boot);
         qemu.args(backend).args(["-device", device]);
         // Nothing here handles signals: the guest is a group of its own.
         let console = Console::spawn(qemu, "guest", Stderr::Capture, &Children::default())
@@ -874,4 +891,210 @@ fn guest_with_two_queue_pairs_pings_namespace() {
     );
     assert_eq!(statuses[0]["queue_pairs"], 2);
     guest.release();
+}
+
+/// Issue 12: a guest on a vhost-user port asks `guestnet dhcp` for its address at boot
+/// (busybox udhcpc, sending its host name). It gets one from the range with the server's
+/// router and domain, the lease file holds that address for the guest's MAC and name, the
+/// guest pings a namespace on a TAP port (a static address outside the range), and the
+/// server's DNS answers the guest's own name with the leased address.
+#[test]
+fn guest_on_vhost_user_port_gets_its_address_by_dhcp() {
+    let Some(image) = prerequisites() else {
+        return;
+    };
+    let mut lab = Lab::new();
+    lab.namespace_on_tap("dhcp");
+    let leases = lab.path("lab.leases");
+    let line = lab.start_port(&[
+        "dhcp",
+        "lab",
+        "--subnet",
+        "10.80.0.0/24",
+        "--range",
+        "10.80.0.100-10.80.0.150",
+        "--router",
+        NAMESPACE_ADDRESS,
+        "--domain",
+        "lab.internal",
+        "--leases",
+        path_str(&leases),
+    ]);
+    // "ready slot N mac MAC address ADDR"
+    let server: Ipv4Addr = line
+        .split_whitespace()
+        .skip_while(|word| *word != "address")
+        .nth(1)
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| panic!("no server address in {line:?}"));
+    let vhost = lab.vhost_user_port(&["vm0"], false);
+    let command = format!(
+        "ip -4 addr show dev eth0 && {} && nslookup -type=a vm1.lab.internal {server}",
+        ping(NAMESPACE_ADDRESS)
+    );
+    let boot = Boot {
+        run: &command,
+        address: Some(DHCP),
+        hostname: Some("vm1"),
+        hold: true,
+        ..Boot::default()
+    };
+    let mut guest = Guest::boot_as(
+        image,
+        &vhost_user_netdev(&vhost[0], Chardev::Connect),
+        "virtio-net-pci,netdev=n0,mac=52:54:00:00:05:01",
+        &boot,
+    );
+    let deadline = Instant::now() + GUEST_DONE;
+    let lease = guest.expect_line(LEASE_MARKER, deadline);
+    let status = guest.exit_status(deadline);
+    assert_eq!(status, 0, "console:\n{}", guest.transcript());
+
+    // "GUESTNET-LEASE 10.80.0.100/24 router 10.80.0.1 dns 10.80.0.254 domain lab.internal"
+    let words: Vec<&str> = lease
+        .split(LEASE_MARKER)
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let (address, length) = words
+        .first()
+        .and_then(|cidr| cidr.split_once('/'))
+        .unwrap_or_else(|| panic!("no address in {lease:?}"));
+    let address: Ipv4Addr = address.parse().expect("the leased address");
+    let range = Ipv4Addr::new(10, 80, 0, 100)..=Ipv4Addr::new(10, 80, 0, 150);
+    assert!(range.contains(&address), "{address} is outside the range");
+    assert_eq!(length, "24", "{lease}");
+    let server_text = server.to_string();
+    assert_eq!(
+        words[1..],
+        [
+            "router",
+            NAMESPACE_ADDRESS,
+            "dns",
+            &server_text,
+            "domain",
+            "lab.internal"
+        ],
+        "{lease}"
+    );
+    let transcript = guest.transcript();
+    assert!(
+        transcript.contains(&format!("inet {address}/24")),
+        "eth0 does not have {address}:\n{transcript}"
+    );
+    // busybox nslookup: "Name:\tvm1.lab.internal" then "Address: ADDR".
+    let answer = transcript
+        .lines()
+        .skip_while(|line| !line.contains("vm1.lab.internal") || !line.starts_with("Name:"))
+        .nth(1)
+        .unwrap_or_default();
+    assert_eq!(
+        answer.trim(),
+        format!("Address: {address}"),
+        "the server's DNS did not answer vm1's name:\n{transcript}"
+    );
+
+    let table = Leases::load(&leases).expect("read the lease file");
+    let record = table
+        .get(guest.mac)
+        .unwrap_or_else(|| panic!("no lease for {} in {table:?}", guest.mac));
+    assert_eq!(record.address, address, "{record:?}");
+    assert!(record.bound, "{record:?}");
+    assert_eq!(record.host_name.as_deref(), Some("vm1"), "{record:?}");
+    assert_eq!(lab.peer_with_mac(guest.mac).kind, PortKind::VhostUser);
+    guest.release();
+}
+
+/// Issue 13, 802.1Q: a guest on a vhost-user trunk port of VLANs 10 and 20 has eth0.10 and
+/// eth0.20 in one IP subnet (10.90.0.1 and .2 of 10.90.0.0/24), a guest on a vhost-user
+/// access port of VLAN 10 is 10.90.0.10, and a namespace on a TAP access port of VLAN 20
+/// is 10.90.0.20. Through eth0.10 the trunk guest reaches 10.90.0.10 and not 10.90.0.20;
+/// through eth0.20 the reverse: a frame crossing between the VLANs would answer a ping that
+/// must go unanswered. The access guest reaches the trunk's VLAN-10 address too. A ping
+/// through eth0.30, a VLAN the trunk does not carry, is dropped and counted at the trunk's
+/// port (`tx_vlan_filtered`); `status` shows each port's VLANs.
+#[test]
+fn guest_on_trunk_port_reaches_its_vlan_10_peer_and_not_the_vlan_20_one() {
+    let Some(image) = prerequisites() else {
+        return;
+    };
+    let mut lab = Lab::new();
+    let vlan_20_slot = lab.namespace_on_tap_with("vlan", "10.90.0.20/24", &["--vlan", "20"]);
+    let trunk_socket = lab.vhost_user_port_with(&["trunk"], false, &["--trunk", "10,20"]);
+    let access_socket = lab.vhost_user_port_with(&["access"], false, &["--vlan", "10"]);
+    // Each step that must fail exits with a code of its own, so the marker says which.
+    let trunk_command = [
+        "reach -I eth0.10 10.90.0.10 || exit 11",
+        "reach -I eth0.20 10.90.0.20 || exit 12",
+        "ping -c 2 -w 3 -I eth0.10 10.90.0.20 && exit 21",
+        "ping -c 2 -w 3 -I eth0.20 10.90.0.10 && exit 22",
+        "ping -c 1 -w 2 -I eth0.30 10.90.3.2 && exit 23",
+        "exit 0",
+    ]
+    .join("; ");
+    let trunk_boot = Boot {
+        run: &trunk_command,
+        vlans: &[
+            (10, "10.90.0.1/24"),
+            (20, "10.90.0.2/24"),
+            (30, "10.90.3.1/24"),
+        ],
+        hold: true,
+        ..Boot::default()
+    };
+    let mut trunk = Guest::boot_as(
+        image,
+        &vhost_user_netdev(&trunk_socket[0], Chardev::Connect),
+        "virtio-net-pci,netdev=n0,mac=52:54:00:00:06:01",
+        &trunk_boot,
+    );
+    let mut access = Guest::boot(
+        image,
+        &vhost_user_netdev(&access_socket[0], Chardev::Connect),
+        "52:54:00:00:06:10",
+        "10.90.0.10/24",
+        &ping("10.90.0.1"),
+    );
+    let deadline = Instant::now() + GUEST_DONE;
+    let trunk_status = trunk.exit_status(deadline);
+    let access_status = access.exit_status(deadline);
+    assert_eq!(
+        trunk_status,
+        0,
+        "1x: a ping within a VLAN failed, 2x: one across VLANs was answered, 23: VLAN 30 \
+         got through; console:\n{}",
+        trunk.transcript()
+    );
+    assert_eq!(access_status, 0, "console:\n{}", access.transcript());
+
+    let trunk_peer = lab.peer_with_mac(trunk.mac);
+    let access_peer = lab.peer_with_mac(access.mac);
+    let vlan_20 = lab.peer_in_slot(vlan_20_slot);
+    for (peer, mode, vlans) in [
+        (&trunk_peer, "trunk", "10,20"),
+        (&access_peer, "access", "10"),
+        (&vlan_20, "access", "20"),
+    ] {
+        assert_eq!(
+            (peer.vlan_mode.as_str(), peer.vlans.as_str()),
+            (mode, vlans),
+            "{peer:?}"
+        );
+    }
+    assert!(
+        trunk_peer
+            .drops
+            .get("tx_vlan_filtered")
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "VLAN 30's frames were not counted: {trunk_peer:?}"
+    );
+    // Each side of VLAN 10 got at least three echo requests and three replies.
+    for peer in [&trunk_peer, &access_peer] {
+        assert!(peer.rx_packets >= 6 && peer.tx_packets >= 6, "{peer:?}");
+    }
+    trunk.release();
+    access.release();
 }

@@ -2,7 +2,8 @@
 //! guest image, the accelerator, QEMU's command line and the guest's serial console.
 //!
 //! The guest is the tiny Linux of `scripts/guest-image`: Debian's cloud kernel and an
-//! initramfs whose `/init` loads virtio-net, puts the address of `guestnet.ip=` on eth0,
+//! initramfs whose `/init` loads virtio-net and 802.1Q, puts the address of `guestnet.ip=`
+//! on eth0 (or asks DHCP for one), adds the VLAN sub-interfaces of `guestnet.vlan=`,
 //! runs the command of `guestnet.run="…"`, prints `GUESTNET-DONE rc=N` ([`DONE_MARKER`]),
 //! and powers off — or, with `guestnet.hold`, prints `GUESTNET-HOLD` ([`HOLD_MARKER`]) and
 //! waits for a line on its console first. Its console is QEMU's stdout.
@@ -33,6 +34,11 @@ pub const GUEST_MEMORY_MIB: u32 = 256;
 pub const DONE_MARKER: &str = "GUESTNET-DONE rc=";
 /// What a guest booted with `hold` prints when it starts to wait for a line.
 pub const HOLD_MARKER: &str = "GUESTNET-HOLD";
+/// What a guest prints when DHCP gave it an address: `GUESTNET-LEASE ADDR/LEN router R
+/// dns D domain N` (`none` for what the server did not give).
+pub const LEASE_MARKER: &str = "GUESTNET-LEASE ";
+/// [`Boot::address`] that makes the guest ask DHCP for its address.
+pub const DHCP: &str = "dhcp";
 /// How long a guest under KVM may take to boot and run `true`: far longer than a working
 /// KVM needs, far shorter than waiting for a hung guest would be.
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,8 +154,7 @@ impl Accelerator {
     pub fn probe(image: &GuestImage, children: &Children) -> anyhow::Result<(Accelerator, String)> {
         let boot = Boot {
             run: "true",
-            address: None,
-            hold: false,
+            ..Boot::default()
         };
         // A NIC on a hub of its own: the guest's /init waits for eth0, and nothing else.
         let mut command = qemu_command(image, Accelerator::Kvm, &boot);
@@ -187,13 +192,19 @@ impl Accelerator {
 }
 
 /// What a guest does, as its `/init` reads it from the kernel command line.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Boot<'a> {
     /// The command to run (`guestnet.run`), a shell line without double quotes; `reach
-    /// ADDR` waits until ADDR answers a ping.
+    /// [-I IFACE] ADDR` waits until ADDR answers a ping.
     pub run: &'a str,
-    /// eth0's address, in CIDR notation (`guestnet.ip`).
+    /// eth0's address, in CIDR notation (`guestnet.ip`), or [`DHCP`]: busybox udhcpc asks
+    /// for one, sending [`Boot::hostname`], and the guest prints [`LEASE_MARKER`].
     pub address: Option<&'a str>,
+    /// The guest's host name (`guestnet.hostname`), sent in its DHCP requests (option 12).
+    pub hostname: Option<&'a str>,
+    /// 802.1Q sub-interfaces `eth0.VID`, each with its address in CIDR notation
+    /// (`guestnet.vlan=VID:CIDR,…`).
+    pub vlans: &'a [(u16, &'a str)],
     /// Stay up after the command until a line arrives on the console (`guestnet.hold`).
     pub hold: bool,
 }
@@ -204,6 +215,17 @@ pub fn qemu_command(image: &GuestImage, accelerator: Accelerator, boot: &Boot) -
     let mut append = "console=ttyS0 quiet panic=-1".to_string();
     if let Some(address) = boot.address {
         append.push_str(&format!(" guestnet.ip={address}"));
+    }
+    if let Some(hostname) = boot.hostname {
+        append.push_str(&format!(" guestnet.hostname={hostname}"));
+    }
+    if !boot.vlans.is_empty() {
+        let vlans: Vec<String> = boot
+            .vlans
+            .iter()
+            .map(|(vid, address)| format!("{vid}:{address}"))
+            .collect();
+        append.push_str(&format!(" guestnet.vlan={}", vlans.join(",")));
     }
     append.push_str(&format!(" guestnet.run=\"{}\"", boot.run));
     if boot.hold {
@@ -447,6 +469,7 @@ mod tests {
             run: "reach 10.0.0.1",
             address: Some("10.0.0.2/24"),
             hold: true,
+            ..Boot::default()
         };
         let command = qemu_command(&image, Accelerator::Tcg, &boot);
         let args: Vec<String> = command
@@ -466,6 +489,30 @@ mod tests {
         assert!(
             !args.contains(&"host".to_string()),
             "TCG takes no -cpu host"
+        );
+    }
+
+    #[test]
+    fn the_kernel_command_line_carries_dhcp_host_name_and_vlans() {
+        let image = GuestImage::in_dir(Path::new("/images"));
+        let boot = Boot {
+            run: "true",
+            address: Some(DHCP),
+            hostname: Some("vm1"),
+            vlans: &[(10, "10.90.0.1/24"), (20, "10.90.0.2/24")],
+            hold: false,
+        };
+        let command = qemu_command(&image, Accelerator::Tcg, &boot);
+        let append = command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .skip_while(|arg| arg != "-append")
+            .nth(1)
+            .expect("an -append argument");
+        assert_eq!(
+            append,
+            "console=ttyS0 quiet panic=-1 guestnet.ip=dhcp guestnet.hostname=vm1 \
+             guestnet.vlan=10:10.90.0.1/24,20:10.90.0.2/24 guestnet.run=\"true\""
         );
     }
 }

@@ -254,7 +254,7 @@ impl Bench<'_> {
             let boot = Boot {
                 run: &runs[i],
                 address: Some(&address),
-                hold: false,
+                ..Boot::default()
             };
             let mut command = qemu_command(self.image, self.accelerator, &boot);
             command.args(netdev(i)).args([
