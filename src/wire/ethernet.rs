@@ -485,6 +485,14 @@ pub fn validate_frame(frame: &[u8], mtu: usize) -> Result<EthernetRepr, WireErro
     if tagged && frame.len() < HEADER_LEN + VLAN_TAG_LEN {
         return Err(WireError::Truncated);
     }
+    // Under a tag, another tag must be whole too: a port that takes the outer one off
+    // would otherwise hand on a frame that claims a tag it does not hold.
+    if tagged
+        && frame[HEADER_LEN + VLAN_TAG_LEN - 2..HEADER_LEN + VLAN_TAG_LEN] == [0x81, 0x00]
+        && frame.len() < HEADER_LEN + 2 * VLAN_TAG_LEN
+    {
+        return Err(WireError::Truncated);
+    }
     if frame.len() > max_frame_len(mtu, tagged) {
         return Err(WireError::TooLong);
     }
@@ -634,6 +642,13 @@ mod tests {
         );
         assert!(validate_frame(&frame_of_len(18, vlan), 1500).is_ok());
         assert!(validate_frame(&frame_of_len(1518, vlan), 1500).is_ok());
+        // Under a tag another tag must be whole as well (a port may take the outer one
+        // off and hand the rest on).
+        let mut double = frame_of_len(21, vlan);
+        double[16..18].copy_from_slice(&[0x81, 0x00]);
+        assert_eq!(validate_frame(&double, 1500), Err(WireError::Truncated));
+        double.push(0);
+        assert!(validate_frame(&double, 1500).is_ok());
         assert_eq!(
             validate_frame(&frame_of_len(1519, vlan), 1500),
             Err(WireError::TooLong)
