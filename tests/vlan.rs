@@ -710,3 +710,46 @@ fn a_vxlan_port_with_vlan_10_joins_as_an_access_port() {
         ("access", "10", Some(10))
     );
 }
+
+#[test]
+fn a_double_tagged_frame_never_hops_from_a_native_vlan_into_the_vlan_of_its_inner_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir);
+    let mut a20 = join(&net, access(20));
+    let mut c20 = join(&net, access(20));
+    // Native 20: VLAN 20 leaves it untagged, so the inner tag would be all it saw.
+    let mut t = join(&net, trunk("10,20", Some(20)));
+    // Native 1: VLAN 20 leaves it tagged 20, the inner tag under it as sent.
+    let mut u = join(&net, trunk("20", Some(1)));
+    let mut b10 = join(&net, access(10));
+    // A priority tag (VID 0: the sender's own VLAN 20) over a tag for VLAN 10.
+    let hop = tagged(&tagged(&frame(MacAddress::BROADCAST, a20.mac(), 64), 10), 0);
+    a20.send(&hop);
+    assert!(drain(&mut t).is_empty(), "VLAN 10 reached from VLAN 20");
+    assert!(
+        drain(&mut c20).is_empty(),
+        "an access port gets no tagged frame"
+    );
+    assert!(drain(&mut b10).is_empty());
+    assert_eq!(
+        drain(&mut u),
+        vec![tagged(
+            &hop[..12]
+                .iter()
+                .chain(&hop[16..])
+                .copied()
+                .collect::<Vec<u8>>(),
+            20
+        )],
+        "tagged 20 on a trunk whose native VLAN it is not, the inner tag kept"
+    );
+    assert_eq!(tx_drops(&a20, DropReason::VlanFiltered), 2);
+    assert_eq!(rx_drops(&t, DropReason::VlanFiltered), 1);
+    assert_eq!(rx_drops(&c20, DropReason::VlanFiltered), 1);
+    // The same from a trunk: tagged 20 over a tag for 10.
+    let from_u = tagged(&tagged(&frame(MacAddress::BROADCAST, u.mac(), 64), 10), 20);
+    u.send(&from_u);
+    assert!(drain(&mut t).is_empty(), "VLAN 10 reached from VLAN 20");
+    assert!(drain(&mut b10).is_empty());
+    assert_eq!(tx_drops(&u, DropReason::VlanFiltered), 3, "a20, c20 and t");
+}

@@ -465,9 +465,21 @@ impl Sender {
         let needed = needed_offloads(&hdr).unwrap_or(u32::MAX);
         let words = header_words(&hdr);
         let (mut delivered, mut dropped) = (0, 0);
+        // A tag right under the frame's own would be read as the frame's VLAN by anyone
+        // receiving it with its own tag taken off: double tagging, the classic way to hop
+        // from a port's native VLAN into another. Such copies are never sent untagged.
+        let tag_under_tag = class.tag.is_some() && wire_vlan::is_tagged_under_tag(frame);
         for i in 0..self.destinations.len() {
             let destination = self.view[self.destinations[i]];
-            let retag = Retag::between(class.tag, egress_tag(&destination, class));
+            let egress = egress_tag(&destination, class);
+            if tag_under_tag && egress.is_none() {
+                let entry = self.membership.region.peers().at(destination.index as u64);
+                counters::count_rx_drop(entry, DropReason::VlanFiltered);
+                self.pending.tx_drop(DropReason::VlanFiltered);
+                dropped += 1;
+                continue;
+            }
+            let retag = Retag::between(class.tag, egress);
             let (copies, drops, reason) =
                 self.deliver(destination, frame, (&hdr, words), needed, retag);
             delivered += copies;

@@ -106,6 +106,12 @@ pub fn is_tagged(frame: &[u8]) -> bool {
     frame.get(12..14) == Some(&TPID.to_be_bytes()[..])
 }
 
+/// Whether a tagged frame carries a second 802.1Q tag right under its first.
+pub fn is_tagged_under_tag(frame: &[u8]) -> bool {
+    let inner = field::TAG + VLAN_TAG_LEN;
+    is_tagged(frame) && frame.get(inner..inner + 2) == Some(&TPID.to_be_bytes()[..])
+}
+
 /// The tag of a frame, if it has one and is long enough to hold it.
 pub fn tci_of(frame: &[u8]) -> Option<VlanTci> {
     VlanTag::new_checked(frame).ok().flatten().map(|t| t.tci())
