@@ -1096,3 +1096,42 @@ fn with_a_vni_map_a_vlan_meets_a_linux_vxlan_device_in_its_vni_and_streams_intac
         },
     );
 }
+
+#[test]
+fn a_port_with_a_vni_map_joins_as_a_trunk_of_exactly_the_mapped_vlans() {
+    // No root needed: the port binds loopback, and its remote is never sent to.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
+    let mut child = Command::new(BIN)
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["vxlan", "lab", "--vni-map", "20=1020,10=1010"])
+        .args(["--local", "127.0.0.1:0", "--remote", "127.0.0.1:9"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the port");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let _port = KillOnDrop(child);
+    let (lines, ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = lines.send(line);
+    });
+    let line = ready.recv_timeout(DEADLINE).expect("a ready line");
+    assert!(line.starts_with("ready slot"), "{line}");
+    let peers = network.status().peers;
+    assert_eq!(peers.len(), 1);
+    let port = &peers[0];
+    assert_eq!(
+        (port.vlan_mode.as_str(), port.vlans.as_str(), port.native),
+        ("trunk", "10,20", None),
+        "tagged for each mapped VLAN, untagged frames refused"
+    );
+    assert!(
+        port.label.starts_with("vxlan vni-map 127.0.0.1:"),
+        "{}",
+        port.label
+    );
+}

@@ -172,6 +172,16 @@ pub struct VxlanOptions {
     pub vlan: Option<u16>,
 }
 
+/// What the port's peer label says after `vxlan `: its VNI, or that it maps VLANs (the
+/// map would not fit the label's 32 bytes; `status` shows the VLANs beside it, and the
+/// map under the port), and its address.
+fn label_detail(segments: &Segments, local: SocketAddr) -> String {
+    match segments {
+        Segments::One(vni) => format!("vni {vni} {local}"),
+        Segments::Map(_) => format!("vni-map {local}"),
+    }
+}
+
 /// Errors of the port's control path.
 #[derive(Debug, thiserror::Error)]
 pub enum VxlanPortError {
@@ -303,7 +313,7 @@ impl VxlanPort {
             .join(JoinOptions {
                 kind: PortKind::Vxlan,
                 uplink: true,
-                label: label("vxlan ", &format!("vni {} {}", options.segments, local)),
+                label: label("vxlan ", &label_detail(&options.segments, local)),
                 vlans,
                 ..JoinOptions::default()
             })
