@@ -185,7 +185,8 @@ impl World {
     }
 
     /// As [`vxlan_host`](Self::vxlan_host), the port bound to `local`: an IPv6 address
-    /// turns IPv6 on for the host's underlay link and puts `local` on it.
+    /// turns IPv6 on for the host's underlay link and puts `local` on it. The port carries
+    /// VNI 42 unless `port_args` give a `--vni-map`.
     fn vxlan_host_at(
         &mut self,
         index: usize,
@@ -216,9 +217,12 @@ impl World {
         command
             .args(["netns", "exec", &namespace, BIN, "--dir"])
             .arg(dir.path())
-            .args(["vxlan", "lab", "--vni", VNI, "--local", local])
+            .args(["vxlan", "lab", "--local", local])
             .args(["--underlay-mtu", &underlay_mtu.to_string()])
             .args(port_args);
+        if !port_args.iter().any(|arg| arg == "--vni-map") {
+            command.args(["--vni", VNI]);
+        }
         let line = self.spawn_ready(command);
         assert!(line.starts_with("ready slot"), "{line}");
         let overhead = if ipv6 { 70 } else { 50 };
@@ -233,15 +237,29 @@ impl World {
 
     /// A guest namespace on a TAP port of `host`'s network, at its guest address.
     fn tap_guest(&mut self, host: &Host) -> String {
-        let guest = self.namespace(&format!("g{}", host.index));
+        let role = format!("g{}", host.index);
+        self.tap_guest_in(host, &role, &[], &guest_address(host.index))
+    }
+
+    /// A guest namespace named after `role` on a TAP port of `host`'s network given
+    /// `port_args` (its VLAN), at `address`/24 on its interface `gn0`.
+    fn tap_guest_in(
+        &mut self,
+        host: &Host,
+        role: &str,
+        port_args: &[&str],
+        address: &str,
+    ) -> String {
+        let guest = self.namespace(role);
         let mut command = Command::new(BIN);
         command
             .arg("--dir")
             .arg(host.dir.path())
-            .args(["tap", "lab", "--ifname", "gn0", "--netns", &guest]);
+            .args(["tap", "lab", "--ifname", "gn0", "--netns", &guest])
+            .args(port_args);
         let line = self.spawn_ready(command);
         assert!(line.starts_with("ready gn0"), "{line}");
-        let address = format!("{}/24", guest_address(host.index));
+        let address = format!("{address}/24");
         ip(&["-n", &guest, "addr", "add", &address, "dev", "gn0"]);
         ip(&["-n", &guest, "link", "set", "gn0", "up"]);
         guest
@@ -251,11 +269,16 @@ impl World {
     /// or its group) in a bridge with a veth guest at its guest address; returns the
     /// guest's namespace.
     fn linux_host(&mut self, index: usize, vxlan_args: &[&str]) -> String {
+        self.linux_host_in(index, VNI, vxlan_args)
+    }
+
+    /// As [`linux_host`](Self::linux_host), the device in VNI `vni`.
+    fn linux_host_in(&mut self, index: usize, vni: &str, vxlan_args: &[&str]) -> String {
         let host = self.underlay_host(index);
         let guest = self.namespace(&format!("g{index}"));
         let local = underlay_address(index);
         let mut args = vec![
-            "-n", &host, "link", "add", "vx0", "type", "vxlan", "id", VNI, "local", &local,
+            "-n", &host, "link", "add", "vx0", "type", "vxlan", "id", vni, "local", &local,
             "dstport", "4789", "dev", "u0",
         ];
         args.extend_from_slice(vxlan_args);
@@ -907,4 +930,208 @@ fn on_a_multicast_group_a_sender_that_falls_silent_is_aged_out_and_counted() {
             && status["counters"]["remotes_aged"] == 1
             && status["counters"]["rx_packets"] == 1
     });
+}
+
+/// A file of namespace `namespace`'s `/sys/class/net/gn0`, read inside it (sysfs shows
+/// the devices of the namespace that mounted it).
+fn guest_link_file(namespace: &str, file: &str) -> String {
+    let path = format!("/sys/class/net/gn0/{file}");
+    let output = run(Command::new("ip").args(["netns", "exec", namespace, "cat", &path]));
+    assert!(
+        output.status.success(),
+        "read {path} in {namespace}: {output:?}"
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Frames namespace `namespace`'s `gn0` has received.
+fn guest_rx_packets(namespace: &str) -> u64 {
+    guest_link_file(namespace, "statistics/rx_packets")
+        .parse()
+        .expect("a count")
+}
+
+/// The MAC address namespace `namespace` has resolved `address` to on `gn0`, if any.
+fn neighbour(namespace: &str, address: &str) -> Option<String> {
+    let output =
+        run(Command::new("ip").args(["-n", namespace, "neigh", "show", address, "dev", "gn0"]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .iter()
+        .position(|&word| word == "lladdr")
+        .and_then(|at| words.get(at + 1))
+        .map(|mac| mac.to_string())
+}
+
+/// The VXLAN status's segment of VNI `vni`.
+fn segment(status: &serde_json::Value, vni: u64) -> serde_json::Value {
+    status["segments"]
+        .as_array()
+        .and_then(|segments| segments.iter().find(|s| s["vni"] == vni))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn with_a_vni_map_each_vlan_reaches_only_its_own_vni_on_the_other_host() {
+    if !ready() {
+        return;
+    }
+    let mut world = World::new("vnimap");
+    let map = |remote: usize| {
+        [
+            "--vni-map",
+            "10=1010,20=1020",
+            "--remote",
+            &underlay_address(remote),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let a = world.vxlan_host(0, &map(1), 1550);
+    let b = world.vxlan_host(1, &map(0), 1550);
+    // Both VLANs use one subnet, and on host B both guests have the same address: a frame
+    // that leaked from one VLAN into the other would be answered.
+    let a10 = world.tap_guest_in(&a, "a10", &["--vlan", "10"], "10.77.0.1");
+    let a20 = world.tap_guest_in(&a, "a20", &["--vlan", "20"], "10.77.0.1");
+    let b10 = world.tap_guest_in(&b, "b10", &["--vlan", "10"], "10.77.0.2");
+    let b20 = world.tap_guest_in(&b, "b20", &["--vlan", "20"], "10.77.0.2");
+    let mac = |guest: &str| guest_link_file(guest, "address");
+    let quiet = [guest_rx_packets(&a20), guest_rx_packets(&b20)];
+
+    assert!(ping(&a10, "10.77.0.2"), "VLAN 10 across VNI 1010");
+    assert_eq!(
+        neighbour(&a10, "10.77.0.2"),
+        Some(mac(&b10)),
+        "answered by host B's VLAN-10 guest"
+    );
+    assert_eq!(
+        [guest_rx_packets(&a20), guest_rx_packets(&b20)],
+        quiet,
+        "VLAN 20's guests saw nothing of VLAN 10's traffic"
+    );
+    assert!(ping(&a20, "10.77.0.2"), "VLAN 20 across VNI 1020");
+    assert_eq!(neighbour(&a20, "10.77.0.2"), Some(mac(&b20)));
+
+    // Each VNI counted its own traffic, and learned its own guest behind host B.
+    wait_until("host A's status shows each VNI's traffic and guest", || {
+        let status = vxlan_status(&a);
+        let (vni10, vni20) = (segment(&status, 1010), segment(&status, 1020));
+        let learned = |segment: &serde_json::Value| segment["learned"].clone();
+        status["vni"] == serde_json::json!({"10": 1010, "20": 1020})
+            && vni10["vlan"] == 10
+            && vni20["vlan"] == 20
+            && vni10["counters"]["rx_packets"].as_u64() >= Some(3)
+            && vni10["counters"]["tx_packets"].as_u64() >= Some(3)
+            && vni20["counters"]["rx_packets"].as_u64() >= Some(3)
+            && learned(&vni10) == serde_json::json!([mac(&b10)])
+            && learned(&vni20) == serde_json::json!([mac(&b20)])
+    });
+
+    // From host B's underlay address (a configured remote): a datagram of a VNI the map
+    // does not name, and one of VNI 1010 whose inner frame brings a tag of its own.
+    let b_host = format!("{}-h1", world.prefix);
+    let source = MacAddress::new([0x02, 0xdd, 0, 0, 0, 1]);
+    let mut tagged = broadcast(source, 7);
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 20]);
+    inject(
+        &b_host,
+        &underlay_address(1),
+        "10.99.0.1:4789",
+        vec![
+            vxlan_datagram(0x08, 42, &broadcast(source, 7)),
+            vxlan_datagram(0x08, 1010, &tagged),
+        ],
+    );
+    wait_until(
+        "host A counts the foreign VNI and the tagged inner frame",
+        || {
+            let counters = &vxlan_status(&a)["remotes"][0]["counters"];
+            counters["rx_foreign_vni"] == 1 && counters["rx_tagged_inner"] == 1
+        },
+    );
+    // A trunk of exactly the mapped VLANs never hands the port anything else.
+    assert_eq!(vxlan_status(&a)["counters"]["tx_unmapped_vlan"], 0);
+}
+
+#[test]
+fn with_a_vni_map_a_vlan_meets_a_linux_vxlan_device_in_its_vni_and_streams_intact() {
+    if !ready() {
+        return;
+    }
+    let mut world = World::new("vnilinux");
+    let port_args = ["--vni-map", "10=1010,20=1020", "--remote", "10.99.0.2"].map(String::from);
+    let a = world.vxlan_host(0, &port_args, 1550);
+    let a10 = world.tap_guest_in(&a, "a10", &["--vlan", "10"], "10.77.0.1");
+    let a20 = world.tap_guest_in(&a, "a20", &["--vlan", "20"], "10.77.0.1");
+    // The Linux device carries VNI 1010 alone: VLAN 10 on this side.
+    let linux = world.linux_host_in(1, "1010", &["remote", "10.99.0.1"]);
+    assert!(
+        ping(&a10, "10.77.0.2"),
+        "VLAN 10 → the Linux guest in VNI 1010"
+    );
+    assert!(ping(&linux, "10.77.0.1"), "the Linux guest → VLAN 10");
+    assert!(
+        !ping(&a20, "10.77.0.2"),
+        "VLAN 20 is VNI 1020, where nobody is"
+    );
+    // The Linux guest's TSO super-frames and unfinished checksums cross tagged for VLAN
+    // 10, their offsets moved by the tag, and leave the access port untagged again.
+    transfer_intact(&linux, &a10, "10.77.0.1", 5201, 4 << 20);
+    transfer_intact(&a10, &linux, "10.77.0.2", 5202, 2 << 20);
+    wait_until(
+        "the stream is counted in VNI 1010 and nothing refused",
+        || {
+            let status = vxlan_status(&a);
+            let vni10 = segment(&status, 1010);
+            let remote = &status["remotes"][0]["counters"];
+            status["receives_offloads"] == true
+                && vni10["counters"]["rx_packets"].as_u64().unwrap_or(0) > 100
+                && vni10["counters"]["tx_packets"].as_u64().unwrap_or(0) > 100
+                && segment(&status, 1020)["counters"]["rx_packets"] == 0
+                && remote["rx_invalid_inner"] == 0
+                && remote["rx_tagged_inner"] == 0
+                && remote["rx_foreign_vni"] == 0
+        },
+    );
+}
+
+#[test]
+fn a_port_with_a_vni_map_joins_as_a_trunk_of_exactly_the_mapped_vlans() {
+    // No root needed: the port binds loopback, and its remote is never sent to.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
+    let mut child = Command::new(BIN)
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["vxlan", "lab", "--vni-map", "20=1020,10=1010"])
+        .args(["--local", "127.0.0.1:0", "--remote", "127.0.0.1:9"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the port");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let _port = KillOnDrop(child);
+    let (lines, ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = lines.send(line);
+    });
+    let line = ready.recv_timeout(DEADLINE).expect("a ready line");
+    assert!(line.starts_with("ready slot"), "{line}");
+    let peers = network.status().peers;
+    assert_eq!(peers.len(), 1);
+    let port = &peers[0];
+    assert_eq!(
+        (port.vlan_mode.as_str(), port.vlans.as_str(), port.native),
+        ("trunk", "10,20", None),
+        "tagged for each mapped VLAN, untagged frames refused"
+    );
+    assert!(
+        port.label.starts_with("vxlan vni-map 127.0.0.1:"),
+        "{}",
+        port.label
+    );
 }

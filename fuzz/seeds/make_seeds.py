@@ -321,6 +321,9 @@ for name, frame in FRAMES.items():
     write("vxlan_datagram", name, b"\x00" + vxlan_payload(frame))
     write("vxlan_datagram", name + "_ipv4", b"\x01" + vxlan_ipv4(frame, False))
     write("vxlan_datagram", name + "_ipv4_csum", b"\x01" + vxlan_ipv4(frame, True))
+    # 0x40: the port maps VLAN 10 to VNI 42 and VLAN 20 to VNI 43.
+    write("vxlan_datagram", name + "_mapped", b"\x40" + vxlan_payload(frame))
+    write("vxlan_datagram", name + "_mapped_vni43", b"\x40" + vxlan_payload(frame, 43))
 # A runt, then a length beyond any frame (70000 > 64 KiB + tagged header): out of step.
 write(
     "stream_decoder",

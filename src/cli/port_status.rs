@@ -180,6 +180,25 @@ fn print_vxlan(statuses: &[VxlanStatus]) {
         if status.group.is_some() {
             println!("  senders aged out {}", c.remotes_aged);
         }
+        if status.vni.is_map() {
+            println!(
+                "  dropped: VLAN not in the map {}  tagged inner frames {}",
+                c.tx_unmapped_vlan, c.rx_tagged_inner
+            );
+            for segment in &status.segments {
+                let s = &segment.counters;
+                println!(
+                    "  vni {}  vlan {}  rx {} pkts {}  tx {} pkts {}  learned {}",
+                    segment.vni,
+                    segment.vlan.map_or("-".to_string(), |vid| vid.to_string()),
+                    s.rx_packets,
+                    human_bytes(s.rx_bytes),
+                    s.tx_packets,
+                    human_bytes(s.tx_bytes),
+                    segment.learned.len()
+                );
+            }
+        }
         for remote in &status.remotes {
             let r = &remote.counters;
             println!(

@@ -13,7 +13,8 @@ use super::port_status::{StatusFile, StatusKind};
 use crate::network::Network;
 use crate::ports::socket::Doorbell;
 use crate::ports::vxlan::{
-    DEFAULT_AGEING, DEFAULT_MAX_LEARNED, MulticastGroup, VxlanOptions, VxlanPort,
+    DEFAULT_AGEING, DEFAULT_MAX_LEARNED, MulticastGroup, Segments, VniMap, VxlanOptions, VxlanPort,
+    check_vni,
 };
 use crate::wire::vxlan::DEFAULT_PORT;
 
@@ -30,13 +31,27 @@ Linux device's `group ... dev ...`). With remotes, datagrams from other addresse
 dropped and counted; on a group, every sender becomes a remote until it has been silent
 for the ageing time. Prints `ready slot N local ADDR inner-mtu M` once it serves. Example,
 with the Linux kernel on the other side (`ip link add vx0 type vxlan id 42 local 10.99.0.2 remote 10.99.0.1 dstport 4789`):
-  guestnet vxlan lab --vni 42 --local 10.99.0.1 --remote 10.99.0.2")]
+  guestnet vxlan lab --vni 42 --local 10.99.0.1 --remote 10.99.0.2
+With --vni-map, one port carries several VLANs, each in its own VNI: a frame of VLAN 10
+crosses untagged in VNI 1010 and comes out of the other end tagged 10 again, so guests on
+access ports of VLAN 10 on both hosts share one segment, apart from VLAN 20's:
+  guestnet vxlan lab --vni-map 10=1010,20=1020 --local 10.99.0.1 --remote 10.99.0.2")]
 pub struct VxlanArgs {
     /// Network name.
     pub name: String,
-    /// VXLAN network identifier (0..=16777215).
-    #[arg(long)]
-    pub vni: u32,
+    /// VXLAN network identifier (0..=16777215): the one segment the port carries. Frames
+    /// cross as they are, in the port's VLAN (--vlan) or with their tags.
+    #[arg(long, value_parser = parse_vni, required_unless_present = "vni_map")]
+    pub vni: Option<u32>,
+    /// Carry several 802.1Q VLANs, each in a VNI of its own, instead of one --vni: the port
+    /// is a trunk of exactly these VLANs; a frame of VLAN VID leaves untagged in its VNI,
+    /// and one arriving in that VNI enters the network tagged VID. Datagrams of other VNIs
+    /// are dropped (`rx_foreign_vni`), and so are inner frames that carry a tag of their
+    /// own (`rx_tagged_inner`). Each VLAN (1-4094) and each VNI (0-16777215) once. Example:
+    /// `--vni-map 10=1010,20=1020`.
+    #[arg(long, value_name = "VID=VNI,…", value_parser = parse_vni_map,
+          conflicts_with_all = ["vni", "vlan"])]
+    pub vni_map: Option<VniMap>,
     /// Local address to bind, with an optional UDP port [default port: 4789].
     #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_endpoint)]
     pub local: SocketAddr,
@@ -75,6 +90,20 @@ pub struct VxlanArgs {
     pub vlan: Option<u16>,
 }
 
+/// A VNI of 24 bits.
+fn parse_vni(text: &str) -> Result<u32, String> {
+    let vni: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a VNI (a number from 0 to 16777215)"))?;
+    check_vni(vni)
+}
+
+/// `VID=VNI,VID=VNI…`.
+fn parse_vni_map(text: &str) -> Result<VniMap, String> {
+    text.parse()
+}
+
 /// `ADDR` or `ADDR:PORT`, IPv6 as `[ADDR]:PORT`; the port defaults to 4789.
 fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
     if let Ok(address) = text.parse::<SocketAddr>() {
@@ -96,8 +125,14 @@ pub fn run(dir: &Path, args: VxlanArgs) -> anyhow::Result<()> {
     stop.ring_on_signals(&[libc::SIGINT, libc::SIGTERM])
         .context("install signal handlers")?;
     let network = Network::open(dir, &args.name)?;
+    let segments = match (args.vni_map, args.vni) {
+        (Some(map), _) => Segments::Map(map),
+        (None, Some(vni)) => Segments::One(vni),
+        // clap requires one of the two.
+        (None, None) => anyhow::bail!("give --vni or --vni-map"),
+    };
     let options = VxlanOptions {
-        vni: args.vni,
+        segments,
         local: args.local,
         remotes: args.remotes,
         group: match (args.group, args.dev) {
@@ -192,5 +227,35 @@ mod tests {
             .unwrap_or_default();
         assert!(option.contains("[default: 1024]"), "{option}");
         assert!(option.contains("learns behind one uplink"), "{option}");
+    }
+
+    #[test]
+    fn a_vni_map_replaces_the_vni_and_the_vlan() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "vxlan", "lab", "--local", "10.0.0.1", "--remote", "10.0.0.2",
+            ];
+            args.extend_from_slice(extra);
+            Command::try_parse_from(args)
+        };
+        use clap::Parser;
+        let parsed = parse(&["--vni-map", "20=1020,10=1010"]).unwrap();
+        let map = parsed.args.vni_map.unwrap();
+        assert_eq!(map.pairs(), &[(10, 1010), (20, 1020)]);
+        assert_eq!(parsed.args.vni, None);
+        assert_eq!(parse(&["--vni", "42"]).unwrap().args.vni, Some(42));
+        // One of the two, never both, and the map names the VLANs itself.
+        let error = |extra: &[&str]| parse(extra).unwrap_err().to_string();
+        assert!(error(&[]).contains("--vni"), "{}", error(&[]));
+        let both = error(&["--vni", "42", "--vni-map", "10=1010"]);
+        assert!(both.contains("cannot be used with"), "{both}");
+        let vlan = error(&["--vlan", "10", "--vni-map", "10=1010"]);
+        assert!(vlan.contains("cannot be used with"), "{vlan}");
+        // Bad maps and VNIs say what is wrong.
+        assert!(error(&["--vni", "16777216"]).contains("24 bits"));
+        assert!(error(&["--vni-map", "10=1010,10=1020"]).contains("mapped twice"));
+        assert!(error(&["--vni-map", "10=7,20=7"]).contains("VNI 7 is given to VLANs"));
+        assert!(error(&["--vni-map", "0=7"]).contains("priority"));
+        assert!(error(&["--vni-map", "10:7"]).contains("VID=VNI"));
     }
 }

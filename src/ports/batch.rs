@@ -22,6 +22,15 @@ impl FrameBatch {
         self.ends.push(self.bytes.len());
     }
 
+    /// Pushes one frame given as parts written one after the other (a frame retagged on
+    /// its way in, see [`crate::wire::vlan::retag_parts`]).
+    pub fn push_parts(&mut self, parts: &[&[u8]]) {
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+        self.ends.push(self.bytes.len());
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }

@@ -17,7 +17,7 @@ use crate::cli::port_status::PortStatuses;
 use crate::network::{NetworkStatus, PeerStatus};
 use crate::ports::dhcp::DhcpStatus;
 use crate::ports::vhost_user::{SocketStatus, State};
-use crate::ports::vxlan::{RemoteStatus, VxlanStatus};
+use crate::ports::vxlan::{RemoteStatus, SegmentStatus, VxlanStatus};
 
 /// One network as a scrape sees it.
 #[derive(Debug)]
@@ -441,13 +441,28 @@ fn render_vhost_user(out: &mut Exposition, networks: &[NetworkMetrics]) {
     );
 }
 
-/// The labels that name a VXLAN port: its network, its slot and its VNI.
+/// The labels that name a VXLAN port: its network, its slot and its VNI (or its map of
+/// VLANs to VNIs, as `10=1010,20=1020`).
 fn vxlan_labels(port: &VxlanStatus) -> Labels {
     vec![
         ("network", port.network.clone()),
         ("slot", port.slot.to_string()),
         ("vni", port.vni.to_string()),
     ]
+}
+
+/// The labels that name one segment of a VXLAN port: its network, its slot, the segment's
+/// VNI and, with a map, its VLAN.
+fn segment_labels(port: &VxlanStatus, segment: &SegmentStatus) -> Labels {
+    let mut labels = vec![
+        ("network", port.network.clone()),
+        ("slot", port.slot.to_string()),
+        ("vni", segment.vni.to_string()),
+    ];
+    if let Some(vid) = segment.vlan {
+        labels.push(("vlan", vid.to_string()));
+    }
+    labels
 }
 
 /// The labels that name a remote of a VXLAN port.
@@ -485,6 +500,7 @@ fn render_vxlan(out: &mut Exposition, networks: &[NetworkMetrics]) {
                 .collect(),
         );
     }
+    render_vxlan_segments(out, &ports);
     let remotes: Vec<(&VxlanStatus, &RemoteStatus)> = ports
         .iter()
         .flat_map(|&port| port.remotes.iter().map(move |remote| (port, remote)))
@@ -515,6 +531,43 @@ fn render_vxlan(out: &mut Exposition, networks: &[NetworkMetrics]) {
         remotes
             .iter()
             .map(|&(port, remote)| (remote_labels(port, remote), remote.learned.len() as u64))
+            .collect(),
+    );
+}
+
+/// Each VXLAN segment's traffic (every port has at least its one VNI) and the addresses
+/// learned in it.
+fn render_vxlan_segments(out: &mut Exposition, ports: &[&VxlanStatus]) {
+    let segments: Vec<(&VxlanStatus, &SegmentStatus)> = ports
+        .iter()
+        .flat_map(|&port| port.segments.iter().map(move |segment| (port, segment)))
+        .collect();
+    let Some((_, first)) = segments.first() else {
+        return;
+    };
+    for (index, (name, _)) in first.counters.named().into_iter().enumerate() {
+        out.metric(
+            &format!("guestnet_vxlan_vni_{name}_total"),
+            Kind::Counter,
+            &format!("A VXLAN port's {name} counter in one VNI (with --vni-map, one VLAN), as status --json shows it."),
+            segments
+                .iter()
+                .map(|&(port, segment)| {
+                    (
+                        segment_labels(port, segment),
+                        segment.counters.named()[index].1,
+                    )
+                })
+                .collect(),
+        );
+    }
+    out.metric(
+        "guestnet_vxlan_vni_learned_addresses",
+        Kind::Gauge,
+        "Inner addresses the VXLAN port learned in the VNI.",
+        segments
+            .iter()
+            .map(|&(port, segment)| (segment_labels(port, segment), segment.learned.len() as u64))
             .collect(),
     );
 }
@@ -564,7 +617,7 @@ mod tests {
     use super::*;
     use crate::network::{PortKind, RetiredStatus};
     use crate::ports::vhost_user::CounterValues;
-    use crate::ports::vxlan::VxlanCounters;
+    use crate::ports::vxlan::{Segments, VniCounters, VxlanCounters};
     use crate::wire::MacAddress;
 
     fn peer(slot: u16, label: &str) -> PeerStatus {
@@ -786,7 +839,7 @@ guestnet_peer_rate_limit_bytes_per_second{network="lab",slot="0",mac="52:54:00:0
             vxlan: vec![VxlanStatus {
                 network: "b".to_string(),
                 slot: 1,
-                vni: 42,
+                vni: Segments::One(42),
                 local: "192.0.2.1:4789".parse().unwrap(),
                 underlay_mtu: 1500,
                 inner_mtu: 1450,
@@ -801,6 +854,16 @@ guestnet_peer_rate_limit_bytes_per_second{network="lab",slot="0",mac="52:54:00:0
                     ..VxlanCounters::default()
                 },
                 remotes: vec![remote],
+                segments: vec![SegmentStatus {
+                    vni: 42,
+                    vlan: None,
+                    counters: VniCounters {
+                        rx_packets: 4,
+                        tx_packets: 5,
+                        ..VniCounters::default()
+                    },
+                    learned: vec![MacAddress([2, 0, 0, 0, 0, 9])],
+                }],
             }],
             vhost_user: vec![SocketStatus {
                 pid: 100,
@@ -893,9 +956,44 @@ guestnet_peer_rate_limit_bytes_per_second{network="lab",slot="0",mac="52:54:00:0
             format!("guestnet_vxlan_remote_rx_packets_total{{{remote}}} 4"),
             format!("guestnet_vxlan_remote_tx_packets_total{{{remote}}} 5"),
             format!("guestnet_vxlan_remote_learned_addresses{{{remote}}} 1"),
+            format!("guestnet_vxlan_vni_rx_packets_total{{{port}}} 4"),
+            format!("guestnet_vxlan_vni_learned_addresses{{{port}}} 1"),
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains("guestnet_vhost_user"), "{text}");
+    }
+
+    #[test]
+    fn a_vxlan_port_with_a_vni_map_shows_each_vni_with_its_vlan() {
+        let mut lab = network("b", Vec::new());
+        let mut port = ports().vxlan.remove(0);
+        port.vni = Segments::Map("10=1010,20=1020".parse().unwrap());
+        port.segments = [(10, 1010, 3), (20, 1020, 0)]
+            .into_iter()
+            .map(|(vlan, vni, tx_packets)| SegmentStatus {
+                vni,
+                vlan: Some(vlan),
+                counters: VniCounters {
+                    tx_packets,
+                    tx_bytes: 100 * tx_packets,
+                    ..VniCounters::default()
+                },
+                learned: Vec::new(),
+            })
+            .collect();
+        lab.ports.vxlan = vec![port];
+        let text = render(&[lab], &[]);
+        let port = "network=\"b\",slot=\"1\"";
+        for line in [
+            format!("guestnet_vxlan_remotes{{{port},vni=\"10=1010,20=1020\"}} 1"),
+            "# TYPE guestnet_vxlan_vni_tx_packets_total counter".to_string(),
+            format!("guestnet_vxlan_vni_tx_packets_total{{{port},vni=\"1010\",vlan=\"10\"}} 3"),
+            format!("guestnet_vxlan_vni_tx_bytes_total{{{port},vni=\"1010\",vlan=\"10\"}} 300"),
+            format!("guestnet_vxlan_vni_tx_packets_total{{{port},vni=\"1020\",vlan=\"20\"}} 0"),
+            format!("guestnet_vxlan_vni_learned_addresses{{{port},vni=\"1020\",vlan=\"20\"}} 0"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

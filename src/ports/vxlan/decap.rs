@@ -1,8 +1,10 @@
 //! Underlay → network: the serving thread, which takes datagrams from the underlay in
 //! rounds ([`Inbound`]), judges each, counts every refusal by its reason on the remote it
 //! came from (or on the port, when it came from no remote), learns the inner source
-//! address of each accepted frame, and sends the round's good frames into the network as
-//! one batch, each with the offload work its sender left undone.
+//! address of each accepted frame in its VNI, and sends the round's good frames into the
+//! network as one batch, each with the offload work its sender left undone. On a port with
+//! a VNI map each frame gets the tag of its segment's VLAN on the way in, written as the
+//! frame is copied into the batch, its offload header's offsets moved by the tag.
 //!
 //! [`classify`] is the whole judgement, a pure function of the datagram's bytes and where
 //! it came from; [`State::account`] turns its [`Verdict`] into counts and learning.
@@ -16,12 +18,14 @@ use crate::network::{Sender, monotonic_ns};
 use crate::ports::socket::{Doorbell, FrameBatch, PortError, io_error};
 use crate::ports::wait;
 use crate::shm::layout::LARGE_FRAME;
-use crate::wire::ethernet::validate_frame;
+use crate::wire::ethernet::{VLAN_TAG_LEN, validate_frame};
 use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
+use crate::wire::vlan::{self as wire_vlan, VlanTci};
 use crate::wire::vxlan::{HEADER_LEN, VxlanError, VxlanPacket, VxlanRepr};
 use crate::wire::{EthernetFrame, EthernetRepr};
 
 use super::inbound::{Inbound, OuterFault, RECEIVE_BATCH};
+use super::segments::{Segments, tag_of};
 use super::state::{State, lock};
 use super::table::Learned;
 
@@ -35,7 +39,7 @@ pub(super) struct Decapsulator<'a> {
     sender: &'a mut Sender,
     /// The socket and the round's datagrams.
     inbound: Inbound<'a>,
-    vni: u32,
+    segments: &'a Segments,
     network_mtu: usize,
     state: &'a Mutex<State>,
     /// The round's frames to deliver, and beside them the offload work of each.
@@ -48,10 +52,12 @@ pub(super) struct Decapsulator<'a> {
 /// What one datagram turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// An inner frame to deliver, from remote `remote`.
+    /// An inner frame to deliver, from remote `remote`, in segment `segment`.
     Deliver {
         /// The remote's index.
         remote: usize,
+        /// The segment's index (0 on a port of one VNI).
+        segment: usize,
     },
     /// From no configured remote.
     UnknownRemote,
@@ -73,11 +79,22 @@ pub enum RxDrop {
     Malformed,
     /// The I flag is clear (`rx_instance_flag_clear`).
     InstanceFlagClear,
-    /// Another VNI (`rx_foreign_vni`).
+    /// Another VNI, or with a map one it does not name (`rx_foreign_vni`).
     ForeignVni,
     /// The inner frame breaks the network's rules, or the socket cut the datagram short
     /// (`rx_invalid_inner`).
     InvalidInner,
+    /// With a map, the inner frame already carries an 802.1Q tag (`rx_tagged_inner`).
+    TaggedInner,
+}
+
+/// A frame to hand to the network: the inner frame, the tag to insert after its
+/// addresses (on a port with a map), and its offload header for the frame as tagged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Delivery<'d> {
+    frame: &'d [u8],
+    tag: Option<VlanTci>,
+    offload: VirtioNetHdr,
 }
 
 /// What woke the serving thread.
@@ -94,14 +111,14 @@ impl<'a> Decapsulator<'a> {
     pub(super) fn new(
         sender: &'a mut Sender,
         inbound: Inbound<'a>,
-        vni: u32,
+        segments: &'a Segments,
         network_mtu: usize,
         state: &'a Mutex<State>,
     ) -> Decapsulator<'a> {
         Decapsulator {
             sender,
             inbound,
-            vni,
+            segments,
             network_mtu,
             state,
             batch: FrameBatch::default(),
@@ -137,7 +154,7 @@ impl<'a> Decapsulator<'a> {
                     let remote = state.find_or_admit(datagram.from, now);
                     let verdict = classify(
                         remote,
-                        self.vni,
+                        self.segments,
                         self.network_mtu,
                         datagram.bytes,
                         datagram.oversize,
@@ -147,9 +164,26 @@ impl<'a> Decapsulator<'a> {
                 }
                 Err(fault) => (Verdict::BadOuter(fault), &[][..], VirtioNetHdr::default()),
             };
-            match state.account(verdict, bytes, now) {
-                Some(inner) => {
-                    self.batch.push(inner);
+            match state.account(verdict, bytes, &offload, now) {
+                Some(Delivery {
+                    frame,
+                    tag: None,
+                    offload,
+                }) => {
+                    self.batch.push(frame);
+                    self.offloads.push(offload);
+                }
+                Some(Delivery {
+                    frame,
+                    tag: Some(tag),
+                    offload,
+                }) => {
+                    let mut tag_bytes = [0; VLAN_TAG_LEN];
+                    self.batch.push_parts(&wire_vlan::retag_parts(
+                        frame,
+                        Some(tag),
+                        &mut tag_bytes,
+                    ));
                     self.offloads.push(offload);
                 }
                 None if matches!(
@@ -190,14 +224,15 @@ impl Decapsulator<'_> {
 
 // The accounting of received datagrams lives here, beside the verdicts it counts.
 impl State {
-    /// Counts a judged datagram, learns its inner source if it is delivered, and returns
-    /// the inner frame to deliver, if any.
+    /// Counts a judged datagram (`offload`: what its inner frame still needs), learns its
+    /// inner source in its VNI if it is delivered, and returns what to deliver, if any.
     fn account<'d>(
         &mut self,
         verdict: Verdict,
         datagram: &'d [u8],
+        offload: &VirtioNetHdr,
         now_ns: u64,
-    ) -> Option<&'d [u8]> {
+    ) -> Option<Delivery<'d>> {
         let (remote, reason) = match verdict {
             Verdict::UnknownRemote => {
                 self.port.rx_unknown_remote += 1;
@@ -212,10 +247,17 @@ impl State {
                 return None;
             }
             Verdict::Refused { remote, reason } => (remote, reason),
-            Verdict::Deliver { remote } => {
+            Verdict::Deliver { remote, segment } => {
+                // `classify` checked all of these: an inner frame, a segment, and room for
+                // the tag in the offload header.
                 let inner = datagram.get(HEADER_LEN..)?;
                 let source = EthernetFrame::new_checked(inner).ok()?.source();
-                let learned = self.table.learn(source, remote, now_ns);
+                let (segment, segment_counters) = self.segments.get_mut(segment)?;
+                let (tag, offload) = match segment.vlan {
+                    Some(vid) => (Some(tag_of(vid)), tagged_offload(offload)?),
+                    None => (None, *offload),
+                };
+                let learned = self.table.learn(segment.vni, source, remote, now_ns);
                 let counters = self.remotes.counters.get_mut(remote)?;
                 if learned == Learned::Full {
                     counters.rx_too_many_sources += 1;
@@ -223,7 +265,13 @@ impl State {
                 }
                 counters.rx_packets += 1;
                 counters.rx_bytes += inner.len() as u64;
-                return Some(inner);
+                segment_counters.rx_packets += 1;
+                segment_counters.rx_bytes += inner.len() as u64;
+                return Some(Delivery {
+                    frame: inner,
+                    tag,
+                    offload,
+                });
             }
         };
         let counters = self.remotes.counters.get_mut(remote)?;
@@ -232,17 +280,38 @@ impl State {
             RxDrop::InstanceFlagClear => counters.rx_instance_flag_clear += 1,
             RxDrop::ForeignVni => counters.rx_foreign_vni += 1,
             RxDrop::InvalidInner => counters.rx_invalid_inner += 1,
+            RxDrop::TaggedInner => counters.rx_tagged_inner += 1,
         }
         None
     }
 }
 
-/// Decides what one datagram from `remote` (`None`: no remote of ours) is. `oversize`:
-/// the socket cut it short; `offload`: what its inner frame still needs. A pure function
-/// of its arguments, so it is tested and fuzzed without sockets.
+/// The offload header of a frame once a tag is inserted after its addresses:
+/// `csum_start` and `hdr_len` count from the frame's start, so they move by the tag's four
+/// bytes; `None` if one would no longer fit its field.
+fn tagged_offload(offload: &VirtioNetHdr) -> Option<VirtioNetHdr> {
+    let tag = VLAN_TAG_LEN as u16;
+    let mut moved = *offload;
+    if offload.needs_checksum() {
+        moved.csum_start = offload.csum_start.checked_add(tag)?;
+    }
+    if offload.hdr_len != 0 {
+        moved.hdr_len = offload.hdr_len.checked_add(tag)?;
+    }
+    Some(moved)
+}
+
+/// Decides what one datagram from `remote` (`None`: no remote of ours) is, for a port
+/// carrying `segments`. `oversize`: the socket cut it short; `offload`: what its inner
+/// frame still needs. A pure function of its arguments, so it is tested and fuzzed without
+/// sockets.
+///
+/// The checks, in order: a remote of ours, a whole VXLAN header, the I flag, a VNI the
+/// port carries, an inner frame that keeps the network's rules (with room for the tag the
+/// port adds, on a port with a map), and on such a port an inner frame without a tag.
 pub fn classify(
     remote: Option<usize>,
-    vni: u32,
+    segments: &Segments,
     network_mtu: usize,
     datagram: &[u8],
     oversize: bool,
@@ -256,29 +325,48 @@ pub fn classify(
         Ok(packet) => packet,
         Err(_) => return refused(RxDrop::Malformed),
     };
-    match VxlanRepr::parse(&packet) {
+    let (segment, vlan) = match VxlanRepr::parse(&packet) {
         Err(VxlanError::Truncated) => return refused(RxDrop::Malformed),
         Err(VxlanError::InstanceFlagClear) => return refused(RxDrop::InstanceFlagClear),
-        Ok(repr) if repr.vni != vni => return refused(RxDrop::ForeignVni),
-        Ok(_) => {}
-    }
-    if oversize || !inner_frame_is_valid(packet.payload(), network_mtu, offload) {
+        Ok(repr) => match segments.inbound(repr.vni) {
+            Some(found) => found,
+            None => return refused(RxDrop::ForeignVni),
+        },
+    };
+    let inner = packet.payload();
+    let tagging = vlan.is_some();
+    if oversize || !inner_frame_is_valid(inner, network_mtu, offload, tagging) {
         return refused(RxDrop::InvalidInner);
     }
-    Verdict::Deliver { remote }
+    if tagging && wire_vlan::is_tagged(inner) {
+        return refused(RxDrop::TaggedInner);
+    }
+    Verdict::Deliver { remote, segment }
 }
 
 /// Whether `frame`, with the offload work `offload` still to do, keeps the network's rules:
 /// a plain frame fits the MTU; a super-frame still to be cut into segments fits a large
 /// buffer instead and has a checksum to finish (segmentation implies one); either way a
 /// checksum to finish lies inside the frame and the source is not multicast. (The network
-/// checks super-frames further, against its own MTU, and counts what it refuses.)
-fn inner_frame_is_valid(frame: &[u8], network_mtu: usize, offload: &VirtioNetHdr) -> bool {
+/// checks super-frames further, against its own MTU, and counts what it refuses.) When the
+/// port will insert a tag (`tagging`), the frame keeps the rules with it: a super-frame
+/// still fits a large buffer, and the offload header's offsets still fit their fields (a
+/// plain frame may be four bytes longer once tagged: the MTU counts the payload).
+fn inner_frame_is_valid(
+    frame: &[u8],
+    network_mtu: usize,
+    offload: &VirtioNetHdr,
+    tagging: bool,
+) -> bool {
+    let added = if tagging { VLAN_TAG_LEN } else { 0 };
+    if tagging && tagged_offload(offload).is_none() {
+        return false;
+    }
     let keeps_the_rules = if offload.gso_type == GsoType::None {
         validate_frame(frame, network_mtu).is_ok()
     } else {
         offload.needs_checksum()
-            && frame.len() <= LARGE_FRAME
+            && frame.len() + added <= LARGE_FRAME
             && EthernetFrame::new_checked(frame)
                 .and_then(|view| EthernetRepr::parse(&view))
                 .is_ok()
@@ -305,6 +393,9 @@ mod tests {
     use crate::wire::MacAddress;
     use crate::wire::virtio_net::FLAG_NEEDS_CSUM;
 
+    /// A port of VNI 42 alone.
+    const ONE: Segments = Segments::One(42);
+
     fn mac(last: u8) -> MacAddress {
         MacAddress::new([0x02, 0, 0, 0, 0, last])
     }
@@ -328,9 +419,15 @@ mod tests {
     fn datagrams_are_classified_by_what_is_wrong_with_them() {
         let plain = VirtioNetHdr::default();
         let check =
-            |remote, bytes: &[u8], oversize| classify(remote, 42, 1500, bytes, oversize, &plain);
+            |remote, bytes: &[u8], oversize| classify(remote, &ONE, 1500, bytes, oversize, &plain);
         let good = datagram(0x08, [0, 0, 42], &inner());
-        assert_eq!(check(Some(1), &good, false), Verdict::Deliver { remote: 1 });
+        assert_eq!(
+            check(Some(1), &good, false),
+            Verdict::Deliver {
+                remote: 1,
+                segment: 0
+            }
+        );
         assert_eq!(check(None, &good, false), Verdict::UnknownRemote);
         let refused = |reason| Verdict::Refused { remote: 0, reason };
         assert_eq!(
@@ -373,14 +470,17 @@ mod tests {
         let check = |frame: &[u8], offload: &VirtioNetHdr| {
             classify(
                 Some(0),
-                42,
+                &ONE,
                 1500,
                 &datagram(0x08, [0, 0, 42], frame),
                 false,
                 offload,
             )
         };
-        let deliver = Verdict::Deliver { remote: 0 };
+        let deliver = Verdict::Deliver {
+            remote: 0,
+            segment: 0,
+        };
         let refused = Verdict::Refused {
             remote: 0,
             reason: RxDrop::InvalidInner,
@@ -428,20 +528,32 @@ mod tests {
         let mut state = State::new(
             RemoteTable::new(2, DEFAULT_AGEING),
             Remotes::configured(remotes, local),
+            &ONE,
         );
-        let deliver = Verdict::Deliver { remote: 1 };
+        let deliver = Verdict::Deliver {
+            remote: 1,
+            segment: 0,
+        };
+        let plain = VirtioNetHdr::default();
+        let frame_of = |delivery: Option<Delivery<'_>>| delivery.map(|d| d.frame.to_vec());
         for i in 0..5 {
             let mut frame = inner();
             frame[11] = i;
             let datagram = datagram(0x08, [0, 0, 42], &frame);
-            let expected = if i < 2 { Some(&frame[..]) } else { None };
-            assert_eq!(state.account(deliver, &datagram, 0), expected);
+            let expected = if i < 2 { Some(frame) } else { None };
+            assert_eq!(
+                frame_of(state.account(deliver, &datagram, &plain, 0)),
+                expected
+            );
         }
         // A source already learned still passes.
         let mut known = inner();
         known[11] = 1;
         let again = datagram(0x08, [0, 0, 42], &known);
-        assert_eq!(state.account(deliver, &again, 0), Some(&known[..]));
+        assert_eq!(
+            frame_of(state.account(deliver, &again, &plain, 0)),
+            Some(known)
+        );
         assert_eq!(state.table.len(), 2);
         assert_eq!(state.remotes.counters[1].rx_packets, 3);
         assert_eq!(state.remotes.counters[1].rx_bytes, 3 * 60);
@@ -452,10 +564,161 @@ mod tests {
             remote: 0,
             reason: RxDrop::ForeignVni,
         };
-        assert_eq!(state.account(refused, &good, 0), None);
-        assert_eq!(state.account(Verdict::UnknownRemote, &good, 0), None);
+        assert_eq!(state.account(refused, &good, &plain, 0), None);
+        assert_eq!(
+            state.account(Verdict::UnknownRemote, &good, &plain, 0),
+            None
+        );
         assert_eq!(state.remotes.counters[0].rx_foreign_vni, 1);
         assert_eq!(state.port.rx_unknown_remote, 1);
         assert_eq!(state.remotes.counters[0].rx_packets, 0);
+    }
+
+    /// A port with `--vni-map 10=1010,20=1020`.
+    fn mapped() -> Segments {
+        Segments::Map("10=1010,20=1020".parse().unwrap())
+    }
+
+    fn vni(vni: u32) -> [u8; 3] {
+        let bytes = vni.to_be_bytes();
+        [bytes[1], bytes[2], bytes[3]]
+    }
+
+    #[test]
+    fn with_a_map_each_vni_is_its_segment_and_the_rest_foreign_or_tagged() {
+        let plain = VirtioNetHdr::default();
+        let segments = mapped();
+        let check = |bytes: &[u8]| classify(Some(0), &segments, 1500, bytes, false, &plain);
+        let deliver = |segment| Verdict::Deliver { remote: 0, segment };
+        let refused = |reason| Verdict::Refused { remote: 0, reason };
+        assert_eq!(check(&datagram(0x08, vni(1010), &inner())), deliver(0));
+        assert_eq!(check(&datagram(0x08, vni(1020), &inner())), deliver(1));
+        assert_eq!(
+            check(&datagram(0x08, vni(42), &inner())),
+            refused(RxDrop::ForeignVni)
+        );
+        let mut tagged = inner();
+        tagged.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
+        assert_eq!(
+            check(&datagram(0x08, vni(1010), &tagged)),
+            refused(RxDrop::TaggedInner)
+        );
+        // A priority tag is a tag too: the port would have to stack its own on it.
+        tagged[14..16].copy_from_slice(&[0xa0, 0x00]);
+        assert_eq!(
+            check(&datagram(0x08, vni(1010), &tagged)),
+            refused(RxDrop::TaggedInner)
+        );
+        // A full-size frame stays valid once tagged: the MTU counts the payload.
+        let mut full = inner();
+        full.resize(1514, 0);
+        assert_eq!(check(&datagram(0x08, vni(1020), &full)), deliver(1));
+        // Without a map, tags cross inside the tunnel as they are.
+        assert_eq!(
+            classify(
+                Some(0),
+                &ONE,
+                1500,
+                &datagram(0x08, vni(42), &tagged),
+                false,
+                &plain
+            ),
+            deliver(0)
+        );
+    }
+
+    #[test]
+    fn with_a_map_a_delivered_frame_is_tagged_for_its_vlan_and_counted_in_its_vni() {
+        let local = "10.99.0.1:4789".parse().unwrap();
+        let remotes = vec!["10.99.0.2:4789".parse().unwrap()];
+        let mut state = State::new(
+            RemoteTable::new(16, DEFAULT_AGEING),
+            Remotes::configured(remotes, local),
+            &mapped(),
+        );
+        let offload = VirtioNetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 6,
+            hdr_len: 42,
+            ..VirtioNetHdr::default()
+        };
+        let frame = inner();
+        let arrived = datagram(0x08, vni(1020), &frame);
+        let deliver = Verdict::Deliver {
+            remote: 0,
+            segment: 1,
+        };
+        let delivery = state.account(deliver, &arrived, &offload, 0).unwrap();
+        assert_eq!(delivery.frame, &frame[..]);
+        assert_eq!(delivery.tag.map(|tag| tag.vid), Some(20));
+        // The checksum and the headers start four bytes later in the tagged frame.
+        assert_eq!(delivery.offload.csum_start, 38);
+        assert_eq!(delivery.offload.csum_offset, 6);
+        assert_eq!(delivery.offload.hdr_len, 46);
+        // Learned in its VNI only, and counted there.
+        assert_eq!(state.table.lookup(1020, mac(7), 0), Some(0));
+        assert_eq!(state.table.lookup(1010, mac(7), 0), None);
+        assert_eq!(state.segments[1].1.rx_packets, 1);
+        assert_eq!(state.segments[1].1.rx_bytes, 60);
+        assert_eq!(state.segments[0].1.rx_packets, 0);
+        // As the decapsulator writes it into the batch: the tag after the addresses.
+        let mut tag_bytes = [0; VLAN_TAG_LEN];
+        let tagged = wire_vlan::retag_parts(delivery.frame, delivery.tag, &mut tag_bytes).concat();
+        assert_eq!(tagged.len(), 64);
+        assert_eq!(&tagged[..12], &frame[..12]);
+        assert_eq!(&tagged[12..16], &[0x81, 0x00, 0x00, 20]);
+        assert_eq!(&tagged[16..], &frame[12..]);
+        // A refusal is counted on its remote, whatever the segment.
+        let refused = Verdict::Refused {
+            remote: 0,
+            reason: RxDrop::TaggedInner,
+        };
+        assert_eq!(state.account(refused, &arrived, &offload, 0), None);
+        assert_eq!(state.remotes.counters[0].rx_tagged_inner, 1);
+    }
+
+    #[test]
+    fn with_a_map_a_super_frame_that_would_not_fit_once_tagged_is_refused() {
+        let check = |segments: &Segments, len: usize, csum_start: u16| {
+            let offload = VirtioNetHdr {
+                flags: FLAG_NEEDS_CSUM,
+                gso_type: GsoType::TcpV4,
+                gso_size: 1448,
+                csum_start,
+                csum_offset: 0,
+                ..VirtioNetHdr::default()
+            };
+            let mut frame = inner();
+            frame.resize(len, 0);
+            let vni = match segments {
+                Segments::One(_) => vni(42),
+                Segments::Map(_) => vni(1010),
+            };
+            classify(
+                Some(0),
+                segments,
+                1500,
+                &datagram(0x08, vni, &frame),
+                false,
+                &offload,
+            )
+        };
+        let refused = Verdict::Refused {
+            remote: 0,
+            reason: RxDrop::InvalidInner,
+        };
+        let deliver = Verdict::Deliver {
+            remote: 0,
+            segment: 0,
+        };
+        // A checksum offset that fits its 16 bits untagged but not four bytes later.
+        assert_eq!(check(&ONE, 65_596, 65_533), deliver);
+        assert_eq!(check(&mapped(), 65_596, 65_533), refused);
+        assert_eq!(check(&mapped(), 65_596, 34), deliver);
+        // A super-frame that fills a large buffer untagged would overflow it tagged.
+        assert_eq!(check(&ONE, LARGE_FRAME, 34), deliver);
+        assert_eq!(check(&mapped(), LARGE_FRAME, 34), refused);
+        assert_eq!(check(&mapped(), LARGE_FRAME - VLAN_TAG_LEN, 34), deliver);
     }
 }

@@ -1,8 +1,10 @@
 //! Network → underlay: the sending thread, which takes the frames the port's peer
-//! receives, looks each destination up in the table of remote addresses, and sends one
-//! VXLAN datagram to the remote it was learned behind, or one to every remote (the group,
-//! on a multicast underlay) for broadcast, multicast and unknown unicast. A frame too big
-//! for the underlay is counted and dropped, never fragmented.
+//! receives, finds each one's segment (on a port with a VNI map, the VNI of the VLAN it
+//! is tagged for; the tag comes off), looks its destination up in the table of remote
+//! addresses in that VNI, and sends one VXLAN datagram to the remote it was learned behind,
+//! or one to every remote (the group, on a multicast underlay) for broadcast, multicast and
+//! unknown unicast. A frame too big for the underlay is counted and dropped, never
+//! fragmented, and so is one of a VLAN the map does not name.
 //!
 //! The lock is taken once per round to decide every frame's target and copy the remotes,
 //! and once to add up what the round counted; the sends themselves hold no lock, so the
@@ -16,9 +18,12 @@ use std::time::Duration;
 use crate::network::{Receiver, monotonic_ns};
 use crate::ports::socket::FrameBatch;
 use crate::wire::EthernetFrame;
+use crate::wire::ethernet::VLAN_TAG_LEN;
+use crate::wire::vlan::retag_parts;
 use crate::wire::vxlan::{HEADER_LEN, VxlanPacket, VxlanRepr};
 
-use super::state::{State, VxlanCounters, lock};
+use super::segments::{Outbound, Segments};
+use super::state::{State, VniCounters, VxlanCounters, lock};
 use super::table::RemoteTable;
 use super::underlay::{OUTER_HEADROOM, WayOut};
 
@@ -32,7 +37,7 @@ const SENDER_WAIT: Duration = Duration::from_millis(200);
 pub(super) struct Encapsulator<'a> {
     receiver: Receiver,
     way_out: WayOut,
-    vni: u32,
+    segments: &'a Segments,
     /// Longest inner frame that fits the underlay.
     max_inner: usize,
     state: &'a Mutex<State>,
@@ -42,12 +47,23 @@ pub(super) struct Encapsulator<'a> {
 /// Where a frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
-    /// To one remote: its address was learned there.
+    /// To one remote: its address was learned there (in the frame's VNI).
     One(usize),
     /// To every remote.
     All,
-    /// Nowhere: too big for the underlay.
+    /// Nowhere: too big for the underlay (`tx_too_big`).
     TooBig,
+    /// Nowhere: untagged, or in a VLAN the port's map does not name
+    /// (`tx_unmapped_vlan`).
+    Unmapped,
+}
+
+/// What becomes of a frame: where it goes, and as which segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    target: Target,
+    /// Meaningful for [`Target::One`] and [`Target::All`].
+    outbound: Outbound,
 }
 
 impl<'a> Encapsulator<'a> {
@@ -56,7 +72,7 @@ impl<'a> Encapsulator<'a> {
     pub(super) fn new(
         receiver: Receiver,
         way_out: WayOut,
-        vni: u32,
+        segments: &'a Segments,
         max_inner: usize,
         state: &'a Mutex<State>,
         stopping: &'a AtomicBool,
@@ -64,7 +80,7 @@ impl<'a> Encapsulator<'a> {
         Encapsulator {
             receiver,
             way_out,
-            vni,
+            segments,
             max_inner,
             state,
             stopping,
@@ -74,12 +90,13 @@ impl<'a> Encapsulator<'a> {
     /// Sends until `stopping` is set.
     pub(super) fn run(mut self) {
         let mut batch = FrameBatch::default();
-        let mut targets = Vec::with_capacity(SEND_BUDGET);
+        let mut plans = Vec::with_capacity(SEND_BUDGET);
         let mut datagram = Vec::new();
         // Copies of the remotes, taken under the lock each round, so that sends need none.
         let mut endpoints = Vec::new();
         let mut flood = 0..0;
         let mut counted = Vec::new();
+        let mut by_segment = vec![VniCounters::default(); self.segments.list().len()];
         while !self.stopping.load(Ordering::Relaxed) {
             if !self.receiver.wait(SENDER_WAIT) {
                 continue;
@@ -88,69 +105,83 @@ impl<'a> Encapsulator<'a> {
             self.receiver
                 .receive(SEND_BUDGET, |frame| batch.push(frame));
             // Decide under the lock, send without it: the serving thread learns meanwhile.
-            targets.clear();
+            plans.clear();
             let now = monotonic_ns();
             {
                 let state = lock(self.state);
-                targets.extend(
+                plans.extend(
                     batch
                         .iter()
-                        .map(|frame| target(&state.table, self.max_inner, frame, now)),
+                        .map(|frame| plan(&state.table, self.segments, self.max_inner, frame, now)),
                 );
                 endpoints.clone_from(&state.remotes.endpoints);
                 flood = state.remotes.flood();
             }
-            let mut too_big = 0;
+            let (mut too_big, mut unmapped) = (0, 0);
             counted.clear();
             counted.resize(endpoints.len(), VxlanCounters::default());
-            for (frame, &target) in batch.iter().zip(&targets) {
-                let remotes = match target {
+            by_segment.fill(VniCounters::default());
+            for (frame, plan) in batch.iter().zip(&plans) {
+                let remotes = match plan.target {
                     Target::TooBig => {
                         too_big += 1;
+                        continue;
+                    }
+                    Target::Unmapped => {
+                        unmapped += 1;
                         continue;
                     }
                     Target::One(remote) => remote..remote + 1,
                     Target::All => flood.clone(),
                 };
+                let Some(segment) = by_segment.get_mut(plan.outbound.segment) else {
+                    continue; // `plan` names only the port's segments
+                };
                 for remote in remotes {
                     if let (Some(&Some(endpoint)), Some(counters)) =
                         (endpoints.get(remote), counted.get_mut(remote))
                     {
-                        self.send(&mut datagram, frame, endpoint, counters);
+                        let sent = self.send(&mut datagram, frame, plan.outbound, endpoint);
+                        counters.add(&sent);
+                        segment.tx_packets += sent.tx_packets;
+                        segment.tx_bytes += sent.tx_bytes;
                     }
                 }
             }
             let mut state = lock(self.state);
             state.port.tx_too_big += too_big;
+            state.port.tx_unmapped_vlan += unmapped;
             state.add_sent(&endpoints, &counted);
+            for ((_, total), round) in state.segments.iter_mut().zip(&by_segment) {
+                total.add(round);
+            }
         }
     }
 
-    /// Encapsulates `frame` and sends it to `endpoint`, counting the outcome.
+    /// Encapsulates `frame` in its segment's VNI (without its tag, if `outbound` says so)
+    /// and sends it to `endpoint`; returns the outcome, counted.
     ///
     /// `datagram` is scratch space: outer headroom, VXLAN header, frame.
     fn send(
         &self,
         datagram: &mut Vec<u8>,
         frame: &[u8],
+        outbound: Outbound,
         endpoint: SocketAddr,
-        counters: &mut VxlanCounters,
-    ) {
-        datagram.clear();
-        datagram.resize(OUTER_HEADROOM + HEADER_LEN, 0);
-        VxlanRepr { vni: self.vni }.emit(&mut VxlanPacket::new_unchecked(
-            &mut datagram[OUTER_HEADROOM..],
-        ));
-        datagram.extend_from_slice(frame);
-        let sent = self.way_out.send(datagram, frame, endpoint);
-        match sent {
-            Ok(()) => {
-                counters.tx_packets += 1;
-                counters.tx_bytes += frame.len() as u64;
-            }
+    ) -> VxlanCounters {
+        let inner_len = encapsulate(datagram, frame, outbound);
+        match self.way_out.send(datagram, endpoint) {
+            Ok(()) => VxlanCounters {
+                tx_packets: 1,
+                tx_bytes: inner_len as u64,
+                ..VxlanCounters::default()
+            },
             Err(e) => {
                 tracing::debug!(%endpoint, error = %e, "sending a VXLAN datagram failed");
-                counters.tx_errors += 1;
+                VxlanCounters {
+                    tx_errors: 1,
+                    ..VxlanCounters::default()
+                }
             }
         }
     }
@@ -173,23 +204,67 @@ impl State {
     }
 }
 
-/// Where `frame` goes: the remote its destination was learned behind, or every remote.
-fn target(table: &RemoteTable, max_inner: usize, frame: &[u8], now_ns: u64) -> Target {
-    if frame.len() > max_inner {
-        return Target::TooBig;
+/// Writes into `datagram` the outer headroom, the VXLAN header of `outbound`'s VNI and
+/// `frame` (its tag removed if `outbound` says so); returns the inner frame's length.
+fn encapsulate(datagram: &mut Vec<u8>, frame: &[u8], outbound: Outbound) -> usize {
+    datagram.clear();
+    datagram.resize(OUTER_HEADROOM + HEADER_LEN, 0);
+    VxlanRepr { vni: outbound.vni }.emit(&mut VxlanPacket::new_unchecked(
+        &mut datagram[OUTER_HEADROOM..],
+    ));
+    if outbound.untag {
+        let mut no_tag = [0; VLAN_TAG_LEN];
+        for part in retag_parts(frame, None, &mut no_tag) {
+            datagram.extend_from_slice(part);
+        }
+    } else {
+        datagram.extend_from_slice(frame);
+    }
+    datagram.len() - OUTER_HEADROOM - HEADER_LEN
+}
+
+/// What becomes of `frame`: its segment, and the remote its destination was learned behind
+/// in that segment's VNI, or every remote.
+fn plan(
+    table: &RemoteTable,
+    segments: &Segments,
+    max_inner: usize,
+    frame: &[u8],
+    now_ns: u64,
+) -> Plan {
+    let refused = |target| Plan {
+        target,
+        outbound: Outbound {
+            segment: 0,
+            vni: 0,
+            untag: false,
+        },
+    };
+    let Some(outbound) = segments.outbound(frame) else {
+        return refused(Target::Unmapped);
+    };
+    let inner_len = if outbound.untag {
+        frame.len().saturating_sub(VLAN_TAG_LEN)
+    } else {
+        frame.len()
+    };
+    if inner_len > max_inner {
+        return refused(Target::TooBig);
     }
     let Ok(view) = EthernetFrame::new_checked(frame) else {
         // The ring hands only checked frames; a short one is still not worth a crash.
-        return Target::TooBig;
+        return refused(Target::TooBig);
     };
     let destination = view.destination();
-    if destination.is_multicast() {
-        return Target::All;
-    }
-    match table.lookup(destination, now_ns) {
-        Some(remote) => Target::One(remote),
-        None => Target::All,
-    }
+    let target = if destination.is_multicast() {
+        Target::All
+    } else {
+        match table.lookup(outbound.vni, destination, now_ns) {
+            Some(remote) => Target::One(remote),
+            None => Target::All,
+        }
+    };
+    Plan { target, outbound }
 }
 
 #[cfg(test)]
@@ -211,17 +286,92 @@ mod tests {
         frame
     }
 
+    const ONE: Segments = Segments::One(42);
+
+    /// Where `frame` goes from a port carrying `segments`.
+    fn target(table: &RemoteTable, segments: &Segments, max_inner: usize, frame: &[u8]) -> Target {
+        plan(table, segments, max_inner, frame, 0).target
+    }
+
+    /// A port with `--vni-map 10=1010,20=1020`.
+    fn mapped() -> Segments {
+        Segments::Map("10=1010,20=1020".parse().unwrap())
+    }
+
+    /// `frame` tagged for VLAN `vid`, with priority 5 (which VXLAN does not carry).
+    fn tagged(frame: &[u8], vid: u8) -> Vec<u8> {
+        let mut tagged = frame.to_vec();
+        tagged.splice(12..12, [0x81, 0x00, 0xa0, vid]);
+        tagged
+    }
+
     #[test]
     fn known_unicast_goes_to_one_remote_and_the_rest_to_all() {
         let mut table = RemoteTable::new(16, DEFAULT_AGEING);
-        table.learn(mac(1), 1, 0);
+        table.learn(42, mac(1), 1, 0);
         let mut frame = inner();
-        assert_eq!(target(&table, 1514, &frame, 0), Target::All);
+        assert_eq!(target(&table, &ONE, 1514, &frame), Target::All);
         frame[..6].copy_from_slice(&mac(1).octets());
-        assert_eq!(target(&table, 1514, &frame, 0), Target::One(1));
+        assert_eq!(target(&table, &ONE, 1514, &frame), Target::One(1));
         frame[..6].copy_from_slice(&mac(2).octets());
-        assert_eq!(target(&table, 1514, &frame, 0), Target::All);
-        assert_eq!(target(&table, 59, &frame, 0), Target::TooBig);
+        assert_eq!(target(&table, &ONE, 1514, &frame), Target::All);
+        assert_eq!(target(&table, &ONE, 59, &frame), Target::TooBig);
+    }
+
+    #[test]
+    fn with_a_map_each_vlan_is_looked_up_and_sent_in_its_own_vni_without_its_tag() {
+        let mut table = RemoteTable::new(16, DEFAULT_AGEING);
+        // The same address, learned behind another remote in each VNI.
+        table.learn(1010, mac(1), 0, 0);
+        table.learn(1020, mac(1), 1, 0);
+        let mut frame = inner();
+        frame[..6].copy_from_slice(&mac(1).octets());
+        let segments = mapped();
+        let in_10 = plan(&table, &segments, 1514, &tagged(&frame, 10), 0);
+        assert_eq!(in_10.target, Target::One(0));
+        assert_eq!(
+            in_10.outbound,
+            Outbound {
+                segment: 0,
+                vni: 1010,
+                untag: true
+            }
+        );
+        let in_20 = plan(&table, &segments, 1514, &tagged(&frame, 20), 0);
+        assert_eq!((in_20.target, in_20.outbound.vni), (Target::One(1), 1020));
+        // Neither untagged frames nor other VLANs come from a trunk of the mapped VLANs;
+        // they are refused all the same.
+        assert_eq!(target(&table, &segments, 1514, &frame), Target::Unmapped);
+        assert_eq!(
+            target(&table, &segments, 1514, &tagged(&frame, 30)),
+            Target::Unmapped
+        );
+        // The limit is the frame as sent: without its tag.
+        let mut full = tagged(&frame, 10);
+        full.resize(1518, 0);
+        assert_eq!(target(&table, &segments, 1514, &full), Target::One(0));
+        full.push(0);
+        assert_eq!(target(&table, &segments, 1514, &full), Target::TooBig);
+
+        // The datagram: the VNI of the frame's VLAN, then the frame as it was before the
+        // network tagged it.
+        let mut datagram = Vec::new();
+        let inner_len = encapsulate(&mut datagram, &tagged(&frame, 20), in_20.outbound);
+        assert_eq!(inner_len, frame.len());
+        let vxlan = &datagram[OUTER_HEADROOM..];
+        assert_eq!(&vxlan[..8], &[0x08, 0, 0, 0, 0, 0x03, 0xfc, 0]);
+        assert_eq!(&vxlan[HEADER_LEN..], &frame[..]);
+        // Without a map, a tagged frame crosses with its tag.
+        let one = plan(&table, &ONE, 1514, &tagged(&frame, 20), 0).outbound;
+        encapsulate(&mut datagram, &tagged(&frame, 20), one);
+        assert_eq!(
+            &datagram[OUTER_HEADROOM + 4..OUTER_HEADROOM + 7],
+            &[0, 0, 42]
+        );
+        assert_eq!(
+            &datagram[OUTER_HEADROOM + HEADER_LEN..],
+            &tagged(&frame, 20)[..]
+        );
     }
 
     #[test]
@@ -236,6 +386,7 @@ mod tests {
                 "10.99.0.1:4789".parse().unwrap(),
                 ageing,
             ),
+            &ONE,
         );
         state.find_or_admit("10.99.0.2".parse().unwrap(), 0);
         state.find_or_admit("10.99.0.3".parse().unwrap(), 0);

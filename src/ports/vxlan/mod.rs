@@ -10,11 +10,13 @@
 //! [`RECEIVE_BATCH`]. Each is checked in order, and each refusal is counted by reason, on
 //! the port and on the remote it came from: a datagram from an address that is not a
 //! configured remote (`rx_unknown_remote`, see below), a header shorter than 8 bytes
-//! (`rx_malformed`), the I flag clear (`rx_instance_flag_clear`), another VNI
-//! (`rx_foreign_vni`), an inner frame that breaks the network's rules (`rx_invalid_inner`;
-//! also counted as `invalid` on the port's peer, so the network's own counters agree). The
-//! inner source address of an accepted frame is learned against its remote, and the frame
-//! goes into the network, which learns the same address behind the uplink peer.
+//! (`rx_malformed`), the I flag clear (`rx_instance_flag_clear`), a VNI the port does not
+//! carry (`rx_foreign_vni`), an inner frame that breaks the network's rules
+//! (`rx_invalid_inner`; also counted as `invalid` on the port's peer, so the network's own
+//! counters agree), and on a port with a VNI map an inner frame already tagged
+//! (`rx_tagged_inner`). The inner source address of an accepted frame is learned against
+//! its remote in its VNI, and the frame goes into the network, which learns the same
+//! address behind the uplink peer.
 //!
 //! **How datagrams arrive.** A sender on this host — a container or a namespace behind a
 //! Linux `vxlan` device over veth — leaves its inner TCP and UDP checksums to "hardware"
@@ -65,6 +67,15 @@
 //!   in is one the network can answer without flooding.
 //! * Entries age out after [`VxlanOptions::ageing`] without traffic, as a bridge's do.
 //!
+//! **Several segments on one uplink** ([`Segments::Map`], `--vni-map 10=1010,20=1020`).
+//! The port may carry one VNI, or map each of several 802.1Q VLANs to a VNI of its own: it
+//! then joins the network as a trunk of exactly the mapped VLANs, sends a frame tagged VID
+//! untagged in VNI map\[VID\], and gives a frame arriving in VNI v the tag of the VLAN that
+//! maps to v (`segments`). Learned addresses are keyed by (VNI, MAC), so the same address
+//! in two segments is two entries, and a flood stays in its VNI; the remotes (or the
+//! group) are shared by every segment, as one underlay connects the hosts. Each segment's
+//! traffic is counted on its own (`segments` in `status`).
+//!
 //! **Multicast underlay** ([`VxlanOptions::group`]). Instead of a list of remotes, the
 //! port joins an IPv4 multicast group on one interface, as the Linux device's
 //! `group ... dev ...` does: broadcast, multicast and unknown unicast are sent once, to
@@ -82,7 +93,8 @@
 //! Counters live in memory in the port process; a [`StatusHandle`] reads them while the
 //! port serves, and the command writes them to a status file that `guestnet status` shows.
 //!
-//! **Files.** `table` is the table of remote addresses; `state` what the two threads
+//! **Files.** `segments` is the VNI map and what it does to a frame's tag; `table` the
+//! table of remote addresses (per VNI); `state` what the two threads
 //! share and what `status` shows of it (remotes, counters); `underlay` the sockets, the
 //! packet socket's filter, and the outer headers written for the raw one; `inbound` what
 //! the serving thread reads from the sockets, and the outer headers it checks; `decap` the
@@ -92,6 +104,7 @@
 mod decap;
 mod encap;
 mod inbound;
+mod segments;
 mod state;
 mod table;
 mod underlay;
@@ -102,7 +115,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::network::{JoinOptions, Network, PortKind, VlanMembership};
+use crate::network::{JoinOptions, Network, PortKind};
 use crate::network::{Receiver, Sender};
 use crate::ports::socket::{Doorbell, PortError, io_error, label};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
@@ -119,7 +132,11 @@ use underlay::{
 
 pub use decap::{RxDrop, Verdict, classify};
 pub use inbound::{OuterFault, RECEIVE_BATCH};
-pub use state::{MAX_GROUP_REMOTES, RemoteStatus, StatusHandle, VxlanCounters, VxlanStatus};
+pub use segments::{Outbound, Segment, Segments, VniMap, check_vni};
+pub use state::{
+    MAX_GROUP_REMOTES, RemoteStatus, SegmentStatus, StatusHandle, VniCounters, VxlanCounters,
+    VxlanStatus,
+};
 pub use table::{DEFAULT_AGEING, DEFAULT_MAX_LEARNED, Learned, RemoteTable};
 
 /// A multicast underlay: the group and the interface to join it on.
@@ -134,8 +151,8 @@ pub struct MulticastGroup {
 /// Options of a VXLAN port.
 #[derive(Debug, Clone)]
 pub struct VxlanOptions {
-    /// The VXLAN network identifier (24 bits).
-    pub vni: u32,
+    /// The VXLAN network identifier (24 bits), or a map of VLANs to VNIs.
+    pub segments: Segments,
     /// The local address and UDP port to bind.
     pub local: SocketAddr,
     /// The remote endpoints (address and destination UDP port).
@@ -151,7 +168,18 @@ pub struct VxlanOptions {
     pub ageing: Duration,
     /// The 802.1Q VLAN the tunnel is an access port of (frames cross it untagged); by
     /// default it is a trunk of all VLANs with native VLAN 1, tags crossing as they are.
+    /// Only with one VNI: a map names the port's VLANs itself.
     pub vlan: Option<u16>,
+}
+
+/// What the port's peer label says after `vxlan `: its VNI, or that it maps VLANs (the
+/// map would not fit the label's 32 bytes; `status` shows the VLANs beside it, and the
+/// map under the port), and its address.
+fn label_detail(segments: &Segments, local: SocketAddr) -> String {
+    match segments {
+        Segments::One(vni) => format!("vni {vni} {local}"),
+        Segments::Map(_) => format!("vni-map {local}"),
+    }
 }
 
 /// Errors of the port's control path.
@@ -187,12 +215,14 @@ pub struct VxlanPort {
 impl VxlanPort {
     /// Checks the options, binds the socket and joins the network as an uplink peer.
     pub fn open(network: &Network, options: VxlanOptions) -> Result<VxlanPort, VxlanPortError> {
-        if options.vni > vxlan::MAX_VNI {
-            return Err(VxlanPortError::BadOptions(format!(
-                "VNI {} does not fit in 24 bits",
-                options.vni
-            )));
-        }
+        options
+            .segments
+            .check()
+            .map_err(VxlanPortError::BadOptions)?;
+        let vlans = options
+            .segments
+            .membership(options.vlan)
+            .map_err(VxlanPortError::BadOptions)?;
         match (&options.group, options.remotes.is_empty()) {
             (None, true) => {
                 return Err(VxlanPortError::BadOptions(
@@ -283,11 +313,8 @@ impl VxlanPort {
             .join(JoinOptions {
                 kind: PortKind::Vxlan,
                 uplink: true,
-                label: label("vxlan ", &format!("vni {} {}", options.vni, local)),
-                vlans: match options.vlan {
-                    Some(vid) => VlanMembership::access(vid).map_err(VxlanPortError::BadOptions)?,
-                    None => VlanMembership::default(),
-                },
+                label: label("vxlan ", &label_detail(&options.segments, local)),
+                vlans,
                 ..JoinOptions::default()
             })
             .map_err(PortError::from)?;
@@ -299,6 +326,7 @@ impl VxlanPort {
         let state = State::new(
             RemoteTable::new(options.max_learned, options.ageing),
             remotes,
+            &options.segments,
         );
         Ok(VxlanPort {
             network_name: network.name().to_string(),
@@ -336,7 +364,7 @@ impl VxlanPort {
             VxlanStatus {
                 network: self.network_name.clone(),
                 slot: self.index(),
-                vni: self.options.vni,
+                vni: self.options.segments.clone(),
                 local: self.options.local,
                 underlay_mtu: self.options.underlay_mtu,
                 inner_mtu: self.inner_mtu(),
@@ -348,6 +376,7 @@ impl VxlanPort {
                 }),
                 counters: VxlanCounters::default(),
                 remotes: Vec::new(),
+                segments: Vec::new(),
             },
         )
     }
@@ -371,13 +400,14 @@ impl VxlanPort {
         let stopping = AtomicBool::new(false);
         let max_inner = options.underlay_mtu - overhead(&options.local) + ETHERNET_HEADER_LEN;
         std::thread::scope(|scope| {
+            let segments = &options.segments;
             let encapsulator =
-                Encapsulator::new(receiver, way_out, options.vni, max_inner, &state, &stopping);
+                Encapsulator::new(receiver, way_out, segments, max_inner, &state, &stopping);
             let sending = scope.spawn(move || encapsulator.run());
             // A slot holds the largest valid datagram; a longer one is cut and flagged.
             let inbound = Inbound::new(packet.as_ref(), &socket, max_frame_len + vxlan::HEADER_LEN);
             let mut decapsulator =
-                Decapsulator::new(&mut sender, inbound, options.vni, network_mtu, &state);
+                Decapsulator::new(&mut sender, inbound, segments, network_mtu, &state);
             let result = decapsulator.run(stop);
             stopping.store(true, Ordering::Relaxed);
             if sending.join().is_err() {

@@ -1,5 +1,6 @@
 //! What the port's two threads share, and what `status` shows of it: the table of remote
-//! addresses, the remote endpoints, and the counters of each remote and of the port.
+//! addresses, the remote endpoints, and the counters of each remote, of each segment (VNI)
+//! and of the port.
 //!
 //! One mutex guards it all ([`lock`]). The serving thread takes it once per round of
 //! datagrams, the sending thread once per round of frames to decide their targets and once
@@ -17,6 +18,7 @@ use crate::network::monotonic_ns;
 use crate::ports::counters::counters;
 use crate::wire::MacAddress;
 
+use super::segments::{Segment, Segments};
 use super::table::RemoteTable;
 
 /// Most senders a port on a multicast group takes as remotes at once.
@@ -26,9 +28,10 @@ counters! {
     /// The counters of a remote endpoint, or of the whole port.
     ///
     /// Every datagram or frame the port refuses bumps exactly one `rx_*`/`tx_*` drop counter
-    /// here. `rx_unknown_remote`, `rx_bad_outer`, `rx_fragmented` and `tx_too_big` are
-    /// counted on the port only (the first has no remote; the next two are refused before
-    /// their sender is looked at; the last before any remote is chosen).
+    /// here. `rx_unknown_remote`, `rx_bad_outer`, `rx_fragmented`, `tx_too_big` and
+    /// `tx_unmapped_vlan` are counted on the port only (the first has no remote; the next
+    /// two are refused before their sender is looked at; the last two before any remote is
+    /// chosen).
     pub struct VxlanCounters;
     /// Datagrams accepted and handed to the network.
     rx_packets,
@@ -42,7 +45,7 @@ counters! {
     rx_malformed,
     /// Dropped: the I flag was clear.
     rx_instance_flag_clear,
-    /// Dropped: another VNI.
+    /// Dropped: another VNI (with `--vni-map`, one the map does not name).
     rx_foreign_vni,
     /// Dropped: the inner frame broke the network's rules (runt, giant, multicast source).
     rx_invalid_inner,
@@ -60,11 +63,46 @@ counters! {
     rx_too_many_sources,
     /// Dropped: too big for the underlay's MTU once encapsulated.
     tx_too_big,
+    /// Dropped (with `--vni-map`): the inner frame already carried an 802.1Q tag, where
+    /// the port would add the tag of its segment's VLAN.
+    rx_tagged_inner,
+    /// Dropped (with `--vni-map`): a frame from the network untagged or in a VLAN the map
+    /// does not name. The port is a trunk of exactly the mapped VLANs, so the network
+    /// never hands it one; counted all the same.
+    tx_unmapped_vlan,
     /// Dropped: the socket refused the send.
     tx_errors,
     /// Senders on a multicast group retired after the ageing time without a datagram
     /// (counted on the port only). What they had counted stays in the port's totals.
     remotes_aged,
+}
+
+counters! {
+    /// The traffic of one segment (VNI) of the port, over every remote. Datagrams are
+    /// counted as the remotes count them, so a flooded frame sent to three remotes is
+    /// three `tx_packets` here too, and the segments' counts add up to the port's.
+    pub struct VniCounters;
+    /// Datagrams of this VNI accepted and handed to the network.
+    rx_packets,
+    /// Inner-frame bytes of those, as they arrived (without the tag the port adds).
+    rx_bytes,
+    /// Datagrams of this VNI sent.
+    tx_packets,
+    /// Inner-frame bytes of those, as sent (without the tag the port removed).
+    tx_bytes,
+}
+
+/// A segment as `status` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SegmentStatus {
+    /// Its VNI.
+    pub vni: u32,
+    /// The VLAN it is in the network, with `--vni-map`; without, frames cross as they are.
+    pub vlan: Option<u16>,
+    /// Its traffic.
+    pub counters: VniCounters,
+    /// Inner addresses learned in it, behind any remote.
+    pub learned: Vec<MacAddress>,
 }
 
 /// A remote endpoint as `status` shows it.
@@ -74,7 +112,7 @@ pub struct RemoteStatus {
     pub endpoint: SocketAddr,
     /// Its counters.
     pub counters: VxlanCounters,
-    /// Inner addresses learned behind it.
+    /// Inner addresses learned behind it (each once, whichever VNIs it was learned in).
     pub learned: Vec<MacAddress>,
 }
 
@@ -85,8 +123,8 @@ pub struct VxlanStatus {
     pub network: String,
     /// The port's peer slot.
     pub slot: u16,
-    /// The VNI.
-    pub vni: u32,
+    /// The VNI, or the map of VLANs to VNIs (`{"10": 1010, …}`).
+    pub vni: Segments,
     /// The bound local address.
     pub local: SocketAddr,
     /// The underlay's MTU.
@@ -110,6 +148,10 @@ pub struct VxlanStatus {
     pub counters: VxlanCounters,
     /// The remotes (on a group: the group, and the senders heard within the ageing time).
     pub remotes: Vec<RemoteStatus>,
+    /// Each segment's traffic and learned addresses: the one VNI, or each of the map's in
+    /// VLAN order.
+    #[serde(default)]
+    pub segments: Vec<SegmentStatus>,
 }
 
 /// What both threads share: the table, the remotes and the counters.
@@ -119,15 +161,22 @@ pub(super) struct State {
     pub(super) remotes: Remotes,
     /// What is counted on no remote, and what retired remotes had counted.
     pub(super) port: VxlanCounters,
+    /// The segments, by index ([`Segments::list`]), and the traffic of each.
+    pub(super) segments: Vec<(Segment, VniCounters)>,
 }
 
 impl State {
-    /// An empty table, the remotes, and every counter zero.
-    pub(super) fn new(table: RemoteTable, remotes: Remotes) -> State {
+    /// An empty table, the remotes, the segments, and every counter zero.
+    pub(super) fn new(table: RemoteTable, remotes: Remotes, segments: &Segments) -> State {
         State {
             table,
             remotes,
             port: VxlanCounters::default(),
+            segments: segments
+                .list()
+                .into_iter()
+                .map(|segment| (segment, VniCounters::default()))
+                .collect(),
         }
     }
 
@@ -335,6 +384,25 @@ impl StatusHandle {
         let state = lock(&self.state);
         let mut status = self.template.clone();
         status.counters = state.port;
+        let vnis: Vec<u32> = state
+            .segments
+            .iter()
+            .map(|(segment, _)| segment.vni)
+            .collect();
+        let learned = state.table.by_vni(&vnis, now);
+        status.segments = state
+            .segments
+            .iter()
+            .zip(learned)
+            .map(
+                |(&(Segment { vni, vlan }, counters), learned)| SegmentStatus {
+                    vni,
+                    vlan,
+                    counters,
+                    learned,
+                },
+            )
+            .collect();
         let remotes = &state.remotes;
         let learned = state.table.by_remote(remotes.endpoints.len(), now);
         for ((endpoint, counters), learned) in
@@ -387,6 +455,7 @@ mod tests {
         State::new(
             RemoteTable::new(16, ageing),
             Remotes::on_group(Ipv4Addr::new(239, 1, 1, 1), local(), ageing),
+            &Segments::One(42),
         )
     }
 
@@ -399,6 +468,7 @@ mod tests {
         let mut state = State::new(
             RemoteTable::new(16, Duration::from_secs(10)),
             Remotes::configured(remotes, local()),
+            &Segments::One(42),
         );
         // VTEPs send from a hashed port: the address alone names the remote.
         assert_eq!(state.find_or_admit(address("10.99.0.3"), 0), Some(1));
@@ -442,7 +512,9 @@ mod tests {
         let (early, late) = (address("10.99.0.2"), address("10.99.0.3"));
         assert_eq!(state.find_or_admit(early, 0), Some(1));
         assert_eq!(state.find_or_admit(late, 5 * SECOND), Some(2));
-        state.table.learn(MacAddress::new([2, 0, 0, 0, 0, 1]), 1, 0);
+        state
+            .table
+            .learn(42, MacAddress::new([2, 0, 0, 0, 0, 1]), 1, 0);
         state.remotes.counters[1].rx_packets = 3;
         // Not yet: ten seconds of silence, not nine.
         state.expire(9 * SECOND);
@@ -494,21 +566,7 @@ mod tests {
             state.find_or_admit(address("10.99.0.2"), 0);
             state.remotes.counters[1].rx_packets = 3;
         }
-        let template = VxlanStatus {
-            network: "lab".into(),
-            slot: 0,
-            vni: 42,
-            local: local(),
-            underlay_mtu: 1550,
-            inner_mtu: 1500,
-            max_learned: 16,
-            hashed_source_ports: true,
-            receives_offloads: true,
-            group: endpoint("239.1.1.1:4789"),
-            counters: VxlanCounters::default(),
-            remotes: Vec::new(),
-        };
-        let handle = StatusHandle::new(Arc::clone(&state), template);
+        let handle = StatusHandle::new(Arc::clone(&state), template(Segments::One(42)));
         assert_eq!(handle.status().remotes.len(), 2);
         lock(&state).expire(monotonic_ns() + 10 * SECOND);
         let status = handle.status();
@@ -519,6 +577,61 @@ mod tests {
         );
         assert_eq!(status.counters.rx_packets, 3);
         assert_eq!(status.counters.remotes_aged, 1);
+    }
+
+    /// What a port on group 239.1.1.1 carrying `segments` shows before it counts.
+    fn template(segments: Segments) -> VxlanStatus {
+        VxlanStatus {
+            network: "lab".into(),
+            slot: 0,
+            vni: segments,
+            local: local(),
+            underlay_mtu: 1550,
+            inner_mtu: 1500,
+            max_learned: 16,
+            hashed_source_ports: true,
+            receives_offloads: true,
+            group: endpoint("239.1.1.1:4789"),
+            counters: VxlanCounters::default(),
+            remotes: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn status_shows_each_segment_with_its_vlan_counters_and_addresses() {
+        let map = Segments::Map("20=1020,10=1010".parse().unwrap());
+        let ageing = Duration::from_secs(10);
+        let group = Ipv4Addr::new(239, 1, 1, 1);
+        let mut state = State::new(
+            RemoteTable::new(16, ageing),
+            Remotes::on_group(group, local(), ageing),
+            &map,
+        );
+        let mac = MacAddress::new([2, 0, 0, 0, 0, 1]);
+        state.find_or_admit(address("10.99.0.2"), monotonic_ns());
+        state.table.learn(1010, mac, 1, monotonic_ns());
+        state.table.learn(1020, mac, 1, monotonic_ns());
+        state.segments[1].1.tx_packets = 5;
+        let state = Arc::new(Mutex::new(state));
+        let status = StatusHandle::new(state, template(map)).status();
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["vni"], serde_json::json!({"10": 1010, "20": 1020}));
+        assert_eq!(json["segments"][0]["vni"], 1010);
+        assert_eq!(json["segments"][0]["vlan"], 10);
+        assert_eq!(json["segments"][0]["learned"][0], mac.to_string());
+        assert_eq!(json["segments"][1]["vni"], 1020);
+        assert_eq!(json["segments"][1]["counters"]["tx_packets"], 5);
+        assert_eq!(json["segments"][1]["learned"][0], mac.to_string());
+        // Behind its remote the address is listed once.
+        assert_eq!(status.remotes[1].learned, vec![mac]);
+        // A status file written before segments existed still reads.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("segments");
+        old["vni"] = serde_json::json!(42);
+        let read: VxlanStatus = serde_json::from_value(old).unwrap();
+        assert_eq!(read.vni, Segments::One(42));
+        assert!(read.segments.is_empty());
     }
 
     #[test]
@@ -556,6 +669,8 @@ mod tests {
             "tx_too_big",
             "tx_errors",
             "remotes_aged",
+            "rx_tagged_inner",
+            "tx_unmapped_vlan",
         ];
         expected.sort_unstable();
         assert_eq!(names, expected);

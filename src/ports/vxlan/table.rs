@@ -1,6 +1,10 @@
 //! The table of remote addresses: which remote endpoint each inner MAC address sits
 //! behind, learned from the inner source address of every accepted datagram.
 //!
+//! Entries are keyed by (VNI, MAC), as the network's own are by (VLAN, MAC): on a port
+//! that carries several segments the same address in two of them is two hosts, or one
+//! host in two places, and each entry lives and moves on its own.
+//!
 //! It is bounded and ages, as a bridge's forwarding table does, and it takes time as an
 //! argument (monotonic nanoseconds), so tests drive its clock. It knows nothing of sockets
 //! or threads: a remote is an index into the port's list of remotes.
@@ -38,7 +42,7 @@ pub enum Learned {
 /// Time comes in as an argument (monotonic nanoseconds), so tests drive it.
 #[derive(Debug, Clone)]
 pub struct RemoteTable {
-    entries: HashMap<MacAddress, Entry>,
+    entries: HashMap<(u32, MacAddress), Entry>,
     limit: usize,
     ageing_ns: u64,
 }
@@ -59,9 +63,9 @@ impl RemoteTable {
         }
     }
 
-    /// Records that `mac` was seen behind `remote` at `now_ns`.
-    pub fn learn(&mut self, mac: MacAddress, remote: usize, now_ns: u64) -> Learned {
-        if let Some(entry) = self.entries.get_mut(&mac) {
+    /// Records that `mac` was seen in VNI `vni` behind `remote` at `now_ns`.
+    pub fn learn(&mut self, vni: u32, mac: MacAddress, remote: usize, now_ns: u64) -> Learned {
+        if let Some(entry) = self.entries.get_mut(&(vni, mac)) {
             let moved = entry.remote != remote;
             *entry = Entry {
                 remote,
@@ -81,7 +85,7 @@ impl RemoteTable {
             }
         }
         self.entries.insert(
-            mac,
+            (vni, mac),
             Entry {
                 remote,
                 seen_ns: now_ns,
@@ -90,10 +94,10 @@ impl RemoteTable {
         Learned::New
     }
 
-    /// The remote `mac` sits behind, unless unknown or expired.
-    pub fn lookup(&self, mac: MacAddress, now_ns: u64) -> Option<usize> {
+    /// The remote `mac` sits behind in VNI `vni`, unless unknown or expired.
+    pub fn lookup(&self, vni: u32, mac: MacAddress, now_ns: u64) -> Option<usize> {
         self.entries
-            .get(&mac)
+            .get(&(vni, mac))
             .filter(|entry| !self.expired(entry, now_ns))
             .map(|entry| entry.remote)
     }
@@ -120,15 +124,37 @@ impl RemoteTable {
         self.entries.is_empty()
     }
 
-    /// The live addresses behind each of `remotes` remotes, sorted; one pass over the
-    /// table, so `status` costs the same however many remotes there are.
+    /// The live addresses behind each of `remotes` remotes, sorted, an address learned in
+    /// several VNIs listed once; one pass over the table, so `status` costs the same
+    /// however many remotes there are.
     pub fn by_remote(&self, remotes: usize, now_ns: u64) -> Vec<Vec<MacAddress>> {
         let mut lists = vec![Vec::new(); remotes];
-        for (mac, entry) in &self.entries {
+        for (&(_, mac), entry) in &self.entries {
             if let Some(list) = lists.get_mut(entry.remote)
                 && !self.expired(entry, now_ns)
             {
-                list.push(*mac);
+                list.push(mac);
+            }
+        }
+        for list in &mut lists {
+            list.sort();
+            list.dedup();
+        }
+        lists
+    }
+
+    /// The live addresses learned in each of `vnis`, sorted, in the same order; one pass
+    /// over the table.
+    pub fn by_vni(&self, vnis: &[u32], now_ns: u64) -> Vec<Vec<MacAddress>> {
+        let mut lists = vec![Vec::new(); vnis.len()];
+        for (&(vni, mac), entry) in &self.entries {
+            if let Some(list) = vnis
+                .iter()
+                .position(|&v| v == vni)
+                .and_then(|index| lists.get_mut(index))
+                && !self.expired(entry, now_ns)
+            {
+                list.push(mac);
             }
         }
         for list in &mut lists {
@@ -152,15 +178,17 @@ mod tests {
         MacAddress::new([0x02, 0, 0, 0, 0, last])
     }
 
+    const VNI: u32 = 42;
+
     #[test]
     fn learned_addresses_age_out() {
         let mut table = RemoteTable::new(16, Duration::from_secs(10));
-        assert_eq!(table.learn(mac(1), 0, 0), Learned::New);
-        assert_eq!(table.lookup(mac(1), 9 * SECOND), Some(0));
-        assert_eq!(table.lookup(mac(1), 10 * SECOND), None);
+        assert_eq!(table.learn(VNI, mac(1), 0, 0), Learned::New);
+        assert_eq!(table.lookup(VNI, mac(1), 9 * SECOND), Some(0));
+        assert_eq!(table.lookup(VNI, mac(1), 10 * SECOND), None);
         // Traffic refreshes the age.
-        assert_eq!(table.learn(mac(1), 0, 9 * SECOND), Learned::Refreshed);
-        assert_eq!(table.lookup(mac(1), 18 * SECOND), Some(0));
+        assert_eq!(table.learn(VNI, mac(1), 0, 9 * SECOND), Learned::Refreshed);
+        assert_eq!(table.lookup(VNI, mac(1), 18 * SECOND), Some(0));
         table.expire(19 * SECOND);
         assert_eq!(table.len(), 0);
     }
@@ -168,15 +196,15 @@ mod tests {
     #[test]
     fn an_address_moves_to_the_remote_it_last_came_from() {
         let mut table = RemoteTable::new(16, DEFAULT_AGEING);
-        table.learn(mac(1), 0, 0);
-        assert_eq!(table.learn(mac(1), 2, SECOND), Learned::Moved);
-        assert_eq!(table.lookup(mac(1), SECOND), Some(2));
+        table.learn(VNI, mac(1), 0, 0);
+        assert_eq!(table.learn(VNI, mac(1), 2, SECOND), Learned::Moved);
+        assert_eq!(table.lookup(VNI, mac(1), SECOND), Some(2));
         assert_eq!(
             table.by_remote(3, SECOND),
             vec![Vec::new(), Vec::new(), vec![mac(1)]]
         );
         // Expired entries are not listed, and a remote index past the list is ignored.
-        table.learn(mac(2), 7, SECOND);
+        table.learn(VNI, mac(2), 7, SECOND);
         assert_eq!(
             table.by_remote(1, DEFAULT_AGEING.as_nanos() as u64 + SECOND),
             vec![Vec::new()]
@@ -187,29 +215,51 @@ mod tests {
     fn a_flood_of_new_addresses_stops_at_the_limit_and_keeps_the_old_ones() {
         let mut table = RemoteTable::new(4, Duration::from_secs(10));
         for i in 0..4 {
-            assert_eq!(table.learn(mac(i), 0, 0), Learned::New);
+            assert_eq!(table.learn(VNI, mac(i), 0, 0), Learned::New);
         }
         for i in 4..100 {
-            assert_eq!(table.learn(mac(i), 1, SECOND), Learned::Full);
+            assert_eq!(table.learn(VNI, mac(i), 1, SECOND), Learned::Full);
         }
         assert_eq!(table.len(), 4);
-        assert_eq!(table.lookup(mac(0), SECOND), Some(0));
-        assert_eq!(table.learn(mac(0), 0, SECOND), Learned::Refreshed);
+        assert_eq!(table.lookup(VNI, mac(0), SECOND), Some(0));
+        assert_eq!(table.learn(VNI, mac(0), 0, SECOND), Learned::Refreshed);
         // Once old entries expire, new addresses find room again.
-        assert_eq!(table.learn(mac(200), 1, 10 * SECOND), Learned::New);
-        assert_eq!(table.lookup(mac(200), 10 * SECOND), Some(1));
-        assert_eq!(table.lookup(mac(1), 10 * SECOND), None);
+        assert_eq!(table.learn(VNI, mac(200), 1, 10 * SECOND), Learned::New);
+        assert_eq!(table.lookup(VNI, mac(200), 10 * SECOND), Some(1));
+        assert_eq!(table.lookup(VNI, mac(1), 10 * SECOND), None);
+    }
+
+    #[test]
+    fn the_same_address_in_two_vnis_is_two_entries_that_live_and_move_apart() {
+        let mut table = RemoteTable::new(16, Duration::from_secs(10));
+        assert_eq!(table.learn(1010, mac(1), 0, 0), Learned::New);
+        assert_eq!(table.learn(1020, mac(1), 1, 0), Learned::New);
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.lookup(1010, mac(1), 0), Some(0));
+        assert_eq!(table.lookup(1020, mac(1), 0), Some(1));
+        assert_eq!(table.lookup(1030, mac(1), 0), None);
+        // Moving in one VNI leaves the other alone, and so does ageing.
+        assert_eq!(table.learn(1010, mac(1), 1, 5 * SECOND), Learned::Moved);
+        assert_eq!(table.lookup(1020, mac(1), 5 * SECOND), Some(1));
+        assert_eq!(table.lookup(1020, mac(1), 10 * SECOND), None);
+        assert_eq!(table.lookup(1010, mac(1), 10 * SECOND), Some(1));
+        // Per remote an address is listed once; per VNI, in each of its VNIs.
+        assert_eq!(table.by_remote(2, 0), vec![Vec::new(), vec![mac(1)]]);
+        assert_eq!(
+            table.by_vni(&[1020, 1010, 7], 0),
+            vec![vec![mac(1)], vec![mac(1)], Vec::new()]
+        );
     }
 
     #[test]
     fn a_retired_remote_takes_its_addresses_with_it() {
         let mut table = RemoteTable::new(16, DEFAULT_AGEING);
-        table.learn(mac(1), 1, 0);
-        table.learn(mac(2), 2, 0);
-        table.learn(mac(3), 1, 0);
+        table.learn(VNI, mac(1), 1, 0);
+        table.learn(VNI, mac(2), 2, 0);
+        table.learn(VNI, mac(3), 1, 0);
         table.forget_remote(1);
         assert_eq!(table.len(), 1);
-        assert_eq!(table.lookup(mac(2), 0), Some(2));
-        assert_eq!(table.lookup(mac(1), 0), None);
+        assert_eq!(table.lookup(VNI, mac(2), 0), Some(2));
+        assert_eq!(table.lookup(VNI, mac(1), 0), None);
     }
 }

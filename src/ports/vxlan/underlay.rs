@@ -333,26 +333,20 @@ impl WayOut {
         })
     }
 
-    /// Sends `datagram` — [`OUTER_HEADROOM`] bytes of room, then the VXLAN header and
-    /// `frame` — to `endpoint`. Over the raw socket the outer headers are written into the
-    /// room, with a source port hashed from `frame`; the UDP socket skips the room.
-    pub(super) fn send(
-        &self,
-        datagram: &mut [u8],
-        frame: &[u8],
-        endpoint: SocketAddr,
-    ) -> std::io::Result<()> {
+    /// Sends `datagram` — [`OUTER_HEADROOM`] bytes of room, then the VXLAN header and the
+    /// inner frame — to `endpoint`. Over the raw socket the outer headers are written into
+    /// the room, with a source port hashed from the inner frame as sent; the UDP socket
+    /// skips the room.
+    pub(super) fn send(&self, datagram: &mut [u8], endpoint: SocketAddr) -> std::io::Result<()> {
         match (self, endpoint) {
             (WayOut::Raw { socket, source }, SocketAddr::V4(destination)) => {
                 let vxlan_len = datagram.len() - OUTER_HEADROOM;
+                let inner = datagram
+                    .get(OUTER_HEADROOM + vxlan::HEADER_LEN..)
+                    .unwrap_or_default();
+                let source_port = vxlan::source_port(inner);
                 let mut headroom = [0u8; OUTER_HEADROOM];
-                emit_outer_headers(
-                    &mut headroom,
-                    *source,
-                    destination,
-                    vxlan::source_port(frame),
-                    vxlan_len,
-                );
+                emit_outer_headers(&mut headroom, *source, destination, source_port, vxlan_len);
                 datagram[..OUTER_HEADROOM].copy_from_slice(&headroom);
                 // A raw socket's address carries no port: the UDP header has it.
                 let to = SocketAddrV4::new(*destination.ip(), 0);
