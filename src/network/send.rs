@@ -233,7 +233,16 @@ impl Sender {
         &mut self,
         frames: impl IntoIterator<Item = (VirtioNetHdr, &'a [u8])>,
     ) -> usize {
-        self.begin_batch(monotonic_ns());
+        self.send_batch_offloaded_at(frames, monotonic_ns())
+    }
+
+    /// [`Sender::send_batch_offloaded`] with the time passed in (monotonic nanoseconds).
+    pub fn send_batch_offloaded_at<'a>(
+        &mut self,
+        frames: impl IntoIterator<Item = (VirtioNetHdr, &'a [u8])>,
+        now_ns: u64,
+    ) -> usize {
+        self.begin_batch(now_ns);
         let mut accepted = 0;
         for (hdr, frame) in frames {
             if matches!(self.send_frame(frame, &hdr), Sent::Routed { .. }) {
@@ -326,6 +335,11 @@ impl Sender {
     /// The burst of the peer's rate limit, bytes, if it has one.
     pub fn rate_burst(&self) -> Option<u64> {
         self.bucket.map(|bucket| bucket.burst())
+    }
+
+    /// The rate of the peer's rate limit, bits per second, if it has one.
+    pub fn rate_bps(&self) -> Option<u64> {
+        self.bucket.map(|bucket| bucket.rate_bps())
     }
 
     /// Lets a unicast frame wait up to `limit` for room in its receiver's full ring, for

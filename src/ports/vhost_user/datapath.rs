@@ -291,15 +291,30 @@ pub struct TxRules {
     pub features: u64,
 }
 
+impl TxRules {
+    /// The longest frame (without its virtio-net header) the guest may send: a
+    /// super-frame when it negotiated segmentation offload, else the port's longest.
+    pub fn largest_frame(&self) -> usize {
+        if self.features & (feature::HOST_TSO4 | feature::HOST_TSO6) != 0 {
+            self.max_frame.max(MAX_TX_FRAME)
+        } else {
+            self.max_frame
+        }
+    }
+}
+
 /// Takes up to `budget` chains off a transmit queue into `batch`, returning each to the
-/// guest as it goes. Calls `fault` for each refused chain. Returns the number of chains
-/// taken.
+/// guest as it goes. Before each chain, `admit` is asked with the bytes of the frames
+/// taken so far; when it says no, that chain and those behind it stay available (neither
+/// consumed nor used), so a guest held back by a rate limit sees its queue fill and
+/// stops. Calls `fault` for each refused chain. Returns the number of chains taken.
 pub fn transmit(
     vring: &mut Vring,
     memory: &GuestMemoryMmap,
     rules: &TxRules,
     budget: usize,
     batch: &mut TxBatch,
+    mut admit: impl FnMut(u64) -> bool,
     mut fault: impl FnMut(ChainFault),
 ) -> usize {
     // The round's chains are read first and returned after: one look at the available
@@ -308,8 +323,18 @@ pub fn transmit(
     heads.clear();
     let mut regions = Regions::new(memory);
     match vring.queue.iter(memory) {
-        Ok(chains) => {
-            for chain in chains.take(budget) {
+        Ok(mut chains) => {
+            let mut bytes = 0u64;
+            while heads.len() < budget {
+                let Some(chain) = chains.next() else {
+                    break;
+                };
+                if !admit(bytes) {
+                    // Only the head's index was read: stepping back leaves the chain
+                    // available for a later round.
+                    chains.go_to_previous_position();
+                    break;
+                }
                 heads.push(chain.head_index());
                 let start = batch.end;
                 match read_chain(&mut regions, chain, batch, rules.header_len + MAX_TX_FRAME)
@@ -317,6 +342,7 @@ pub fn transmit(
                 {
                     Ok(hdr) => {
                         let range = start + rules.header_len..batch.end;
+                        bytes += range.len() as u64;
                         batch.frames.push((hdr, range));
                     }
                     Err(f) => {
@@ -838,6 +864,7 @@ mod tests {
             rules,
             64,
             &mut batch,
+            |_| true,
             |f| faults.push(f),
         );
         let frames = batch.iter().map(|(h, f)| (h, f.to_vec())).collect();
@@ -1184,7 +1211,7 @@ mod tests {
             guest.memory.write(AVAIL, &avail);
             let mut batch = TxBatch::default();
             let mut faults = 0;
-            let taken = transmit(&mut guest.vring, guest.memory.mmap(), &tx_rules(u64::MAX), 64, &mut batch, |_| faults += 1);
+            let taken = transmit(&mut guest.vring, guest.memory.mmap(), &tx_rules(u64::MAX), 64, &mut batch, |_| true, |_| faults += 1);
             proptest::prop_assert!(taken == batch.len() + faults || faults > 0 && taken == 0);
             let mut fresh = Guest::new();
             fresh.memory.write(DESC, &table);

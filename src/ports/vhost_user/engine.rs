@@ -16,6 +16,16 @@
 //! rings the engine's bell when frames arrive), looks once more, and sleeps in one `poll`
 //! on the bell, the stop doorbell and every kick eventfd. Idle, the port costs nothing.
 //!
+//! **Rate limits.** Under the peer's rate limit (`--rate`) a lane takes a chain off a
+//! transmit queue only while the bucket holds the frames taken so far plus the largest one
+//! the guest may send, so the network never has to refuse one. When it has no room, the
+//! lane is *held back*: the chains stay in the guest's ring (neither consumed nor used), its
+//! driver sees a full queue and stops, and its TCP slows down instead of losing frames. The
+//! lane looks at its transmit queues again once the bucket has room for the largest frame
+//! and a millisecond of traffic more (so frames go in batches, not one per wake-up); the
+//! engine's sleep ends by then, and its other lanes, and the lane's receive side, move on
+//! meanwhile.
+//!
 //! **Locks.** The connection threads change a connection's state only between rounds'
 //! looks at it: a round takes each queue's lock once, and reads the negotiated state and
 //! guest memory only when the connection says they changed (one atomic load per round).
@@ -33,8 +43,9 @@ use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
 use virtio_queue::QueueT;
+use vm_memory::GuestMemoryMmap;
 
-use super::datapath::{self, ChainFault, RxRules, TxBatch, TxRules, feature};
+use super::datapath::{self, ChainFault, RxRules, TxBatch, TxRules, Vring, feature};
 use super::memory::GuestMemory;
 use super::rx::RxHalf;
 use super::state::{Negotiated, Released, Shared, drain_eventfd, lock};
@@ -57,6 +68,10 @@ const IDLE_SLICE: Duration = Duration::from_millis(250);
 
 /// Busy rounds between two looks at the stop doorbell (a system call).
 const STOP_CHECK_ROUNDS: u32 = 4096;
+
+/// Traffic a held-back lane waits for beyond room for its largest frame, so that it sends
+/// in batches rather than waking the engine per frame.
+const HOLD_QUANTUM: Duration = Duration::from_millis(1);
 
 /// The port's data path, shared by its connection threads (which hand it lanes) and run
 /// by one thread ([`Engine::run`]).
@@ -123,8 +138,9 @@ impl<'a> Engine<'a> {
             // Dropping a closing lane releases its connection thread.
             lanes.retain(|lane| !lane.shared.closing.load(Ordering::Acquire));
             let mut work = 0;
+            let now = monotonic_ns();
             for lane in &mut lanes {
-                work += lane.round();
+                work += lane.round(now);
             }
             rounds = rounds.wrapping_add(1);
             if rounds.is_multiple_of(STOP_CHECK_ROUNDS) && stop.is_rung() {
@@ -155,10 +171,14 @@ impl<'a> Engine<'a> {
     /// Asks every guest to kick, arms the ring watches, looks once more, and sleeps until
     /// something happens; returns false when `stop` rang.
     fn sleep(&self, lanes: &mut [Lane<'a>], stop: &Doorbell) -> bool {
+        let now = monotonic_ns();
         let mut work = false;
         for lane in lanes.iter_mut() {
-            work |= lane.arm();
+            work |= lane.arm(now);
         }
+        // A lane held back by its rate limit is looked at again when its tokens are there.
+        let held = lanes.iter().filter_map(|lane| lane.held_for(now)).min();
+        let slice = held.map_or(IDLE_SLICE, |ns| IDLE_SLICE.min(Duration::from_nanos(ns)));
         if !work {
             let mut fds = Vec::with_capacity(2 + 2 * lanes.len());
             fds.push(PollFd::new(stop, PollFlags::IN));
@@ -168,7 +188,7 @@ impl<'a> Engine<'a> {
                     fds.push(PollFd::new(kick, PollFlags::IN));
                 }
             }
-            let timeout = crate::network::timespec(IDLE_SLICE);
+            let timeout = crate::network::timespec(slice);
             match rustix::event::poll(&mut fds, Some(&timeout)) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
@@ -227,6 +247,12 @@ pub struct Lane<'a> {
     view: Option<View>,
     /// Notifications are off on the running queues (set while polling).
     quiet: bool,
+    /// Held back by the rate limit: the transmit queues are not read before this time
+    /// (monotonic nanoseconds; 0: not held).
+    held_until: u64,
+    /// Which transmit queue goes first in the next round (they take turns, so that under a
+    /// rate limit one queue cannot take every token).
+    tx_turn: usize,
     /// The connection's ring watch, woken when armed.
     watcher: Thread,
     /// Last: tells the connection thread, once everything above is dropped (the peer's
@@ -255,6 +281,10 @@ impl<'a> Lane<'a> {
         max_frame: usize,
         watcher: Thread,
     ) -> Lane<'a> {
+        let mut sender = sender;
+        // An empty batch: the sender reads its rate limit now, before the first round
+        // takes frames it would have to refuse.
+        sender.send_batch_offloaded(std::iter::empty());
         Lane {
             _release: Release(released),
             shared,
@@ -268,6 +298,8 @@ impl<'a> Lane<'a> {
             seen_changes: u64::MAX,
             view: None,
             quiet: false,
+            held_until: 0,
+            tx_turn: 0,
             watcher,
         }
     }
@@ -316,8 +348,9 @@ impl<'a> Lane<'a> {
         });
     }
 
-    /// One round: the transmit queues, then the receive queues. Returns the frames moved.
-    fn round(&mut self) -> usize {
+    /// One round at `now`: the transmit queues (unless held back), then the receive
+    /// queues. Returns the frames moved.
+    fn round(&mut self, now: u64) -> usize {
         self.refresh();
         if self.shared.quarantined.load(Ordering::Acquire) {
             self.shared.set_link(false);
@@ -332,8 +365,19 @@ impl<'a> Lane<'a> {
             self.quiet = true;
         }
         let mut moved = 0;
-        for index in (1..self.shared.vrings.len()).step_by(2) {
-            moved += self.transmit(index);
+        if self.held_until <= now {
+            if self.held_until != 0 {
+                // The hold is over: an empty batch has the sender read its limit again,
+                // in case it was changed or lifted meanwhile.
+                self.held_until = 0;
+                self.sender.send_batch_offloaded_at(std::iter::empty(), now);
+            }
+            let queues = self.shared.vrings.len() / 2;
+            let first = self.tx_turn % queues.max(1);
+            self.tx_turn = self.tx_turn.wrapping_add(1);
+            for turn in 0..queues {
+                moved += self.transmit(2 * ((first + turn) % queues) + 1, now);
+            }
         }
         let Some(view) = &self.view else {
             return moved;
@@ -347,9 +391,17 @@ impl<'a> Lane<'a> {
             )
     }
 
-    /// Drains one round of transmit queue `index` into the network; returns the chains
-    /// taken.
-    fn transmit(&mut self, index: usize) -> usize {
+    /// How long from `now` the lane is still held back by its rate limit, if it is.
+    fn held_for(&self, now: u64) -> Option<u64> {
+        (self.held_until > now).then(|| self.held_until - now)
+    }
+
+    /// Drains one round of transmit queue `index` into the network (as much of it as the
+    /// rate limit lets through); returns the chains taken.
+    fn transmit(&mut self, index: usize, now: u64) -> usize {
+        if self.held_until > now {
+            return 0;
+        }
         let (Some(view), Some(vring)) = (&self.view, self.shared.vrings.get(index)) else {
             return 0;
         };
@@ -357,16 +409,16 @@ impl<'a> Lane<'a> {
         let counters = &self.shared.socket.counters;
         self.batch.clear();
         let faults = &mut self.faults;
-        let taken = {
+        let (taken, hold) = {
             let mut vring = lock(vring);
             if !vring.running(view.enabled_by_default) {
                 return 0;
             }
-            let taken = datapath::transmit(
+            let taken = take_round(
                 &mut vring,
                 mem,
                 &view.tx_rules,
-                TX_BUDGET,
+                (&self.sender, now),
                 &mut self.batch,
                 |f| faults.push(f),
             );
@@ -374,8 +426,10 @@ impl<'a> Lane<'a> {
             Counters::add(&counters.ring_access_failures, vring.take_access_failures());
             taken
         };
+        if hold > 0 {
+            self.held_until = now.saturating_add(hold);
+        }
         if !self.faults.is_empty() {
-            let now = monotonic_ns();
             for fault in self.faults.drain(..) {
                 self.shared.fault(true, fault, now);
                 self.sender.count_drop(DropReason::Invalid);
@@ -389,15 +443,17 @@ impl<'a> Lane<'a> {
                     .observe(|| sender.control(), frame, &self.label);
             }
             Counters::add(&counters.tx_frames, self.batch.len() as u64);
-            self.sender.send_batch_offloaded(self.batch.iter());
+            self.sender.send_batch_offloaded_at(self.batch.iter(), now);
         }
         taken
     }
 
     /// Before the engine sleeps: asks the guest to kick when it adds frames (or, if frames
     /// wait for its buffers, when it posts buffers) and arms the ring watch. Returns
-    /// whether there is work after all.
-    fn arm(&mut self) -> bool {
+    /// whether there is work after all (frames waiting in transmit queues held back by
+    /// the rate limit are not: the engine comes back for them when the hold ends).
+    fn arm(&mut self, now: u64) -> bool {
+        let held = self.held_until > now;
         self.quiet = false;
         if self.shared.closing.load(Ordering::Acquire) {
             return true;
@@ -419,10 +475,11 @@ impl<'a> Lane<'a> {
             if index % 2 == 1 {
                 // Turn kicks back on and look once more, so a frame added meanwhile is
                 // not missed.
-                work |= vring.queue.enable_notification(mem).unwrap_or_else(|_| {
+                let waiting = vring.queue.enable_notification(mem).unwrap_or_else(|_| {
                     Counters::add(&counters.ring_access_failures, 1);
                     false
                 });
+                work |= waiting && !held;
             } else if self.rx.blocked() {
                 work |= datapath::ask_for_buffers(&mut vring, mem);
             }
@@ -465,6 +522,73 @@ impl Drop for Lane<'_> {
     }
 }
 
+/// Takes one round of a transmit queue into `batch`: as much as the sender's rate limit
+/// lets through at `now` (see [`rate_admits`]). Returns the chains taken and, when the
+/// queue is held back, for how long (0: it is not).
+fn take_round(
+    vring: &mut Vring,
+    memory: &GuestMemoryMmap,
+    rules: &TxRules,
+    (sender, now): (&Sender, u64),
+    batch: &mut TxBatch,
+    fault: impl FnMut(ChainFault),
+) -> (usize, u64) {
+    let largest = rules.largest_frame() as u64;
+    let mut hold = 0;
+    let admit = |taken| match rate_admits(sender, largest, taken, now) {
+        Admit::Take => true,
+        Admit::EndBatch => false,
+        Admit::HoldFor(ns) => {
+            hold = ns;
+            false
+        }
+    };
+    let taken = datapath::transmit(vring, memory, rules, TX_BUDGET, batch, admit, fault);
+    (taken, hold)
+}
+
+/// What the rate limit says to a round about to take one more frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Take it.
+    Take,
+    /// Not in this batch: send what was taken, then look again.
+    EndBatch,
+    /// Not before this many nanoseconds: the queue is held back.
+    HoldFor(u64),
+}
+
+/// Whether a round may take one more frame after `taken` bytes at `now`, under the
+/// sender's rate limit (none: always). A frame is taken only while the bucket holds the
+/// batch so far plus the largest frame the guest may send (`largest`), so the network
+/// refuses none; a batch ends once another would not fit. With nothing taken yet and no
+/// room, the queue is held back until there is room for the largest frame and
+/// [`HOLD_QUANTUM`] of traffic more (at most the burst), bounded by [`IDLE_SLICE`] so a
+/// changed limit is seen. A burst smaller than the largest frame never has room for it:
+/// then the hold lasts until the bucket is full (the frame may still be refused, and
+/// counted, if it is over the burst).
+fn rate_admits(sender: &Sender, largest: u64, taken: u64, now: u64) -> Admit {
+    let (Some(rate), Some(burst)) = (sender.rate_bps(), sender.rate_burst()) else {
+        return Admit::Take;
+    };
+    let wanted = taken.saturating_add(largest);
+    if taken > 0 {
+        return if wanted <= burst && sender.rate_wait_ns(wanted, now) == Some(0) {
+            Admit::Take
+        } else {
+            Admit::EndBatch
+        };
+    }
+    if sender.rate_wait_ns(wanted.min(burst), now) == Some(0) {
+        return Admit::Take;
+    }
+    let per_second = Duration::from_secs(1).as_nanos() / HOLD_QUANTUM.as_nanos();
+    let quantum = rate / 8 / per_second as u64;
+    let target = wanted.saturating_add(quantum).min(burst);
+    let wait = sender.rate_wait_ns(target, now).unwrap_or(0);
+    Admit::HoldFor(wait.clamp(1, IDLE_SLICE.as_nanos() as u64))
+}
+
 /// Turns the guest's kicks off on every running queue while the engine polls: it looks at
 /// the rings anyway, and each kick would cost the guest a system call. (With `EVENT_IDX`
 /// the event index stays where the last sleep put it, and the guest kicks once when it
@@ -492,5 +616,197 @@ pub fn watch(shared: &Shared<'_>, mut ring: RingWatch, bell: &Doorbell) {
         if ring.wait(position, IDLE_SLICE) && shared.take_watch() {
             bell.ring();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{CreateOptions, JoinOptions, Network, Peer};
+    use crate::ports::vhost_user::mock::{GuestMemory as MockMemory, GuestQueue, Layout};
+    use crate::wire::MacAddress;
+    use crate::wire::virtio_net::HEADER_LEN;
+
+    const MS: u64 = 1_000_000;
+
+    /// A guest's transmit queue of 64 in 1 MiB of memory, and the port's side of it.
+    struct Guest {
+        memory: MockMemory,
+        queue: GuestQueue,
+        vring: Vring,
+    }
+
+    impl Guest {
+        fn new() -> Guest {
+            let memory = MockMemory::anonymous(&[(0, 0x10_0000)]).unwrap();
+            let queue = GuestQueue::new(Layout::packed(64, 0x1000, 0x1_0000..0x10_0000));
+            queue.lay_out(&memory);
+            let mut vring = Vring::new().unwrap();
+            queue.configure(&mut vring.queue).unwrap();
+            vring.addressed = true;
+            vring.started = true;
+            vring.enabled = true;
+            Guest {
+                memory,
+                queue,
+                vring,
+            }
+        }
+
+        /// Offers `n` frames of `len` bytes from `src` to `dst`, each behind a plain header.
+        fn offer(&mut self, n: usize, len: usize, (dst, src): (MacAddress, MacAddress)) {
+            for i in 0..n {
+                let mut packet = vec![0u8; HEADER_LEN];
+                packet.extend_from_slice(&dst.0);
+                packet.extend_from_slice(&src.0);
+                packet.extend_from_slice(&[0x88, 0xb5, i as u8]);
+                packet.resize(HEADER_LEN + len, 0);
+                let head = self.queue.chain_tx(&self.memory, &packet, 1, false);
+                self.queue.publish(&self.memory, head);
+            }
+        }
+
+        /// One round of the queue at `now`, sent into the network as the engine does:
+        /// (chains taken, hold).
+        fn round(&mut self, sender: &mut Sender, now: u64) -> (usize, u64) {
+            let rules = TxRules {
+                header_len: HEADER_LEN,
+                max_frame: 1518,
+                features: 0,
+            };
+            let mut batch = TxBatch::default();
+            let mut faults = Vec::new();
+            let (taken, hold) = take_round(
+                &mut self.vring,
+                self.memory.mmap(),
+                &rules,
+                (sender, now),
+                &mut batch,
+                |f| faults.push(f),
+            );
+            self.vring.finish_round(self.memory.mmap());
+            assert!(faults.is_empty(), "{faults:?}");
+            sender.send_batch_offloaded_at(batch.iter(), now);
+            (taken, hold)
+        }
+
+        fn used_index(&self) -> u16 {
+            self.queue.used_index(&self.memory)
+        }
+    }
+
+    /// A network with a sender limited to `rate` bit/s and `burst` bytes (as of time 0),
+    /// and a receiver.
+    fn limited(
+        dir: &tempfile::TempDir,
+        rate: u64,
+        burst: u64,
+    ) -> (Network, Sender, u16, MacAddress, Peer) {
+        let net = Network::create(dir.path(), "lab", CreateOptions::default()).unwrap();
+        let peer = net.join(JoinOptions::default()).unwrap();
+        let receiver = net.join(JoinOptions::default()).unwrap();
+        peer.control().set_rate(rate, burst).unwrap();
+        let (index, mac) = (peer.index(), peer.mac());
+        let (mut sender, _) = peer.split();
+        // As a lane does when it is made: the sender reads its limit.
+        sender.send_batch_offloaded_at(std::iter::empty(), 0);
+        (net, sender, index, mac, receiver)
+    }
+
+    fn rate_limited(net: &Network, index: u16) -> u64 {
+        net.counters(index)
+            .unwrap()
+            .tx_dropped(DropReason::RateLimited)
+    }
+
+    #[test]
+    fn a_guest_over_its_rate_is_held_back_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        // 8 Mbit/s: a byte a microsecond; a burst of 4000 bytes.
+        let (net, mut sender, index, mac, mut receiver) = limited(&dir, 8_000_000, 4000);
+        let mut guest = Guest::new();
+        guest.offer(10, 1000, (receiver.mac(), mac));
+        // While the bucket holds the frames taken plus the largest (1518 bytes): three.
+        assert_eq!(guest.round(&mut sender, 0), (3, 0));
+        assert_eq!(guest.used_index(), 3);
+        assert_eq!(guest.vring.queue.next_avail(), 3, "the rest stay available");
+        // 1000 bytes left, less than the largest frame: held back, nothing taken, until
+        // there is room for it and a millisecond (1000 bytes) more.
+        let (taken, hold) = guest.round(&mut sender, 0);
+        assert_eq!(taken, 0);
+        assert_eq!(hold, 1_518_001);
+        assert_eq!(guest.used_index(), 3, "no chain returned while held back");
+        assert_eq!(guest.vring.queue.next_avail(), 3);
+        assert_eq!(rate_limited(&net, index), 0);
+        let mut received = 0;
+        receiver.receive(usize::MAX, |_| received += 1);
+        assert_eq!(received, 3);
+        // After the wait the rest goes, a batch per hold, and nothing is refused.
+        let mut now = hold;
+        let mut rounds = 0;
+        while guest.used_index() < 10 {
+            let (taken, hold) = guest.round(&mut sender, now);
+            assert!(taken > 0 || hold > 0, "a round either takes or holds");
+            now += hold;
+            rounds += 1;
+            assert!(rounds < 100, "the queue drains");
+        }
+        receiver.receive(usize::MAX, |_| received += 1);
+        assert_eq!(received, 10);
+        assert_eq!(rate_limited(&net, index), 0);
+        // 6000 bytes beyond the burst at a byte a microsecond; the last hold may end up
+        // to a millisecond after the bytes it waited for.
+        assert!((6 * MS..=8 * MS).contains(&now), "took {now} ns");
+    }
+
+    #[test]
+    fn a_long_hold_is_cut_to_a_slice_and_a_lifted_limit_lets_all_through() {
+        let dir = tempfile::tempdir().unwrap();
+        // 8 kbit/s: a byte a millisecond, and a burst of 2000 bytes.
+        let (net, mut sender, index, mac, mut receiver) = limited(&dir, 8_000, 2000);
+        let mut guest = Guest::new();
+        guest.offer(20, 400, (receiver.mac(), mac));
+        assert_eq!(guest.round(&mut sender, 0), (2, 0));
+        // 1200 bytes left: 319 ms until there is room for 1518 and a byte more.
+        let (taken, hold) = guest.round(&mut sender, 0);
+        assert_eq!(taken, 0);
+        assert_eq!(hold, IDLE_SLICE.as_nanos() as u64);
+        // The operator lifts the limit; the sender reads it with its next batch (the
+        // engine sends an empty one when a hold ends).
+        sender.control().set_rate(0, 0).unwrap();
+        sender.send_batch_offloaded_at(std::iter::empty(), hold);
+        assert_eq!(guest.round(&mut sender, hold), (18, 0));
+        let mut received = 0;
+        receiver.receive(usize::MAX, |_| received += 1);
+        assert_eq!(received, 20);
+        assert_eq!(rate_limited(&net, index), 0);
+    }
+
+    #[test]
+    fn a_burst_smaller_than_the_largest_frame_holds_until_the_bucket_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let (net, mut sender, index, mac, receiver) = limited(&dir, 8_000_000, 1000);
+        let mut guest = Guest::new();
+        guest.offer(3, 600, (receiver.mac(), mac));
+        // A full bucket lets one frame go at a time, however small.
+        assert_eq!(guest.round(&mut sender, 0), (1, 0));
+        let (taken, hold) = guest.round(&mut sender, 0);
+        assert_eq!(taken, 0);
+        assert_eq!(hold, 600_001, "until the bucket is full again");
+        assert_eq!(guest.round(&mut sender, hold), (1, 0));
+        assert_eq!(rate_limited(&net, index), 0);
+    }
+
+    #[test]
+    fn without_a_limit_a_round_takes_its_whole_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = Network::create(dir.path(), "lab", CreateOptions::default()).unwrap();
+        let peer = net.join(JoinOptions::default()).unwrap();
+        let receiver = net.join(JoinOptions::default()).unwrap();
+        let mac = peer.mac();
+        let (mut sender, _) = peer.split();
+        let mut guest = Guest::new();
+        guest.offer(40, 1500, (receiver.mac(), mac));
+        assert_eq!(guest.round(&mut sender, 0), (40, 0));
     }
 }
