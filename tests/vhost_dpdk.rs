@@ -695,3 +695,80 @@ fn a_dpdk_frontend_with_two_queue_pairs_carries_traffic_on_both() {
     assert_eq!(received, 512, "{streams:?}");
     assert_eq!(totals(&output), (512, 512), "testpmd's totals");
 }
+
+#[test]
+fn a_dpdk_frontend_sending_flat_out_is_held_to_its_rate_without_drops() {
+    let Some(_turn) = turn() else { return };
+    const RATE: u64 = 100_000_000;
+    const FRAME: u64 = 1000;
+    let mut lab = Lab::start(&["--rate", "100m"]);
+    let peer_mac = lab.peer.mac();
+    // 1000-byte frames, as fast as testpmd can make them: far more than 100 Mbit/s.
+    let testpmd = Testpmd::start(
+        lab.socket(),
+        frontend_mac(7),
+        1,
+        &[
+            "--forward-mode=txonly",
+            &format!("--eth-peer=0,{peer_mac}"),
+            "--txpkts=1000",
+        ],
+    );
+    let sent = |lab: &Lab| {
+        let status = lab.network.status();
+        let entry = status
+            .peers
+            .iter()
+            .find(|p| p.kind == PortKind::VhostUser)
+            .cloned();
+        entry.map_or((0, 0), |p| {
+            let limited = p.drops.get("tx_rate_limited").copied().unwrap_or(0);
+            (p.tx_bytes, limited)
+        })
+    };
+    // The frames flow once testpmd forwards; measure from then on, for two seconds,
+    // draining the peer's ring meanwhile.
+    lab.receive(100);
+    let (start_bytes, _) = sent(&lab);
+    let start_cpu = cpu_ticks(lab.backend.pid());
+    let start = Instant::now();
+    let mut received = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        lab.peer.wait(Duration::from_millis(50));
+        lab.peer.receive(usize::MAX, |f| {
+            assert_eq!(f.len() as u64, FRAME);
+            received += 1;
+        });
+    }
+    let (end_bytes, limited) = sent(&lab);
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(lab.backend.pid()) - start_cpu) as f64
+        / rustix::param::clock_ticks_per_second() as f64;
+    let (_, offered) = totals(&testpmd.stop());
+    let bps = (end_bytes - start_bytes) as f64 * 8.0 / elapsed;
+    eprintln!(
+        "{bps:.0} bit/s let through over {elapsed:.2} s ({received} frames received), \
+         testpmd offered {offered} frames; the port used {:.0} % of a CPU",
+        cpu / elapsed * 100.0
+    );
+    // The port holds the frontend back rather than have the network refuse its frames:
+    // it takes a frame only when the bucket has room for the largest one, so none is
+    // ever over the limit.
+    assert_eq!(limited, 0, "frames refused as rate_limited");
+    let ratio = bps / RATE as f64;
+    assert!(
+        (0.5..=1.1).contains(&ratio),
+        "{bps:.0} bit/s is {ratio:.2} of the rate"
+    );
+}
+
+/// User plus system time process `pid` (all its threads) has used so far, in clock
+/// ticks: fields 14 and 15 of `/proc/PID/stat`, counted after the command name.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    let after_name = &stat[stat.rfind(')').expect("a command name") + 1..];
+    // After the name: state is field 3, so field N is at N - 3.
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |n: usize| -> u64 { fields[n - 3].parse().expect("a number of ticks") };
+    field(14) + field(15)
+}

@@ -304,11 +304,23 @@ impl TxRules {
 }
 
 /// Takes up to `budget` chains off a transmit queue into `batch`, returning each to the
-/// guest as it goes. Before each chain, `admit` is asked with the bytes of the frames
-/// taken so far; when it says no, that chain and those behind it stay available (neither
-/// consumed nor used), so a guest held back by a rate limit sees its queue fill and
-/// stops. Calls `fault` for each refused chain. Returns the number of chains taken.
+/// guest as it goes. Calls `fault` for each refused chain. Returns the number of chains
+/// taken.
 pub fn transmit(
+    vring: &mut Vring,
+    memory: &GuestMemoryMmap,
+    rules: &TxRules,
+    budget: usize,
+    batch: &mut TxBatch,
+    fault: impl FnMut(ChainFault),
+) -> usize {
+    transmit_within(vring, memory, rules, budget, batch, |_| true, fault)
+}
+
+/// [`transmit`], asking `admit` before each chain with the bytes of the frames taken so
+/// far; when it says no, that chain and those behind it stay available (neither consumed
+/// nor used), so a guest held back by a rate limit sees its queue fill and stops.
+pub fn transmit_within(
     vring: &mut Vring,
     memory: &GuestMemoryMmap,
     rules: &TxRules,
@@ -864,7 +876,6 @@ mod tests {
             rules,
             64,
             &mut batch,
-            |_| true,
             |f| faults.push(f),
         );
         let frames = batch.iter().map(|(h, f)| (h, f.to_vec())).collect();
@@ -1211,7 +1222,7 @@ mod tests {
             guest.memory.write(AVAIL, &avail);
             let mut batch = TxBatch::default();
             let mut faults = 0;
-            let taken = transmit(&mut guest.vring, guest.memory.mmap(), &tx_rules(u64::MAX), 64, &mut batch, |_| true, |_| faults += 1);
+            let taken = transmit(&mut guest.vring, guest.memory.mmap(), &tx_rules(u64::MAX), 64, &mut batch, |_| faults += 1);
             proptest::prop_assert!(taken == batch.len() + faults || faults > 0 && taken == 0);
             let mut fresh = Guest::new();
             fresh.memory.write(DESC, &table);

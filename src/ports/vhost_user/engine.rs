@@ -450,8 +450,8 @@ impl<'a> Lane<'a> {
 
     /// Before the engine sleeps: asks the guest to kick when it adds frames (or, if frames
     /// wait for its buffers, when it posts buffers) and arms the ring watch. Returns
-    /// whether there is work after all (frames waiting in transmit queues held back by
-    /// the rate limit are not: the engine comes back for them when the hold ends).
+    /// whether there is work after all. Transmit queues held back by the rate limit are
+    /// left quiet: the engine's sleep ends when the hold does.
     fn arm(&mut self, now: u64) -> bool {
         let held = self.held_until > now;
         self.quiet = false;
@@ -474,12 +474,14 @@ impl<'a> Lane<'a> {
             }
             if index % 2 == 1 {
                 // Turn kicks back on and look once more, so a frame added meanwhile is
-                // not missed.
-                let waiting = vring.queue.enable_notification(mem).unwrap_or_else(|_| {
-                    Counters::add(&counters.ring_access_failures, 1);
-                    false
-                });
-                work |= waiting && !held;
+                // not missed. A queue held back stays quiet: the engine comes back for
+                // it when the hold ends, and its kicks would only wake it early.
+                if !held {
+                    work |= vring.queue.enable_notification(mem).unwrap_or_else(|_| {
+                        Counters::add(&counters.ring_access_failures, 1);
+                        false
+                    });
+                }
             } else if self.rx.blocked() {
                 work |= datapath::ask_for_buffers(&mut vring, mem);
             }
@@ -543,7 +545,7 @@ fn take_round(
             false
         }
     };
-    let taken = datapath::transmit(vring, memory, rules, TX_BUDGET, batch, admit, fault);
+    let taken = datapath::transmit_within(vring, memory, rules, TX_BUDGET, batch, admit, fault);
     (taken, hold)
 }
 
