@@ -56,8 +56,9 @@ pub struct PolicyArgs {
     #[arg(long)]
     pub isolated: bool,
     /// Limit what each guest sends into the network, in bits per second (`200m`, `1g`):
-    /// a token bucket. Frames over it are dropped and counted (`rate_limited`); TAP ports
-    /// hold their guest back instead, so that TCP slows down rather than losing frames.
+    /// a token bucket. Frames over it are dropped and counted (`rate_limited`); TAP and
+    /// vhost-user ports hold their guest back instead, so that TCP slows down rather than
+    /// losing frames.
     #[arg(long, value_name = "RATE", value_parser = crate::network::rate::parse_rate)]
     pub rate: Option<u64>,
     /// The burst of `--rate`, in bytes [default: 10 ms of the rate, at least 128 KiB].
