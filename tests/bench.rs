@@ -280,6 +280,72 @@ fn netns_json_compares_guestnet_with_the_bridge_and_cleans_up() {
         }
         assert!(r["guestnet_drops"].is_object(), "{r}");
     }
+    assert!(v.get("rate_limit").is_none(), "only with --rate: {v}");
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "left {:?}",
+        namespaces_of(pid)
+    );
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+}
+
+#[test]
+fn netns_rate_json_holds_the_limit_on_both_labs_and_cleans_up() {
+    if !prerequisites_met(
+        "bench --netns --rate tests",
+        &["ip", "ping", "ethtool", "iperf3", "tc"],
+    ) {
+        return;
+    }
+    let bench = Bench::start(&["--netns", "--rate", "100m", "--seconds", "2", "--json"]);
+    let pid = bench.pid();
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(120));
+    assert!(
+        status.success(),
+        "bench failed: {status}; stderr {stderr:?}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
+    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    // The comparison without a limit is still there, as without --rate.
+    assert_eq!(v["mode"], "netns", "{v}");
+    assert_eq!(v["results"].as_array().map(Vec::len), Some(2), "{v}");
+    let r = &v["rate_limit"];
+    assert_eq!(number(r, "rate_bps"), 100e6, "{v}");
+    // The default burst: 10 ms of the rate, at least two 64 KiB super-frames.
+    assert_eq!(number(r, "burst_bytes"), 131_200.0, "{v}");
+    assert_eq!(number(r, "tolerance"), 0.15, "{v}");
+    assert!(
+        r["anchor"].as_str().is_some_and(|a| a.contains("tbf")),
+        "{v}"
+    );
+    for side in ["guestnet", "bridge"] {
+        let m = &r[side];
+        let (mbps, ratio) = (number(m, "mbps"), number(m, "ratio"));
+        assert!(close(ratio, mbps / 100.0), "{side}: {v}");
+        // As tests/tap.rs holds guestnet to it; the 15 % target is the report's, not a
+        // timed test's on a shared machine.
+        assert!(
+            (0.5..=1.1).contains(&ratio),
+            "{side}: {mbps:.1} Mbit/s against a 100 Mbit/s limit: {v}"
+        );
+        assert_eq!(
+            m["within_target"].as_bool(),
+            Some((ratio - 1.0).abs() <= 0.15),
+            "{side}: {v}"
+        );
+        assert!(number(m, "retransmits") >= 0.0, "{side}: {v}");
+        assert!(number(m, "rate_limited") >= 0.0, "{side}: {v}");
+    }
+    // The TAP port holds its sender back: nothing is dropped at the limit.
+    assert_eq!(number(&r["guestnet"], "rate_limited"), 0.0, "{v}");
+    assert!(r["guestnet_drops"].is_object(), "{v}");
+    assert_eq!(
+        r["guestnet_drops"].get("tx_rate_limited"),
+        None,
+        "counted drops and the reported figure agree: {v}"
+    );
+    // The bridge, its veths and their qdiscs live in the run's namespaces: gone with them.
     assert!(
         namespaces_of(pid).is_empty(),
         "left {:?}",
