@@ -336,7 +336,27 @@ fn netns_rate_json_holds_the_limit_on_both_labs_and_cleans_up() {
         );
         assert!(number(m, "retransmits") >= 0.0, "{side}: {v}");
         assert!(number(m, "rate_limited") >= 0.0, "{side}: {v}");
+        assert!(number(m, "device_dropped") >= 0.0, "{side}: {v}");
     }
+    // UDP offered at twice the limit: the limit holds it on both labs.
+    let udp = &r["udp"];
+    assert_eq!(number(udp, "offered_bps"), 200e6, "{v}");
+    assert!(number(udp, "datagram_bytes") > 0.0, "{v}");
+    for side in ["guestnet", "bridge"] {
+        let m = &udp[side];
+        let (mbps, ratio) = (number(m, "mbps"), number(m, "ratio"));
+        assert!(close(ratio, mbps / 100.0), "UDP {side}: {v}");
+        assert!(
+            mbps > 0.0 && ratio <= 1.1,
+            "UDP {side}: {mbps:.1} Mbit/s against a 100 Mbit/s limit: {v}"
+        );
+        let lost = number(m, "lost_percent");
+        assert!((0.0..=100.0).contains(&lost), "UDP {side}: {v}");
+        assert!(m["within_target"].is_boolean(), "UDP {side}: {v}");
+        assert!(number(m, "rate_limited") >= 0.0, "UDP {side}: {v}");
+        assert!(number(m, "device_dropped") >= 0.0, "UDP {side}: {v}");
+    }
+    assert!(udp["guestnet_drops"].is_object(), "{v}");
     // The TAP port holds its sender back: nothing is dropped at the limit.
     assert_eq!(number(&r["guestnet"], "rate_limited"), 0.0, "{v}");
     assert!(r["guestnet_drops"].is_object(), "{v}");
@@ -363,6 +383,27 @@ fn an_interrupted_netns_bench_removes_its_namespaces_and_network() {
     let pid = bench.pid();
     // Interrupted in the middle of guestnet's measurement, TAP ports and iperf3 running.
     bench.wait_for_stderr("offloads on: guestnet", Duration::from_secs(20));
+    interrupt_and_check_cleanup(bench, pid);
+}
+
+#[test]
+fn an_interrupted_rate_bench_removes_its_namespaces_and_network() {
+    if !prerequisites_met(
+        "bench --netns --rate tests",
+        &["ip", "ping", "ethtool", "iperf3", "tc"],
+    ) {
+        return;
+    }
+    // Short tests, or the limited part would come only after minutes; the bridge's TCP
+    // and UDP tests (3 s each) and the unlimited comparison after them leave ample time
+    // for the signal to arrive before the run would end.
+    let bench = Bench::start(&["--netns", "--rate", "100m", "--seconds", "3", "--json"]);
+    let pid = bench.pid();
+    // Interrupted while the anchor's sender is limited by tbf (or about to be).
+    bench.wait_for_stderr(
+        "rate limit 100 Mbit/s: Linux bridge",
+        Duration::from_secs(120),
+    );
     interrupt_and_check_cleanup(bench, pid);
 }
 
