@@ -94,7 +94,7 @@ impl TryFrom<PolicyArgs> for PortPolicy {
 /// or such a frame could never pass the limit.
 const MIN_BURST: u64 = crate::shm::layout::LARGE_FRAME as u64;
 
-fn parse_burst(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_burst(text: &str) -> Result<u64, String> {
     let bytes: u64 = text
         .parse()
         .map_err(|_| format!("{text:?} is not a number of bytes"))?;

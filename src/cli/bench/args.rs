@@ -6,6 +6,11 @@ use crate::wire::MacAddress;
 
 /// Arguments of `bench`.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  guestnet bench --frame-size 64 --senders 4\n  \
+    sudo guestnet bench --netns --seconds 5\n  \
+    sudo guestnet bench --netns --rate 200m --seconds 5   # how close TCP holds a rate limit, against tc tbf"
+)]
 pub struct BenchArgs {
     /// Bytes per frame, Ethernet header included (48 to 1514).
     #[arg(long, default_value_t = 64)]
@@ -37,6 +42,22 @@ pub struct BenchArgs {
     /// With --netns: use the built-in TCP stream even if iperf3 is installed.
     #[arg(long, requires = "netns")]
     pub no_iperf: bool,
+    /// With --netns: also measure a rate limit, in bits per second (`200m`, `1g`): iperf3
+    /// TCP from a namespace whose TAP port has `--rate RATE`, against the Linux bridge with
+    /// the sender's veth limited by `tc qdisc … tbf rate RATE` (needs iperf3 and tc).
+    /// Example: `--netns --rate 200m`.
+    #[arg(
+        long,
+        value_name = "RATE",
+        requires = "netns",
+        conflicts_with = "no_iperf",
+        value_parser = crate::network::rate::parse_rate
+    )]
+    pub rate: Option<u64>,
+    /// With --rate: the burst, in bytes, of guestnet's bucket and of the anchor's tbf
+    /// [default: as `guestnet tap --rate`, 10 ms of the rate, at least 128 KiB].
+    #[arg(long, value_name = "BYTES", requires = "rate", value_parser = crate::cli::policy::parse_burst)]
+    pub burst: Option<u64>,
     /// Instead: TCP throughput and UDP packet rate (iperf3) between two QEMU guests through
     /// guestnet's vhost-user ports and through TAP devices on a Linux bridge (as root).
     #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin", "netns"])]
