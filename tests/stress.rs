@@ -100,9 +100,12 @@ fn concurrent_unicast_senders_lose_nothing_uncounted() {
         );
         // One destination per frame: each is delivered or counted as dropped.
         assert_eq!(number(p, &["tx_deliveries"]) + drops, sent, "{p}");
-        let only_full_ring = p["tx_drops"]
-            .as_object()
-            .is_some_and(|m| m.keys().all(|k| k == "ring_full" || k == "ring_busy"));
+        // A full ring, or, on a loaded machine, a sender descheduled mid-copy for longer
+        // than the receiver waits for a slot (`stalled`): both counted, nothing else.
+        let only_full_ring = p["tx_drops"].as_object().is_some_and(|m| {
+            m.keys()
+                .all(|k| k == "ring_full" || k == "ring_busy" || k == "stalled")
+        });
         assert!(only_full_ring, "unexpected drop reasons: {p}");
         // What the sink saw of this sender is exactly what the sender delivered.
         let (received, missing) = seen_and_missing(&report, id, sent);
@@ -205,8 +208,11 @@ fn concurrent_broadcast_reaches_both_sinks_or_is_counted() {
         .flat_map(|r| r["rx_drops"].as_object().cloned().unwrap_or_default())
         .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
         .collect();
+    // `stalled`: a sender descheduled mid-copy on a loaded machine, passed over, counted.
     assert!(
-        reasons.keys().all(|k| k == "ring_full" || k == "ring_busy"),
+        reasons
+            .keys()
+            .all(|k| k == "ring_full" || k == "ring_busy" || k == "stalled"),
         "{reasons:?}"
     );
 }
