@@ -88,6 +88,16 @@ impl Bench {
 
 impl Drop for Bench {
     fn drop(&mut self) {
+        // A test that failed with the bench still running: let it clean up as on Ctrl-C
+        // (namespaces, bridges, testpmds, the network), then make sure it is gone.
+        if let Ok(None) = self.child.try_wait() {
+            let pid = rustix::process::Pid::from_child(&self.child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
