@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 
 use vm_memory::GuestMemoryMmap;
 
+use super::MAX_QUEUE_PAIRS;
 use super::datapath::{self, ChainFault, Placed, RxRules};
 use super::state::{Shared, lock};
 use super::status::Counters;
@@ -75,12 +76,14 @@ impl RxHalf {
         enabled_by_default: bool,
     ) -> usize {
         let counters = &shared.socket.counters;
+        // The running receive queues, each with its pair's number.
         let mut queues: Vec<_> = shared
             .vrings
             .iter()
             .step_by(2)
-            .map(lock)
-            .filter(|vring| vring.running(enabled_by_default))
+            .enumerate()
+            .map(|(pair, vring)| (pair, lock(vring)))
+            .filter(|(_, vring)| vring.running(enabled_by_default))
             .collect();
         if queues.is_empty() {
             drop(queues);
@@ -97,6 +100,8 @@ impl RxHalf {
             blocked,
         } = self;
         let mut delivered = 0u64;
+        // Frames delivered into each of `queues` this round.
+        let mut delivered_to = [0u64; MAX_QUEUE_PAIRS as usize];
         *blocked = false;
         let count = queues.len();
         let mut offer = |hdr: &VirtioNetHdr, frame: &[u8], blocked: &mut bool| -> bool {
@@ -108,11 +113,14 @@ impl RxHalf {
             } else {
                 queue_for(frame, count)
             };
-            match datapath::place(&mut queues[q], mem, rules, hdr, frame, work, |f| {
+            match datapath::place(&mut queues[q].1, mem, rules, hdr, frame, work, |f| {
                 faults.push(f)
             }) {
                 Placed::Delivered => {
                     delivered += 1;
+                    if let Some(n) = delivered_to.get_mut(q) {
+                        *n += 1;
+                    }
                     true
                 }
                 Placed::Dropped(fault) => {
@@ -149,11 +157,19 @@ impl RxHalf {
             });
         }
         Counters::add(&counters.rx_frames, delivered);
+        for ((pair, _), n) in queues.iter().zip(delivered_to) {
+            if let (Some(queue), 1..) = (shared.socket.queues.get(*pair), n) {
+                Counters::add(&queue.rx_frames, n);
+            }
+        }
         // Every queue, not only those that got frames: bad chains went back too.
-        for vring in queues.iter_mut() {
+        for (_, vring) in queues.iter_mut() {
             vring.finish_round(mem);
         }
-        let failures: u64 = queues.iter_mut().map(|v| v.take_access_failures()).sum();
+        let failures: u64 = queues
+            .iter_mut()
+            .map(|(_, v)| v.take_access_failures())
+            .sum();
         Counters::add(&counters.ring_access_failures, failures);
         drop(queues);
         if !faults.is_empty() {
