@@ -25,8 +25,9 @@
 //! **Queue pairs.** With `--queues N` (default 1) both switches serve N queue pairs per
 //! socket and each frontend uses them all (`queues=N`, testpmd's `--rxq=N --txq=N`): a
 //! forwarding stream per port and queue, each answering on the queue it received on. The
-//! frames vary their IPv4 source (`--txonly-multi-flow`), so guestnet's port, which picks a
-//! frontend's receive queue by flow, spreads them over the pairs; the anchor forwards queue
+//! frames of such a run (its one-pair tests too) vary their IPv4 source
+//! (`--txonly-multi-flow`), so guestnet's port, which picks a frontend's receive queue by
+//! flow, spreads them over the pairs; the anchor forwards queue
 //! `i` of one socket to queue `i` of the other. The request/response test keeps the same
 //! frames in flight whatever N (each stream starts with `BURST / N`), so the rates compare
 //! what the switch pays for more queues, not a deeper pipeline. With N > 1 every test also
