@@ -637,6 +637,45 @@ fn check_switch(m: &Value, frame_size: f64, both_ways: bool) {
     assert_eq!(by_reason, dropped, "the reasons add up to the drops: {m}");
 }
 
+/// Checks one switch's frames by queue pair in one test: `queues` pairs, each carrying
+/// frames both ways (request/response), and adding up to the frontends' totals.
+fn check_queue_pairs(m: &Value, queues: usize, both_ways: bool) {
+    let pairs = m["queue_pairs"].as_array().expect("queue_pairs");
+    assert_eq!(pairs.len(), queues, "{m}");
+    let side = |pair: &Value, key: &str, side: usize| {
+        pair[key][side]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}[{side}] missing in {pair}"))
+    };
+    for (q, pair) in pairs.iter().enumerate() {
+        assert_eq!(number(pair, "queue"), q as f64, "{m}");
+        if both_ways {
+            for s in 0..2 {
+                assert!(
+                    side(pair, "sent", s) > 0.0 && side(pair, "received", s) > 0.0,
+                    "queue pair {q} carried frames both ways for side {s}: {m}"
+                );
+            }
+        }
+    }
+    let directions = m["directions"].as_array().expect("directions");
+    for (s, (sent_by, received_by)) in [(0, (0, 1)), (1, (1, 0))] {
+        let total = |key: &str, side_of: usize| -> f64 {
+            pairs.iter().map(|p| side(p, key, side_of)).sum()
+        };
+        assert_eq!(
+            total("sent", sent_by),
+            number(&directions[s], "sent"),
+            "the queue pairs add up to what was sent: {m}"
+        );
+        assert_eq!(
+            total("received", received_by),
+            number(&directions[s], "received"),
+            "the queue pairs add up to what was received: {m}"
+        );
+    }
+}
+
 #[test]
 fn vhost_user_json_counts_add_up_on_both_sides_and_the_anchor_ran() {
     if !dpdk_installed() {
@@ -658,6 +697,11 @@ fn vhost_user_json_counts_add_up_on_both_sides_and_the_anchor_ran() {
     assert_eq!(number(&v, "frame_size"), 64.0);
     assert_eq!(number(&v, "seconds"), 1.0);
     assert_eq!(number(&v, "switch_cores"), 1.0);
+    assert_eq!(number(&v, "queues"), 1.0);
+    assert!(
+        v["one_queue_pair"].is_null() && v["queue_scaling"].is_null(),
+        "{v}"
+    );
     assert!(matches!(
         v["memory"].as_str(),
         Some("huge_pages" | "no_huge_pages")
@@ -667,6 +711,8 @@ fn vhost_user_json_counts_add_up_on_both_sides_and_the_anchor_ran() {
     assert_eq!(number(looped, "frames_in_flight"), 64.0, "{v}");
     check_switch(&looped["guestnet"], 64.0, true);
     check_switch(&looped["anchor"], 64.0, true);
+    check_queue_pairs(&looped["guestnet"], 1, true);
+    check_queue_pairs(&looped["anchor"], 1, true);
     assert!(
         number(&looped["guestnet"], "wakeups_per_frame") >= 0.0,
         "guestnet counts its wake-ups: {v}"
@@ -692,6 +738,62 @@ fn vhost_user_json_counts_add_up_on_both_sides_and_the_anchor_ran() {
     } else {
         check_switch(&v["stream"]["guestnet"], 64.0, false);
         check_switch(&v["stream"]["anchor"], 64.0, false);
+    }
+
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+    assert!(
+        workers_of(pid).is_empty(),
+        "left running: {:?}",
+        workers_of(pid)
+    );
+    assert!(
+        dpdk_run_directories_of(pid).is_empty(),
+        "left {:?}",
+        dpdk_run_directories_of(pid)
+    );
+    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
+}
+
+#[test]
+fn vhost_user_with_two_queue_pairs_carries_frames_both_ways_on_both_and_compares_with_one() {
+    if !dpdk_installed() {
+        return;
+    }
+    let _one_at_a_time = VHOST_USER_BENCH.lock().unwrap_or_else(|p| p.into_inner());
+    let huge_pages_before = huge_pages();
+    let bench = Bench::start(&["--vhost-user", "--queues", "2", "--seconds", "1", "--json"]);
+    let pid = bench.pid();
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(300));
+    assert!(
+        status.success(),
+        "bench failed: {status}; stderr {stderr:#?}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
+    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    assert_eq!(number(&v, "queues"), 2.0, "{v}");
+    let one = &v["one_queue_pair"];
+    assert_eq!(number(one, "queues"), 1.0, "{v}");
+    for (tests, queues) in [(&v, 2), (one, 1)] {
+        let looped = &tests["request_response"];
+        // The same frames in flight whatever the queue pairs.
+        assert_eq!(number(looped, "frames_in_flight"), 64.0, "{v}");
+        for switch in ["guestnet", "anchor"] {
+            check_switch(&looped[switch], 64.0, true);
+            check_queue_pairs(&looped[switch], queues, true);
+        }
+        if !tests["stream"].is_null() {
+            for switch in ["guestnet", "anchor"] {
+                check_switch(&tests["stream"][switch], 64.0, false);
+                check_queue_pairs(&tests["stream"][switch], queues, false);
+            }
+        }
+    }
+    for switch in ["guestnet", "anchor"] {
+        let scaling = number(&v["queue_scaling"]["request_response"], switch);
+        let expected = number(&v["request_response"][switch], "mpps")
+            / number(&one["request_response"][switch], "mpps");
+        assert!(close(scaling, expected), "{switch}: {v}");
     }
 
     assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));

@@ -694,6 +694,22 @@ fn a_dpdk_frontend_with_two_queue_pairs_carries_traffic_on_both() {
     let received: u64 = streams.iter().map(|s| s.rx_packets).sum();
     assert_eq!(received, 512, "{streams:?}");
     assert_eq!(totals(&output), (512, 512), "testpmd's totals");
+
+    // The port counts each pair's frames too, and they add up to its totals.
+    let entry = lab.status("the port counted every frame by queue pair", |e| {
+        counter(e, "tx_frames") >= 512 && counter(e, "rx_frames") >= 512
+    });
+    let pairs = entry["queues"].as_array().expect("queues in the status");
+    assert_eq!(pairs.len(), 2, "{entry}");
+    for (direction, total) in [("tx_frames", 512), ("rx_frames", 512)] {
+        let by_pair: Vec<u64> = pairs
+            .iter()
+            .map(|p| p[direction].as_u64().unwrap_or(0))
+            .collect();
+        assert!(by_pair.iter().all(|&n| n > 0), "{direction}: {entry}");
+        assert_eq!(by_pair.iter().sum::<u64>(), total, "{direction}: {entry}");
+        assert_eq!(counter(&entry, direction), total, "{entry}");
+    }
 }
 
 #[test]

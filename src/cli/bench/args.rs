@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// With --vhost-user: CPUs the switch runs on (the frontends get the others).
     #[arg(long, requires = "vhost_user", default_value_t = 1)]
     pub switch_cores: usize,
+    /// With --vhost-user: queue pairs of each frontend and of both switches (1 to 16); with
+    /// more than one, each test also runs with one, and the two are compared.
+    #[arg(long, requires = "vhost_user", default_value_t = 1)]
+    pub queues: u16,
     /// With --vm: the guest image (vmlinuz, initramfs.cpio.gz) of scripts/guest-image,
     /// built there by the script when missing.
     #[arg(long, requires = "vm", default_value = "target/guest")]

@@ -315,6 +315,24 @@ fn parse_port_blocks(text: &str, title: &str) -> anyhow::Result<Vec<BTreeMap<Str
     Ok(ports)
 }
 
+/// Reads `show port xstats all`'s per-queue frame counts: for each port, `queues` pairs.
+fn parse_queue_stats(text: &str, queues: u16) -> anyhow::Result<Vec<Vec<PortStats>>> {
+    let ports = parse_port_blocks(text, "NIC extended statistics for port")?;
+    Ok(ports
+        .iter()
+        .map(|port| {
+            let count = |name: String| port.get(&name).copied().unwrap_or(0);
+            (0..queues)
+                .map(|q| PortStats {
+                    rx_packets: count(format!("rx_q{q}_good_packets")),
+                    tx_packets: count(format!("tx_q{q}_good_packets")),
+                    tx_dropped: 0,
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// A running testpmd at its prompt; killed and reaped when dropped.
 pub(super) struct Testpmd {
     name: &'static str,
@@ -441,6 +459,13 @@ impl Testpmd {
                 tx_dropped: 0,
             })
             .collect())
+    }
+
+    /// Every port's frames by queue pair, `queues` pairs each (`show port xstats all`'s
+    /// `rx_qN_good_packets` and `tx_qN_good_packets`, which DPDK's virtio PMD keeps).
+    pub(super) fn queue_stats(&mut self, queues: u16) -> anyhow::Result<Vec<Vec<PortStats>>> {
+        let answer = self.command("show port xstats all")?;
+        parse_queue_stats(&answer, queues).with_context(|| format!("{TESTPMD} ({})", self.name))
     }
 
     /// Every port's counters, with what the forwarding engine dropped on its way out of
@@ -636,6 +661,51 @@ mod tests {
         assert_eq!(ports[0]["TX-dropped"], 5);
         assert_eq!(ports[1]["TX-dropped"], 0, "not the sum's 7");
         assert_eq!(ports[1]["TX-packets"], 20733440);
+    }
+
+    #[test]
+    fn forward_statistics_skip_the_streams_of_several_queues() {
+        let text = "
+  ------- Forward Stats for RX Port= 0/Queue= 0 -> TX Port= 1/Queue= 0 -------
+  RX-packets: 10             TX-packets: 10             TX-dropped: 1
+
+  ------- Forward Stats for RX Port= 0/Queue= 1 -> TX Port= 1/Queue= 1 -------
+  RX-packets: 20             TX-packets: 20             TX-dropped: 2
+
+  ---------------------- Forward statistics for port 0  ----------------------
+  RX-packets: 30             RX-dropped: 0             RX-total: 30
+  TX-packets: 40             TX-dropped: 4             TX-total: 44
+  ----------------------------------------------------------------------------
+";
+        let ports = parse_port_blocks(text, "Forward statistics for port").expect("parses");
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0]["TX-dropped"], 4, "the port's, not a stream's");
+    }
+
+    #[test]
+    fn extended_statistics_give_each_queue_pair_its_frames() {
+        let text = "###### NIC extended statistics for port 0 
+rx_good_packets: 30
+tx_good_packets: 33
+rx_q0_good_packets: 10
+rx_q0_good_bytes: 640
+rx_q1_good_packets: 20
+tx_q0_good_packets: 11
+tx_q1_good_packets: 22
+###### NIC extended statistics for port 1 
+rx_good_packets: 5
+rx_q0_good_packets: 5
+tx_q0_good_packets: 0
+";
+        let ports = parse_queue_stats(text, 2).expect("parses");
+        assert_eq!(ports.len(), 2);
+        let pair = |port: &Vec<PortStats>, q: usize| (port[q].rx_packets, port[q].tx_packets);
+        assert_eq!(
+            (pair(&ports[0], 0), pair(&ports[0], 1)),
+            ((10, 11), (20, 22))
+        );
+        assert_eq!(pair(&ports[1], 0), (5, 0));
+        assert_eq!(pair(&ports[1], 1), (0, 0), "a queue testpmd does not show");
     }
 
     #[test]

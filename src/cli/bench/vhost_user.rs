@@ -22,12 +22,25 @@
 //! * **stream** (when the machine has a CPU for each frontend besides the switch's): a
 //!   `txonly` testpmd on `a` sends as fast as it can to an `rxonly` testpmd on `b`.
 //!
+//! **Queue pairs.** With `--queues N` (default 1) both switches serve N queue pairs per
+//! socket and each frontend uses them all (`queues=N`, testpmd's `--rxq=N --txq=N`): a
+//! forwarding stream per port and queue, each answering on the queue it received on. The
+//! frames of such a run (its one-pair tests too) vary their IPv4 source
+//! (`--txonly-multi-flow`), so guestnet's port, which picks a frontend's receive queue by
+//! flow, spreads them over the pairs; the anchor forwards queue
+//! `i` of one socket to queue `i` of the other. The request/response test keeps the same
+//! frames in flight whatever N (each stream starts with `BURST / N`), so the rates compare
+//! what the switch pays for more queues, not a deeper pipeline. With N > 1 every test also
+//! runs with one queue pair, in the same run, and the result gives each switch's ratio;
+//! each measurement counts, from the frontends' per-queue counters, the frames every pair
+//! carried each way.
+//!
 //! The switch is confined to `--switch-cores` CPUs (default 1), the frontends to the
 //! others: the frontends busy-poll, and two busy pollers sharing a CPU would measure the
 //! scheduler, not the switch. On a 2-core machine the switch gets CPU 0, the
 //! request/response frontends CPU 1, and the stream is skipped. The anchor's forwarding
-//! threads are one per switch CPU, at most two (it has only two streams of frames to
-//! move). Each child is confined from birth (see `process::on_cpus`).
+//! threads are one per switch CPU, at most two per queue pair (it has only that many
+//! streams of frames to move). Each child is confined from birth (see `process::on_cpus`).
 //!
 //! A measurement reads the frontends' port counters (`show port stats all`) and the
 //! switch's own at the start and the end of the window; the rate is the frames the
@@ -61,6 +74,7 @@ use super::netns::TAP_RING_SLOTS;
 use super::process::{Interrupt, Workspace, allowed_cpus, machine};
 use super::testpmd::{self, HugePages, Instance, Memory, PortStats, Testpmd};
 use crate::bench::Throughput;
+use crate::ports::vhost_user::MAX_QUEUE_PAIRS;
 use switch::{BURST, MACS, POLL_INTERVAL, SIDES, Switch};
 
 /// Descriptors per virtqueue of each frontend.
@@ -80,6 +94,8 @@ struct VhostUserResult {
     /// Seconds each measurement lasts.
     seconds: f64,
     switch_cores: usize,
+    /// Queue pairs of each frontend and switch in the tests below.
+    queues: u16,
     /// Where the switch ran, and where the frontends did.
     switch_cpus: Vec<usize>,
     frontend_cpus: Vec<usize>,
@@ -95,10 +111,55 @@ struct VhostUserResult {
     /// Why the stream was not measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_skipped: Option<String>,
+    /// With more than one queue pair: the same tests with one, from the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    one_queue_pair: Option<Tests>,
+    /// With more than one queue pair: each switch's frames per second with `queues` pairs
+    /// ÷ with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_scaling: Option<Scaling>,
+}
+
+/// Both tests with one number of queue pairs.
+#[derive(Debug, Serialize)]
+struct Tests {
+    queues: u16,
+    request_response: Comparison,
+    stream: Option<Comparison>,
+}
+
+/// Rates with several queue pairs ÷ rates with one.
+#[derive(Debug, Serialize)]
+struct Scaling {
+    request_response: SwitchRatios,
+    stream: Option<SwitchRatios>,
+}
+
+#[derive(Debug, Serialize)]
+struct SwitchRatios {
+    guestnet: f64,
+    anchor: f64,
+}
+
+impl SwitchRatios {
+    fn of(several: &Comparison, one: &Comparison) -> SwitchRatios {
+        SwitchRatios {
+            guestnet: ratio(several.guestnet.mpps, one.guestnet.mpps),
+            anchor: ratio(several.anchor.mpps, one.anchor.mpps),
+        }
+    }
+}
+
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator > 0.0 {
+        numerator / denominator
+    } else {
+        0.0
+    }
 }
 
 /// One test, through guestnet and through the anchor.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Comparison {
     /// Frames kept in flight (request/response), or none (stream: as many as fit).
     frames_in_flight: Option<u64>,
@@ -126,6 +187,19 @@ struct Measured {
     directions: [Direction; 2],
     /// The switch's drops by reason.
     drops_by_reason: BTreeMap<String, u64>,
+    /// Frame counts over the whole test by queue pair, from the frontends' per-queue
+    /// counters.
+    queue_pairs: Vec<QueuePair>,
+}
+
+/// Frames one queue pair carried over a whole test.
+#[derive(Debug, Clone, Serialize)]
+struct QueuePair {
+    queue: u16,
+    /// Sent on it by `a`'s frontend, then by `b`'s.
+    sent: [u64; 2],
+    /// Received on it by `a`'s frontend, then by `b`'s.
+    received: [u64; 2],
 }
 
 /// Frames one way over a whole test, counted once every frame in flight has arrived.
@@ -146,6 +220,12 @@ struct Direction {
 /// Runs `bench --vhost-user`.
 pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let testpmd = testpmd::preflight("guestnet bench --vhost-user")?;
+    if args.queues == 0 || args.queues > MAX_QUEUE_PAIRS {
+        bail!(
+            "--queues must be between 1 and {MAX_QUEUE_PAIRS}, not {}",
+            args.queues
+        );
+    }
     let cpus = Cpus::split(args.switch_cores)?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let interrupt = Interrupt::install()?;
@@ -162,13 +242,6 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let huge_pages = HugePages::reserve(if stream_skipped.is_none() { 3 } else { 2 });
     let workspace = Workspace::create()?;
     let ring_slots = args.ring_slots.unwrap_or(TAP_RING_SLOTS);
-    let plan = Plan {
-        args,
-        testpmd: &testpmd,
-        cpus: &cpus,
-        memory: huge_pages.memory(),
-        interrupt: &interrupt,
-    };
 
     progress(&format!(
         "guestnet: vhost-user ports on CPU {}, DPDK frontends on CPU {}, {} s per test",
@@ -176,53 +249,55 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         list(&cpus.frontends),
         args.seconds
     ));
-    let guestnet = {
-        let mut switch = Switch::guestnet(&workspace, ring_slots, &cpus.switch, &interrupt)?;
-        plan.both_tests(&mut switch)?
+    // One queue pair first, for comparison, when the run is about several.
+    let counts = if args.queues > 1 {
+        vec![1, args.queues]
+    } else {
+        vec![1]
     };
-    progress(&format!("anchor: {ANCHOR_NAME}"));
-    let anchor = {
-        let mut switch = Switch::anchor(
-            &workspace,
-            &testpmd,
-            cpus.anchor(),
-            huge_pages.memory(),
-            &interrupt,
-        )?;
-        let measured = plan.both_tests(&mut switch)?;
-        switch.stop()?;
-        measured
-    };
-    let compare = |guestnet: Measured, anchor: Measured, frames_in_flight| Comparison {
-        frames_in_flight,
-        ratio: if anchor.mpps > 0.0 {
-            guestnet.mpps / anchor.mpps
-        } else {
-            0.0
-        },
-        guestnet,
-        anchor,
-    };
+    let memory = huge_pages.memory();
+    let mut runs = Vec::new();
+    for queues in counts {
+        let plan = Plan {
+            args,
+            testpmd: &testpmd,
+            cpus: &cpus,
+            queues,
+            memory,
+            interrupt: &interrupt,
+        };
+        runs.push(plan.run(&workspace, ring_slots)?);
+    }
+    drop(workspace);
+    drop(huge_pages);
+    let several = runs.pop().context("no test ran")?;
+    let one_queue_pair = runs.pop();
+    let queue_scaling = one_queue_pair.as_ref().map(|one| Scaling {
+        request_response: SwitchRatios::of(&several.request_response, &one.request_response),
+        stream: several
+            .stream
+            .as_ref()
+            .zip(one.stream.as_ref())
+            .map(|(several, one)| SwitchRatios::of(several, one)),
+    });
     let result = VhostUserResult {
         mode: "vhost-user",
         frame_size: args.frame_size,
         seconds: args.seconds,
         switch_cores: args.switch_cores,
+        queues: several.queues,
         switch_cpus: cpus.switch.clone(),
         frontend_cpus: cpus.frontends.clone(),
-        memory: huge_pages.memory(),
+        memory,
         ring_slots,
         machine: machine(),
         anchor_name: ANCHOR_NAME,
-        request_response: compare(guestnet.0, anchor.0, Some(2 * BURST)),
-        stream: guestnet
-            .1
-            .zip(anchor.1)
-            .map(|(guestnet, anchor)| compare(guestnet, anchor, None)),
+        request_response: several.request_response,
+        stream: several.stream,
         stream_skipped,
+        one_queue_pair,
+        queue_scaling,
     };
-    drop(workspace);
-    drop(huge_pages);
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
@@ -274,10 +349,14 @@ impl Cpus {
         })
     }
 
-    /// The request/response frontends' CPUs: a forwarding thread for each port's stream
-    /// at most.
-    fn request_response(&self) -> Vec<usize> {
-        self.frontends.iter().copied().take(2).collect()
+    /// The request/response frontends' CPUs: a forwarding thread for each stream (port and
+    /// queue) at most.
+    fn request_response(&self, queues: u16) -> Vec<usize> {
+        self.frontends
+            .iter()
+            .copied()
+            .take(2 * usize::from(queues))
+            .collect()
     }
 
     /// The stream's sending and receiving frontends' CPUs, if there are two.
@@ -285,9 +364,14 @@ impl Cpus {
         Some((*self.frontends.first()?, *self.frontends.get(1)?))
     }
 
-    /// The anchor's forwarding CPUs: it has two streams of frames to move at most.
-    fn anchor(&self) -> Vec<usize> {
-        self.switch.iter().copied().take(2).collect()
+    /// The anchor's forwarding CPUs: it has two streams of frames per queue pair to move at
+    /// most.
+    fn anchor(&self, queues: u16) -> Vec<usize> {
+        self.switch
+            .iter()
+            .copied()
+            .take(2 * usize::from(queues))
+            .collect()
     }
 }
 
@@ -303,11 +387,70 @@ struct Plan<'a> {
     args: &'a BenchArgs,
     testpmd: &'a Path,
     cpus: &'a Cpus,
+    /// Queue pairs of the switches and the frontends.
+    queues: u16,
     memory: Memory,
     interrupt: &'a Interrupt,
 }
 
 impl Plan<'_> {
+    /// Both tests through guestnet, then through the anchor.
+    fn run(&self, workspace: &Workspace, ring_slots: u32) -> anyhow::Result<Tests> {
+        let queues = self.queues;
+        let pairs = if queues == 1 { "pair" } else { "pairs" };
+        progress(&format!("{queues} queue {pairs}"));
+        let guestnet = {
+            let mut switch = Switch::guestnet(
+                workspace,
+                ring_slots,
+                &self.cpus.switch,
+                queues,
+                self.interrupt,
+            )?;
+            self.both_tests(&mut switch)?
+        };
+        progress(&format!("anchor: {ANCHOR_NAME}"));
+        let anchor = {
+            let mut switch = Switch::anchor(
+                workspace,
+                self.testpmd,
+                self.cpus.anchor(queues),
+                queues,
+                self.memory,
+                self.interrupt,
+            )?;
+            let measured = self.both_tests(&mut switch)?;
+            switch.stop()?;
+            measured
+        };
+        let compare = |guestnet: Measured, anchor: Measured, frames_in_flight| Comparison {
+            frames_in_flight,
+            ratio: ratio(guestnet.mpps, anchor.mpps),
+            guestnet,
+            anchor,
+        };
+        Ok(Tests {
+            queues,
+            request_response: compare(guestnet.0, anchor.0, Some(self.frames_in_flight())),
+            stream: guestnet
+                .1
+                .zip(anchor.1)
+                .map(|(guestnet, anchor)| compare(guestnet, anchor, None)),
+        })
+    }
+
+    /// Frames each request/response stream (a port's queue) starts with: the same in
+    /// flight in all, whatever the queue pairs.
+    fn burst_per_queue(&self) -> u64 {
+        (BURST / u64::from(self.queues)).max(1)
+    }
+
+    /// Frames in flight in the request/response test: a burst from each queue of both
+    /// ports.
+    fn frames_in_flight(&self) -> u64 {
+        2 * u64::from(self.queues) * self.burst_per_queue()
+    }
+
     /// The request/response test, then the stream where there are CPUs for it.
     fn both_tests(&self, switch: &mut Switch) -> anyhow::Result<(Measured, Option<Measured>)> {
         let looped = self.measure(switch, Test::RequestResponse)?;
@@ -329,6 +472,7 @@ impl Plan<'_> {
         let mut frontends = self.frontends(switch.sockets(), test)?;
         switch.wait_for_frontends(true, self.interrupt)?;
         let base = (frontends.counts()?, switch.sample()?);
+        let queues_base = frontends.queue_counts()?;
         match test {
             Test::RequestResponse => {
                 frontends.command(0, "start tx_first")?;
@@ -364,6 +508,7 @@ impl Plan<'_> {
             frontends.pause(POLL_INTERVAL)?;
         };
         frontends.stop_receiving(test)?;
+        let queues_end = frontends.queue_counts()?;
         frontends.quit()?;
         switch.wait_for_frontends(false, self.interrupt)?;
         // The ports' own counters are final once the frontends are gone.
@@ -404,6 +549,7 @@ impl Plan<'_> {
                 / window.as_secs_f64(),
             directions: directions(&base.0, &counts, base.1.dropped, drained.dropped),
             drops_by_reason,
+            queue_pairs: queue_pairs(&queues_base, &queues_end),
         })
     }
 
@@ -411,29 +557,43 @@ impl Plan<'_> {
     fn frontends(&self, sockets: &[PathBuf; 2], test: Test) -> anyhow::Result<Frontends> {
         let device = |number: usize, side: usize| {
             format!(
-                "net_virtio_user{number},path={},queue_size={QUEUE_SIZE},mac={}",
+                "net_virtio_user{number},path={},queues={},queue_size={QUEUE_SIZE},mac={}",
                 sockets[side].display(),
+                self.queues,
                 MACS[side]
             )
         };
         let burst = format!("--burst={BURST}");
         let frame_size = format!("--txpkts={}", self.args.frame_size);
+        // A stream per port and queue; frames of many flows, so that a switch that steers
+        // by flow uses every queue (only when the run is about several, so that a run
+        // with one sends what it always did).
+        let mut queue_options = vec![
+            format!("--rxq={}", self.queues),
+            format!("--txq={}", self.queues),
+        ];
+        if self.args.queues > 1 {
+            queue_options.push("--txonly-multi-flow".into());
+        }
         let children = &self.interrupt.children;
         let instances = match test {
             Test::RequestResponse => vec![Testpmd::start(
                 self.testpmd,
                 &Instance {
                     name: "frontends",
-                    cpus: self.cpus.request_response(),
+                    cpus: self.cpus.request_response(self.queues),
                     devices: vec![device(0, 0), device(1, 1)],
-                    options: vec![
+                    options: [
                         "--forward-mode=macswap".into(),
                         "--port-topology=loop".into(),
                         format!("--eth-peer=0,{}", MACS[1]),
                         format!("--eth-peer=1,{}", MACS[0]),
                         frame_size,
-                        burst,
-                    ],
+                        format!("--burst={}", self.burst_per_queue()),
+                    ]
+                    .into_iter()
+                    .chain(queue_options)
+                    .collect(),
                 },
                 self.memory,
                 children,
@@ -447,11 +607,14 @@ impl Plan<'_> {
                         name: "receiving frontend",
                         cpus: vec![receiving],
                         devices: vec![device(0, 1)],
-                        options: vec![
+                        options: [
                             "--forward-mode=rxonly".into(),
                             "--port-topology=loop".into(),
                             burst.clone(),
-                        ],
+                        ]
+                        .into_iter()
+                        .chain(queue_options.clone())
+                        .collect(),
                     },
                     self.memory,
                     children,
@@ -462,13 +625,16 @@ impl Plan<'_> {
                         name: "sending frontend",
                         cpus: vec![sending],
                         devices: vec![device(0, 0)],
-                        options: vec![
+                        options: [
                             "--forward-mode=txonly".into(),
                             "--port-topology=loop".into(),
                             format!("--eth-peer=0,{}", MACS[1]),
                             frame_size,
                             burst,
-                        ],
+                        ]
+                        .into_iter()
+                        .chain(queue_options)
+                        .collect(),
                     },
                     self.memory,
                     children,
@@ -480,7 +646,11 @@ impl Plan<'_> {
             Test::RequestResponse => [(0, 0), (0, 1)],
             Test::Stream => [(0, 0), (1, 0)],
         };
-        Ok(Frontends { instances, sides })
+        Ok(Frontends {
+            instances,
+            sides,
+            queues: self.queues,
+        })
     }
 }
 
@@ -508,12 +678,33 @@ fn directions(
     })
 }
 
+/// Frames each queue pair carried between the frontends' per-queue counters `base` and
+/// `now` (`a`'s, then `b`'s).
+fn queue_pairs(base: &[Vec<PortStats>; 2], now: &[Vec<PortStats>; 2]) -> Vec<QueuePair> {
+    let queues = now[0].len().min(now[1].len());
+    (0..queues)
+        .map(|q| {
+            let delta = |side: usize, field: fn(&PortStats) -> u64| {
+                let before = base[side].get(q).map_or(0, field);
+                now[side].get(q).map_or(0, field).saturating_sub(before)
+            };
+            QueuePair {
+                queue: q as u16,
+                sent: [0, 1].map(|side| delta(side, |p| p.tx_packets)),
+                received: [0, 1].map(|side| delta(side, |p| p.rx_packets)),
+            }
+        })
+        .collect()
+}
+
 /// The testpmd instances of one test, and where each frontend's port is.
 struct Frontends {
     /// The first one is told to start and stop sending.
     instances: Vec<Testpmd>,
     /// For `a` and `b`: the instance and its port number.
     sides: [(usize, usize); 2],
+    /// Queue pairs of each port.
+    queues: u16,
 }
 
 impl Frontends {
@@ -536,6 +727,22 @@ impl Frontends {
                 .get(instance)
                 .and_then(|ports| ports.get(port))
                 .copied()
+                .context("testpmd shows fewer ports than it was given")
+        };
+        Ok([port(self.sides[0])?, port(self.sides[1])?])
+    }
+
+    /// Both frontends' counters by queue pair, `a` then `b`.
+    fn queue_counts(&mut self) -> anyhow::Result<[Vec<PortStats>; 2]> {
+        let mut per_instance = Vec::new();
+        for instance in &mut self.instances {
+            per_instance.push(instance.queue_stats(self.queues)?);
+        }
+        let port = |(instance, port): (usize, usize)| {
+            per_instance
+                .get(instance)
+                .and_then(|ports| ports.get(port))
+                .cloned()
                 .context("testpmd shows fewer ports than it was given")
         };
         Ok([port(self.sides[0])?, port(self.sides[1])?])
@@ -589,27 +796,66 @@ fn print_table(result: &VhostUserResult, command: &str) {
         result.ring_slots
     );
     println!("anchor:    {}", result.anchor_name);
+    if result.queues > 1 {
+        println!(
+            "queues:    {} queue pairs per frontend and socket; each test also with 1",
+            result.queues
+        );
+    }
     println!("command:   {command}");
+    let stream_skipped = result.stream_skipped.as_deref().unwrap_or("");
+    if let Some(one) = &result.one_queue_pair {
+        print_tests(one, " with 1 queue pair", stream_skipped);
+    }
+    let several = Tests {
+        queues: result.queues,
+        request_response: result.request_response.clone(),
+        stream: result.stream.clone(),
+    };
+    let suffix = if result.queues > 1 {
+        format!(" with {} queue pairs", result.queues)
+    } else {
+        String::new()
+    };
+    print_tests(&several, &suffix, stream_skipped);
+    if let Some(scaling) = &result.queue_scaling {
+        println!();
+        println!(
+            "{} queue pairs ÷ 1 (frames per second; 1.00: the second pair costs nothing)",
+            result.queues
+        );
+        let tests = [
+            ("request/response", Some(&scaling.request_response)),
+            ("stream", scaling.stream.as_ref()),
+        ];
+        for (name, ratios) in tests {
+            if let Some(r) = ratios {
+                println!(
+                    "{name:<17} guestnet {:.2} ×, anchor {:.2} ×",
+                    r.guestnet, r.anchor
+                );
+            }
+        }
+    }
+}
+
+/// Prints both tests of one number of queue pairs; `suffix` ends their titles.
+fn print_tests(tests: &Tests, suffix: &str, stream_skipped: &str) {
+    let in_flight = tests.request_response.frames_in_flight.unwrap_or(2 * BURST);
     let tests = [
         (
-            format!(
-                "request/response ({} frames in flight, macswap loop)",
-                2 * BURST
-            ),
-            Some(&result.request_response),
+            format!("request/response ({in_flight} frames in flight, macswap loop){suffix}"),
+            Some(&tests.request_response),
         ),
         (
-            "stream (txonly a → rxonly b)".to_string(),
-            result.stream.as_ref(),
+            format!("stream (txonly a → rxonly b){suffix}"),
+            tests.stream.as_ref(),
         ),
     ];
     for (title, comparison) in tests {
         println!();
         let Some(comparison) = comparison else {
-            println!(
-                "{title}: skipped, {}",
-                result.stream_skipped.as_deref().unwrap_or("")
-            );
+            println!("{title}: skipped, {stream_skipped}");
             continue;
         };
         println!("{title}");
@@ -657,6 +903,23 @@ fn print_table(result: &VhostUserResult, command: &str) {
                     .collect();
                 println!("{:<9} drops: {}", "", drops.join(", "));
             }
+            if m.queue_pairs.len() > 1 {
+                let pairs: Vec<String> = m
+                    .queue_pairs
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}: a {} / {}, b {} / {}",
+                            p.queue, p.sent[0], p.received[0], p.sent[1], p.received[1]
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{:<9} queue pairs (frames sent / received): {}",
+                    "",
+                    pairs.join("; ")
+                );
+            }
         }
         println!(
             "ratio     {:.2} × anchor (frames per second)",
@@ -693,12 +956,33 @@ mod tests {
     }
 
     #[test]
+    fn queue_pairs_count_each_pairs_frames_over_the_test() {
+        let stats = |counts: &[(u64, u64)]| -> Vec<PortStats> {
+            counts
+                .iter()
+                .map(|&(rx_packets, tx_packets)| PortStats {
+                    rx_packets,
+                    tx_packets,
+                    tx_dropped: 0,
+                })
+                .collect()
+        };
+        let base = [stats(&[(1, 2), (3, 4)]), stats(&[(5, 6), (7, 8)])];
+        let now = [stats(&[(11, 12), (3, 24)]), stats(&[(15, 16), (17, 8)])];
+        let pairs = queue_pairs(&base, &now);
+        assert_eq!(pairs.len(), 2);
+        assert_eq!((pairs[0].sent, pairs[0].received), ([10, 10], [10, 10]));
+        assert_eq!((pairs[1].sent, pairs[1].received), ([20, 0], [0, 10]));
+    }
+
+    #[test]
     fn the_switch_gets_the_first_cpus_and_the_frontends_the_rest() {
         let cpus = Cpus {
             switch: vec![0],
             frontends: vec![1],
         };
-        assert_eq!(cpus.request_response(), [1]);
+        assert_eq!(cpus.request_response(1), [1]);
+        assert_eq!(cpus.request_response(2), [1]);
         assert_eq!(
             cpus.stream(),
             None,
@@ -708,8 +992,10 @@ mod tests {
             switch: vec![0, 1, 2],
             frontends: vec![3, 4, 5],
         };
-        assert_eq!(cpus.request_response(), [3, 4]);
+        assert_eq!(cpus.request_response(1), [3, 4]);
+        assert_eq!(cpus.request_response(2), [3, 4, 5]);
         assert_eq!(cpus.stream(), Some((3, 4)));
-        assert_eq!(cpus.anchor(), [0, 1]);
+        assert_eq!(cpus.anchor(1), [0, 1]);
+        assert_eq!(cpus.anchor(2), [0, 1, 2]);
     }
 }

@@ -873,6 +873,7 @@ guestnet_peer_rate_limit_bytes_per_second{network="lab",slot="0",mac="52:54:00:0
                 acked_features: 0,
                 acked_protocol_features: 0,
                 queue_pairs: 1,
+                queues: Vec::new(),
                 counters,
             }],
             dhcp: vec![DhcpStatus {

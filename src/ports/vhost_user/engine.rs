@@ -443,6 +443,9 @@ impl<'a> Lane<'a> {
                     .observe(|| sender.control(), frame, &self.label);
             }
             Counters::add(&counters.tx_frames, self.batch.len() as u64);
+            if let Some(queue) = self.shared.socket.queues.get(index / 2) {
+                Counters::add(&queue.tx_frames, self.batch.len() as u64);
+            }
             self.sender.send_batch_offloaded_at(self.batch.iter(), now);
         }
         taken

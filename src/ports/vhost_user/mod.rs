@@ -90,7 +90,8 @@ pub use datapath::{MAX_QUEUE_SIZE, feature};
 pub use memory::MAX_MEM_SLOTS;
 pub use state::QUARANTINE_FAULTS;
 pub use status::{
-    CounterValues, Counters, RefusalCounterValues, RefusalCounters, SocketStatus, State,
+    CounterValues, Counters, QueueCounters, QueueFrames, RefusalCounterValues, RefusalCounters,
+    SocketStatus, State,
 };
 
 /// Most queue pairs a port offers.
@@ -217,6 +218,9 @@ impl VhostUserPort {
                 mac: options.macs.get(i).copied(),
                 info: Mutex::new(Info::LISTENING),
                 counters: Counters::default(),
+                queues: (0..options.queue_pairs)
+                    .map(|_| QueueCounters::default())
+                    .collect(),
                 changed: Arc::clone(&changed),
             };
             sockets.push((Arc::new(socket), endpoint));

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::datapath::{ChainFault, Vring, feature};
 use super::memory::GuestMemory;
-use super::status::{Counters, SocketStatus, State};
+use super::status::{Counters, QueueCounters, SocketStatus, State};
 use crate::network::Control;
 use crate::ports::socket::Doorbell;
 use crate::wire::MacAddress;
@@ -63,6 +63,8 @@ pub struct Socket {
     pub info: Mutex<Info>,
     /// Counters since the port started.
     pub counters: Counters,
+    /// Frames by queue pair, one for each pair the port offers.
+    pub queues: Vec<QueueCounters>,
     /// Rung when `info` changes, so the status file follows promptly.
     pub changed: Arc<Doorbell>,
 }
@@ -90,6 +92,7 @@ impl Socket {
             acked_protocol_features: info.acked_protocol_features,
             queue_pairs,
             counters: self.counters.values(),
+            queues: self.queues.iter().map(QueueCounters::values).collect(),
         }
     }
 }

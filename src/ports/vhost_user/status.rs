@@ -128,6 +128,34 @@ impl Counters {
     }
 }
 
+/// One queue pair's frames, bumped by the engine once per round.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Frames taken from the pair's transmit queue into the network.
+    pub tx_frames: AtomicU64,
+    /// Frames written into the pair's receive queue.
+    pub rx_frames: AtomicU64,
+}
+
+impl QueueCounters {
+    /// A copy, for the status file.
+    pub fn values(&self) -> QueueFrames {
+        QueueFrames {
+            tx_frames: self.tx_frames.load(Ordering::Relaxed),
+            rx_frames: self.rx_frames.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A copy of one queue pair's [`QueueCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueFrames {
+    /// Frames taken from the pair's transmit queue into the network.
+    pub tx_frames: u64,
+    /// Frames written into the pair's receive queue.
+    pub rx_frames: u64,
+}
+
 /// One socket's status, as `status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SocketStatus {
@@ -147,4 +175,8 @@ pub struct SocketStatus {
     pub queue_pairs: u16,
     /// Counters since the port started.
     pub counters: CounterValues,
+    /// Frames by queue pair since the port started, pair 0 first: they add up to
+    /// `tx_frames` and `rx_frames`. (Empty from a port that predates them.)
+    #[serde(default)]
+    pub queues: Vec<QueueFrames>,
 }

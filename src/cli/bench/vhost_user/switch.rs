@@ -58,11 +58,13 @@ pub(super) enum Switch {
 }
 
 impl Switch {
-    /// guestnet's vhost-user port on the switch's CPUs, with a network of its own.
+    /// guestnet's vhost-user port on the switch's CPUs, offering `queues` queue pairs, with
+    /// a network of its own.
     pub(super) fn guestnet(
         workspace: &Workspace,
         ring_slots: u32,
         cpus: &[usize],
+        queues: u16,
         interrupt: &Interrupt,
     ) -> anyhow::Result<Switch> {
         let network = workspace.create_network(ring_slots)?;
@@ -77,7 +79,9 @@ impl Switch {
         command
             .arg("--dir")
             .arg(workspace.path())
-            .args(["vhost-user", NETWORK]);
+            .args(["vhost-user", NETWORK])
+            .arg("--queues")
+            .arg(queues.to_string());
         for (socket, mac) in switch.sockets.iter().zip(MACS) {
             command.arg("--socket").arg(socket).arg("--mac").arg(mac);
         }
@@ -103,11 +107,13 @@ impl Switch {
         Ok(Switch::Guestnet(switch))
     }
 
-    /// DPDK's vhost PMD in a testpmd on the switch's CPUs, forwarding.
+    /// DPDK's vhost PMD in a testpmd on the switch's CPUs, forwarding, with `queues` queue
+    /// pairs on each socket (queue `i` of one forwarded to queue `i` of the other).
     pub(super) fn anchor(
         workspace: &Workspace,
         testpmd: &Path,
         cpus: Vec<usize>,
+        queues: u16,
         memory: Memory,
         interrupt: &Interrupt,
     ) -> anyhow::Result<Switch> {
@@ -115,7 +121,7 @@ impl Switch {
         let devices = sockets
             .iter()
             .enumerate()
-            .map(|(i, socket)| format!("net_vhost{i},iface={}", socket.display()))
+            .map(|(i, socket)| format!("net_vhost{i},iface={},queues={queues}", socket.display()))
             .collect();
         let mut testpmd = Testpmd::start(
             testpmd,
@@ -123,7 +129,12 @@ impl Switch {
                 name: "anchor",
                 cpus,
                 devices,
-                options: vec!["--forward-mode=io".into(), format!("--burst={BURST}")],
+                options: vec![
+                    "--forward-mode=io".into(),
+                    format!("--burst={BURST}"),
+                    format!("--rxq={queues}"),
+                    format!("--txq={queues}"),
+                ],
             },
             memory,
             &interrupt.children,
