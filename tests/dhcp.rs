@@ -96,16 +96,7 @@ impl Lab {
             let namespace = format!("gnd-{}-{test}-{i}", std::process::id());
             ip(&["netns", "add", &namespace]);
             lab.namespaces.push(namespace.clone());
-            let output = lab.exec(
-                i,
-                &[
-                    "sysctl",
-                    "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ],
-            );
-            assert!(output.status.success(), "turn IPv6 off in {namespace}");
+            root_support::ipv6_off(&namespace);
             let tap = lab.start(
                 &["tap", "lab", "--ifname", IFNAME, "--netns", &namespace],
                 "ready",

@@ -136,16 +136,7 @@ impl Namespace {
         let namespace = Namespace(name);
         // IPv6 off: no router solicitations or duplicate address checks, so the kernel
         // itself sends nothing through the port.
-        let output = root_support::run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &namespace.0,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ]));
-        assert!(output.status.success(), "turn IPv6 off in {}", namespace.0);
+        root_support::ipv6_off(&namespace.0);
         namespace
     }
 }

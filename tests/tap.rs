@@ -80,16 +80,7 @@ impl Lab {
             let namespace = format!("gnt-{}-{test}-{i}", std::process::id());
             ip(&["netns", "add", &namespace]);
             lab.namespaces.push(namespace.clone());
-            let output = run(Command::new("ip").args([
-                "netns",
-                "exec",
-                &namespace,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ]));
-            assert!(output.status.success(), "turn IPv6 off in {namespace}");
+            root_support::ipv6_off(&namespace);
             let tap = lab.start_tap(i, extra);
             lab.taps.push(tap);
             ip(&[

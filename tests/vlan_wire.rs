@@ -87,16 +87,7 @@ impl Lab {
         self.namespaces.push(namespace.clone());
         // Off before the TAP exists, so that its interface never speaks IPv6: the only
         // frames on the network are the ones a test causes.
-        let output = run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &namespace,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ]));
-        assert!(output.status.success(), "turn IPv6 off in {namespace}");
+        root_support::ipv6_off(&namespace);
         let tap = self.start_tap(&namespace, args);
         self.taps.push(tap);
         for address in addresses {

@@ -92,16 +92,7 @@ impl World {
         let namespace = format!("{}-{role}", self.prefix);
         ip(&["netns", "add", &namespace]);
         self.namespaces.push(namespace.clone());
-        let output = run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &namespace,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ]));
-        assert!(output.status.success(), "turn IPv6 off in {namespace}");
+        root_support::ipv6_off(&namespace);
         ip(&["-n", &namespace, "link", "set", "lo", "up"]);
         namespace
     }

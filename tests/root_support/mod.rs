@@ -60,6 +60,22 @@ pub fn run(command: &mut Command) -> Output {
         .expect("run a command")
 }
 
+/// Turns IPv6 off in `namespace`, before any interface of a test is in it, so that its
+/// kernel sends nothing on its own (no router solicitations, no neighbour discovery): the
+/// only frames on a network are the ones a test causes.
+pub fn ipv6_off(namespace: &str) {
+    let output = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        namespace,
+        "sysctl",
+        "-qw",
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ]));
+    assert!(output.status.success(), "turn IPv6 off in {namespace}");
+}
+
 /// Runs `ip` and fails the test if it fails.
 pub fn ip(args: &[&str]) {
     let output = run(Command::new("ip").args(args));
