@@ -593,6 +593,20 @@ impl Lab {
         Ok(())
     }
 
+    /// One ping from the first namespace to the second: it resolves ARP and shows the
+    /// path works, and is not counted.
+    fn first_ping(&self, namespaces: &[String; 2], addresses: [&str; 2]) -> anyhow::Result<()> {
+        self.check_interrupted()?;
+        run_in(
+            &self.stop,
+            &namespaces[0],
+            &["ping", "-c", "1", "-W", "2", addresses[1]],
+            Duration::from_secs(10),
+        )
+        .with_context(|| format!("ping {} from {}", addresses[1], namespaces[0]))?;
+        Ok(())
+    }
+
     /// Pings, then a TCP test, from the first namespace to the second.
     fn measure(
         &self,
@@ -601,15 +615,7 @@ impl Lab {
         seconds: u64,
         iperf: bool,
     ) -> anyhow::Result<Measured> {
-        self.check_interrupted()?;
-        // The first ping resolves ARP and shows the path works; it is not counted.
-        run_in(
-            &self.stop,
-            &namespaces[0],
-            &["ping", "-c", "1", "-W", "2", addresses[1]],
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("ping {} from {}", addresses[1], namespaces[0]))?;
+        self.first_ping(namespaces, addresses)?;
         let count = PINGS.to_string();
         let output = run_in(
             &self.stop,
@@ -781,14 +787,7 @@ impl Lab {
         seconds: u64,
         traffic: Traffic,
     ) -> anyhow::Result<String> {
-        self.check_interrupted()?;
-        run_in(
-            &self.stop,
-            &namespaces[0],
-            &["ping", "-c", "1", "-W", "2", addresses[1]],
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("ping {} from {}", addresses[1], namespaces[0]))?;
+        self.first_ping(namespaces, addresses)?;
         self.check_interrupted()?;
         let port = TCP_PORT.to_string();
         let (server, server_output) = netns::start_server(
