@@ -763,6 +763,21 @@ fn writable_parts(
 }
 
 #[cfg(test)]
+impl Vring {
+    /// A running vring on `queue`'s rings, as after a frontend's setup messages (tests).
+    pub(crate) fn running_on(queue: &crate::ports::vhost_user::mock::GuestQueue) -> Vring {
+        let mut vring = Vring::new().expect("a vring");
+        queue
+            .configure(&mut vring.queue)
+            .expect("configure the queue");
+        vring.addressed = true;
+        vring.started = true;
+        vring.enabled = true;
+        vring
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::ports::vhost_user::mock::{Descriptor, GuestMemory, GuestQueue, Layout, desc_flags};
@@ -795,11 +810,7 @@ mod tests {
                 used: USED,
                 buffers: DATA..MEMORY as u64,
             });
-            let mut vring = Vring::new().unwrap();
-            queue.configure(&mut vring.queue).unwrap();
-            vring.addressed = true;
-            vring.started = true;
-            vring.enabled = true;
+            let vring = Vring::running_on(&queue);
             Guest {
                 memory,
                 queue,

@@ -646,11 +646,7 @@ mod tests {
             let memory = MockMemory::anonymous(&[(0, 0x10_0000)]).unwrap();
             let queue = GuestQueue::new(Layout::packed(64, 0x1000, 0x1_0000..0x10_0000));
             queue.lay_out(&memory);
-            let mut vring = Vring::new().unwrap();
-            queue.configure(&mut vring.queue).unwrap();
-            vring.addressed = true;
-            vring.started = true;
-            vring.enabled = true;
+            let vring = Vring::running_on(&queue);
             Guest {
                 memory,
                 queue,
