@@ -324,6 +324,31 @@ pub struct BenchResult {
     pub anchor: AnchorResult,
     /// guestnet's Mpps over the anchor's.
     pub ratio: f64,
+    /// The second anchor, DPDK memif, measured in the same run: absent when it was not
+    /// (`--no-memif`, DPDK missing or failing; `memif_skipped` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memif: Option<MemifResult>,
+    /// guestnet's Mpps over memif's, when memif was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_memif: Option<f64>,
+    /// Why memif was not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memif_skipped: Option<String>,
+}
+
+/// The memif anchor's figures in the result.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemifResult {
+    /// What the anchor is.
+    pub name: String,
+    /// Million frames per second the receiver counted.
+    pub mpps: f64,
+    /// Gigabits per second of frame bytes.
+    pub gbps: f64,
+    /// Frames the receiver counted in the window.
+    pub received: u64,
+    /// The window's length, in seconds.
+    pub window_s: f64,
 }
 
 #[cfg(test)]

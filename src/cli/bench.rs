@@ -21,6 +21,11 @@
 //! `-netdev dgram` does. Blocking sends give the anchor flow control (it never drops),
 //! which favours it.
 //!
+//! When DPDK's `dpdk-testpmd` is installed (and unless `--no-memif`), a second anchor is
+//! measured in the same run: DPDK memif between two testpmd processes on the same cores as
+//! guestnet's sender and receiver (see [`memif`]), the bar DESIGN.md §5 sets. Without
+//! DPDK the run says why memif is missing and goes on.
+//!
 //! Workers are pinned with `sched_setaffinity`, unless `--no-pin`: the receiver on the
 //! first CPU the command may use, the senders round-robin on the others. On two cores
 //! one sender and the receiver each have a core; four senders share one core, so the
@@ -30,6 +35,7 @@
 //! path by a guard.
 
 mod args;
+mod memif;
 mod netns;
 mod process;
 mod testpmd;
@@ -48,7 +54,8 @@ use anyhow::{Context, anyhow, bail};
 
 use super::format::nanoseconds;
 use crate::bench::{
-    self, AnchorResult, BenchResult, Drops, FrameCounts, ReceiverReport, SenderReport, Throughput,
+    self, AnchorResult, BenchResult, Drops, FrameCounts, MemifResult, ReceiverReport, SenderReport,
+    Throughput,
 };
 use crate::network::monotonic_ns;
 use crate::shm::layout::Geometry;
@@ -90,17 +97,74 @@ pub fn run(_dir: &Path, args: BenchArgs) -> anyhow::Result<()> {
     let (senders, receiver) = plan.measure(Transport::Guestnet)?;
     progress(&args, "measuring the anchor");
     let (anchor_senders, anchor_receiver) = plan.measure(Transport::Anchor)?;
-    let result = summarise(
+    let memif = measure_memif(&args, workspace.path(), &placement, &interrupt)?;
+    let mut result = summarise(
         &args,
         (&senders, &receiver),
         (&anchor_senders, &anchor_receiver),
     );
+    match memif {
+        Ok(memif) => {
+            result.ratio_memif = Some(if memif.mpps > 0.0 {
+                result.mpps / memif.mpps
+            } else {
+                0.0
+            });
+            result.memif = Some(memif);
+        }
+        Err(why) => result.memif_skipped = Some(why),
+    }
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         print_table(&result, &args, &command, &placement);
     }
     Ok(())
+}
+
+/// Measures the memif anchor: `Ok(Err(why))` when it is skipped or cannot be measured
+/// here (said on stderr too), an error only when the run was interrupted.
+fn measure_memif(
+    args: &BenchArgs,
+    workspace: &Path,
+    placement: &Placement,
+    interrupt: &Interrupt,
+) -> anyhow::Result<Result<MemifResult, String>> {
+    if args.no_memif {
+        return Ok(Err("--no-memif".to_string()));
+    }
+    let testpmd = match memif::preflight() {
+        Ok(testpmd) => testpmd,
+        Err(e) => {
+            let why = format!("{e:#}");
+            eprintln!("guestnet bench: memif not measured: {why}");
+            return Ok(Err(why));
+        }
+    };
+    progress(args, "measuring memif (DPDK)");
+    match memif::measure(
+        &testpmd,
+        workspace,
+        args.frame_size,
+        args.seconds,
+        placement,
+        interrupt,
+    ) {
+        Ok(measured) => Ok(Ok(MemifResult {
+            name: memif::MEMIF_NAME.to_string(),
+            mpps: measured.throughput.mpps,
+            gbps: measured.throughput.gbps,
+            received: measured.received,
+            window_s: measured.window.as_secs_f64(),
+        })),
+        Err(e) => {
+            // Ctrl-C fails the run; DPDK failing only costs the anchor.
+            interrupt.check()?;
+            let why = format!("{e:#}");
+            eprintln!("guestnet bench: memif not measured: {why}");
+            Ok(Err(why))
+        }
+    }
 }
 
 fn check_args(args: &BenchArgs) -> anyhow::Result<()> {
@@ -299,6 +363,9 @@ fn summarise(
             frames: counts(anchor_senders, anchor_receiver),
         },
         ratio,
+        memif: None,
+        ratio_memif: None,
+        memif_skipped: None,
     }
 }
 
@@ -363,6 +430,20 @@ fn print_table(result: &BenchResult, args: &BenchArgs, command: &str, placement:
     );
     println!("          {}", result.anchor.name);
     println!("ratio     {:.2} × anchor (frames per second)", result.ratio);
+    match (&result.memif, result.ratio_memif) {
+        (Some(memif), Some(ratio)) => {
+            println!(
+                "memif     {:8.2} Mpps {:8.2} Gbit/s",
+                memif.mpps, memif.gbps
+            );
+            println!("          {}", memif.name);
+            println!("ratio     {ratio:.2} × memif (frames per second)");
+        }
+        _ => println!(
+            "memif     not measured: {}",
+            result.memif_skipped.as_deref().unwrap_or("unknown")
+        ),
+    }
     if result.out_of_order != 0 {
         println!(
             "WARNING: {} frames arrived out of order",

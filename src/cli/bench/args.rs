@@ -32,12 +32,16 @@ pub struct BenchArgs {
     /// Leave the workers unpinned (the scheduler places them).
     #[arg(long)]
     pub no_pin: bool,
+    /// Skip the second anchor, DPDK memif (two dpdk-testpmd joined by net_memif), measured
+    /// by default when dpdk-testpmd is installed.
+    #[arg(long)]
+    pub no_memif: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
     /// Instead: TCP throughput and ping latency between two network namespaces through
     /// guestnet's TAP ports and through a Linux bridge, offloads on and off (as root).
-    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin"])]
+    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin", "no_memif"])]
     pub netns: bool,
     /// With --netns: use the built-in TCP stream even if iperf3 is installed.
     #[arg(long, requires = "netns")]
@@ -60,12 +64,12 @@ pub struct BenchArgs {
     pub burst: Option<u64>,
     /// Instead: TCP throughput and UDP packet rate (iperf3) between two QEMU guests through
     /// guestnet's vhost-user ports and through TAP devices on a Linux bridge (as root).
-    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin", "netns"])]
+    #[arg(long, conflicts_with_all = ["frame_size", "senders", "batch", "no_pin", "netns", "no_memif"])]
     pub vm: bool,
     /// Instead: frames between two DPDK virtio-user frontends (dpdk-testpmd) through
     /// guestnet's vhost-user ports and through DPDK's vhost PMD, request/response and one
     /// way (DPDK needed; huge pages are reserved if missing).
-    #[arg(long, conflicts_with_all = ["senders", "batch", "no_pin", "netns", "vm"])]
+    #[arg(long, conflicts_with_all = ["senders", "batch", "no_pin", "netns", "vm", "no_memif"])]
     pub vhost_user: bool,
     /// With --vhost-user: CPUs the switch runs on (the frontends get the others).
     #[arg(long, requires = "vhost_user", default_value_t = 1)]
