@@ -143,7 +143,15 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn json_result_has_its_shape_and_its_counts_add_up() {
-    let bench = Bench::start(&["--seconds", "1", "--json", "--frame-size", "100"]);
+    // memif has its own test (below): DPDK's busy-polling would only slow this one.
+    let bench = Bench::start(&[
+        "--seconds",
+        "1",
+        "--json",
+        "--frame-size",
+        "100",
+        "--no-memif",
+    ]);
     let pid = bench.pid();
     let (status, stdout, stderr) = bench.finish(Duration::from_secs(30));
     assert!(
@@ -208,7 +216,85 @@ fn json_result_has_its_shape_and_its_counts_add_up() {
         "a full ring is counted by the sender and the receiver alike: {v}"
     );
 
+    assert!(
+        v.get("memif").is_none() && v.get("ratio_memif").is_none(),
+        "{v}"
+    );
+    assert_eq!(v["memif_skipped"].as_str(), Some("--no-memif"), "{v}");
     assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+}
+
+#[test]
+fn memif_is_measured_in_the_same_run_and_its_testpmds_clean_up() {
+    if !dpdk_installed() {
+        return;
+    }
+    let _one_at_a_time = VHOST_USER_BENCH.lock().unwrap_or_else(|p| p.into_inner());
+    let huge_pages_before = huge_pages();
+    let bench = Bench::start(&["--seconds", "1", "--json"]);
+    let pid = bench.pid();
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(120));
+    assert!(
+        status.success(),
+        "bench failed: {status}; stderr {stderr:?}"
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert!(v.get("memif_skipped").is_none(), "{v}");
+    let (mpps, memif_mpps) = (number(&v, "mpps"), number(&v, "memif.mpps"));
+    assert!(memif_mpps > 0.0, "{v}");
+    assert!(
+        close(number(&v, "memif.gbps"), memif_mpps * 64.0 * 8.0 / 1000.0),
+        "{v}"
+    );
+    assert!(close(number(&v, "ratio_memif"), mpps / memif_mpps), "{v}");
+    assert!(number(&v, "memif.received") > 0.0, "{v}");
+    assert!(
+        v["memif"]["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("memif"))
+    );
+    // The first anchor is still there, unchanged.
+    assert!(
+        number(&v, "anchor.mpps") > 0.0 && number(&v, "ratio") > 0.0,
+        "{v}"
+    );
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+    assert!(
+        workers_of(pid).is_empty(),
+        "left running: {:?}",
+        workers_of(pid)
+    );
+    assert!(
+        dpdk_run_directories_of(pid).is_empty(),
+        "left {:?}",
+        dpdk_run_directories_of(pid)
+    );
+    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
+}
+
+#[test]
+fn a_bench_interrupted_while_memif_runs_stops_its_testpmds() {
+    if !dpdk_installed() {
+        return;
+    }
+    let _one_at_a_time = VHOST_USER_BENCH.lock().unwrap_or_else(|p| p.into_inner());
+    let huge_pages_before = huge_pages();
+    let bench = Bench::start(&["--seconds", "20", "--json"]);
+    let pid = bench.pid();
+    // Interrupted while both testpmds busy-poll the memif link.
+    bench.wait_for_stderr("memif linked", Duration::from_secs(120));
+    interrupt_and_check_cleanup(bench, pid);
+    assert!(
+        workers_of(pid).is_empty(),
+        "left running: {:?}",
+        workers_of(pid)
+    );
+    assert!(
+        dpdk_run_directories_of(pid).is_empty(),
+        "left {:?}",
+        dpdk_run_directories_of(pid)
+    );
+    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
 }
 
 #[test]

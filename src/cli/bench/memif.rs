@@ -122,6 +122,7 @@ pub(super) fn measure(
     // The receiver first, so the first frame finds it polling.
     receiver.command("start")?;
     sender.command("start")?;
+    eprintln!("guestnet bench: memif linked, both testpmds forwarding");
     receiver.pause(WARM_UP)?;
     let first = receiver.port_stats()?;
     let t0 = Instant::now();
