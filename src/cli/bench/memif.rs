@@ -53,7 +53,13 @@ fn cpus(placement: &Placement) -> (usize, usize) {
 
 /// Whether memif can be measured here: `Err` says why not (DPDK missing).
 pub(super) fn preflight() -> anyhow::Result<std::path::PathBuf> {
-    testpmd::preflight("the memif anchor")
+    testpmd::preflight("the memif anchor").map_err(|_| {
+        anyhow::anyhow!(
+            "the memif anchor needs DPDK's {} and `stdbuf`: on Debian 12 `apt-get install \
+             --no-install-recommends dpdk-dev librte-net-memif23 librte-mempool-ring23`",
+            testpmd::TESTPMD
+        )
+    })
 }
 
 /// Measures memif for `seconds` with `frame_size`-byte frames, the socket in `workspace`.
