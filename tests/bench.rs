@@ -258,18 +258,7 @@ fn memif_is_measured_in_the_same_run_and_its_testpmds_clean_up() {
         number(&v, "anchor.mpps") > 0.0 && number(&v, "ratio") > 0.0,
         "{v}"
     );
-    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
-    assert!(
-        workers_of(pid).is_empty(),
-        "left running: {:?}",
-        workers_of(pid)
-    );
-    assert!(
-        dpdk_run_directories_of(pid).is_empty(),
-        "left {:?}",
-        dpdk_run_directories_of(pid)
-    );
-    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
+    assert_dpdk_bench_gone(pid, huge_pages_before);
 }
 
 #[test]
@@ -284,17 +273,7 @@ fn a_bench_interrupted_while_memif_runs_stops_its_testpmds() {
     // Interrupted while both testpmds busy-poll the memif link.
     bench.wait_for_stderr("memif linked", Duration::from_secs(120));
     interrupt_and_check_cleanup(bench, pid);
-    assert!(
-        workers_of(pid).is_empty(),
-        "left running: {:?}",
-        workers_of(pid)
-    );
-    assert!(
-        dpdk_run_directories_of(pid).is_empty(),
-        "left {:?}",
-        dpdk_run_directories_of(pid)
-    );
-    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
+    assert_dpdk_bench_gone(pid, huge_pages_before);
 }
 
 #[test]
@@ -641,6 +620,23 @@ static VHOST_USER_BENCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Whether DPDK's testpmd is installed; outside CI a missing one skips the test, under CI
 /// it fails it. Looked for on `$PATH`, not run: testpmd started without arguments sets up
 /// DPDK and leaves its run directory behind.
+/// Everything a bench that ran DPDK made is gone: its files, its workers and testpmds,
+/// DPDK's run directories, and the huge pages it reserved.
+fn assert_dpdk_bench_gone(pid: u32, huge_pages_before: Option<u64>) {
+    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
+    assert!(
+        workers_of(pid).is_empty(),
+        "left running: {:?}",
+        workers_of(pid)
+    );
+    assert!(
+        dpdk_run_directories_of(pid).is_empty(),
+        "left {:?}",
+        dpdk_run_directories_of(pid)
+    );
+    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
+}
+
 fn dpdk_installed() -> bool {
     let found = std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|dir| dir.join("dpdk-testpmd").is_file())
@@ -648,8 +644,9 @@ fn dpdk_installed() -> bool {
     if found {
         return true;
     }
-    let reason = "bench --vhost-user tests need dpdk-testpmd (Debian 12: dpdk-dev, with \
-                  librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23)";
+    let reason = "the bench's DPDK anchors (vhost PMD, memif) need dpdk-testpmd (Debian 12: \
+                  dpdk-dev, with librte-net-vhost23 librte-net-virtio23 librte-net-memif23 \
+                  librte-mempool-ring23)";
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{reason}, and CI must not skip them");
     }
@@ -826,18 +823,7 @@ fn vhost_user_json_counts_add_up_on_both_sides_and_the_anchor_ran() {
         check_switch(&v["stream"]["anchor"], 64.0, false);
     }
 
-    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
-    assert!(
-        workers_of(pid).is_empty(),
-        "left running: {:?}",
-        workers_of(pid)
-    );
-    assert!(
-        dpdk_run_directories_of(pid).is_empty(),
-        "left {:?}",
-        dpdk_run_directories_of(pid)
-    );
-    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
+    assert_dpdk_bench_gone(pid, huge_pages_before);
 }
 
 #[test]
@@ -882,18 +868,7 @@ fn vhost_user_with_two_queue_pairs_carries_frames_both_ways_on_both_and_compares
         assert!(close(scaling, expected), "{switch}: {v}");
     }
 
-    assert!(leftovers(pid).is_empty(), "left {:?}", leftovers(pid));
-    assert!(
-        workers_of(pid).is_empty(),
-        "left running: {:?}",
-        workers_of(pid)
-    );
-    assert!(
-        dpdk_run_directories_of(pid).is_empty(),
-        "left {:?}",
-        dpdk_run_directories_of(pid)
-    );
-    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
+    assert_dpdk_bench_gone(pid, huge_pages_before);
 }
 
 #[test]
@@ -908,15 +883,5 @@ fn an_interrupted_vhost_user_bench_stops_dpdk_and_gives_everything_back() {
     // Interrupted while guestnet's port, the frontends' testpmd and their traffic run.
     bench.wait_for_stderr("guestnet: request/response", Duration::from_secs(60));
     interrupt_and_check_cleanup(bench, pid);
-    assert!(
-        workers_of(pid).is_empty(),
-        "left running: {:?}",
-        workers_of(pid)
-    );
-    assert!(
-        dpdk_run_directories_of(pid).is_empty(),
-        "left {:?}",
-        dpdk_run_directories_of(pid)
-    );
-    assert_eq!(huge_pages(), huge_pages_before, "huge pages given back");
+    assert_dpdk_bench_gone(pid, huge_pages_before);
 }
