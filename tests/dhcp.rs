@@ -122,14 +122,7 @@ impl Lab {
             .expect("start guestnet");
         let stdout = child.stdout.take().expect("piped stdout");
         let guard = KillOnDrop(child);
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let received = root_support::lines_of(stdout);
         let line = received
             .recv_timeout(DEADLINE)
             .unwrap_or_else(|_| panic!("guestnet {} did not get ready in {DEADLINE:?}", args[0]));

@@ -17,12 +17,10 @@ mod root_support;
 #[allow(dead_code)] // the shared mock frontend; this file uses a small part of it
 mod vhost_support;
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use guestnet::network::{CreateOptions, Network, NetworkStatus, PortKind};
@@ -59,14 +57,7 @@ impl Port {
         let stdout = child.stdout.take().expect("piped stdout");
         let port = Port { child, kind };
         // Read all along, so that the port never blocks on a full pipe.
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let received = root_support::lines_of(stdout);
         let line = if ready_line {
             received
                 .recv_timeout(DEADLINE)

@@ -119,14 +119,7 @@ impl Lab {
             .spawn()
             .expect("start guestnet tap");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let received = root_support::lines_of(stdout);
         let line = match received.recv_timeout(DEADLINE) {
             Ok(line) => line,
             Err(_) => {
@@ -192,14 +185,7 @@ impl Lab {
         let stdout = receiver.stdout.take().expect("stdout");
         // Killed and reaped however the test ends.
         let _receiver = KillOnDrop(receiver);
-        let (lines, receiver_lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let receiver_lines = root_support::lines_of(stdout);
         let line = receiver_lines
             .recv_timeout(DEADLINE)
             .expect("receiver ready line");

@@ -12,10 +12,8 @@
 //! (`CI=true`) a missing prerequisite fails the test; elsewhere the test says why it skips.
 //! A [`Lab`] removes its namespaces and kills its port processes however the test ends.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use guestnet::network::{CreateOptions, JoinOptions, Network, PeerStatus, PortKind};
@@ -108,14 +106,7 @@ impl Lab {
             .spawn()
             .expect("start guestnet tap");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let received = root_support::lines_of(stdout);
         let Ok(line) = received.recv_timeout(DEADLINE) else {
             let _ = child.kill();
             let _ = child.wait();

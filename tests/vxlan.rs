@@ -310,14 +310,7 @@ impl World {
             let _ = stderr.read_to_string(&mut text);
             let _ = errors.send(text);
         });
-        let (lines, received) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let received = root_support::lines_of(stdout);
         match received.recv_timeout(DEADLINE) {
             Ok(line) => {
                 self.children.push(KillOnDrop(child));
@@ -374,14 +367,7 @@ fn transfer_intact(from: &str, to: &str, to_address: &str, port: u16, bytes: u64
         .expect("start the receiver");
     let stdout = receiver.stdout.take().expect("stdout");
     let _receiver = KillOnDrop(receiver);
-    let (lines, receiver_lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let receiver_lines = root_support::lines_of(stdout);
     let line = receiver_lines
         .recv_timeout(DEADLINE)
         .expect("receiver ready line");

@@ -76,6 +76,24 @@ pub fn ipv6_off(namespace: &str) {
     assert!(output.status.success(), "turn IPv6 off in {namespace}");
 }
 
+/// The lines a child writes to `stdout`, read all along on a thread of their own (so
+/// that the child never blocks on a full pipe), as a channel to wait on with a deadline.
+pub fn lines_of(stdout: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    received
+}
+
 /// Runs `ip` and fails the test if it fails.
 pub fn ip(args: &[&str]) {
     let output = run(Command::new("ip").args(args));
