@@ -51,6 +51,10 @@ use super::region::SWEEP_INTERVAL_NS;
 use super::ring::{self, Push, SlotMemory, SlotMeta};
 use super::vlan::{Classified, VlanSet};
 
+mod hold_back;
+
+use hold_back::HoldBack;
+
 /// What happened to one frame given to [`Sender::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
@@ -81,12 +85,11 @@ pub struct Sender {
     mac_locked: bool,
     /// The peer's rate limit, if it has one.
     bucket: Option<TokenBucket>,
-    /// How long a unicast frame may wait for room in a full ring (0: it never waits).
-    hold_back_ns: u64,
-    /// Per slot, for a receiver whose ring stayed full for a whole hold-back: where its
-    /// reader stood then. Its frames are dropped without waiting until it has read half a
-    /// ring more. [`NOT_CONGESTED`] for the others.
-    congested: Vec<u64>,
+    /// Waiting for room in a full ring, for a port that can hold its guest back.
+    hold_back: HoldBack,
+    /// The current frame was routed as unicast (to the peer publishing or behind its
+    /// destination): the only kind that may wait for room.
+    unicast: bool,
     rules: Rules,
     mtu: usize,
     destinations: Vec<usize>,
@@ -151,9 +154,6 @@ impl Retag {
     }
 }
 
-/// The mark of a receiver that is not congested (see `Sender::set_hold_back`).
-const NOT_CONGESTED: u64 = u64::MAX;
-
 /// Addresses a peer may keep learned behind it in the shared table at once: plenty for a
 /// VM or a namespace (a handful of MACs), a sixteenth of the table.
 pub const LEARN_QUOTA: usize = 256;
@@ -185,8 +185,8 @@ impl Sender {
             quarantined: false,
             mac_locked: false,
             bucket: None,
-            hold_back_ns: 0,
-            congested: vec![NOT_CONGESTED; max_peers],
+            hold_back: HoldBack::new(max_peers),
+            unicast: false,
             rules,
             mtu,
             destinations: Vec::with_capacity(max_peers),
@@ -346,70 +346,12 @@ impl Sender {
     /// a port that can hold its guest back (a TAP: while the reader waits, the kernel
     /// queues the guest's frames and its TCP slows down instead of losing them). A
     /// receiver whose ring stays full for the whole `limit` is marked congested: its
-    /// frames are then dropped (counted `ring_full`) without waiting until its ring has
-    /// drained to half. Broadcast, multicast and flooded frames never wait, so one slow or
+    /// frames are then dropped (counted `ring_full`) without waiting until it has read
+    /// half a ring. Broadcast, multicast and flooded frames never wait, so one slow or
     /// stopped receiver never holds up the sender's traffic to everyone else.
     /// `Duration::ZERO` (the default) never waits.
     pub fn set_hold_back(&mut self, limit: std::time::Duration) {
-        self.hold_back_ns = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
-    }
-
-    /// Whether the receiver at `index` is marked congested, clearing the mark once it has
-    /// read half a ring since (its ring's read position: it only bounds how long we wait,
-    /// so a receiver that lies about it gains nothing but waiting time).
-    fn congested(&mut self, index: u16) -> bool {
-        let Some(mark) = self.congested.get_mut(index as usize) else {
-            return false;
-        };
-        if *mark == NOT_CONGESTED {
-            return false;
-        }
-        let ring = self.membership.region.ring(index);
-        let consumed = ring.control().consumed.load(Ordering::Relaxed);
-        if consumed.wrapping_sub(*mark) >= ring.slot_count() / 2 {
-            *mark = NOT_CONGESTED;
-            return false;
-        }
-        true
-    }
-
-    /// Waits, bounded by the hold-back, for room in `index`'s full ring: wakes its
-    /// receiver now (its wake-up would otherwise wait for the end of the batch), then
-    /// retries `push` until it is no longer full. Marks the receiver congested when the
-    /// ring stays full.
-    fn hold_back(&mut self, index: u16, mut push: impl FnMut() -> Push) -> Push {
-        let deadline = monotonic_ns().saturating_add(self.hold_back_ns);
-        let control = self.membership.region.ring(index).control();
-        fence(Ordering::SeqCst);
-        if control.sleeping.swap(0, Ordering::AcqRel) != 0 {
-            control.wake.fetch_add(1, Ordering::Release);
-            let _ = rustix::thread::futex::wake(
-                &control.wake,
-                rustix::thread::futex::Flags::empty(),
-                1,
-            );
-        }
-        let mut tries = 0u32;
-        loop {
-            // A few quick tries, then sleep briefly: the receiver may need this core.
-            if tries < 16 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::sleep(std::time::Duration::from_micros(20));
-            }
-            tries += 1;
-            let pushed = push();
-            if pushed != Push::Full {
-                self.pending.add(slot::TX_HELD_BACK, 1);
-                return pushed;
-            }
-            if monotonic_ns() >= deadline {
-                if let Some(mark) = self.congested.get_mut(index as usize) {
-                    *mark = control.consumed.load(Ordering::Relaxed);
-                }
-                return Push::Full;
-            }
-        }
+        self.hold_back.set_limit(limit);
     }
 
     fn end_batch(&mut self) {
@@ -419,15 +361,8 @@ impl Sender {
             fence(Ordering::SeqCst);
             for &index in &self.touched {
                 let control = self.membership.region.ring(index).control();
-                if control.sleeping.load(Ordering::Relaxed) != 0
-                    && control.sleeping.swap(0, Ordering::AcqRel) != 0
-                {
-                    control.wake.fetch_add(1, Ordering::Release);
-                    let _ = rustix::thread::futex::wake(
-                        &control.wake,
-                        rustix::thread::futex::Flags::empty(),
-                        1,
-                    );
+                if control.sleeping.load(Ordering::Relaxed) != 0 {
+                    wake(control);
                 }
                 self.touched_bits[index as usize / 64] &= !(1 << (index % 64));
             }
@@ -472,6 +407,7 @@ impl Sender {
         if route == Route::NoRoute {
             return self.refuse(DropReason::NoRoute);
         }
+        self.unicast = matches!(route, Route::Published | Route::Learned);
         self.pending.add(slot::TX_PACKETS, 1);
         self.pending.add(slot::TX_BYTES, frame.len() as u64);
         self.segmented = None;
@@ -739,18 +675,15 @@ impl Sender {
         let ring = region.ring(destination.index);
         let writer = self.membership.index;
         let mut pushed = push_copy(&ring, writer, meta, frame, retag);
-        if pushed == Push::Full
-            && self.hold_back_ns > 0
-            && self.destinations.len() == 1
-            && !self.congested(destination.index)
+        if pushed == Push::Full && self.unicast && self.hold_back.may_wait(&ring, destination.index)
         {
-            let membership = Arc::clone(&self.membership);
-            let ring = membership.region.ring(destination.index);
-            pushed = self.hold_back(destination.index, || {
+            pushed = self.hold_back.wait(&ring, destination.index, || {
                 push_copy(&ring, writer, meta, frame, retag)
             });
+            if pushed != Push::Full {
+                self.pending.add(slot::TX_HELD_BACK, 1);
+            }
         }
-        let region = &self.membership.region;
         let reason = match pushed {
             Push::Delivered => {
                 self.pending.add(slot::TX_DELIVERIES, 1);
@@ -774,6 +707,16 @@ impl Sender {
         };
         counters::count_rx_drop(region.peers().at(destination.index as u64), reason);
         Err(reason)
+    }
+}
+
+/// Wakes the receiver of the ring `control` belongs to if it sleeps (or is about to).
+/// The caller has fenced after publishing, pairing with the fence in `Receiver::wait`.
+fn wake(control: &crate::shm::layout::RingControl) {
+    if control.sleeping.swap(0, Ordering::AcqRel) != 0 {
+        control.wake.fetch_add(1, Ordering::Release);
+        let _ =
+            rustix::thread::futex::wake(&control.wake, rustix::thread::futex::Flags::empty(), 1);
     }
 }
 
