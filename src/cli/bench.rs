@@ -23,7 +23,7 @@
 //!
 //! When DPDK's `dpdk-testpmd` is installed (and unless `--no-memif`), a second anchor is
 //! measured in the same run: DPDK memif between two testpmd processes on the same cores as
-//! guestnet's sender and receiver (see [`memif`]), the bar DESIGN.md §5 sets. Without
+//! guestnet's sender and receiver (see `cli::bench::memif`), the bar DESIGN.md §5 sets. Without
 //! DPDK the run says why memif is missing and goes on.
 //!
 //! Workers are pinned with `sched_setaffinity`, unless `--no-pin`: the receiver on the

@@ -16,6 +16,8 @@
 //! * [`vlan`] — the 802.1Q tag after a frame's addresses ([`vlan::VlanTag`],
 //!   [`vlan::VlanTci`]), and [`vlan::retag_parts`], which removes, replaces or adds it as a
 //!   frame leaves a VLAN-aware port, as parts for a gather write.
+//! * [`flow`] — a hash of the flow a frame belongs to (addresses, protocol, ports), which
+//!   spreads conversations over a VM's receive queues and over VXLAN source ports.
 //! * [`stream`] — QEMU's `-netdev stream` framing: a 4-byte big-endian length before each
 //!   frame. A byte stream arrives in arbitrary pieces and a guest controls the lengths, so
 //!   the decoder is incremental, bounded, and refuses to guess once a length is absurd.
@@ -50,6 +52,7 @@
 
 pub mod arp;
 pub mod ethernet;
+pub mod flow;
 pub mod icmp;
 pub mod ipv4;
 pub mod offload;

@@ -18,8 +18,6 @@
 //! underlay routers spreading flows over several paths keep each flow on one), and the
 //! encapsulation overhead that decides whether a frame fits the underlay's MTU.
 
-use super::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
-
 /// Length of the VXLAN header.
 pub const HEADER_LEN: usize = 8;
 
@@ -155,21 +153,13 @@ impl VxlanRepr {
     }
 }
 
-/// The UDP source port for an inner frame: a hash of its addresses and EtherType folded
-/// into [`SOURCE_PORTS`], so one conversation always takes the same port and different
-/// conversations spread over the range. A frame shorter than a header hashes what it has.
+/// The UDP source port for an inner frame: a hash of its flow ([`super::flow::flow_hash`])
+/// folded into [`SOURCE_PORTS`], so one conversation always takes the same port and
+/// different conversations spread over the range.
 pub fn source_port(frame: &[u8]) -> u16 {
-    // FNV-1a over the inner Ethernet header: cheap, stable across runs and hosts, and good
-    // enough to spread flows; nothing here needs to resist an adversary.
-    let header = &frame[..frame.len().min(ETHERNET_HEADER_LEN)];
-    let mut hash: u32 = 0x811c_9dc5;
-    for &byte in header {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
     let span = u32::from(SOURCE_PORTS.end() - SOURCE_PORTS.start()) + 1;
     // The remainder is below 16384, so the sum stays within u16.
-    *SOURCE_PORTS.start() + (hash % span) as u16
+    *SOURCE_PORTS.start() + (super::flow::flow_hash(frame) % span) as u16
 }
 
 #[cfg(test)]
