@@ -487,8 +487,9 @@ pub fn validate_frame(frame: &[u8], mtu: usize) -> Result<EthernetRepr, WireErro
     }
     // Under a tag, another tag must be whole too: a port that takes the outer one off
     // would otherwise hand on a frame that claims a tag it does not hold.
+    let inner = HEADER_LEN + VLAN_TAG_LEN - 2;
     if tagged
-        && frame[HEADER_LEN + VLAN_TAG_LEN - 2..HEADER_LEN + VLAN_TAG_LEN] == [0x81, 0x00]
+        && EtherType::from(u16::from_be_bytes([frame[inner], frame[inner + 1]])) == EtherType::Vlan
         && frame.len() < HEADER_LEN + 2 * VLAN_TAG_LEN
     {
         return Err(WireError::Truncated);
