@@ -14,6 +14,24 @@ pub fn default_burst(rate_bps: u64) -> u64 {
     (rate_bps / 8 / 100).max(2 * 65_600)
 }
 
+/// The longest a port is told to hold its guest back at once, so that a changed or lifted
+/// limit is seen (250 ms).
+pub const MAX_HOLD_NS: u64 = 250_000_000;
+/// Traffic a held-back port waits for beyond room for its largest frame, so that it sends
+/// in batches rather than waking per frame (1 ms of the rate).
+const HOLD_QUANTUM_NS: u64 = 1_000_000;
+
+/// What a port that can hold its guest back may do with one more frame, under a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Take it.
+    Take,
+    /// Not in this batch: send what was taken, then ask again.
+    EndBatch,
+    /// Take nothing for this many nanoseconds: the guest is held back.
+    HoldFor(u64),
+}
+
 /// A token bucket over bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenBucket {
@@ -46,6 +64,32 @@ impl TokenBucket {
     /// The burst, bytes.
     pub fn burst(&self) -> u64 {
         self.burst
+    }
+
+    /// Whether a port may take one more frame after `taken` bytes at `now_ns`, when the
+    /// largest frame its guest may send is `largest` bytes. A frame is taken only while
+    /// the bucket holds the batch so far plus the largest frame, so the network refuses
+    /// none; a batch ends once another would not fit. With nothing taken yet and no room,
+    /// the port holds its guest back until there is room for the largest frame and
+    /// [`HOLD_QUANTUM_NS`] of traffic more (at most the burst), for at most
+    /// [`MAX_HOLD_NS`]. A burst smaller than the largest frame never has room for it: the
+    /// hold then lasts until the bucket is full (the frame may still be refused, and
+    /// counted, if it is over the burst).
+    pub fn admission(&self, taken: u64, largest: u64, now_ns: u64) -> Admission {
+        let wanted = taken.saturating_add(largest);
+        if taken > 0 {
+            return if wanted <= self.burst && self.wait_ns(wanted, now_ns) == 0 {
+                Admission::Take
+            } else {
+                Admission::EndBatch
+            };
+        }
+        if self.wait_ns(wanted.min(self.burst), now_ns) == 0 {
+            return Admission::Take;
+        }
+        let quantum = self.rate_bps / 8 / (1_000_000_000 / HOLD_QUANTUM_NS);
+        let target = wanted.saturating_add(quantum).min(self.burst);
+        Admission::HoldFor(self.wait_ns(target, now_ns).clamp(1, MAX_HOLD_NS))
     }
 
     /// Adds the tokens earned since the last call.
@@ -114,6 +158,28 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admission_takes_while_the_largest_frame_fits_then_ends_the_batch_then_holds() {
+        // 8 Mbit/s: a byte a microsecond; a burst of 4000 bytes; frames of up to 1518.
+        let mut bucket = TokenBucket::new(8_000_000, 4000, 0);
+        assert_eq!(bucket.admission(0, 1518, 0), Admission::Take);
+        assert_eq!(bucket.admission(2000, 1518, 0), Admission::Take);
+        assert_eq!(
+            bucket.admission(3000, 1518, 0),
+            Admission::EndBatch,
+            "4518 > burst"
+        );
+        assert!(bucket.take(3000));
+        // 1000 bytes left: room for 1518 and a millisecond (1000 bytes) more.
+        assert_eq!(bucket.admission(0, 1518, 0), Admission::HoldFor(1_518_001));
+        // A long wait is cut to MAX_HOLD_NS, so that a changed limit is seen.
+        let slow = TokenBucket::new(8_000, 2000, 0);
+        assert!(matches!(slow.admission(0, 65_550, 1), Admission::Take));
+        let mut slow = slow;
+        assert!(slow.take(2000));
+        assert_eq!(slow.admission(0, 1518, 0), Admission::HoldFor(MAX_HOLD_NS));
+    }
 
     #[test]
     fn a_full_bucket_gives_its_burst_then_the_rate() {

@@ -64,6 +64,7 @@ use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 use crate::network::IoError;
 use crate::network::counters::DropReason;
 use crate::network::offloads;
+use crate::network::rate::Admission;
 use crate::network::{Control, Receiver, Sender, monotonic_ns};
 use crate::network::{JoinOptions, Network, Peer, PortKind};
 use crate::wire::MacAddress;
@@ -502,18 +503,11 @@ fn read_device(
             // Under a rate limit, read a frame only when the largest one would still fit:
             // the guest's frames wait in the kernel, and its TCP slows down instead of
             // losing them.
-            if let Some(burst) = sender.rate_burst() {
-                let wanted = batch_bytes + READ_BUFFER as u64;
-                if wanted > burst && batch_bytes > 0 {
-                    break;
-                }
-                // A burst smaller than the largest frame never holds one: wait for a full
-                // bucket then (the frame may still be refused, and counted, at the limit),
-                // rather than spin on a device the limit never lets us read.
-                held_ns = sender
-                    .rate_wait_ns(wanted.min(burst), monotonic_ns())
-                    .unwrap_or(0);
-                if held_ns > 0 {
+            match sender.rate_admission(batch_bytes, READ_BUFFER as u64, monotonic_ns()) {
+                Admission::Take => {}
+                Admission::EndBatch => break,
+                Admission::HoldFor(ns) => {
+                    held_ns = ns;
                     break;
                 }
             }

@@ -45,7 +45,7 @@ use super::fdb;
 use super::forward::{self, PeerView, Route, Rules};
 use super::membership::{Control, Membership};
 use super::offloads::{header_words, needed_offloads};
-use super::rate::TokenBucket;
+use super::rate::{Admission, TokenBucket};
 use super::receive::MIN_GSO_SIZE;
 use super::region::SWEEP_INTERVAL_NS;
 use super::ring::{self, Push, SlotMemory, SlotMeta};
@@ -324,22 +324,13 @@ impl Sender {
         }
     }
 
-    /// For a port that can hold its guest back instead of losing frames: how long from
-    /// `now_ns` until `bytes` may be sent under the peer's rate limit (0: now), or `None`
-    /// without a limit. Bytes beyond the burst are never there at once: ask for at most the
-    /// burst ([`Sender::rate_burst`]).
-    pub fn rate_wait_ns(&self, bytes: u64, now_ns: u64) -> Option<u64> {
-        self.bucket.map(|bucket| bucket.wait_ns(bytes, now_ns))
-    }
-
-    /// The burst of the peer's rate limit, bytes, if it has one.
-    pub fn rate_burst(&self) -> Option<u64> {
-        self.bucket.map(|bucket| bucket.burst())
-    }
-
-    /// The rate of the peer's rate limit, bits per second, if it has one.
-    pub fn rate_bps(&self) -> Option<u64> {
-        self.bucket.map(|bucket| bucket.rate_bps())
+    /// For a port that can hold its guest back instead of losing frames: whether it may
+    /// take one more frame after `taken` bytes at `now_ns` under the peer's rate limit
+    /// (see [`TokenBucket::admission`]; without a limit, always).
+    pub fn rate_admission(&self, taken: u64, largest: u64, now_ns: u64) -> Admission {
+        self.bucket.map_or(Admission::Take, |bucket| {
+            bucket.admission(taken, largest, now_ns)
+        })
     }
 
     /// Lets a unicast frame wait up to `limit` for room in its receiver's full ring, for

@@ -51,6 +51,7 @@ use super::rx::RxHalf;
 use super::state::{Negotiated, Released, Shared, drain_eventfd, lock};
 use super::status::Counters;
 use crate::network::counters::DropReason;
+use crate::network::rate::Admission;
 use crate::network::{Receiver, RingWatch, Sender, monotonic_ns};
 use crate::ports::mac::MacLearner;
 use crate::ports::socket::Doorbell;
@@ -68,10 +69,6 @@ const IDLE_SLICE: Duration = Duration::from_millis(250);
 
 /// Busy rounds between two looks at the stop doorbell (a system call).
 const STOP_CHECK_ROUNDS: u32 = 4096;
-
-/// Traffic a held-back lane waits for beyond room for its largest frame, so that it sends
-/// in batches rather than waking the engine per frame.
-const HOLD_QUANTUM: Duration = Duration::from_millis(1);
 
 /// The port's data path, shared by its connection threads (which hand it lanes) and run
 /// by one thread ([`Engine::run`]).
@@ -528,7 +525,7 @@ impl Drop for Lane<'_> {
 }
 
 /// Takes one round of a transmit queue into `batch`: as much as the sender's rate limit
-/// lets through at `now` (see [`rate_admits`]). Returns the chains taken and, when the
+/// lets through at `now` (see [`Sender::rate_admission`]). Returns the chains taken and, when the
 /// queue is held back, for how long (0: it is not).
 fn take_round(
     vring: &mut Vring,
@@ -540,58 +537,16 @@ fn take_round(
 ) -> (usize, u64) {
     let largest = rules.largest_frame() as u64;
     let mut hold = 0;
-    let admit = |taken| match rate_admits(sender, largest, taken, now) {
-        Admit::Take => true,
-        Admit::EndBatch => false,
-        Admit::HoldFor(ns) => {
+    let admit = |taken| match sender.rate_admission(taken, largest, now) {
+        Admission::Take => true,
+        Admission::EndBatch => false,
+        Admission::HoldFor(ns) => {
             hold = ns;
             false
         }
     };
     let taken = datapath::transmit_within(vring, memory, rules, TX_BUDGET, batch, admit, fault);
     (taken, hold)
-}
-
-/// What the rate limit says to a round about to take one more frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Admit {
-    /// Take it.
-    Take,
-    /// Not in this batch: send what was taken, then look again.
-    EndBatch,
-    /// Not before this many nanoseconds: the queue is held back.
-    HoldFor(u64),
-}
-
-/// Whether a round may take one more frame after `taken` bytes at `now`, under the
-/// sender's rate limit (none: always). A frame is taken only while the bucket holds the
-/// batch so far plus the largest frame the guest may send (`largest`), so the network
-/// refuses none; a batch ends once another would not fit. With nothing taken yet and no
-/// room, the queue is held back until there is room for the largest frame and
-/// [`HOLD_QUANTUM`] of traffic more (at most the burst), bounded by [`IDLE_SLICE`] so a
-/// changed limit is seen. A burst smaller than the largest frame never has room for it:
-/// then the hold lasts until the bucket is full (the frame may still be refused, and
-/// counted, if it is over the burst).
-fn rate_admits(sender: &Sender, largest: u64, taken: u64, now: u64) -> Admit {
-    let (Some(rate), Some(burst)) = (sender.rate_bps(), sender.rate_burst()) else {
-        return Admit::Take;
-    };
-    let wanted = taken.saturating_add(largest);
-    if taken > 0 {
-        return if wanted <= burst && sender.rate_wait_ns(wanted, now) == Some(0) {
-            Admit::Take
-        } else {
-            Admit::EndBatch
-        };
-    }
-    if sender.rate_wait_ns(wanted.min(burst), now) == Some(0) {
-        return Admit::Take;
-    }
-    let per_second = Duration::from_secs(1).as_nanos() / HOLD_QUANTUM.as_nanos();
-    let quantum = rate / 8 / per_second as u64;
-    let target = wanted.saturating_add(quantum).min(burst);
-    let wait = sender.rate_wait_ns(target, now).unwrap_or(0);
-    Admit::HoldFor(wait.clamp(1, IDLE_SLICE.as_nanos() as u64))
 }
 
 /// Turns the guest's kicks off on every running queue while the engine polls: it looks at
