@@ -19,7 +19,7 @@ pub fn default_burst(rate_bps: u64) -> u64 {
 pub const MAX_HOLD_NS: u64 = 250_000_000;
 /// Traffic a held-back port waits for beyond room for its largest frame, so that it sends
 /// in batches rather than waking per frame (1 ms of the rate).
-const HOLD_QUANTUM_NS: u64 = 1_000_000;
+pub const HOLD_QUANTUM_NS: u64 = 1_000_000;
 
 /// What a port that can hold its guest back may do with one more frame, under a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
