@@ -783,6 +783,167 @@ fn receive_buffer_outside_guest_memory_is_counted() {
     });
 }
 
+// --- Two guests of one port -------------------------------------------------------------
+//
+// Frames between two VMs served by the same port process go straight from one guest's
+// transmit copy into the other's buffers when nothing waits for the receiver, and through
+// the network's ring otherwise; either way in order, counted on both sides, and seen by a
+// promiscuous peer.
+
+const GUEST_A: MacAddress = MacAddress([0x52, 0x54, 0x00, 0x00, 0x00, 0x0a]);
+const GUEST_B: MacAddress = MacAddress([0x52, 0x54, 0x00, 0x00, 0x00, 0x0b]);
+
+/// A backend with sockets `a` and `b` publishing [`GUEST_A`] and [`GUEST_B`], both guests
+/// set up, and the lab peer promiscuous (a capture's view of the network).
+fn two_guests() -> (Lab, Guest, Guest) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let network = Network::create(dir.path(), NETWORK, CreateOptions::default()).expect("create");
+    let peer = network
+        .join(JoinOptions {
+            label: "promiscuous test peer".into(),
+            promiscuous: true,
+            ..JoinOptions::default()
+        })
+        .expect("join");
+    let macs = ["--mac", "52:54:00:00:00:0a", "--mac", "52:54:00:00:00:0b"];
+    let backend = Backend::start(dir.path(), NETWORK, &["a", "b"], &macs);
+    let lab = Lab {
+        dir,
+        network,
+        peer,
+        backend,
+    };
+    let a = lab.guest(0, SetupOptions::default());
+    let b = lab.guest(1, SetupOptions::default());
+    (lab, a, b)
+}
+
+/// Sends frames `tags` from guest `a` to guest `b` and waits until `a` has them back used.
+fn a_sends(a: &mut Guest, tags: std::ops::Range<u8>) -> Vec<Vec<u8>> {
+    let frames: Vec<Vec<u8>> = tags.map(|tag| frame(GUEST_B, GUEST_A, 120, tag)).collect();
+    for f in &frames {
+        let head = a.tx.send(&a.memory, &packet(f), 1, false);
+        assert!(a.tx.wait_used(&a.memory, head).is_some(), "chain used");
+    }
+    frames
+}
+
+/// Receives `expected.len()` frames at guest `b` and checks they are `expected`, in order.
+fn b_receives(b: &mut Guest, expected: &[Vec<u8>]) {
+    for (i, wanted) in expected.iter().enumerate() {
+        let (_, bytes) = b.rx.receive(&b.memory).expect("a frame for guest b");
+        assert_eq!(
+            bytes.get(NET_HEADER_LEN..),
+            Some(&wanted[..]),
+            "frame {i} of {} arrives in order",
+            expected.len()
+        );
+    }
+}
+
+/// The network's counts for the vhost-user peer publishing `mac`.
+fn peer_counts(lab: &Lab, mac: MacAddress) -> (u64, u64) {
+    let peers = lab.network.status().peers;
+    let p = peers
+        .iter()
+        .find(|p| p.mac == mac)
+        .unwrap_or_else(|| panic!("a peer publishing {mac}: {peers:?}"));
+    (p.tx_deliveries, p.rx_packets)
+}
+
+#[test]
+fn frames_between_two_guests_of_one_port_go_straight_across_counted_and_seen() {
+    let (mut lab, mut a, mut b) = two_guests();
+    b.rx.post_rx(&b.memory, 16, 2048);
+    lab.assert_link_up();
+    let sent = a_sends(&mut a, 0..8);
+    b_receives(&mut b, &sent);
+    let entry = lab.wait_counter(1, "rx_frames", 8);
+    assert_eq!(counter(&entry, "rx_frames"), 8);
+    assert_eq!(
+        counter(&entry, "rx_direct"),
+        8,
+        "every frame went straight across: nothing waited for guest b"
+    );
+    let a_entry = lab.wait_counter(0, "tx_frames", 8);
+    assert_eq!(counter(&a_entry, "rx_direct"), 0);
+    // Counted on both peers as if through the ring: a delivery each (and one more to the
+    // promiscuous peer), a reception each.
+    wait_until("the peers' counts are written", || {
+        peer_counts(&lab, GUEST_B).1 == 8
+    });
+    assert_eq!(
+        peer_counts(&lab, GUEST_A).0,
+        16,
+        "8 to b, 8 to the promiscuous peer"
+    );
+    // The promiscuous peer saw every one of them, through its ring.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while seen.len() < sent.len() {
+        lab.peer.receive(usize::MAX, |f| seen.push(f.to_vec()));
+        assert!(Instant::now() < deadline, "the promiscuous peer sees all 8");
+        lab.peer.wait(Duration::from_millis(50));
+    }
+    assert_eq!(seen, sent);
+}
+
+#[test]
+fn a_frame_straight_across_never_overtakes_one_waiting_for_the_receiver() {
+    let (lab, mut a, mut b) = two_guests();
+    lab.assert_link_up();
+    // Guest b has no buffers: a's first frames go through b's ring, and the port takes
+    // some of them to hold for b.
+    let first = a_sends(&mut a, 0..3);
+    wait_until("the port takes frames for guest b", || {
+        peer_counts(&lab, GUEST_B).1 >= 1
+    });
+    // These find frames waiting for b (held or in its ring): they must queue behind them.
+    let second = a_sends(&mut a, 3..6);
+    b.rx.post_rx(&b.memory, 16, 2048);
+    b_receives(&mut b, &[first, second].concat());
+    let entry = lab.wait_counter(1, "rx_frames", 6);
+    assert_eq!(counter(&entry, "rx_direct"), 0, "nothing overtook");
+    // Nothing waits now: the next frames go straight across, after the others.
+    let third = a_sends(&mut a, 6..9);
+    b_receives(&mut b, &third);
+    let entry = lab.wait_counter(1, "rx_frames", 9);
+    assert_eq!(counter(&entry, "rx_direct"), 3);
+    assert!(b.rx.ring.take_used(&b.memory).is_empty(), "no frame more");
+}
+
+#[test]
+fn a_bad_receive_buffer_met_straight_across_is_counted_on_its_guest() {
+    let (mut lab, mut a, mut b) = two_guests();
+    let head = b.rx.ring.take_descriptor();
+    let outside = Descriptor {
+        addr: 0x8000_0000,
+        len: 2048,
+        flags: desc_flags::WRITE,
+        next: 0,
+    };
+    b.rx.ring.write_descriptor(&b.memory, head, outside);
+    b.rx.ring.publish(&b.memory, head);
+    b.rx.post_rx(&b.memory, 4, 2048);
+    lab.assert_link_up();
+    let sent = a_sends(&mut a, 0..2);
+    let entry = lab.wait_counter(1, "rx_bad_chains", 1);
+    assert_eq!(counter(&entry, "rx_bad_chains"), 1, "counted once, on b");
+    assert_eq!(entry["state"], "running");
+    let entry = lab.wait_counter(1, "rx_direct", 2);
+    assert_eq!(counter(&entry, "rx_direct"), 2, "both went straight across");
+    // The frame that met the bad chain went on to the next buffer: both arrive.
+    b_receives(&mut b, &sent);
+    let a_entry = lab.wait_counter(0, "tx_frames", 2);
+    assert_eq!(
+        counter(&a_entry, "rx_bad_chains"),
+        0,
+        "nothing counted on a"
+    );
+    assert_eq!(counter(&a_entry, "tx_bad_chains"), 0);
+    assert!(lab.backend.is_alive());
+}
+
 // --- A guest that keeps misbehaving -------------------------------------------------------
 
 #[test]

@@ -243,8 +243,8 @@ fn print_vhost_user(sockets: &[SocketStatus]) {
             println!("  features: {}", feature_names(s.acked_features).join(" "));
         }
         println!(
-            "  frames: tx {}  rx {}   connections {}  messages {}",
-            c.tx_frames, c.rx_frames, c.connections, c.messages
+            "  frames: tx {}  rx {} ({} straight from a guest of this port)   connections {}  messages {}",
+            c.tx_frames, c.rx_frames, c.rx_direct, c.connections, c.messages
         );
         println!(
             "  messages refused: malformed {}  unknown {}  rejected {}",

@@ -322,6 +322,35 @@ impl Receiver {
         sleep.until_work(self.tail, timeout)
     }
 
+    /// The peer slot and generation this receiver reads for, as senders name it.
+    pub fn peer(&self) -> (u16, u32) {
+        (self.membership.index, self.membership.generation)
+    }
+
+    /// Whether nothing waits in the ring, nor is being written into it: the position
+    /// read next is still free. A port that hands this peer frames past its ring (see
+    /// [`crate::network::send::Shortcut`]) may do so only then, so that no frame overtakes
+    /// one sent before it.
+    pub fn ring_is_empty(&self) -> bool {
+        let ring = self.membership.region.ring(self.membership.index);
+        let slots = ring::SlotMemory::slot_count(&ring);
+        let word = ring::SlotMemory::state(&ring, self.tail & (slots - 1));
+        let state = ring::SlotState::decode(ring::AtomicWord::load(word, Ordering::Acquire));
+        state.tag == ring::Tag::Free && state.position == self.tail
+    }
+
+    /// Counts a frame of `len` bytes handed to this peer past its ring, as if it had been
+    /// received from it; written with the next receive or [`Receiver::flush`].
+    pub fn count_received(&mut self, len: usize) {
+        self.pending.add(slot::RX_PACKETS, 1);
+        self.pending.add(slot::RX_BYTES, len as u64);
+    }
+
+    /// Writes counts accumulated outside a receive.
+    pub fn flush(&mut self) {
+        self.pending.flush(self.membership.entry());
+    }
+
     /// The ring position this receiver reads next, for a [`RingWatch`] to sleep on.
     pub fn position(&self) -> u64 {
         self.tail

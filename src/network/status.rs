@@ -61,7 +61,8 @@ pub struct PeerStatus {
     pub tx_packets: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
-    /// Copies delivered into receivers' rings.
+    /// Copies delivered to receivers: into their rings, or straight into a guest served by
+    /// the same port (see [`crate::network::send::Shortcut`]).
     pub tx_deliveries: u64,
     /// Receiver wake-ups.
     pub wakeups: u64,

@@ -69,6 +69,41 @@ pub enum Sent {
     Refused(DropReason),
 }
 
+/// A way past the ring, for a port that serves some of the receivers itself (a
+/// vhost-user port with several VMs): a copy its routing decided to write into one of
+/// those receivers' rings may be handed to it directly instead, one copy where the ring
+/// takes two (lguest's single copy). Everything before the copy is the same: the checks,
+/// learning, VLANs, policy, rate limit and the receiver's admission; so is the count of a
+/// delivery. Only copies that need no retagging are offered.
+///
+/// The port keeps each receiver's frames in order: [`Shortcut::queued`] tells it that a
+/// copy for a receiver went into its ring after all, and no later copy for that receiver
+/// may then overtake it.
+pub trait Shortcut {
+    /// Offers one copy, with its offload header, for the receiver at peer slot `index`
+    /// joined as `generation`. Returns whether it was taken: written to the receiver (and
+    /// counted on its side), or dropped there and counted. A copy not taken goes into
+    /// the receiver's ring.
+    fn offer(&mut self, index: u16, generation: u32, hdr: &VirtioNetHdr, frame: &[u8]) -> bool;
+
+    /// A copy for the receiver at peer slot `index` went into its ring.
+    fn queued(&mut self, index: u16);
+}
+
+/// No way past the ring: every copy goes into a ring.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoShortcut;
+
+impl Shortcut for NoShortcut {
+    #[inline]
+    fn offer(&mut self, _: u16, _: u32, _: &VirtioNetHdr, _: &[u8]) -> bool {
+        false
+    }
+
+    #[inline]
+    fn queued(&mut self, _: u16) {}
+}
+
 /// The sending half of a peer.
 #[derive(Debug)]
 pub struct Sender {
@@ -222,7 +257,7 @@ impl Sender {
     /// it finished in software.
     pub fn send_offloaded(&mut self, hdr: &VirtioNetHdr, frame: &[u8]) -> Sent {
         self.begin_batch(monotonic_ns());
-        let sent = self.send_frame(frame, hdr);
+        let sent = self.send_frame(frame, hdr, &mut NoShortcut);
         self.end_batch();
         sent
     }
@@ -242,10 +277,21 @@ impl Sender {
         frames: impl IntoIterator<Item = (VirtioNetHdr, &'a [u8])>,
         now_ns: u64,
     ) -> usize {
+        self.send_batch_via(frames, now_ns, &mut NoShortcut)
+    }
+
+    /// [`Sender::send_batch_offloaded_at`], handing copies for the receivers the port
+    /// serves itself to `shortcut` (see [`Shortcut`]).
+    pub fn send_batch_via<'a>(
+        &mut self,
+        frames: impl IntoIterator<Item = (VirtioNetHdr, &'a [u8])>,
+        now_ns: u64,
+        shortcut: &mut impl Shortcut,
+    ) -> usize {
         self.begin_batch(now_ns);
         let mut accepted = 0;
         for (hdr, frame) in frames {
-            if matches!(self.send_frame(frame, &hdr), Sent::Routed { .. }) {
+            if matches!(self.send_frame(frame, &hdr, shortcut), Sent::Routed { .. }) {
                 accepted += 1;
             }
         }
@@ -269,7 +315,10 @@ impl Sender {
         let mut accepted = 0;
         let plain = VirtioNetHdr::default();
         for frame in frames {
-            if matches!(self.send_frame(frame, &plain), Sent::Routed { .. }) {
+            if matches!(
+                self.send_frame(frame, &plain, &mut NoShortcut),
+                Sent::Routed { .. }
+            ) {
                 accepted += 1;
             }
         }
@@ -362,7 +411,12 @@ impl Sender {
         self.pending.flush(self.membership.entry());
     }
 
-    fn send_frame(&mut self, frame: &[u8], hdr: &VirtioNetHdr) -> Sent {
+    fn send_frame(
+        &mut self,
+        frame: &[u8],
+        hdr: &VirtioNetHdr,
+        shortcut: &mut impl Shortcut,
+    ) -> Sent {
         let (repr, hdr) = match self.check_outgoing(frame, hdr) {
             Ok(checked) => checked,
             Err(reason) => return self.refuse(reason),
@@ -422,7 +476,7 @@ impl Sender {
             }
             let retag = Retag::between(class.tag, egress);
             let (copies, drops, reason) =
-                self.deliver(destination, frame, (&hdr, words), needed, retag);
+                self.deliver(destination, frame, (&hdr, words), needed, retag, shortcut);
             delivered += copies;
             dropped += drops;
             if let Some(reason) = reason {
@@ -444,6 +498,7 @@ impl Sender {
         (hdr, words): (&VirtioNetHdr, [u32; 3]),
         needed: u32,
         retag: Option<Retag>,
+        shortcut: &mut impl Shortcut,
     ) -> (u32, u32, Option<DropReason>) {
         let len = frame
             .len()
@@ -454,14 +509,21 @@ impl Sender {
                 Some(Ok(moved)) => header_words(&moved),
                 Some(Err(reason)) => return (0, 1, Some(reason)),
             };
-            match self
-                .admit(destination)
-                .and_then(|()| self.push(destination, frame, retag, words))
-            {
+            if let Err(reason) = self.admit(destination) {
+                return (0, 1, Some(reason));
+            }
+            let index = destination.index;
+            if retag.is_none() && shortcut.offer(index, destination.generation, hdr, frame) {
+                self.pending.add(slot::TX_DELIVERIES, 1);
+                return (1, 0, None);
+            }
+            shortcut.queued(index);
+            match self.push(destination, frame, retag, words) {
                 Ok(()) => (1, 0, None),
                 Err(reason) => (0, 1, Some(reason)),
             }
         } else {
+            shortcut.queued(destination.index);
             match self
                 .admit(destination)
                 .and_then(|()| self.segment(frame, hdr))

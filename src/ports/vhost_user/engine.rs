@@ -5,8 +5,20 @@
 //! over all lanes, round after round: per lane, it drains each transmit queue (up to a
 //! budget) and sends the frames into the network as one batch, then drains the peer's ring
 //! (up to a budget) into the guest's receive queues, signalling each guest once per round.
-//! A frame from one VM to another served by the same port thus crosses the network's ring
-//! inside one round, with no thread hand-off.
+//! A frame from one VM to another served by the same port thus crosses inside one round,
+//! with no thread hand-off.
+//!
+//! **Straight across.** Such a frame need not go through the network's ring at all. The
+//! sender's routing (checks, learning, VLANs, policy, rate limit, the receiver's admission)
+//! runs as for any frame; where it would then copy into the ring of a peer this engine
+//! serves, it hands the copy to that lane instead ([`Shortcut`]), which writes it straight
+//! into its guest's receive buffers: one copy from the sender's batch into the receiving
+//! guest, where the ring takes a copy in, a private copy out and the copy into the guest,
+//! plus two compare-and-swaps on the ring. Only while nothing waits for that guest (no
+//! frame held for it, none in its ring), so no frame overtakes another; once a copy for it
+//! goes into its ring (no buffers, a retagged copy), the rest of the batch's follow. A
+//! promiscuous peer still gets its copy through its ring, and both peers count the frame
+//! as they would have (`rx_direct` counts the frames that went straight across).
 //!
 //! **Polling, then sleeping.** While frames flow the thread polls: the guests are told not
 //! to kick (`VIRTQ_USED_F_NO_NOTIFY`, or with `EVENT_IDX` an event index left behind), and
@@ -52,9 +64,11 @@ use super::state::{Negotiated, Released, Shared, drain_eventfd, lock};
 use super::status::Counters;
 use crate::network::counters::DropReason;
 use crate::network::rate::Admission;
+use crate::network::send::Shortcut;
 use crate::network::{Receiver, RingWatch, Sender, monotonic_ns};
 use crate::ports::mac::MacLearner;
 use crate::ports::socket::Doorbell;
+use crate::wire::VirtioNetHdr;
 
 /// Chains taken from one transmit queue per round.
 const TX_BUDGET: usize = 256;
@@ -136,8 +150,11 @@ impl<'a> Engine<'a> {
             lanes.retain(|lane| !lane.shared.closing.load(Ordering::Acquire));
             let mut work = 0;
             let now = monotonic_ns();
-            for lane in &mut lanes {
-                work += lane.round(now);
+            for i in 0..lanes.len() {
+                let (before, rest) = lanes.split_at_mut(i);
+                if let Some((lane, after)) = rest.split_first_mut() {
+                    work += lane.round(now, [before, after]);
+                }
             }
             rounds = rounds.wrapping_add(1);
             if rounds.is_multiple_of(STOP_CHECK_ROUNDS) && stop.is_rung() {
@@ -346,8 +363,9 @@ impl<'a> Lane<'a> {
     }
 
     /// One round at `now`: the transmit queues (unless held back), then the receive
-    /// queues. Returns the frames moved.
-    fn round(&mut self, now: u64) -> usize {
+    /// queues. `others` are the engine's other lanes, whose guests this one's frames may
+    /// reach past the network's ring. Returns the frames moved.
+    fn round(&mut self, now: u64, mut others: [&mut [Lane<'a>]; 2]) -> usize {
         self.refresh();
         if self.shared.quarantined.load(Ordering::Acquire) {
             self.shared.set_link(false);
@@ -373,7 +391,7 @@ impl<'a> Lane<'a> {
             let first = self.tx_turn % queues.max(1);
             self.tx_turn = self.tx_turn.wrapping_add(1);
             for turn in 0..queues {
-                moved += self.transmit(2 * ((first + turn) % queues) + 1, now);
+                moved += self.transmit(2 * ((first + turn) % queues) + 1, now, &mut others);
             }
         }
         let Some(view) = &self.view else {
@@ -395,7 +413,7 @@ impl<'a> Lane<'a> {
 
     /// Drains one round of transmit queue `index` into the network (as much of it as the
     /// rate limit lets through); returns the chains taken.
-    fn transmit(&mut self, index: usize, now: u64) -> usize {
+    fn transmit(&mut self, index: usize, now: u64, others: &mut [&mut [Lane<'a>]; 2]) -> usize {
         if self.held_until > now {
             return 0;
         }
@@ -443,7 +461,14 @@ impl<'a> Lane<'a> {
             if let Some(queue) = self.shared.socket.queues.get(index / 2) {
                 Counters::add(&queue.tx_frames, self.batch.len() as u64);
             }
-            self.sender.send_batch_offloaded_at(self.batch.iter(), now);
+            if others.iter().all(|lanes| lanes.is_empty()) {
+                self.sender.send_batch_offloaded_at(self.batch.iter(), now);
+            } else {
+                let [before, after] = others;
+                let mut neighbours = Neighbours::new(before.iter_mut().chain(after.iter_mut()));
+                self.sender
+                    .send_batch_via(self.batch.iter(), now, &mut neighbours);
+            }
         }
         taken
     }
@@ -521,6 +546,94 @@ impl Drop for Lane<'_> {
     fn drop(&mut self) {
         self.rx.count_lost(&self.shared);
         self.shared.set_link(false);
+    }
+}
+
+/// The engine's other lanes as one lane's way past the network's ring to their guests
+/// ([`Shortcut`]): a frame routed to one of them is written straight into its receive
+/// queues, which stay locked until the batch ends. A lane is opened on its first frame,
+/// only if nothing waits for its guest (see [`RxHalf::open_direct`]); once one of its
+/// frames has gone into its ring (no buffers, a retagged copy), the rest of the batch's
+/// follow it there.
+struct Neighbours<'x, 'a> {
+    lanes: Vec<Neighbour<'x, 'a>>,
+}
+
+struct Neighbour<'x, 'a> {
+    /// Peer slot and generation of the lane's receiver.
+    peer: (u16, u32),
+    door: Door<'x, 'a>,
+}
+
+enum Door<'x, 'a> {
+    /// Not written to yet in this batch.
+    Closed {
+        rx: &'x mut RxHalf,
+        shared: &'x Shared<'a>,
+        view: &'x View,
+    },
+    Open(super::rx::Direct<'x, 'a>),
+    /// Its frames go through the ring for the rest of the batch.
+    Shut,
+}
+
+impl<'x, 'a> Neighbours<'x, 'a> {
+    fn new(lanes: impl Iterator<Item = &'x mut Lane<'a>>) -> Neighbours<'x, 'a> {
+        let lanes = lanes
+            .filter_map(|lane| {
+                let Lane {
+                    shared, rx, view, ..
+                } = lane;
+                let view = view.as_ref()?;
+                Some(Neighbour {
+                    peer: rx.peer(),
+                    door: Door::Closed { rx, shared, view },
+                })
+            })
+            .collect();
+        Neighbours { lanes }
+    }
+
+    fn door(&mut self, index: u16) -> Option<&mut Neighbour<'x, 'a>> {
+        self.lanes.iter_mut().find(|n| n.peer.0 == index)
+    }
+}
+
+impl Shortcut for Neighbours<'_, '_> {
+    fn offer(&mut self, index: u16, generation: u32, hdr: &VirtioNetHdr, frame: &[u8]) -> bool {
+        let Some(neighbour) = self.door(index) else {
+            return false;
+        };
+        if neighbour.peer.1 != generation {
+            return false;
+        }
+        if let Door::Closed { .. } = neighbour.door {
+            let Door::Closed { rx, shared, view } =
+                std::mem::replace(&mut neighbour.door, Door::Shut)
+            else {
+                return false;
+            };
+            let mem = view.memory.memory();
+            if let Some(direct) =
+                rx.open_direct(shared, mem, view.rx_rules, view.enabled_by_default)
+            {
+                neighbour.door = Door::Open(direct);
+            }
+        }
+        let Door::Open(direct) = &mut neighbour.door else {
+            return false;
+        };
+        if direct.offer(hdr, frame) {
+            return true;
+        }
+        neighbour.door = Door::Shut;
+        false
+    }
+
+    fn queued(&mut self, index: u16) {
+        if let Some(neighbour) = self.door(index) {
+            neighbour.door = Door::Shut;
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! *call* (we used some; interrupt the guest). This port is that other process. Each
 //! socket serves one VM, and each VM is one peer of the network: frames go from the
 //! guest's transmit rings straight into receivers' rings, and from our ring straight into
-//! the guest's receive buffers. No kernel, no TAP, no bridge on the way.
+//! the guest's receive buffers; between two VMs of one port process, straight from one
+//! guest's frame into the other's buffers (see `engine`). No kernel, no TAP, no bridge on
+//! the way.
 //!
 //! **Layers.** [`crate::wire::vhost_user`] parses messages (pure bytes); `memory` maps
 //! the guest's regions and translates the frontend's addresses; `datapath` moves frames

@@ -11,11 +11,13 @@
 //! conversations between two guests spread over the queues as they would over a NIC's.
 
 use std::collections::VecDeque;
+use std::sync::MutexGuard;
+use std::sync::atomic::Ordering;
 
 use vm_memory::GuestMemoryMmap;
 
 use super::MAX_QUEUE_PAIRS;
-use super::datapath::{self, ChainFault, Placed, RxRules};
+use super::datapath::{self, ChainFault, Placed, RxRules, Vring};
 use super::state::{Shared, lock};
 use super::status::Counters;
 use crate::network::Receiver;
@@ -180,6 +182,50 @@ impl RxHalf {
         received.max(delivered as usize)
     }
 
+    /// The receive queues opened for frames another lane of the engine hands over past
+    /// the network's ring (see [`Direct`]), if that may happen now: nothing waits for the
+    /// guest here or in the ring (so nothing is overtaken), the port is not quarantined,
+    /// and a receive queue runs.
+    pub fn open_direct<'x, 'a>(
+        &'x mut self,
+        shared: &'x Shared<'a>,
+        mem: &'x GuestMemoryMmap,
+        rules: RxRules,
+        enabled_by_default: bool,
+    ) -> Option<Direct<'x, 'a>> {
+        if self.blocked
+            || !self.held.is_empty()
+            || shared.quarantined.load(Ordering::Acquire)
+            || !self.receiver.ring_is_empty()
+        {
+            return None;
+        }
+        let queues: Vec<_> = shared
+            .vrings
+            .iter()
+            .step_by(2)
+            .enumerate()
+            .map(|(pair, vring)| (pair, lock(vring)))
+            .filter(|(_, vring)| vring.running(enabled_by_default))
+            .collect();
+        if queues.is_empty() {
+            return None;
+        }
+        Some(Direct {
+            rx: self,
+            shared,
+            mem,
+            rules,
+            queues,
+            delivered_to: [0; MAX_QUEUE_PAIRS as usize],
+        })
+    }
+
+    /// The peer slot and generation this lane receives for.
+    pub fn peer(&self) -> (u16, u32) {
+        self.receiver.peer()
+    }
+
     /// Frames held for a guest that had no buffers go with its connection: counted, not
     /// lost silently.
     pub fn count_lost(&mut self, shared: &Shared<'_>) {
@@ -188,5 +234,85 @@ impl RxHalf {
             self.held.len() as u64,
         );
         self.held.clear();
+    }
+}
+
+/// A lane's receive queues, locked for the length of another lane's transmit batch, taking
+/// the frames that batch sends this guest straight from the sender's copy (one copy from
+/// guest to guest, where the network's ring takes two more). Frames land as a round's
+/// would: by flow on a queue, checked chain by chain, counted on the port and on the peer
+/// as received. When it is dropped, the used entries are published and the guest is
+/// signalled, once.
+pub struct Direct<'x, 'a> {
+    rx: &'x mut RxHalf,
+    shared: &'x Shared<'a>,
+    mem: &'x GuestMemoryMmap,
+    rules: RxRules,
+    /// The running receive queues, each with its pair's number.
+    queues: Vec<(usize, MutexGuard<'x, Vring>)>,
+    delivered_to: [u64; MAX_QUEUE_PAIRS as usize],
+}
+
+impl Direct<'_, '_> {
+    /// Writes one frame into the guest; `false` when the guest has no buffers for it (it
+    /// then goes through the ring, and so must every later frame for this guest).
+    pub fn offer(&mut self, hdr: &VirtioNetHdr, frame: &[u8]) -> bool {
+        let count = self.queues.len();
+        let q = if count == 1 {
+            0
+        } else {
+            crate::wire::flow::flow_hash(frame) as usize % count
+        };
+        let Some((_, vring)) = self.queues.get_mut(q) else {
+            return false;
+        };
+        let faults = &mut self.rx.faults;
+        let placed = datapath::place(
+            vring,
+            self.mem,
+            &self.rules,
+            hdr,
+            frame,
+            &mut self.rx.work,
+            |f| faults.push(f),
+        );
+        match placed {
+            Placed::Delivered => {
+                if let Some(n) = self.delivered_to.get_mut(q) {
+                    *n += 1;
+                }
+                self.rx.receiver.count_received(frame.len());
+                true
+            }
+            Placed::Dropped(fault) => {
+                faults.push(fault);
+                true
+            }
+            Placed::NoBuffers => false,
+        }
+    }
+}
+
+impl Drop for Direct<'_, '_> {
+    fn drop(&mut self) {
+        let counters = &self.shared.socket.counters;
+        let delivered = self.delivered_to.iter().sum();
+        Counters::add(&counters.rx_frames, delivered);
+        Counters::add(&counters.rx_direct, delivered);
+        for ((pair, vring), n) in self.queues.iter_mut().zip(self.delivered_to) {
+            if let (Some(queue), 1..) = (self.shared.socket.queues.get(*pair), n) {
+                Counters::add(&queue.rx_frames, n);
+            }
+            vring.finish_round(self.mem);
+            Counters::add(&counters.ring_access_failures, vring.take_access_failures());
+        }
+        self.queues.clear();
+        self.rx.receiver.flush();
+        if !self.rx.faults.is_empty() {
+            let now = monotonic_ns();
+            for fault in self.rx.faults.drain(..) {
+                self.shared.fault(false, fault, now);
+            }
+        }
     }
 }

@@ -47,6 +47,9 @@ counters! {
     tx_frames,
     /// Frames written into the guest's buffers.
     rx_frames,
+    /// Of `rx_frames`, those written straight from another guest of this port, past the
+    /// network's ring: one copy from guest to guest where the ring takes three.
+    rx_direct,
     /// Transmit chains outside guest memory, looping, or past the table.
     tx_bad_chains,
     /// Transmit chains with a write-only descriptor.
