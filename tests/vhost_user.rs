@@ -856,36 +856,42 @@ fn frames_between_two_guests_of_one_port_go_straight_across_counted_and_seen() {
     let (mut lab, mut a, mut b) = two_guests();
     b.rx.post_rx(&b.memory, 16, 2048);
     lab.assert_link_up();
-    let sent = a_sends(&mut a, 0..8);
+    // A first frame, which may find guest b's lane not yet taken up by the port's engine
+    // (and so go through b's ring); the status written after it is the baseline.
+    let first = a_sends(&mut a, 0..1);
+    b_receives(&mut b, &first);
+    let before = counter(&lab.wait_counter(1, "rx_frames", 1), "rx_direct");
+    let sent = a_sends(&mut a, 1..9);
     b_receives(&mut b, &sent);
-    let entry = lab.wait_counter(1, "rx_frames", 8);
-    assert_eq!(counter(&entry, "rx_frames"), 8);
+    let entry = lab.wait_counter(1, "rx_frames", 9);
+    assert_eq!(counter(&entry, "rx_frames"), 9);
     assert_eq!(
         counter(&entry, "rx_direct"),
-        8,
-        "every frame went straight across: nothing waited for guest b"
+        before + 8,
+        "every later frame went straight across: nothing waited for guest b"
     );
-    let a_entry = lab.wait_counter(0, "tx_frames", 8);
+    let a_entry = lab.wait_counter(0, "tx_frames", 9);
     assert_eq!(counter(&a_entry, "rx_direct"), 0);
     // Counted on both peers as if through the ring: a delivery each (and one more to the
     // promiscuous peer), a reception each.
     wait_until("the peers' counts are written", || {
-        peer_counts(&lab, GUEST_B).1 == 8
+        peer_counts(&lab, GUEST_B).1 == 9
     });
     assert_eq!(
         peer_counts(&lab, GUEST_A).0,
-        16,
-        "8 to b, 8 to the promiscuous peer"
+        18,
+        "9 to b, 9 to the promiscuous peer"
     );
     // The promiscuous peer saw every one of them, through its ring.
+    let everything = [first, sent].concat();
     let mut seen = Vec::new();
     let deadline = Instant::now() + DEADLINE;
-    while seen.len() < sent.len() {
+    while seen.len() < everything.len() {
         lab.peer.receive(usize::MAX, |f| seen.push(f.to_vec()));
-        assert!(Instant::now() < deadline, "the promiscuous peer sees all 8");
+        assert!(Instant::now() < deadline, "the promiscuous peer sees all 9");
         lab.peer.wait(Duration::from_millis(50));
     }
-    assert_eq!(seen, sent);
+    assert_eq!(seen, everything);
 }
 
 #[test]
@@ -915,6 +921,13 @@ fn a_frame_straight_across_never_overtakes_one_waiting_for_the_receiver() {
 #[test]
 fn a_bad_receive_buffer_met_straight_across_is_counted_on_its_guest() {
     let (mut lab, mut a, mut b) = two_guests();
+    lab.assert_link_up();
+    // A first frame through a good buffer, so that b's lane is taken up by the engine.
+    b.rx.post_rx(&b.memory, 1, 2048);
+    let first = a_sends(&mut a, 0..1);
+    b_receives(&mut b, &first);
+    let before = counter(&lab.wait_counter(1, "rx_frames", 1), "rx_direct");
+    // Then a buffer outside guest memory, and good ones behind it.
     let head = b.rx.ring.take_descriptor();
     let outside = Descriptor {
         addr: 0x8000_0000,
@@ -925,16 +938,18 @@ fn a_bad_receive_buffer_met_straight_across_is_counted_on_its_guest() {
     b.rx.ring.write_descriptor(&b.memory, head, outside);
     b.rx.ring.publish(&b.memory, head);
     b.rx.post_rx(&b.memory, 4, 2048);
-    lab.assert_link_up();
-    let sent = a_sends(&mut a, 0..2);
-    let entry = lab.wait_counter(1, "rx_bad_chains", 1);
-    assert_eq!(counter(&entry, "rx_bad_chains"), 1, "counted once, on b");
-    assert_eq!(entry["state"], "running");
-    let entry = lab.wait_counter(1, "rx_direct", 2);
-    assert_eq!(counter(&entry, "rx_direct"), 2, "both went straight across");
+    let sent = a_sends(&mut a, 1..3);
     // The frame that met the bad chain went on to the next buffer: both arrive.
     b_receives(&mut b, &sent);
-    let a_entry = lab.wait_counter(0, "tx_frames", 2);
+    let entry = lab.wait_counter(1, "rx_frames", 3);
+    assert_eq!(counter(&entry, "rx_bad_chains"), 1, "counted once, on b");
+    assert_eq!(entry["state"], "running");
+    assert_eq!(
+        counter(&entry, "rx_direct"),
+        before + 2,
+        "both went straight across"
+    );
+    let a_entry = lab.wait_counter(0, "tx_frames", 3);
     assert_eq!(
         counter(&a_entry, "rx_bad_chains"),
         0,
@@ -942,6 +957,57 @@ fn a_bad_receive_buffer_met_straight_across_is_counted_on_its_guest() {
     );
     assert_eq!(counter(&a_entry, "tx_bad_chains"), 0);
     assert!(lab.backend.is_alive());
+}
+
+#[test]
+fn a_receiving_guest_that_vanishes_mid_traffic_costs_its_sender_nothing() {
+    let (mut lab, mut a, mut b) = two_guests();
+    b.rx.post_rx(&b.memory, 64, 2048);
+    lab.assert_link_up();
+    // Guest a sends flat out while b's frontend goes away (its socket closed, as when
+    // QEMU is killed): a's chains all come back, and the port lives on.
+    let heads: Vec<u16> = (0..32)
+        .map(|tag| {
+            let f = frame(GUEST_B, GUEST_A, 120, tag);
+            a.tx.send(&a.memory, &packet(&f), 1, false)
+        })
+        .collect();
+    drop(b);
+    let mut outstanding: std::collections::HashSet<u32> =
+        heads.into_iter().map(u32::from).collect();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        for used in a.tx.ring.take_used(&a.memory) {
+            outstanding.remove(&used.id);
+        }
+        if outstanding.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a's chains all come back used; still out: {outstanding:?}"
+        );
+        a.tx.wait_call(Duration::from_millis(50));
+    }
+    assert!(lab.backend.is_alive());
+    // A new guest on b's socket gets a's next frames, and none of the old ones.
+    let mut b = lab.guest(1, SetupOptions::default());
+    b.rx.post_rx(&b.memory, 16, 2048);
+    wait_until("the new guest b is published", || {
+        lab.network
+            .status()
+            .peers
+            .iter()
+            .any(|p| p.mac == GUEST_B && !p.link_down)
+    });
+    let next = a_sends(&mut a, 100..103);
+    b_receives(&mut b, &next);
+    assert!(
+        b.rx.ring.take_used(&b.memory).is_empty(),
+        "nothing meant for the guest before"
+    );
+    let entry = lab.wait_status(1, "the new guest running", |e| e["state"] == "running");
+    assert_eq!(counter(&entry, "connections"), 2);
 }
 
 // --- A guest that keeps misbehaving -------------------------------------------------------

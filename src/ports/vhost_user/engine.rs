@@ -581,6 +581,9 @@ impl<'x, 'a> Neighbours<'x, 'a> {
     fn new(lanes: impl Iterator<Item = &'x mut Lane<'a>>) -> Neighbours<'x, 'a> {
         let lanes = lanes
             .filter_map(|lane| {
+                // The lane's own round may not have seen its connection's latest change
+                // (a new memory table, a queue started): write with what it says now.
+                lane.refresh();
                 let Lane {
                     shared, rx, view, ..
                 } = lane;
