@@ -77,15 +77,7 @@ impl RxHalf {
         enabled_by_default: bool,
     ) -> usize {
         let counters = &shared.socket.counters;
-        // The running receive queues, each with its pair's number.
-        let mut queues: Vec<_> = shared
-            .vrings
-            .iter()
-            .step_by(2)
-            .enumerate()
-            .map(|(pair, vring)| (pair, lock(vring)))
-            .filter(|(_, vring)| vring.running(enabled_by_default))
-            .collect();
+        let mut queues = running_receive_queues(shared, enabled_by_default);
         if queues.is_empty() {
             drop(queues);
             shared.set_link(false);
@@ -200,14 +192,7 @@ impl RxHalf {
         {
             return None;
         }
-        let queues: Vec<_> = shared
-            .vrings
-            .iter()
-            .step_by(2)
-            .enumerate()
-            .map(|(pair, vring)| (pair, lock(vring)))
-            .filter(|(_, vring)| vring.running(enabled_by_default))
-            .collect();
+        let queues = running_receive_queues(shared, enabled_by_default);
         if queues.is_empty() {
             return None;
         }
@@ -235,6 +220,21 @@ impl RxHalf {
         );
         self.held.clear();
     }
+}
+
+/// The running receive queues, locked, each with its pair's number.
+fn running_receive_queues<'x>(
+    shared: &'x Shared<'_>,
+    enabled_by_default: bool,
+) -> Vec<(usize, MutexGuard<'x, Vring>)> {
+    shared
+        .vrings
+        .iter()
+        .step_by(2)
+        .enumerate()
+        .map(|(pair, vring)| (pair, lock(vring)))
+        .filter(|(_, vring)| vring.running(enabled_by_default))
+        .collect()
 }
 
 /// A lane's receive queues, locked for the length of another lane's transmit batch, taking
