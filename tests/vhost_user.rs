@@ -1017,6 +1017,8 @@ fn persistent_bad_chains_quarantine_the_port_but_not_its_neighbour() {
     let mut lab = Lab::start(&["bad", "good"]);
     let mut bad = lab.guest(0, SetupOptions::default());
     let mut good = lab.guest(1, SetupOptions::default());
+    // Buffers for whatever might still be written into it (nothing must be).
+    bad.rx.post_rx(&bad.memory, 4, 2048);
     let size = bad.tx.ring.size();
     for _ in 0..100 {
         bad.tx.ring.publish(&bad.memory, size + 1);
@@ -1054,6 +1056,30 @@ fn persistent_bad_chains_quarantine_the_port_but_not_its_neighbour() {
     let neighbour = lab.wait_counter(1, "tx_frames", 3);
     assert_eq!(neighbour["state"], "running");
     assert_eq!(counter(&neighbour, "quarantines"), 0);
+
+    // Nor does its neighbour's frame get into it by going straight across: it is dropped
+    // and counted like the peer's.
+    let to_bad = frame(bad_peer.mac, GUEST_MAC, 100, 10);
+    let head = good.tx.send(&good.memory, &packet(&to_bad), 1, false);
+    assert!(good.tx.wait_used(&good.memory, head).is_some());
+    wait_until(
+        "the neighbour's frame for the quarantined guest is counted",
+        || {
+            lab.network.status().peers.iter().any(|p| {
+                p.slot == slot
+                    && p.drops
+                        .iter()
+                        .any(|(reason, &n)| reason.contains("quarantined") && n >= 2)
+            })
+        },
+    );
+    assert!(
+        bad.rx.ring.take_used(&bad.memory).is_empty(),
+        "nothing written into the quarantined guest"
+    );
+    let entry = lab.wait_counter(0, "quarantines", 1);
+    assert_eq!(counter(&entry, "rx_frames"), 0);
+    assert_eq!(counter(&entry, "rx_direct"), 0);
 }
 
 // --- A frontend that sends bad messages ---------------------------------------------------
