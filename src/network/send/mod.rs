@@ -71,8 +71,10 @@ pub enum Sent {
 
 /// A way past the ring, for a port that serves some of the receivers itself (a
 /// vhost-user port with several VMs): a copy its routing decided to write into one of
-/// those receivers' rings may be handed to it directly instead, one copy where the ring
-/// takes two (lguest's single copy). Everything before the copy is the same: the checks,
+/// those receivers' rings may be handed to it directly instead: one copy into the
+/// receiving guest, where the ring takes three (into the ring, out into the receiver's
+/// private copy, on into the guest), lguest's single copy. Everything before the copy is
+/// the same: the checks,
 /// learning, VLANs, policy, rate limit and the receiver's admission; so is the count of a
 /// delivery. Only copies that need no retagging are offered.
 ///
