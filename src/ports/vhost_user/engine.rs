@@ -63,6 +63,7 @@ use super::rx::RxHalf;
 use super::state::{Negotiated, Released, Shared, drain_eventfd, lock};
 use super::status::Counters;
 use crate::network::counters::DropReason;
+use crate::network::offloads;
 use crate::network::rate::Admission;
 use crate::network::send::Shortcut;
 use crate::network::{Receiver, RingWatch, Sender, monotonic_ns};
@@ -562,6 +563,9 @@ struct Neighbours<'x, 'a> {
 struct Neighbour<'x, 'a> {
     /// Peer slot and generation of the lane's receiver.
     peer: (u16, u32),
+    /// The offloads its guest negotiated (the sender went by those the peer table
+    /// advertises, which may lag a renegotiation).
+    offloads: u32,
     door: Door<'x, 'a>,
 }
 
@@ -590,6 +594,7 @@ impl<'x, 'a> Neighbours<'x, 'a> {
                 let view = view.as_ref()?;
                 Some(Neighbour {
                     peer: rx.peer(),
+                    offloads: datapath::guest_offloads(view.tx_rules.features),
                     door: Door::Closed { rx, shared, view },
                 })
             })
@@ -608,6 +613,12 @@ impl Shortcut for Neighbours<'_, '_> {
             return false;
         };
         if neighbour.peer.1 != generation {
+            return false;
+        }
+        // Offload work the guest did not negotiate is finished in software on the ring's
+        // way (its receiver checks what the peer accepts now); never hand it over as is.
+        let needed = offloads::needed_offloads(hdr).unwrap_or(u32::MAX);
+        if needed & neighbour.offloads != needed {
             return false;
         }
         if let Door::Closed { .. } = neighbour.door {
