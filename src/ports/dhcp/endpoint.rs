@@ -418,9 +418,10 @@ fn decode_dhcp(payload: &[u8]) -> Option<v4::Message> {
 }
 
 /// Whether the options whose length dhcproto trusts have a length their code allows.
-/// Consecutive options of one code count as one (RFC 3396), as the crate joins them.
+/// Consecutive options of one code count as one (RFC 3396), as the crate joins them; a
+/// pad between them ends the run, as it does in the crate.
 /// Reading stops at the end option or the end of the bytes; every step advances.
-fn option_lengths_fit(payload: &[u8]) -> bool {
+pub(super) fn option_lengths_fit(payload: &[u8]) -> bool {
     let allowed = |code: u8, length: usize| match code {
         80 => length == 0,
         81 => length >= 3,
@@ -433,7 +434,15 @@ fn option_lengths_fit(payload: &[u8]) -> bool {
     let mut run: Option<(u8, usize)> = None;
     while let Some(&code) = payload.get(at) {
         match code {
-            0 => at += 1,
+            // A pad ends a run: the crate decodes the option before it on its own.
+            0 => {
+                if let Some((code, total)) = run.take()
+                    && !allowed(code, total)
+                {
+                    return false;
+                }
+                at += 1;
+            }
             255 => break,
             _ => {
                 let Some(&length) = payload.get(at + 1) else {
