@@ -676,7 +676,9 @@ fn a_pad_between_two_options_of_one_code_ends_the_run_as_in_the_decoder() {
     assert!(!option_lengths_fit(&with(&[81, 0, 0, 81, 3, 0, 0, 0])));
     assert!(!option_lengths_fit(&with(&[81, 3, 0, 0, 0, 0, 81, 0])));
     assert!(option_lengths_fit(&with(&[81, 2, 0, 0, 81, 1, 0])));
-    assert!(option_lengths_fit(&with(&[81, 3, 0, 0, 0, 0, 81, 3, 0, 0, 0])));
+    assert!(option_lengths_fit(&with(&[
+        81, 3, 0, 0, 0, 0, 81, 3, 0, 0, 0
+    ])));
     // And a whole message like it is counted and dropped, not decoded.
     let mut e = endpoint();
     let frame = udp_frame(
