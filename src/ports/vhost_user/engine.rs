@@ -621,19 +621,18 @@ impl Shortcut for Neighbours<'_, '_> {
         if needed & neighbour.offloads != needed {
             return false;
         }
-        if let Door::Closed { .. } = neighbour.door {
-            let Door::Closed { rx, shared, view } =
-                std::mem::replace(&mut neighbour.door, Door::Shut)
-            else {
-                return false;
-            };
-            let mem = view.memory.memory();
-            if let Some(direct) =
-                rx.open_direct(shared, mem, view.rx_rules, view.enabled_by_default)
-            {
-                neighbour.door = Door::Open(direct);
-            }
-        }
+        // The first frame for it in this batch opens it, if it may be opened now.
+        neighbour.door = match std::mem::replace(&mut neighbour.door, Door::Shut) {
+            Door::Closed { rx, shared, view } => rx
+                .open_direct(
+                    shared,
+                    view.memory.memory(),
+                    view.rx_rules,
+                    view.enabled_by_default,
+                )
+                .map_or(Door::Shut, Door::Open),
+            door => door,
+        };
         let Door::Open(direct) = &mut neighbour.door else {
             return false;
         };

@@ -76,13 +76,10 @@ impl RxHalf {
         rules: &RxRules,
         enabled_by_default: bool,
     ) -> usize {
-        let counters = &shared.socket.counters;
-        let mut queues = running_receive_queues(shared, enabled_by_default);
-        if queues.is_empty() {
-            drop(queues);
+        let Some(mut delivery) = Delivery::open(shared, enabled_by_default) else {
             shared.set_link(false);
             return 0;
-        }
+        };
         shared.set_link(true);
         let RxHalf {
             receiver,
@@ -92,39 +89,14 @@ impl RxHalf {
             faults,
             blocked,
         } = self;
-        let mut delivered = 0u64;
-        // Frames delivered into each of `queues` this round.
-        let mut delivered_to = [0u64; MAX_QUEUE_PAIRS as usize];
         *blocked = false;
-        let count = queues.len();
         let mut offer = |hdr: &VirtioNetHdr, frame: &[u8], blocked: &mut bool| -> bool {
             if *blocked {
                 return false;
             }
-            let q = if count == 1 {
-                0
-            } else {
-                crate::wire::flow::flow_hash(frame) as usize % count
-            };
-            match datapath::place(&mut queues[q].1, mem, rules, hdr, frame, work, |f| {
-                faults.push(f)
-            }) {
-                Placed::Delivered => {
-                    delivered += 1;
-                    if let Some(n) = delivered_to.get_mut(q) {
-                        *n += 1;
-                    }
-                    true
-                }
-                Placed::Dropped(fault) => {
-                    faults.push(fault);
-                    true
-                }
-                Placed::NoBuffers => {
-                    *blocked = true;
-                    false
-                }
-            }
+            let placed = delivery.place(mem, rules, (hdr, frame), work, faults);
+            *blocked = placed == Placed::NoBuffers;
+            !*blocked
         };
         // Frames held from before go first, in order.
         while let Some(first) = held.front() {
@@ -149,28 +121,7 @@ impl RxHalf {
                 }
             });
         }
-        Counters::add(&counters.rx_frames, delivered);
-        for ((pair, _), n) in queues.iter().zip(delivered_to) {
-            if let (Some(queue), 1..) = (shared.socket.queues.get(*pair), n) {
-                Counters::add(&queue.rx_frames, n);
-            }
-        }
-        // Every queue, not only those that got frames: bad chains went back too.
-        for (_, vring) in queues.iter_mut() {
-            vring.finish_round(mem);
-        }
-        let failures: u64 = queues
-            .iter_mut()
-            .map(|(_, v)| v.take_access_failures())
-            .sum();
-        Counters::add(&counters.ring_access_failures, failures);
-        drop(queues);
-        if !faults.is_empty() {
-            let now = monotonic_ns();
-            for fault in faults.drain(..) {
-                shared.fault(false, fault, now);
-            }
-        }
+        let delivered = delivery.finish(shared, mem, faults, false);
         received.max(delivered as usize)
     }
 
@@ -192,17 +143,13 @@ impl RxHalf {
         {
             return None;
         }
-        let queues = running_receive_queues(shared, enabled_by_default);
-        if queues.is_empty() {
-            return None;
-        }
+        let delivery = Delivery::open(shared, enabled_by_default)?;
         Some(Direct {
             rx: self,
             shared,
             mem,
             rules,
-            queues,
-            delivered_to: [0; MAX_QUEUE_PAIRS as usize],
+            delivery,
         })
     }
 
@@ -222,41 +169,41 @@ impl RxHalf {
     }
 }
 
-/// The running receive queues, locked, each with its pair's number.
-fn running_receive_queues<'x>(
-    shared: &'x Shared<'_>,
-    enabled_by_default: bool,
-) -> Vec<(usize, MutexGuard<'x, Vring>)> {
-    shared
-        .vrings
-        .iter()
-        .step_by(2)
-        .enumerate()
-        .map(|(pair, vring)| (pair, lock(vring)))
-        .filter(|(_, vring)| vring.running(enabled_by_default))
-        .collect()
-}
-
-/// A lane's receive queues, locked for the length of another lane's transmit batch, taking
-/// the frames that batch sends this guest straight from the sender's copy (one copy from
-/// guest to guest, where the network's ring takes two more). Frames land as a round's
-/// would: by flow on a queue, checked chain by chain, counted on the port and on the peer
-/// as received. When it is dropped, the used entries are published and the guest is
-/// signalled, once.
-pub struct Direct<'x, 'a> {
-    rx: &'x mut RxHalf,
-    shared: &'x Shared<'a>,
-    mem: &'x GuestMemoryMmap,
-    rules: RxRules,
+/// A lane's running receive queues, locked for a round of its own or for another lane's
+/// batch, and the frames written into each.
+struct Delivery<'x> {
     /// The running receive queues, each with its pair's number.
     queues: Vec<(usize, MutexGuard<'x, Vring>)>,
     delivered_to: [u64; MAX_QUEUE_PAIRS as usize],
 }
 
-impl Direct<'_, '_> {
-    /// Writes one frame into the guest; `false` when the guest has no buffers for it (it
-    /// then goes through the ring, and so must every later frame for this guest).
-    pub fn offer(&mut self, hdr: &VirtioNetHdr, frame: &[u8]) -> bool {
+impl<'x> Delivery<'x> {
+    /// Locks the running receive queues; none if no receive queue runs.
+    fn open(shared: &'x Shared<'_>, enabled_by_default: bool) -> Option<Delivery<'x>> {
+        let queues: Vec<_> = shared
+            .vrings
+            .iter()
+            .step_by(2)
+            .enumerate()
+            .map(|(pair, vring)| (pair, lock(vring)))
+            .filter(|(_, vring)| vring.running(enabled_by_default))
+            .collect();
+        (!queues.is_empty()).then_some(Delivery {
+            queues,
+            delivered_to: [0; MAX_QUEUE_PAIRS as usize],
+        })
+    }
+
+    /// Writes one frame into the queue its flow hashes to (with several pairs). Bad
+    /// chains met on the way, and the reason a frame was dropped, go to `faults`.
+    fn place(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        rules: &RxRules,
+        (hdr, frame): (&VirtioNetHdr, &[u8]),
+        work: &mut datapath::Placement,
+        faults: &mut Vec<ChainFault>,
+    ) -> Placed {
         let count = self.queues.len();
         let q = if count == 1 {
             0
@@ -264,55 +211,94 @@ impl Direct<'_, '_> {
             crate::wire::flow::flow_hash(frame) as usize % count
         };
         let Some((_, vring)) = self.queues.get_mut(q) else {
-            return false;
+            return Placed::NoBuffers;
         };
-        let faults = &mut self.rx.faults;
-        let placed = datapath::place(
-            vring,
-            self.mem,
-            &self.rules,
-            hdr,
-            frame,
-            &mut self.rx.work,
-            |f| faults.push(f),
-        );
+        let placed = datapath::place(vring, mem, rules, hdr, frame, work, |f| faults.push(f));
         match placed {
             Placed::Delivered => {
                 if let Some(n) = self.delivered_to.get_mut(q) {
                     *n += 1;
                 }
-                self.rx.receiver.count_received(frame.len());
-                true
             }
-            Placed::Dropped(fault) => {
-                faults.push(fault);
-                true
-            }
-            Placed::NoBuffers => false,
+            Placed::Dropped(fault) => faults.push(fault),
+            Placed::NoBuffers => {}
         }
+        placed
+    }
+
+    /// Ends the delivery: counts the frames (also as `rx_direct` when they came straight
+    /// from another lane), publishes every queue's used entries and signals the guest
+    /// (every queue, not only those that got frames: bad chains went back too), unlocks
+    /// the queues, then reports the faults. Returns the frames delivered.
+    fn finish(
+        &mut self,
+        shared: &Shared<'_>,
+        mem: &GuestMemoryMmap,
+        faults: &mut Vec<ChainFault>,
+        direct: bool,
+    ) -> u64 {
+        let counters = &shared.socket.counters;
+        let delivered = self.delivered_to.iter().sum();
+        Counters::add(&counters.rx_frames, delivered);
+        if direct {
+            Counters::add(&counters.rx_direct, delivered);
+        }
+        for ((pair, vring), n) in self.queues.iter_mut().zip(self.delivered_to) {
+            if let (Some(queue), 1..) = (shared.socket.queues.get(*pair), n) {
+                Counters::add(&queue.rx_frames, n);
+            }
+            vring.finish_round(mem);
+            Counters::add(&counters.ring_access_failures, vring.take_access_failures());
+        }
+        self.queues.clear();
+        self.delivered_to = [0; MAX_QUEUE_PAIRS as usize];
+        if !faults.is_empty() {
+            let now = monotonic_ns();
+            for fault in faults.drain(..) {
+                shared.fault(false, fault, now);
+            }
+        }
+        delivered
+    }
+}
+
+/// A lane's receive queues, locked for the length of another lane's transmit batch, taking
+/// the frames that batch sends this guest straight from the sender's copy (one copy into
+/// the guest, where the network's ring takes three). Frames land as a round's would: by
+/// flow on a queue, checked chain by chain, counted on the port and on the peer as
+/// received. When it is dropped, the used entries are published and the guest is
+/// signalled, once.
+pub struct Direct<'x, 'a> {
+    rx: &'x mut RxHalf,
+    shared: &'x Shared<'a>,
+    mem: &'x GuestMemoryMmap,
+    rules: RxRules,
+    delivery: Delivery<'x>,
+}
+
+impl Direct<'_, '_> {
+    /// Writes one frame into the guest; `false` when the guest has no buffers for it (it
+    /// then goes through the ring, and so must every later frame for this guest).
+    pub fn offer(&mut self, hdr: &VirtioNetHdr, frame: &[u8]) -> bool {
+        let rx = &mut *self.rx;
+        let placed = self.delivery.place(
+            self.mem,
+            &self.rules,
+            (hdr, frame),
+            &mut rx.work,
+            &mut rx.faults,
+        );
+        if placed == Placed::Delivered {
+            rx.receiver.count_received(frame.len());
+        }
+        placed != Placed::NoBuffers
     }
 }
 
 impl Drop for Direct<'_, '_> {
     fn drop(&mut self) {
-        let counters = &self.shared.socket.counters;
-        let delivered = self.delivered_to.iter().sum();
-        Counters::add(&counters.rx_frames, delivered);
-        Counters::add(&counters.rx_direct, delivered);
-        for ((pair, vring), n) in self.queues.iter_mut().zip(self.delivered_to) {
-            if let (Some(queue), 1..) = (self.shared.socket.queues.get(*pair), n) {
-                Counters::add(&queue.rx_frames, n);
-            }
-            vring.finish_round(self.mem);
-            Counters::add(&counters.ring_access_failures, vring.take_access_failures());
-        }
-        self.queues.clear();
+        self.delivery
+            .finish(self.shared, self.mem, &mut self.rx.faults, true);
         self.rx.receiver.flush();
-        if !self.rx.faults.is_empty() {
-            let now = monotonic_ns();
-            for fault in self.rx.faults.drain(..) {
-                self.shared.fault(false, fault, now);
-            }
-        }
     }
 }
