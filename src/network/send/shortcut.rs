@@ -1,0 +1,40 @@
+//! A way past the ring, for ports that serve some receivers themselves.
+
+use crate::wire::virtio_net::VirtioNetHdr;
+
+/// A way past the ring, for a port that serves some of the receivers itself (a
+/// vhost-user port with several VMs): a copy its routing decided to write into one of
+/// those receivers' rings may be handed to it directly instead: one copy into the
+/// receiving guest, where the ring takes three (into the ring, out into the receiver's
+/// private copy, on into the guest), lguest's single copy. Everything before the copy is
+/// the same: the checks,
+/// learning, VLANs, policy, rate limit and the receiver's admission; so is the count of a
+/// delivery. Only copies that need no retagging are offered.
+///
+/// The port keeps each receiver's frames in order: [`Shortcut::queued`] tells it that a
+/// copy for a receiver went into its ring after all, and no later copy for that receiver
+/// may then overtake it.
+pub trait Shortcut {
+    /// Offers one copy, with its offload header, for the receiver at peer slot `index`
+    /// joined as `generation`. Returns whether it was taken: written to the receiver (and
+    /// counted on its side), or dropped there and counted. A copy not taken goes into
+    /// the receiver's ring.
+    fn offer(&mut self, index: u16, generation: u32, hdr: &VirtioNetHdr, frame: &[u8]) -> bool;
+
+    /// A copy for the receiver at peer slot `index` went into its ring.
+    fn queued(&mut self, index: u16);
+}
+
+/// No way past the ring: every copy goes into a ring.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoShortcut;
+
+impl Shortcut for NoShortcut {
+    #[inline]
+    fn offer(&mut self, _: u16, _: u32, _: &VirtioNetHdr, _: &[u8]) -> bool {
+        false
+    }
+
+    #[inline]
+    fn queued(&mut self, _: u16) {}
+}
