@@ -621,18 +621,21 @@ impl Shortcut for Neighbours<'_, '_> {
         if needed & neighbour.offloads != needed {
             return false;
         }
-        // The first frame for it in this batch opens it, if it may be opened now.
-        neighbour.door = match std::mem::replace(&mut neighbour.door, Door::Shut) {
-            Door::Closed { rx, shared, view } => rx
-                .open_direct(
-                    shared,
-                    view.memory.memory(),
-                    view.rx_rules,
-                    view.enabled_by_default,
-                )
-                .map_or(Door::Shut, Door::Open),
-            door => door,
-        };
+        // The first frame for it in this batch opens it, if it may be opened now. (Only
+        // then is the door moved: an open one is large, and this runs once per frame.)
+        if matches!(neighbour.door, Door::Closed { .. }) {
+            neighbour.door = match std::mem::replace(&mut neighbour.door, Door::Shut) {
+                Door::Closed { rx, shared, view } => rx
+                    .open_direct(
+                        shared,
+                        view.memory.memory(),
+                        view.rx_rules,
+                        view.enabled_by_default,
+                    )
+                    .map_or(Door::Shut, Door::Open),
+                door => door,
+            };
+        }
         let Door::Open(direct) = &mut neighbour.door else {
             return false;
         };
