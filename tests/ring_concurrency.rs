@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use guestnet::network::ring::{
-    self, AtomicWord, Claim, Pop, Push, SlotMemory, SlotMeta, SlotState, Tag,
+    self, AtomicWord, Claim, LateList, LateStep, Pop, Push, SlotMemory, SlotMeta, SlotState, Tag,
 };
 use shuttle::scheduler::{PctScheduler, RandomScheduler, Scheduler};
 use shuttle::sync::Arc;
@@ -73,6 +73,9 @@ struct Large {
 
 /// A small ring held in shuttle atomics.
 struct ShuttleRing {
+    /// The consumer's cursor as last stored, if this ring keeps one (as the network's
+    /// rings do; the scenarios without it check the algorithm's weaker, cursor-less mode).
+    consumed: Option<Word>,
     reserve: Word,
     slots: Vec<Slot>,
     large_hint: Word,
@@ -81,7 +84,12 @@ struct ShuttleRing {
 
 impl ShuttleRing {
     fn new(slot_count: u64) -> ShuttleRing {
+        ShuttleRing::with_cursor(slot_count, false)
+    }
+
+    fn with_cursor(slot_count: u64, cursor: bool) -> ShuttleRing {
         let ring = ShuttleRing {
+            consumed: cursor.then(|| Word(AtomicU64::new(0))),
             reserve: Word(AtomicU64::new(0)),
             slots: (0..slot_count)
                 .map(|_| Slot {
@@ -118,6 +126,12 @@ impl SlotMemory for ShuttleRing {
 
     fn reserve(&self) -> &Word {
         &self.reserve
+    }
+
+    fn consumed_hint(&self) -> Option<u64> {
+        self.consumed
+            .as_ref()
+            .map(|word| word.load(Ordering::Relaxed))
     }
 
     fn state(&self, index: u64) -> &Word {
@@ -261,6 +275,10 @@ struct Scenario {
     /// The consumer waits only a few looks for a writer holding the slot at its cursor,
     /// then passes over it, as the receiver does with a stopped writer.
     impatient_consumer: bool,
+    /// The consumer passes over late a writer holding the slot at its cursor when a frame
+    /// is published behind it, and reads the late frame when it is published (giving up
+    /// on it after a few looks), as the receiver does.
+    late_consumer: bool,
 }
 
 /// Looks at a slot held by its writer before an impatient consumer passes over it (the
@@ -332,11 +350,41 @@ struct Consumed {
     abandoned: u64,
     passed_over: u64,
     void: u64,
+    /// Positions passed over late (each then read, given up on, or lost).
+    passed_late: u64,
     final_tail: u64,
 }
 
+impl Consumed {
+    /// Notes what became of a slot passed over late.
+    fn late(&mut self, step: LateStep, buffer: &[u8]) {
+        match step {
+            LateStep::Frame(meta) => self.frames.push(check_frame(meta, buffer)),
+            LateStep::GaveUp => self.passed_over += 1,
+            LateStep::Lost => self.abandoned += 1,
+            LateStep::Corrupt => {
+                panic!("a late slot of a ring only this consumer reads is corrupt")
+            }
+        }
+    }
+}
+
+/// Room in the late consumer's list: small, so that a full list is met too.
+const LATE_SLOTS: usize = 2;
+/// Turns of the consumer's loop before it gives up on a late slot.
+const LATE_PATIENCE: u64 = 12;
+/// Turns of the consumer's loop between its looks at all its late slots.
+const LATE_LOOK_EVERY: u64 = 4;
+
 fn scenario(s: Scenario) {
-    let ring = Arc::new(ShuttleRing::new(s.slots));
+    play(s);
+}
+
+/// Plays a scenario and checks its outcome; returns how many slots the consumer passed
+/// over late.
+fn play(s: Scenario) -> u64 {
+    // Passing over late needs the consumer's cursor (see `LateList::worth_passing`).
+    let ring = Arc::new(ShuttleRing::with_cursor(s.slots, s.late_consumer));
     // Threads that have finished all they will ever do to the ring.
     let finished = Arc::new(AtomicU64::new(0));
     let mut threads = s.producers as u64;
@@ -388,22 +436,54 @@ fn scenario(s: Scenario) {
                 abandoned: 0,
                 passed_over: 0,
                 void: 0,
+                passed_late: 0,
                 final_tail: 0,
             };
             let mut tail = 0;
             let mut looks = 0;
             let mut buffer = [0u8; MAX_WORDS * 8];
+            // Slots passed over late, and a clock of loop turns for giving up on them.
+            let mut late = LateList::new(LATE_SLOTS);
+            let mut clock = 0u64;
             loop {
+                clock += 1;
                 // Read before looking at the ring: if every thread had finished by then, an
                 // empty slot means nothing more will ever come.
                 let all_finished = finished.load(Ordering::SeqCst) == threads;
-                let step = ring::pop(&*ring, tail, &mut buffer);
+                // The receiver looks at its late slots once per receive batch and reads
+                // several frames between looks; here, every few turns (and always once all
+                // have finished).
+                let due = |_: u16, since: u64| clock - since >= LATE_PATIENCE;
+                if clock.is_multiple_of(LATE_LOOK_EVERY) || all_finished {
+                    while let Some(step) = late.next(&*ring, None, &mut buffer, due) {
+                        seen.late(step, &buffer);
+                    }
+                }
+                let state = ring::peek(&*ring, tail);
+                if let Some(writer) = late.owed_before(state, tail) {
+                    // A later frame of a writer passed over late: its late one goes first.
+                    while let Some(step) =
+                        late.next(&*ring, Some(writer), &mut buffer, |_, _| false)
+                    {
+                        seen.late(step, &buffer);
+                    }
+                }
+                let step = ring::pop_seen(&*ring, tail, state, &mut buffer);
                 match step {
                     Pop::Frame(meta) => seen.frames.push(check_frame(meta, &buffer)),
                     Pop::Abandoned => seen.abandoned += 1,
-                    Pop::Empty if all_finished => break,
+                    Pop::Empty if all_finished && late.is_empty() => break,
                     Pop::InProgress { writer } if all_finished => {
                         panic!("stalled at position {tail}: writer {writer} holds it for ever")
+                    }
+                    Pop::InProgress { writer }
+                        if s.late_consumer
+                            && late.worth_passing(&*ring, tail)
+                            && late.pass(&*ring, tail, writer, clock) =>
+                    {
+                        seen.passed_late += 1;
+                        tail = ring::advance(tail, 1);
+                        looks = 0;
                     }
                     Pop::InProgress { writer } if s.impatient_consumer => {
                         looks += 1;
@@ -424,6 +504,10 @@ fn scenario(s: Scenario) {
                 if step.advances() {
                     tail = ring::advance(tail, 1);
                     looks = 0;
+                }
+                // As the receiver stores it after each receive batch (here, one step).
+                if let Some(consumed) = &ring.consumed {
+                    consumed.store(tail, Ordering::Release);
                 }
             }
             seen.final_tail = tail;
@@ -461,7 +545,7 @@ fn scenario(s: Scenario) {
         for (seq, outcome) in outcomes {
             assert!(
                 matches!(outcome, Push::Delivered | Push::Full | Push::Busy)
-                    || (s.impatient_consumer && *outcome == Push::PassedOver),
+                    || ((s.impatient_consumer || s.late_consumer) && *outcome == Push::PassedOver),
                 "writer {writer} frame {seq}: {outcome:?}, yet nobody abandoned it"
             );
         }
@@ -516,7 +600,10 @@ fn scenario(s: Scenario) {
         let state = SlotState::decode(ring.state(index).load(Ordering::SeqCst));
         assert_eq!(state.position % s.slots, index);
         if state.tag == Tag::Released {
-            assert!(s.impatient_consumer, "slot {index} left {state:?}");
+            assert!(
+                s.impatient_consumer || s.late_consumer,
+                "slot {index} left {state:?}"
+            );
             continue;
         }
         assert_eq!(state.tag, Tag::Free, "slot {index} left {state:?}");
@@ -532,6 +619,25 @@ fn scenario(s: Scenario) {
             "large buffer {index} leaked"
         );
     }
+    consumed.passed_late
+}
+
+/// Plays `s` under both schedulers and fails unless some runs passed over late (else the
+/// scenario would not test what it says).
+fn run_late(s: Scenario, runs: usize) {
+    let passed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&passed);
+    run(RandomScheduler::new(runs), move || {
+        counted.fetch_add(play(s), Ordering::Relaxed);
+    });
+    let counted = std::sync::Arc::clone(&passed);
+    run(PctScheduler::new(3, runs), move || {
+        counted.fetch_add(play(s), Ordering::Relaxed);
+    });
+    assert!(
+        passed.load(Ordering::Relaxed) > 0,
+        "no run passed a writer over late"
+    );
 }
 
 /// Runs `test` under `scheduler`, failing any single run that takes more steps than a
@@ -553,6 +659,7 @@ fn concurrent_producers_lose_nothing_unannounced_and_keep_order() {
         retry_when_refused: false,
         death: None,
         impatient_consumer: false,
+        late_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -568,6 +675,7 @@ fn a_ring_of_two_slots_wraps_many_laps_without_loss() {
         retry_when_refused: true,
         death: None,
         impatient_consumer: false,
+        late_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -582,6 +690,7 @@ fn a_writer_dying_mid_copy_never_stalls_the_consumer() {
         retry_when_refused: false,
         death: Some(Death::MidCopy),
         impatient_consumer: false,
+        late_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -596,6 +705,7 @@ fn a_writer_dying_in_a_full_two_slot_ring_is_skipped_on_a_later_lap() {
         retry_when_refused: true,
         death: Some(Death::MidCopy),
         impatient_consumer: false,
+        late_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
 }
@@ -641,9 +751,60 @@ fn a_consumer_that_passes_over_slow_writers_never_delivers_a_torn_frame_or_break
         retry_when_refused: false,
         death: None,
         impatient_consumer: true,
+        late_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
+}
+
+#[test]
+fn a_consumer_passing_over_late_delivers_every_frame_whole_and_in_order() {
+    // Writers descheduled between claim and publish (shuttle pauses them anywhere) are
+    // passed over late whenever a frame is published behind them: each late frame is read
+    // once published, before any later frame of its writer, and none is lost while its
+    // writer lives, unless the consumer gives up on it (counted on both sides).
+    let s = Scenario {
+        slots: 4,
+        producers: 3,
+        frames_each: 4,
+        retry_when_refused: false,
+        death: None,
+        impatient_consumer: false,
+        late_consumer: true,
+    };
+    run_late(s, 1500);
+}
+
+#[test]
+fn a_late_consumer_in_a_full_ring_of_two_slots_loses_nothing() {
+    // Every refused frame retried through two slots, some held late: laps go on over the
+    // late slots, and every frame of every writer arrives, in order.
+    let s = Scenario {
+        slots: 2,
+        producers: 3,
+        frames_each: 3,
+        retry_when_refused: true,
+        death: None,
+        impatient_consumer: false,
+        late_consumer: true,
+    };
+    run_late(s, 1500);
+}
+
+#[test]
+fn a_writer_dying_while_passed_over_late_is_accounted_and_leaks_nothing() {
+    for death in [Death::MidCopy, Death::HandedLarge] {
+        let s = Scenario {
+            slots: 4,
+            producers: 2,
+            frames_each: 3,
+            retry_when_refused: false,
+            death: Some(death),
+            impatient_consumer: false,
+            late_consumer: true,
+        };
+        run_late(s, 1000);
+    }
 }
 
 #[test]
@@ -655,6 +816,7 @@ fn a_writer_dying_while_an_impatient_consumer_passes_over_it_is_still_accounted(
         retry_when_refused: false,
         death: Some(Death::MidCopy),
         impatient_consumer: true,
+        late_consumer: false,
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -670,6 +832,7 @@ fn a_writer_dying_at_any_step_of_a_large_push_leaks_no_buffer_and_stalls_nobody(
             retry_when_refused: false,
             death: Some(death),
             impatient_consumer: false,
+            late_consumer: false,
         };
         run(RandomScheduler::new(800), move || scenario(s));
         run(PctScheduler::new(3, 800), move || scenario(s));

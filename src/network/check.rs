@@ -245,9 +245,10 @@ fn check_ring(network: &Network, ring_index: u16, damage: &mut Vec<Damage>) {
         let limit = match state.tag {
             Tag::Free => claimed_until + slots + max_peers,
             Tag::Writing | Tag::Ready | Tag::Abandoned => claimed_until + max_peers,
-            // Held back for a passed-over writer for as long as it is stopped: any lap
-            // behind the consumer is possible, so only its slot and writer are checked.
-            Tag::Reserved | Tag::Released => u64::MAX,
+            // Held back for a passed-over writer for as long as it is stopped (or waited
+            // for late): any lap behind the consumer is possible, so only its slot and
+            // writer are checked.
+            Tag::Reserved | Tag::Released | Tag::Awaited | Tag::Late => u64::MAX,
         };
         let claimed = state.tag != Tag::Free;
         let bad = state.position % slots != index

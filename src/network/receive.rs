@@ -21,7 +21,7 @@ use super::counters::{self, DropReason, Pending, slot};
 use super::membership::{Control, Membership};
 use super::offloads::{header_from_words, needed_offloads};
 use super::region::SWEEP_INTERVAL_NS;
-use super::ring::{self, Pop, SlotMeta};
+use super::ring::{self, LateList, LateStep, Pop, SlotMeta};
 use super::shm_ring::ShmRing;
 
 /// The receiving half of a peer. Besides the network's frame rules it checks that each
@@ -44,6 +44,8 @@ pub struct Receiver {
     slot_capacity: usize,
     /// The position whose writer we are waiting for, and since when.
     in_progress: Option<(u64, u64)>,
+    /// Slots passed over late, read when their writers publish (see [`ring::LateList`]).
+    late: LateList,
     last_maintenance_ns: u64,
 }
 
@@ -56,6 +58,18 @@ const WAIT_SLICE: Duration = Duration::from_millis(250);
 /// too. Half of the 100 ms that a stopped member may cost the others, leaving the rest for
 /// wake-up and scheduling latency.
 pub const PASS_OVER_NS: u64 = 50_000_000;
+
+/// How many slots a receiver passes over late at most: writers descheduled mid-copy at
+/// once. A writer holds one claim at a time, so this is how many of its senders may be
+/// off their cores together before the receiver waits at its cursor again.
+const LATE_SLOTS: usize = 16;
+
+/// How long a writer may hold the slot at the receiver's cursor before the receiver
+/// considers passing it over late. A writer on another core copies a frame in well under
+/// this, and looking past its slot sooner would pull the lines it is about to write into
+/// the receiver's cache on every frame; a writer that lost its core holds the slot for a
+/// scheduler slice, milliseconds.
+const LATE_AFTER_NS: u64 = 5_000;
 
 /// The smallest segment size a super-frame may ask for: TCP's minimum MSS for IPv4
 /// (RFC 9293's 536 less options is the usual floor; Linux takes 88). Anything smaller
@@ -84,6 +98,7 @@ impl Receiver {
             mtu,
             slot_capacity,
             in_progress: None,
+            late: LateList::new(LATE_SLOTS),
             last_maintenance_ns: 0,
         }
     }
@@ -131,12 +146,35 @@ impl Receiver {
         let ring = membership.region.ring(membership.index);
         let entry = membership.entry();
         let mut received = 0;
+        // Late frames whose writers published since we last looked (or that we give up
+        // on). Read before the count is noted seen: one published after is looked for again.
+        let control = ring.control();
+        let late_published = control.late_published.load(Ordering::Acquire);
+        if late_published != control.late_seen.load(Ordering::Relaxed) || !self.late.is_empty() {
+            self.take_late(&ring, None, budget, accepted, &mut received, &mut on_frame);
+            control.late_seen.store(late_published, Ordering::Relaxed);
+        }
         // Bounded even if every slot is junk: at most one lap beyond the budget.
         let mut steps = budget.saturating_add(ring::SlotMemory::slot_count(&ring) as usize);
         while received < budget && steps > 0 {
             steps -= 1;
             let position = self.tail;
-            let step = ring::pop(&ring, position, &mut self.buffer);
+            let state = ring::peek(&ring, position);
+            // A frame of a writer we passed over late: its late frame is published (it
+            // claimed this one after), and goes first.
+            if let Some(writer) = self.late.owed_before(state, position)
+                && !self.take_late(
+                    &ring,
+                    Some(writer),
+                    budget,
+                    accepted,
+                    &mut received,
+                    &mut on_frame,
+                )
+            {
+                break;
+            }
+            let step = ring::pop_seen(&ring, position, state, &mut self.buffer);
             if step.advances() {
                 self.tail = ring::advance(position, 1);
             }
@@ -234,6 +272,59 @@ impl Receiver {
         ends.len()
     }
 
+    /// Passes over late the writer holding the slot at our cursor, when frames published
+    /// after its claim wait behind it: returns true when the ring may be read on (passed
+    /// over, or published meanwhile).
+    fn pass_late(&mut self, ring: &ShmRing<'_>, position: u64, writer: u16, now: u64) -> bool {
+        if !self.late.worth_passing(ring, position) {
+            return false;
+        }
+        if self.late.pass(ring, position, writer, now) {
+            self.tail = ring::advance(position, 1);
+            self.in_progress = None;
+            return true;
+        }
+        // The list is full, or the writer published meanwhile (then read it now).
+        ring::in_progress(ring, position) != Some(writer)
+    }
+
+    /// Reads the late frames that are published (of `only` that writer, if given) while
+    /// the budget lasts, and gives up on those waited for too long; returns false when
+    /// the budget ran out first.
+    fn take_late(
+        &mut self,
+        ring: &ShmRing<'_>,
+        only: Option<u16>,
+        budget: usize,
+        accepted: u32,
+        received: &mut usize,
+        on_frame: &mut impl FnMut(&VirtioNetHdr, &[u8]),
+    ) -> bool {
+        let membership = Arc::clone(&self.membership);
+        let entry = membership.entry();
+        let now = monotonic_ns();
+        let due = |writer: u16, since: u64| {
+            now.saturating_sub(since) >= PASS_OVER_NS || !writer_exists(&membership, writer)
+        };
+        loop {
+            if *received >= budget {
+                return false;
+            }
+            let Some(step) = self.late.next(ring, only, &mut self.buffer, due) else {
+                return true;
+            };
+            match step {
+                LateStep::Frame(meta) => match self.check(meta) {
+                    Ok((hdr, len)) => *received += self.hand_over(&hdr, len, accepted, on_frame),
+                    Err(reason) => counters::count_rx_drop(entry, reason),
+                },
+                LateStep::GaveUp => counters::count_rx_drop(entry, DropReason::Stalled),
+                LateStep::Lost => counters::count_rx_drop(entry, DropReason::Abandoned),
+                LateStep::Corrupt => counters::count_rx_drop(entry, DropReason::Corrupt),
+            }
+        }
+    }
+
     /// Decides what to do about a writer that holds the slot at `position`: returns true
     /// when the slot was dealt with (abandoned or passed over) and the ring may be read on,
     /// false to wait for the writer a little longer.
@@ -244,8 +335,11 @@ impl Receiver {
             return true;
         }
         let now = monotonic_ns();
-        let since = self.waiting_since(position, now);
-        if now.saturating_sub(since) < PASS_OVER_NS {
+        let waited = now.saturating_sub(self.waiting_since(position, now));
+        if waited >= LATE_AFTER_NS && self.pass_late(ring, position, writer, now) {
+            return true;
+        }
+        if waited < PASS_OVER_NS {
             return false;
         }
         if ring::pass_over(ring, position, writer) {
@@ -316,6 +410,7 @@ impl Receiver {
         let mut sleep = Sleep {
             membership: &self.membership,
             in_progress: &mut self.in_progress,
+            late_room: self.late.room(),
             pending: &mut self.pending,
             last_maintenance_ns: &mut self.last_maintenance_ns,
         };
@@ -328,7 +423,7 @@ impl Receiver {
     }
 
     /// Whether nothing waits in the ring, nor is being written into it: the position
-    /// read next is still free. A port that hands this peer frames past its ring (see
+    /// read next is still free, and no slot passed over late is waited for. A port that hands this peer frames past its ring (see
     /// [`crate::network::send::Shortcut`]) may do so only then, so that no frame overtakes
     /// one sent before it.
     pub fn ring_is_empty(&self) -> bool {
@@ -336,7 +431,7 @@ impl Receiver {
         let slots = ring::SlotMemory::slot_count(&ring);
         let word = ring::SlotMemory::state(&ring, self.tail & (slots - 1));
         let state = ring::SlotState::decode(ring::AtomicWord::load(word, Ordering::Acquire));
-        state.tag == ring::Tag::Free && state.position == self.tail
+        state.tag == ring::Tag::Free && state.position == self.tail && self.late.is_empty()
     }
 
     /// Counts a frame of `len` bytes handed to this peer past its ring, as if it had been
@@ -389,6 +484,9 @@ impl RingWatch {
         let mut sleep = Sleep {
             membership: &self.membership,
             in_progress: &mut self.in_progress,
+            // The receiver's list is not ours to see; a full one costs at worst a few
+            // early returns until the writer publishes or is passed over.
+            late_room: LATE_SLOTS,
             pending: &mut self.pending,
             last_maintenance_ns: &mut self.last_maintenance_ns,
         };
@@ -400,6 +498,8 @@ impl RingWatch {
 struct Sleep<'r> {
     membership: &'r Arc<Membership>,
     in_progress: &'r mut Option<(u64, u64)>,
+    /// Room left in the receiver's late list.
+    late_room: usize,
     pending: &'r mut Pending,
     last_maintenance_ns: &'r mut u64,
 }
@@ -416,7 +516,10 @@ impl Sleep<'_> {
             control.sleeping.store(1, Ordering::Relaxed);
             // Pairs with the fence in Sender::end_batch (see there).
             fence(Ordering::SeqCst);
-            if ring::has_work(&ring, tail) {
+            if ring::has_work(&ring, tail)
+                || control.late_published.load(Ordering::Acquire)
+                    != control.late_seen.load(Ordering::Relaxed)
+            {
                 control.sleeping.store(0, Ordering::Relaxed);
                 return true;
             }
@@ -428,10 +531,16 @@ impl Sleep<'_> {
             }
             let mut slice = Duration::from_nanos(limit - elapsed).min(WAIT_SLICE);
             // A writer holds the slot at our cursor: sleep no longer than our patience
-            // with it, then report work, so that `receive` passes over it.
+            // with it, then report work, so that `receive` passes over it. Frames
+            // published behind a writer that has held it a while are work too: `receive`
+            // passes over that writer late and reads them. (Senders wake us as they
+            // publish them.)
             if let Some(writer) = ring::in_progress(&ring, tail) {
-                let due = waiting_since(self.in_progress, tail, now).saturating_add(PASS_OVER_NS);
-                if now >= due || !writer_exists(&membership, writer) {
+                let since = waiting_since(self.in_progress, tail, now);
+                let due = since.saturating_add(PASS_OVER_NS);
+                let late_due = now.saturating_sub(since) >= LATE_AFTER_NS
+                    && ring::published_behind(&ring, tail, self.late_room);
+                if now >= due || late_due || !writer_exists(&membership, writer) {
                     control.sleeping.store(0, Ordering::Relaxed);
                     return true;
                 }

@@ -74,6 +74,11 @@ impl SlotMemory for ShmRing<'_> {
         header.offload[3].store(meta.large, Ordering::Relaxed);
     }
 
+    fn note_late(&self) {
+        // Release: a consumer that sees the count move sees the LATE state before it.
+        self.control.late_published.fetch_add(1, Ordering::Release);
+    }
+
     #[inline]
     fn read_meta(&self, index: u64) -> SlotMeta {
         let header = self.slots.at(index);

@@ -24,7 +24,7 @@ use crate::wire::ethernet::{HEADER_LEN, VLAN_TAG_LEN};
 /// "GUESTNET" in ASCII, read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GUESTNET");
 /// Layout version; bumped on any incompatible change to this file.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// Bytes reserved for the header.
 pub const HEADER_SIZE: usize = 4096;
 /// Bytes per peer table entry.
@@ -192,8 +192,13 @@ pub struct RingControl {
     pub wake: AtomicU32,
     /// Non-zero while the consumer sleeps or is about to.
     pub sleeping: AtomicU32,
+    /// Producers bump it each time they publish a frame the consumer passed over late.
+    pub late_published: AtomicU64,
+    /// The consumer's copy of `late_published` when it last looked at its late slots:
+    /// while the two differ, a late frame may wait (a sleeping consumer wakes for it).
+    pub late_seen: AtomicU64,
     /// Padding.
-    pub pad1: [AtomicU64; 6],
+    pub pad1: [AtomicU64; 4],
     /// Where producers start looking for a free large buffer (a hint).
     pub large_hint: AtomicU64,
     /// Reserved for multiqueue.

@@ -9,7 +9,7 @@
 //!  63                      16 15            3 2   0
 //! +--------------------------+---------------+-----+
 //! |   position (48 bits)     | writer (13 b) | tag |   tag: FREE, WRITING, READY, ABANDONED,
-//! +--------------------------+---------------+-----+        RESERVED, RELEASED
+//! +--------------------------+---------------+-----+        RESERVED, RELEASED, AWAITED, LATE
 //! ```
 //!
 //! - `FREE(p)`: the slot waits for position `p`. A sender claims it by a compare-and-swap
@@ -26,6 +26,16 @@
 //!   lap, and **a full ring never overwrites an unread frame** (defect 3 of lguest).
 //! - If a sender dies holding `WRITING(p, it)`, whoever reclaims its peer slot turns that
 //!   state into `ABANDONED(p)`; the receiver counts and skips it.
+//! - A sender that is alive but descheduled between its claim and its publish (several
+//!   senders sharing a core) would hold every frame behind it. When frames published after
+//!   its claim wait behind it, the receiver passes over it *late*: `WRITING(p, w) →
+//!   AWAITED(p, w)`, notes `p` in its [`LateList`] and reads on. The writer's publish then
+//!   finds `AWAITED` and turns it into `LATE(p, w)` instead of `READY`, and the receiver
+//!   reads the frame from its list. Order per sender holds because a sender claims its next
+//!   position only after publishing the one before: once the receiver sees a later frame of
+//!   `w` published (Acquire), `w`'s late frame is `LATE` too, and the receiver reads it
+//!   first. The frame is lost only if its writer dies (the sweep gives the slot back) or the
+//!   receiver gives up on it (below).
 //! - If a sender is alive but does not finish (stopped by `SIGSTOP` or a debugger halfway
 //!   through its copy), the receiver waits for it only a bounded time, then *passes over*
 //!   the slot: `WRITING(p, w) → RESERVED(p, w)`, counts the frame as `stalled` and reads on.
@@ -36,12 +46,14 @@
 //!   writer that dies instead is released by the liveness sweep. The frame is dropped on
 //!   both sides and never delivered, so nothing torn is ever read and per-sender order
 //!   holds (a writer's later frames cannot overtake a frame that is never delivered).
-//! - While a slot is `RESERVED` or `RELEASED` for an earlier lap, the positions of later
-//!   laps that fall on it are *void*: senders skip them when claiming and the receiver
-//!   skips them when reading, both without counting anything, since no frame was ever
-//!   there. The receiver turns a `RELEASED` slot back into `FREE` for the lap after the one
-//!   it is reading, which is the only lap no sender can have skipped yet. So a stopped
-//!   writer costs its receiver one slot of capacity, never a stall.
+//!   A late slot the receiver has waited for as long gets the same: `AWAITED → RESERVED`.
+//! - While a slot is `RESERVED`, `RELEASED`, `AWAITED` or `LATE` for an earlier lap, the
+//!   positions of later laps that fall on it are *void*: senders skip them when claiming
+//!   and the receiver skips them when reading, both without counting anything, since no
+//!   frame was ever there. Once the receiver has read a late frame it marks the slot
+//!   `RELEASED` too. The receiver turns a `RELEASED` slot back into `FREE` for the lap after
+//!   the one it is reading, which is the only lap no sender can have skipped yet. So a
+//!   stopped writer costs its receiver one slot of capacity, never a stall.
 //!
 //! The reserve cursor in the control block is only a hint of the next position to try;
 //! anyone who sees it lag behind the slot states helps it forward. Positions wrap at
@@ -64,8 +76,10 @@
 
 use std::sync::atomic::Ordering;
 
+mod late;
 mod state;
 
+pub use late::{LateList, LateStep, published_behind};
 pub use state::{AtomicWord, POSITION_BITS, SlotState, Tag, advance, is_earlier_lap};
 use state::{POSITION_MASK, WRITER_MASK};
 
@@ -153,6 +167,10 @@ pub trait SlotMemory {
     }
     /// Copies `len` bytes (clamped) of large buffer `index` into `out`.
     fn read_large(&self, _index: u64, _len: usize, _out: &mut [u8]) {}
+
+    /// Tells a receiver that may be asleep that a frame it passed over late is now
+    /// published (see [`LateList`]); called by the writer after `AWAITED → LATE`.
+    fn note_late(&self) {}
 }
 
 /// Result of trying to claim a slot.
@@ -275,43 +293,50 @@ pub enum Unpublished {
     PassedOver,
 }
 
-/// Publishes a claimed, filled slot. If the receiver passed over it meanwhile, gives the
-/// slot back (`RESERVED → RELEASED`).
+/// Publishes a claimed, filled slot: `READY`, or `LATE` if the receiver passed over it
+/// late meanwhile. If the receiver gave up on it, gives the slot back
+/// (`RESERVED → RELEASED`).
 pub fn publish<M: SlotMemory>(ring: &M, position: u64, writer: u16) -> Result<(), Unpublished> {
     let word = ring.state(position & (ring.slot_count() - 1));
-    let writing = SlotState {
-        position,
-        writer,
-        tag: Tag::Writing,
-    }
-    .encode();
-    let ready = SlotState {
-        position,
-        writer,
-        tag: Tag::Ready,
-    }
-    .encode();
+    let mine = |tag| {
+        SlotState {
+            position,
+            writer,
+            tag,
+        }
+        .encode()
+    };
     // Release: the frame bytes and metadata written before must be visible to the
-    // receiver that sees READY with Acquire.
-    let Err(actual) = word.compare_exchange(writing, ready, Ordering::Release, Ordering::Relaxed)
-    else {
+    // receiver that sees READY (or LATE) with Acquire.
+    let Err(mut actual) = word.compare_exchange(
+        mine(Tag::Writing),
+        mine(Tag::Ready),
+        Ordering::Release,
+        Ordering::Relaxed,
+    ) else {
         return Ok(());
     };
-    let reserved = SlotState {
-        position,
-        writer,
-        tag: Tag::Reserved,
+    if actual == mine(Tag::Awaited) {
+        // The receiver read on past us and waits for this frame aside; only it may give
+        // up on it (AWAITED → RESERVED), so a failure here means it just did.
+        match word.compare_exchange(
+            actual,
+            mine(Tag::Late),
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => {
+                ring.note_late();
+                return Ok(());
+            }
+            Err(now) => actual = now,
+        }
     }
-    .encode();
+    let reserved = mine(Tag::Reserved);
     if actual != reserved {
         return Err(Unpublished::Abandoned);
     }
-    let released = SlotState {
-        position,
-        writer,
-        tag: Tag::Released,
-    }
-    .encode();
+    let released = mine(Tag::Released);
     // Release: our last writes into the slot happen before whoever reuses it sees it freed.
     // Only we may release our reservation (or the sweep once we are dead), so this cannot
     // fail; if a scribbler got there first, its state is handled as any other.
@@ -531,9 +556,23 @@ impl Pop {
 
 /// Reads position `tail`, copying a frame into `out`.
 pub fn pop<M: SlotMemory>(ring: &M, tail: u64, out: &mut [u8]) -> Pop {
+    pop_seen(ring, tail, peek(ring, tail), out)
+}
+
+/// The state of the slot position `tail` falls on (Acquire: a published frame's bytes
+/// are visible once its state is seen).
+pub fn peek<M: SlotMemory>(ring: &M, tail: u64) -> SlotState {
+    SlotState::decode(
+        ring.state(tail & (ring.slot_count() - 1))
+            .load(Ordering::Acquire),
+    )
+}
+
+/// [`pop`] acting on the state [`peek`] returned, for a receiver that decides something
+/// by the state first (see [`LateList`]).
+pub fn pop_seen<M: SlotMemory>(ring: &M, tail: u64, state: SlotState, out: &mut [u8]) -> Pop {
     let slots = ring.slot_count();
     let word = ring.state(tail & (slots - 1));
-    let state = SlotState::decode(word.load(Ordering::Acquire));
     let next_lap = SlotState::free(advance(tail, slots)).encode();
     if state.holds_slot() && (state.position == tail || is_earlier_lap(state.position, tail, slots))
     {
@@ -565,7 +604,7 @@ pub fn pop<M: SlotMemory>(ring: &M, tail: u64, out: &mut [u8]) -> Pop {
                 Pop::Abandoned
             }
             // Handled by pop_void above.
-            Tag::Reserved | Tag::Released => Pop::Void { held_by: None },
+            Tag::Reserved | Tag::Released | Tag::Awaited | Tag::Late => Pop::Void { held_by: None },
         }
     } else if state.position == advance(tail, slots) && state.tag == Tag::Free {
         Pop::AlreadyConsumed
@@ -578,10 +617,15 @@ pub fn pop<M: SlotMemory>(ring: &M, tail: u64, out: &mut [u8]) -> Pop {
 /// Skips a void position whose slot is held back (see the module doc); a slot its writer
 /// has given back is freed for the lap after `tail`'s.
 fn pop_void<M: SlotMemory>(ring: &M, state: SlotState, tail: u64, next_lap: u64) -> Pop {
-    if state.tag == Tag::Reserved {
-        return Pop::Void {
-            held_by: Some(state.writer),
-        };
+    match state.tag {
+        Tag::Reserved => {
+            return Pop::Void {
+                held_by: Some(state.writer),
+            };
+        }
+        // Passed over late: the receiver's late list has it, and frees it once read.
+        Tag::Awaited | Tag::Late => return Pop::Void { held_by: None },
+        _ => {}
     }
     let word = ring.state(tail & (ring.slot_count() - 1));
     let released = state.encode();
@@ -713,9 +757,11 @@ pub fn abandon_writer<M: SlotMemory>(ring: &M, dead_writer: u16) -> u64 {
             let state = SlotState::decode(seen);
             // A dead writer's claims become abandoned (the receiver counts and skips them)
             // and its reservations are given back (nobody else will ever give them back).
+            // A claim passed over late is behind the receiver's cursor: given back, it is
+            // freed on a later lap, and the receiver's late list counts it lost.
             let replacement = match state.tag {
                 Tag::Writing if state.writer == dead_writer => Tag::Abandoned,
-                Tag::Reserved if state.writer == dead_writer => Tag::Released,
+                Tag::Reserved | Tag::Awaited if state.writer == dead_writer => Tag::Released,
                 _ => break,
             };
             let replaced = SlotState {
@@ -735,10 +781,13 @@ pub fn abandon_writer<M: SlotMemory>(ring: &M, dead_writer: u16) -> u64 {
     count
 }
 
-/// Whether any slot is being written.
+/// Whether any slot is being written (also one passed over late).
 pub fn writers_in_progress<M: SlotMemory>(ring: &M) -> bool {
     (0..ring.slot_count()).any(|index| {
-        SlotState::decode(ring.state(index).load(Ordering::Acquire)).tag == Tag::Writing
+        matches!(
+            SlotState::decode(ring.state(index).load(Ordering::Acquire)).tag,
+            Tag::Writing | Tag::Awaited
+        )
     })
 }
 
@@ -783,7 +832,7 @@ pub fn reset_ahead<M: SlotMemory>(ring: &M) -> (u64, Discarded) {
             let state = SlotState::decode(seen);
             let own_slot = state.position & (slots - 1) == index;
             let replacement = match state.tag {
-                Tag::Writing if own_slot => SlotState {
+                Tag::Writing | Tag::Awaited if own_slot => SlotState {
                     tag: Tag::Reserved,
                     ..state
                 },
@@ -799,8 +848,9 @@ pub fn reset_ahead<M: SlotMemory>(ring: &M) -> (u64, Discarded) {
                 )
                 .is_ok()
             {
-                discarded.unread += u64::from(state.tag == Tag::Ready);
-                discarded.passed_over += u64::from(state.tag == Tag::Writing);
+                discarded.unread += u64::from(matches!(state.tag, Tag::Ready | Tag::Late));
+                discarded.passed_over +=
+                    u64::from(matches!(state.tag, Tag::Writing | Tag::Awaited));
                 break;
             }
         }
@@ -838,327 +888,4 @@ fn reset_at<M: SlotMemory>(ring: &M, base: u64) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use std::cell::RefCell;
-    use std::sync::atomic::AtomicU64;
-
-    /// A heap ring for single-threaded tests: slots of 16 bytes, two large buffers.
-    pub struct HeapRing {
-        reserve: AtomicU64,
-        large_hint: AtomicU64,
-        states: Vec<AtomicU64>,
-        owners: Vec<AtomicU64>,
-        frames: RefCell<Vec<(SlotMeta, Vec<u8>)>>,
-        large: RefCell<Vec<Vec<u8>>>,
-    }
-
-    const SLOT_CAPACITY: usize = 16;
-    const LARGE_CAPACITY: usize = 64;
-
-    impl HeapRing {
-        pub fn new(slots: u64) -> Self {
-            let ring = HeapRing {
-                reserve: AtomicU64::new(0),
-                large_hint: AtomicU64::new(0),
-                states: (0..slots).map(|_| AtomicU64::new(0)).collect(),
-                owners: (0..2).map(|_| AtomicU64::new(0)).collect(),
-                frames: RefCell::new(vec![(SlotMeta::default(), Vec::new()); slots as usize]),
-                large: RefCell::new(vec![Vec::new(); 2]),
-            };
-            reset(&ring);
-            ring
-        }
-    }
-
-    impl SlotMemory for HeapRing {
-        type Word = AtomicU64;
-        fn slot_count(&self) -> u64 {
-            self.states.len() as u64
-        }
-        fn reserve(&self) -> &AtomicU64 {
-            &self.reserve
-        }
-        fn state(&self, index: u64) -> &AtomicU64 {
-            &self.states[index as usize]
-        }
-        fn slot_capacity(&self) -> usize {
-            SLOT_CAPACITY
-        }
-        fn write_frame(&self, index: u64, meta: SlotMeta, bytes: &[u8]) {
-            self.frames.borrow_mut()[index as usize] = (meta, bytes.to_vec());
-        }
-        fn read_meta(&self, index: u64) -> SlotMeta {
-            self.frames.borrow()[index as usize].0
-        }
-        fn read_bytes(&self, index: u64, len: usize, out: &mut [u8]) {
-            let frames = self.frames.borrow();
-            let bytes = &frames[index as usize].1;
-            let n = len.min(bytes.len()).min(out.len());
-            out[..n].copy_from_slice(&bytes[..n]);
-        }
-        fn large_count(&self) -> u64 {
-            self.owners.len() as u64
-        }
-        fn large_capacity(&self) -> usize {
-            LARGE_CAPACITY
-        }
-        fn large_hint(&self) -> &AtomicU64 {
-            &self.large_hint
-        }
-        fn large_owner(&self, index: u64) -> &AtomicU64 {
-            &self.owners[index as usize]
-        }
-        fn write_large(&self, index: u64, frame: &[u8]) {
-            self.large.borrow_mut()[index as usize] = frame.to_vec();
-        }
-        fn read_large(&self, index: u64, len: usize, out: &mut [u8]) {
-            let large = self.large.borrow();
-            let bytes = &large[index as usize];
-            let n = len.min(bytes.len()).min(out.len());
-            out[..n].copy_from_slice(&bytes[..n]);
-        }
-    }
-
-    fn meta(len: usize) -> SlotMeta {
-        SlotMeta {
-            len: len as u32,
-            generation: 1,
-            ..SlotMeta::default()
-        }
-    }
-
-    #[test]
-    fn state_word_round_trips() {
-        for tag in [Tag::Free, Tag::Writing, Tag::Ready, Tag::Abandoned] {
-            let s = SlotState {
-                position: POSITION_MASK - 3,
-                writer: 1023,
-                tag,
-            };
-            assert_eq!(SlotState::decode(s.encode()), s);
-        }
-        // Byte-literal: READY at position 5 from writer 3.
-        let ready = SlotState {
-            position: 5,
-            writer: 3,
-            tag: Tag::Ready,
-        };
-        assert_eq!(ready.encode(), 0x0000_0000_0005_001a);
-    }
-
-    #[test]
-    fn frames_come_out_in_order_and_a_full_ring_refuses_without_overwriting() {
-        let ring = HeapRing::new(4);
-        for i in 0..4u8 {
-            assert_eq!(push(&ring, 1, meta(1), &[i]), Push::Delivered);
-        }
-        assert_eq!(push(&ring, 1, meta(1), &[99]), Push::Full);
-        let mut out = [0u8; 8];
-        for (tail, expect) in (0..4u8).enumerate() {
-            assert_eq!(pop(&ring, tail as u64, &mut out), Pop::Frame(meta(1)));
-            assert_eq!(
-                out[0], expect,
-                "frame 99 must not have overwritten anything"
-            );
-        }
-        assert_eq!(pop(&ring, 4, &mut out), Pop::Empty);
-        // The next lap works.
-        assert_eq!(push(&ring, 2, meta(1), &[7]), Push::Delivered);
-        assert_eq!(pop(&ring, 4, &mut out), Pop::Frame(meta(1)));
-        assert_eq!(out[0], 7);
-    }
-
-    #[test]
-    fn a_writer_killed_mid_copy_is_abandoned_and_skipped() {
-        let ring = HeapRing::new(8);
-        // Writer 5 claims and "dies" before publishing.
-        assert_eq!(claim(&ring, 5), Claim::Claimed(0));
-        assert_eq!(push(&ring, 6, meta(1), &[42]), Push::Delivered);
-        let mut out = [0u8; 4];
-        assert_eq!(pop(&ring, 0, &mut out), Pop::InProgress { writer: 5 });
-        assert!(!has_work(&ring, 0));
-        assert_eq!(abandon_writer(&ring, 5), 1);
-        assert!(has_work(&ring, 0));
-        assert_eq!(pop(&ring, 0, &mut out), Pop::Abandoned);
-        assert_eq!(pop(&ring, 1, &mut out), Pop::Frame(meta(1)));
-        assert_eq!(out[0], 42);
-        // The dead writer, had it been alive after all, could not publish.
-        assert_eq!(publish(&ring, 0, 5), Err(Unpublished::Abandoned));
-    }
-
-    #[test]
-    fn a_lagging_reserve_hint_is_helped_forward() {
-        let ring = HeapRing::new(8);
-        assert_eq!(claim(&ring, 1), Claim::Claimed(0));
-        // Simulate a claimant that died between its CAS and moving the hint.
-        ring.reserve.store(0, Ordering::Relaxed);
-        assert_eq!(claim(&ring, 2), Claim::Claimed(1));
-    }
-
-    #[test]
-    fn a_new_owner_recovers_a_stale_tail() {
-        let ring = HeapRing::new(4);
-        assert_eq!(push(&ring, 1, meta(1), &[1]), Push::Delivered);
-        let mut out = [0u8; 4];
-        assert_eq!(pop(&ring, 0, &mut out), Pop::Frame(meta(1)));
-        // The previous owner died before storing tail = 1; its successor starts at 0.
-        assert_eq!(pop(&ring, 0, &mut out), Pop::AlreadyConsumed);
-        assert_eq!(pop(&ring, 1, &mut out), Pop::Empty);
-    }
-
-    #[test]
-    fn a_ring_reset_for_a_new_owner_discards_the_old_and_fences_off_late_writers() {
-        let ring = HeapRing::new(4);
-        assert_eq!(push(&ring, 1, meta(1), &[1]), Push::Delivered);
-        assert_eq!(claim(&ring, 2), Claim::Claimed(1)); // in flight across the handover
-        let (start, discarded) = reset_ahead(&ring);
-        assert_eq!(start % 4, 0);
-        assert_eq!(
-            discarded,
-            Discarded {
-                unread: 1,
-                passed_over: 1
-            },
-            "the unread frame and the late writer's are counted"
-        );
-        let mut out = [0u8; 4];
-        assert_eq!(
-            pop(&ring, start, &mut out),
-            Pop::Empty,
-            "old frames are gone"
-        );
-        // The late writer may still be copying into its slot, so the slot stays held for
-        // it; its frame is never published into the new owner's ring.
-        assert_eq!(
-            publish(&ring, 1, 2),
-            Err(Unpublished::PassedOver),
-            "the late writer is fenced off"
-        );
-        assert_eq!(push(&ring, 3, meta(1), &[9]), Push::Delivered);
-        assert_eq!(pop(&ring, start, &mut out), Pop::Frame(meta(1)));
-        assert_eq!(out[0], 9);
-        // The slot the late writer held is void for this lap and free again for the next.
-        assert_eq!(
-            pop(&ring, advance(start, 1), &mut out),
-            Pop::Void { held_by: None }
-        );
-        assert_eq!(
-            SlotState::decode(ring.state(1).load(Ordering::Relaxed)),
-            SlotState::free(advance(start, 5))
-        );
-    }
-
-    #[test]
-    fn large_frames_travel_in_large_buffers_in_order_with_small_ones() {
-        let ring = HeapRing::new(8);
-        let big = |b: u8| vec![b; 40];
-        assert_eq!(push(&ring, 1, meta(40), &big(1)), Push::Delivered);
-        assert_eq!(push(&ring, 1, meta(1), &[2]), Push::Delivered);
-        assert_eq!(push(&ring, 1, meta(40), &big(3)), Push::Delivered);
-        // Both large buffers are in use: the next large frame is refused, small ones pass.
-        assert_eq!(push(&ring, 1, meta(40), &big(4)), Push::Full);
-        assert_eq!(push(&ring, 1, meta(65), &[0; 65]), Push::TooLarge);
-        let mut out = [0u8; 64];
-        let large = |len: usize| SlotMeta {
-            large: 1,
-            ..meta(len)
-        };
-        assert_eq!(pop(&ring, 0, &mut out), Pop::Frame(large(40)));
-        assert_eq!(&out[..40], &big(1)[..]);
-        assert_eq!(pop(&ring, 1, &mut out), Pop::Frame(meta(1)));
-        assert!(matches!(pop(&ring, 2, &mut out), Pop::Frame(m) if m.len == 40 && m.large == 2));
-        assert_eq!(&out[..40], &big(3)[..]);
-        assert_eq!(
-            push(&ring, 1, meta(40), &big(5)),
-            Push::Delivered,
-            "buffers were freed"
-        );
-    }
-
-    #[test]
-    fn a_large_buffer_of_a_writer_that_died_is_recovered() {
-        let ring = HeapRing::new(8);
-        // Died while filling: the sweep frees it.
-        assert_eq!(claim_large(&ring, 7), Some(0));
-        abandon_writer(&ring, 7);
-        // Died after handing it to a claimed slot, before publishing: the receiver frees
-        // it when it skips the abandoned slot.
-        assert_eq!(claim_large(&ring, 7), Some(1));
-        let Claim::Claimed(position) = claim(&ring, 7) else {
-            panic!("claim failed")
-        };
-        ring.owners[1].store(large_handed(position), Ordering::Relaxed);
-        ring.write_frame(
-            position,
-            SlotMeta {
-                large: 2,
-                ..meta(40)
-            },
-            &[],
-        );
-        abandon_writer(&ring, 7);
-        let mut out = [0u8; 64];
-        assert_eq!(pop(&ring, position, &mut out), Pop::Abandoned);
-        assert!(
-            ring.owners
-                .iter()
-                .all(|o| o.load(Ordering::Relaxed) == LARGE_FREE)
-        );
-    }
-
-    #[test]
-    fn a_slot_naming_a_large_buffer_it_was_not_handed_is_corrupt() {
-        let ring = HeapRing::new(8);
-        assert_eq!(push(&ring, 1, meta(40), &[1; 40]), Push::Delivered);
-        // A scribbler makes slot 1 claim the same buffer.
-        let Claim::Claimed(position) = claim(&ring, 2) else {
-            panic!("claim failed")
-        };
-        ring.write_frame(
-            position,
-            SlotMeta {
-                large: 1,
-                ..meta(40)
-            },
-            &[],
-        );
-        publish(&ring, position, 2).unwrap();
-        let mut out = [0u8; 64];
-        assert!(matches!(pop(&ring, 0, &mut out), Pop::Frame(_)));
-        assert_eq!(pop(&ring, 1, &mut out), Pop::Corrupt);
-    }
-
-    #[test]
-    fn a_scribbled_state_is_reset_not_trusted() {
-        let ring = HeapRing::new(4);
-        ring.states[0].store(0xdead_beef_dead_beef, Ordering::Relaxed);
-        let mut out = [0u8; 4];
-        assert_eq!(pop(&ring, 0, &mut out), Pop::Corrupt);
-        // After the reset the slot serves its next lap; position 1.. still work.
-        assert_eq!(push(&ring, 1, meta(1), &[3]), Push::Delivered);
-        assert_eq!(pop(&ring, 1, &mut out), Pop::Frame(meta(1)));
-    }
-
-    #[test]
-    fn positions_wrap_at_2_pow_48() {
-        let ring = HeapRing::new(4);
-        let start = POSITION_MASK - 1;
-        for i in 0..4 {
-            ring.states[((start + i) & 3) as usize].store(
-                SlotState::free(advance(start, i)).encode(),
-                Ordering::Relaxed,
-            );
-        }
-        ring.reserve.store(start, Ordering::Relaxed);
-        let mut out = [0u8; 4];
-        let mut tail = start;
-        for i in 0..6u8 {
-            assert_eq!(push(&ring, 1, meta(1), &[i]), Push::Delivered);
-            assert_eq!(pop(&ring, tail, &mut out), Pop::Frame(meta(1)));
-            assert_eq!(out[0], i);
-            tail = advance(tail, 1);
-        }
-        assert_eq!(tail, 4);
-    }
-}
+mod tests;

@@ -26,6 +26,12 @@ pub enum Tag {
     /// Given back by the writer that held it reserved (or by the sweep, if it died); the
     /// receiver frees it for a later lap.
     Released,
+    /// Passed over *late* by the receiver while its writer, alive, was still copying: the
+    /// receiver reads on and comes back for it (meaningful `writer`).
+    Awaited,
+    /// Published by its writer after the receiver passed over it late: a frame the
+    /// receiver still has to read (meaningful `writer`).
+    Late,
 }
 
 /// A decoded slot state.
@@ -49,21 +55,23 @@ impl SlotState {
             Tag::Abandoned => 3,
             Tag::Reserved => 4,
             Tag::Released => 5,
+            Tag::Awaited => 6,
+            Tag::Late => 7,
         };
         ((self.position & POSITION_MASK) << 16) | ((self.writer as u64 & WRITER_MASK) << 3) | tag
     }
 
     /// Unpacks a word (every word decodes to some state).
     pub const fn decode(word: u64) -> SlotState {
-        // The two codes no state uses read as abandoned: the receiver skips such a slot
-        // and counts it, which is what a scribbled state deserves.
         let tag = match word & 7 {
             0 => Tag::Free,
             1 => Tag::Writing,
             2 => Tag::Ready,
+            3 => Tag::Abandoned,
             4 => Tag::Reserved,
             5 => Tag::Released,
-            _ => Tag::Abandoned,
+            6 => Tag::Awaited,
+            _ => Tag::Late,
         };
         SlotState {
             position: word >> 16,
@@ -75,7 +83,10 @@ impl SlotState {
     /// Whether the slot is held back from later laps (see the module doc): those laps'
     /// positions on it are void.
     pub const fn holds_slot(self) -> bool {
-        matches!(self.tag, Tag::Reserved | Tag::Released)
+        matches!(
+            self.tag,
+            Tag::Reserved | Tag::Released | Tag::Awaited | Tag::Late
+        )
     }
 
     /// `FREE(position)`.
