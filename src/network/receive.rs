@@ -199,6 +199,9 @@ impl Receiver {
                     {
                         ring::release_reservation(&ring, position, writer);
                     }
+                    if self.late.release_forged(&ring, state) {
+                        counters::count_rx_drop(entry, DropReason::Corrupt);
+                    }
                 }
                 Pop::Abandoned => counters::count_rx_drop(entry, DropReason::Abandoned),
                 Pop::Corrupt => counters::count_rx_drop(entry, DropReason::Corrupt),

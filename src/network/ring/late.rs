@@ -117,6 +117,32 @@ impl LateList {
         self.capacity - self.entries.len()
     }
 
+    /// Gives back a slot whose state says passed over late (`state`, as seen at a later
+    /// lap's position) though this list never passed it: a forged state, which would
+    /// otherwise hold the slot for ever. Returns whether it did (the caller counts it).
+    pub fn release_forged<M: SlotMemory>(&self, ring: &M, state: SlotState) -> bool {
+        if !matches!(state.tag, Tag::Awaited | Tag::Late)
+            || self
+                .entries
+                .iter()
+                .any(|entry| entry.position == state.position)
+        {
+            return false;
+        }
+        let released = SlotState {
+            tag: Tag::Released,
+            ..state
+        };
+        ring.state(state.position & (ring.slot_count() - 1))
+            .compare_exchange(
+                state.encode(),
+                released.encode(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// Passes over late the slot at `tail` that `writer` is filling: `WRITING → AWAITED`,
     /// noted at `now`. Returns false when the list is full or the state changed meanwhile
     /// (the writer published: read the slot again).

@@ -419,3 +419,36 @@ fn a_ring_started_afresh_discards_late_frames_and_fences_off_late_writers() {
     let mut out = [0u8; 4];
     assert_eq!(pop(&ring, start, &mut out), Pop::Empty);
 }
+
+#[test]
+fn a_forged_late_state_is_given_back_not_held_for_ever() {
+    let ring = HeapRing::new(4);
+    let late = LateList::new(2);
+    // A scribbler marks slot 1 as passed over late at position 1; nobody passed it.
+    let forged = SlotState {
+        position: 1,
+        writer: 3,
+        tag: Tag::Late,
+    };
+    ring.state(1).store(forged.encode(), Ordering::Relaxed);
+    let mut out = [0u8; 4];
+    // Its position is void for the receiver, which gives the slot back.
+    assert_eq!(pop(&ring, 1, &mut out), Pop::Void { held_by: None });
+    assert!(late.release_forged(&ring, forged));
+    assert_eq!(
+        SlotState::decode(ring.state(1).load(Ordering::Relaxed)).tag,
+        Tag::Released
+    );
+    // The next lap's visit frees it: senders get the slot again.
+    assert_eq!(pop(&ring, 5, &mut out), Pop::Void { held_by: None });
+    assert_eq!(
+        SlotState::decode(ring.state(1).load(Ordering::Relaxed)),
+        SlotState::free(9)
+    );
+    // A slot the list did pass over is left alone.
+    let mut late = LateList::new(2);
+    assert_eq!(claim(&ring, 2), Claim::Claimed(0));
+    assert!(late.pass(&ring, 0, 2, 0));
+    let awaited = SlotState::decode(ring.state(0).load(Ordering::Relaxed));
+    assert!(!late.release_forged(&ring, awaited));
+}
