@@ -497,19 +497,27 @@ fn a_writing_state_naming_a_writer_that_does_not_exist_is_skipped_as_abandoned_a
     assert_traffic_flows(&mut a, &mut b, 0..10);
 }
 
+/// A stopped writer: a live member (it holds its slot lock) that has claimed the next slot
+/// of `receiver`'s ring and does nothing more, as a process stopped with SIGSTOP mid-copy
+/// would. Returns it and the position it holds.
+fn stopped_writer(fx: &Fixture, receiver: &Peer) -> (Peer, u64) {
+    use guestnet::network::ring::{self, Claim};
+    let writer = fx.join();
+    let ring_view = fx.net.ring_memory(receiver.index()).expect("a ring");
+    let Claim::Claimed(position) = ring::claim(&ring_view, writer.index()) else {
+        panic!("an empty ring has room")
+    };
+    (writer, position)
+}
+
 #[test]
 fn a_writer_that_stops_halfway_through_a_frame_is_passed_over_and_later_frames_flow() {
-    use guestnet::network::ring::{self, Claim, Unpublished};
+    use guestnet::network::ring::{self, Unpublished};
     let fx = Fixture::new(8);
     let mut a = fx.join();
     let mut b = fx.join();
-    // The stopped writer: a live member (it holds its slot lock) that claims a slot in B's
-    // ring and then does nothing, as a process stopped with SIGSTOP mid-copy would.
-    let stopped = fx.join();
+    let (stopped, position) = stopped_writer(&fx, &b);
     let ring_view = fx.net.ring_memory(b.index()).expect("a ring");
-    let Claim::Claimed(position) = ring::claim(&ring_view, stopped.index()) else {
-        panic!("an empty ring has room")
-    };
     // Nothing behind it yet: B waits for the writer at its cursor, a while.
     assert!(drain(&mut b).is_empty());
     // B's wait ends by itself once its patience with the writer runs out (far sooner than
@@ -538,17 +546,13 @@ fn a_writer_that_stops_halfway_through_a_frame_is_passed_over_and_later_frames_f
 
 #[test]
 fn frames_behind_a_writer_stopped_mid_copy_flow_and_its_own_arrives_late_in_order() {
-    use guestnet::network::ring::{self, Claim, SlotMemory, SlotMeta};
+    use guestnet::network::ring::{self, SlotMemory, SlotMeta};
     let fx = Fixture::new(8);
     let mut a = fx.join();
     let mut b = fx.join();
-    // A live member that claims a slot in B's ring and stops there (descheduled, or
-    // SIGSTOP), while A's frames are published behind it.
-    let mut late = fx.join();
+    // It stops (descheduled, or SIGSTOP) while A's frames are published behind it.
+    let (mut late, position) = stopped_writer(&fx, &b);
     let ring_view = fx.net.ring_memory(b.index()).expect("a ring");
-    let Claim::Claimed(position) = ring::claim(&ring_view, late.index()) else {
-        panic!("an empty ring has room")
-    };
     let frames: Vec<Vec<u8>> = (0..3).map(|s| frame(b.mac(), a.mac(), s)).collect();
     for f in &frames {
         assert!(matches!(a.send(f), Sent::Routed { delivered: 1, .. }));

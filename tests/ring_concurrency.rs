@@ -281,6 +281,22 @@ struct Scenario {
     late_consumer: bool,
 }
 
+impl Scenario {
+    /// `producers` writers of `frames_each` frames each through `slots` slots, refused
+    /// frames dropped, nobody dying, a patient consumer.
+    const fn plain(slots: u64, producers: u16, frames_each: u32) -> Scenario {
+        Scenario {
+            slots,
+            producers,
+            frames_each,
+            retry_when_refused: false,
+            death: None,
+            impatient_consumer: false,
+            late_consumer: false,
+        }
+    }
+}
+
 /// Looks at a slot held by its writer before an impatient consumer passes over it (the
 /// stand-in, in a test without clocks, for the receiver's deadline).
 const PATIENCE: u32 = 3;
@@ -652,15 +668,7 @@ fn run(scheduler: impl Scheduler + 'static, test: impl Fn() + Send + Sync + 'sta
 
 #[test]
 fn concurrent_producers_lose_nothing_unannounced_and_keep_order() {
-    let s = Scenario {
-        slots: 4,
-        producers: 3,
-        frames_each: 4,
-        retry_when_refused: false,
-        death: None,
-        impatient_consumer: false,
-        late_consumer: false,
-    };
+    let s = Scenario::plain(4, 3, 4);
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
 }
@@ -669,13 +677,8 @@ fn concurrent_producers_lose_nothing_unannounced_and_keep_order() {
 fn a_ring_of_two_slots_wraps_many_laps_without_loss() {
     // 2 producers × 5 frames through 2 slots, every refused frame retried: 5 laps.
     let s = Scenario {
-        slots: 2,
-        producers: 2,
-        frames_each: 5,
         retry_when_refused: true,
-        death: None,
-        impatient_consumer: false,
-        late_consumer: false,
+        ..Scenario::plain(2, 2, 5)
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -684,13 +687,8 @@ fn a_ring_of_two_slots_wraps_many_laps_without_loss() {
 #[test]
 fn a_writer_dying_mid_copy_never_stalls_the_consumer() {
     let s = Scenario {
-        slots: 4,
-        producers: 2,
-        frames_each: 4,
-        retry_when_refused: false,
         death: Some(Death::MidCopy),
-        impatient_consumer: false,
-        late_consumer: false,
+        ..Scenario::plain(4, 2, 4)
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -699,13 +697,9 @@ fn a_writer_dying_mid_copy_never_stalls_the_consumer() {
 #[test]
 fn a_writer_dying_in_a_full_two_slot_ring_is_skipped_on_a_later_lap() {
     let s = Scenario {
-        slots: 2,
-        producers: 2,
-        frames_each: 3,
         retry_when_refused: true,
         death: Some(Death::MidCopy),
-        impatient_consumer: false,
-        late_consumer: false,
+        ..Scenario::plain(2, 2, 3)
     };
     run(RandomScheduler::new(1500), move || scenario(s));
 }
@@ -745,13 +739,8 @@ fn a_consumer_that_passes_over_slow_writers_never_delivers_a_torn_frame_or_break
     // arrives whole and in order, or is counted on both sides as passed over, and the slots
     // held for passed-over writers come back.
     let s = Scenario {
-        slots: 4,
-        producers: 3,
-        frames_each: 4,
-        retry_when_refused: false,
-        death: None,
         impatient_consumer: true,
-        late_consumer: false,
+        ..Scenario::plain(4, 3, 4)
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -764,13 +753,8 @@ fn a_consumer_passing_over_late_delivers_every_frame_whole_and_in_order() {
     // once published, before any later frame of its writer, and none is lost while its
     // writer lives, unless the consumer gives up on it (counted on both sides).
     let s = Scenario {
-        slots: 4,
-        producers: 3,
-        frames_each: 4,
-        retry_when_refused: false,
-        death: None,
-        impatient_consumer: false,
         late_consumer: true,
+        ..Scenario::plain(4, 3, 4)
     };
     run_late(s, 1500);
 }
@@ -780,13 +764,9 @@ fn a_late_consumer_in_a_full_ring_of_two_slots_loses_nothing() {
     // Every refused frame retried through two slots, some held late: laps go on over the
     // late slots, and every frame of every writer arrives, in order.
     let s = Scenario {
-        slots: 2,
-        producers: 3,
-        frames_each: 3,
         retry_when_refused: true,
-        death: None,
-        impatient_consumer: false,
         late_consumer: true,
+        ..Scenario::plain(2, 3, 3)
     };
     run_late(s, 1500);
 }
@@ -795,13 +775,9 @@ fn a_late_consumer_in_a_full_ring_of_two_slots_loses_nothing() {
 fn a_writer_dying_while_passed_over_late_is_accounted_and_leaks_nothing() {
     for death in [Death::MidCopy, Death::HandedLarge] {
         let s = Scenario {
-            slots: 4,
-            producers: 2,
-            frames_each: 3,
-            retry_when_refused: false,
             death: Some(death),
-            impatient_consumer: false,
             late_consumer: true,
+            ..Scenario::plain(4, 2, 3)
         };
         run_late(s, 1000);
     }
@@ -810,13 +786,9 @@ fn a_writer_dying_while_passed_over_late_is_accounted_and_leaks_nothing() {
 #[test]
 fn a_writer_dying_while_an_impatient_consumer_passes_over_it_is_still_accounted() {
     let s = Scenario {
-        slots: 2,
-        producers: 2,
-        frames_each: 3,
-        retry_when_refused: false,
         death: Some(Death::MidCopy),
         impatient_consumer: true,
-        late_consumer: false,
+        ..Scenario::plain(2, 2, 3)
     };
     run(RandomScheduler::new(1500), move || scenario(s));
     run(PctScheduler::new(3, 1500), move || scenario(s));
@@ -826,13 +798,8 @@ fn a_writer_dying_while_an_impatient_consumer_passes_over_it_is_still_accounted(
 fn a_writer_dying_at_any_step_of_a_large_push_leaks_no_buffer_and_stalls_nobody() {
     for death in [Death::FillingLarge, Death::ClaimedLarge, Death::HandedLarge] {
         let s = Scenario {
-            slots: 4,
-            producers: 2,
-            frames_each: 4,
-            retry_when_refused: false,
             death: Some(death),
-            impatient_consumer: false,
-            late_consumer: false,
+            ..Scenario::plain(4, 2, 4)
         };
         run(RandomScheduler::new(800), move || scenario(s));
         run(PctScheduler::new(3, 800), move || scenario(s));

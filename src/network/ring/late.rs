@@ -10,7 +10,8 @@
 use std::sync::atomic::Ordering;
 
 use super::{
-    AtomicWord, Pop, SlotMemory, SlotMeta, SlotState, Tag, advance, pop_large, release_large,
+    AtomicWord, Pop, SlotMemory, SlotMeta, SlotState, Tag, advance, read_frame, release_large,
+    retag,
 };
 
 /// Whether a frame is published within `room` positions past `tail`, past nothing but
@@ -129,18 +130,7 @@ impl LateList {
         {
             return false;
         }
-        let released = SlotState {
-            tag: Tag::Released,
-            ..state
-        };
-        ring.state(state.position & (ring.slot_count() - 1))
-            .compare_exchange(
-                state.encode(),
-                released.encode(),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok()
+        retag(ring, state.position, state.writer, state.tag, Tag::Released)
     }
 
     /// Passes over late the slot at `tail` that `writer` is filling: `WRITING → AWAITED`,
@@ -150,23 +140,7 @@ impl LateList {
         if self.entries.len() >= self.capacity {
             return false;
         }
-        let word = ring.state(tail & (ring.slot_count() - 1));
-        let state = |tag| {
-            SlotState {
-                position: tail,
-                writer,
-                tag,
-            }
-            .encode()
-        };
-        let passed = word
-            .compare_exchange(
-                state(Tag::Writing),
-                state(Tag::Awaited),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok();
+        let passed = retag(ring, tail, writer, Tag::Writing, Tag::Awaited);
         if passed {
             self.entries.push(Entry {
                 position: tail,
@@ -196,7 +170,6 @@ impl LateList {
                 continue;
             }
             let index = entry.position & (slots - 1);
-            let word = ring.state(index);
             let state = |tag| {
                 SlotState {
                     position: entry.position,
@@ -206,25 +179,15 @@ impl LateList {
                 .encode()
             };
             // Acquire: the bytes of a frame published LATE are visible once that is seen.
-            let seen = word.load(Ordering::Acquire);
+            let seen = ring.state(index).load(Ordering::Acquire);
             if seen == state(Tag::Late) {
-                let meta = ring.read_meta(index);
-                let step = if meta.large == 0 {
-                    ring.read_bytes(index, meta.len as usize, out);
-                    LateStep::Frame(meta)
-                } else if let Pop::Frame(meta) = pop_large(ring, meta, entry.position, out) {
-                    LateStep::Frame(meta)
-                } else {
-                    LateStep::Corrupt
+                let step = match read_frame(ring, entry.position, out) {
+                    Pop::Frame(meta) => LateStep::Frame(meta),
+                    _ => LateStep::Corrupt,
                 };
-                // Release: our copy is complete before anyone reuses the slot, which the
-                // receiver frees on a later lap as it does any given-back slot.
-                let _ = word.compare_exchange(
-                    seen,
-                    state(Tag::Released),
-                    Ordering::Release,
-                    Ordering::Relaxed,
-                );
+                // Our copy is complete before anyone reuses the slot, which the receiver
+                // frees on a later lap as it does any given-back slot.
+                retag(ring, entry.position, entry.writer, Tag::Late, Tag::Released);
                 self.entries.remove(at);
                 return Some(step);
             }
@@ -233,15 +196,13 @@ impl LateList {
                     at += 1;
                     continue;
                 }
-                if word
-                    .compare_exchange(
-                        seen,
-                        state(Tag::Reserved),
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-                {
+                if retag(
+                    ring,
+                    entry.position,
+                    entry.writer,
+                    Tag::Awaited,
+                    Tag::Reserved,
+                ) {
                     self.entries.remove(at);
                     return Some(LateStep::GaveUp);
                 }
