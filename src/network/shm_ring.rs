@@ -74,6 +74,15 @@ impl SlotMemory for ShmRing<'_> {
         header.offload[3].store(meta.large, Ordering::Relaxed);
     }
 
+    #[inline]
+    fn prefetch_for_write(&self, index: u64) {
+        // The header line, where the claim's compare-and-swap lands, and the line after it,
+        // which holds the start of the frame.
+        let offset = self.slots.offset_of(index);
+        self.mapping.prefetch_for_write(offset);
+        self.mapping.prefetch_for_write(offset + 64);
+    }
+
     fn note_late(&self) {
         // Release: a consumer that sees the count move sees the LATE state before it.
         self.control.late_published.fetch_add(1, Ordering::Release);

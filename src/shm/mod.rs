@@ -24,6 +24,7 @@
 #![allow(unsafe_code)]
 
 pub mod layout;
+pub mod prefetch;
 pub mod socket;
 
 use std::io;
@@ -169,6 +170,15 @@ impl Mapping {
             );
         }
         Some(())
+    }
+
+    /// Asks for the cache line holding `offset` ready for writing ([`prefetch::for_write`]);
+    /// nothing happens for an offset outside the mapping.
+    #[inline]
+    pub fn prefetch_for_write(&self, offset: usize) {
+        if offset < self.len {
+            prefetch::for_write(self.base.as_ptr().wrapping_add(offset));
+        }
     }
 
     /// Copies `src` into the mapping at `offset`.

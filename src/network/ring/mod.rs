@@ -173,6 +173,10 @@ pub trait SlotMemory {
     /// Tells a receiver that may be asleep that a frame it passed over late is now
     /// published (see [`LateList`]); called by the writer after `AWAITED → LATE`.
     fn note_late(&self) {}
+
+    /// A hint that slot `index` is about to be written: its memory may fetch the slot's
+    /// first lines ahead, so the copy into it and the publish after do not wait for them.
+    fn prefetch_for_write(&self, _index: u64) {}
 }
 
 /// Result of trying to claim a slot.
@@ -242,6 +246,8 @@ pub fn claim<M: SlotMemory>(ring: &M, writer: u16) -> Claim {
                     .is_ok()
                 {
                     help_reserve(ring, position);
+                    // Our next claim (or the next sender's) is likely the next slot.
+                    ring.prefetch_for_write(advance(position, 1) & (slots - 1));
                     return Claim::Claimed(position);
                 }
             } else {
