@@ -32,6 +32,7 @@ use vm_memory::{
 };
 
 use crate::network::offloads;
+use crate::shm::prefetch;
 use crate::wire::virtio_net::{FLAG_DATA_VALID, FLAG_NEEDS_CSUM};
 use crate::wire::{GsoType, VirtioNetHdr};
 
@@ -44,6 +45,9 @@ pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Largest frame, without its virtio-net header, a guest may send: a 64 KiB TSO
 /// super-frame plus its Ethernet header and a VLAN tag.
 pub const MAX_TX_FRAME: usize = 65550;
+
+/// Transmit chains whose buffers a round fetches ahead before it reads the first.
+const TX_AHEAD: u16 = 8;
 
 /// Feature bits (virtio-net and transport), as the virtio specification numbers them.
 pub mod feature {
@@ -334,6 +338,9 @@ pub fn transmit_within(
     let mut heads = std::mem::take(&mut batch.heads);
     heads.clear();
     let mut regions = Regions::new(memory);
+    for ahead in 0..TX_AHEAD {
+        prefetch_buffer(vring, memory, ahead, false);
+    }
     match vring.queue.iter(memory) {
         Ok(mut chains) => {
             let mut bytes = 0u64;
@@ -576,6 +583,7 @@ pub fn place(
         }
     }
 
+    prefetch_buffer(vring, memory, 0, true);
     let mut header = *hdr;
     header.num_buffers = work.chains.len() as u16;
     if !rules.guest_csum {
@@ -601,6 +609,39 @@ pub fn place(
         vring.add_used(memory, head, written as u32);
     }
     Placed::Delivered
+}
+
+/// Asks for the first lines of the buffer the guest posted `ahead` chains after the next
+/// one, ready for writing (a receive buffer) or for reading (a transmit buffer), so that
+/// the copy into or out of it does not wait for the guest's core to give them up: the
+/// switch's stores otherwise fill the core's store buffer, and its loads stall the chain
+/// walk behind them. Only a hint: it reads the available ring and the head descriptor
+/// through checked accesses, and an entry not posted yet (or a bad one) fetches a
+/// harmless wrong line.
+fn prefetch_buffer(vring: &Vring, memory: &GuestMemoryMmap, ahead: u16, write: bool) {
+    let size = vring.queue.size();
+    if size == 0 {
+        return;
+    }
+    let slot = u64::from(vring.queue.next_avail().wrapping_add(ahead) % size);
+    let entry = GuestAddress(vring.queue.avail_ring()).checked_add(4 + 2 * slot);
+    let Some(Ok(head)) = entry.map(|at| memory.read_obj::<u16>(at)) else {
+        return;
+    };
+    let head = u16::from_le(head) % size;
+    let descriptor = GuestAddress(vring.queue.desc_table()).checked_add(16 * u64::from(head));
+    let Some(Ok(address)) = descriptor.map(|at| memory.read_obj::<u64>(at)) else {
+        return;
+    };
+    if let Ok(host) = memory.get_host_address(GuestAddress(u64::from_le(address))) {
+        for line in [host, host.wrapping_add(64)] {
+            if write {
+                prefetch::for_write(line);
+            } else {
+                prefetch::for_read(line);
+            }
+        }
+    }
 }
 
 /// After [`place`] ran out of buffers: asks the guest to kick as soon as it posts any
