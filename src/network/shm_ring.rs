@@ -75,12 +75,15 @@ impl SlotMemory for ShmRing<'_> {
     }
 
     #[inline]
-    fn prefetch_for_write(&self, index: u64) {
-        // The header line, where the claim's compare-and-swap lands, and the line after it,
-        // which holds the start of the frame.
+    fn prefetch_for_write(&self, index: u64, len: usize) {
+        // The header line, where the claim's compare-and-swap lands, and the frame's.
         let offset = self.slots.offset_of(index);
-        self.mapping.prefetch_for_write(offset);
-        self.mapping.prefetch_for_write(offset + 64);
+        let end = offset + layout::SLOT_HEADER_SIZE + len.min(self.max_frame);
+        let mut line = offset;
+        while line < end {
+            self.mapping.prefetch_for_write(line);
+            line += 64;
+        }
     }
 
     fn note_late(&self) {

@@ -174,9 +174,10 @@ pub trait SlotMemory {
     /// published (see [`LateList`]); called by the writer after `AWAITED → LATE`.
     fn note_late(&self) {}
 
-    /// A hint that slot `index` is about to be written: its memory may fetch the slot's
-    /// first lines ahead, so the copy into it and the publish after do not wait for them.
-    fn prefetch_for_write(&self, _index: u64) {}
+    /// A hint that slot `index` is about to be written with a frame of about `len` bytes:
+    /// its memory may fetch the slot's lines ahead, so that the copy into it and the
+    /// publish after do not wait for them.
+    fn prefetch_for_write(&self, _index: u64, _len: usize) {}
 }
 
 /// Result of trying to claim a slot.
@@ -246,8 +247,6 @@ pub fn claim<M: SlotMemory>(ring: &M, writer: u16) -> Claim {
                     .is_ok()
                 {
                     help_reserve(ring, position);
-                    // Our next claim (or the next sender's) is likely the next slot.
-                    ring.prefetch_for_write(advance(position, 1) & (slots - 1));
                     return Claim::Claimed(position);
                 }
             } else {
@@ -366,6 +365,9 @@ pub fn push<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, frame: &[u8]) 
     }
     match claim(ring, writer) {
         Claim::Claimed(position) => {
+            // Our next frame (or the next sender's) likely goes into the next slot, and is
+            // likely about as long as this one.
+            ring.prefetch_for_write(advance(position, 1) & (ring.slot_count() - 1), frame.len());
             ring.write_frame(position & (ring.slot_count() - 1), meta, frame);
             match publish(ring, position, writer) {
                 Ok(()) => Push::Delivered,
@@ -391,6 +393,7 @@ pub fn push_parts<M: SlotMemory>(ring: &M, writer: u16, meta: SlotMeta, parts: &
     }
     match claim(ring, writer) {
         Claim::Claimed(position) => {
+            ring.prefetch_for_write(advance(position, 1) & (ring.slot_count() - 1), len);
             ring.write_frame_parts(position & (ring.slot_count() - 1), meta, parts);
             match publish(ring, position, writer) {
                 Ok(()) => Push::Delivered,
@@ -420,6 +423,7 @@ fn push_large<M: SlotMemory>(
     let owner = ring.large_owner(buffer);
     match claim(ring, writer) {
         Claim::Claimed(position) => {
+            ring.prefetch_for_write(advance(position, 1) & (ring.slot_count() - 1), 0);
             // Name the buffer in the slot first, then hand the buffer to the position, then
             // publish. A writer dying before the hand-over leaves a FILLING buffer, which
             // the liveness sweep frees; one dying after it leaves an abandoned slot that
