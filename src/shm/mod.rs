@@ -15,12 +15,13 @@
 //!   makes `kill -9` of a peer detectable without heartbeats (the same trick lguest's
 //!   `--sharenet` used, with a write lock on one byte per slot).
 //!
-//! The layout of the structures is in [`layout`]; it is plain safe code. Two more things
+//! The layout of the structures is in [`layout`]; it is plain safe code. A few more things
 //! need `unsafe` and live here so that every `unsafe` block of the crate stays in this
 //! module: [`socket`], the few socket calls rustix does not wrap (a packet socket's filter,
-//! virtio-net header and bind, for the VXLAN port), [`restore_default_sigpipe`], a
-//! process-wide setting the command needs, and [`end_with_parent`], for the children
-//! `guestnet up` supervises.
+//! virtio-net header and bind, for the VXLAN port), [`prefetch`], the cache-line hints the
+//! ring's senders and the vhost-user port give ahead of their copies,
+//! [`restore_default_sigpipe`], a process-wide setting the command needs, and
+//! [`end_with_parent`], for the children `guestnet up` supervises.
 #![allow(unsafe_code)]
 
 pub mod layout;
