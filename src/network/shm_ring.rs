@@ -76,10 +76,11 @@ impl SlotMemory for ShmRing<'_> {
 
     #[inline]
     fn prefetch_for_write(&self, index: u64, len: usize) {
-        // The header line, where the claim's compare-and-swap lands, and the frame's.
+        // The header line, where the claim's compare-and-swap lands, and the frame's;
+        // from the start of the header's line, so that the frame's last line is not missed.
         let offset = self.slots.offset_of(index);
         let end = offset + layout::SLOT_HEADER_SIZE + len.min(self.max_frame);
-        let mut line = offset;
+        let mut line = offset & !63;
         while line < end {
             self.mapping.prefetch_for_write(line);
             line += 64;

@@ -26,13 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestRegionMmap, MemoryRegionAddress,
-};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::regions::{Access, Regions};
 use crate::network::offloads;
-use crate::shm::prefetch;
 use crate::wire::virtio_net::{FLAG_DATA_VALID, FLAG_NEEDS_CSUM};
 use crate::wire::{GsoType, VirtioNetHdr};
 
@@ -339,7 +336,7 @@ pub fn transmit_within(
     heads.clear();
     let mut regions = Regions::new(memory);
     for ahead in 0..TX_AHEAD {
-        prefetch_buffer(vring, memory, ahead, false);
+        regions.prefetch_buffer(&vring.queue, ahead, Access::Read);
     }
     match vring.queue.iter(memory) {
         Ok(mut chains) => {
@@ -583,7 +580,7 @@ pub fn place(
         }
     }
 
-    prefetch_buffer(vring, memory, 0, true);
+    regions.prefetch_buffer(&vring.queue, 0, Access::Write);
     let mut header = *hdr;
     header.num_buffers = work.chains.len() as u16;
     if !rules.guest_csum {
@@ -609,39 +606,6 @@ pub fn place(
         vring.add_used(memory, head, written as u32);
     }
     Placed::Delivered
-}
-
-/// Asks for the first lines of the buffer the guest posted `ahead` chains after the next
-/// one, ready for writing (a receive buffer) or for reading (a transmit buffer), so that
-/// the copy into or out of it does not wait for the guest's core to give them up: the
-/// switch's stores otherwise fill the core's store buffer, and its loads stall the chain
-/// walk behind them. Only a hint: it reads the available ring and the head descriptor
-/// through checked accesses, and an entry not posted yet (or a bad one) fetches a
-/// harmless wrong line.
-fn prefetch_buffer(vring: &Vring, memory: &GuestMemoryMmap, ahead: u16, write: bool) {
-    let size = vring.queue.size();
-    if size == 0 {
-        return;
-    }
-    let slot = u64::from(vring.queue.next_avail().wrapping_add(ahead) % size);
-    let entry = GuestAddress(vring.queue.avail_ring()).checked_add(4 + 2 * slot);
-    let Some(Ok(head)) = entry.map(|at| memory.read_obj::<u16>(at)) else {
-        return;
-    };
-    let head = u16::from_le(head) % size;
-    let descriptor = GuestAddress(vring.queue.desc_table()).checked_add(16 * u64::from(head));
-    let Some(Ok(address)) = descriptor.map(|at| memory.read_obj::<u64>(at)) else {
-        return;
-    };
-    if let Ok(host) = memory.get_host_address(GuestAddress(u64::from_le(address))) {
-        for line in [host, host.wrapping_add(64)] {
-            if write {
-                prefetch::for_write(line);
-            } else {
-                prefetch::for_read(line);
-            }
-        }
-    }
 }
 
 /// After [`place`] ran out of buffers: asks the guest to kick as soon as it posts any
@@ -679,65 +643,6 @@ pub fn ask_for_buffers(vring: &mut Vring, memory: &GuestMemoryMmap) -> bool {
         .queue
         .avail_idx(memory, Ordering::Acquire)
         .is_ok_and(|idx| idx.0 != posted_up_to)
-}
-
-/// Our own copies to and from guest memory, remembering the region the last one fell in:
-/// the buffers of a chain, and of a round, mostly lie in one region, and `vm-memory`
-/// would search the regions again on every access. Every access stays checked: a region's
-/// own `Bytes` refuses anything past its end, and an access that is not wholly inside one
-/// region goes through the whole memory, as before.
-struct Regions<'m> {
-    memory: &'m GuestMemoryMmap,
-    last: Option<&'m GuestRegionMmap>,
-}
-
-impl<'m> Regions<'m> {
-    fn new(memory: &'m GuestMemoryMmap) -> Regions<'m> {
-        Regions { memory, last: None }
-    }
-
-    /// The region holding all `len` bytes at `address`, and where in it they start.
-    fn locate(
-        &mut self,
-        address: GuestAddress,
-        len: usize,
-    ) -> Option<(&'m GuestRegionMmap, MemoryRegionAddress)> {
-        let within = |region: &GuestRegionMmap| {
-            let offset = address.checked_offset_from(region.start_addr())?;
-            let end = offset.checked_add(len as u64)?;
-            (end <= region.len()).then_some(MemoryRegionAddress(offset))
-        };
-        if let Some(region) = self.last
-            && let Some(offset) = within(region)
-        {
-            return Some((region, offset));
-        }
-        let region = self.memory.find_region(address)?;
-        self.last = Some(region);
-        within(region).map(|offset| (region, offset))
-    }
-
-    /// Copies guest memory at `address` into `buf`.
-    fn read(&mut self, buf: &mut [u8], address: GuestAddress) -> Result<(), ()> {
-        match self.locate(address, buf.len()) {
-            Some((region, offset)) => region.read_slice(buf, offset).map_err(|_| ()),
-            None => self.memory.read_slice(buf, address).map_err(|_| ()),
-        }
-    }
-
-    /// Copies `buf` into guest memory at `address`.
-    fn write(&mut self, buf: &[u8], address: GuestAddress) -> Result<(), ()> {
-        match self.locate(address, buf.len()) {
-            Some((region, offset)) => region.write_slice(buf, offset).map_err(|_| ()),
-            None => self.memory.write_slice(buf, address).map_err(|_| ()),
-        }
-    }
-
-    /// Whether all `len` bytes at `address` lie in guest memory.
-    fn writable(&mut self, address: GuestAddress, len: usize) -> bool {
-        self.locate(address, len).is_some()
-            || GuestMemoryBackend::check_range(self.memory, address, len)
-    }
 }
 
 /// Writes up to `len` bytes at `address` from the concatenation of `pieces`, starting at

@@ -71,6 +71,7 @@ mod engine;
 mod memory;
 pub mod mock;
 mod refusal;
+mod regions;
 mod requests;
 mod rx;
 mod state;
