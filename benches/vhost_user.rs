@@ -22,6 +22,7 @@ use guestnet::ports::vhost_user::datapath::{
     Placed, Placement, RxRules, TxBatch, TxRules, Vring, place, transmit,
 };
 use guestnet::ports::vhost_user::mock::{Descriptor, GuestMemory, GuestQueue, Layout, desc_flags};
+use guestnet::ports::vhost_user::split::SplitRing;
 use guestnet::wire::VirtioNetHdr;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -180,10 +181,11 @@ fn main() {
         let mut work = Placement::default();
         let placed = per_frame(|| {
             ring.offer_batch();
+            let mut view = SplitRing::new(&ring.vring.queue, ring.memory.mmap()).expect("ring");
             for _ in 0..BATCH {
                 let outcome = place(
                     &mut ring.vring,
-                    ring.memory.mmap(),
+                    &mut view,
                     &rules,
                     &hdr,
                     &payload,

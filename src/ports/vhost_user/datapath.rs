@@ -3,9 +3,9 @@
 //! Everything here reads descriptors the guest wrote and may rewrite at any moment, so
 //! nothing a descriptor says is believed until checked: every address goes through
 //! `vm-memory`'s checked accessors (an address outside guest memory is an error, never a
-//! fault), a chain that does not end (a loop, an index past the table) is caught by the
-//! chain's length bound and by looking at how it ended, and the direction of every
-//! descriptor is checked against the queue's. A bad chain is returned to the guest with
+//! fault), a chain that does not end (a loop, an index past the table) ends the walk of
+//! [`SplitRing`], which reads the rings in place, and the direction of every descriptor is
+//! checked against the queue's. A bad chain is returned to the guest with
 //! nothing written (`used` length 0), counted by reason, and fed to the port's quarantine
 //! meter; the frame it carried is dropped. Nothing here panics on what a guest wrote.
 //!
@@ -25,10 +25,11 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::regions::{Access, Regions};
+use super::split::SplitRing;
 use crate::network::offloads;
 use crate::wire::virtio_net::{FLAG_DATA_VALID, FLAG_NEEDS_CSUM};
 use crate::wire::{GsoType, VirtioNetHdr};
@@ -138,23 +139,13 @@ impl Vring {
     /// polling that index (its cache line) sees it move once per round, not once per
     /// chain, and the port pays one store to a line the guest reads instead of one per
     /// chain.
-    fn add_used(&mut self, memory: &GuestMemoryMmap, head: u16, written: u32) {
-        let size = self.queue.size();
+    fn add_used(&mut self, ring: &SplitRing<'_>, head: u16, written: u32) {
         let next = self.queue.next_used();
-        // A used element: the head's index and the bytes written, 4 bytes each (LE).
-        let mut element = [0u8; 8];
-        element[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-        element[4..].copy_from_slice(&written.to_le_bytes());
-        let at = next
-            .checked_rem(size)
-            .filter(|_| head < size)
-            .and_then(|slot| self.queue.used_ring().checked_add(4 + 8 * u64::from(slot)));
-        match at {
-            Some(at) if memory.write_slice(&element, GuestAddress(at)).is_ok() => {
-                self.queue.set_next_used(next.wrapping_add(1));
-                self.unpublished = self.unpublished.wrapping_add(1);
-            }
-            _ => self.access_failures += 1,
+        if head < self.queue.size() && ring.put_used(next, head, written) {
+            self.queue.set_next_used(next.wrapping_add(1));
+            self.unpublished = self.unpublished.wrapping_add(1);
+        } else {
+            self.access_failures += 1;
         }
     }
 
@@ -334,39 +325,49 @@ pub fn transmit_within(
     // index per round, not per chain.
     let mut heads = std::mem::take(&mut batch.heads);
     heads.clear();
+    let Some(mut ring) = SplitRing::new(&vring.queue, memory) else {
+        // The ring no longer lies in guest memory: unusable until the frontend sets it up
+        // again.
+        fault(ChainFault::BadChain);
+        vring.started = false;
+        batch.heads = heads;
+        return 0;
+    };
     let mut regions = Regions::new(memory);
-    for ahead in 0..TX_AHEAD {
-        regions.prefetch_buffer(&vring.queue, ahead, Access::Read);
-    }
-    match vring.queue.iter(memory) {
-        Ok(mut chains) => {
+    let start = vring.queue.next_avail();
+    match ring.available(start) {
+        Ok(pending) => {
+            for ahead in 0..TX_AHEAD.min(pending) {
+                ring.prefetch(&mut regions, start, ahead, Access::Read);
+            }
             let mut bytes = 0u64;
-            while heads.len() < budget {
-                let Some(chain) = chains.next() else {
-                    break;
-                };
+            for position in 0..pending.min(u16::try_from(budget).unwrap_or(u16::MAX)) {
+                // Only the head's index was read when the admission says no: the chain
+                // stays available for a later round.
                 if !admit(bytes) {
-                    // Only the head's index was read: stepping back leaves the chain
-                    // available for a later round.
-                    chains.go_to_previous_position();
                     break;
                 }
-                heads.push(chain.head_index());
-                let start = batch.end;
-                match read_chain(&mut regions, chain, batch, rules.header_len + MAX_TX_FRAME)
-                    .and_then(|()| check_frame(&batch.bytes[start..batch.end], rules))
+                let head = ring.head(start.wrapping_add(position)).unwrap_or(u16::MAX);
+                heads.push(head);
+                let begin = batch.end;
+                let limit = rules.header_len + MAX_TX_FRAME;
+                match read_chain(&ring, &mut regions, head, batch, limit)
+                    .and_then(|()| check_frame(&batch.bytes[begin..batch.end], rules))
                 {
                     Ok(hdr) => {
-                        let range = start + rules.header_len..batch.end;
+                        let range = begin + rules.header_len..batch.end;
                         bytes += range.len() as u64;
                         batch.frames.push((hdr, range));
                     }
                     Err(f) => {
-                        batch.end = start;
+                        batch.end = begin;
                         fault(f);
                     }
                 }
             }
+            vring
+                .queue
+                .set_next_avail(start.wrapping_add(heads.len() as u16));
         }
         Err(_) => {
             // The available index ran more than a ring ahead: the ring is unusable until
@@ -376,10 +377,9 @@ pub fn transmit_within(
         }
     }
     for &head in &heads {
-        // A head past the table cannot be returned (and is not tried: the ring crate
-        // would log each attempt); the guest has lost that entry.
+        // A head past the table cannot be returned; the guest has lost that entry.
         if head < vring.queue.size() {
-            vring.add_used(memory, head, 0);
+            vring.add_used(&ring, head, 0);
         }
     }
     vring.publish_used(memory);
@@ -388,36 +388,27 @@ pub fn transmit_within(
     taken
 }
 
-/// Copies a transmit chain's bytes onto the end of `out`.
+/// Copies the bytes of the transmit chain at `head` onto the end of `out`.
 fn read_chain(
+    ring: &SplitRing<'_>,
     regions: &mut Regions<'_>,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    head: u16,
     out: &mut TxBatch,
     limit: usize,
 ) -> Result<(), ChainFault> {
     let start = out.end;
-    let mut ended = false;
-    for descriptor in chain {
-        if descriptor.is_write_only() {
+    ring.walk(head, |buffer| {
+        if buffer.write_only {
             return Err(ChainFault::WrongDirection);
         }
-        let len = descriptor.len() as usize;
+        let len = buffer.len as usize;
         if out.end - start + len > limit {
             return Err(ChainFault::BadLength);
         }
         regions
-            .read(out.extend(len), descriptor.addr())
-            .map_err(|()| ChainFault::BadChain)?;
-        ended = !descriptor.has_next();
-    }
-    // The chain iterator stops silently at a loop (its length bound), at an index past
-    // the table and at an unreadable or bad indirect table; the last descriptor still
-    // pointing on tells those apart from a proper end.
-    if ended {
-        Ok(())
-    } else {
-        Err(ChainFault::BadChain)
-    }
+            .read(out.extend(len), buffer.addr)
+            .map_err(|()| ChainFault::BadChain)
+    })
 }
 
 /// Checks the header and frame a guest sent against what was negotiated.
@@ -505,20 +496,20 @@ impl Placement {
     }
 
     /// Returns every chain taken for this frame to the guest unused.
-    fn give_back(&mut self, vring: &mut Vring, memory: &GuestMemoryMmap) {
+    fn give_back(&mut self, vring: &mut Vring, ring: &SplitRing<'_>) {
         for &(head, _) in &self.chains {
-            vring.add_used(memory, head, 0);
+            vring.add_used(ring, head, 0);
         }
         self.clear();
     }
 }
 
-/// Writes one frame with its header into a receive queue. Bad chains met on the way are
-/// returned to the guest unused and reported through `fault`; a dropped frame's reason is
-/// the return value's.
+/// Writes one frame with its header into a receive queue, whose ring in guest memory is
+/// `ring`. Bad chains met on the way are returned to the guest unused and reported through
+/// `fault`; a dropped frame's reason is the return value's.
 pub fn place(
     vring: &mut Vring,
-    memory: &GuestMemoryMmap,
+    ring: &mut SplitRing<'_>,
     rules: &RxRules,
     hdr: &VirtioNetHdr,
     frame: &[u8],
@@ -526,13 +517,23 @@ pub fn place(
     mut fault: impl FnMut(ChainFault),
 ) -> Placed {
     let needed = rules.header_len + frame.len();
-    let mut regions = Regions::new(memory);
+    let mut regions = Regions::new(ring.memory());
+    // Where this frame's chains start, and the next chain to look at; the queue's own
+    // position moves only when the frame is placed or dropped, or past a bad chain.
     let mut start = vring.queue.next_avail();
+    let mut next = start;
     work.clear();
     let mut capacity = 0;
     while capacity < needed {
-        let chain = match vring.queue.iter(memory) {
-            Ok(mut chains) => chains.next(),
+        match ring.available(next) {
+            Ok(0) => {
+                // Out of buffers: give back what was taken for this frame, and remember
+                // how far the guest had posted, for `ask_for_buffers`.
+                vring.posted_up_to = next;
+                vring.queue.set_next_avail(start);
+                return Placed::NoBuffers;
+            }
+            Ok(_) => {}
             Err(_) => {
                 // The available index ran more than a ring ahead. Reported by the return
                 // value alone, as the other reasons for dropping the frame are.
@@ -540,16 +541,10 @@ pub fn place(
                 vring.queue.set_next_avail(start);
                 return Placed::Dropped(ChainFault::BadChain);
             }
-        };
-        let Some(chain) = chain else {
-            // Out of buffers: give back what was taken for this frame, and remember how
-            // far the guest had posted, for `ask_for_buffers`.
-            vring.posted_up_to = vring.queue.next_avail();
-            vring.queue.set_next_avail(start);
-            return Placed::NoBuffers;
-        };
-        let head = chain.head_index();
-        match writable_parts(&mut regions, chain, &mut work.parts) {
+        }
+        let head = ring.head(next).unwrap_or(u16::MAX);
+        next = next.wrapping_add(1);
+        match writable_parts(ring, &mut regions, head, &mut work.parts) {
             Ok((count, room)) => {
                 capacity += room;
                 work.chains.push((head, count));
@@ -560,11 +555,12 @@ pub fn place(
                 // chain, or it would be read (and counted) again on every retry.
                 fault(f);
                 if head < vring.queue.size() {
-                    vring.add_used(memory, head, 0);
+                    vring.add_used(ring, head, 0);
                 }
-                work.give_back(vring, memory);
+                work.give_back(vring, ring);
                 capacity = 0;
-                start = vring.queue.next_avail();
+                start = next;
+                vring.queue.set_next_avail(start);
                 continue;
             }
         }
@@ -575,12 +571,14 @@ pub fn place(
         let limit = MAX_MERGED.min(usize::from(vring.queue.size()));
         let hopeless = !rules.mergeable || work.chains.len() >= limit;
         if hopeless && capacity < needed {
-            work.give_back(vring, memory);
+            work.give_back(vring, ring);
+            vring.queue.set_next_avail(next);
             return Placed::Dropped(ChainFault::BadLength);
         }
     }
+    vring.queue.set_next_avail(next);
 
-    regions.prefetch_buffer(&vring.queue, 0, Access::Write);
+    ring.prefetch(&mut regions, next, 0, Access::Write);
     let mut header = *hdr;
     header.num_buffers = work.chains.len() as u16;
     if !rules.guest_csum {
@@ -603,7 +601,7 @@ pub fn place(
                 Err(()) => fault(ChainFault::BadChain),
             }
         }
-        vring.add_used(memory, head, written as u32);
+        vring.add_used(ring, head, written as u32);
     }
     Placed::Delivered
 }
@@ -673,35 +671,32 @@ fn write_span(
     Ok(n)
 }
 
-/// Appends the writable parts of a receive chain to `parts`, each checked to lie in guest
-/// memory; returns how many and their total length. On a fault, `parts` is as it was.
+/// Appends the writable parts of the receive chain at `head` to `parts`, each checked to
+/// lie in guest memory; returns how many and their total length. On a fault, `parts` is
+/// as it was.
 fn writable_parts(
+    ring: &SplitRing<'_>,
     regions: &mut Regions<'_>,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    head: u16,
     parts: &mut Vec<(GuestAddress, usize)>,
 ) -> Result<(usize, usize), ChainFault> {
     let before = parts.len();
     let mut capacity = 0usize;
-    let mut ended = false;
-    let mut fault = None;
-    for descriptor in chain {
-        if !descriptor.is_write_only() {
-            fault = Some(ChainFault::WrongDirection);
-            break;
+    let walked = ring.walk(head, |buffer| {
+        if !buffer.write_only {
+            return Err(ChainFault::WrongDirection);
         }
-        let len = descriptor.len() as usize;
-        if !regions.writable(descriptor.addr(), len) {
-            fault = Some(ChainFault::BadChain);
-            break;
+        let len = buffer.len as usize;
+        if !regions.writable(buffer.addr, len) {
+            return Err(ChainFault::BadChain);
         }
         capacity = capacity.saturating_add(len);
-        parts.push((descriptor.addr(), len));
-        ended = !descriptor.has_next();
-    }
-    let fault = fault.or((!ended).then_some(ChainFault::BadChain));
-    match fault {
-        None => Ok((parts.len() - before, capacity)),
-        Some(fault) => {
+        parts.push((buffer.addr, len));
+        Ok(())
+    });
+    match walked {
+        Ok(()) => Ok((parts.len() - before, capacity)),
+        Err(fault) => {
             parts.truncate(before);
             Err(fault)
         }
@@ -791,9 +786,10 @@ mod tests {
         /// Offers `frame` (plain header) to the ring as a receive queue.
         fn place(&mut self, frame: &[u8], mergeable: bool) -> (Placed, Vec<ChainFault>) {
             let mut faults = Vec::new();
+            let mut ring = SplitRing::new(&self.vring.queue, self.memory.mmap()).expect("a ring");
             let placed = place(
                 &mut self.vring,
-                self.memory.mmap(),
+                &mut ring,
                 &rx_rules(mergeable),
                 &VirtioNetHdr::default(),
                 frame,
@@ -1186,7 +1182,10 @@ mod tests {
             fresh.memory.write(AVAIL, &avail);
             let mut work = Placement::default();
             for _ in 0..4 {
-                let _ = place(&mut fresh.vring, fresh.memory.mmap(), &rx_rules(mergeable), &VirtioNetHdr::default(), &frame(1500), &mut work, |_| {});
+                let Some(mut ring) = SplitRing::new(&fresh.vring.queue, fresh.memory.mmap()) else {
+                    break;
+                };
+                let _ = place(&mut fresh.vring, &mut ring, &rx_rules(mergeable), &VirtioNetHdr::default(), &frame(1500), &mut work, |_| {});
             }
         }
     }

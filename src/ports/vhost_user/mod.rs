@@ -18,9 +18,11 @@
 //! and `refusal` the reasons it refuses one; `engine` is the data path of the whole port
 //! and `rx` the receiving half of each of its lanes. Connections and the engine meet in
 //! `state` (a connection's queues, guest memory and negotiation), never in each other;
-//! `status` is what `guestnet status` shows of a socket, its counters included. The rings
-//! themselves are `virtio-queue`'s and all access to guest memory is `vm-memory`'s checked
-//! interface, so this port holds no `unsafe`.
+//! `status` is what `guestnet status` shows of a socket, its counters included. `split`
+//! walks the rings themselves (found once per round, every entry and descriptor read with
+//! one checked load), `regions` copies to and from the guest's buffers; `virtio-queue`'s
+//! `Queue` keeps a ring's addresses and indices, and all access to guest memory is
+//! `vm-memory`'s checked interface, so this port holds no `unsafe`.
 //!
 //! **Threads.** One *engine* thread moves the frames of every VM the process serves, run to
 //! completion: per VM, a budgeted round of each transmit queue goes to the network as one
@@ -74,6 +76,7 @@ mod refusal;
 mod regions;
 mod requests;
 mod rx;
+pub mod split;
 mod state;
 mod status;
 

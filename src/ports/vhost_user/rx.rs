@@ -18,6 +18,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::MAX_QUEUE_PAIRS;
 use super::datapath::{self, ChainFault, Placed, RxRules, Vring};
+use super::split::SplitRing;
 use super::state::{Shared, lock};
 use super::status::Counters;
 use crate::network::Receiver;
@@ -76,7 +77,7 @@ impl RxHalf {
         rules: &RxRules,
         enabled_by_default: bool,
     ) -> usize {
-        let Some(mut delivery) = Delivery::open(shared, enabled_by_default) else {
+        let Some(mut delivery) = Delivery::open(shared, mem, enabled_by_default) else {
             shared.set_link(false);
             return 0;
         };
@@ -94,7 +95,7 @@ impl RxHalf {
             if *blocked {
                 return false;
             }
-            let placed = delivery.place(mem, rules, (hdr, frame), work, faults);
+            let placed = delivery.place(rules, (hdr, frame), work, faults);
             *blocked = placed == Placed::NoBuffers;
             !*blocked
         };
@@ -143,7 +144,7 @@ impl RxHalf {
         {
             return None;
         }
-        let delivery = Delivery::open(shared, enabled_by_default)?;
+        let delivery = Delivery::open(shared, mem, enabled_by_default)?;
         Some(Direct {
             rx: self,
             shared,
@@ -172,22 +173,34 @@ impl RxHalf {
 /// A lane's running receive queues, locked for a round of its own or for another lane's
 /// batch, and the frames written into each.
 struct Delivery<'x> {
-    /// The running receive queues, each with its pair's number.
-    queues: Vec<(usize, MutexGuard<'x, Vring>)>,
+    /// The running receive queues, each with its pair's number and its ring.
+    queues: Vec<(usize, MutexGuard<'x, Vring>, SplitRing<'x>)>,
     delivered_to: [u64; MAX_QUEUE_PAIRS as usize],
 }
 
 impl<'x> Delivery<'x> {
-    /// Locks the running receive queues; none if no receive queue runs.
-    fn open(shared: &'x Shared<'_>, enabled_by_default: bool) -> Option<Delivery<'x>> {
-        let queues: Vec<_> = shared
-            .vrings
-            .iter()
-            .step_by(2)
-            .enumerate()
-            .map(|(pair, vring)| (pair, lock(vring)))
-            .filter(|(_, vring)| vring.running(enabled_by_default))
-            .collect();
+    /// Locks the running receive queues; none if no receive queue runs. A queue whose
+    /// ring no longer lies in guest memory (the frontend replaced the memory table under
+    /// it) is stopped, and counted, until the frontend sets it up again.
+    fn open(
+        shared: &'x Shared<'_>,
+        mem: &'x GuestMemoryMmap,
+        enabled_by_default: bool,
+    ) -> Option<Delivery<'x>> {
+        let mut queues = Vec::new();
+        for (pair, vring) in shared.vrings.iter().step_by(2).enumerate() {
+            let mut vring = lock(vring);
+            if !vring.running(enabled_by_default) {
+                continue;
+            }
+            match SplitRing::new(&vring.queue, mem) {
+                Some(ring) => queues.push((pair, vring, ring)),
+                None => {
+                    vring.started = false;
+                    Counters::add(&shared.socket.counters.ring_access_failures, 1);
+                }
+            }
+        }
         (!queues.is_empty()).then_some(Delivery {
             queues,
             delivered_to: [0; MAX_QUEUE_PAIRS as usize],
@@ -198,7 +211,6 @@ impl<'x> Delivery<'x> {
     /// chains met on the way, and the reason a frame was dropped, go to `faults`.
     fn place(
         &mut self,
-        mem: &GuestMemoryMmap,
         rules: &RxRules,
         (hdr, frame): (&VirtioNetHdr, &[u8]),
         work: &mut datapath::Placement,
@@ -210,10 +222,10 @@ impl<'x> Delivery<'x> {
         } else {
             crate::wire::flow::flow_hash(frame) as usize % count
         };
-        let Some((_, vring)) = self.queues.get_mut(q) else {
+        let Some((_, vring, ring)) = self.queues.get_mut(q) else {
             return Placed::NoBuffers;
         };
-        let placed = datapath::place(vring, mem, rules, hdr, frame, work, |f| faults.push(f));
+        let placed = datapath::place(vring, ring, rules, hdr, frame, work, |f| faults.push(f));
         match placed {
             Placed::Delivered => {
                 if let Some(n) = self.delivered_to.get_mut(q) {
@@ -243,7 +255,7 @@ impl<'x> Delivery<'x> {
         if direct {
             Counters::add(&counters.rx_direct, delivered);
         }
-        for ((pair, vring), n) in self.queues.iter_mut().zip(self.delivered_to) {
+        for ((pair, vring, _), n) in self.queues.iter_mut().zip(self.delivered_to) {
             if let (Some(queue), 1..) = (shared.socket.queues.get(*pair), n) {
                 Counters::add(&queue.rx_frames, n);
             }
@@ -281,13 +293,9 @@ impl Direct<'_, '_> {
     /// then goes through the ring, and so must every later frame for this guest).
     pub fn offer(&mut self, hdr: &VirtioNetHdr, frame: &[u8]) -> bool {
         let rx = &mut *self.rx;
-        let placed = self.delivery.place(
-            self.mem,
-            &self.rules,
-            (hdr, frame),
-            &mut rx.work,
-            &mut rx.faults,
-        );
+        let placed = self
+            .delivery
+            .place(&self.rules, (hdr, frame), &mut rx.work, &mut rx.faults);
         if placed == Placed::Delivered {
             rx.receiver.count_received(frame.len());
         }
