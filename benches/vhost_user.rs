@@ -181,11 +181,11 @@ fn main() {
         let mut work = Placement::default();
         let placed = per_frame(|| {
             ring.offer_batch();
-            let mut view = SplitRing::new(&ring.vring.queue, ring.memory.mmap()).expect("ring");
+            let view = SplitRing::new(&ring.vring.queue, ring.memory.mmap()).expect("ring");
             for _ in 0..BATCH {
                 let outcome = place(
                     &mut ring.vring,
-                    &mut view,
+                    &view,
                     &rules,
                     &hdr,
                     &payload,

@@ -325,7 +325,7 @@ pub fn transmit_within(
     // index per round, not per chain.
     let mut heads = std::mem::take(&mut batch.heads);
     heads.clear();
-    let Some(mut ring) = SplitRing::new(&vring.queue, memory) else {
+    let Some(ring) = SplitRing::new(&vring.queue, memory) else {
         // The ring no longer lies in guest memory: unusable until the frontend sets it up
         // again.
         fault(ChainFault::BadChain);
@@ -333,12 +333,11 @@ pub fn transmit_within(
         batch.heads = heads;
         return 0;
     };
-    let mut regions = Regions::new(memory);
     let start = vring.queue.next_avail();
     match ring.available(start) {
         Ok(pending) => {
             for ahead in 0..TX_AHEAD.min(pending) {
-                ring.prefetch(&mut regions, start, ahead, Access::Read);
+                ring.prefetch(start, ahead, Access::Read);
             }
             let mut bytes = 0u64;
             for position in 0..pending.min(u16::try_from(budget).unwrap_or(u16::MAX)) {
@@ -351,7 +350,7 @@ pub fn transmit_within(
                 heads.push(head);
                 let begin = batch.end;
                 let limit = rules.header_len + MAX_TX_FRAME;
-                match read_chain(&ring, &mut regions, head, batch, limit)
+                match read_chain(&ring, head, batch, limit)
                     .and_then(|()| check_frame(&batch.bytes[begin..batch.end], rules))
                 {
                     Ok(hdr) => {
@@ -391,7 +390,6 @@ pub fn transmit_within(
 /// Copies the bytes of the transmit chain at `head` onto the end of `out`.
 fn read_chain(
     ring: &SplitRing<'_>,
-    regions: &mut Regions<'_>,
     head: u16,
     out: &mut TxBatch,
     limit: usize,
@@ -405,7 +403,7 @@ fn read_chain(
         if out.end - start + len > limit {
             return Err(ChainFault::BadLength);
         }
-        regions
+        ring.regions()
             .read(out.extend(len), buffer.addr)
             .map_err(|()| ChainFault::BadChain)
     })
@@ -509,7 +507,7 @@ impl Placement {
 /// `fault`; a dropped frame's reason is the return value's.
 pub fn place(
     vring: &mut Vring,
-    ring: &mut SplitRing<'_>,
+    ring: &SplitRing<'_>,
     rules: &RxRules,
     hdr: &VirtioNetHdr,
     frame: &[u8],
@@ -517,7 +515,6 @@ pub fn place(
     mut fault: impl FnMut(ChainFault),
 ) -> Placed {
     let needed = rules.header_len + frame.len();
-    let mut regions = Regions::new(ring.memory());
     // Where this frame's chains start, and the next chain to look at; the queue's own
     // position moves only when the frame is placed or dropped, or past a bad chain.
     let mut start = vring.queue.next_avail();
@@ -544,7 +541,7 @@ pub fn place(
         }
         let head = ring.head(next).unwrap_or(u16::MAX);
         next = next.wrapping_add(1);
-        match writable_parts(ring, &mut regions, head, &mut work.parts) {
+        match writable_parts(ring, head, &mut work.parts) {
             Ok((count, room)) => {
                 capacity += room;
                 work.chains.push((head, count));
@@ -578,7 +575,7 @@ pub fn place(
     }
     vring.queue.set_next_avail(next);
 
-    ring.prefetch(&mut regions, next, 0, Access::Write);
+    ring.prefetch(next, 0, Access::Write);
     let mut header = *hdr;
     header.num_buffers = work.chains.len() as u16;
     if !rules.guest_csum {
@@ -591,7 +588,7 @@ pub fn place(
     for &(head, count) in &work.chains {
         let mut written = 0;
         for &(address, len) in parts.by_ref().take(count) {
-            match write_span(&mut regions, address, len, pieces, written_total) {
+            match write_span(ring.regions(), address, len, pieces, written_total) {
                 Ok(n) => {
                     written += n;
                     written_total += n;
@@ -646,7 +643,7 @@ pub fn ask_for_buffers(vring: &mut Vring, memory: &GuestMemoryMmap) -> bool {
 /// Writes up to `len` bytes at `address` from the concatenation of `pieces`, starting at
 /// byte `from` of it; returns how many (fewer once the pieces run out).
 fn write_span(
-    regions: &mut Regions<'_>,
+    regions: &Regions<'_>,
     address: GuestAddress,
     len: usize,
     pieces: [&[u8]; 2],
@@ -676,7 +673,6 @@ fn write_span(
 /// as it was.
 fn writable_parts(
     ring: &SplitRing<'_>,
-    regions: &mut Regions<'_>,
     head: u16,
     parts: &mut Vec<(GuestAddress, usize)>,
 ) -> Result<(usize, usize), ChainFault> {
@@ -687,7 +683,7 @@ fn writable_parts(
             return Err(ChainFault::WrongDirection);
         }
         let len = buffer.len as usize;
-        if !regions.writable(buffer.addr, len) {
+        if !ring.regions().writable(buffer.addr, len) {
             return Err(ChainFault::BadChain);
         }
         capacity = capacity.saturating_add(len);
@@ -786,10 +782,10 @@ mod tests {
         /// Offers `frame` (plain header) to the ring as a receive queue.
         fn place(&mut self, frame: &[u8], mergeable: bool) -> (Placed, Vec<ChainFault>) {
             let mut faults = Vec::new();
-            let mut ring = SplitRing::new(&self.vring.queue, self.memory.mmap()).expect("a ring");
+            let ring = SplitRing::new(&self.vring.queue, self.memory.mmap()).expect("a ring");
             let placed = place(
                 &mut self.vring,
-                &mut ring,
+                &ring,
                 &rx_rules(mergeable),
                 &VirtioNetHdr::default(),
                 frame,
@@ -1182,10 +1178,10 @@ mod tests {
             fresh.memory.write(AVAIL, &avail);
             let mut work = Placement::default();
             for _ in 0..4 {
-                let Some(mut ring) = SplitRing::new(&fresh.vring.queue, fresh.memory.mmap()) else {
+                let Some(ring) = SplitRing::new(&fresh.vring.queue, fresh.memory.mmap()) else {
                     break;
                 };
-                let _ = place(&mut fresh.vring, &mut ring, &rx_rules(mergeable), &VirtioNetHdr::default(), &frame(1500), &mut work, |_| {});
+                let _ = place(&mut fresh.vring, &ring, &rx_rules(mergeable), &VirtioNetHdr::default(), &frame(1500), &mut work, |_| {});
             }
         }
     }

@@ -1,6 +1,8 @@
 //! Copies to and from guest memory that remember the region the last one fell in, and
 //! the cache-line hints given ahead of them.
 
+use std::cell::Cell;
+
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     VolatileSlice,
@@ -25,31 +27,34 @@ pub enum Access {
 pub struct Regions<'m> {
     memory: &'m GuestMemoryMmap,
     /// The last region used: where it starts, and all of it.
-    last: Option<(GuestAddress, VolatileSlice<'m, ()>)>,
+    last: Cell<Option<(GuestAddress, VolatileSlice<'m, ()>)>>,
 }
 
 impl<'m> Regions<'m> {
     pub fn new(memory: &'m GuestMemoryMmap) -> Regions<'m> {
-        Regions { memory, last: None }
+        Regions {
+            memory,
+            last: Cell::new(None),
+        }
     }
 
     /// The `len` bytes at `address`, when they lie in one region.
-    fn locate(&mut self, address: GuestAddress, len: usize) -> Option<VolatileSlice<'m, ()>> {
+    fn locate(&self, address: GuestAddress, len: usize) -> Option<VolatileSlice<'m, ()>> {
         let within = |(start, region): (GuestAddress, VolatileSlice<'m, ()>)| {
             let offset = usize::try_from(address.checked_offset_from(start)?).ok()?;
             region.subslice(offset, len).ok()
         };
-        if let Some(found) = self.last.and_then(within) {
+        if let Some(found) = self.last.get().and_then(within) {
             return Some(found);
         }
         let region = self.memory.find_region(address)?;
         let whole = (region.start_addr(), region.as_volatile_slice().ok()?);
-        self.last = Some(whole);
+        self.last.set(Some(whole));
         within(whole)
     }
 
     /// Copies guest memory at `address` into `buf`.
-    pub fn read(&mut self, buf: &mut [u8], address: GuestAddress) -> Result<(), ()> {
+    pub fn read(&self, buf: &mut [u8], address: GuestAddress) -> Result<(), ()> {
         match self.locate(address, buf.len()) {
             Some(slice) => {
                 slice.copy_to(buf);
@@ -60,7 +65,7 @@ impl<'m> Regions<'m> {
     }
 
     /// Copies `buf` into guest memory at `address`.
-    pub fn write(&mut self, buf: &[u8], address: GuestAddress) -> Result<(), ()> {
+    pub fn write(&self, buf: &[u8], address: GuestAddress) -> Result<(), ()> {
         match self.locate(address, buf.len()) {
             Some(slice) => {
                 slice.copy_from(buf);
@@ -71,7 +76,7 @@ impl<'m> Regions<'m> {
     }
 
     /// Whether all `len` bytes at `address` lie in guest memory.
-    pub fn writable(&mut self, address: GuestAddress, len: usize) -> bool {
+    pub fn writable(&self, address: GuestAddress, len: usize) -> bool {
         self.locate(address, len).is_some()
             || GuestMemoryBackend::check_range(self.memory, address, len)
     }
@@ -81,7 +86,7 @@ impl<'m> Regions<'m> {
     /// the guest's core to give them up: the switch's stores otherwise fill the core's
     /// store buffer, and its loads stall the chain walk behind them. Only a hint: an
     /// address outside guest memory fetches nothing.
-    pub fn prefetch(&mut self, address: GuestAddress, access: Access) {
+    pub fn prefetch(&self, address: GuestAddress, access: Access) {
         let Some(slice) = self.locate(address, 1) else {
             return;
         };

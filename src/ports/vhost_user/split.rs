@@ -16,6 +16,7 @@
 //! [`Queue`] stays the record of the ring's addresses and indices, which the connection's
 //! requests set.
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::desc::split::Descriptor;
@@ -50,6 +51,8 @@ pub struct Buffer {
 /// A ring's three parts, found in guest memory for one round.
 pub struct SplitRing<'m> {
     memory: &'m GuestMemoryMmap,
+    /// Copies to and from the buffers, remembering the region of the last.
+    regions: Regions<'m>,
     desc: VolatileSlice<'m, ()>,
     avail: VolatileSlice<'m, ()>,
     /// Absent when the used ring does not lie in guest memory: chains can still be read,
@@ -57,7 +60,7 @@ pub struct SplitRing<'m> {
     used: Option<VolatileSlice<'m, ()>>,
     size: u16,
     /// The guest's available index as last read.
-    avail_idx: u16,
+    avail_idx: Cell<u16>,
 }
 
 impl<'m> SplitRing<'m> {
@@ -74,25 +77,27 @@ impl<'m> SplitRing<'m> {
         let part = |address: u64, len: usize| memory.get_slice(GuestAddress(address), len).ok();
         Some(SplitRing {
             memory,
+            regions: Regions::new(memory),
             desc: part(queue.desc_table(), DESCRIPTOR * n)?,
             avail: part(queue.avail_ring(), 6 + 2 * n)?,
             used: part(queue.used_ring(), 6 + 8 * n),
             size,
-            avail_idx: queue.next_avail(),
+            avail_idx: Cell::new(queue.next_avail()),
         })
     }
 
-    /// The guest memory the ring lies in.
-    pub fn memory(&self) -> &'m GuestMemoryMmap {
-        self.memory
+    /// Copies to and from the guest's buffers, for the length of this ring's round: the
+    /// region the last one fell in is remembered from one chain to the next.
+    pub fn regions(&self) -> &Regions<'m> {
+        &self.regions
     }
 
     /// How many chains the guest has made available from `next` on. The index is read
     /// again (with acquire, so the entries before it are seen) only when those seen at the
     /// last look are all taken. [`ChainFault::BadChain`] when it ran more than a ring ahead
     /// of `next` (or could not be read).
-    pub fn available(&mut self, next: u16) -> Result<u16, ChainFault> {
-        let seen = self.avail_idx.wrapping_sub(next);
+    pub fn available(&self, next: u16) -> Result<u16, ChainFault> {
+        let seen = self.avail_idx.get().wrapping_sub(next);
         if seen != 0 && seen <= self.size {
             return Ok(seen);
         }
@@ -105,7 +110,7 @@ impl<'m> SplitRing<'m> {
         if pending > self.size {
             return Err(ChainFault::BadChain);
         }
-        self.avail_idx = idx;
+        self.avail_idx.set(idx);
         Ok(pending)
     }
 
@@ -188,7 +193,7 @@ impl<'m> SplitRing<'m> {
     /// Asks for the first lines of the buffer the guest posted `ahead` chains after
     /// position `next`, for `access`: a hint, so an entry not posted yet or a bad one only
     /// fetches a wrong line.
-    pub fn prefetch(&self, regions: &mut Regions<'m>, next: u16, ahead: u16, access: Access) {
+    pub fn prefetch(&self, next: u16, ahead: u16, access: Access) {
         let Some(head) = self.head(next.wrapping_add(ahead)) else {
             return;
         };
@@ -198,7 +203,7 @@ impl<'m> SplitRing<'m> {
         else {
             return;
         };
-        regions.prefetch(descriptor.load().addr(), access);
+        self.regions.prefetch(descriptor.load().addr(), access);
     }
 }
 
@@ -348,7 +353,7 @@ mod tests {
     fn the_available_index_is_read_again_only_when_the_chains_seen_are_taken() {
         let mut guest = Guest::new();
         guest.driver.publish_batch(&guest.memory, [0, 1]);
-        let mut ring = SplitRing::new(&guest.queue, guest.memory.mmap()).expect("a ring");
+        let ring = SplitRing::new(&guest.queue, guest.memory.mmap()).expect("a ring");
         assert_eq!(ring.available(0), Ok(2));
         assert_eq!((ring.head(0), ring.head(1)), (Some(0), Some(1)));
         // The guest posts three more; the port still works through the two it saw.
@@ -395,10 +400,9 @@ mod tests {
         guest.descriptor(0, MEMORY + 0x1000, 64, 0, 0);
         guest.driver.publish_batch(&guest.memory, [0, SIZE + 5]);
         let ring = guest.ring();
-        let mut regions = Regions::new(guest.memory.mmap());
         for ahead in 0..2 * SIZE {
-            ring.prefetch(&mut regions, 0, ahead, Access::Read);
-            ring.prefetch(&mut regions, 0, ahead, Access::Write);
+            ring.prefetch(0, ahead, Access::Read);
+            ring.prefetch(0, ahead, Access::Write);
         }
     }
 }
