@@ -346,6 +346,11 @@ pub fn transmit_within(
                 if !admit(bytes) {
                     break;
                 }
+                // The buffer TX_AHEAD chains on, so that the window fetched ahead slides
+                // with the round.
+                if position + TX_AHEAD < pending {
+                    ring.prefetch(start, position + TX_AHEAD, Access::Read);
+                }
                 let head = ring.head(start.wrapping_add(position)).unwrap_or(u16::MAX);
                 heads.push(head);
                 let begin = batch.end;
