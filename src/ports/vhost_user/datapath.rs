@@ -47,6 +47,10 @@ pub const MAX_TX_FRAME: usize = 65550;
 /// Transmit chains whose buffers a round fetches ahead before it reads the first.
 const TX_AHEAD: u16 = 8;
 
+/// Bytes of the next transmit buffer fetched whole while the current one is copied: a
+/// full-sized frame with its header.
+const TX_WHOLE: usize = 1536;
+
 /// Feature bits (virtio-net and transport), as the virtio specification numbers them.
 pub mod feature {
     /// `VIRTIO_NET_F_CSUM`: the guest may send frames with a partial checksum.
@@ -337,7 +341,7 @@ pub fn transmit_within(
     match ring.available(start) {
         Ok(pending) => {
             for ahead in 0..TX_AHEAD.min(pending) {
-                ring.prefetch(start, ahead, Access::Read);
+                ring.prefetch(start, ahead, Access::Read, 0);
             }
             let mut bytes = 0u64;
             for position in 0..pending.min(u16::try_from(budget).unwrap_or(u16::MAX)) {
@@ -349,7 +353,11 @@ pub fn transmit_within(
                 // The buffer TX_AHEAD chains on, so that the window fetched ahead slides
                 // with the round.
                 if position + TX_AHEAD < pending {
-                    ring.prefetch(start, position + TX_AHEAD, Access::Read);
+                    ring.prefetch(start, position + TX_AHEAD, Access::Read, 0);
+                }
+                // And all of the next one's first buffer, whose copy follows this one's.
+                if position + 1 < pending {
+                    ring.prefetch(start, position + 1, Access::Read, TX_WHOLE);
                 }
                 let head = ring.head(start.wrapping_add(position)).unwrap_or(u16::MAX);
                 heads.push(head);
@@ -580,7 +588,7 @@ pub fn place(
     }
     vring.queue.set_next_avail(next);
 
-    ring.prefetch(next, 0, Access::Write);
+    ring.prefetch(next, 0, Access::Write, 0);
     let mut header = *hdr;
     header.num_buffers = work.chains.len() as u16;
     if !rules.guest_csum {

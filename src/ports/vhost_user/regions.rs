@@ -81,17 +81,19 @@ impl<'m> Regions<'m> {
             || GuestMemoryBackend::check_range(self.memory, address, len)
     }
 
-    /// Asks for the first two lines at `address`, for writing (a receive buffer) or
-    /// reading (a transmit buffer), so that the copy into or out of it does not wait for
-    /// the guest's core to give them up: the switch's stores otherwise fill the core's
-    /// store buffer, and its loads stall the chain walk behind them. Only a hint: an
-    /// address outside guest memory fetches nothing.
-    pub fn prefetch(&self, address: GuestAddress, access: Access) {
+    /// Asks for the lines of the first `len` bytes at `address` (two at least), for
+    /// writing (a receive buffer) or reading (a transmit buffer), so that the copy into or
+    /// out of it does not wait for the guest's core to give them up: the switch's stores
+    /// otherwise fill the core's store buffer, and its loads stall the chain walk behind
+    /// them. Only a hint: an address outside guest memory fetches nothing (and a line past
+    /// the end of its region, which a prefetch may name, is never touched).
+    pub fn prefetch(&self, address: GuestAddress, len: usize, access: Access) {
         let Some(slice) = self.locate(address, 1) else {
             return;
         };
         let host = slice.ptr_guard().as_ptr();
-        for line in [host, host.wrapping_add(64)] {
+        for offset in (0..len.max(128)).step_by(64) {
+            let line = host.wrapping_add(offset);
             match access {
                 Access::Write => prefetch::for_write(line),
                 Access::Read => prefetch::for_read(line),

@@ -190,10 +190,10 @@ impl<'m> SplitRing<'m> {
             .is_some()
     }
 
-    /// Asks for the first lines of the buffer the guest posted `ahead` chains after
-    /// position `next`, for `access`: a hint, so an entry not posted yet or a bad one only
-    /// fetches a wrong line.
-    pub fn prefetch(&self, next: u16, ahead: u16, access: Access) {
+    /// Asks for the lines of the first buffer of the chain the guest posted `ahead` chains
+    /// after position `next`, for `access`: its first two lines, or up to `whole` bytes of
+    /// it. A hint, so an entry not posted yet or a bad one only fetches wrong lines.
+    pub fn prefetch(&self, next: u16, ahead: u16, access: Access, whole: usize) {
         let Some(head) = self.head(next.wrapping_add(ahead)) else {
             return;
         };
@@ -203,7 +203,9 @@ impl<'m> SplitRing<'m> {
         else {
             return;
         };
-        self.regions.prefetch(descriptor.load().addr(), access);
+        let descriptor = descriptor.load();
+        let len = whole.min(descriptor.len() as usize);
+        self.regions.prefetch(descriptor.addr(), len, access);
     }
 }
 
@@ -401,8 +403,8 @@ mod tests {
         guest.driver.publish_batch(&guest.memory, [0, SIZE + 5]);
         let ring = guest.ring();
         for ahead in 0..2 * SIZE {
-            ring.prefetch(0, ahead, Access::Read);
-            ring.prefetch(0, ahead, Access::Write);
+            ring.prefetch(0, ahead, Access::Read, 0);
+            ring.prefetch(0, ahead, Access::Write, 4096);
         }
     }
 }
