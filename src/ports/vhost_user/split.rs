@@ -215,9 +215,8 @@ mod tests {
     use crate::ports::vhost_user::mock::{self, GuestMemory, GuestQueue, Layout, desc_flags};
 
     const SIZE: u16 = 8;
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
+    /// Where the ring's three parts start, back to back.
+    const RINGS: u64 = 0x1000;
     const TABLE: u64 = 0x4000;
     const DATA: u64 = 0x8000;
     const MEMORY: u64 = 0x10000;
@@ -234,13 +233,7 @@ mod tests {
     impl Guest {
         fn new() -> Guest {
             let memory = GuestMemory::anonymous(&[(0, MEMORY)]).expect("memory");
-            let driver = GuestQueue::new(Layout {
-                size: SIZE,
-                desc: DESC,
-                avail: AVAIL,
-                used: USED,
-                buffers: DATA..MEMORY,
-            });
+            let driver = GuestQueue::new(Layout::packed(SIZE, RINGS, DATA..MEMORY));
             let mut queue = Queue::new(SIZE).expect("queue");
             driver.configure(&mut queue).expect("addresses");
             Guest {
@@ -250,25 +243,25 @@ mod tests {
             }
         }
 
+        /// Writes entry `i` of the ring's descriptor table.
         fn descriptor(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-            let d = mock::Descriptor {
-                addr,
-                len,
-                flags,
-                next,
-            };
-            self.driver.write_descriptor(&self.memory, i, d);
+            let table = self.driver.layout().desc;
+            self.write_at(table + 16 * u64::from(i), (addr, len, flags, next));
         }
 
         /// Writes entry `i` of an indirect table at `TABLE`.
         fn indirect(&self, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
+            self.write_at(TABLE + 16 * i, (addr, len, flags, next));
+        }
+
+        fn write_at(&self, at: u64, (addr, len, flags, next): (u64, u32, u16, u16)) {
             let d = mock::Descriptor {
                 addr,
                 len,
                 flags,
                 next,
             };
-            self.memory.write(TABLE + 16 * i, &d.to_bytes());
+            self.memory.write(at, &d.to_bytes());
         }
 
         fn ring(&self) -> SplitRing<'_> {
