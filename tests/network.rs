@@ -5,7 +5,7 @@ use std::time::Duration;
 use guestnet::network::counters::DropReason;
 use guestnet::network::{CreateOptions, JoinOptions, Network, Sent};
 use guestnet::shm::layout::Geometry;
-use guestnet::wire::MacAddress;
+use guestnet::wire::{MacAddress, VirtioNetHdr};
 
 fn network(dir: &tempfile::TempDir, geometry: Geometry) -> Network {
     Network::create(
@@ -631,4 +631,50 @@ fn a_receiver_that_stays_full_is_marked_congested_and_never_waited_for_again_unt
         sender.control().counters().tx_dropped(DropReason::RingFull),
         7
     );
+}
+
+/// A port that reads the receiver's ring itself (as a vhost-user port reads the rings of
+/// the other VMs it serves) and takes no copy past it.
+struct ReadsItself(u16);
+
+impl guestnet::network::send::Shortcut for ReadsItself {
+    fn offer(&mut self, _: u16, _: u32, _: &VirtioNetHdr, _: &[u8]) -> bool {
+        false
+    }
+
+    fn queued(&mut self, _: u16) {}
+
+    fn serves(&mut self, index: u16) -> bool {
+        index == self.0
+    }
+}
+
+#[test]
+fn a_full_ring_the_port_reads_itself_is_never_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold_back = Duration::from_secs(5);
+    let (_net, mut sender, a_mac, b) = held_back_pair(&dir, hold_back);
+    let to_b = frame(b.mac(), a_mac, b"b");
+    for _ in 0..8 {
+        sender.send(&to_b);
+    }
+    // Full, and its reader is the sending port's own thread: waiting would wait for
+    // itself, so the frame is dropped at once, and counted.
+    let started = std::time::Instant::now();
+    let plain = VirtioNetHdr::default();
+    let sent = sender.send_batch_via(
+        std::iter::once((plain, to_b.as_slice())),
+        guestnet::network::monotonic_ns(),
+        &mut ReadsItself(b.index()),
+    );
+    assert_eq!(sent, 1, "routed");
+    assert!(
+        started.elapsed() < hold_back,
+        "a ring the port reads itself is not waited for"
+    );
+    assert_eq!(
+        sender.control().counters().tx_dropped(DropReason::RingFull),
+        1
+    );
+    assert_eq!(sender.control().counters().held_back, 0);
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use guestnet::network::{CreateOptions, JoinOptions, Network, Peer, PortKind};
 use guestnet::ports::vhost_user::mock::{Descriptor, GuestMemory, desc_flags};
+use guestnet::shm::layout::Geometry;
 use guestnet::wire::MacAddress;
 use vhost_support::{
     Backend, DEADLINE, Frontend, MemoryMessages, NET_HEADER_LEN, SetupOptions, TX_QUEUE, Virtqueue,
@@ -957,6 +958,91 @@ fn a_bad_receive_buffer_met_straight_across_is_counted_on_its_guest() {
     );
     assert_eq!(counter(&a_entry, "tx_bad_chains"), 0);
     assert!(lab.backend.is_alive());
+}
+
+#[test]
+fn a_unicast_stream_to_a_full_ring_outside_the_port_waits_for_room_and_is_accounted() {
+    // Rings of 8 slots, a guest, and a library peer whose ring the guest fills.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = CreateOptions {
+        geometry: Geometry {
+            ring_slots: 8,
+            ..Geometry::default()
+        },
+        ..CreateOptions::default()
+    };
+    let network = Network::create(dir.path(), NETWORK, options).expect("create");
+    let mut peer = network.join(JoinOptions::default()).expect("join");
+    let backend = Backend::start(dir.path(), NETWORK, &["s"], &[]);
+    let mut guest = Guest::set_up(
+        Frontend::connect(&backend.sockets[0]).expect("connect"),
+        SetupOptions::default(),
+    );
+    let frames: Vec<Vec<u8>> = (0..72u8)
+        .map(|tag| frame(peer.mac(), GUEST_MAC, 120, tag))
+        .collect();
+    for f in &frames[..8] {
+        let head = guest.tx.send(&guest.memory, &packet(f), 1, false);
+        assert!(guest.tx.wait_used(&guest.memory, head).is_some());
+    }
+    // The ring is full; a reader takes one frame at a time while the guest sends the rest,
+    // so the port keeps finding it full. Nothing may be lost silently: every frame is
+    // received or counted, and the port waited for room rather than dropping.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = done.clone();
+    let reader = std::thread::spawn(move || {
+        let deadline = Instant::now() + DEADLINE;
+        let mut got = Vec::new();
+        loop {
+            let before = got.len();
+            peer.receive(1, |f| got.push(f.to_vec()));
+            if got.len() == before {
+                if finished.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                let left = deadline
+                    .checked_duration_since(Instant::now())
+                    .expect("the reader finishes in time");
+                peer.wait(left.min(Duration::from_millis(10)));
+            }
+        }
+        got
+    });
+    for f in &frames[8..] {
+        let head = guest.tx.send(&guest.memory, &packet(f), 1, false);
+        assert!(guest.tx.wait_used(&guest.memory, head).is_some());
+    }
+    let vhost = || {
+        network
+            .status()
+            .peers
+            .into_iter()
+            .find(|p| p.kind == PortKind::VhostUser)
+            .expect("the guest's peer")
+    };
+    // Every frame the port took is in the ring or was dropped before the reader stops.
+    wait_until("every frame sent is counted", || vhost().tx_packets == 72);
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let got = reader.join().expect("the reader");
+    let status = vhost();
+    let full = status.drops.get("tx_ring_full").copied().unwrap_or(0);
+    assert_eq!(
+        got.len() as u64 + full,
+        72,
+        "received or counted: {status:?}"
+    );
+    assert!(
+        frames.iter().filter(|f| got.contains(f)).count() == got.len()
+            && got.windows(2).all(|w| {
+                let at = |f: &Vec<u8>| frames.iter().position(|x| x == f);
+                at(&w[0]) < at(&w[1])
+            }),
+        "the frames received are the guest's, in order"
+    );
+    assert!(
+        status.held_back >= 1,
+        "a frame found the ring full and waited for room: {status:?}"
+    );
 }
 
 #[test]

@@ -485,17 +485,19 @@ impl Sender {
                 return (1, 0, None);
             }
             shortcut.queued(index);
-            match self.push(destination, frame, retag, words) {
+            let may_wait = !shortcut.serves(index);
+            match self.push(destination, frame, retag, words, may_wait) {
                 Ok(()) => (1, 0, None),
                 Err(reason) => (0, 1, Some(reason)),
             }
         } else {
             shortcut.queued(destination.index);
+            let may_wait = !shortcut.serves(destination.index);
             match self
                 .admit(destination)
                 .and_then(|()| self.segment(frame, hdr))
             {
-                Ok(()) => self.push_segments(destination, retag),
+                Ok(()) => self.push_segments(destination, retag, may_wait),
                 Err(reason) => (0, 1, Some(reason)),
             }
         }
@@ -570,6 +572,7 @@ impl Sender {
         &mut self,
         destination: PeerView,
         retag: Option<Retag>,
+        may_wait: bool,
     ) -> (u32, u32, Option<DropReason>) {
         let (segments, ends) = (
             std::mem::take(&mut self.segments),
@@ -578,7 +581,7 @@ impl Sender {
         let (mut delivered, mut dropped, mut reason) = (0, 0, None);
         let mut start = 0;
         for &end in &ends {
-            match self.push(destination, &segments[start..end], retag, [0; 3]) {
+            match self.push(destination, &segments[start..end], retag, [0; 3], may_wait) {
                 Ok(()) => delivered += 1,
                 Err(why) => {
                     dropped += 1;
@@ -677,14 +680,16 @@ impl Sender {
         }
     }
 
-    /// Copies one frame, retagged if need be, into `destination`'s ring. A refusal is
-    /// counted on the receiver's side here, and on ours by the caller.
+    /// Copies one frame, retagged if need be, into `destination`'s ring; a unicast frame
+    /// for a full ring waits for room there (up to the hold-back) if `may_wait`. A refusal
+    /// is counted on the receiver's side here, and on ours by the caller.
     fn push(
         &mut self,
         destination: PeerView,
         frame: &[u8],
         retag: Option<Retag>,
         offload: [u32; 3],
+        may_wait: bool,
     ) -> std::result::Result<(), DropReason> {
         let region = &self.membership.region;
         let meta = SlotMeta {
@@ -695,7 +700,10 @@ impl Sender {
         let ring = region.ring(destination.index);
         let writer = self.membership.index;
         let mut pushed = push_copy(&ring, writer, meta, frame, retag);
-        if pushed == Push::Full && self.unicast && self.hold_back.may_wait(&ring, destination.index)
+        if pushed == Push::Full
+            && self.unicast
+            && may_wait
+            && self.hold_back.may_wait(&ring, destination.index)
         {
             pushed = self.hold_back.wait(&ring, destination.index, || {
                 push_copy(&ring, writer, meta, frame, retag)

@@ -23,6 +23,11 @@ pub trait Shortcut {
 
     /// A copy for the receiver at peer slot `index` went into its ring.
     fn queued(&mut self, index: u16);
+
+    /// Whether this port itself reads the ring of the receiver at peer slot `index`: a
+    /// frame for a full ring it reads must never wait for room there (see
+    /// [`super::Sender::set_hold_back`]), which would be waiting for itself.
+    fn serves(&mut self, index: u16) -> bool;
 }
 
 /// No way past the ring: every copy goes into a ring.
@@ -37,4 +42,9 @@ impl Shortcut for NoShortcut {
 
     #[inline]
     fn queued(&mut self, _: u16) {}
+
+    #[inline]
+    fn serves(&mut self, _: u16) -> bool {
+        false
+    }
 }

@@ -28,6 +28,12 @@
 //! rings the engine's bell when frames arrive), looks once more, and sleeps in one `poll`
 //! on the bell, the stop doorbell and every kick eventfd. Idle, the port costs nothing.
 //!
+//! **Full rings.** A unicast frame for a full ring waits for room there, up to
+//! [`HOLD_BACK`], before its receiver is marked congested (as a TAP port's does): the
+//! guest's transmit queue fills meanwhile and its TCP slows down instead of losing frames.
+//! Never for the ring of another lane of this engine ([`Shortcut::serves`]): the engine is
+//! its reader, and would wait for itself. The other lanes wait with the one that waits.
+//!
 //! **Rate limits.** Under the peer's rate limit (`--rate`) a lane takes a chain off a
 //! transmit queue only while the bucket holds the frames taken so far plus the largest one
 //! the guest may send, so the network never has to refuse one. When it has no room, the
@@ -78,6 +84,13 @@ const TX_BUDGET: usize = 256;
 /// to ride out the gap between a frontend's bursts, short against any human notion of
 /// idle.
 pub const IDLE_POLL: Duration = Duration::from_micros(100);
+
+/// How long a unicast frame for a full ring waits for room there before its receiver is
+/// marked congested ([`Sender::set_hold_back`]), as a TAP port's does: meanwhile the
+/// guest's transmit queue fills and its TCP slows down instead of losing frames. Never for
+/// a ring this engine reads itself (another of its lanes), which would wait on itself; and
+/// the other lanes wait with it, at most this long per congested receiver.
+const HOLD_BACK: Duration = Duration::from_millis(10);
 
 /// Longest sleep: a sleeping engine, and a parked ring watch, look at least this often.
 const IDLE_SLICE: Duration = Duration::from_millis(250);
@@ -297,6 +310,7 @@ impl<'a> Lane<'a> {
         watcher: Thread,
     ) -> Lane<'a> {
         let mut sender = sender;
+        sender.set_hold_back(HOLD_BACK);
         // An empty batch: the sender reads its rate limit now, before the first round
         // takes frames it would have to refuse.
         sender.send_batch_offloaded(std::iter::empty());
@@ -650,6 +664,10 @@ impl Shortcut for Neighbours<'_, '_> {
         if let Some(neighbour) = self.door(index) {
             neighbour.door = Door::Shut;
         }
+    }
+
+    fn serves(&mut self, index: u16) -> bool {
+        self.door(index).is_some()
     }
 }
 
