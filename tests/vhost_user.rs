@@ -985,9 +985,10 @@ fn a_unicast_stream_to_a_full_ring_outside_the_port_waits_for_room_and_is_accoun
         let head = guest.tx.send(&guest.memory, &packet(f), 1, false);
         assert!(guest.tx.wait_used(&guest.memory, head).is_some());
     }
-    // The ring is full; a reader takes one frame at a time while the guest sends the rest,
-    // so the port keeps finding it full. Nothing may be lost silently: every frame is
-    // received or counted, and the port waited for room rather than dropping.
+    // The ring is full; a reader takes one frame at a time while the guest offers the rest
+    // at once, so the port's round finds the ring full after a few of them whatever the
+    // reader does by then. Nothing may be lost silently: every frame is received or
+    // counted, and the port waited for room rather than dropping.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let finished = done.clone();
     let reader = std::thread::spawn(move || {
@@ -1008,9 +1009,27 @@ fn a_unicast_stream_to_a_full_ring_outside_the_port_waits_for_room_and_is_accoun
         }
         got
     });
-    for f in &frames[8..] {
-        let head = guest.tx.send(&guest.memory, &packet(f), 1, false);
-        assert!(guest.tx.wait_used(&guest.memory, head).is_some());
+    let heads: Vec<u16> = frames[8..]
+        .iter()
+        .map(|f| guest.tx.ring.chain_tx(&guest.memory, &packet(f), 1, false))
+        .collect();
+    guest
+        .tx
+        .ring
+        .publish_batch(&guest.memory, heads.iter().copied());
+    guest.tx.kick();
+    let mut outstanding: std::collections::HashSet<u32> =
+        heads.into_iter().map(u32::from).collect();
+    let deadline = Instant::now() + DEADLINE;
+    while !outstanding.is_empty() {
+        for used in guest.tx.ring.take_used(&guest.memory) {
+            outstanding.remove(&used.id);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest's chains all come back used; still out: {outstanding:?}"
+        );
+        guest.tx.wait_call(Duration::from_millis(10));
     }
     let vhost = || {
         network
