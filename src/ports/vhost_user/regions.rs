@@ -39,7 +39,7 @@ impl<'m> Regions<'m> {
     }
 
     /// The `len` bytes at `address`, when they lie in one region.
-    fn locate(&self, address: GuestAddress, len: usize) -> Option<VolatileSlice<'m, ()>> {
+    pub fn locate(&self, address: GuestAddress, len: usize) -> Option<VolatileSlice<'m, ()>> {
         let within = |(start, region): (GuestAddress, VolatileSlice<'m, ()>)| {
             let offset = usize::try_from(address.checked_offset_from(start)?).ok()?;
             region.subslice(offset, len).ok()

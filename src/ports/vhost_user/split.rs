@@ -50,7 +50,6 @@ pub struct Buffer {
 
 /// A ring's three parts, found in guest memory for one round.
 pub struct SplitRing<'m> {
-    memory: &'m GuestMemoryMmap,
     /// Copies to and from the buffers, remembering the region of the last.
     regions: Regions<'m>,
     desc: VolatileSlice<'m, ()>,
@@ -76,7 +75,6 @@ impl<'m> SplitRing<'m> {
         // The parts with their event fields (6 bytes of flags, index and event each).
         let part = |address: u64, len: usize| memory.get_slice(GuestAddress(address), len).ok();
         Some(SplitRing {
-            memory,
             regions: Regions::new(memory),
             desc: part(queue.desc_table(), DESCRIPTOR * n)?,
             avail: part(queue.avail_ring(), 6 + 2 * n)?,
@@ -156,9 +154,9 @@ impl<'m> SplitRing<'m> {
                 }
                 count = u16::try_from(len / DESCRIPTOR).map_err(|_| ChainFault::BadChain)?;
                 table = self
-                    .memory
-                    .get_slice(descriptor.addr(), len)
-                    .map_err(|_| ChainFault::BadChain)?;
+                    .regions
+                    .locate(descriptor.addr(), len)
+                    .ok_or(ChainFault::BadChain)?;
                 index = 0;
                 left = count;
                 indirect = true;
