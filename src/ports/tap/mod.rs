@@ -22,13 +22,9 @@
 //!
 //! **Moving frames.** Each TAP runs three threads:
 //!
-//! * the **reader** sleeps in `poll` on the device, then reads every frame waiting (up to
-//!   [`READ_BATCH`]) and sends them into the network as one batch, so receivers are woken
-//!   once per wake-up of the reader, not once per frame. Frames longer than the network's
-//!   MTU (the interface's MTU raised above it) are refused by the network and counted as
-//!   `invalid` on this peer.
-//! * the **writer** sleeps on the peer's ring and writes each frame it drains to the
-//!   device (a TAP takes one frame per `write`).
+//! * the **reader** sleeps in `poll` on the device and sends what it reads into the
+//!   network in batches; the **writer** sleeps on the peer's ring and writes what it
+//!   drains to the device, then reads the stack's answers itself ([`frames`]);
 //! * the **monitor** listens to link events.
 //!
 //! Any of them that meets the end of the device (deleted with `ip link del`) rings the
@@ -55,45 +51,27 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::thread::LinkNameSpaceType;
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
+use crate::network::Control;
 use crate::network::IoError;
-use crate::network::counters::DropReason;
 use crate::network::offloads;
-use crate::network::rate::Admission;
-use crate::network::{Control, Receiver, Sender, monotonic_ns};
 use crate::network::{JoinOptions, Network, Peer, PortKind};
 use crate::wire::MacAddress;
-use crate::wire::virtio_net::{LEGACY_HEADER_LEN, VirtioNetHdr};
 
-use super::batch::FrameBatch;
 use super::doorbell::Doorbell;
 use super::rtnetlink::{LinkEvent, LinkMonitor, LinkState};
 use super::wait;
 
-/// Frames the reader takes from the device per wake-up, at most.
-pub const READ_BATCH: usize = 64;
+mod frames;
 
-/// Frames the writer takes from the ring per wake-up, at most.
-const WRITE_BUDGET: usize = 64;
-
-/// Longest sleep of the writer before it looks at the doorbells again.
-const WRITER_WAIT: Duration = Duration::from_millis(250);
-/// How long the reader lets a unicast frame wait for room in its receiver's full ring
-/// before marking that receiver congested ([`Sender::set_hold_back`]). Meanwhile the
-/// guest's frames wait in the kernel's queue, and its TCP slows down instead of losing
-/// them; a few scheduler ticks of a shared machine.
-const HOLD_BACK: Duration = Duration::from_millis(10);
+pub use frames::READ_BATCH;
 
 /// How long the kernel may take to answer the first state request.
 const STATE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Largest frame a TAP can hand over (its MTU is a 16-bit quantity), plus the header.
-const READ_BUFFER: usize = LEGACY_HEADER_LEN + crate::shm::layout::LARGE_FRAME;
 
 /// Where named network namespaces live (`ip netns add` creates them there).
 pub const NETNS_DIR: &str = "/run/netns";
@@ -327,14 +305,14 @@ impl TapPort {
         let closed = Doorbell::new().map_err(io_error("create the port's doorbell"))?;
         let control = peer.control();
         let (sender, receiver) = peer.split();
-        let device = Arc::new(device);
+        let frames = frames::Frames::new(&device, offload, sender, &ifname);
         std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
-                read_device(&device, offload, sender, stop, &closed, &ifname);
+                frames.read_device(stop, &closed);
                 closed.ring();
             });
             let writer = scope.spawn(|| {
-                write_device(&device, offload, receiver, stop, &closed, &ifname);
+                frames.write_device(receiver, stop, &closed);
                 closed.ring();
             });
             let monitored = follow_link(&mut monitor, &control, published, stop, &closed, &ifname);
@@ -421,34 +399,6 @@ fn open_device(options: &TapOptions, mtu: u16) -> Result<Opened, TapError> {
     })
 }
 
-/// The frame inside what was read from the device, and its offload header when the
-/// device speaks one. A read too short to hold the header is counted as invalid.
-fn from_device(read: &[u8], offload: bool) -> Result<(VirtioNetHdr, &[u8]), DropReason> {
-    if !offload {
-        return Ok((VirtioNetHdr::default(), read));
-    }
-    let hdr = VirtioNetHdr::parse(read, LEGACY_HEADER_LEN).map_err(|_| DropReason::Invalid)?;
-    Ok((hdr, &read[LEGACY_HEADER_LEN..]))
-}
-
-/// Writes one frame from the network to the device, behind its offload header when the
-/// device speaks one (header and frame in one `writev`, no copy).
-fn to_device(
-    device: &SyncDevice,
-    offload: bool,
-    hdr: &VirtioNetHdr,
-    frame: &[u8],
-) -> io::Result<usize> {
-    if !offload {
-        return device.send(frame);
-    }
-    let bytes = hdr.to_bytes();
-    device.send_vectored(&[
-        io::IoSlice::new(&bytes[..LEGACY_HEADER_LEN]),
-        io::IoSlice::new(frame),
-    ])
-}
-
 /// What woke a poll on a device or socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {
@@ -469,115 +419,6 @@ fn wait_readable(source: &impl AsFd, stop: &Doorbell, closed: &Doorbell) -> io::
         if let Some(wake) = wait::first_ready(sources, None)? {
             return Ok(wake);
         }
-    }
-}
-
-/// The reader: device → network, a batch per wake-up.
-fn read_device(
-    device: &SyncDevice,
-    offload: bool,
-    mut sender: Sender,
-    stop: &Doorbell,
-    closed: &Doorbell,
-    ifname: &str,
-) {
-    sender.set_hold_back(HOLD_BACK);
-    let mut buffer = vec![0u8; READ_BUFFER];
-    let mut batch = FrameBatch::default();
-    let mut headers = Vec::with_capacity(READ_BATCH);
-    loop {
-        match wait_readable(device, stop, closed) {
-            Ok(Wake::Ready) => {}
-            Ok(Wake::Stop) => return,
-            Err(e) => {
-                tracing::warn!(port = ifname, error = %e, "cannot wait for the device");
-                return;
-            }
-        }
-        batch.clear();
-        headers.clear();
-        let mut ended = false;
-        let mut held_ns = 0;
-        let mut batch_bytes = 0u64;
-        for _ in 0..READ_BATCH {
-            // Under a rate limit, read a frame only when the largest one would still fit:
-            // the guest's frames wait in the kernel, and its TCP slows down instead of
-            // losing them.
-            match sender.rate_admission(batch_bytes, READ_BUFFER as u64, monotonic_ns()) {
-                Admission::Take => {}
-                Admission::EndBatch => break,
-                Admission::HoldFor(ns) => {
-                    held_ns = ns;
-                    break;
-                }
-            }
-            match device.recv(&mut buffer) {
-                Ok(len) => match from_device(&buffer[..len.min(buffer.len())], offload) {
-                    Ok((hdr, frame)) => {
-                        batch_bytes += frame.len() as u64;
-                        headers.push(hdr);
-                        batch.push(frame);
-                    }
-                    Err(reason) => sender.count_drop(reason),
-                },
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EBADFD once the interface was deleted under us.
-                    tracing::info!(port = ifname, error = %e, "the device has gone; stopping");
-                    ended = true;
-                    break;
-                }
-            }
-        }
-        if batch.is_empty() {
-            sender.flush();
-        } else {
-            sender.send_batch_offloaded(headers.iter().copied().zip(batch.iter()));
-        }
-        if ended {
-            return;
-        }
-        if batch.is_empty() && held_ns > 0 {
-            // Held back by the rate limit: sleep until the tokens are there (or a stop).
-            let doorbells = [(stop.as_fd(), Wake::Stop), (closed.as_fd(), Wake::Stop)];
-            match wait::first_ready(doorbells, Some(std::time::Duration::from_nanos(held_ns))) {
-                Ok(Some(Wake::Stop)) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(port = ifname, error = %e, "cannot wait for the rate limit");
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// The writer: network → device.
-fn write_device(
-    device: &SyncDevice,
-    offload: bool,
-    mut receiver: Receiver,
-    stop: &Doorbell,
-    closed: &Doorbell,
-    ifname: &str,
-) {
-    let mut failed: Option<io::ErrorKind> = None;
-    while !stop.is_rung() && !closed.is_rung() {
-        if !receiver.wait(WRITER_WAIT) {
-            continue;
-        }
-        receiver.receive_offloaded(WRITE_BUDGET, |hdr, frame| {
-            // A frame the device refuses is lost at the kernel's edge, as on a wire: an
-            // interface just brought down (before the peer's link-down flag is seen)
-            // answers EIO, and the kernel counts it. Logged once per kind of error.
-            if let Err(e) = to_device(device, offload, hdr, frame)
-                && failed != Some(e.kind())
-            {
-                failed = Some(e.kind());
-                tracing::debug!(port = ifname, error = %e, "the device refused a frame");
-            }
-        });
     }
 }
 
