@@ -33,9 +33,10 @@ const SIZE: u16 = 256;
 const DESC: u64 = 0x1000;
 const AVAIL: u64 = 0x10000;
 const USED: u64 = 0x20000;
-/// Buffers: one 64 KiB slot per descriptor.
+/// Buffers: one 2 KiB slot per descriptor, as a driver posts them (a full frame and its
+/// header fit).
 const DATA: u64 = 0x100000;
-const SLOT: u64 = 0x10000;
+const SLOT: u64 = 0x800;
 const MEMORY: u64 = DATA + SLOT * SIZE as u64;
 const HEADER: usize = 12;
 /// How long one measurement runs.

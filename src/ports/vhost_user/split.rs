@@ -58,6 +58,9 @@ pub struct SplitRing<'m> {
     /// but not returned (each failure is counted by the caller).
     used: Option<VolatileSlice<'m, ()>>,
     size: u16,
+    /// `size - 1`: the size is a power of two (`SET_VRING_NUM` refuses any other), so a
+    /// ring position is taken modulo the size with a mask, not a division.
+    mask: u16,
     /// The guest's available index as last read.
     avail_idx: Cell<u16>,
 }
@@ -65,11 +68,11 @@ pub struct SplitRing<'m> {
 impl<'m> SplitRing<'m> {
     /// The ring `queue` describes, or `None` when its descriptor table or available ring
     /// does not lie within one region of `memory` (the frontend replaced the memory table
-    /// under the ring) or the queue has no size.
+    /// under the ring) or its size is not a power of two (none other is accepted).
     pub fn new(queue: &Queue, memory: &'m GuestMemoryMmap) -> Option<SplitRing<'m>> {
         let size = queue.size();
         let n = usize::from(size);
-        if n == 0 {
+        if !size.is_power_of_two() {
             return None;
         }
         // The parts with their event fields (6 bytes of flags, index and event each).
@@ -80,6 +83,7 @@ impl<'m> SplitRing<'m> {
             avail: part(queue.avail_ring(), 6 + 2 * n)?,
             used: part(queue.used_ring(), 6 + 8 * n),
             size,
+            mask: size - 1,
             avail_idx: Cell::new(queue.next_avail()),
         })
     }
@@ -116,7 +120,7 @@ impl<'m> SplitRing<'m> {
     /// taken modulo the ring's size). Not checked against the table: [`SplitRing::walk`]
     /// does that.
     pub fn head(&self, index: u16) -> Option<u16> {
-        let at = 4 + 2 * usize::from(index % self.size);
+        let at = 4 + 2 * usize::from(index & self.mask);
         let entry = self.avail.get_ref::<u16>(at).ok()?;
         Some(u16::from_le(entry.load()))
     }
@@ -177,7 +181,7 @@ impl<'m> SplitRing<'m> {
     /// Writes used entry `index` (modulo the ring's size): chain `head`, `written` bytes.
     /// Returns whether it could.
     pub fn put_used(&self, index: u16, head: u16, written: u32) -> bool {
-        let at = 4 + 8 * usize::from(index % self.size);
+        let at = 4 + 8 * usize::from(index & self.mask);
         let mut element = [0u8; 8];
         element[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         element[4..].copy_from_slice(&written.to_le_bytes());
@@ -197,7 +201,7 @@ impl<'m> SplitRing<'m> {
         };
         let Ok(descriptor) = self
             .desc
-            .get_ref::<Descriptor>(DESCRIPTOR * usize::from(head % self.size))
+            .get_ref::<Descriptor>(DESCRIPTOR * usize::from(head & self.mask))
         else {
             return;
         };
