@@ -24,7 +24,7 @@
 //!
 //! * the **reader** sleeps in `poll` on the device and sends what it reads into the
 //!   network in batches; the **writer** sleeps on the peer's ring and writes what it
-//!   drains to the device, then reads the stack's answers itself ([`frames`]);
+//!   drains to the device, then reads the stack's answers itself (`frames.rs`);
 //! * the **monitor** listens to link events.
 //!
 //! Any of them that meets the end of the device (deleted with `ip link del`) rings the
