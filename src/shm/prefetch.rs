@@ -14,20 +14,7 @@ use std::sync::OnceLock;
 /// (x86-64 with `PREFETCHW`); otherwise does nothing.
 #[inline]
 pub fn for_write(address: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    if has_prefetchw() {
-        // SAFETY: PREFETCHW is a hint: it reads and writes no memory and raises no fault,
-        // even for an unmapped address; it is only run where CPUID says it exists.
-        unsafe {
-            std::arch::asm!(
-                "prefetchw [{0}]",
-                in(reg) address,
-                options(nostack, preserves_flags, readonly),
-            );
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = address;
+    lines_for_write(address, 1);
 }
 
 /// Fetches the cache line holding `address` for reading (x86-64's `PREFETCHT0`); elsewhere
@@ -42,6 +29,38 @@ pub fn for_read(address: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = address;
+}
+
+/// [`for_write`] for the `lines` cache lines from `address` on, asking the processor once
+/// whether it has the instruction.
+#[inline]
+pub fn lines_for_write(address: *const u8, lines: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if has_prefetchw() {
+        for line in 0..lines {
+            let at = address.wrapping_add(64 * line);
+            // SAFETY: PREFETCHW is a hint: it reads and writes no memory and raises no
+            // fault, even for an unmapped address; it is only run where CPUID says it
+            // exists.
+            unsafe {
+                std::arch::asm!(
+                    "prefetchw [{0}]",
+                    in(reg) at,
+                    options(nostack, preserves_flags, readonly),
+                );
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (address, lines);
+}
+
+/// [`for_read`] for the `lines` cache lines from `address` on.
+#[inline]
+pub fn lines_for_read(address: *const u8, lines: usize) {
+    for line in 0..lines {
+        for_read(address.wrapping_add(64 * line));
+    }
 }
 
 /// Whether the processor has `PREFETCHW` (CPUID leaf 0x8000_0001, ECX bit 8), asked once.
@@ -74,6 +93,10 @@ mod tests {
         for_write(std::ptr::null());
         for_write(usize::MAX as *const u8);
         for_read(std::ptr::null());
+        // Runs of lines, the last ones past the buffer's end.
+        lines_for_write(bytes.as_ptr(), 8);
+        lines_for_read(bytes[192..].as_ptr(), 4);
+        lines_for_write(usize::MAX as *const u8, 2);
         bytes[0] = 8;
         assert_eq!(bytes[0], 8);
         assert!(bytes[1..].iter().all(|&b| b == 7));

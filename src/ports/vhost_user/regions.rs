@@ -92,12 +92,10 @@ impl<'m> Regions<'m> {
             return;
         };
         let host = slice.ptr_guard().as_ptr();
-        for offset in (0..len.max(128)).step_by(64) {
-            let line = host.wrapping_add(offset);
-            match access {
-                Access::Write => prefetch::for_write(line),
-                Access::Read => prefetch::for_read(line),
-            }
+        let lines = len.max(128).div_ceil(64);
+        match access {
+            Access::Write => prefetch::lines_for_write(host, lines),
+            Access::Read => prefetch::lines_for_read(host, lines),
         }
     }
 }
