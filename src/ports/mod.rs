@@ -14,6 +14,7 @@ pub mod dhcp;
 pub mod doorbell;
 pub mod error;
 mod label;
+mod locks;
 mod mac;
 pub mod policy;
 pub mod rtnetlink;

@@ -21,7 +21,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tun_rs::SyncDevice;
@@ -31,6 +31,7 @@ use crate::network::rate::Admission;
 use crate::network::{Receiver, Sender, monotonic_ns};
 use crate::ports::batch::FrameBatch;
 use crate::ports::doorbell::Doorbell;
+use crate::ports::locks::{lock, try_lock};
 use crate::ports::wait;
 use crate::wire::virtio_net::{LEGACY_HEADER_LEN, VirtioNetHdr};
 
@@ -165,12 +166,7 @@ impl<'p> Frames<'p> {
             // The stack's answers, if the reader is not reading already. A hold by the
             // rate limit is the reader's to sleep out: what is left keeps the device
             // readable.
-            let inbound = match self.inbound.try_lock() {
-                Ok(inbound) => Some(inbound),
-                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
-            };
-            if let Some(mut inbound) = inbound
+            if let Some(mut inbound) = try_lock(&self.inbound)
                 && self.read(&mut inbound) == Read::Ended
             {
                 return;
@@ -228,21 +224,12 @@ impl<'p> Frames<'p> {
         } else {
             sender.send_batch_offloaded(headers.iter().copied().zip(batch.iter()));
             // Frames were read: a hold starts with the next read.
-            if outcome == Read::Ended {
-                Read::Ended
-            } else {
-                Read::Done
+            match outcome {
+                Read::Held(_) => Read::Done,
+                other => other,
             }
         }
     }
-}
-
-/// Locks `mutex`, taking its content even if a thread panicked holding it (the data path
-/// never does; the content is buffers and the sending half, valid at any point).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The frame inside what was read from the device, and its offload header when the

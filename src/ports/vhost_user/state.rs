@@ -9,7 +9,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::datapath::{ChainFault, Vring, feature};
@@ -22,12 +22,7 @@ use crate::wire::MacAddress;
 /// Bad chains within one second that quarantine a port.
 pub const QUARANTINE_FAULTS: u64 = 64;
 
-/// Locks a mutex, whatever a panicking holder left (none should: nothing here panics).
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+pub use crate::ports::locks::lock;
 
 /// What changes about a socket while it serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -423,13 +423,7 @@ impl StatusHandle {
     }
 }
 
-/// Takes the lock even if the other thread panicked while holding it: the counters stay
-/// usable, and a panic there is reported by the thread's join.
-pub(super) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(super) use crate::ports::locks::lock;
 
 #[cfg(test)]
 mod tests {
