@@ -341,7 +341,7 @@ pub fn transmit_within(
     match ring.available(start) {
         Ok(pending) => {
             for ahead in 0..TX_AHEAD.min(pending) {
-                ring.prefetch(start, ahead, Access::Read, 0);
+                ring.prefetch(start, ahead, Access::Read);
             }
             let mut bytes = 0u64;
             for position in 0..pending.min(u16::try_from(budget).unwrap_or(u16::MAX)) {
@@ -353,11 +353,12 @@ pub fn transmit_within(
                 // The buffer TX_AHEAD chains on, so that the window fetched ahead slides
                 // with the round.
                 if position + TX_AHEAD < pending {
-                    ring.prefetch(start, position + TX_AHEAD, Access::Read, 0);
+                    ring.prefetch(start, position + TX_AHEAD, Access::Read);
                 }
-                // And all of the next one's first buffer, whose copy follows this one's.
+                // And the rest of the next one's first buffer (its first lines were
+                // fetched with the window), whose copy follows this one's.
                 if position + 1 < pending {
-                    ring.prefetch(start, position + 1, Access::Read, TX_WHOLE);
+                    ring.prefetch_rest(start, position + 1, Access::Read, TX_WHOLE);
                 }
                 let head = ring.head(start.wrapping_add(position)).unwrap_or(u16::MAX);
                 heads.push(head);
@@ -588,7 +589,7 @@ pub fn place(
     }
     vring.queue.set_next_avail(next);
 
-    ring.prefetch(next, 0, Access::Write, 0);
+    ring.prefetch(next, 0, Access::Write);
     let mut header = *hdr;
     header.num_buffers = work.chains.len() as u16;
     if !rules.guest_csum {

@@ -22,7 +22,8 @@ use std::sync::atomic::Ordering;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory, VolatileSlice,
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory,
+    VolatileSlice,
 };
 
 use super::datapath::ChainFault;
@@ -36,6 +37,8 @@ const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
 /// Bytes of a descriptor.
 const DESCRIPTOR: usize = 16;
+/// Bytes of a buffer [`SplitRing::prefetch`] asks for: its first two cache lines.
+const FIRST_LINES: usize = 128;
 
 /// One buffer of a chain.
 #[derive(Debug, Clone, Copy)]
@@ -192,22 +195,37 @@ impl<'m> SplitRing<'m> {
             .is_some()
     }
 
-    /// Asks for the lines of the first buffer of the chain the guest posted `ahead` chains
-    /// after position `next`, for `access`: its first two lines, or up to `whole` bytes of
-    /// it. A hint, so an entry not posted yet or a bad one only fetches wrong lines.
-    pub fn prefetch(&self, next: u16, ahead: u16, access: Access, whole: usize) {
-        let Some(head) = self.head(next.wrapping_add(ahead)) else {
+    /// Asks for the first two lines of the first buffer of the chain the guest posted
+    /// `ahead` chains after position `next`, for `access`. A hint, so an entry not posted
+    /// yet or a bad one only fetches wrong lines.
+    pub fn prefetch(&self, next: u16, ahead: u16, access: Access) {
+        if let Some(descriptor) = self.first_descriptor(next.wrapping_add(ahead)) {
+            self.regions.prefetch(descriptor.addr(), 0, access);
+        }
+    }
+
+    /// Asks for the rest of that buffer, up to `whole` bytes of it, when
+    /// [`SplitRing::prefetch`] already asked for its first two lines: nothing more for a
+    /// buffer no longer than those.
+    pub fn prefetch_rest(&self, next: u16, ahead: u16, access: Access, whole: usize) {
+        let Some(descriptor) = self.first_descriptor(next.wrapping_add(ahead)) else {
             return;
         };
-        let Ok(descriptor) = self
-            .desc
-            .get_ref::<Descriptor>(DESCRIPTOR * usize::from(head & self.mask))
-        else {
-            return;
-        };
-        let descriptor = descriptor.load();
         let len = whole.min(descriptor.len() as usize);
-        self.regions.prefetch(descriptor.addr(), len, access);
+        // The guest's address: one near the top of the address space has no rest.
+        if len > FIRST_LINES
+            && let Some(rest) = descriptor.addr().checked_add(FIRST_LINES as u64)
+        {
+            self.regions.prefetch(rest, len - FIRST_LINES, access);
+        }
+    }
+
+    /// The first descriptor of the chain at position `index` of the available ring, as it
+    /// is now (unchecked: for hints only).
+    fn first_descriptor(&self, index: u16) -> Option<Descriptor> {
+        let head = self.head(index)?;
+        let at = DESCRIPTOR * usize::from(head & self.mask);
+        Some(self.desc.get_ref::<Descriptor>(at).ok()?.load())
     }
 }
 
@@ -395,11 +413,13 @@ mod tests {
     fn a_prefetch_of_a_bad_entry_or_address_is_harmless() {
         let mut guest = Guest::new();
         guest.descriptor(0, MEMORY + 0x1000, 64, 0, 0);
-        guest.driver.publish_batch(&guest.memory, [0, SIZE + 5]);
+        // A long buffer at the top of the address space: its rest would start past it.
+        guest.descriptor(1, u64::MAX - 64, 4096, 0, 0);
+        guest.driver.publish_batch(&guest.memory, [0, 1, SIZE + 5]);
         let ring = guest.ring();
         for ahead in 0..2 * SIZE {
-            ring.prefetch(0, ahead, Access::Read, 0);
-            ring.prefetch(0, ahead, Access::Write, 4096);
+            ring.prefetch(0, ahead, Access::Read);
+            ring.prefetch_rest(0, ahead, Access::Write, 4096);
         }
     }
 }
