@@ -95,7 +95,7 @@
 //! | --- | --- |
 //! | [`wire`] | byte formats, no I/O, no clock: [`wire::ethernet`], [`wire::virtio_net`] headers and [`wire::offload`] (software checksums and segmentation), [`wire::stream`] framing, [`wire::pcap`], [`wire::ipv4`], [`wire::udp`], [`wire::icmp`] and [`wire::vxlan`] headers, [`wire::arp`], [`wire::vhost_user`] messages |
 //! | [`testframe`] | the numbered, checksummed test frames that `pktgen`, `sink`, `bench` and the tests send |
-//! | [`shm`] | the only `unsafe` code: mapping the region, checked access, file locks, cache-line prefetches; [`shm::layout`] is the region byte for byte |
+//! | [`shm`] | the only `unsafe` code: mapping the region, checked access, file locks, cache-line prefetches, checked access to a guest's memory; [`shm::layout`] is the region byte for byte |
 //! | [`network`] | the region and its peers: [`network::ring`], [`network::forward`], [`network::fdb`], [`network::send`], [`network::receive`], [`network::peer`], [`network::offloads`], [`network::counters`], [`network::status`], [`network::check`] |
 //! | [`ports`] | adapters from sockets, devices and VMs to peers: [`ports::stream`], [`ports::dgram`], [`ports::capture`], [`ports::tap`] (with [`ports::rtnetlink`]), [`ports::vhost_user`], [`ports::vxlan`], [`ports::dhcp`]; their shared pieces [`ports::socket`], [`ports::doorbell`], [`ports::error`] |
 //! | [`bench`](mod@bench) | what the benchmarks measure and report, independent of how they are run |

@@ -19,11 +19,13 @@
 //! need `unsafe` and live here so that every `unsafe` block of the crate stays in this
 //! module: [`socket`], the few socket calls rustix does not wrap (a packet socket's filter,
 //! virtio-net header and bind, for the VXLAN port), [`prefetch`], the cache-line hints the
-//! ring's senders and the vhost-user port give ahead of their copies,
+//! ring's senders and the vhost-user port give ahead of their copies, [`guest`], the
+//! vhost-user data path's checked loads, stores and copies in a guest's memory,
 //! [`restore_default_sigpipe`], a process-wide setting the command needs, and
 //! [`end_with_parent`], for the children `guestnet up` supervises.
 #![allow(unsafe_code)]
 
+pub mod guest;
 pub mod layout;
 pub mod prefetch;
 pub mod socket;

@@ -21,8 +21,10 @@
 //! `status` is what `guestnet status` shows of a socket, its counters included. `split`
 //! walks the rings themselves (found once per round, every entry and descriptor read with
 //! one checked load), `regions` copies to and from the guest's buffers; `virtio-queue`'s
-//! `Queue` keeps a ring's addresses and indices, and all access to guest memory is
-//! `vm-memory`'s checked interface, so this port holds no `unsafe`.
+//! `Queue` keeps a ring's addresses and indices. Guest memory is mapped and found through
+//! `vm-memory`; the data path's loads, stores and copies in it go through
+//! [`crate::shm::guest::GuestSpan`] (one bounds check each, where `vm-memory`'s slices
+//! made several), so this port holds no `unsafe`.
 //!
 //! **Threads.** One *engine* thread moves the frames of every VM the process serves, run to
 //! completion: per VM, a budgeted round of each transmit queue goes to the network as one

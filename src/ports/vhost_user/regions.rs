@@ -3,12 +3,9 @@
 
 use std::cell::Cell;
 
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    VolatileSlice,
-};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-use crate::shm::prefetch;
+use crate::shm::guest::GuestSpan;
 
 /// What a guest buffer fetched ahead is about to be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,12 +19,12 @@ pub enum Access {
 /// Our own copies to and from guest memory, remembering the region the last one fell in:
 /// the buffers of a chain, and of a round, mostly lie in one region, and `vm-memory`
 /// would search the regions again on every access. Every access stays checked: the
-/// region's slice refuses anything past its end, and an access that is not wholly inside
-/// one region goes through the whole memory, as before.
+/// region's span refuses anything past its end ([`GuestSpan`]), and an access that is not
+/// wholly inside one region goes through `vm-memory`'s search of the whole memory.
 pub struct Regions<'m> {
     memory: &'m GuestMemoryMmap,
-    /// The last region used: where it starts, and all of it.
-    last: Cell<Option<(GuestAddress, VolatileSlice<'m, ()>)>>,
+    /// The last region used: its first guest address, and all of it.
+    last: Cell<Option<(u64, GuestSpan<'m>)>>,
 }
 
 impl<'m> Regions<'m> {
@@ -39,39 +36,37 @@ impl<'m> Regions<'m> {
     }
 
     /// The `len` bytes at `address`, when they lie in one region.
-    pub fn locate(&self, address: GuestAddress, len: usize) -> Option<VolatileSlice<'m, ()>> {
-        let within = |(start, region): (GuestAddress, VolatileSlice<'m, ()>)| {
-            let offset = usize::try_from(address.checked_offset_from(start)?).ok()?;
-            region.subslice(offset, len).ok()
-        };
-        if let Some(found) = self.last.get().and_then(within) {
+    #[inline]
+    pub fn locate(&self, address: GuestAddress, len: usize) -> Option<GuestSpan<'m>> {
+        if let Some(found) = self.last.get().and_then(|r| within(r, address, len)) {
             return Some(found);
         }
+        self.locate_afresh(address, len)
+    }
+
+    /// [`Regions::locate`] past the region remembered: searches the memory's regions.
+    #[cold]
+    fn locate_afresh(&self, address: GuestAddress, len: usize) -> Option<GuestSpan<'m>> {
         let region = self.memory.find_region(address)?;
-        let whole = (region.start_addr(), region.as_volatile_slice().ok()?);
+        let start = region.start_addr().0;
+        let whole = (start, GuestSpan::new(&region.as_volatile_slice().ok()?));
         self.last.set(Some(whole));
-        within(whole)
+        within(whole, address, len)
     }
 
     /// Copies guest memory at `address` into `buf`.
     pub fn read(&self, buf: &mut [u8], address: GuestAddress) -> Result<(), ()> {
         match self.locate(address, buf.len()) {
-            Some(slice) => {
-                slice.copy_to(buf);
-                Ok(())
-            }
-            None => self.memory.read_slice(buf, address).map_err(|_| ()),
+            Some(span) if span.copy_out(0, buf) => Ok(()),
+            _ => self.memory.read_slice(buf, address).map_err(|_| ()),
         }
     }
 
     /// Copies `buf` into guest memory at `address`.
     pub fn write(&self, buf: &[u8], address: GuestAddress) -> Result<(), ()> {
         match self.locate(address, buf.len()) {
-            Some(slice) => {
-                slice.copy_from(buf);
-                Ok(())
-            }
-            None => self.memory.write_slice(buf, address).map_err(|_| ()),
+            Some(span) if span.copy_in(0, buf) => Ok(()),
+            _ => self.memory.write_slice(buf, address).map_err(|_| ()),
         }
     }
 
@@ -88,14 +83,22 @@ impl<'m> Regions<'m> {
     /// them. Only a hint: an address outside guest memory fetches nothing (and a line past
     /// the end of its region, which a prefetch may name, is never touched).
     pub fn prefetch(&self, address: GuestAddress, len: usize, access: Access) {
-        let Some(slice) = self.locate(address, 1) else {
+        let Some(span) = self.locate(address, 1) else {
             return;
         };
-        let host = slice.ptr_guard().as_ptr();
         let lines = len.max(128).div_ceil(64);
-        match access {
-            Access::Write => prefetch::lines_for_write(host, lines),
-            Access::Read => prefetch::lines_for_read(host, lines),
-        }
+        span.prefetch(0, lines, access == Access::Write);
     }
+}
+
+/// The `len` bytes at `address` in `region` (starting at guest address `start`), if they
+/// all lie in it.
+#[inline]
+fn within<'m>(
+    (start, region): (u64, GuestSpan<'m>),
+    address: GuestAddress,
+    len: usize,
+) -> Option<GuestSpan<'m>> {
+    let offset = usize::try_from(address.0.checked_sub(start)?).ok()?;
+    region.sub(offset, len)
 }

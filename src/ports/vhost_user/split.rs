@@ -17,17 +17,13 @@
 //! requests set.
 
 use std::cell::Cell;
-use std::sync::atomic::Ordering;
 
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileMemory,
-    VolatileSlice,
-};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::datapath::ChainFault;
 use super::regions::{Access, Regions};
+use crate::shm::guest::GuestSpan;
 
 /// `VIRTQ_DESC_F_NEXT`.
 const F_NEXT: u16 = 1;
@@ -55,11 +51,11 @@ pub struct Buffer {
 pub struct SplitRing<'m> {
     /// Copies to and from the buffers, remembering the region of the last.
     regions: Regions<'m>,
-    desc: VolatileSlice<'m, ()>,
-    avail: VolatileSlice<'m, ()>,
+    desc: GuestSpan<'m>,
+    avail: GuestSpan<'m>,
     /// Absent when the used ring does not lie in guest memory: chains can still be read,
     /// but not returned (each failure is counted by the caller).
-    used: Option<VolatileSlice<'m, ()>>,
+    used: Option<GuestSpan<'m>>,
     size: u16,
     /// `size - 1`: the size is a power of two (`SET_VRING_NUM` refuses any other), so a
     /// ring position is taken modulo the size with a mask, not a division.
@@ -79,7 +75,10 @@ impl<'m> SplitRing<'m> {
             return None;
         }
         // The parts with their event fields (6 bytes of flags, index and event each).
-        let part = |address: u64, len: usize| memory.get_slice(GuestAddress(address), len).ok();
+        let part = |address: u64, len: usize| {
+            let slice = memory.get_slice(GuestAddress(address), len).ok()?;
+            Some(GuestSpan::new(&slice))
+        };
         Some(SplitRing {
             regions: Regions::new(memory),
             desc: part(queue.desc_table(), DESCRIPTOR * n)?,
@@ -106,11 +105,7 @@ impl<'m> SplitRing<'m> {
         if seen != 0 && seen <= self.size {
             return Ok(seen);
         }
-        let idx: u16 = self
-            .avail
-            .load(2, Ordering::Acquire)
-            .map_err(|_| ChainFault::BadChain)?;
-        let idx = u16::from_le(idx);
+        let idx = self.avail.load_u16_acquire(2).ok_or(ChainFault::BadChain)?;
         let pending = idx.wrapping_sub(next);
         if pending > self.size {
             return Err(ChainFault::BadChain);
@@ -123,9 +118,7 @@ impl<'m> SplitRing<'m> {
     /// taken modulo the ring's size). Not checked against the table: [`SplitRing::walk`]
     /// does that.
     pub fn head(&self, index: u16) -> Option<u16> {
-        let at = 4 + 2 * usize::from(index & self.mask);
-        let entry = self.avail.get_ref::<u16>(at).ok()?;
-        Some(u16::from_le(entry.load()))
+        self.avail.load_u16(4 + 2 * usize::from(index & self.mask))
     }
 
     /// Calls `each` with every buffer of the chain starting at descriptor `head`, in
@@ -149,20 +142,20 @@ impl<'m> SplitRing<'m> {
             }
             left -= 1;
             let descriptor = table
-                .get_ref::<Descriptor>(DESCRIPTOR * usize::from(index))
-                .map_err(|_| ChainFault::BadChain)?
-                .load();
-            let flags = descriptor.flags();
+                .load_u64_pair(DESCRIPTOR * usize::from(index))
+                .map(Descriptor::from_words)
+                .ok_or(ChainFault::BadChain)?;
+            let flags = descriptor.flags;
             if flags & F_INDIRECT != 0 {
                 // One table per chain, of whole descriptors, within one region.
-                let len = descriptor.len() as usize;
+                let len = descriptor.len as usize;
                 if indirect || len == 0 || !len.is_multiple_of(DESCRIPTOR) {
                     return Err(ChainFault::BadChain);
                 }
                 count = u16::try_from(len / DESCRIPTOR).map_err(|_| ChainFault::BadChain)?;
                 table = self
                     .regions
-                    .locate(descriptor.addr(), len)
+                    .locate(descriptor.addr, len)
                     .ok_or(ChainFault::BadChain)?;
                 index = 0;
                 left = count;
@@ -170,14 +163,14 @@ impl<'m> SplitRing<'m> {
                 continue;
             }
             each(Buffer {
-                addr: descriptor.addr(),
-                len: descriptor.len(),
+                addr: descriptor.addr,
+                len: descriptor.len,
                 write_only: flags & F_WRITE != 0,
             })?;
             if flags & F_NEXT == 0 {
                 return Ok(());
             }
-            index = descriptor.next();
+            index = descriptor.next;
         }
     }
 
@@ -185,14 +178,8 @@ impl<'m> SplitRing<'m> {
     /// Returns whether it could.
     pub fn put_used(&self, index: u16, head: u16, written: u32) -> bool {
         let at = 4 + 8 * usize::from(index & self.mask);
-        let mut element = [0u8; 8];
-        element[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-        element[4..].copy_from_slice(&written.to_le_bytes());
         self.used
-            .as_ref()
-            .and_then(|used| used.get_ref::<[u8; 8]>(at).ok())
-            .map(|entry| entry.store(element))
-            .is_some()
+            .is_some_and(|used| used.store_u32_pair(at, [u32::from(head), written]))
     }
 
     /// Asks for the first two lines of the first buffer of the chain the guest posted
@@ -200,7 +187,7 @@ impl<'m> SplitRing<'m> {
     /// yet or a bad one only fetches wrong lines.
     pub fn prefetch(&self, next: u16, ahead: u16, access: Access) {
         if let Some(descriptor) = self.first_descriptor(next.wrapping_add(ahead)) {
-            self.regions.prefetch(descriptor.addr(), 0, access);
+            self.regions.prefetch(descriptor.addr, 0, access);
         }
     }
 
@@ -211,10 +198,10 @@ impl<'m> SplitRing<'m> {
         let Some(descriptor) = self.first_descriptor(next.wrapping_add(ahead)) else {
             return;
         };
-        let len = whole.min(descriptor.len() as usize);
+        let len = whole.min(descriptor.len as usize);
         // The guest's address: one near the top of the address space has no rest.
         if len > FIRST_LINES
-            && let Some(rest) = descriptor.addr().checked_add(FIRST_LINES as u64)
+            && let Some(rest) = descriptor.addr.checked_add(FIRST_LINES as u64)
         {
             self.regions.prefetch(rest, len - FIRST_LINES, access);
         }
@@ -225,7 +212,28 @@ impl<'m> SplitRing<'m> {
     fn first_descriptor(&self, index: u16) -> Option<Descriptor> {
         let head = self.head(index)?;
         let at = DESCRIPTOR * usize::from(head & self.mask);
-        Some(self.desc.get_ref::<Descriptor>(at).ok()?.load())
+        self.desc.load_u64_pair(at).map(Descriptor::from_words)
+    }
+}
+
+/// A descriptor as the guest wrote it (virtio 1.x, 2.7.5), not yet believed.
+#[derive(Debug, Clone, Copy)]
+struct Descriptor {
+    addr: GuestAddress,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+impl Descriptor {
+    /// From its two little-endian words: the address, then length, flags and next.
+    fn from_words([addr, rest]: [u64; 2]) -> Descriptor {
+        Descriptor {
+            addr: GuestAddress(addr),
+            len: rest as u32,
+            flags: (rest >> 32) as u16,
+            next: (rest >> 48) as u16,
+        }
     }
 }
 
