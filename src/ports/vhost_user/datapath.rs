@@ -596,7 +596,18 @@ pub fn place(
         header.flags &= !(FLAG_NEEDS_CSUM | FLAG_DATA_VALID);
     }
     let header = header.to_bytes();
-    let pieces = [&header[..rules.header_len], frame];
+    let header = &header[..rules.header_len];
+    // The usual case: one buffer holds the frame. Its span is found once, and the header
+    // and the frame go in back to back.
+    if let ([(head, 1)], [(address, _)]) = (&work.chains[..], &work.parts[..])
+        && let Some(span) = ring.regions().locate(*address, needed)
+        && span.copy_in(0, header)
+        && span.copy_in(header.len(), frame)
+    {
+        vring.add_used(ring, *head, needed as u32);
+        return Placed::Delivered;
+    }
+    let pieces = [header, frame];
     let mut written_total = 0;
     let mut parts = work.parts.iter();
     for &(head, count) in &work.chains {
@@ -753,7 +764,12 @@ mod tests {
 
     impl Guest {
         fn new() -> Guest {
-            let memory = GuestMemory::anonymous(&[(0, MEMORY as u64)]).unwrap();
+            Guest::in_regions(&[(0, MEMORY as u64)])
+        }
+
+        /// The same ring in guest memory made of `regions` (start, length).
+        fn in_regions(regions: &[(u64, u64)]) -> Guest {
+            let memory = GuestMemory::anonymous(regions).unwrap();
             let queue = GuestQueue::new(Layout {
                 size: SIZE,
                 desc: DESC,
@@ -1075,6 +1091,34 @@ mod tests {
             back.extend(guest.memory.read(DATA + 0x1000 * i, len));
         }
         assert_eq!(&back[HEADER_LEN..], &payload[..]);
+    }
+
+    #[test]
+    fn a_buffer_across_two_regions_carries_its_frame_whole_both_ways() {
+        // Two regions back to back; buffer 0 starts 40 bytes before the second.
+        let half = MEMORY as u64 / 2;
+        let mut guest = Guest::in_regions(&[(0, half), (half, half)]);
+        guest.descriptor(0, half - 40, 2048, WRITE, 0);
+        guest.offer(0);
+        let payload = frame(200);
+        let (placed, faults) = guest.place(&payload, false);
+        assert_eq!((placed, faults), (Placed::Delivered, vec![]));
+        assert_eq!(guest.used(0), (0, 212));
+        let back = guest.memory.read(half - 40, 212);
+        assert_eq!(u16::from_le_bytes([back[10], back[11]]), 1, "num_buffers");
+        assert_eq!(&back[HEADER_LEN..], &payload[..]);
+
+        // The same bytes sent back out of a transmit chain over the boundary.
+        let mut guest = Guest::in_regions(&[(0, half), (half, half)]);
+        let mut bytes = vec![0u8; HEADER_LEN];
+        bytes.extend_from_slice(&payload);
+        guest.memory.write(half - 40, &bytes);
+        guest.descriptor(0, half - 40, bytes.len() as u32, 0, 0);
+        guest.offer(0);
+        let (frames, faults) = transmit_all(&mut guest, &tx_rules(0));
+        assert!(faults.is_empty(), "{faults:?}");
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].1, payload);
     }
 
     #[test]

@@ -82,6 +82,7 @@ impl<'m> Regions<'m> {
     /// otherwise fill the core's store buffer, and its loads stall the chain walk behind
     /// them. Only a hint: an address outside guest memory fetches nothing (and a line past
     /// the end of its region, which a prefetch may name, is never touched).
+    #[inline]
     pub fn prefetch(&self, address: GuestAddress, len: usize, access: Access) {
         let Some(span) = self.locate(address, 1) else {
             return;

@@ -100,6 +100,7 @@ impl<'m> SplitRing<'m> {
     /// again (with acquire, so the entries before it are seen) only when those seen at the
     /// last look are all taken. [`ChainFault::BadChain`] when it ran more than a ring ahead
     /// of `next` (or could not be read).
+    #[inline]
     pub fn available(&self, next: u16) -> Result<u16, ChainFault> {
         let seen = self.avail_idx.get().wrapping_sub(next);
         if seen != 0 && seen <= self.size {
@@ -117,6 +118,7 @@ impl<'m> SplitRing<'m> {
     /// The head of the chain at position `index` of the available ring (any index: it is
     /// taken modulo the ring's size). Not checked against the table: [`SplitRing::walk`]
     /// does that.
+    #[inline]
     pub fn head(&self, index: u16) -> Option<u16> {
         self.avail.load_u16(4 + 2 * usize::from(index & self.mask))
     }
@@ -125,6 +127,7 @@ impl<'m> SplitRing<'m> {
     /// order, following an indirect table where a descriptor points to one. Ends at the
     /// first error of `each`, or with [`ChainFault::BadChain`] at anything the chain may
     /// not be.
+    #[inline(always)]
     pub fn walk(
         &self,
         head: u16,
@@ -176,6 +179,7 @@ impl<'m> SplitRing<'m> {
 
     /// Writes used entry `index` (modulo the ring's size): chain `head`, `written` bytes.
     /// Returns whether it could.
+    #[inline]
     pub fn put_used(&self, index: u16, head: u16, written: u32) -> bool {
         let at = 4 + 8 * usize::from(index & self.mask);
         self.used
@@ -185,6 +189,7 @@ impl<'m> SplitRing<'m> {
     /// Asks for the first two lines of the first buffer of the chain the guest posted
     /// `ahead` chains after position `next`, for `access`. A hint, so an entry not posted
     /// yet or a bad one only fetches wrong lines.
+    #[inline]
     pub fn prefetch(&self, next: u16, ahead: u16, access: Access) {
         if let Some(descriptor) = self.first_descriptor(next.wrapping_add(ahead)) {
             self.regions.prefetch(descriptor.addr, 0, access);
@@ -194,6 +199,7 @@ impl<'m> SplitRing<'m> {
     /// Asks for the rest of that buffer, up to `whole` bytes of it, when
     /// [`SplitRing::prefetch`] already asked for its first two lines: nothing more for a
     /// buffer no longer than those.
+    #[inline]
     pub fn prefetch_rest(&self, next: u16, ahead: u16, access: Access, whole: usize) {
         let Some(descriptor) = self.first_descriptor(next.wrapping_add(ahead)) else {
             return;
@@ -209,6 +215,7 @@ impl<'m> SplitRing<'m> {
 
     /// The first descriptor of the chain at position `index` of the available ring, as it
     /// is now (unchecked: for hints only).
+    #[inline]
     fn first_descriptor(&self, index: u16) -> Option<Descriptor> {
         let head = self.head(index)?;
         let at = DESCRIPTOR * usize::from(head & self.mask);
