@@ -408,6 +408,16 @@ fn read_chain(
     out: &mut TxBatch,
     limit: usize,
 ) -> Result<(), ChainFault> {
+    // The usual chain, one descriptor of the table: read once, copied at once.
+    if let Some(buffer) = ring.single(head)
+        && !buffer.write_only
+        && buffer.len as usize <= limit
+    {
+        return ring
+            .regions()
+            .read(out.extend(buffer.len as usize), buffer.addr)
+            .map_err(|()| ChainFault::BadChain);
+    }
     let start = out.end;
     ring.walk(head, |buffer| {
         if buffer.write_only {
@@ -532,6 +542,27 @@ pub fn place(
     // Where this frame's chains start, and the next chain to look at; the queue's own
     // position moves only when the frame is placed or dropped, or past a bad chain.
     let mut start = vring.queue.next_avail();
+    // The usual case: the next chain is one buffer, in one region, that holds the frame
+    // (every frame under merged 2 KiB buffers, and every frame of an unmerged ring). Its
+    // descriptor is read once and the header and the frame go in back to back; any other
+    // chain takes the general way below, which reads it again and judges it.
+    if let Ok(1..) = ring.available(start)
+        && let Some(head) = ring.head(start)
+        && let Some(buffer) = ring.single(head)
+        && buffer.write_only
+        && buffer.len as usize >= needed
+        && let Some(span) = ring.regions().locate(buffer.addr, buffer.len as usize)
+    {
+        let header = header_bytes(hdr, rules, 1);
+        let header = &header[..rules.header_len];
+        if span.copy_in(0, header) && span.copy_in(header.len(), frame) {
+            let next = start.wrapping_add(1);
+            vring.queue.set_next_avail(next);
+            ring.prefetch(next, 0, Access::Write);
+            vring.add_used(ring, head, needed as u32);
+            return Placed::Delivered;
+        }
+    }
     let mut next = start;
     work.clear();
     let mut capacity = 0;
@@ -590,24 +621,8 @@ pub fn place(
     vring.queue.set_next_avail(next);
 
     ring.prefetch(next, 0, Access::Write);
-    let mut header = *hdr;
-    header.num_buffers = work.chains.len() as u16;
-    if !rules.guest_csum {
-        header.flags &= !(FLAG_NEEDS_CSUM | FLAG_DATA_VALID);
-    }
-    let header = header.to_bytes();
-    let header = &header[..rules.header_len];
-    // The usual case: one buffer holds the frame. Its span is found once, and the header
-    // and the frame go in back to back.
-    if let ([(head, 1)], [(address, _)]) = (&work.chains[..], &work.parts[..])
-        && let Some(span) = ring.regions().locate(*address, needed)
-        && span.copy_in(0, header)
-        && span.copy_in(header.len(), frame)
-    {
-        vring.add_used(ring, *head, needed as u32);
-        return Placed::Delivered;
-    }
-    let pieces = [header, frame];
+    let header = header_bytes(hdr, rules, work.chains.len() as u16);
+    let pieces = [&header[..rules.header_len], frame];
     let mut written_total = 0;
     let mut parts = work.parts.iter();
     for &(head, count) in &work.chains {
@@ -626,6 +641,17 @@ pub fn place(
         vring.add_used(ring, head, written as u32);
     }
     Placed::Delivered
+}
+
+/// The header of a frame placed in `buffers` receive buffers: `hdr` as the network
+/// carried it, less the checksum flags a guest that did not negotiate them must not see.
+fn header_bytes(hdr: &VirtioNetHdr, rules: &RxRules, buffers: u16) -> [u8; 12] {
+    let mut header = *hdr;
+    header.num_buffers = buffers;
+    if !rules.guest_csum {
+        header.flags &= !(FLAG_NEEDS_CSUM | FLAG_DATA_VALID);
+    }
+    header.to_bytes()
 }
 
 /// After [`place`] ran out of buffers: asks the guest to kick as soon as it posts any

@@ -177,6 +177,25 @@ impl<'m> SplitRing<'m> {
         }
     }
 
+    /// The chain at `head` when it is a single descriptor of the ring's own table (no
+    /// next, not indirect), the usual chain, read with one load; `None` for any other
+    /// chain, which [`SplitRing::walk`] then reads and judges.
+    #[inline]
+    pub fn single(&self, head: u16) -> Option<Buffer> {
+        if head >= self.size {
+            return None;
+        }
+        let descriptor = self
+            .desc
+            .load_u64_pair(DESCRIPTOR * usize::from(head))
+            .map(Descriptor::from_words)?;
+        (descriptor.flags & (F_NEXT | F_INDIRECT) == 0).then_some(Buffer {
+            addr: descriptor.addr,
+            len: descriptor.len,
+            write_only: descriptor.flags & F_WRITE != 0,
+        })
+    }
+
     /// Writes used entry `index` (modulo the ring's size): chain `head`, `written` bytes.
     /// Returns whether it could.
     #[inline]
