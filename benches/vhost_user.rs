@@ -9,8 +9,10 @@
 //! virtio-net header into merged receive buffers. Reading and
 //! checking descriptors, the used ring and notifications' bookkeeping are what is measured
 //! on top of the copy. The anchor copies the same bytes between the same guest memory and
-//! a buffer with `vm-memory`'s checked `read_slice`/`write_slice`, the floor for any
-//! backend that copies.
+//! a buffer with `vm-memory`'s checked `read_slice`/`write_slice`: what a backend built
+//! on `vm-memory` pays for the copy alone. The port's own copies go through
+//! `shm::guest::GuestSpan`, one bounds check each, so its receive path can come in under
+//! that anchor (a ratio below 1).
 //!
 //! Under TCG the guests of `guestnet bench --vm` reach a few tens of thousands of frames a
 //! second; this says how far below the port's own limit that is.
