@@ -196,6 +196,25 @@ impl<'m> SplitRing<'m> {
         })
     }
 
+    /// Asks for the used ring's lines holding the `count` entries from position `index`
+    /// on, writable, so that writing them later does not wait for the guest's core to
+    /// give them up.
+    #[inline]
+    pub fn prefetch_used(&self, index: u16, count: u16) {
+        let Some(used) = self.used else {
+            return;
+        };
+        let mut k = 0;
+        while k < count {
+            used.prefetch(
+                4 + 8 * usize::from(index.wrapping_add(k) & self.mask),
+                1,
+                true,
+            );
+            k = k.saturating_add(8);
+        }
+    }
+
     /// Writes used entry `index` (modulo the ring's size): chain `head`, `written` bytes.
     /// Returns whether it could.
     #[inline]
