@@ -14,7 +14,6 @@ use std::collections::VecDeque;
 use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use super::MAX_QUEUE_PAIRS;
@@ -171,12 +170,6 @@ impl RxHalf {
     }
 }
 
-/// Used entries of a receive queue whose lines a round fetches writable when it opens the
-/// queue: about a round's frames (`bench --vhost-user`, 64 B, six alternated pairs:
-/// 9.3–9.7 against 8.8–9.2 Mpps; 64 entries were no better; the same for transmit queues
-/// gained nothing).
-const RX_USED_AHEAD: u16 = 32;
-
 /// A lane's running receive queues, locked for a round of its own or for another lane's
 /// batch, and the frames written into each.
 struct Delivery<'x> {
@@ -202,10 +195,7 @@ impl<'x> Delivery<'x> {
             }
             match SplitRing::new(&vring.queue, mem) {
                 Some(ring) => {
-                    // The used entries this round will write: their lines are the ones
-                    // the guest's driver read last, and each store into them would
-                    // otherwise wait for its core to give them up.
-                    ring.prefetch_used(vring.queue.next_used(), RX_USED_AHEAD);
+                    datapath::prefetch_receive(&vring, &ring);
                     queues.push((pair, vring, ring));
                 }
                 None => {

@@ -34,7 +34,7 @@ const F_INDIRECT: u16 = 4;
 /// Bytes of a descriptor.
 const DESCRIPTOR: usize = 16;
 /// Bytes of a buffer [`SplitRing::prefetch`] asks for: its first two cache lines.
-const FIRST_LINES: usize = 128;
+pub(super) const FIRST_LINES: usize = 128;
 
 /// One buffer of a chain.
 #[derive(Debug, Clone, Copy)]
