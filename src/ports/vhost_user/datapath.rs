@@ -50,8 +50,9 @@ const TX_AHEAD: u16 = 8;
 /// Receive chains whose buffers' first lines are fetched writable ahead of the frames
 /// written into them: a window opened with the round ([`prefetch_receive`]) that slides
 /// one chain per frame. At 100 ns a frame, one chain ahead left too little time for the
-/// lines to come from the guest's core (`bench --vhost-user` 64 B, alternated pairs:
-/// eight ahead 10.0–10.2 against one ahead 9.2–9.9 Mpps; 1514 B 4.6 against 4.3–4.4).
+/// lines to come from the guest's core (`bench --vhost-user`, alternated pairs, together
+/// with a large frame's whole buffer fetched before its first store: 64 B 10.0–11.3
+/// against 9.2–9.9 Mpps with one chain ahead, 1514 B 4.6–4.9 against 4.3–4.7).
 const RX_AHEAD: u16 = 8;
 
 /// Used entries of a receive queue whose lines a round fetches writable when it opens the
