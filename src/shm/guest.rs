@@ -53,11 +53,6 @@ impl<'m> GuestSpan<'m> {
         self.len == 0
     }
 
-    /// Whether the span starts on a multiple of `align` bytes in this process's memory.
-    pub fn aligned(&self, align: usize) -> bool {
-        (self.base as usize).is_multiple_of(align)
-    }
-
     /// The `len` bytes from `offset` on, if they are all inside.
     #[inline]
     pub fn sub(&self, offset: usize, len: usize) -> Option<GuestSpan<'m>> {

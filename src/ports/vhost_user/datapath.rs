@@ -569,8 +569,8 @@ pub fn place(
         // Its lines past the two fetched ahead, all asked for before the first store:
         // stores complete in order, so each line that has to come from the guest's core
         // would hold up every store behind it.
-        if let Some(rest) = needed.checked_sub(FIRST_LINES).filter(|&rest| rest > 0) {
-            span.prefetch(FIRST_LINES, rest.div_ceil(64), true);
+        if needed > FIRST_LINES {
+            span.prefetch(FIRST_LINES, (needed - FIRST_LINES).div_ceil(64), true);
         }
         let header = header_bytes(hdr, rules, 1);
         let header = &header[..rules.header_len];

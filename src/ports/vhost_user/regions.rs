@@ -87,7 +87,7 @@ impl<'m> Regions<'m> {
         let Some(span) = self.locate(address, 1) else {
             return;
         };
-        let lines = len.max(128).div_ceil(64);
+        let lines = len.max(super::split::FIRST_LINES).div_ceil(64);
         span.prefetch(0, lines, access == Access::Write);
     }
 }

@@ -165,11 +165,7 @@ impl<'m> SplitRing<'m> {
                 indirect = true;
                 continue;
             }
-            each(Buffer {
-                addr: descriptor.addr,
-                len: descriptor.len,
-                write_only: flags & F_WRITE != 0,
-            })?;
+            each(descriptor.buffer())?;
             if flags & F_NEXT == 0 {
                 return Ok(());
             }
@@ -189,11 +185,7 @@ impl<'m> SplitRing<'m> {
             .desc
             .load_u64_pair(DESCRIPTOR * usize::from(head))
             .map(Descriptor::from_words)?;
-        (descriptor.flags & (F_NEXT | F_INDIRECT) == 0).then_some(Buffer {
-            addr: descriptor.addr,
-            len: descriptor.len,
-            write_only: descriptor.flags & F_WRITE != 0,
-        })
+        (descriptor.flags & (F_NEXT | F_INDIRECT) == 0).then(|| descriptor.buffer())
     }
 
     /// Asks for the used ring's lines holding the `count` entries from position `index`
@@ -204,14 +196,16 @@ impl<'m> SplitRing<'m> {
         let Some(used) = self.used else {
             return;
         };
+        let entry = |k: u16| 4 + 8 * usize::from(index.wrapping_add(k) & self.mask);
+        // A line holds eight entries; the last entry's line too, when the first is not at
+        // the start of one.
         let mut k = 0;
         while k < count {
-            used.prefetch(
-                4 + 8 * usize::from(index.wrapping_add(k) & self.mask),
-                1,
-                true,
-            );
+            used.prefetch(entry(k), 1, true);
             k = k.saturating_add(8);
+        }
+        if count > 0 {
+            used.prefetch(entry(count - 1), 1, true);
         }
     }
 
@@ -278,6 +272,15 @@ impl Descriptor {
             len: rest as u32,
             flags: (rest >> 32) as u16,
             next: (rest >> 48) as u16,
+        }
+    }
+
+    /// The buffer it names (an indirect table's descriptor is not one).
+    fn buffer(&self) -> Buffer {
+        Buffer {
+            addr: self.addr,
+            len: self.len,
+            write_only: self.flags & F_WRITE != 0,
         }
     }
 }
