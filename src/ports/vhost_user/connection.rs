@@ -318,9 +318,11 @@ impl Connection<'_, '_> {
             }
         };
         // Before the answer: once the frontend has it, a started receive ring has its
-        // link up, and the engine has been told to look at the queues again.
-        self.shared.refresh_state();
+        // link up, and the engine has been told to look at the queues again. The change
+        // is counted first, so the engine's word on the link from before it is passed
+        // over (`Shared::engine_link`).
         self.engine.notify(self.shared);
+        self.shared.refresh_state();
         if let Some(bytes) = bytes {
             self.stream
                 .write_all(&bytes)

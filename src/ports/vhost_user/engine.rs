@@ -387,7 +387,7 @@ impl<'a> Lane<'a> {
             return 0;
         }
         let Some(view) = &self.view else {
-            self.shared.set_link(false);
+            self.shared.engine_link(false, self.seen_changes);
             return 0;
         };
         if !self.quiet {
@@ -418,6 +418,7 @@ impl<'a> Lane<'a> {
                 view.memory.memory(),
                 &view.rx_rules,
                 view.enabled_by_default,
+                self.seen_changes,
             )
     }
 

@@ -69,19 +69,22 @@ impl RxHalf {
         self.receiver.position()
     }
 
-    /// One round; returns the frames delivered or taken from the ring.
+    /// One round; returns the frames delivered or taken from the ring. `seen` is the
+    /// count of the connection's changes the lane's state was taken at (the engine's
+    /// word on the link goes with it, see [`Shared::engine_link`]).
     pub fn round(
         &mut self,
         shared: &Shared<'_>,
         mem: &GuestMemoryMmap,
         rules: &RxRules,
         enabled_by_default: bool,
+        seen: u64,
     ) -> usize {
         let Some(mut delivery) = Delivery::open(shared, mem, enabled_by_default) else {
-            shared.set_link(false);
+            shared.engine_link(false, seen);
             return 0;
         };
-        shared.set_link(true);
+        shared.engine_link(true, seen);
         let RxHalf {
             receiver,
             held,

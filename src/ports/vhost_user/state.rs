@@ -143,6 +143,10 @@ pub struct Shared<'a> {
     watch_position: AtomicU64,
     /// The peer's link is up (a receive queue runs).
     link_up: AtomicBool,
+    /// Held while `link_up` and the peer's published link state change together: two
+    /// threads (the connection's and the engine's) set the link, and without it one's flag
+    /// and the other's published state could be left disagreeing for good.
+    link_change: Mutex<()>,
     meter: Mutex<Meter>,
     /// The peer's control half.
     pub control: Control,
@@ -164,6 +168,7 @@ impl<'a> Shared<'a> {
             watch_armed: AtomicBool::new(false),
             watch_position: AtomicU64::new(0),
             link_up: AtomicBool::new(false),
+            link_change: Mutex::new(()),
             meter: Mutex::new(Meter::default()),
             control,
             socket,
@@ -296,8 +301,30 @@ impl Shared<'_> {
     }
 
     /// Marks the peer's link up or down when that changes: down, senders count
-    /// `link_down` instead of filling a ring nobody drains.
+    /// `link_down` instead of filling a ring nobody drains. What the connection's state
+    /// says (the connection thread after each message, a quarantine, a lane let go).
     pub fn set_link(&self, up: bool) {
+        let _change = lock(&self.link_change);
+        self.write_link(up);
+    }
+
+    /// The engine's word on the link, from the state it took when `changes` was `seen`
+    /// (a receive queue opened, or none runs). It is passed over when the connection has
+    /// changed something since: the connection's own [`Shared::set_link`] for that change
+    /// follows (it counts the change before it looks) and decides, so an engine a message
+    /// behind never lowers a link the frontend has just been told is up.
+    pub fn engine_link(&self, up: bool, seen: u64) {
+        if self.link_up.load(Ordering::Acquire) == up {
+            return;
+        }
+        let _change = lock(&self.link_change);
+        if self.changes.load(Ordering::Acquire) == seen {
+            self.write_link(up);
+        }
+    }
+
+    /// Writes the flag and the peer's state; the caller holds `link_change`.
+    fn write_link(&self, up: bool) {
         if self.link_up.swap(up, Ordering::AcqRel) != up
             && let Err(e) = self.control.set_link_down(!up)
         {
@@ -345,4 +372,58 @@ pub fn is_eventfd(fd: &OwnedFd) -> bool {
 pub fn drain_eventfd(fd: &impl AsFd) {
     let mut count = [0u8; 8];
     let _ = rustix::io::read(fd, &mut count);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{CreateOptions, JoinOptions, Network, Peer};
+
+    /// A network, a peer, and a connection's shared state for it with no queues.
+    fn lab(dir: &tempfile::TempDir) -> (Network, Peer, Socket) {
+        let net = Network::create(dir.path(), "lab", CreateOptions::default()).unwrap();
+        let peer = net.join(JoinOptions::default()).unwrap();
+        let socket = Socket {
+            path: dir.path().join("s"),
+            mac: None,
+            info: Mutex::new(Info::LISTENING),
+            counters: Counters::default(),
+            queues: Vec::new(),
+            changed: Arc::new(Doorbell::new().unwrap()),
+        };
+        (net, peer, socket)
+    }
+
+    /// Whether the network shows peer `index`'s link down.
+    fn published_down(net: &Network, index: u16) -> bool {
+        net.status()
+            .peers
+            .iter()
+            .find(|p| p.slot == index)
+            .expect("the peer")
+            .link_down
+    }
+
+    #[test]
+    fn an_engine_a_change_behind_never_lowers_a_link_the_connection_raised() {
+        let dir = tempfile::tempdir().unwrap();
+        let (net, peer, socket) = lab(&dir);
+        let shared = Shared::new(Vec::new(), peer.control(), &socket);
+        shared.set_link(false);
+        // The engine took the state at 0; then a message came (counted first) and the
+        // connection raised the link.
+        let seen = shared.changes.load(Ordering::Acquire);
+        shared.changes.fetch_add(1, Ordering::AcqRel);
+        shared.set_link(true);
+        shared.engine_link(false, seen);
+        assert!(
+            !published_down(&net, peer.index()),
+            "the stale word is passed over"
+        );
+        // With the engine up to date, its word counts.
+        shared.engine_link(false, seen + 1);
+        assert!(published_down(&net, peer.index()));
+        shared.engine_link(true, seen + 1);
+        assert!(!published_down(&net, peer.index()));
+    }
 }
