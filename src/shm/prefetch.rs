@@ -4,9 +4,9 @@
 //! The one that matters is [`for_write`]. A sender that copies a frame into a ring slot
 //! the receiver's core read last makes its stores wait for that core to give the lines up,
 //! and the compare-and-swap that publishes the frame waits for those stores; asking for the
-//! next slot's lines ahead (x86's `PREFETCHW`) overlaps that wait with the current copy.
-//! An ordinary prefetch does not help there: it fetches the line shared, and the store
-//! still has to ask the other core to drop it.
+//! lines of a slot a few ahead (x86's `PREFETCHW`) overlaps that wait with the copies
+//! before it. An ordinary prefetch does not help there: it fetches the line shared, and the
+//! store still has to ask the other core to drop it.
 
 use std::sync::OnceLock;
 
