@@ -268,7 +268,9 @@ fn a_bench_interrupted_while_memif_runs_stops_its_testpmds() {
     }
     let _one_at_a_time = VHOST_USER_BENCH.lock().unwrap_or_else(|p| p.into_inner());
     let huge_pages_before = huge_pages();
-    let bench = Bench::start(&["--seconds", "20", "--json"]);
+    // Five seconds a measurement: guestnet's and the socket anchor's come first (the
+    // test waits through them), and memif's leaves the signal five seconds to land in.
+    let bench = Bench::start(&["--seconds", "5", "--json"]);
     let pid = bench.pid();
     // Interrupted while both testpmds busy-poll the memif link.
     bench.wait_for_stderr("memif linked", Duration::from_secs(120));
@@ -578,10 +580,11 @@ fn an_interrupted_vm_bench_kills_its_guests_and_removes_its_bridge() {
     let _one_at_a_time = VM_BENCH.lock().unwrap_or_else(|p| p.into_inner());
     let image = current_guest_image();
     let image = image.to_str().expect("UTF-8 path");
-    let bench = Bench::start(&["--vm", "--seconds", "30", "--json", "--image-dir", image]);
+    // Two seconds a test: guestnet's two come first (the test waits through them).
+    let bench = Bench::start(&["--vm", "--seconds", "2", "--json", "--image-dir", image]);
     let pid = bench.pid();
     // Interrupted once the bridge's lab is being built: its namespace, bridge and TAPs, and
-    // then its QEMUs, exist; the guests' boot and two 1-second tests still lie ahead, seconds
+    // then its QEMUs, exist; the guests' boot and two 2-second tests still lie ahead, seconds
     // of work the signal arrives well within.
     bench.wait_for_stderr("Linux bridge:", Duration::from_secs(240));
     interrupt_and_check_cleanup(bench, pid);
@@ -880,8 +883,22 @@ fn an_interrupted_vhost_user_bench_stops_dpdk_and_gives_everything_back() {
     let huge_pages_before = huge_pages();
     let bench = Bench::start(&["--vhost-user", "--seconds", "30", "--json"]);
     let pid = bench.pid();
-    // Interrupted while guestnet's port, the frontends' testpmd and their traffic run.
+    // Interrupted while guestnet's port and the frontends' testpmd run (the line comes
+    // before either is started: their processes are waited for too).
     bench.wait_for_stderr("guestnet: request/response", Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let workers = workers_of(pid);
+        let running = |what: &str| workers.iter().any(|w| w.contains(what));
+        if running("dpdk-testpmd") && running("vhost-user") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the port and the frontends run within a minute: {workers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     interrupt_and_check_cleanup(bench, pid);
     assert_dpdk_bench_gone(pid, huge_pages_before);
 }
