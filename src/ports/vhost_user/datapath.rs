@@ -48,16 +48,16 @@ pub const MAX_TX_FRAME: usize = 65550;
 const TX_AHEAD: u16 = 8;
 
 /// Receive chains whose buffers' first lines are fetched writable ahead of the frames
-/// written into them: a window opened with the round ([`prefetch_receive`]) that slides
-/// one chain per frame. At 100 ns a frame, one chain ahead left too little time for the
+/// written into them: a window opened with a round's first frame for the queue
+/// ([`prefetch_receive`]) that slides one chain per frame. At 100 ns a frame, one chain ahead left too little time for the
 /// lines to come from the guest's core (`bench --vhost-user`, alternated pairs, together
 /// with a large frame's whole buffer fetched before its first store: 64 B 10.0–11.3
 /// against 9.2–9.9 Mpps with one chain ahead, 1514 B 4.6–4.9 against 4.3–4.7).
 const RX_AHEAD: u16 = 8;
 
-/// Used entries of a receive queue whose lines a round fetches writable when it opens the
-/// queue, about a round's frames (64 entries were no better; the same for transmit queues
-/// gained nothing).
+/// Used entries of a receive queue whose lines a round fetches writable with its first
+/// frame for the queue, about a round's frames (64 entries were no better; the same for
+/// transmit queues gained nothing).
 const RX_USED_AHEAD: u16 = 32;
 
 /// Bytes of the next transmit buffer fetched whole while the current one is copied: a

@@ -179,6 +179,12 @@ struct Delivery<'x> {
     /// The running receive queues, each with its pair's number and its ring.
     queues: Vec<(usize, MutexGuard<'x, Vring>, SplitRing<'x>)>,
     delivered_to: [u64; MAX_QUEUE_PAIRS as usize],
+    /// The queues whose lines were asked for ([`datapath::prefetch_receive`]), one bit
+    /// each: when the first frame for it comes, not when the delivery opens. A round
+    /// opens every running queue whether or not a frame comes, and asking for the lines
+    /// of a queue no frame comes for takes them from the core of a frontend that is
+    /// polling them.
+    warmed: u32,
 }
 
 impl<'x> Delivery<'x> {
@@ -197,10 +203,7 @@ impl<'x> Delivery<'x> {
                 continue;
             }
             match SplitRing::new(&vring.queue, mem) {
-                Some(ring) => {
-                    datapath::prefetch_receive(&vring, &ring);
-                    queues.push((pair, vring, ring));
-                }
+                Some(ring) => queues.push((pair, vring, ring)),
                 None => {
                     vring.started = false;
                     Counters::add(&shared.socket.counters.ring_access_failures, 1);
@@ -210,6 +213,7 @@ impl<'x> Delivery<'x> {
         (!queues.is_empty()).then_some(Delivery {
             queues,
             delivered_to: [0; MAX_QUEUE_PAIRS as usize],
+            warmed: 0,
         })
     }
 
@@ -231,6 +235,10 @@ impl<'x> Delivery<'x> {
         let Some((_, vring, ring)) = self.queues.get_mut(q) else {
             return Placed::NoBuffers;
         };
+        if self.warmed & (1 << q) == 0 {
+            self.warmed |= 1 << q;
+            datapath::prefetch_receive(vring, ring);
+        }
         let placed = datapath::place(vring, ring, rules, hdr, frame, work, |f| faults.push(f));
         match placed {
             Placed::Delivered => {
@@ -270,6 +278,7 @@ impl<'x> Delivery<'x> {
         }
         self.queues.clear();
         self.delivered_to = [0; MAX_QUEUE_PAIRS as usize];
+        self.warmed = 0;
         if !faults.is_empty() {
             let now = monotonic_ns();
             for fault in faults.drain(..) {
