@@ -985,28 +985,38 @@ fn a_unicast_stream_to_a_full_ring_outside_the_port_waits_for_room_and_is_accoun
         let head = guest.tx.send(&guest.memory, &packet(f), 1, false);
         assert!(guest.tx.wait_used(&guest.memory, head).is_some());
     }
-    // The ring is full; a reader takes one frame at a time while the guest offers the rest
-    // at once, so the port's round finds the ring full after a few of them whatever the
-    // reader does by then. Nothing may be lost silently: every frame is received or
-    // counted, and the port waited for room rather than dropping.
+    // The ring is full. The guest offers the rest at once, and a reader takes a frame only
+    // while its ring is full, so that every frame the port pushes finds it full and waits
+    // for room (for up to its hold-back; a receiver still full after it counts as
+    // congested, and its frames are dropped until it has read half a ring). A reader that
+    // took frames whenever there were any could empty the ring before the port's round
+    // and keep up with it, and nothing would ever wait. Nothing may be lost silently:
+    // every frame is received or counted, and the port waited for room rather than
+    // dropping.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let finished = done.clone();
+    let path = dir.path().to_path_buf();
     let reader = std::thread::spawn(move || {
+        let network = Network::open(&path, NETWORK).expect("open the network");
+        let index = peer.index();
+        let full = || {
+            network
+                .status()
+                .peers
+                .iter()
+                .any(|p| p.slot == index && p.rx_queued >= 8)
+        };
         let deadline = Instant::now() + DEADLINE;
         let mut got = Vec::new();
-        loop {
-            let before = got.len();
-            peer.receive(1, |f| got.push(f.to_vec()));
-            if got.len() == before {
-                if finished.load(std::sync::atomic::Ordering::Acquire) {
-                    break;
-                }
-                let left = deadline
-                    .checked_duration_since(Instant::now())
-                    .expect("the reader finishes in time");
-                peer.wait(left.min(Duration::from_millis(10)));
+        while !finished.load(std::sync::atomic::Ordering::Acquire) {
+            if full() {
+                peer.receive(1, |f| got.push(f.to_vec()));
+            } else {
+                assert!(Instant::now() < deadline, "the reader finishes in time");
+                std::thread::yield_now();
             }
         }
+        while peer.receive(usize::MAX, |f| got.push(f.to_vec())) > 0 {}
         got
     });
     let heads: Vec<u16> = frames[8..]
