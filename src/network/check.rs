@@ -150,9 +150,27 @@ const BEHIND: u64 = 1 << (ring::POSITION_BITS - 1);
 pub fn check(network: &Network) -> Vec<Damage> {
     let mut damage = Vec::new();
     check_peers(network, &mut damage);
-    let max_peers = network.region.layout.geometry.max_peers;
-    for ring in 0..max_peers as u16 {
-        check_ring(network, ring, &mut damage);
+    let peers = network.region.peers();
+    for ring in 0..peers.count() {
+        // Only the rings of peers that are up, and only if the same peer is still up once
+        // its ring is read. A peer leaving starts its ring afresh two laps ahead and leaves
+        // its reader's cursor behind, and one joining starts it afresh again before it is
+        // up: either, under our feet or done, looks like a ring far past its cursor, which
+        // it is not. A free slot's ring is started afresh by whoever takes the slot next,
+        // so nothing in it can harm anyone. (Its state store comes after the status store
+        // of a peer leaving, and before the generation and status stores of one joining:
+        // having read one of its states, we see the status or generation change.)
+        let entry = peers.at(ring);
+        let up = || entry.status.load(Ordering::Acquire) == status::UP;
+        if !up() {
+            continue;
+        }
+        let generation = entry.generation.load(Ordering::Acquire);
+        let mut found = Vec::new();
+        check_ring(network, ring as u16, &mut found);
+        if up() && entry.generation.load(Ordering::Acquire) == generation {
+            damage.append(&mut found);
+        }
     }
     check_learned(network, &mut damage);
     damage
@@ -334,6 +352,30 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_a_peer_left_behind_is_not_judged() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = network(&dir);
+        let mut a = net.join(JoinOptions::default()).unwrap();
+        let b = net.join(JoinOptions::default()).unwrap();
+        // b leaves with a full ring: leaving starts its ring afresh two laps ahead, and
+        // nobody moves its reader's cursor until the next peer takes the slot.
+        for _ in 0..8 {
+            a.send(&frame(b.mac(), a.mac()));
+        }
+        drop(b);
+        assert_eq!(check(&net), vec![]);
+        // The next peer in the slot starts its ring afresh again, and is judged.
+        let c = net.join(JoinOptions::default()).unwrap();
+        assert_eq!(check(&net), vec![]);
+        let far = SlotState::free(3 + 8 * 1000).encode();
+        net.region
+            .ring(c.index())
+            .state(3)
+            .store(far, Ordering::Relaxed);
+        assert_eq!(check(&net).len(), 1);
+    }
+
+    #[test]
     fn scribbled_entries_and_states_are_each_reported() {
         let dir = tempfile::tempdir().unwrap();
         let net = network(&dir);
@@ -409,16 +451,15 @@ mod tests {
     fn a_runaway_reserve_cursor_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let net = network(&dir);
-        net.region
-            .ring(2)
-            .control()
-            .reserve
-            .store(1_000_000, Ordering::Relaxed);
+        let a = net.join(JoinOptions::default()).unwrap();
+        let ring = net.region.ring(a.index());
+        let consumed = ring.control().consumed.load(Ordering::Relaxed);
+        ring.control().reserve.store(1_000_000, Ordering::Relaxed);
         assert_eq!(
             check(&net),
             vec![Damage::RingCursor {
-                ring: 2,
-                consumed: 0,
+                ring: a.index(),
+                consumed,
                 reserve: 1_000_000
             }]
         );
