@@ -422,6 +422,12 @@ fn print_table(result: &BenchResult, args: &BenchArgs, command: &str, placement:
         "          drops {} of {} sent{reasons}; wake-ups per frame {:.6}",
         result.drops, result.frames.sent, result.wakeups_per_frame
     );
+    if result.drops_by_reason.tx.contains_key("ring_full") {
+        println!(
+            "          (ring_full: the senders send as fast as they can, faster than the \
+             receiver reads; the rate above is what it received)"
+        );
+    }
     println!(
         "anchor    {:8.2} Mpps {:8.2} Gbit/s   {}",
         result.anchor.mpps,
