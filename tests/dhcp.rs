@@ -211,8 +211,9 @@ impl Lab {
         let output = output_within(command, LEASE_DEADLINE);
         assert!(
             output.status.success(),
-            "udhcpc: {}",
-            String::from_utf8_lossy(&output.stderr)
+            "udhcpc: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.what_the_network_saw()
         );
     }
 
@@ -271,7 +272,8 @@ impl Lab {
             }
             assert!(
                 Instant::now() < deadline,
-                "namespace {i} got no address in {LEASE_DEADLINE:?}"
+                "namespace {i} got no address in {LEASE_DEADLINE:?}\n{}",
+                self.what_the_network_saw()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -295,6 +297,20 @@ impl Lab {
     /// Asks the server, from namespace `i`, about `name` with busybox nslookup.
     fn nslookup(&self, i: usize, name: &str) -> Output {
         self.exec(i, &["busybox", "nslookup", name, SERVER])
+    }
+
+    /// For a failure's message: the network's status (every peer's counters and drops,
+    /// the DHCP server's counters), so that a lost request or answer shows where it went.
+    fn what_the_network_saw(&self) -> String {
+        let output = run(Command::new(BIN)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["status", "lab", "--json"]));
+        format!(
+            "guestnet status: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
     }
 
     fn dhcp_status(&self) -> serde_json::Value {
