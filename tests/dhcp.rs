@@ -302,10 +302,7 @@ impl Lab {
     /// For a failure's message: the network's status (every peer's counters and drops,
     /// the DHCP server's counters), so that a lost request or answer shows where it went.
     fn what_the_network_saw(&self) -> String {
-        let output = run(Command::new(BIN)
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["status", "lab", "--json"]));
+        let output = self.status_json();
         format!(
             "guestnet status: {}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -313,11 +310,16 @@ impl Lab {
         )
     }
 
-    fn dhcp_status(&self) -> serde_json::Value {
-        let output = run(Command::new(BIN)
+    /// `guestnet status lab --json`, run.
+    fn status_json(&self) -> Output {
+        run(Command::new(BIN)
             .arg("--dir")
             .arg(self.dir.path())
-            .args(["status", "lab", "--json"]));
+            .args(["status", "lab", "--json"]))
+    }
+
+    fn dhcp_status(&self) -> serde_json::Value {
+        let output = self.status_json();
         assert!(output.status.success(), "status: {output:?}");
         let status: serde_json::Value =
             serde_json::from_slice(&output.stdout).expect("status JSON");

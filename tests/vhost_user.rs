@@ -963,10 +963,11 @@ fn a_bad_receive_buffer_met_straight_across_is_counted_on_its_guest() {
 #[test]
 fn a_unicast_stream_to_a_full_ring_outside_the_port_waits_for_room_and_is_accounted() {
     // Rings of 8 slots, a guest, and a library peer whose ring the guest fills.
+    const SLOTS: u32 = 8;
     let dir = tempfile::tempdir().expect("tempdir");
     let options = CreateOptions {
         geometry: Geometry {
-            ring_slots: 8,
+            ring_slots: SLOTS,
             ..Geometry::default()
         },
         ..CreateOptions::default()
@@ -981,7 +982,7 @@ fn a_unicast_stream_to_a_full_ring_outside_the_port_waits_for_room_and_is_accoun
     let frames: Vec<Vec<u8>> = (0..72u8)
         .map(|tag| frame(peer.mac(), GUEST_MAC, 120, tag))
         .collect();
-    for f in &frames[..8] {
+    for f in &frames[..SLOTS as usize] {
         let head = guest.tx.send(&guest.memory, &packet(f), 1, false);
         assert!(guest.tx.wait_used(&guest.memory, head).is_some());
     }
@@ -1004,7 +1005,7 @@ fn a_unicast_stream_to_a_full_ring_outside_the_port_waits_for_room_and_is_accoun
                 .status()
                 .peers
                 .iter()
-                .any(|p| p.slot == index && p.rx_queued >= 8)
+                .any(|p| p.slot == index && p.rx_queued >= u64::from(SLOTS))
         };
         let deadline = Instant::now() + DEADLINE;
         let mut got = Vec::new();
@@ -1019,7 +1020,7 @@ fn a_unicast_stream_to_a_full_ring_outside_the_port_waits_for_room_and_is_accoun
         while peer.receive(usize::MAX, |f| got.push(f.to_vec())) > 0 {}
         got
     });
-    let heads: Vec<u16> = frames[8..]
+    let heads: Vec<u16> = frames[SLOTS as usize..]
         .iter()
         .map(|f| guest.tx.ring.chain_tx(&guest.memory, &packet(f), 1, false))
         .collect();

@@ -49,8 +49,8 @@ const TX_AHEAD: u16 = 8;
 
 /// Receive chains whose buffers' first lines are fetched writable ahead of the frames
 /// written into them: a window opened with a round's first frame for the queue
-/// ([`prefetch_receive`]) that slides one chain per frame. At 100 ns a frame, one chain ahead left too little time for the
-/// lines to come from the guest's core (`bench --vhost-user`, alternated pairs, together
+/// ([`prefetch_receive`]) that slides one chain per frame. At 100 ns a frame, one chain
+/// ahead left too little time for the lines to come from the guest's core (`bench --vhost-user`, alternated pairs, together
 /// with a large frame's whole buffer fetched before its first store: 64 B 10.0–11.3
 /// against 9.2–9.9 Mpps with one chain ahead, 1514 B 4.6–4.9 against 4.3–4.7).
 const RX_AHEAD: u16 = 8;
@@ -662,8 +662,9 @@ pub fn place(
     Placed::Delivered
 }
 
-/// Opens a round on a receive queue: asks for the lines of the used entries it is about
-/// to write and of the first [`RX_AHEAD`] buffers the guest posted, writable. The used
+/// Before a round's first frame for a receive queue: asks for the lines of the used
+/// entries the round is about to write and of the first [`RX_AHEAD`] buffers the guest
+/// posted, writable. The used
 /// entries sit in lines the guest's driver read last, and the buffers in lines its core
 /// may hold; each store into one would otherwise wait for that core to give it up, and
 /// stores complete in order, so the frame copies behind it would wait too.
