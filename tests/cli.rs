@@ -253,6 +253,22 @@ fn create_with_bad_geometry_fails_clearly_and_creates_nothing() {
     assert!(err.contains("invalid network name"), "{err}");
 }
 
+/// `tap` takes `--netns` once for all its devices or once per `--ifname`; any other count
+/// is refused before anything is made (no root needed to see it).
+#[test]
+fn tap_refuses_a_namespace_count_that_does_not_match_its_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    ok(dir, &["create", "lab"]);
+    let args = [
+        "tap", "lab", "--ifname", "a", "--ifname", "b", "--ifname", "c", "--netns", "red",
+        "--netns", "blue",
+    ];
+    let (_, err) = fails(dir, &args);
+    assert!(err.contains("2 --netns for 3 --ifname"), "{err}");
+    assert!(err.contains("once per --ifname"), "{err}");
+}
+
 /// Creates `lab` with a small geometry and returns its layout and path.
 fn small_network(dir: &Path) -> (Layout, std::path::PathBuf) {
     ok(

@@ -30,9 +30,11 @@ fn ready() -> bool {
 const IFNAME: &str = "gn0";
 const BIN: &str = env!("CARGO_BIN_EXE_guestnet");
 
-/// A `guestnet tap` process serving one namespace.
+/// A TAP port: a `guestnet tap` process serving one namespace, or one device of the
+/// lab's process serving them all ([`Lab::together`]).
 struct Tap {
-    child: Child,
+    /// Its own process (none when the lab's one process serves it).
+    child: Option<Child>,
     slot: u16,
     mac: MacAddress,
 }
@@ -43,6 +45,8 @@ struct Lab {
     network: Network,
     namespaces: Vec<String>,
     taps: Vec<Tap>,
+    /// The one `guestnet tap` process serving every namespace, if the lab has one.
+    shared: Option<Child>,
 }
 
 impl Lab {
@@ -75,6 +79,7 @@ impl Lab {
             network,
             namespaces: Vec::new(),
             taps: Vec::new(),
+            shared: None,
         };
         for (i, &extra) in args.iter().enumerate() {
             let namespace = format!("gnt-{}-{test}-{i}", std::process::id());
@@ -86,6 +91,58 @@ impl Lab {
             ip(&[
                 "-n",
                 &namespace,
+                "addr",
+                "add",
+                &format!("{}/24", Lab::address(i)),
+                "dev",
+                IFNAME,
+            ]);
+        }
+        lab
+    }
+
+    /// `count` namespaces served by one `guestnet tap` process (`--ifname gn0 --netns NS`
+    /// per namespace), offloads on: frames between them go straight from device to
+    /// device.
+    fn together(test: &str, count: usize) -> Lab {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
+        let mut lab = Lab {
+            dir,
+            network,
+            namespaces: Vec::new(),
+            taps: Vec::new(),
+            shared: None,
+        };
+        let mut command = Command::new(BIN);
+        command
+            .arg("--dir")
+            .arg(lab.dir.path())
+            .args(["tap", "lab"]);
+        for i in 0..count {
+            let namespace = format!("gnt-{}-{test}-{i}", std::process::id());
+            ip(&["netns", "add", &namespace]);
+            lab.namespaces.push(namespace.clone());
+            root_support::ipv6_off(&namespace);
+            command.args(["--ifname", IFNAME, "--netns", &namespace]);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start guestnet tap");
+        let stdout = child.stdout.take().expect("piped stdout");
+        lab.shared = Some(child);
+        let lines = root_support::lines_of(stdout);
+        for i in 0..count {
+            let line = lines
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("guestnet tap did not get ready in {DEADLINE:?}"));
+            let tap = Tap::from_ready_line(&line, None);
+            lab.taps.push(tap);
+            ip(&[
+                "-n",
+                &lab.namespaces[i],
                 "addr",
                 "add",
                 &format!("{}/24", Lab::address(i)),
@@ -128,15 +185,7 @@ impl Lab {
                 panic!("guestnet tap did not get ready in {:?}", DEADLINE);
             }
         };
-        // "ready gn0 slot N mac M"
-        let words: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(words.first(), Some(&"ready"), "{line}");
-        assert_eq!(words.get(1), Some(&IFNAME), "{line}");
-        Tap {
-            child,
-            slot: words[3].parse().expect("slot"),
-            mac: words[5].parse().expect("mac"),
-        }
+        Tap::from_ready_line(&line, Some(child))
     }
 
     fn exec(&self, i: usize, args: &[&str]) -> Output {
@@ -262,11 +311,26 @@ impl Lab {
     }
 }
 
+impl Tap {
+    /// The port `guestnet tap` reported ready ("ready gn0 slot N mac M").
+    fn from_ready_line(line: &str, child: Option<Child>) -> Tap {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.first(), Some(&"ready"), "{line}");
+        assert_eq!(words.get(1), Some(&IFNAME), "{line}");
+        Tap {
+            child,
+            slot: words[3].parse().expect("slot"),
+            mac: words[5].parse().expect("mac"),
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        for tap in &mut self.taps {
-            let _ = tap.child.kill();
-            let _ = tap.child.wait();
+        let children = self.taps.iter_mut().filter_map(|tap| tap.child.as_mut());
+        for child in children.chain(self.shared.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         for namespace in &self.namespaces {
             let _ = run(Command::new("ip").args(["netns", "del", namespace]));
@@ -496,8 +560,9 @@ fn a_killed_tap_port_is_reclaimed_and_the_others_keep_working() {
     }
     let mut lab = Lab::new("kill", 3);
     let victim = lab.taps[2].slot;
-    lab.taps[2].child.kill().expect("SIGKILL the port");
-    let _ = lab.taps[2].child.wait();
+    let child = lab.taps[2].child.as_mut().expect("its own process");
+    child.kill().expect("SIGKILL the port");
+    let _ = child.wait();
     wait_until("the dead port's slot is reclaimed", || {
         lab.network
             .status()
@@ -517,7 +582,20 @@ fn link_down_on_the_interface_stops_delivery_and_counts_it() {
     if !ready() {
         return;
     }
-    let lab = Lab::new("down", 2);
+    link_down_stops_delivery_and_is_counted(&Lab::new("down", 2));
+}
+
+/// The same through one process, whose frames between its devices skip the ring: the
+/// network's admission still stops them.
+#[test]
+fn link_down_stops_delivery_between_devices_of_one_process() {
+    if !ready() {
+        return;
+    }
+    link_down_stops_delivery_and_is_counted(&Lab::together("down1", 2));
+}
+
+fn link_down_stops_delivery_and_is_counted(lab: &Lab) {
     assert!(lab.ping(0, 1, 1));
     ip(&["-n", &lab.namespaces[1], "link", "set", IFNAME, "down"]);
     wait_until("b's peer is marked link down", || lab.peer(1).link_down);
@@ -899,4 +977,94 @@ fn a_rate_limited_namespace_sends_tcp_near_its_rate_without_losing_frames() {
         None,
         "frames were dropped at the limit instead of held back"
     );
+}
+
+/// Namespaces served by one process: frames between its devices go straight from one to
+/// the other, counted as delivered and received as through the rings, and the receiving
+/// port's writer is never woken for them.
+#[test]
+fn namespaces_served_by_one_process_talk_past_the_rings_counted() {
+    if !ready() {
+        return;
+    }
+    let lab = Lab::together("one", 2);
+    assert!(lab.ping(0, 1, 1), "resolve and ping b from a");
+    let before = [lab.peer(0), lab.peer(1)];
+    let pings = 30;
+    let output = lab.exec(
+        0,
+        &[
+            "ping",
+            "-c",
+            &pings.to_string(),
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            &Lab::address(1),
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let after = [lab.peer(0), lab.peer(1)];
+    let received = |i: usize| after[i].rx_packets - before[i].rx_packets;
+    let sent = |i: usize| after[i].tx_packets - before[i].tx_packets;
+    // Requests one way, replies the other (and perhaps an ARP refresh).
+    assert!(received(1) >= pings && received(0) >= pings, "{after:?}");
+    assert_eq!(sent(0), received(1), "a's frames all reached b: {after:?}");
+    assert_eq!(sent(1), received(0), "b's frames all reached a: {after:?}");
+    assert_eq!(
+        after[0].tx_deliveries - before[0].tx_deliveries,
+        sent(0),
+        "{after:?}"
+    );
+    // Through the rings each request wakes b's writer and each reply a's: 60 wake-ups.
+    let woken = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.wakeups - b.wakeups)
+        .sum::<u64>();
+    assert!(
+        woken <= 4,
+        "{woken} writer wake-ups for {pings} pings: frames went through the rings"
+    );
+    assert!(after.iter().all(|p| p.drops.is_empty()), "{after:?}");
+    lab.transfer_intact(0, 1, 16 << 20, 5311);
+    lab.transfer_intact(1, 0, 16 << 20, 5312);
+}
+
+/// A process serving several namespaces: a device deleted under it takes only its own
+/// peer out of the network (the peer leaves at once, the others serve on), and the
+/// process killed with SIGKILL leaves neither peers nor devices behind.
+#[test]
+fn one_process_serving_three_namespaces_loses_one_device_then_is_killed() {
+    if !ready() {
+        return;
+    }
+    let mut lab = Lab::together("three", 3);
+    assert!(lab.ping(0, 2, 1), "a reaches c");
+    let gone = lab.taps[2].slot;
+    ip(&["-n", &lab.namespaces[2], "link", "del", IFNAME]);
+    // Left, not swept: the process is alive and would hold a slot it had not let go.
+    wait_until("c's peer has left the network", || {
+        lab.network
+            .status()
+            .peers
+            .iter()
+            .all(|peer| peer.slot != gone)
+    });
+    assert!(lab.ping(0, 1, 2), "a and b still talk");
+    assert!(lab.ping(1, 0, 2));
+    let child = lab.shared.as_mut().expect("the lab's process");
+    child.kill().expect("SIGKILL the process");
+    let _ = child.wait();
+    wait_until("every peer of the killed process is reclaimed", || {
+        lab.network.status().peers.is_empty()
+    });
+    for i in 0..2 {
+        let left = lab.exec(i, &["ip", "link", "show", IFNAME]);
+        assert!(
+            !left.status.success(),
+            "gn0 of namespace {i} outlived its process"
+        );
+    }
 }

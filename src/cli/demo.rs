@@ -172,6 +172,7 @@ fn demo(lab: &mut Lab, args: &DemoArgs) -> anyhow::Result<()> {
     }
 
     step(3, &format!("start a TAP port ({IFNAME}) in each namespace"));
+    let mut ports = Vec::with_capacity(namespaces.len());
     for namespace in &namespaces {
         let port = TapPort::open(
             &network,
@@ -190,13 +191,18 @@ fn demo(lab: &mut Lab, args: &DemoArgs) -> anyhow::Result<()> {
             port.index(),
             port.mac()
         );
-        let stop = Arc::clone(&lab.stop);
-        lab.ports.push(std::thread::spawn(move || {
-            if let Err(e) = port.serve(&stop) {
-                eprintln!("guestnet: TAP port failed: {e:#}");
-            }
-        }));
+        ports.push(port);
     }
+    // Served together, as `guestnet tap --ifname … --ifname …` does: frames between the
+    // two devices go straight from one to the other.
+    let stop = Arc::clone(&lab.stop);
+    lab.ports.push(std::thread::spawn(move || {
+        for (ifname, result) in TapPort::serve_all(ports, &stop) {
+            if let Err(e) = result {
+                eprintln!("guestnet: TAP port {ifname} failed: {e:#}");
+            }
+        }
+    }));
 
     step(4, "assign addresses");
     for (namespace, address) in namespaces.iter().zip(ADDRESSES) {

@@ -404,14 +404,15 @@ impl Lab {
             stop: Arc::new(Doorbell::new().context("create the ports' stop pipe")?),
             threads: Vec::new(),
         };
-        for port in opened {
-            let stop = Arc::clone(&ports.stop);
-            ports.threads.push(std::thread::spawn(move || {
-                if let Err(e) = port.serve(&stop) {
-                    eprintln!("guestnet bench: TAP port failed: {e:#}");
+        // Served together, as `guestnet tap --ifname … --ifname …` and the demo do.
+        let stop = Arc::clone(&ports.stop);
+        ports.threads.push(std::thread::spawn(move || {
+            for (ifname, result) in TapPort::serve_all(opened, &stop) {
+                if let Err(e) = result {
+                    eprintln!("guestnet bench: TAP port {ifname} failed: {e:#}");
                 }
-            }));
-        }
+            }
+        }));
         self.ports = Some(ports);
         for (namespace, address) in self.guestnet.iter().zip(GUESTNET_ADDRESSES) {
             netns::add_address(namespace, TAP_IFNAME, address)?;

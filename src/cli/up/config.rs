@@ -424,13 +424,24 @@ impl Checker<'_> {
         if kind == "tap"
             && let Some(ifnames) = table.get("ifname")
         {
-            let netns = table.get("netns").and_then(|n| n.get_ref().as_str());
-            let where_ = netns.map_or("the host".to_string(), |ns| format!("namespace {ns}"));
+            // `netns` once for every interface, or once per interface in order.
+            let netns: Vec<Option<&str>> = match table.get("netns").map(|n| n.get_ref()) {
+                None => Vec::new(),
+                Some(DeValue::Array(items)) => items.iter().map(|n| n.get_ref().as_str()).collect(),
+                Some(one) => vec![one.as_str()],
+            };
             let values: Vec<&Value<'_>> = match ifnames.get_ref() {
                 DeValue::Array(items) => items.iter().collect(),
                 _ => vec![ifnames],
             };
-            for item in values {
+            for (i, item) in values.iter().enumerate() {
+                let namespace = match netns.as_slice() {
+                    [] => None,
+                    [one] => *one,
+                    several => several.get(i).copied().flatten(),
+                };
+                let where_ =
+                    namespace.map_or("the host".to_string(), |ns| format!("namespace {ns}"));
                 if let Some(ifname) = item.get_ref().as_str() {
                     claims.push((
                         format!("interface {ifname} in {where_}"),
@@ -469,6 +480,13 @@ impl Checker<'_> {
         else {
             return;
         };
+        if let Command::Tap(tap) = &cli.command
+            && let Err(e) = tap.namespaces()
+        {
+            let at = table.get("netns").map_or(span.clone(), |n| n.span());
+            self.error(at, Some("netns"), e.to_string());
+            return;
+        }
         // A TAP that `up` creates keeps its MAC across restarts.
         if let Command::Tap(tap) = &cli.command
             && tap.mac.is_none()
@@ -476,7 +494,7 @@ impl Checker<'_> {
             && let [ifname] = tap.ifnames.as_slice()
             && let Some(network) = network
         {
-            let mac = derived_tap_mac(network, tap.netns.as_deref(), ifname);
+            let mac = derived_tap_mac(network, tap.netns.first().map(String::as_str), ifname);
             args.push(format!("--mac={mac}"));
         }
         let line = self.position(span.start).0;
@@ -859,13 +877,45 @@ mod tests {
     #[test]
     fn a_wrong_type_is_refused_with_its_key() {
         let errors = errors(
-            "[[network]]\nname = \"lab\"\n[[network.port]]\ntype = \"tap\"\nifname = \"gn0\"\nattach = \"yes\"\nnetns = [\"a\", \"b\"]\n",
+            "[[network]]\nname = \"lab\"\n[[network.port]]\ntype = \"tap\"\nifname = \"gn0\"\nattach = \"yes\"\nmac = [\"02:00:00:00:00:01\", \"02:00:00:00:00:02\"]\n",
         );
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(errors[0].key.as_deref(), Some("attach"));
         assert!(errors[0].message.contains("is a flag"), "{errors:?}");
-        assert_eq!(errors[1].key.as_deref(), Some("netns"));
+        assert_eq!(errors[1].key.as_deref(), Some("mac"));
         assert!(errors[1].message.contains("one value"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_tap_table_names_one_namespace_or_one_per_interface() {
+        let config = parse(
+            "test.toml",
+            "[[network]]\nname = \"lab\"\n[[network.port]]\ntype = \"tap\"\nifname = [\"gn0\", \"gn0\"]\nnetns = [\"red\", \"blue\"]\n",
+        )
+        .expect("one namespace per interface");
+        assert_eq!(config.children.len(), 1);
+        assert!(
+            config.children[0]
+                .args
+                .contains(&"--netns=blue".to_string()),
+            "{:?}",
+            config.children[0].args
+        );
+        let refused = errors(
+            "[[network]]\nname = \"lab\"\n[[network.port]]\ntype = \"tap\"\nifname = [\"a\", \"b\", \"c\"]\nnetns = [\"red\", \"blue\"]\n",
+        );
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].key.as_deref(), Some("netns"));
+        assert!(
+            refused[0].message.contains("once per --ifname"),
+            "{refused:?}"
+        );
+        // The same interface name in two namespaces is two interfaces; twice in one is not.
+        let twice = errors(
+            "[[network]]\nname = \"lab\"\n[[network.port]]\ntype = \"tap\"\nifname = [\"gn0\", \"gn0\"]\nnetns = [\"red\", \"red\"]\n",
+        );
+        assert_eq!(twice.len(), 1, "{twice:?}");
+        assert!(twice[0].message.contains("already used"), "{twice:?}");
     }
 
     #[test]

@@ -27,6 +27,12 @@
 //!   drains to the device, then reads the stack's answers itself (`frames.rs`);
 //! * the **monitor** listens to link events.
 //!
+//! A process may serve several devices, each in its own namespace
+//! ([`TapPort::serve_all`], `guestnet tap --ifname … --netns … --ifname … --netns …`):
+//! then a frame from one of them to another is written straight to that device by the
+//! thread that read it, and the answer read back at once, with no thread woken on the
+//! way (see `frames.rs`).
+//!
 //! Any of them that meets the end of the device (deleted with `ip link del`) rings the
 //! port's own doorbell, so the others stop too; a port's [`serve`](TapPort::serve) also
 //! returns when the caller's stop doorbell rings (on SIGINT or SIGTERM in the command).
@@ -59,7 +65,7 @@ use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 use crate::network::Control;
 use crate::network::IoError;
 use crate::network::offloads;
-use crate::network::{JoinOptions, Network, Peer, PortKind};
+use crate::network::{JoinOptions, Network, Peer, PortKind, Receiver, Sender};
 use crate::wire::MacAddress;
 
 use super::doorbell::Doorbell;
@@ -152,6 +158,8 @@ pub struct TapPort {
     device: SyncDevice,
     /// Whether the device speaks the virtio-net header.
     offload: bool,
+    /// The offload work the device takes (what the peer advertises).
+    takes: u32,
     peer: Peer,
     monitor: LinkMonitor,
     ifname: String,
@@ -218,6 +226,7 @@ impl TapPort {
         let mut port = TapPort {
             device,
             offload,
+            takes: taken,
             peer,
             monitor,
             ifname: options.ifname.clone(),
@@ -291,11 +300,104 @@ impl TapPort {
     /// Moves frames until `stop` rings or the device goes away; the peer has left when
     /// this returns (the device too, unless it was attached to).
     pub fn serve(self, stop: &Doorbell) -> Result<(), TapError> {
+        TapPort::serve_all(vec![self], stop)
+            .pop()
+            .map_or(Ok(()), |(_, result)| result)
+    }
+
+    /// Serves several ports in this process until `stop` rings, each until its device
+    /// goes away: as [`serve`](TapPort::serve) each, and a frame from one of these devices
+    /// to another is written straight to it (see `frames.rs`). Returns each port's
+    /// interface name and outcome, in the order given; a port's peer leaves when it ends.
+    pub fn serve_all(ports: Vec<TapPort>, stop: &Doorbell) -> Vec<(String, Result<(), TapError>)> {
+        let mut devices = Vec::with_capacity(ports.len());
+        let mut links = Vec::with_capacity(ports.len());
+        let mut halves = Vec::with_capacity(ports.len());
+        let mut results: Vec<(String, Result<(), TapError>)> = Vec::with_capacity(ports.len());
+        for port in ports {
+            let ifname = port.ifname.clone();
+            match port.prepare() {
+                Ok((device, link, split)) => {
+                    devices.push(device);
+                    links.push(link);
+                    halves.push(split);
+                }
+                Err(e) => results.push((ifname, Err(e))),
+            }
+        }
+        let frames: Vec<frames::Frames<'_>> = devices
+            .iter()
+            .zip(halves)
+            .map(|(device, halves)| {
+                frames::Frames::new(
+                    &device.device,
+                    (device.offload, device.takes),
+                    halves,
+                    &device.ifname,
+                    &device.closed,
+                )
+            })
+            .collect();
+        let frames = &frames;
+        let served: Vec<Result<(), TapError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = links
+                .into_iter()
+                .zip(&devices)
+                .enumerate()
+                .map(|(own, (mut link, device))| {
+                    let port = &frames[own];
+                    let (closed, ifname) = (&device.closed, device.ifname.as_str());
+                    scope.spawn(move || {
+                        std::thread::scope(|inner| {
+                            let reader = inner.spawn(|| {
+                                port.read_device(frames, stop);
+                                closed.ring();
+                            });
+                            let writer = inner.spawn(|| {
+                                port.write_device(frames, own, stop);
+                                closed.ring();
+                            });
+                            let monitored = follow_link(
+                                &mut link.monitor,
+                                &link.control,
+                                link.published,
+                                stop,
+                                closed,
+                                ifname,
+                            );
+                            closed.ring();
+                            let _ = reader.join();
+                            let _ = writer.join();
+                            // The peer leaves with its last half (the other ports may
+                            // serve on).
+                            port.end();
+                            drop(link);
+                            monitored
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle.join().unwrap_or_else(|_| {
+                        Err(io_error("serve the device")(io::Error::other("panicked")))
+                    })
+                })
+                .collect()
+        });
+        results.extend(devices.iter().map(|d| d.ifname.clone()).zip(served));
+        results
+    }
+
+    /// Makes the device non-blocking and splits the peer, ready to serve.
+    fn prepare(self) -> Result<(Served, Link, (Sender, Receiver)), TapError> {
         let TapPort {
             device,
             offload,
+            takes,
             peer,
-            mut monitor,
+            monitor,
             ifname,
             published,
         } = self;
@@ -304,24 +406,37 @@ impl TapPort {
             .map_err(io_error(format!("make {ifname} non-blocking")))?;
         let closed = Doorbell::new().map_err(io_error("create the port's doorbell"))?;
         let control = peer.control();
-        let (sender, receiver) = peer.split();
-        let frames = frames::Frames::new(&device, offload, sender, &ifname);
-        std::thread::scope(|scope| {
-            let reader = scope.spawn(|| {
-                frames.read_device(stop, &closed);
-                closed.ring();
-            });
-            let writer = scope.spawn(|| {
-                frames.write_device(receiver, stop, &closed);
-                closed.ring();
-            });
-            let monitored = follow_link(&mut monitor, &control, published, stop, &closed, &ifname);
-            closed.ring();
-            let _ = reader.join();
-            let _ = writer.join();
-            monitored
-        })
+        let served = Served {
+            device,
+            offload,
+            takes,
+            ifname,
+            closed,
+        };
+        let link = Link {
+            control,
+            monitor,
+            published,
+        };
+        Ok((served, link, peer.split()))
     }
+}
+
+/// A device being served, as the data path sees it.
+struct Served {
+    device: SyncDevice,
+    offload: bool,
+    takes: u32,
+    ifname: String,
+    /// Rung when the port ends, so its threads stop.
+    closed: Doorbell,
+}
+
+/// What a served port's link monitor needs.
+struct Link {
+    control: Control,
+    monitor: LinkMonitor,
+    published: Published,
 }
 
 /// Runs `work` in a thread that entered network namespace `netns` (or in a thread of our
