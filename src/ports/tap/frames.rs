@@ -211,8 +211,8 @@ impl<'p> Frames<'p> {
 
     /// The writer: network → device, until a doorbell rings or the device goes. After
     /// the frames it writes, it reads the device's answers itself (see the module's
-    /// documentation). `own` is this port's place in `all`.
-    pub(super) fn write_device(&self, all: &[Frames<'_>], own: usize, stop: &Doorbell) {
+    /// documentation).
+    pub(super) fn write_device(&self, all: &[Frames<'_>], stop: &Doorbell) {
         let Some(mut watch) = self.watch() else {
             return;
         };
@@ -228,12 +228,24 @@ impl<'p> Frames<'p> {
                 Some(outbound) => self.drain(outbound),
                 None => return,
             };
-            if written > 0 {
-                // The stack's answers, if the reader is not reading already. A hold by
-                // the rate limit is the reader's to sleep out: what is left keeps the
-                // device readable.
-                answers(all, bit(own));
+            if written == 0 {
+                continue;
             }
+            // The stack's answers, if the reader is not reading already. A hold by the
+            // rate limit is the reader's to sleep out: what is left keeps the device
+            // readable.
+            let Some(mut inbound) = try_lock(&self.inbound) else {
+                continue;
+            };
+            let Some((read, written)) = inbound.as_mut().map(|inbound| self.read(inbound, all))
+            else {
+                return;
+            };
+            drop(inbound);
+            if read == Read::Ended {
+                return;
+            }
+            answers(all, written);
         }
     }
 

@@ -354,7 +354,7 @@ impl TapPort {
                                 closed.ring();
                             });
                             let writer = inner.spawn(|| {
-                                port.write_device(frames, own, stop);
+                                port.write_device(frames, stop);
                                 closed.ring();
                             });
                             let monitored = follow_link(
