@@ -308,7 +308,7 @@ impl TapPort {
     /// Serves several ports in this process until `stop` rings, each until its device
     /// goes away: as [`serve`](TapPort::serve) each, and a frame from one of these devices
     /// to another is written straight to it (see `frames.rs`). Returns each port's
-    /// interface name and outcome, in the order given; a port's peer leaves when it ends.
+    /// interface name and outcome; a port's peer leaves when it ends.
     pub fn serve_all(ports: Vec<TapPort>, stop: &Doorbell) -> Vec<(String, Result<(), TapError>)> {
         let mut devices = Vec::with_capacity(ports.len());
         let mut links = Vec::with_capacity(ports.len());

@@ -663,7 +663,7 @@ pub fn place(
 }
 
 /// Before a round's first frame for a receive queue: asks for the lines of the used
-/// entries the round is about to write and of the first [`RX_AHEAD`] buffers the guest
+/// entries the round is about to write and of the first `RX_AHEAD` buffers the guest
 /// posted, writable. The used
 /// entries sit in lines the guest's driver read last, and the buffers in lines its core
 /// may hold; each store into one would otherwise wait for that core to give it up, and
