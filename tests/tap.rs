@@ -72,58 +72,60 @@ impl Lab {
 
     /// A namespace per entry of `args`, its TAP port started with those extra options.
     fn with_args(test: &str, args: &[&[&str]]) -> Lab {
+        let mut lab = Lab::empty();
+        for (i, &extra) in args.iter().enumerate() {
+            lab.add_namespace(test);
+            let tap = lab.start_tap(i, extra);
+            lab.taps.push(tap);
+            lab.give_address(i);
+        }
+        lab
+    }
+
+    /// A network in a private directory, nothing on it yet.
+    fn empty() -> Lab {
         let dir = tempfile::tempdir().expect("temp dir");
         let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
-        let mut lab = Lab {
+        Lab {
             dir,
             network,
             namespaces: Vec::new(),
             taps: Vec::new(),
             shared: None,
-        };
-        for (i, &extra) in args.iter().enumerate() {
-            let namespace = format!("gnt-{}-{test}-{i}", std::process::id());
-            ip(&["netns", "add", &namespace]);
-            lab.namespaces.push(namespace.clone());
-            root_support::ipv6_off(&namespace);
-            let tap = lab.start_tap(i, extra);
-            lab.taps.push(tap);
-            ip(&[
-                "-n",
-                &namespace,
-                "addr",
-                "add",
-                &format!("{}/24", Lab::address(i)),
-                "dev",
-                IFNAME,
-            ]);
         }
-        lab
+    }
+
+    /// Makes the lab's next namespace (IPv6 off), removed with the lab; returns its name.
+    fn add_namespace(&mut self, test: &str) -> String {
+        let namespace = format!(
+            "gnt-{}-{test}-{}",
+            std::process::id(),
+            self.namespaces.len()
+        );
+        ip(&["netns", "add", &namespace]);
+        self.namespaces.push(namespace.clone());
+        root_support::ipv6_off(&namespace);
+        namespace
+    }
+
+    /// Gives namespace `i`'s `gn0` its address.
+    fn give_address(&self, i: usize) {
+        let cidr = format!("{}/24", Lab::address(i));
+        root_support::add_address(&self.namespaces[i], &cidr, IFNAME);
     }
 
     /// `count` namespaces served by one `guestnet tap` process (`--ifname gn0 --netns NS`
     /// per namespace), offloads on: frames between them go straight from device to
     /// device.
     fn together(test: &str, count: usize) -> Lab {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let network = Network::create(dir.path(), "lab", CreateOptions::default()).expect("create");
-        let mut lab = Lab {
-            dir,
-            network,
-            namespaces: Vec::new(),
-            taps: Vec::new(),
-            shared: None,
-        };
+        let mut lab = Lab::empty();
         let mut command = Command::new(BIN);
         command
             .arg("--dir")
             .arg(lab.dir.path())
             .args(["tap", "lab"]);
-        for i in 0..count {
-            let namespace = format!("gnt-{}-{test}-{i}", std::process::id());
-            ip(&["netns", "add", &namespace]);
-            lab.namespaces.push(namespace.clone());
-            root_support::ipv6_off(&namespace);
+        for _ in 0..count {
+            let namespace = lab.add_namespace(test);
             command.args(["--ifname", IFNAME, "--netns", &namespace]);
         }
         let mut child = command
@@ -138,17 +140,8 @@ impl Lab {
             let line = lines
                 .recv_timeout(DEADLINE)
                 .unwrap_or_else(|_| panic!("guestnet tap did not get ready in {DEADLINE:?}"));
-            let tap = Tap::from_ready_line(&line, None);
-            lab.taps.push(tap);
-            ip(&[
-                "-n",
-                &lab.namespaces[i],
-                "addr",
-                "add",
-                &format!("{}/24", Lab::address(i)),
-                "dev",
-                IFNAME,
-            ]);
+            lab.taps.push(Tap::from_ready_line(&line, None));
+            lab.give_address(i);
         }
         lab
     }

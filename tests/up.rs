@@ -218,15 +218,8 @@ impl Lab {
     }
 
     fn configure(&self, i: usize) {
-        ip(&[
-            "-n",
-            &self.namespaces[i],
-            "addr",
-            "add",
-            &format!("{}/24", Lab::address(i)),
-            "dev",
-            "gn0",
-        ]);
+        let cidr = format!("{}/24", Lab::address(i));
+        root_support::add_address(&self.namespaces[i], &cidr, "gn0");
     }
 
     fn pings(&self, from: usize, to: usize) -> bool {

@@ -105,6 +105,12 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+/// Gives `device` in `namespace` the address `cidr` (`10.0.0.1/24`), failing the test if
+/// `ip` fails.
+pub fn add_address(namespace: &str, cidr: &str, device: &str) {
+    ip(&["-n", namespace, "addr", "add", cidr, "dev", device]);
+}
+
 /// A child process that is killed and reaped when the test lets go of it, however the
 /// test ends.
 pub struct KillOnDrop(pub Child);
