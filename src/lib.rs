@@ -67,7 +67,10 @@
 //! its shared memory, so a frame goes from guest buffers into a receiver's ring in one
 //! copy), QEMU's `-netdev stream` and `-netdev dgram` sockets, a pcap capture, a TAP device
 //! in a network namespace, a VXLAN tunnel to other hosts (one uplink peer standing for all
-//! of them). One port process may host many peers, one per connection, VM or device.
+//! of them). One port process may host many peers, one per connection, VM or device;
+//! between the guests of one process (VMs of a vhost-user port, namespaces of a TAP port)
+//! a frame skips the network's ring and goes straight from one to the other, after the
+//! same routing, checks and accounting as any copy ([`network::send::Shortcut`]).
 //! One port is a service rather than a way in: the DHCP server ([`ports::dhcp`]), a
 //! station of its own on the segment that gives the guests addresses and, with a
 //! domain, answers DNS for their names.
