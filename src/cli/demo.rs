@@ -195,14 +195,8 @@ fn demo(lab: &mut Lab, args: &DemoArgs) -> anyhow::Result<()> {
     }
     // Served together, as `guestnet tap --ifname … --ifname …` does: frames between the
     // two devices go straight from one to the other.
-    let stop = Arc::clone(&lab.stop);
-    lab.ports.push(std::thread::spawn(move || {
-        for (ifname, result) in TapPort::serve_all(ports, &stop) {
-            if let Err(e) = result {
-                eprintln!("guestnet: TAP port {ifname} failed: {e:#}");
-            }
-        }
-    }));
+    lab.ports
+        .push(netns::serve_taps(ports, Arc::clone(&lab.stop), "guestnet"));
 
     step(4, "assign addresses");
     for (namespace, address) in namespaces.iter().zip(ADDRESSES) {

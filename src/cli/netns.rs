@@ -10,13 +10,14 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use crate::ports::socket::Doorbell;
+use crate::ports::tap::TapPort;
 
 /// Longest wait for a helper program to say it is listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +41,19 @@ pub fn preflight(command: &str) -> anyhow::Result<()> {
         bail!("{command} needs /dev/net/tun (the tun kernel module: `modprobe tun`)");
     }
     Ok(())
+}
+
+/// Serves `ports` together (one process, frames between them straight across) on a
+/// thread of their own until `stop` rings; a port that fails is reported on stderr by
+/// `who` (the command's name).
+pub fn serve_taps(ports: Vec<TapPort>, stop: Arc<Doorbell>, who: &'static str) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for (ifname, result) in TapPort::serve_all(ports, &stop) {
+            if let Err(e) = result {
+                eprintln!("{who}: TAP port {ifname} failed: {e:#}");
+            }
+        }
+    })
 }
 
 /// Runs `ip ARGS`, failing with its error output.

@@ -405,14 +405,11 @@ impl Lab {
             threads: Vec::new(),
         };
         // Served together, as `guestnet tap --ifname … --ifname …` and the demo do.
-        let stop = Arc::clone(&ports.stop);
-        ports.threads.push(std::thread::spawn(move || {
-            for (ifname, result) in TapPort::serve_all(opened, &stop) {
-                if let Err(e) = result {
-                    eprintln!("guestnet bench: TAP port {ifname} failed: {e:#}");
-                }
-            }
-        }));
+        ports.threads.push(netns::serve_taps(
+            opened,
+            Arc::clone(&ports.stop),
+            "guestnet bench",
+        ));
         self.ports = Some(ports);
         for (namespace, address) in self.guestnet.iter().zip(GUESTNET_ADDRESSES) {
             netns::add_address(namespace, TAP_IFNAME, address)?;

@@ -43,7 +43,7 @@ use crate::network::counters::DropReason;
 use crate::network::offloads;
 use crate::network::rate::Admission;
 use crate::network::send::Shortcut;
-use crate::network::{Receiver, RingWatch, Sender, monotonic_ns};
+use crate::network::{Receiver, Sender, monotonic_ns};
 use crate::ports::batch::FrameBatch;
 use crate::ports::doorbell::Doorbell;
 use crate::ports::locks::{lock, try_lock};
@@ -159,11 +159,6 @@ impl<'p> Frames<'p> {
         }
     }
 
-    /// A watch on the peer's ring for the writer to sleep on.
-    pub(super) fn watch(&self) -> Option<RingWatch> {
-        lock(&self.outbound).as_ref().map(|o| o.receiver.watch())
-    }
-
     /// The port has ended: its peer leaves the network (the halves are dropped), and
     /// other ports' threads no longer write to or read its device.
     pub(super) fn end(&self) {
@@ -213,7 +208,7 @@ impl<'p> Frames<'p> {
     /// the frames it writes, it reads the device's answers itself (see the module's
     /// documentation).
     pub(super) fn write_device(&self, all: &[Frames<'_>], stop: &Doorbell) {
-        let Some(mut watch) = self.watch() else {
+        let Some(mut watch) = lock(&self.outbound).as_ref().map(|o| o.receiver.watch()) else {
             return;
         };
         while !stop.is_rung() && !self.closed.is_rung() {
@@ -234,19 +229,21 @@ impl<'p> Frames<'p> {
             // The stack's answers, if the reader is not reading already. A hold by the
             // rate limit is the reader's to sleep out: what is left keeps the device
             // readable.
-            let Some(mut inbound) = try_lock(&self.inbound) else {
+            let Some((read, written)) = self.read_answers(all) else {
                 continue;
             };
-            let Some((read, written)) = inbound.as_mut().map(|inbound| self.read(inbound, all))
-            else {
-                return;
-            };
-            drop(inbound);
             if read == Read::Ended {
                 return;
             }
             answers(all, written);
         }
+    }
+
+    /// Reads the device unless another thread is reading it (or the port has ended):
+    /// how the read ended and the devices it wrote frames to directly.
+    fn read_answers(&self, all: &[Frames<'_>]) -> Option<(Read, Written)> {
+        let mut inbound = try_lock(&self.inbound)?;
+        Some(self.read(inbound.as_mut()?, all))
     }
 
     /// Writes up to [`WRITE_BUDGET`] frames from the ring to the device; returns how many.
@@ -328,6 +325,7 @@ impl<'p> Frames<'p> {
             monotonic_ns(),
             &mut siblings,
         );
+        siblings.flush();
         // Frames were read: a hold starts with the next read.
         let outcome = match outcome {
             Read::Held(_) => Read::Done,
@@ -355,13 +353,9 @@ fn answers(all: &[Frames<'_>], mut todo: Written) {
         let Some(port) = all.get(index) else {
             return;
         };
-        let Some(mut inbound) = try_lock(&port.inbound) else {
+        let Some((read, written)) = port.read_answers(all) else {
             continue;
         };
-        let Some(inbound) = inbound.as_mut() else {
-            continue;
-        };
-        let (read, written) = port.read(inbound, all);
         if read == Read::Ended {
             port.closed.ring();
         }
@@ -380,6 +374,19 @@ struct Siblings<'s, 'p> {
 }
 
 impl Siblings<'_, '_> {
+    /// After the batch: the receptions counted for each device written to go to its
+    /// peer's counters, one write each.
+    fn flush(&self) {
+        let mut written = self.written;
+        while written != 0 {
+            let place = written.trailing_zeros() as usize;
+            written &= written - 1;
+            if let Some(outbound) = lock(&self.all[place].outbound).as_mut() {
+                outbound.receiver.flush();
+            }
+        }
+    }
+
     /// The place in the port list of the device receiving for peer slot `index`.
     fn place(&self, index: u16) -> Option<usize> {
         self.all
@@ -402,23 +409,20 @@ impl Shortcut for Siblings<'_, '_> {
         if needed & port.takes != needed {
             return false;
         }
-        // Its writer is at work, or its ring holds frames: this copy and the batch's
-        // next ones for it go through the ring, behind them.
-        let Some(mut outbound) = try_lock(&port.outbound) else {
+        // Its writer is at work, its port has ended, or its ring holds frames: this copy
+        // and the batch's next ones for it go through the ring, behind them.
+        let mut outbound = try_lock(&port.outbound);
+        let Some(Outbound { receiver, failed }) = outbound
+            .as_deref_mut()
+            .and_then(Option::as_mut)
+            .filter(|o| o.receiver.ring_is_empty())
+        else {
             self.shut |= bit(place);
             return false;
         };
-        let Some(Outbound { receiver, failed }) = outbound.as_mut() else {
-            self.shut |= bit(place);
-            return false;
-        };
-        if !receiver.ring_is_empty() {
-            self.shut |= bit(place);
-            return false;
-        }
         port.write(failed, hdr, frame);
+        // Written to the peer's counters once per batch ([`Siblings::flush`]).
         receiver.count_received(frame.len());
-        receiver.flush();
         self.written |= bit(place);
         true
     }
