@@ -2,7 +2,9 @@
 //!
 //! One round: take the running receive queues, write the frames held over from the last
 //! round, then up to [`RX_BUDGET`] frames from the peer's ring, each straight from the
-//! network's copy into guest buffers; then signal each queue that got frames once. When
+//! network's copy into guest buffers; then signal each queue that got frames once (a round
+//! with nothing held and nothing in the ring, the usual one for a guest whose frames come
+//! straight from other lanes, only notes whether a queue runs, for the link). When
 //! the guest has no buffers left, the frames taken are held (in order) and the lane is
 //! *blocked*: the engine then sleeps on the receive queues' kicks rather than on the ring,
 //! and frames behind those stay in the network's ring, where senders count them as
@@ -80,6 +82,16 @@ impl RxHalf {
         enabled_by_default: bool,
         seen: u64,
     ) -> usize {
+        // Nothing held and nothing in the ring: the usual round of a lane whose frames
+        // come past the ring, straight from other lanes. The link is all there is to keep;
+        // opening the queues (their locks, their rings looked up in guest memory) and
+        // finishing them would cost more than the rest of the round. A queue whose ring
+        // left guest memory is found the next time a frame is there to deliver.
+        if self.held.is_empty() && self.receiver.ring_is_empty() {
+            self.blocked = false;
+            shared.engine_link(any_running(shared, enabled_by_default), seen);
+            return 0;
+        }
         let Some(mut delivery) = Delivery::open(shared, mem, enabled_by_default) else {
             shared.engine_link(false, seen);
             return 0;
@@ -171,6 +183,15 @@ impl RxHalf {
         );
         self.held.clear();
     }
+}
+
+/// Whether any of the lane's receive queues runs.
+fn any_running(shared: &Shared<'_>, enabled_by_default: bool) -> bool {
+    shared
+        .vrings
+        .iter()
+        .step_by(2)
+        .any(|vring| lock(vring).running(enabled_by_default))
 }
 
 /// A lane's running receive queues, locked for a round of its own or for another lane's
