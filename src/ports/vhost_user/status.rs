@@ -125,9 +125,13 @@ counters! {
 
 impl Counters {
     /// Adds `n` to `counter`. Relaxed: a counter orders nothing, it is only read for
-    /// `status`.
+    /// `status`. Nothing is added most of the time (the engine reports its ring access
+    /// failures and a round's frames every round), and a locked add of nothing would
+    /// still cost its cycles.
     pub(super) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+        if n != 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 
