@@ -22,6 +22,12 @@ const ANCHOR_SOCKET: &str = "anchor.sock";
 
 /// Frames the receiver takes per `receive` call.
 const RECEIVE_BUDGET: usize = 64;
+/// Frames a receiver takes between two looks at the clock while frames keep coming. The
+/// measured window then closes at most this many frames past its deadline (microseconds
+/// at these rates; the count and the time are read together, so the rate is exact),
+/// instead of the clock being read after every receive call: when calls bring a few
+/// frames each, that was 5 to 13 % of the guestnet receiver's samples under `perf`.
+const CLOCK_EVERY: u64 = 256;
 /// Longest sleep of an idle receiver before it looks at its stop flag again.
 const IDLE_WAIT: Duration = Duration::from_millis(10);
 
@@ -56,7 +62,7 @@ pub(super) fn run(args: WorkerArgs) -> anyhow::Result<()> {
             let mut run = ReceiveRun::new(args.id, deadline);
             while !stop.load(Ordering::Acquire) {
                 let got = peer.receive(RECEIVE_BUDGET, |frame| run.frame(frame));
-                run.tick();
+                run.tick(got);
                 if got == 0 {
                     peer.wait(run.idle_wait());
                 }
@@ -106,9 +112,9 @@ pub(super) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 match socket.recv(&mut buffer) {
                     Ok(len) => {
                         run.frame(&buffer[..len.min(buffer.len())]);
-                        run.tick();
+                        run.tick(1);
                     }
-                    Err(_) => run.tick(),
+                    Err(_) => run.tick(0),
                 }
             }
             socket.set_nonblocking(true)?;
@@ -216,6 +222,8 @@ struct ReceiveRun {
     start: u64,
     deadline: u64,
     received: u64,
+    /// `received` when the clock was last read.
+    clock_read_at: u64,
     in_window: Option<(u64, u64)>,
     sequences: SequenceCheck,
     latency: LatencySamples,
@@ -227,6 +235,7 @@ impl ReceiveRun {
             start: monotonic_ns(),
             deadline,
             received: 0,
+            clock_read_at: 0,
             in_window: None,
             sequences: SequenceCheck::new(senders),
             latency: LatencySamples::default(),
@@ -250,13 +259,19 @@ impl ReceiveRun {
         Duration::from_nanos(self.deadline.saturating_sub(monotonic_ns())).min(IDLE_WAIT)
     }
 
-    /// Called after each receive call; closes the measured window at the deadline.
-    fn tick(&mut self) {
-        if self.in_window.is_none() {
-            let now = monotonic_ns();
-            if now >= self.deadline {
-                self.in_window = Some((self.received, now.saturating_sub(self.start)));
-            }
+    /// Called after each receive call with the frames it brought; closes the measured
+    /// window at the deadline. The clock is read when a call brought nothing, or after
+    /// [`CLOCK_EVERY`] frames.
+    fn tick(&mut self, got: usize) {
+        if self.in_window.is_some()
+            || (got != 0 && self.received - self.clock_read_at < CLOCK_EVERY)
+        {
+            return;
+        }
+        self.clock_read_at = self.received;
+        let now = monotonic_ns();
+        if now >= self.deadline {
+            self.in_window = Some((self.received, now.saturating_sub(self.start)));
         }
     }
 
