@@ -1,6 +1,7 @@
 //! Carrying a batch of frames or datagrams between a socket and the network without
 //! allocating per round.
 
+use std::ops::Range;
 use std::os::fd::AsFd;
 
 /// Frames copied out of a decoder or a ring, stored back to back so that a batch costs
@@ -40,6 +41,57 @@ impl FrameBatch {
         starts
             .zip(self.ends.iter().copied())
             .map(|(start, end)| &self.bytes[start..end])
+    }
+}
+
+/// Frames read straight into the batch's storage, one read each: a frame's only copy on
+/// its way from a device into the network is the read itself. Each frame is what its
+/// read brought less any header in front of it.
+#[derive(Debug, Default)]
+pub(crate) struct ReadBatch {
+    /// Storage, only ever grown: `end` says how much of it the batch uses, so a read into
+    /// it costs no zeroing once it has reached the size of a round.
+    bytes: Vec<u8>,
+    end: usize,
+    /// The length of the room last handed out.
+    room: usize,
+    frames: Vec<Range<usize>>,
+}
+
+impl ReadBatch {
+    pub fn clear(&mut self) {
+        self.end = 0;
+        self.room = 0;
+        self.frames.clear();
+    }
+
+    /// Room for one read of up to `len` bytes, after the batch's last frame. Until
+    /// [`ReadBatch::keep`], what is read there is not part of the batch.
+    pub fn room(&mut self, len: usize) -> &mut [u8] {
+        let needed = self.end + len;
+        if self.bytes.len() < needed {
+            self.bytes.resize(needed, 0);
+        }
+        self.room = len;
+        &mut self.bytes[self.end..needed]
+    }
+
+    /// Keeps bytes `frame` of the last room (clamped to it) as the batch's next frame;
+    /// the room past it is free for the next read.
+    pub fn keep(&mut self, frame: Range<usize>) {
+        let end = frame.end.min(self.room);
+        let start = frame.start.min(end);
+        self.frames.push(self.end + start..self.end + end);
+        self.end += end;
+        self.room = 0;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.frames.iter().map(|frame| &self.bytes[frame.clone()])
     }
 }
 
@@ -141,5 +193,51 @@ mod tests {
         assert_eq!(frames, vec![&b"first"[..], b"", b"third!"]);
         batch.clear();
         assert_eq!(batch.iter().count(), 0);
+    }
+
+    /// Reads `bytes` into a room of `room` bytes, as a device read would.
+    fn read(batch: &mut ReadBatch, room: usize, bytes: &[u8]) -> usize {
+        let space = batch.room(room);
+        let n = bytes.len().min(space.len());
+        space[..n].copy_from_slice(&bytes[..n]);
+        n
+    }
+
+    #[test]
+    fn frames_read_behind_headers_come_back_whole_and_in_order() {
+        let mut batch = ReadBatch::default();
+        for round in 0..3u8 {
+            batch.clear();
+            // A header of 2 bytes in front of each frame; one read is refused (not kept),
+            // and its room is used again by the next.
+            let n = read(&mut batch, 64, &[0xee, 0xee, round, 1, 1, 1]);
+            batch.keep(2..n);
+            read(&mut batch, 64, &[0xee, 0xee, 9, 9]);
+            let n = read(&mut batch, 64, &[0xee, 0xee, round, 2]);
+            batch.keep(2..n);
+            // A frame as long as its room.
+            let long = vec![round; 100];
+            let n = read(&mut batch, 100, &long);
+            batch.keep(0..n);
+            let frames: Vec<Vec<u8>> = batch.iter().map(<[u8]>::to_vec).collect();
+            assert_eq!(
+                frames,
+                vec![vec![round, 1, 1, 1], vec![round, 2], long],
+                "round {round}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kept_range_past_its_room_is_cut_to_it() {
+        let mut batch = ReadBatch::default();
+        read(&mut batch, 4, &[1, 2, 3, 4]);
+        batch.keep(2..1000);
+        read(&mut batch, 4, &[5, 6, 7, 8]);
+        // Reversed: starts past its end (and past the room).
+        let (start, end) = (9, 3);
+        batch.keep(start..end);
+        let frames: Vec<Vec<u8>> = batch.iter().map(<[u8]>::to_vec).collect();
+        assert_eq!(frames, vec![vec![3, 4], vec![]]);
     }
 }

@@ -33,6 +33,7 @@
 //! by the network and counted as `invalid` on this peer.
 
 use std::io;
+use std::ops::Range;
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -44,7 +45,7 @@ use crate::network::offloads;
 use crate::network::rate::Admission;
 use crate::network::send::Shortcut;
 use crate::network::{Receiver, Sender, monotonic_ns};
-use crate::ports::batch::FrameBatch;
+use crate::ports::batch::ReadBatch;
 use crate::ports::doorbell::Doorbell;
 use crate::ports::locks::{lock, try_lock};
 use crate::ports::wait;
@@ -103,8 +104,7 @@ pub(super) struct Frames<'p> {
 /// What reading the device needs: the peer's sending half and the batch's buffers.
 struct Inbound {
     sender: Sender,
-    buffer: Vec<u8>,
-    batch: FrameBatch,
+    batch: ReadBatch,
     headers: Vec<VirtioNetHdr>,
 }
 
@@ -148,8 +148,7 @@ impl<'p> Frames<'p> {
             closed,
             inbound: Mutex::new(Some(Inbound {
                 sender,
-                buffer: vec![0u8; READ_BUFFER],
-                batch: FrameBatch::default(),
+                batch: ReadBatch::default(),
                 headers: Vec::with_capacity(READ_BATCH),
             })),
             outbound: Mutex::new(Some(Outbound {
@@ -272,7 +271,6 @@ impl<'p> Frames<'p> {
     fn read(&self, inbound: &mut Inbound, all: &[Frames<'_>]) -> (Read, Written) {
         let Inbound {
             sender,
-            buffer,
             batch,
             headers,
         } = inbound;
@@ -292,12 +290,15 @@ impl<'p> Frames<'p> {
                     break;
                 }
             }
-            match self.device.recv(buffer) {
-                Ok(len) => match from_device(&buffer[..len.min(buffer.len())], self.offload) {
+            // Read straight into the batch: the read is the frame's one copy on its way
+            // into the network (and to a device of this process, past the ring).
+            let room = batch.room(READ_BUFFER);
+            match self.device.recv(room) {
+                Ok(len) => match from_device(&room[..len.min(room.len())], self.offload) {
                     Ok((hdr, frame)) => {
                         batch_bytes += frame.len() as u64;
                         headers.push(hdr);
-                        batch.push(frame);
+                        batch.keep(frame);
                     }
                     Err(reason) => sender.count_drop(reason),
                 },
@@ -440,14 +441,14 @@ impl Shortcut for Siblings<'_, '_> {
     }
 }
 
-/// The frame inside what was read from the device, and its offload header when the
-/// device speaks one. A read too short to hold the header is counted as invalid.
-fn from_device(read: &[u8], offload: bool) -> Result<(VirtioNetHdr, &[u8]), DropReason> {
+/// Where the frame lies in what was read from the device, and its offload header when
+/// the device speaks one. A read too short to hold the header is counted as invalid.
+fn from_device(read: &[u8], offload: bool) -> Result<(VirtioNetHdr, Range<usize>), DropReason> {
     if !offload {
-        return Ok((VirtioNetHdr::default(), read));
+        return Ok((VirtioNetHdr::default(), 0..read.len()));
     }
     let hdr = VirtioNetHdr::parse(read, LEGACY_HEADER_LEN).map_err(|_| DropReason::Invalid)?;
-    Ok((hdr, &read[LEGACY_HEADER_LEN..]))
+    Ok((hdr, LEGACY_HEADER_LEN..read.len()))
 }
 
 /// Writes one frame from the network to the device, behind its offload header when the
