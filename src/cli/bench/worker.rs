@@ -112,9 +112,9 @@ pub(super) fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 match socket.recv(&mut buffer) {
                     Ok(len) => {
                         run.frame(&buffer[..len.min(buffer.len())]);
-                        run.tick(1);
+                        run.close_at_deadline();
                     }
-                    Err(_) => run.tick(0),
+                    Err(_) => run.close_at_deadline(),
                 }
             }
             socket.set_nonblocking(true)?;
@@ -259,13 +259,19 @@ impl ReceiveRun {
         Duration::from_nanos(self.deadline.saturating_sub(monotonic_ns())).min(IDLE_WAIT)
     }
 
-    /// Called after each receive call with the frames it brought; closes the measured
-    /// window at the deadline. The clock is read when a call brought nothing, or after
-    /// [`CLOCK_EVERY`] frames.
+    /// Called after each receive call with the frames it brought: closes the measured
+    /// window once past the deadline, looking at the clock when a call brought nothing
+    /// or after [`CLOCK_EVERY`] frames.
     fn tick(&mut self, got: usize) {
-        if self.in_window.is_some()
-            || (got != 0 && self.received - self.clock_read_at < CLOCK_EVERY)
-        {
+        if got == 0 || self.received - self.clock_read_at >= CLOCK_EVERY {
+            self.close_at_deadline();
+        }
+    }
+
+    /// Closes the measured window if the deadline has passed. (The anchor's receiver calls
+    /// this after every datagram: its system call per frame dwarfs a look at the clock.)
+    fn close_at_deadline(&mut self) {
+        if self.in_window.is_some() {
             return;
         }
         self.clock_read_at = self.received;
@@ -290,5 +296,46 @@ impl ReceiveRun {
             latency_ns: self.latency.percentiles(),
             ..ReceiverReport::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_closes_past_its_deadline_on_an_empty_call_or_after_clock_every_frames() {
+        // A deadline already passed: only whether the clock is looked at decides.
+        let mut run = ReceiveRun::new(1, 0);
+        run.received = 3;
+        run.tick(3);
+        assert_eq!(
+            run.in_window, None,
+            "a few frames in: the clock is not read"
+        );
+        run.received = CLOCK_EVERY;
+        run.tick(5);
+        assert_eq!(run.in_window.map(|(n, _)| n), Some(CLOCK_EVERY));
+        run.received += 10;
+        run.tick(0);
+        assert_eq!(
+            run.in_window.map(|(n, _)| n),
+            Some(CLOCK_EVERY),
+            "closed once"
+        );
+
+        let mut idle = ReceiveRun::new(1, 0);
+        idle.tick(0);
+        assert_eq!(
+            idle.in_window.map(|(n, _)| n),
+            Some(0),
+            "an empty call looks"
+        );
+
+        let mut early = ReceiveRun::new(1, u64::MAX);
+        early.received = 2 * CLOCK_EVERY;
+        early.tick(0);
+        early.close_at_deadline();
+        assert_eq!(early.in_window, None, "not before the deadline");
     }
 }
