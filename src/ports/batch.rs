@@ -4,53 +4,14 @@
 use std::ops::Range;
 use std::os::fd::AsFd;
 
-/// Frames copied out of a decoder or a ring, stored back to back so that a batch costs
-/// no allocation once warmed up.
+/// Frames stored one after the other in one buffer, so that a batch costs no allocation
+/// once warmed up: copied in ([`FrameBatch::push`], from a decoder or a ring), or read
+/// straight into it ([`FrameBatch::room`] then [`FrameBatch::keep`], from a device), in
+/// which case the read is the frame's only copy on its way into the network.
 #[derive(Debug, Default)]
 pub(crate) struct FrameBatch {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl FrameBatch {
-    pub fn clear(&mut self) {
-        self.bytes.clear();
-        self.ends.clear();
-    }
-
-    pub fn push(&mut self, frame: &[u8]) {
-        self.bytes.extend_from_slice(frame);
-        self.ends.push(self.bytes.len());
-    }
-
-    /// Pushes one frame given as parts written one after the other (a frame retagged on
-    /// its way in, see [`crate::wire::vlan::retag_parts`]).
-    pub fn push_parts(&mut self, parts: &[&[u8]]) {
-        for part in parts {
-            self.bytes.extend_from_slice(part);
-        }
-        self.ends.push(self.bytes.len());
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts
-            .zip(self.ends.iter().copied())
-            .map(|(start, end)| &self.bytes[start..end])
-    }
-}
-
-/// Frames read straight into the batch's storage, one read each: a frame's only copy on
-/// its way from a device into the network is the read itself. Each frame is what its
-/// read brought less any header in front of it.
-#[derive(Debug, Default)]
-pub(crate) struct ReadBatch {
-    /// Storage, only ever grown: `end` says how much of it the batch uses, so a read into
-    /// it costs no zeroing once it has reached the size of a round.
+    /// Storage, only ever grown: `end` says how much of it the batch uses, so filling it
+    /// costs no zeroing once it has reached the size of a round.
     bytes: Vec<u8>,
     end: usize,
     /// The length of the room last handed out.
@@ -58,15 +19,32 @@ pub(crate) struct ReadBatch {
     frames: Vec<Range<usize>>,
 }
 
-impl ReadBatch {
+impl FrameBatch {
     pub fn clear(&mut self) {
         self.end = 0;
         self.room = 0;
         self.frames.clear();
     }
 
+    pub fn push(&mut self, frame: &[u8]) {
+        self.push_parts(&[frame]);
+    }
+
+    /// Pushes one frame given as parts written one after the other (a frame retagged on
+    /// its way in, see [`crate::wire::vlan::retag_parts`]).
+    pub fn push_parts(&mut self, parts: &[&[u8]]) {
+        let len = parts.iter().map(|part| part.len()).sum();
+        let room = self.room(len);
+        let mut at = 0;
+        for part in parts {
+            room[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        self.keep(0..len);
+    }
+
     /// Room for one read of up to `len` bytes, after the batch's last frame. Until
-    /// [`ReadBatch::keep`], what is read there is not part of the batch.
+    /// [`FrameBatch::keep`], what is read there is not part of the batch.
     pub fn room(&mut self, len: usize) -> &mut [u8] {
         let needed = self.end + len;
         if self.bytes.len() < needed {
@@ -76,8 +54,9 @@ impl ReadBatch {
         &mut self.bytes[self.end..needed]
     }
 
-    /// Keeps bytes `frame` of the last room (clamped to it) as the batch's next frame;
-    /// the room past it is free for the next read.
+    /// Keeps bytes `frame` of the last room (clamped to it) as the batch's next frame,
+    /// leaving out whatever header the read brought in front of it; the room past it is
+    /// free for the next read.
     pub fn keep(&mut self, frame: Range<usize>) {
         let end = frame.end.min(self.room);
         let start = frame.start.min(end);
@@ -196,7 +175,7 @@ mod tests {
     }
 
     /// Reads `bytes` into a room of `room` bytes, as a device read would.
-    fn read(batch: &mut ReadBatch, room: usize, bytes: &[u8]) -> usize {
+    fn read(batch: &mut FrameBatch, room: usize, bytes: &[u8]) -> usize {
         let space = batch.room(room);
         let n = bytes.len().min(space.len());
         space[..n].copy_from_slice(&bytes[..n]);
@@ -205,7 +184,7 @@ mod tests {
 
     #[test]
     fn frames_read_behind_headers_come_back_whole_and_in_order() {
-        let mut batch = ReadBatch::default();
+        let mut batch = FrameBatch::default();
         for round in 0..3u8 {
             batch.clear();
             // A header of 2 bytes in front of each frame; one read is refused (not kept),
@@ -230,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_kept_range_past_its_room_is_cut_to_it() {
-        let mut batch = ReadBatch::default();
+        let mut batch = FrameBatch::default();
         read(&mut batch, 4, &[1, 2, 3, 4]);
         batch.keep(2..1000);
         read(&mut batch, 4, &[5, 6, 7, 8]);

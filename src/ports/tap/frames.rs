@@ -45,7 +45,7 @@ use crate::network::offloads;
 use crate::network::rate::Admission;
 use crate::network::send::Shortcut;
 use crate::network::{Receiver, Sender, monotonic_ns};
-use crate::ports::batch::ReadBatch;
+use crate::ports::batch::FrameBatch;
 use crate::ports::doorbell::Doorbell;
 use crate::ports::locks::{lock, try_lock};
 use crate::ports::wait;
@@ -104,7 +104,7 @@ pub(super) struct Frames<'p> {
 /// What reading the device needs: the peer's sending half and the batch's buffers.
 struct Inbound {
     sender: Sender,
-    batch: ReadBatch,
+    batch: FrameBatch,
     headers: Vec<VirtioNetHdr>,
 }
 
@@ -148,7 +148,7 @@ impl<'p> Frames<'p> {
             closed,
             inbound: Mutex::new(Some(Inbound {
                 sender,
-                batch: ReadBatch::default(),
+                batch: FrameBatch::default(),
                 headers: Vec::with_capacity(READ_BATCH),
             })),
             outbound: Mutex::new(Some(Outbound {
