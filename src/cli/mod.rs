@@ -34,6 +34,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// The environment variable holding the command's log filter (`tracing`'s `EnvFilter`
+/// syntax, `warn` when unset): `GUESTNET_LOG=debug`, `GUESTNET_LOG=warn,guestnet::ports=info`.
+pub const LOG_VARIABLE: &str = "GUESTNET_LOG";
+
 /// A shared virtual Ethernet for the VMs, namespaces and processes of one host.
 #[derive(Debug, Parser)]
 #[command(

@@ -77,6 +77,7 @@ use super::netns::TAP_RING_SLOTS;
 use super::process::{Interrupt, Workspace, allowed_cpus, machine};
 use super::testpmd::{self, HugePages, Instance, Memory, PortStats, Testpmd};
 use crate::bench::Throughput;
+use crate::cli::LOG_VARIABLE;
 use crate::ports::vhost_user::MAX_QUEUE_PAIRS;
 use switch::{BURST, MACS, POLL_INTERVAL, SIDES, Switch};
 
@@ -252,6 +253,12 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         list(&cpus.frontends),
         args.seconds
     ));
+    if std::env::var_os(LOG_VARIABLE).is_none() {
+        progress(&format!(
+            "the frontends' guest memory is not sealed (DPDK's never is), which the port \
+             warns about for every connection; left out of this run ({LOG_VARIABLE}=warn shows it)"
+        ));
+    }
     // One queue pair first, for comparison, when the run is about several.
     let counts = if args.queues > 1 {
         vec![1, args.queues]

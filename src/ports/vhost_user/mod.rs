@@ -95,6 +95,12 @@ use engine::Engine;
 use state::{Info, Socket};
 
 pub use datapath::{MAX_QUEUE_SIZE, feature};
+
+/// The `tracing` target of the warning that a frontend's guest memory is not sealed against
+/// shrinking (once per connection), so that a filter can pick it out: `guestnet bench
+/// --vhost-user` leaves it out, since DPDK's frontends never seal theirs and the run's
+/// memory is its own.
+pub const UNSEALED_MEMORY: &str = "guestnet::unsealed_memory";
 pub use memory::MAX_MEM_SLOTS;
 pub use state::QUARANTINE_FAULTS;
 pub use status::{

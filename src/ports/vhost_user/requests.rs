@@ -351,6 +351,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
         if !memory.sealed() && !self.warned_unsealed {
             self.warned_unsealed = true;
             tracing::warn!(
+                target: super::UNSEALED_MEMORY,
                 port = %self.label,
                 "the guest's memory file is not sealed against shrinking: the frontend could \
                  make this process fault, and every VM it serves lose its network; QEMU's \
