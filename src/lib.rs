@@ -136,6 +136,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod network;
 pub mod ports;
