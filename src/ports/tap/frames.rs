@@ -322,7 +322,7 @@ impl<'p> Frames<'p> {
             written: 0,
         };
         sender.send_batch_via(
-            headers.iter().copied().zip(batch.iter()),
+            headers.iter().zip(batch.iter()),
             monotonic_ns(),
             &mut siblings,
         );

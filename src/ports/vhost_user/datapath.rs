@@ -262,10 +262,10 @@ impl TxBatch {
     }
 
     /// The frames, with their headers.
-    pub fn iter(&self) -> impl Iterator<Item = (VirtioNetHdr, &[u8])> {
+    pub fn iter(&self) -> impl Iterator<Item = (&VirtioNetHdr, &[u8])> {
         self.frames
             .iter()
-            .filter_map(|(hdr, range)| Some((*hdr, self.bytes.get(range.clone())?)))
+            .filter_map(|(hdr, range)| Some((hdr, self.bytes.get(range.clone())?)))
     }
 
     /// Number of frames.
@@ -916,7 +916,7 @@ mod tests {
             &mut batch,
             |f| faults.push(f),
         );
-        let frames = batch.iter().map(|(h, f)| (h, f.to_vec())).collect();
+        let frames = batch.iter().map(|(h, f)| (*h, f.to_vec())).collect();
         (frames, faults)
     }
 

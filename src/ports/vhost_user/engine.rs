@@ -313,7 +313,7 @@ impl<'a> Lane<'a> {
         sender.set_hold_back(HOLD_BACK);
         // An empty batch: the sender reads its rate limit now, before the first round
         // takes frames it would have to refuse.
-        sender.send_batch_offloaded(std::iter::empty());
+        sender.send_batch_offloaded(no_frames());
         Lane {
             _release: Release(released),
             shared,
@@ -400,7 +400,7 @@ impl<'a> Lane<'a> {
                 // The hold is over: an empty batch has the sender read its limit again,
                 // in case it was changed or lifted meanwhile.
                 self.held_until = 0;
-                self.sender.send_batch_offloaded_at(std::iter::empty(), now);
+                self.sender.send_batch_offloaded_at(no_frames(), now);
             }
             let queues = self.shared.vrings.len() / 2;
             let first = self.tx_turn % queues.max(1);
@@ -672,6 +672,11 @@ impl Shortcut for Neighbours<'_, '_> {
     }
 }
 
+/// An empty batch: sending it has the sender read its rate limit again.
+fn no_frames() -> std::iter::Empty<(VirtioNetHdr, &'static [u8])> {
+    std::iter::empty()
+}
+
 /// Takes one round of a transmit queue into `batch`: as much as the sender's rate limit
 /// lets through at `now` (see [`Sender::rate_admission`]). Returns the chains taken and, when the
 /// queue is held back, for how long (0: it is not).
@@ -813,7 +818,7 @@ mod tests {
         let (index, mac) = (peer.index(), peer.mac());
         let (mut sender, _) = peer.split();
         // As a lane does when it is made: the sender reads its limit.
-        sender.send_batch_offloaded_at(std::iter::empty(), 0);
+        sender.send_batch_offloaded_at(no_frames(), 0);
         (net, sender, index, mac, receiver)
     }
 
@@ -878,7 +883,7 @@ mod tests {
         // The operator lifts the limit; the sender reads it with its next batch (the
         // engine sends an empty one when a hold ends).
         sender.control().set_rate(0, 0).unwrap();
-        sender.send_batch_offloaded_at(std::iter::empty(), hold);
+        sender.send_batch_offloaded_at(no_frames(), hold);
         assert_eq!(guest.round(&mut sender, hold), (18, 0));
         let mut received = 0;
         receiver.receive(usize::MAX, |_| received += 1);

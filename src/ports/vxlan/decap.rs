@@ -206,7 +206,7 @@ impl<'a> Decapsulator<'a> {
         }
         drop(state);
         if !self.batch.is_empty() {
-            let frames = self.offloads.iter().copied().zip(self.batch.iter());
+            let frames = self.offloads.iter().zip(self.batch.iter());
             self.sender.send_batch_offloaded(frames);
         } else if refused_inner {
             self.sender.flush();
