@@ -276,6 +276,14 @@ impl Sender {
         accepted
     }
 
+    /// Reads the peer table and the rate limit again at `now_ns`, as a batch's start does,
+    /// without sending anything: for a port about to take frames under a limit that may
+    /// have changed (a vhost-user lane when it starts and when a hold ends).
+    pub fn refresh_at(&mut self, now_ns: u64) {
+        self.begin_batch(now_ns);
+        self.end_batch();
+    }
+
     /// Sends frames as one batch; returns how many were accepted (routed). Each refusal
     /// and each dropped copy is counted in the peer's counters.
     pub fn send_batch<'a>(&mut self, frames: impl IntoIterator<Item = &'a [u8]>) -> usize {

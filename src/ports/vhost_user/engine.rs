@@ -311,9 +311,9 @@ impl<'a> Lane<'a> {
     ) -> Lane<'a> {
         let mut sender = sender;
         sender.set_hold_back(HOLD_BACK);
-        // An empty batch: the sender reads its rate limit now, before the first round
-        // takes frames it would have to refuse.
-        sender.send_batch_offloaded(no_frames());
+        // The sender reads its rate limit now, before the first round takes frames it
+        // would have to refuse.
+        sender.refresh_at(monotonic_ns());
         Lane {
             _release: Release(released),
             shared,
@@ -397,10 +397,10 @@ impl<'a> Lane<'a> {
         let mut moved = 0;
         if self.held_until <= now {
             if self.held_until != 0 {
-                // The hold is over: an empty batch has the sender read its limit again,
-                // in case it was changed or lifted meanwhile.
+                // The hold is over: the sender reads its limit again, in case it was
+                // changed or lifted meanwhile.
                 self.held_until = 0;
-                self.sender.send_batch_offloaded_at(no_frames(), now);
+                self.sender.refresh_at(now);
             }
             let queues = self.shared.vrings.len() / 2;
             let first = self.tx_turn % queues.max(1);
@@ -672,11 +672,6 @@ impl Shortcut for Neighbours<'_, '_> {
     }
 }
 
-/// An empty batch: sending it has the sender read its rate limit again.
-fn no_frames() -> std::iter::Empty<(VirtioNetHdr, &'static [u8])> {
-    std::iter::empty()
-}
-
 /// Takes one round of a transmit queue into `batch`: as much as the sender's rate limit
 /// lets through at `now` (see [`Sender::rate_admission`]). Returns the chains taken and, when the
 /// queue is held back, for how long (0: it is not).
@@ -818,7 +813,7 @@ mod tests {
         let (index, mac) = (peer.index(), peer.mac());
         let (mut sender, _) = peer.split();
         // As a lane does when it is made: the sender reads its limit.
-        sender.send_batch_offloaded_at(no_frames(), 0);
+        sender.refresh_at(0);
         (net, sender, index, mac, receiver)
     }
 
@@ -880,10 +875,10 @@ mod tests {
         let (taken, hold) = guest.round(&mut sender, 0);
         assert_eq!(taken, 0);
         assert_eq!(hold, IDLE_SLICE.as_nanos() as u64);
-        // The operator lifts the limit; the sender reads it with its next batch (the
-        // engine sends an empty one when a hold ends).
+        // The operator lifts the limit; the sender reads it again (as the engine has it
+        // do when a hold ends).
         sender.control().set_rate(0, 0).unwrap();
-        sender.send_batch_offloaded_at(no_frames(), hold);
+        sender.refresh_at(hold);
         assert_eq!(guest.round(&mut sender, hold), (18, 0));
         let mut received = 0;
         receiver.receive(usize::MAX, |_| received += 1);
