@@ -638,7 +638,7 @@ fn a_receiver_that_stays_full_is_marked_congested_and_never_waited_for_again_unt
 struct ReadsItself(u16);
 
 impl guestnet::network::send::Shortcut for ReadsItself {
-    fn offer(&mut self, _: u16, _: u32, _: &VirtioNetHdr, _: &[u8]) -> bool {
+    fn offer(&mut self, _: (u16, u32), _: (&VirtioNetHdr, u32), _: &[u8]) -> bool {
         false
     }
 

@@ -443,7 +443,6 @@ impl Sender {
         self.segmented = None;
         // A plain frame needs nothing; any receiver takes it as it is.
         let needed = needed_offloads(&hdr).unwrap_or(u32::MAX);
-        let words = header_words(&hdr);
         let (mut delivered, mut dropped) = (0, 0);
         // A tag right under the frame's own would be read as the frame's VLAN by anyone
         // receiving it with its own tag taken off: double tagging, the classic way to hop
@@ -461,7 +460,7 @@ impl Sender {
             }
             let retag = Retag::between(class.tag, egress);
             let (copies, drops, reason) =
-                self.deliver(destination, frame, (&hdr, words), needed, retag, shortcut);
+                self.deliver(destination, frame, (&hdr, needed), retag, shortcut);
             delivered += copies;
             dropped += drops;
             if let Some(reason) = reason {
@@ -475,13 +474,12 @@ impl Sender {
 
     /// Copies the current frame, retagged for `destination`, into its ring: as it is when
     /// the receiver takes its offloads, else finished in software. `hdr` is the frame's
-    /// offload header with its words as a slot carries them.
+    /// offload header, `needed` the offload work it leaves to the receiver.
     fn deliver(
         &mut self,
         destination: PeerView,
         frame: &[u8],
-        (hdr, words): (&VirtioNetHdr, [u32; 3]),
-        needed: u32,
+        (hdr, needed): (&VirtioNetHdr, u32),
         retag: Option<Retag>,
         shortcut: &mut impl Shortcut,
     ) -> (u32, u32, Option<DropReason>) {
@@ -489,19 +487,23 @@ impl Sender {
             .len()
             .saturating_add_signed(retag.map_or(0, |r| r.delta));
         if destination.offloads & needed == needed && self.fits(len) {
-            let words = match retag.map(|r| r.header(hdr)) {
-                None => words,
-                Some(Ok(moved)) => header_words(&moved),
+            let moved = match retag.map(|r| r.header(hdr)) {
+                None => None,
+                Some(Ok(moved)) => Some(moved),
                 Some(Err(reason)) => return (0, 1, Some(reason)),
             };
             if let Err(reason) = self.admit(destination) {
                 return (0, 1, Some(reason));
             }
             let index = destination.index;
-            if retag.is_none() && shortcut.offer(index, destination.generation, hdr, frame) {
+            if retag.is_none()
+                && shortcut.offer((index, destination.generation), (hdr, needed), frame)
+            {
                 self.pending.add(slot::TX_DELIVERIES, 1);
                 return (1, 0, None);
             }
+            // The header's words as a slot carries them, only for a copy that takes a slot.
+            let words = header_words(moved.as_ref().unwrap_or(hdr));
             shortcut.queued(index);
             let may_wait = !shortcut.serves(index);
             match self.push(destination, frame, retag, words, may_wait) {

@@ -15,11 +15,13 @@ use crate::wire::virtio_net::VirtioNetHdr;
 /// copy for a receiver went into its ring after all, and no later copy for that receiver
 /// may then overtake it.
 pub trait Shortcut {
-    /// Offers one copy, with its offload header, for the receiver at peer slot `index`
-    /// joined as `generation`. Returns whether it was taken: written to the receiver (and
-    /// counted on its side), or dropped there and counted. A copy not taken goes into
-    /// the receiver's ring.
-    fn offer(&mut self, index: u16, generation: u32, hdr: &VirtioNetHdr, frame: &[u8]) -> bool;
+    /// Offers one copy for the receiver at peer slot `index` joined as `generation`
+    /// (`peer`), with its offload header and the offload work that header leaves to the
+    /// receiver (`copy`: `needed` as [`crate::network::offloads::needed_offloads`] gives
+    /// it, every bit when it names none). Returns whether it was taken: written to the receiver (and counted
+    /// on its side), or dropped there and counted. A copy not taken goes into the
+    /// receiver's ring.
+    fn offer(&mut self, peer: (u16, u32), copy: (&VirtioNetHdr, u32), frame: &[u8]) -> bool;
 
     /// A copy for the receiver at peer slot `index` went into its ring.
     fn queued(&mut self, index: u16);
@@ -36,7 +38,7 @@ pub struct NoShortcut;
 
 impl Shortcut for NoShortcut {
     #[inline]
-    fn offer(&mut self, _: u16, _: u32, _: &VirtioNetHdr, _: &[u8]) -> bool {
+    fn offer(&mut self, _: (u16, u32), _: (&VirtioNetHdr, u32), _: &[u8]) -> bool {
         false
     }
 

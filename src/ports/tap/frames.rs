@@ -41,7 +41,6 @@ use std::time::Duration;
 use tun_rs::SyncDevice;
 
 use crate::network::counters::DropReason;
-use crate::network::offloads;
 use crate::network::rate::Admission;
 use crate::network::send::Shortcut;
 use crate::network::{Receiver, Sender, monotonic_ns};
@@ -398,7 +397,12 @@ impl Siblings<'_, '_> {
 }
 
 impl Shortcut for Siblings<'_, '_> {
-    fn offer(&mut self, index: u16, generation: u32, hdr: &VirtioNetHdr, frame: &[u8]) -> bool {
+    fn offer(
+        &mut self,
+        (index, generation): (u16, u32),
+        (hdr, needed): (&VirtioNetHdr, u32),
+        frame: &[u8],
+    ) -> bool {
         let Some(place) = self.place(index) else {
             return false;
         };
@@ -406,7 +410,6 @@ impl Shortcut for Siblings<'_, '_> {
         if port.peer.1 != generation || self.shut & bit(place) != 0 {
             return false;
         }
-        let needed = offloads::needed_offloads(hdr).unwrap_or(u32::MAX);
         if needed & port.takes != needed {
             return false;
         }

@@ -69,7 +69,6 @@ use super::rx::RxHalf;
 use super::state::{Negotiated, Released, Shared, drain_eventfd, lock};
 use super::status::Counters;
 use crate::network::counters::DropReason;
-use crate::network::offloads;
 use crate::network::rate::Admission;
 use crate::network::send::Shortcut;
 use crate::network::{Receiver, RingWatch, Sender, monotonic_ns};
@@ -623,7 +622,12 @@ impl<'x, 'a> Neighbours<'x, 'a> {
 }
 
 impl Shortcut for Neighbours<'_, '_> {
-    fn offer(&mut self, index: u16, generation: u32, hdr: &VirtioNetHdr, frame: &[u8]) -> bool {
+    fn offer(
+        &mut self,
+        (index, generation): (u16, u32),
+        (hdr, needed): (&VirtioNetHdr, u32),
+        frame: &[u8],
+    ) -> bool {
         let Some(neighbour) = self.door(index) else {
             return false;
         };
@@ -632,7 +636,6 @@ impl Shortcut for Neighbours<'_, '_> {
         }
         // Offload work the guest did not negotiate is finished in software on the ring's
         // way (its receiver checks what the peer accepts now); never hand it over as is.
-        let needed = offloads::needed_offloads(hdr).unwrap_or(u32::MAX);
         if needed & neighbour.offloads != needed {
             return false;
         }
