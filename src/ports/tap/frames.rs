@@ -397,12 +397,8 @@ impl Siblings<'_, '_> {
 }
 
 impl Shortcut for Siblings<'_, '_> {
-    fn offer(
-        &mut self,
-        (index, generation): (u16, u32),
-        (hdr, needed): (&VirtioNetHdr, u32),
-        frame: &[u8],
-    ) -> bool {
+    fn offer(&mut self, peer: (u16, u32), copy: (&VirtioNetHdr, u32), frame: &[u8]) -> bool {
+        let ((index, generation), (hdr, needed)) = (peer, copy);
         let Some(place) = self.place(index) else {
             return false;
         };

@@ -622,12 +622,8 @@ impl<'x, 'a> Neighbours<'x, 'a> {
 }
 
 impl Shortcut for Neighbours<'_, '_> {
-    fn offer(
-        &mut self,
-        (index, generation): (u16, u32),
-        (hdr, needed): (&VirtioNetHdr, u32),
-        frame: &[u8],
-    ) -> bool {
+    fn offer(&mut self, peer: (u16, u32), copy: (&VirtioNetHdr, u32), frame: &[u8]) -> bool {
+        let ((index, generation), (hdr, needed)) = (peer, copy);
         let Some(neighbour) = self.door(index) else {
             return false;
         };
