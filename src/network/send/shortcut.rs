@@ -18,9 +18,9 @@ pub trait Shortcut {
     /// Offers one copy for the receiver at peer slot `index` joined as `generation`
     /// (`peer`), with its offload header and the offload work that header leaves to the
     /// receiver (`copy`: `needed` as [`crate::network::offloads::needed_offloads`] gives
-    /// it, every bit when it names none). Returns whether it was taken: written to the receiver (and counted
-    /// on its side), or dropped there and counted. A copy not taken goes into the
-    /// receiver's ring.
+    /// it, every bit when it names none). Returns whether it was taken: written to the
+    /// receiver (and counted on its side), or dropped there and counted. A copy not taken
+    /// goes into the receiver's ring.
     fn offer(&mut self, peer: (u16, u32), copy: (&VirtioNetHdr, u32), frame: &[u8]) -> bool;
 
     /// A copy for the receiver at peer slot `index` went into its ring.
