@@ -339,33 +339,6 @@ impl VirtioNetHdr {
         self.flags & FLAG_NEEDS_CSUM != 0
     }
 
-    /// Whether the first `header_len` bytes of `bytes` (12, or 10 for the legacy layout)
-    /// are a header with every field zero but `num_buffers`: what [`VirtioNetHdr::parse`]
-    /// would make [`VirtioNetHdr::default`] of, but for that field. The usual header of a
-    /// driver that asks for no offload, told with two loads instead of a field-by-field
-    /// decode. `false` when `bytes` is too short or `header_len` neither length.
-    #[inline]
-    pub fn is_zero_in(bytes: &[u8], header_len: usize) -> bool {
-        if (header_len != HEADER_LEN && header_len != LEGACY_HEADER_LEN) || bytes.len() < header_len
-        {
-            return false;
-        }
-        match (bytes.first_chunk::<8>(), bytes.get(8..LEGACY_HEADER_LEN)) {
-            (Some(head), Some(&[a, b])) => u64::from_ne_bytes(*head) == 0 && a | b == 0,
-            _ => false,
-        }
-    }
-
-    /// Whether every field but `num_buffers` is zero ([`VirtioNetHdr::is_zero_in`], once
-    /// decoded).
-    #[inline]
-    pub fn is_zero(&self) -> bool {
-        VirtioNetHdr {
-            num_buffers: 0,
-            ..*self
-        } == VirtioNetHdr::default()
-    }
-
     /// Whether the frame is finished as it stands: no checksum to compute, nothing to
     /// segment. Such a frame can go to any peer, offloads or not.
     pub fn is_plain(&self) -> bool {
@@ -383,31 +356,6 @@ mod tests {
     const TSO_HEADER: [u8; 12] = [
         0x01, 0x01, 0x42, 0x00, 0xa8, 0x05, 0x22, 0x00, 0x10, 0x00, 0x00, 0x00,
     ];
-
-    #[test]
-    fn zero_headers_are_told_from_their_bytes_and_from_their_fields() {
-        let mut bytes = [0u8; HEADER_LEN];
-        bytes[10] = 7; // num_buffers does not count
-        assert!(VirtioNetHdr::is_zero_in(&bytes, HEADER_LEN));
-        assert!(VirtioNetHdr::is_zero_in(&bytes, LEGACY_HEADER_LEN));
-        assert!(VirtioNetHdr::parse(&bytes, HEADER_LEN).unwrap().is_zero());
-        assert!(
-            !VirtioNetHdr::is_zero_in(&bytes[..9], LEGACY_HEADER_LEN),
-            "too short"
-        );
-        assert!(
-            !VirtioNetHdr::is_zero_in(&bytes[..11], HEADER_LEN),
-            "too short"
-        );
-        assert!(!VirtioNetHdr::is_zero_in(&bytes, 8), "no such layout");
-        for at in 0..LEGACY_HEADER_LEN {
-            let mut nonzero = bytes;
-            nonzero[at] = 0x80;
-            assert!(!VirtioNetHdr::is_zero_in(&nonzero, HEADER_LEN), "byte {at}");
-            let decoded = VirtioNetHdr::parse(&nonzero, HEADER_LEN).unwrap();
-            assert!(!decoded.is_zero(), "field of byte {at}");
-        }
-    }
 
     #[test]
     fn a_linux_tso_header_decodes() {

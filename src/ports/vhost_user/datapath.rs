@@ -448,20 +448,6 @@ fn read_chain(
 
 /// Checks the header and frame a guest sent against what was negotiated.
 fn check_frame(bytes: &[u8], rules: &TxRules) -> Result<VirtioNetHdr, ChainFault> {
-    // The usual header asks for nothing: no field to decode, only the frame's length to
-    // check (what the general way below does for such a header).
-    if VirtioNetHdr::is_zero_in(bytes, rules.header_len) {
-        let frame_len = bytes.len() - rules.header_len;
-        if frame_len < crate::wire::ethernet::HEADER_LEN || frame_len > rules.max_frame {
-            return Err(ChainFault::BadLength);
-        }
-        return Ok(VirtioNetHdr::default());
-    }
-    check_decoded(bytes, rules)
-}
-
-/// [`check_frame`] for any header: decoded field by field.
-fn check_decoded(bytes: &[u8], rules: &TxRules) -> Result<VirtioNetHdr, ChainFault> {
     let hdr = VirtioNetHdr::parse(bytes, rules.header_len).map_err(|_| ChainFault::BadLength)?;
     let frame_len = bytes.len() - rules.header_len;
     if frame_len < crate::wire::ethernet::HEADER_LEN {
@@ -693,17 +679,6 @@ pub fn prefetch_receive(vring: &Vring, ring: &SplitRing<'_>) {
 /// The header of a frame placed in `buffers` receive buffers: `hdr` as the network
 /// carried it, less the checksum flags a guest that did not negotiate them must not see.
 fn header_bytes(hdr: &VirtioNetHdr, rules: &RxRules, buffers: u16) -> [u8; 12] {
-    // The usual header asks for nothing: zeros but the buffer count.
-    if hdr.is_zero() {
-        let mut bytes = [0; 12];
-        bytes[10..].copy_from_slice(&buffers.to_le_bytes());
-        return bytes;
-    }
-    encoded_header(hdr, rules, buffers)
-}
-
-/// [`header_bytes`] for any header: encoded field by field.
-fn encoded_header(hdr: &VirtioNetHdr, rules: &RxRules, buffers: u16) -> [u8; 12] {
     let mut header = *hdr;
     header.num_buffers = buffers;
     if !rules.guest_csum {
@@ -827,7 +802,7 @@ impl Vring {
 mod tests {
     use super::*;
     use crate::ports::vhost_user::mock::{Descriptor, GuestMemory, GuestQueue, Layout, desc_flags};
-    use crate::wire::virtio_net::{HEADER_LEN, LEGACY_HEADER_LEN};
+    use crate::wire::virtio_net::HEADER_LEN;
 
     const DESC: u64 = 0x1000;
     const AVAIL: u64 = 0x2000;
@@ -1297,57 +1272,6 @@ mod tests {
         let (placed, faults) = guest.place(&frame(1000), false);
         assert!(faults.is_empty(), "{faults:?}");
         assert_eq!(placed, Placed::Dropped(ChainFault::BadLength));
-    }
-
-    proptest::proptest! {
-        /// A transmit header that asks for nothing takes the short way through the check,
-        /// and comes out exactly as the field-by-field decode would have it: same header,
-        /// same faults, at every length and with either header layout.
-        #[test]
-        fn a_zero_header_is_checked_as_the_decode_checks_it(
-            legacy in proptest::prelude::any::<bool>(),
-            num_buffers in proptest::prelude::any::<[u8; 2]>(),
-            len in 0usize..1600,
-            features in proptest::prelude::any::<u64>(),
-            max_frame in 0usize..1600,
-        ) {
-            let header_len = if legacy { LEGACY_HEADER_LEN } else { HEADER_LEN };
-            let rules = TxRules { header_len, max_frame, features };
-            let mut bytes = vec![0u8; len];
-            if len >= HEADER_LEN && !legacy {
-                bytes[10..12].copy_from_slice(&num_buffers);
-            }
-            proptest::prop_assert_eq!(check_frame(&bytes, &rules), check_decoded(&bytes, &rules));
-        }
-
-        /// Any transmit header: the check gives what the decode gives.
-        #[test]
-        fn any_header_is_checked_as_the_decode_checks_it(
-            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
-            features in proptest::prelude::any::<u64>(),
-        ) {
-            let rules = tx_rules(features);
-            proptest::prop_assert_eq!(check_frame(&bytes, &rules), check_decoded(&bytes, &rules));
-        }
-
-        /// A receive header with nothing in it but the buffer count is written as the
-        /// field-by-field encoding writes it, under any rules.
-        #[test]
-        fn a_zero_header_is_written_as_the_encoding_writes_it(
-            num_buffers in proptest::prelude::any::<u16>(),
-            buffers in proptest::prelude::any::<u16>(),
-            legacy in proptest::prelude::any::<bool>(),
-            mergeable in proptest::prelude::any::<bool>(),
-            guest_csum in proptest::prelude::any::<bool>(),
-        ) {
-            let rules = RxRules {
-                header_len: if legacy { LEGACY_HEADER_LEN } else { HEADER_LEN },
-                mergeable,
-                guest_csum,
-            };
-            let hdr = VirtioNetHdr { num_buffers, ..VirtioNetHdr::default() };
-            proptest::prop_assert_eq!(header_bytes(&hdr, &rules, buffers), encoded_header(&hdr, &rules, buffers));
-        }
     }
 
     proptest::proptest! {
