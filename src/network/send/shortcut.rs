@@ -16,11 +16,11 @@ use crate::wire::virtio_net::VirtioNetHdr;
 /// may then overtake it.
 pub trait Shortcut {
     /// Offers one copy for the receiver at peer slot `index` joined as `generation`
-    /// (`peer`), with its offload header and the offload work that header leaves to the
-    /// receiver (`copy`: `needed` as [`crate::network::offloads::needed_offloads`] gives
-    /// it, every bit when it names none). Returns whether it was taken: written to the
-    /// receiver (and counted on its side), or dropped there and counted. A copy not taken
-    /// goes into the receiver's ring.
+    /// (`peer`), with its offload header and `needed`, the offload bits
+    /// ([`crate::network::offloads`]) a receiver must take to get it as it is, every bit
+    /// for work the network does not do (`copy`). Returns whether it was taken: written to
+    /// the receiver (and counted on its side), or dropped there and counted. A copy not
+    /// taken goes into the receiver's ring.
     fn offer(&mut self, peer: (u16, u32), copy: (&VirtioNetHdr, u32), frame: &[u8]) -> bool;
 
     /// A copy for the receiver at peer slot `index` went into its ring.
