@@ -37,7 +37,7 @@ use crate::shm::layout::{flags, status};
 use crate::wire::ethernet::VLAN_TAG_LEN;
 use crate::wire::offload::{self, Segmenter};
 use crate::wire::virtio_net::{GsoType, VirtioNetHdr};
-use crate::wire::vlan::{self as wire_vlan, VlanTci};
+use crate::wire::vlan as wire_vlan;
 use crate::wire::{EthernetFrame, EthernetRepr, MacAddress, ethernet};
 
 use super::clock::monotonic_ns;
@@ -50,12 +50,14 @@ use super::rate::{Admission, TokenBucket};
 use super::receive::MIN_GSO_SIZE;
 use super::region::SWEEP_INTERVAL_NS;
 use super::ring::{self, Push, SlotMemory, SlotMeta};
-use super::vlan::{Classified, VlanSet};
+use super::vlan::VlanSet;
 
 mod hold_back;
+mod retag;
 mod shortcut;
 
 use hold_back::HoldBack;
+use retag::{Retag, egress_tag};
 pub use shortcut::{NoShortcut, Shortcut};
 
 /// What happened to one frame given to [`Sender::send`].
@@ -112,49 +114,6 @@ pub struct Sender {
     segments: Vec<u8>,
     segment_ends: Vec<usize>,
     segmented: Option<std::result::Result<(), DropReason>>,
-}
-
-/// How a receiver's copy differs from the frame as sent: its tag replaced, removed or
-/// added (see [`wire_vlan::retag_parts`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Retag {
-    /// The copy's tag, if it has one.
-    tag: Option<VlanTci>,
-    /// Bytes the copy is longer than the frame: +4, 0 or -4.
-    delta: isize,
-}
-
-impl Retag {
-    /// The change from a frame tagged `from` to one tagged `to`, if there is one.
-    fn between(from: Option<VlanTci>, to: Option<VlanTci>) -> Option<Retag> {
-        let len = |tag: Option<VlanTci>| {
-            if tag.is_some() {
-                VLAN_TAG_LEN as isize
-            } else {
-                0
-            }
-        };
-        (from != to).then(|| Retag {
-            tag: to,
-            delta: len(to) - len(from),
-        })
-    }
-
-    /// The offload header of the copy: `csum_start` and `hdr_len` count from the frame's
-    /// start, so they move with the tag. The header was checked against the frame (its
-    /// checksum starts after the Ethernet header and tag), so the moved one holds for the
-    /// copy; a value that would not fit is refused all the same.
-    fn header(self, hdr: &VirtioNetHdr) -> std::result::Result<VirtioNetHdr, DropReason> {
-        let shift = |value: u16| u16::try_from(value as isize + self.delta).ok();
-        let mut moved = *hdr;
-        if hdr.needs_checksum() {
-            moved.csum_start = shift(hdr.csum_start).ok_or(DropReason::Invalid)?;
-        }
-        if hdr.hdr_len != 0 {
-            moved.hdr_len = shift(hdr.hdr_len).unwrap_or(0);
-        }
-        Ok(moved)
-    }
 }
 
 /// Addresses a peer may keep learned behind it in the shared table at once: plenty for a
@@ -789,14 +748,4 @@ fn push_copy(
             ring::push_parts(ring, writer, meta, &parts)
         }
     }
-}
-
-/// The tag `receiver`'s copy of a frame classified as `class` carries: its VLAN's, keeping
-/// the priority the frame came with, or none.
-#[inline]
-fn egress_tag(receiver: &PeerView, class: Classified) -> Option<VlanTci> {
-    forward::egress_tagged(receiver, class.vid).then(|| VlanTci {
-        vid: class.vid,
-        ..class.tag.unwrap_or_default()
-    })
 }
