@@ -1024,12 +1024,14 @@ fn guest_on_trunk_port_reaches_its_vlan_10_peer_and_not_the_vlan_20_one() {
     let trunk_socket = lab.vhost_user_port_with(&["trunk"], false, &["--trunk", "10,20"]);
     let access_socket = lab.vhost_user_port_with(&["access"], false, &["--vlan", "10"]);
     // Each step that must fail exits with a code of its own, so the marker says which.
+    // Busybox ping waits -W seconds (10 by default) for an answer after its last request,
+    // whatever -w says: without -W the three that must fail took 32 s instead of 8.
     let trunk_command = [
         "reach -I eth0.10 10.90.0.10 || exit 11",
         "reach -I eth0.20 10.90.0.20 || exit 12",
-        "ping -c 2 -w 3 -I eth0.10 10.90.0.20 && exit 21",
-        "ping -c 2 -w 3 -I eth0.20 10.90.0.10 && exit 22",
-        "ping -c 1 -w 2 -I eth0.30 10.90.3.2 && exit 23",
+        "ping -c 2 -w 3 -W 2 -I eth0.10 10.90.0.20 && exit 21",
+        "ping -c 2 -w 3 -W 2 -I eth0.20 10.90.0.10 && exit 22",
+        "ping -c 1 -w 2 -W 2 -I eth0.30 10.90.3.2 && exit 23",
         "exit 0",
     ]
     .join("; ");
