@@ -20,9 +20,10 @@
 //! lines the guest prints.
 //!
 //! The guests, their accelerator and their consoles are [`crate::cli::guest`]'s, as in the
-//! QEMU tests. The accelerator is KVM when a guest actually boots under it (a
-//! usable-looking `/dev/kvm` can still hang a guest, or make QEMU abort, as under some
-//! nested hypervisors), TCG otherwise; the output says which and why
+//! QEMU tests. The accelerator is KVM when a guest actually boots under it, and sooner than
+//! one booted under TCG beside it (a usable-looking `/dev/kvm` can still hang a guest, or
+//! make QEMU abort, as under some nested hypervisors), TCG otherwise; the output says which
+//! and why
 //! (`GUESTNET_ACCEL=kvm|tcg` skips the probe). Under TCG both figures are dominated by
 //! emulating the guests' CPUs, so the ratio says more than the absolute numbers.
 //!
@@ -119,7 +120,7 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (accelerator, accelerator_reason) = match Accelerator::without_probe() {
         Some(choice) => choice,
         None => {
-            progress("trying KVM: booting a guest");
+            progress("trying KVM: booting a guest under it and one under TCG");
             Accelerator::probe(&image, &interrupt.children)?
         }
     };
