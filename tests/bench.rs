@@ -474,9 +474,10 @@ fn an_interrupted_rate_bench_removes_its_namespaces_and_network() {
         return;
     }
     // Short tests, or the limited part would come only after minutes; the bridge's TCP
-    // and UDP tests (3 s each) and the unlimited comparison after them leave ample time
-    // for the signal to arrive before the run would end.
-    let bench = Bench::start(&["--netns", "--rate", "100m", "--seconds", "3", "--json"]);
+    // and UDP tests (1 s each) and the comparison without offloads after them (two more
+    // seconds and more) leave ample time for the signal, sent within milliseconds of the
+    // line, to arrive before the run would end.
+    let bench = Bench::start(&["--netns", "--rate", "100m", "--seconds", "1", "--json"]);
     let pid = bench.pid();
     // Interrupted while the anchor's sender is limited by tbf (or about to be).
     bench.wait_for_stderr(
