@@ -518,6 +518,31 @@ fn forward_lines(output: impl Read + Send + 'static, lines: mpsc::Sender<String>
 mod tests {
     use super::*;
 
+    fn shell(script: &str, children: &Children) -> Console {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        Console::spawn(command, "shell", Stderr::Capture, children).expect("start sh")
+    }
+
+    /// The probe's way of waiting: a line not come yet is no error while the child runs,
+    /// and a child that ended says so at once, not at the deadline.
+    #[test]
+    fn expect_by_tells_a_line_not_come_yet_from_a_child_that_ended() {
+        let children = Children::default();
+        let mut running = shell("echo one; exec sleep 60", &children);
+        let soon = Instant::now() + Duration::from_secs(10);
+        let one = running.expect_by("one", soon).expect("it runs");
+        assert_eq!(one.as_deref(), Some("one"));
+        let missing = running.expect_by("two", Instant::now() + Duration::from_millis(20));
+        assert_eq!(missing.expect("it still runs"), None);
+        assert!(!running.has_exited());
+
+        let mut ended = shell("echo one", &children);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let error = ended.expect_by("two", deadline).expect_err("it ended");
+        assert!(format!("{error:#}").contains("exited"), "{error:#}");
+    }
+
     #[test]
     fn done_marker_gives_the_exit_status() {
         assert_eq!(done_status("GUESTNET-DONE rc=0"), Some(0));
