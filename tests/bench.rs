@@ -270,9 +270,10 @@ fn a_bench_interrupted_while_memif_runs_stops_its_testpmds() {
     }
     let _one_at_a_time = VHOST_USER_BENCH.lock().unwrap_or_else(|p| p.into_inner());
     let huge_pages_before = huge_pages();
-    // Five seconds a measurement: guestnet's and the socket anchor's come first (the
-    // test waits through them), and memif's leaves the signal five seconds to land in.
-    let bench = Bench::start(&["--seconds", "5", "--json"]);
+    // Two seconds a measurement: guestnet's and the socket anchor's come first (the
+    // test waits through them), and memif's leaves the signal, sent within milliseconds
+    // of the line, two seconds to land in.
+    let bench = Bench::start(&["--seconds", "2", "--json"]);
     let pid = bench.pid();
     // Interrupted while both testpmds busy-poll the memif link.
     bench.wait_for_stderr("memif linked", Duration::from_secs(120));
@@ -583,11 +584,11 @@ fn an_interrupted_vm_bench_kills_its_guests_and_removes_its_bridge() {
     let _one_at_a_time = VM_BENCH.lock().unwrap_or_else(|p| p.into_inner());
     let image = current_guest_image();
     let image = image.to_str().expect("UTF-8 path");
-    // Two seconds a test: guestnet's two come first (the test waits through them).
-    let bench = Bench::start(&["--vm", "--seconds", "2", "--json", "--image-dir", image]);
+    // One second a test: guestnet's two come first (the test waits through them).
+    let bench = Bench::start(&["--vm", "--seconds", "1", "--json", "--image-dir", image]);
     let pid = bench.pid();
     // Interrupted once the bridge's lab is being built: its namespace, bridge and TAPs, and
-    // then its QEMUs, exist; the guests' boot and two 2-second tests still lie ahead, seconds
+    // then its QEMUs, exist; the guests' boot and two 1-second tests still lie ahead, seconds
     // of work the signal arrives well within.
     bench.wait_for_stderr("Linux bridge:", Duration::from_secs(240));
     interrupt_and_check_cleanup(bench, pid);
