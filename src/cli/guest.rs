@@ -156,7 +156,7 @@ impl Accelerator {
     /// its guest finishes first, TCG if KVM fails, hangs or is slower than emulation (then
     /// nothing is lost by emulating); and why. A working KVM boots in about a second; a
     /// hung one is known once the TCG guest is done (a few seconds), or at the latest
-    /// after [`KVM_PROBE_TIMEOUT`].
+    /// after `KVM_PROBE_TIMEOUT` (10 s).
     pub fn probe(image: &GuestImage, children: &Children) -> anyhow::Result<(Accelerator, String)> {
         let mut kvm = probe_guest(image, Accelerator::Kvm, children)?;
         // Without a TCG guest to compare with, KVM gets the whole timeout.
