@@ -365,26 +365,30 @@ impl Console {
     /// Reads lines until one contains `marker`, and returns it; fails if none came by
     /// `by`, if the child exited first, or if its group was interrupted.
     pub fn expect(&mut self, marker: &str, by: Instant) -> anyhow::Result<String> {
-        self.read_until(Some(marker), by)
+        match self.read_until(Some(marker), by)? {
+            Some(line) => Ok(line),
+            None => Err(self.not_in_time(&format!("{marker:?}"))),
+        }
     }
 
     /// Reads lines until one contains `marker`, and returns it, or `None` if none came by
     /// `by`; fails if the child exited first, or if its group was interrupted.
     pub fn expect_by(&mut self, marker: &str, by: Instant) -> anyhow::Result<Option<String>> {
-        match self.read_until(Some(marker), by) {
-            Ok(line) => Ok(Some(line)),
-            Err(e) if e.is::<NotInTime>() => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.read_until(Some(marker), by)
     }
 
     /// The next line, whatever it says, if it comes by `by`.
     pub fn next_line(&mut self, by: Instant) -> anyhow::Result<String> {
-        self.read_until(None, by)
+        match self.read_until(None, by)? {
+            Some(line) => Ok(line),
+            None => Err(self.not_in_time("line")),
+        }
     }
 
-    fn read_until(&mut self, marker: Option<&str>, by: Instant) -> anyhow::Result<String> {
-        let wanted = marker.map_or_else(|| "line".to_string(), |marker| format!("{marker:?}"));
+    /// Reads lines until one contains `marker` (any line, without one), and returns it, or
+    /// `None` if none came by `by`; fails if the child exited first, or if its group was
+    /// interrupted.
+    fn read_until(&mut self, marker: Option<&str>, by: Instant) -> anyhow::Result<Option<String>> {
         loop {
             let result = self
                 .lines
@@ -394,18 +398,12 @@ impl Console {
                 Ok(line) => {
                     self.transcript.push(line.clone());
                     if marker.is_none_or(|marker| line.contains(marker)) {
-                        return Ok(line);
+                        return Ok(Some(line));
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(NotInTime(format!(
-                        "the {} printed no {wanted} in time; its output:\n{}",
-                        self.name,
-                        self.tail()
-                    ))
-                    .into());
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) => return Ok(None),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let wanted = marker.map_or_else(|| "line".to_string(), |m| format!("{m:?}"));
                     let status = self.process.reap().ok();
                     bail!(
                         "the {} exited ({}) before printing {wanted}; its output:\n{}",
@@ -416,6 +414,15 @@ impl Console {
                 }
             }
         }
+    }
+
+    /// The error of a wait for `wanted` that ended at its deadline.
+    fn not_in_time(&self, wanted: &str) -> anyhow::Error {
+        anyhow::anyhow!(
+            "the {} printed no {wanted} in time; its output:\n{}",
+            self.name,
+            self.tail()
+        )
     }
 
     /// Types an empty line on the console (what a guest's `read`, or a holding guest,
@@ -486,12 +493,6 @@ impl Console {
         Ok(())
     }
 }
-
-/// What [`Console::expect`] fails with when the line did not come in time (and the child
-/// still runs), as [`Console::expect_by`] tells it from the child's end.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct NotInTime(String);
 
 /// Sends each line of `output` to `lines` from a thread of its own, bytes that are not
 /// UTF-8 replaced (a console may print anything), line ends and carriage returns trimmed.

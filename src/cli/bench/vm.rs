@@ -23,9 +23,8 @@
 //! QEMU tests. The accelerator is KVM when a guest actually boots under it, and sooner than
 //! one booted under TCG beside it (a usable-looking `/dev/kvm` can still hang a guest, or
 //! make QEMU abort, as under some nested hypervisors), TCG otherwise; the output says which
-//! and why
-//! (`GUESTNET_ACCEL=kvm|tcg` skips the probe). Under TCG both figures are dominated by
-//! emulating the guests' CPUs, so the ratio says more than the absolute numbers.
+//! and why (`GUESTNET_ACCEL=kvm|tcg` skips the probe). Under TCG both figures are dominated
+//! by emulating the guests' CPUs, so the ratio says more than the absolute numbers.
 //!
 //! SIGINT and SIGTERM kill the guests and the backend; the [`BridgeLab`] and [`GuestnetLab`]
 //! guards remove the namespace, the network and the directory on every way out.
