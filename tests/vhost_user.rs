@@ -36,6 +36,8 @@ const GUEST_MAC: MacAddress = MacAddress([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 const MQ: u64 = 1 << 22;
 /// `CSUM`, `GUEST_CSUM`, `GUEST_TSO4`, `GUEST_TSO6`, `HOST_TSO4`, `HOST_TSO6`.
 const OFFLOADS: u64 = (1 << 0) | (1 << 1) | (1 << 7) | (1 << 8) | (1 << 11) | (1 << 12);
+/// `VIRTIO_F_IN_ORDER`.
+const IN_ORDER: u64 = 1 << 35;
 
 /// A network in a private directory, a backend on it, and a library peer to talk to.
 struct Lab {
@@ -1799,6 +1801,7 @@ fn feature_offer_follows_the_queue_and_offload_options() {
     assert_eq!(queues, 2, "GET_QUEUE_NUM counts virtqueues: one pair");
     assert_eq!(offered & MQ, 0, "one pair: no MQ");
     assert_eq!(offered & OFFLOADS, OFFLOADS, "offloads by default");
+    assert_ne!(offered & IN_ORDER, 0, "buffers are used in order: IN_ORDER");
 
     let lab = Lab::start_with(&["s"], &["--queues", "2", "--no-offload"]);
     let mut frontend = Frontend::connect(lab.socket(0)).expect("connect");

@@ -90,6 +90,8 @@ pub mod feature {
     pub const PROTOCOL_FEATURES: u64 = 1 << 30;
     /// `VIRTIO_F_VERSION_1`.
     pub const VERSION_1: u64 = 1 << 32;
+    /// `VIRTIO_F_IN_ORDER`: the device uses buffers in the order they were made available.
+    pub const IN_ORDER: u64 = 1 << 35;
 }
 
 /// Why a chain was refused.
@@ -613,12 +615,14 @@ pub fn place(
             Err(f) => {
                 // The bad chain goes back unused, and so do the ones taken before it for
                 // this frame: a rewind on running out of buffers must start past the bad
-                // chain, or it would be read (and counted) again on every retry.
+                // chain, or it would be read (and counted) again on every retry. Those
+                // first, then the bad one: buffers are used in the order they came
+                // (`IN_ORDER` is offered).
                 fault(f);
+                work.give_back(vring, ring);
                 if head < vring.queue.size() {
                     vring.add_used(ring, head, 0);
                 }
-                work.give_back(vring, ring);
                 capacity = 0;
                 start = next;
                 vring.queue.set_next_avail(start);
@@ -1258,6 +1262,27 @@ mod tests {
             faults,
             vec![ChainFault::WrongDirection, ChainFault::BadChain]
         );
+        assert_eq!(guest.used_idx(), 3);
+        assert_eq!(guest.used(0), (0, 0));
+        assert_eq!(guest.used(1), (1, 0));
+        assert_eq!(guest.used(2), (2, 112));
+    }
+
+    #[test]
+    fn receive_chains_are_used_in_the_order_they_were_made_available() {
+        // IN_ORDER is offered: the guest's driver may find a used buffer by its position
+        // in the used ring alone. A merged frame takes a small buffer, then meets a bad
+        // one: the small one goes back first, then the bad one, then the frame's.
+        let mut guest = Guest::new();
+        guest.descriptor(0, DATA, 64, WRITE, 0);
+        guest.descriptor(1, DATA + 0x1000, 2048, 0, 0);
+        guest.descriptor(2, DATA + 0x2000, 2048, WRITE, 0);
+        for head in 0..3 {
+            guest.offer(head);
+        }
+        let (placed, faults) = guest.place(&frame(100), true);
+        assert_eq!(placed, Placed::Delivered);
+        assert_eq!(faults, vec![ChainFault::WrongDirection]);
         assert_eq!(guest.used_idx(), 3);
         assert_eq!(guest.used(0), (0, 0));
         assert_eq!(guest.used(1), (1, 0));

@@ -48,7 +48,11 @@
 //! publishes `--mac` or learns the guest's from its first frames. Offloads follow the
 //! negotiation: `GUEST_CSUM`/`GUEST_TSO4`/`GUEST_TSO6` become the peer's advertised
 //! offloads (super-frames from TAPs and other VMs arrive whole), `CSUM`/`HOST_TSO*` let the
-//! guest send them.
+//! guest send them. `IN_ORDER` is offered because every queue's buffers are used in the
+//! order the guest made them available (bad chains included): a driver that takes it, as
+//! DPDK's virtio-user does by default, then finds its used buffers by position and skips
+//! its free-list bookkeeping, which makes it, and a request/response loop through the
+//! switch, faster.
 //!
 //! **A hostile guest.** A chain that points outside guest memory, loops, has descriptors of
 //! the wrong direction, or carries a frame too long or with an offload that was not

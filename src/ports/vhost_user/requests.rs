@@ -54,6 +54,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
             | feature::MRG_RXBUF
             | feature::EVENT_IDX
             | feature::INDIRECT_DESC
+            | feature::IN_ORDER
             | feature::PROTOCOL_FEATURES;
         if offload {
             offered |= feature::CSUM
