@@ -1623,7 +1623,7 @@ fn removing_a_region_that_is_not_mapped_is_refused() {
 /// A frontend that replaces the memory table with one that leaves its running rings out:
 /// the backend cannot switch the guest's kicks off for the transmit ring (without
 /// `EVENT_IDX` that is a write to the used ring), counts that, drops the chain as a bad
-/// one, and serves the next frontend.
+/// one, stops the receive queue when a frame comes for it, and serves the next frontend.
 #[test]
 fn memory_table_that_leaves_a_running_ring_out_is_counted() {
     let mut lab = Lab::start(&["s"]);
@@ -1661,7 +1661,24 @@ fn memory_table_that_leaves_a_running_ring_out_is_counted() {
         1,
         "only the first frame went out"
     );
+    // A frame for the guest finds its receive ring gone too: that queue stops, so the
+    // guest's link goes down, and the frame is held, not written anywhere, until the
+    // frontend goes (then it is counted).
+    let to_guest = frame(GUEST_MAC, lab.peer.mac(), 100, 3);
+    assert_eq!(lab.peer.send_batch([to_guest.as_slice()]), 1);
+    wait_until("the guest's link goes down", || {
+        lab.network
+            .status()
+            .peers
+            .iter()
+            .any(|p| p.kind == PortKind::VhostUser && p.link_down)
+    });
+    let entry = lab.wait_status(0, "the frame held", |entry| {
+        counter(entry, "rx_frames") == 0
+    });
+    assert_eq!(counter(&entry, "rx_lost_on_disconnect"), 0);
     drop(guest);
+    lab.wait_counter(0, "rx_lost_on_disconnect", 1);
     lab.fresh_connection_works(0);
 }
 

@@ -580,19 +580,18 @@ struct Neighbour<'x, 'a> {
     /// The offloads its guest negotiated (the sender went by those the peer table
     /// advertises, which may lag a renegotiation).
     offloads: u32,
-    door: Door<'x, 'a>,
+    /// Until its first frame in this batch: what opening it takes.
+    closed: Option<Closed<'x, 'a>>,
+    /// Once opened, while its frames go straight into its guest. When both are `None`
+    /// its frames go through the ring for the rest of the batch.
+    open: Option<super::rx::Direct<'x, 'a>>,
 }
 
-enum Door<'x, 'a> {
-    /// Not written to yet in this batch.
-    Closed {
-        rx: &'x mut RxHalf,
-        shared: &'x Shared<'a>,
-        view: &'x View,
-    },
-    Open(super::rx::Direct<'x, 'a>),
-    /// Its frames go through the ring for the rest of the batch.
-    Shut,
+/// A lane not written to yet in this batch.
+struct Closed<'x, 'a> {
+    rx: &'x mut RxHalf,
+    shared: &'x Shared<'a>,
+    view: &'x View,
 }
 
 impl<'x, 'a> Neighbours<'x, 'a> {
@@ -609,7 +608,8 @@ impl<'x, 'a> Neighbours<'x, 'a> {
                 Some(Neighbour {
                     peer: rx.peer(),
                     offloads: datapath::guest_offloads(view.tx_rules.features),
-                    door: Door::Closed { rx, shared, view },
+                    closed: Some(Closed { rx, shared, view }),
+                    open: None,
                 })
             })
             .collect();
@@ -635,34 +635,29 @@ impl Shortcut for Neighbours<'_, '_> {
         if needed & neighbour.offloads != needed {
             return false;
         }
-        // The first frame for it in this batch opens it, if it may be opened now. (Only
-        // then is the door moved: an open one is large, and this runs once per frame.)
-        if matches!(neighbour.door, Door::Closed { .. }) {
-            neighbour.door = match std::mem::replace(&mut neighbour.door, Door::Shut) {
-                Door::Closed { rx, shared, view } => rx
-                    .open_direct(
-                        shared,
-                        view.memory.memory(),
-                        view.rx_rules,
-                        view.enabled_by_default,
-                    )
-                    .map_or(Door::Shut, Door::Open),
-                door => door,
-            };
+        // The first frame for it in this batch opens it, if it may be opened now.
+        if let Some(Closed { rx, shared, view }) = neighbour.closed.take() {
+            neighbour.open = rx.open_direct(
+                shared,
+                view.memory.memory(),
+                view.rx_rules,
+                view.enabled_by_default,
+            );
         }
-        let Door::Open(direct) = &mut neighbour.door else {
+        let Some(direct) = &mut neighbour.open else {
             return false;
         };
         if direct.offer(hdr, frame) {
             return true;
         }
-        neighbour.door = Door::Shut;
+        neighbour.open = None;
         false
     }
 
     fn queued(&mut self, index: u16) {
         if let Some(neighbour) = self.door(index) {
-            neighbour.door = Door::Shut;
+            neighbour.closed = None;
+            neighbour.open = None;
         }
     }
 

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 
+use smallvec::SmallVec;
 use vm_memory::GuestMemoryMmap;
 
 use super::MAX_QUEUE_PAIRS;
@@ -137,7 +138,7 @@ impl RxHalf {
                 }
             });
         }
-        let delivered = delivery.finish(shared, mem, faults, false);
+        let delivered = delivery.finish(shared, faults, false);
         received.max(delivered as usize)
     }
 
@@ -163,7 +164,6 @@ impl RxHalf {
         Some(Direct {
             rx: self,
             shared,
-            mem,
             rules,
             delivery,
         })
@@ -197,44 +197,50 @@ fn any_running(shared: &Shared<'_>, enabled_by_default: bool) -> bool {
 /// A lane's running receive queues, locked for a round of its own or for another lane's
 /// batch, and the frames written into each.
 struct Delivery<'x> {
-    /// The running receive queues, each with its pair's number and its ring.
-    queues: Vec<(usize, MutexGuard<'x, Vring>, SplitRing<'x>)>,
+    /// The running receive queues, each with its pair's number.
+    queues: SmallVec<[Opened<'x>; 2]>,
+    memory: &'x GuestMemoryMmap,
     delivered_to: [u64; MAX_QUEUE_PAIRS as usize],
-    /// The queues whose lines were asked for ([`datapath::prefetch_receive`]), one bit
-    /// each: when the first frame for it comes, not when the delivery opens. A round
-    /// opens every running queue whether or not a frame comes, and asking for the lines
-    /// of a queue no frame comes for takes them from the core of a frontend that is
-    /// polling them.
-    warmed: u32,
+    /// Queues found, at their first frame, to lie no longer in guest memory.
+    lost_rings: u64,
+}
+
+/// One receive queue of a [`Delivery`].
+struct Opened<'x> {
+    pair: usize,
+    vring: MutexGuard<'x, Vring>,
+    /// Its ring in guest memory, found when the first frame for it comes, not when the
+    /// delivery opens: a delivery opens every running queue whether or not a frame comes
+    /// (the flow hash needs their count), and each ring costs three lookups in guest
+    /// memory. Its lines are asked for then too ([`datapath::prefetch_receive`]): asking
+    /// for those of a queue no frame comes for takes them from the core of a frontend
+    /// that is polling them.
+    ring: Option<SplitRing<'x>>,
 }
 
 impl<'x> Delivery<'x> {
-    /// Locks the running receive queues; none if no receive queue runs. A queue whose
-    /// ring no longer lies in guest memory (the frontend replaced the memory table under
-    /// it) is stopped, and counted, until the frontend sets it up again.
+    /// Locks the running receive queues; none if no receive queue runs.
     fn open(
         shared: &'x Shared<'_>,
-        mem: &'x GuestMemoryMmap,
+        memory: &'x GuestMemoryMmap,
         enabled_by_default: bool,
     ) -> Option<Delivery<'x>> {
-        let mut queues = Vec::new();
+        let mut queues = SmallVec::new();
         for (pair, vring) in shared.vrings.iter().step_by(2).enumerate() {
-            let mut vring = lock(vring);
-            if !vring.running(enabled_by_default) {
-                continue;
-            }
-            match SplitRing::new(&vring.queue, mem) {
-                Some(ring) => queues.push((pair, vring, ring)),
-                None => {
-                    vring.started = false;
-                    Counters::add(&shared.socket.counters.ring_access_failures, 1);
-                }
+            let vring = lock(vring);
+            if vring.running(enabled_by_default) {
+                queues.push(Opened {
+                    pair,
+                    vring,
+                    ring: None,
+                });
             }
         }
         (!queues.is_empty()).then_some(Delivery {
             queues,
+            memory,
             delivered_to: [0; MAX_QUEUE_PAIRS as usize],
-            warmed: 0,
+            lost_rings: 0,
         })
     }
 
@@ -253,13 +259,27 @@ impl<'x> Delivery<'x> {
         } else {
             crate::wire::flow::flow_hash(frame) as usize % count
         };
-        let Some((_, vring, ring)) = self.queues.get_mut(q) else {
+        let Some(Opened { vring, ring, .. }) = self.queues.get_mut(q) else {
             return Placed::NoBuffers;
         };
-        if self.warmed & (1 << q) == 0 {
-            self.warmed |= 1 << q;
-            datapath::prefetch_receive(vring, ring);
-        }
+        let ring = match ring {
+            Some(ring) => ring,
+            None => match SplitRing::new(&vring.queue, self.memory) {
+                Some(found) => {
+                    let ring = ring.insert(found);
+                    datapath::prefetch_receive(vring, ring);
+                    ring
+                }
+                None => {
+                    // The frontend replaced the memory table under the ring: the queue
+                    // stops, and is counted, until the frontend sets it up again. The
+                    // frame waits, as for a guest out of buffers.
+                    vring.started = false;
+                    self.lost_rings += 1;
+                    return Placed::NoBuffers;
+                }
+            },
+        };
         let placed = datapath::place(vring, ring, rules, hdr, frame, work, |f| faults.push(f));
         match placed {
             Placed::Delivered => {
@@ -277,29 +297,26 @@ impl<'x> Delivery<'x> {
     /// from another lane), publishes every queue's used entries and signals the guest
     /// (every queue, not only those that got frames: bad chains went back too), unlocks
     /// the queues, then reports the faults. Returns the frames delivered.
-    fn finish(
-        &mut self,
-        shared: &Shared<'_>,
-        mem: &GuestMemoryMmap,
-        faults: &mut Vec<ChainFault>,
-        direct: bool,
-    ) -> u64 {
+    fn finish(&mut self, shared: &Shared<'_>, faults: &mut Vec<ChainFault>, direct: bool) -> u64 {
         let counters = &shared.socket.counters;
         let delivered = self.delivered_to.iter().sum();
         Counters::add(&counters.rx_frames, delivered);
         if direct {
             Counters::add(&counters.rx_direct, delivered);
         }
-        for ((pair, vring, _), n) in self.queues.iter_mut().zip(self.delivered_to) {
+        Counters::add(
+            &counters.ring_access_failures,
+            std::mem::take(&mut self.lost_rings),
+        );
+        for (Opened { pair, vring, .. }, n) in self.queues.iter_mut().zip(self.delivered_to) {
             if let (Some(queue), 1..) = (shared.socket.queues.get(*pair), n) {
                 Counters::add(&queue.rx_frames, n);
             }
-            vring.finish_round(mem);
+            vring.finish_round(self.memory);
             Counters::add(&counters.ring_access_failures, vring.take_access_failures());
         }
         self.queues.clear();
         self.delivered_to = [0; MAX_QUEUE_PAIRS as usize];
-        self.warmed = 0;
         if !faults.is_empty() {
             let now = monotonic_ns();
             for fault in faults.drain(..) {
@@ -319,7 +336,6 @@ impl<'x> Delivery<'x> {
 pub struct Direct<'x, 'a> {
     rx: &'x mut RxHalf,
     shared: &'x Shared<'a>,
-    mem: &'x GuestMemoryMmap,
     rules: RxRules,
     delivery: Delivery<'x>,
 }
@@ -341,8 +357,7 @@ impl Direct<'_, '_> {
 
 impl Drop for Direct<'_, '_> {
     fn drop(&mut self) {
-        self.delivery
-            .finish(self.shared, self.mem, &mut self.rx.faults, true);
+        self.delivery.finish(self.shared, &mut self.rx.faults, true);
         self.rx.receiver.flush();
     }
 }
