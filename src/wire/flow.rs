@@ -42,16 +42,16 @@ const IPV4_FRAGMENT_BITS: u16 = 0x3fff;
 /// take one path) or behind IPv6 extension headers (not followed). Whatever the bytes,
 /// this only reads what is there.
 pub fn flow_hash(frame: &[u8]) -> u32 {
-    // FNV-1a: cheap, stable, and good enough to spread flows; nothing here needs to resist
-    // an adversary (a guest can only crowd its own queues).
-    let mut hash: u32 = 0x811c_9dc5;
-    let mut add = |bytes: &[u8]| {
-        for &byte in bytes {
-            hash ^= u32::from(byte);
-            hash = hash.wrapping_mul(0x0100_0193);
+    let mut hash = Mix::default();
+    match frame.get(field::ETHERNET) {
+        Some(header) => {
+            hash.bytes(header);
         }
-    };
-    add(&frame[..frame.len().min(field::ETHERNET.end)]);
+        None => {
+            hash.bytes(frame);
+            return hash.finish();
+        }
+    }
     let (ethertype, l3) = match frame.get(field::ETHERTYPE) {
         Some(t) if t == ETHERTYPE_VLAN => {
             (frame.get(field::TAGGED_ETHERTYPE), field::TAGGED_PAYLOAD)
@@ -67,10 +67,10 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
                 ip.get(field::IPV4_ADDRESSES),
                 ip.get(field::IPV4_FLAGS_AND_FRAGMENT_OFFSET),
             ) else {
-                return hash;
+                return hash.finish();
             };
-            add(addresses);
-            add(&[protocol]);
+            hash.bytes(addresses);
+            hash.word(u64::from(protocol));
             let fragment = u16::from_be_bytes([fragment[0], fragment[1]]);
             let header_len = usize::from(version_and_len & 0x0f) * 4;
             (fragment & IPV4_FRAGMENT_BITS == 0).then_some((protocol, header_len))
@@ -80,10 +80,10 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
                 ip.get(field::IPV6_NEXT_HEADER),
                 ip.get(field::IPV6_ADDRESSES),
             ) else {
-                return hash;
+                return hash.finish();
             };
-            add(addresses);
-            add(&[next_header]);
+            hash.bytes(addresses);
+            hash.word(u64::from(next_header));
             Some((next_header, field::IPV6_PAYLOAD))
         }
         _ => None,
@@ -92,9 +92,53 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
         && (protocol == PROTOCOL_TCP || protocol == PROTOCOL_UDP)
         && let Some(ports) = ip.get(offset..).and_then(|l4| l4.get(field::PORTS))
     {
-        add(ports);
+        hash.bytes(ports);
     }
-    hash
+    hash.finish()
+}
+
+/// The state of a [`flow_hash`]: the fields taken eight bytes at a time, each step a
+/// rotation and an exclusive or (no multiply chained from one field to the next, which
+/// is what a byte-wise hash such as FNV-1a costs: a multiply per byte, each waiting for
+/// the last, about 80 cycles for an IPv4 frame), and mixed once at the end. Nothing here
+/// needs to resist an adversary: a guest can only crowd its own queues.
+#[derive(Default)]
+struct Mix(u64);
+
+impl Mix {
+    fn word(&mut self, word: u64) {
+        self.0 = self.0.rotate_left(23) ^ word;
+    }
+
+    /// `bytes` in words of eight, the last one padded with zeros, and then their count
+    /// (so that fields of different lengths are told apart).
+    fn bytes(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in words.by_ref() {
+            let mut w = [0; 8];
+            w.copy_from_slice(word);
+            self.word(u64::from_le_bytes(w));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut w = [0; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(w));
+        }
+        self.word(bytes.len() as u64);
+    }
+
+    /// The words mixed so that every bit of them moves every bit of the hash (the
+    /// finaliser of MurmurHash3's 64-bit variant), folded to 32 bits.
+    fn finish(self) -> u32 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        (h ^ (h >> 32)) as u32
+    }
 }
 
 #[cfg(test)]
