@@ -26,7 +26,7 @@ use super::state::{Shared, lock};
 use super::status::Counters;
 use crate::network::Receiver;
 use crate::network::monotonic_ns;
-use crate::wire::VirtioNetHdr;
+use crate::wire::{VirtioNetHdr, flow};
 
 /// Frames taken from the ring per round.
 const RX_BUDGET: usize = 256;
@@ -257,7 +257,7 @@ impl<'x> Delivery<'x> {
         let q = if count == 1 {
             0
         } else {
-            crate::wire::flow::flow_hash(frame) as usize % count
+            flow::choose(flow::flow_hash(frame), count)
         };
         let Some(Opened { vring, ring, .. }) = self.queues.get_mut(q) else {
             return Placed::NoBuffers;
