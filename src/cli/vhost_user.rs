@@ -12,7 +12,7 @@ use anyhow::Context;
 use super::port_status::{StatusFile, StatusKind};
 use crate::network::Network;
 use crate::ports::socket::Doorbell;
-use crate::ports::vhost_user::{VhostUserOptions, VhostUserPort};
+use crate::ports::vhost_user::{Steering, VhostUserOptions, VhostUserPort};
 use crate::wire::MacAddress;
 
 /// How often the status file is rewritten when nothing changes.
@@ -52,6 +52,11 @@ pub struct VhostUserArgs {
     /// Do not offer checksum and segmentation offloads.
     #[arg(long)]
     pub no_offload: bool,
+    /// With several queue pairs, which receive queue a frame from another VM of this
+    /// port takes: `queue`, the one numbered as the transmit queue it was sent on (cheap:
+    /// a batch touches one queue); `flow`, the one its addresses and ports hash to.
+    #[arg(long, value_enum, default_value_t = Steering::Queue)]
+    pub steering: Steering,
     /// What the port enforces for its guests.
     #[command(flatten)]
     pub policy: super::policy::PolicyArgs,
@@ -70,6 +75,7 @@ pub fn run(dir: &Path, args: VhostUserArgs) -> anyhow::Result<()> {
         client: args.client,
         offload: !args.no_offload,
         policy: args.policy.try_into()?,
+        steering: args.steering,
     })
     .context("vhost-user port")?;
     let handle = port.status_handle();

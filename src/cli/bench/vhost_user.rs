@@ -26,9 +26,9 @@
 //! socket and each frontend uses them all (`queues=N`, testpmd's `--rxq=N --txq=N`): a
 //! forwarding stream per port and queue, each answering on the queue it received on. The
 //! frames of such a run (its one-pair tests too) vary their IPv4 source
-//! (`--txonly-multi-flow`), so guestnet's port, which picks a frontend's receive queue by
-//! flow, spreads them over the pairs; the anchor forwards queue
-//! `i` of one socket to queue `i` of the other. The request/response test keeps the same
+//! (`--txonly-multi-flow`). The anchor forwards queue `i` of one socket to queue `i` of
+//! the other, and so does guestnet's port with its default steering (`--steering queue`);
+//! with `--steering flow` it would spread each queue's flows over both pairs. The request/response test keeps the same
 //! frames in flight whatever N (each stream starts with `BURST / N`), so the rates compare
 //! what the switch pays for more queues, not a deeper pipeline. With N > 1 every test also
 //! runs with one queue pair, in the same run, and the result gives each switch's ratio;

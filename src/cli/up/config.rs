@@ -823,6 +823,28 @@ mod tests {
     }
 
     #[test]
+    fn a_vhost_user_port_takes_its_steering_and_refuses_an_unknown_one() {
+        let port = |steering: &str| {
+            format!(
+                "[[network]]\nname = \"lab\"\n[[network.port]]\ntype = \"vhost-user\"\nsocket = \"/run/a.sock\"\nqueues = 2\nsteering = \"{steering}\"\n"
+            )
+        };
+        let config = parse("t", &port("flow")).expect("accepted");
+        assert_eq!(
+            config.children[0].args,
+            [
+                "vhost-user",
+                "lab",
+                "--queues=2",
+                "--socket=/run/a.sock",
+                "--steering=flow"
+            ]
+        );
+        let errors = errors(&port("rss"));
+        assert_eq!(errors[0].key.as_deref(), Some("steering"), "{errors:?}");
+    }
+
+    #[test]
     fn a_derived_mac_is_stable_local_unicast_and_differs_by_name() {
         let a = derived_tap_mac("lab", Some("red"), "gn0");
         assert_eq!(a, derived_tap_mac("lab", Some("red"), "gn0"));

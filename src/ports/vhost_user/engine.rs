@@ -18,7 +18,10 @@
 //! frame held for it, none in its ring), so no frame overtakes another; once a copy for it
 //! goes into its ring (no buffers, a retagged copy), the rest of the batch's follow. A
 //! promiscuous peer still gets its copy through its ring, and both peers count the frame
-//! as they would have (`rx_direct` counts the frames that went straight across).
+//! as they would have (`rx_direct` counts the frames that went straight across). With
+//! several queue pairs the port's [`Steering`] picks the receive queue: by default the
+//! one numbered as the transmit queue the batch came from, so that a batch opens one of
+//! the receiving guest's queues, not all of them.
 //!
 //! **Polling, then sleeping.** While frames flow the thread polls: the guests are told not
 //! to kick (`VIRTQ_USED_F_NO_NOTIFY`, or with `EVENT_IDX` an event index left behind), and
@@ -63,6 +66,7 @@ use rustix::event::{PollFd, PollFlags};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
+use super::Steering;
 use super::datapath::{self, ChainFault, RxRules, TxBatch, TxRules, Vring, feature};
 use super::memory::GuestMemory;
 use super::rx::RxHalf;
@@ -106,6 +110,8 @@ pub struct Engine<'a> {
     arrived: AtomicBool,
     /// Rung when a lane arrives, a connection's state changes or a ring watch sees frames.
     bell: Doorbell,
+    /// Which receive queue a frame from one lane to another takes.
+    steering: Steering,
 }
 
 struct Inbox<'a> {
@@ -115,8 +121,8 @@ struct Inbox<'a> {
 }
 
 impl<'a> Engine<'a> {
-    /// An engine with no lanes.
-    pub fn new() -> std::io::Result<Engine<'a>> {
+    /// An engine with no lanes, steering frames between them by `steering`.
+    pub fn new(steering: Steering) -> std::io::Result<Engine<'a>> {
         Ok(Engine {
             inbox: Mutex::new(Inbox {
                 lanes: Vec::new(),
@@ -124,11 +130,13 @@ impl<'a> Engine<'a> {
             }),
             arrived: AtomicBool::new(false),
             bell: Doorbell::new()?,
+            steering,
         })
     }
 
     /// Hands a connection's lane to the engine.
-    pub fn attach(&self, lane: Lane<'a>) {
+    pub fn attach(&self, mut lane: Lane<'a>) {
+        lane.steering = self.steering;
         let mut inbox = lock(&self.inbox);
         if inbox.stopped {
             return;
@@ -277,6 +285,8 @@ pub struct Lane<'a> {
     /// Held back by the rate limit: the transmit queues are not read before this time
     /// (monotonic nanoseconds; 0: not held).
     held_until: u64,
+    /// Which receive queue of another lane its frames take (the engine's).
+    steering: Steering,
     /// Which transmit queue goes first in the next round (they take turns, so that under a
     /// rate limit one queue cannot take every token).
     tx_turn: usize,
@@ -327,6 +337,7 @@ impl<'a> Lane<'a> {
             view: None,
             quiet: false,
             held_until: 0,
+            steering: Steering::default(),
             tx_turn: 0,
             watcher,
         }
@@ -480,7 +491,10 @@ impl<'a> Lane<'a> {
                 self.sender.send_batch_offloaded_at(self.batch.iter(), now);
             } else {
                 let [before, after] = others;
-                let mut neighbours = Neighbours::new(before.iter_mut().chain(after.iter_mut()));
+                // The queue pair this batch was sent on, for steering by queue.
+                let source = (self.steering == Steering::Queue).then_some(index / 2);
+                let mut neighbours =
+                    Neighbours::new(before.iter_mut().chain(after.iter_mut()), source);
                 self.sender
                     .send_batch_via(self.batch.iter(), now, &mut neighbours);
             }
@@ -572,6 +586,9 @@ impl Drop for Lane<'_> {
 /// follow it there.
 struct Neighbours<'x, 'a> {
     lanes: Vec<Neighbour<'x, 'a>>,
+    /// The queue pair the batch was sent on, when frames are steered by queue
+    /// ([`Steering::Queue`]); `None`: by flow.
+    source: Option<usize>,
 }
 
 struct Neighbour<'x, 'a> {
@@ -595,7 +612,10 @@ struct Closed<'x, 'a> {
 }
 
 impl<'x, 'a> Neighbours<'x, 'a> {
-    fn new(lanes: impl Iterator<Item = &'x mut Lane<'a>>) -> Neighbours<'x, 'a> {
+    fn new(
+        lanes: impl Iterator<Item = &'x mut Lane<'a>>,
+        source: Option<usize>,
+    ) -> Neighbours<'x, 'a> {
         let lanes = lanes
             .filter_map(|lane| {
                 // The lane's own round may not have seen its connection's latest change
@@ -613,7 +633,7 @@ impl<'x, 'a> Neighbours<'x, 'a> {
                 })
             })
             .collect();
-        Neighbours { lanes }
+        Neighbours { lanes, source }
     }
 
     fn door(&mut self, index: u16) -> Option<&mut Neighbour<'x, 'a>> {
@@ -624,6 +644,7 @@ impl<'x, 'a> Neighbours<'x, 'a> {
 impl Shortcut for Neighbours<'_, '_> {
     fn offer(&mut self, peer: (u16, u32), copy: (&VirtioNetHdr, u32), frame: &[u8]) -> bool {
         let ((index, generation), (hdr, needed)) = (peer, copy);
+        let source = self.source;
         let Some(neighbour) = self.door(index) else {
             return false;
         };
@@ -647,7 +668,7 @@ impl Shortcut for Neighbours<'_, '_> {
         let Some(direct) = &mut neighbour.open else {
             return false;
         };
-        if direct.offer(hdr, frame) {
+        if direct.offer(hdr, frame, source) {
             return true;
         }
         neighbour.open = None;

@@ -133,6 +133,29 @@ pub struct VhostUserOptions {
     pub offload: bool,
     /// What the port enforces for its guests (`--lock-mac`, `--isolated`).
     pub policy: crate::ports::policy::PortPolicy,
+    /// Which receive queue a frame from another VM of the port takes (`--steering`).
+    pub steering: Steering,
+}
+
+/// With several queue pairs: which of a guest's receive queues a frame sent straight from
+/// another VM served by the same port goes to. (Frames that come through the network's
+/// ring, from other processes, carry no queue and always go by their flow.) Either way a
+/// queue takes a transmit queue's or a flow's frames in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Steering {
+    /// The queue of the same number as the transmit queue it was sent on (modulo the
+    /// receiving guest's count), as DPDK's forwarding and OVS-DPDK's default steering do:
+    /// a transmit batch goes to one receive queue. A guest's driver keeps a flow on one
+    /// transmit queue (Linux picks it by the sending CPU), so flows stay in order, and
+    /// spread over the receiver's queues as the sender's CPUs do.
+    #[default]
+    Queue,
+    /// The queue its flow hashes to (addresses and ports, see
+    /// [`crate::wire::flow::flow_hash`]), as Linux's TUN picks one: a single sending CPU's
+    /// flows spread too, but every transmit batch may touch every receive queue, which
+    /// costs the switch a quarter of its rate with two pairs.
+    Flow,
 }
 
 /// Reads the sockets' status from another thread (for the status file).
@@ -266,7 +289,8 @@ impl VhostUserPort {
 
     /// Serves every socket on `network` until `stop` rings.
     pub fn serve(&self, network: &Network, stop: &Doorbell) -> Result<(), PortError> {
-        let engine = Engine::new().map_err(io_error("create the data path's doorbell"))?;
+        let engine = Engine::new(self.options.steering)
+            .map_err(io_error("create the data path's doorbell"))?;
         let engine = &engine;
         std::thread::scope(|scope| {
             scope.spawn(|| engine.run(stop));

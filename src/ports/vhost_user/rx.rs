@@ -8,9 +8,11 @@
 //! the guest has no buffers left, the frames taken are held (in order) and the lane is
 //! *blocked*: the engine then sleeps on the receive queues' kicks rather than on the ring,
 //! and frames behind those stay in the network's ring, where senders count them as
-//! `ring_full` once it fills. With several queue pairs, a frame goes to the queue its flow
-//! hashes to ([`crate::wire::flow::flow_hash`]), so a flow's frames stay in order and the
-//! conversations between two guests spread over the queues as they would over a NIC's.
+//! `ring_full` once it fills. With several queue pairs, a frame from the ring goes to the
+//! queue its flow hashes to ([`crate::wire::flow::flow_hash`]), so a flow's frames stay in
+//! order and conversations spread over the queues as they would over a NIC's; a frame
+//! straight from another lane goes by the port's [`super::Steering`] (by default to the
+//! queue numbered as the transmit queue it was sent on).
 
 use std::collections::VecDeque;
 use std::sync::MutexGuard;
@@ -111,7 +113,7 @@ impl RxHalf {
             if *blocked {
                 return false;
             }
-            let placed = delivery.place(rules, (hdr, frame), work, faults);
+            let placed = delivery.place(rules, (hdr, frame), None, work, faults);
             *blocked = placed == Placed::NoBuffers;
             !*blocked
         };
@@ -244,20 +246,22 @@ impl<'x> Delivery<'x> {
         })
     }
 
-    /// Writes one frame into the queue its flow hashes to (with several pairs). Bad
-    /// chains met on the way, and the reason a frame was dropped, go to `faults`.
+    /// Writes one frame into a queue (with several pairs): the one of number `source`
+    /// (modulo the running queues' count), or without one the queue its flow hashes to.
+    /// Bad chains met on the way, and the reason a frame was dropped, go to `faults`.
     fn place(
         &mut self,
         rules: &RxRules,
         (hdr, frame): (&VirtioNetHdr, &[u8]),
+        source: Option<usize>,
         work: &mut datapath::Placement,
         faults: &mut Vec<ChainFault>,
     ) -> Placed {
         let count = self.queues.len();
-        let q = if count == 1 {
-            0
-        } else {
-            flow::choose(flow::flow_hash(frame), count)
+        let q = match source {
+            _ if count == 1 => 0,
+            Some(pair) => pair % count,
+            None => flow::choose(flow::flow_hash(frame), count),
         };
         let Some(Opened { vring, ring, .. }) = self.queues.get_mut(q) else {
             return Placed::NoBuffers;
@@ -341,13 +345,18 @@ pub struct Direct<'x, 'a> {
 }
 
 impl Direct<'_, '_> {
-    /// Writes one frame into the guest; `false` when the guest has no buffers for it (it
-    /// then goes through the ring, and so must every later frame for this guest).
-    pub fn offer(&mut self, hdr: &VirtioNetHdr, frame: &[u8]) -> bool {
+    /// Writes one frame into the guest, into receive queue `source` if given (see
+    /// [`Delivery::place`]); `false` when the guest has no buffers for it (it then goes
+    /// through the ring, and so must every later frame for this guest).
+    pub fn offer(&mut self, hdr: &VirtioNetHdr, frame: &[u8], source: Option<usize>) -> bool {
         let rx = &mut *self.rx;
-        let placed = self
-            .delivery
-            .place(&self.rules, (hdr, frame), &mut rx.work, &mut rx.faults);
+        let placed = self.delivery.place(
+            &self.rules,
+            (hdr, frame),
+            source,
+            &mut rx.work,
+            &mut rx.faults,
+        );
         if placed == Placed::Delivered {
             rx.receiver.count_received(frame.len());
         }
