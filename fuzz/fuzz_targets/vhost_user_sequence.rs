@@ -101,6 +101,7 @@ fn bench() -> &'static Mutex<Bench> {
                 client: false,
                 offload: true,
                 policy: Default::default(),
+                steering: Default::default(),
             })
             .expect("open the port"),
         ));
