@@ -886,6 +886,10 @@ fn vhost_user_with_two_queue_pairs_carries_frames_both_ways_on_both_and_compares
     assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
     let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
     assert_eq!(number(&v, "queues"), 2.0, "{v}");
+    assert_eq!(
+        v["steering"], "queue",
+        "guestnet's port steers by queue by default: {v}"
+    );
     let one = &v["one_queue_pair"];
     assert_eq!(number(one, "queues"), 1.0, "{v}");
     for (tests, queues) in [(&v, 2), (one, 1)] {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::ports::vhost_user::Steering;
 use crate::wire::MacAddress;
 
 /// Arguments of `bench`.
@@ -78,6 +79,11 @@ pub struct BenchArgs {
     /// more than one, each test also runs with one, and the two are compared.
     #[arg(long, requires = "vhost_user", default_value_t = 1)]
     pub queues: u16,
+    /// With --vhost-user: the steering of guestnet's port (`guestnet vhost-user
+    /// --steering`), which decides with several queue pairs which receive queue a frame
+    /// from the other frontend takes.
+    #[arg(long, requires = "vhost_user", value_enum, default_value_t = Steering::Queue)]
+    pub steering: Steering,
     /// With --vm: the guest image (vmlinuz, initramfs.cpio.gz) of scripts/guest-image,
     /// built there by the script when missing.
     #[arg(long, requires = "vm", default_value = "target/guest")]

@@ -78,7 +78,7 @@ use super::process::{Interrupt, Workspace, allowed_cpus, machine};
 use super::testpmd::{self, HugePages, Instance, Memory, PortStats, Testpmd};
 use crate::bench::Throughput;
 use crate::cli::LOG_VARIABLE;
-use crate::ports::vhost_user::MAX_QUEUE_PAIRS;
+use crate::ports::vhost_user::{MAX_QUEUE_PAIRS, Steering};
 use switch::{BURST, MACS, POLL_INTERVAL, SIDES, Switch};
 
 /// Descriptors per virtqueue of each frontend.
@@ -100,6 +100,8 @@ struct VhostUserResult {
     switch_cores: usize,
     /// Queue pairs of each frontend and switch in the tests below.
     queues: u16,
+    /// guestnet's port's steering ("queue" or "flow", see `guestnet vhost-user --help`).
+    steering: Steering,
     /// Where the switch ran, and where the frontends did.
     switch_cpus: Vec<usize>,
     frontend_cpus: Vec<usize>,
@@ -296,6 +298,7 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         seconds: args.seconds,
         switch_cores: args.switch_cores,
         queues: several.queues,
+        steering: args.steering,
         switch_cpus: cpus.switch.clone(),
         frontend_cpus: cpus.frontends.clone(),
         memory,
@@ -414,7 +417,7 @@ impl Plan<'_> {
                 workspace,
                 ring_slots,
                 &self.cpus.switch,
-                queues,
+                (queues, self.args.steering),
                 self.interrupt,
             )?;
             self.both_tests(&mut switch)?

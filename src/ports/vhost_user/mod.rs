@@ -141,7 +141,8 @@ pub struct VhostUserOptions {
 /// another VM served by the same port goes to. (Frames that come through the network's
 /// ring, from other processes, carry no queue and always go by their flow.) Either way a
 /// queue takes a transmit queue's or a flow's frames in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Steering {
     /// The queue of the same number as the transmit queue it was sent on (modulo the

@@ -17,7 +17,7 @@ use crate::cli::guest::{Console, Stderr};
 use crate::cli::port_status::PortStatuses;
 use crate::network::Network;
 use crate::network::counters::DropReason;
-use crate::ports::vhost_user::{State, UNSEALED_MEMORY};
+use crate::ports::vhost_user::{State, Steering, UNSEALED_MEMORY};
 
 /// The frontends' MACs (locally administered), `a` first.
 pub(super) const MACS: [&str; 2] = ["02:67:6e:62:00:0a", "02:67:6e:62:00:0b"];
@@ -64,13 +64,13 @@ fn bench_log_filter() -> String {
 }
 
 impl Switch {
-    /// guestnet's vhost-user port on the switch's CPUs, offering `queues` queue pairs, with
-    /// a network of its own.
+    /// guestnet's vhost-user port on the switch's CPUs, offering `queues` queue pairs and
+    /// steering frames between them by `steering`, with a network of its own.
     pub(super) fn guestnet(
         workspace: &Workspace,
         ring_slots: u32,
         cpus: &[usize],
-        queues: u16,
+        (queues, steering): (u16, Steering),
         interrupt: &Interrupt,
     ) -> anyhow::Result<Switch> {
         let network = workspace.create_network(ring_slots)?;
@@ -87,7 +87,12 @@ impl Switch {
             .arg(workspace.path())
             .args(["vhost-user", NETWORK])
             .arg("--queues")
-            .arg(queues.to_string());
+            .arg(queues.to_string())
+            .arg("--steering")
+            .arg(match steering {
+                Steering::Queue => "queue",
+                Steering::Flow => "flow",
+            });
         for (socket, mac) in switch.sockets.iter().zip(MACS) {
             command.arg("--socket").arg(socket).arg("--mac").arg(mac);
         }

@@ -29,8 +29,13 @@ pub(super) fn print_table(result: &VhostUserResult, command: &str) {
     println!("anchor:    {}", result.anchor_name);
     if result.queues > 1 {
         println!(
-            "queues:    {} queue pairs per frontend and socket; each test also with 1",
-            result.queues
+            "queues:    {} queue pairs per frontend and socket; each test also with 1; \
+             guestnet's steering: {}",
+            result.queues,
+            match result.steering {
+                Steering::Queue => "by queue (--steering queue)",
+                Steering::Flow => "by flow (--steering flow)",
+            }
         );
     }
     println!("command:   {command}");
