@@ -213,7 +213,7 @@ struct Opened<'x> {
     vring: MutexGuard<'x, Vring>,
     /// Its ring in guest memory, found when the first frame for it comes, not when the
     /// delivery opens: a delivery opens every running queue whether or not a frame comes
-    /// (the flow hash needs their count), and each ring costs three lookups in guest
+    /// (steering needs their count), and each ring costs three lookups in guest
     /// memory. Its lines are asked for then too ([`datapath::prefetch_receive`]): asking
     /// for those of a queue no frame comes for takes them from the core of a frontend
     /// that is polling them.
