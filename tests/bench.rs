@@ -919,6 +919,50 @@ fn vhost_user_with_two_queue_pairs_carries_frames_both_ways_on_both_and_compares
 }
 
 #[test]
+fn vhost_user_steered_by_flow_spreads_a_transmit_queues_frames_over_both_receive_queues() {
+    if !dpdk_installed() {
+        return;
+    }
+    let _one_at_a_time = VHOST_USER_BENCH.lock().unwrap_or_else(|p| p.into_inner());
+    let huge_pages_before = huge_pages();
+    let bench = Bench::start(&[
+        "--vhost-user",
+        "--queues",
+        "2",
+        "--seconds",
+        "1",
+        "--steering",
+        "flow",
+        "--json",
+    ]);
+    let pid = bench.pid();
+    let (status, stdout, stderr) = bench.finish(Duration::from_secs(300));
+    assert!(
+        status.success(),
+        "bench failed: {status}; stderr {stderr:#?}"
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(v["steering"], "flow", "{v}");
+    let looped = &v["request_response"]["guestnet"];
+    check_switch(looped, 64.0, true);
+    check_queue_pairs(looped, 2, true);
+    // The frames vary their flows, so each transmit queue's frames land on both of the
+    // other side's receive queues: some queue's count differs from its namesake's.
+    let pairs = looped["queue_pairs"].as_array().expect("queue_pairs");
+    let crossed = [(0, 1), (1, 0)].iter().any(|&(from, to)| {
+        pairs
+            .iter()
+            .any(|pair| pair["sent"][from].as_f64() != pair["received"][to].as_f64())
+    });
+    assert!(
+        crossed,
+        "frames steered by flow crossed between queues: {looped}"
+    );
+
+    assert_dpdk_bench_gone(pid, huge_pages_before);
+}
+
+#[test]
 fn an_interrupted_vhost_user_bench_stops_dpdk_and_gives_everything_back() {
     if !dpdk_installed() {
         return;
