@@ -43,15 +43,11 @@ const IPV4_FRAGMENT_BITS: u16 = 0x3fff;
 /// this only reads what is there.
 pub fn flow_hash(frame: &[u8]) -> u32 {
     let mut hash = Mix::default();
-    match frame.get(field::ETHERNET) {
-        Some(header) => {
-            hash.bytes(header);
-        }
-        None => {
-            hash.bytes(frame);
-            return hash.finish();
-        }
-    }
+    let Some(header) = frame.get(field::ETHERNET) else {
+        hash.bytes(frame);
+        return hash.finish();
+    };
+    hash.bytes(header);
     let (ethertype, l3) = match frame.get(field::ETHERTYPE) {
         Some(t) if t == ETHERTYPE_VLAN => {
             (frame.get(field::TAGGED_ETHERTYPE), field::TAGGED_PAYLOAD)

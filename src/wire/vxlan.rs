@@ -157,9 +157,10 @@ impl VxlanRepr {
 /// folded into [`SOURCE_PORTS`], so one conversation always takes the same port and
 /// different conversations spread over the range.
 pub fn source_port(frame: &[u8]) -> u16 {
-    let span = u32::from(SOURCE_PORTS.end() - SOURCE_PORTS.start()) + 1;
-    // The remainder is below 16384, so the sum stays within u16.
-    *SOURCE_PORTS.start() + (super::flow::flow_hash(frame) % span) as u16
+    let span = usize::from(SOURCE_PORTS.end() - SOURCE_PORTS.start()) + 1;
+    // The choice is below 16384, so the sum stays within u16.
+    let port = super::flow::choose(super::flow::flow_hash(frame), span);
+    *SOURCE_PORTS.start() + u16::try_from(port).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -135,8 +135,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Hands a connection's lane to the engine.
-    pub fn attach(&self, mut lane: Lane<'a>) {
-        lane.steering = self.steering;
+    pub fn attach(&self, lane: Lane<'a>) {
         let mut inbox = lock(&self.inbox);
         if inbox.stopped {
             return;
@@ -174,7 +173,7 @@ impl<'a> Engine<'a> {
             for i in 0..lanes.len() {
                 let (before, rest) = lanes.split_at_mut(i);
                 if let Some((lane, after)) = rest.split_first_mut() {
-                    work += lane.round(now, [before, after]);
+                    work += lane.round(now, [before, after], self.steering);
                 }
             }
             rounds = rounds.wrapping_add(1);
@@ -285,8 +284,6 @@ pub struct Lane<'a> {
     /// Held back by the rate limit: the transmit queues are not read before this time
     /// (monotonic nanoseconds; 0: not held).
     held_until: u64,
-    /// Which receive queue of another lane its frames take (the engine's).
-    steering: Steering,
     /// Which transmit queue goes first in the next round (they take turns, so that under a
     /// rate limit one queue cannot take every token).
     tx_turn: usize,
@@ -337,7 +334,6 @@ impl<'a> Lane<'a> {
             view: None,
             quiet: false,
             held_until: 0,
-            steering: Steering::default(),
             tx_turn: 0,
             watcher,
         }
@@ -390,7 +386,7 @@ impl<'a> Lane<'a> {
     /// One round at `now`: the transmit queues (unless held back), then the receive
     /// queues. `others` are the engine's other lanes, whose guests this one's frames may
     /// reach past the network's ring. Returns the frames moved.
-    fn round(&mut self, now: u64, mut others: [&mut [Lane<'a>]; 2]) -> usize {
+    fn round(&mut self, now: u64, mut others: [&mut [Lane<'a>]; 2], steering: Steering) -> usize {
         self.refresh();
         if self.shared.quarantined.load(Ordering::Acquire) {
             self.shared.set_link(false);
@@ -416,7 +412,8 @@ impl<'a> Lane<'a> {
             let first = self.tx_turn % queues.max(1);
             self.tx_turn = self.tx_turn.wrapping_add(1);
             for turn in 0..queues {
-                moved += self.transmit(2 * ((first + turn) % queues) + 1, now, &mut others);
+                let index = 2 * ((first + turn) % queues) + 1;
+                moved += self.transmit(index, now, &mut others, steering);
             }
         }
         let Some(view) = &self.view else {
@@ -439,7 +436,13 @@ impl<'a> Lane<'a> {
 
     /// Drains one round of transmit queue `index` into the network (as much of it as the
     /// rate limit lets through); returns the chains taken.
-    fn transmit(&mut self, index: usize, now: u64, others: &mut [&mut [Lane<'a>]; 2]) -> usize {
+    fn transmit(
+        &mut self,
+        index: usize,
+        now: u64,
+        others: &mut [&mut [Lane<'a>]; 2],
+        steering: Steering,
+    ) -> usize {
         if self.held_until > now {
             return 0;
         }
@@ -492,7 +495,7 @@ impl<'a> Lane<'a> {
             } else {
                 let [before, after] = others;
                 // The queue pair this batch was sent on, for steering by queue.
-                let source = (self.steering == Steering::Queue).then_some(index / 2);
+                let source = (steering == Steering::Queue).then_some(index / 2);
                 let mut neighbours =
                     Neighbours::new(before.iter_mut().chain(after.iter_mut()), source);
                 self.sender

@@ -159,6 +159,16 @@ pub enum Steering {
     Flow,
 }
 
+impl Steering {
+    /// Its name as `--steering` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Steering::Queue => "queue",
+            Steering::Flow => "flow",
+        }
+    }
+}
+
 /// Reads the sockets' status from another thread (for the status file).
 #[derive(Debug, Clone)]
 pub struct StatusHandle {

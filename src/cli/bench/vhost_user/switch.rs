@@ -89,10 +89,7 @@ impl Switch {
             .arg("--queues")
             .arg(queues.to_string())
             .arg("--steering")
-            .arg(match steering {
-                Steering::Queue => "queue",
-                Steering::Flow => "flow",
-            });
+            .arg(steering.name());
         for (socket, mac) in switch.sockets.iter().zip(MACS) {
             command.arg("--socket").arg(socket).arg("--mac").arg(mac);
         }

@@ -30,12 +30,9 @@ pub(super) fn print_table(result: &VhostUserResult, command: &str) {
     if result.queues > 1 {
         println!(
             "queues:    {} queue pairs per frontend and socket; each test also with 1; \
-             guestnet's steering: {}",
+             guestnet's steering: by {1} (--steering {1})",
             result.queues,
-            match result.steering {
-                Steering::Queue => "by queue (--steering queue)",
-                Steering::Flow => "by flow (--steering flow)",
-            }
+            result.steering.name()
         );
     }
     println!("command:   {command}");
