@@ -365,10 +365,8 @@ impl Console {
     /// Reads lines until one contains `marker`, and returns it; fails if none came by
     /// `by`, if the child exited first, or if its group was interrupted.
     pub fn expect(&mut self, marker: &str, by: Instant) -> anyhow::Result<String> {
-        match self.read_until(Some(marker), by)? {
-            Some(line) => Ok(line),
-            None => Err(self.not_in_time(&format!("{marker:?}"))),
-        }
+        self.read_until(Some(marker), by)?
+            .ok_or_else(|| self.not_in_time(&format!("{marker:?}")))
     }
 
     /// Reads lines until one contains `marker`, and returns it, or `None` if none came by
@@ -379,10 +377,8 @@ impl Console {
 
     /// The next line, whatever it says, if it comes by `by`.
     pub fn next_line(&mut self, by: Instant) -> anyhow::Result<String> {
-        match self.read_until(None, by)? {
-            Some(line) => Ok(line),
-            None => Err(self.not_in_time("line")),
-        }
+        self.read_until(None, by)?
+            .ok_or_else(|| self.not_in_time("line"))
     }
 
     /// Reads lines until one contains `marker` (any line, without one), and returns it, or
