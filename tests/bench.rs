@@ -86,6 +86,19 @@ impl Bench {
         }
         (status, stdout, stderr)
     }
+
+    /// [`Bench::finish`] for a run that must succeed and print exactly one JSON object:
+    /// that object.
+    fn finish_json(self, timeout: Duration) -> Value {
+        let (status, stdout, stderr) = self.finish(timeout);
+        assert!(
+            status.success(),
+            "bench failed: {status}; stderr {stderr:#?}"
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
+        serde_json::from_str(lines[0]).expect("valid JSON")
+    }
 }
 
 impl Drop for Bench {
@@ -155,14 +168,7 @@ fn json_result_has_its_shape_and_its_counts_add_up() {
         "--no-memif",
     ]);
     let pid = bench.pid();
-    let (status, stdout, stderr) = bench.finish(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "bench failed: {status}; stderr {stderr:?}"
-    );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
-    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    let v = bench.finish_json(Duration::from_secs(30));
 
     assert_eq!(number(&v, "frame_size"), 100.0);
     assert_eq!(number(&v, "senders"), 1.0);
@@ -235,12 +241,7 @@ fn memif_is_measured_in_the_same_run_and_its_testpmds_clean_up() {
     let huge_pages_before = huge_pages();
     let bench = Bench::start(&["--seconds", "1", "--json"]);
     let pid = bench.pid();
-    let (status, stdout, stderr) = bench.finish(Duration::from_secs(120));
-    assert!(
-        status.success(),
-        "bench failed: {status}; stderr {stderr:?}"
-    );
-    let v: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let v = bench.finish_json(Duration::from_secs(120));
     assert!(v.get("memif_skipped").is_none(), "{v}");
     let (mpps, memif_mpps) = (number(&v, "mpps"), number(&v, "memif.mpps"));
     assert!(memif_mpps > 0.0, "{v}");
@@ -331,14 +332,7 @@ fn netns_json_compares_guestnet_with_the_bridge_and_cleans_up() {
     }
     let bench = Bench::start(&["--netns", "--seconds", "1", "--json"]);
     let pid = bench.pid();
-    let (status, stdout, stderr) = bench.finish(Duration::from_secs(60));
-    assert!(
-        status.success(),
-        "bench failed: {status}; stderr {stderr:?}"
-    );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
-    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    let v = bench.finish_json(Duration::from_secs(60));
     assert_eq!(v["mode"], "netns", "{v}");
     assert_eq!(number(&v, "seconds"), 1.0);
     assert!(v["machine"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
@@ -379,14 +373,7 @@ fn netns_rate_json_holds_the_limit_on_both_labs_and_cleans_up() {
     }
     let bench = Bench::start(&["--netns", "--rate", "100m", "--seconds", "2", "--json"]);
     let pid = bench.pid();
-    let (status, stdout, stderr) = bench.finish(Duration::from_secs(120));
-    assert!(
-        status.success(),
-        "bench failed: {status}; stderr {stderr:?}"
-    );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
-    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    let v = bench.finish_json(Duration::from_secs(120));
     // The comparison without a limit is still there, as without --rate.
     assert_eq!(v["mode"], "netns", "{v}");
     assert_eq!(v["results"].as_array().map(Vec::len), Some(2), "{v}");
@@ -523,14 +510,7 @@ fn vm_json_compares_vhost_user_guests_with_bridged_guests_and_cleans_up() {
     let image = image.to_str().expect("UTF-8 path");
     let bench = Bench::start(&["--vm", "--seconds", "1", "--json", "--image-dir", image]);
     let pid = bench.pid();
-    let (status, stdout, stderr) = bench.finish(Duration::from_secs(300));
-    assert!(
-        status.success(),
-        "bench failed: {status}; stderr {stderr:#?}"
-    );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
-    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    let v = bench.finish_json(Duration::from_secs(300));
     assert_eq!(v["mode"], "vm", "{v}");
     assert_eq!(number(&v, "seconds"), 1.0);
     let accelerator = v["accelerator"].as_str();
@@ -877,14 +857,7 @@ fn vhost_user_with_two_queue_pairs_carries_frames_both_ways_on_both_and_compares
     let huge_pages_before = huge_pages();
     let bench = Bench::start(&["--vhost-user", "--queues", "2", "--seconds", "1", "--json"]);
     let pid = bench.pid();
-    let (status, stdout, stderr) = bench.finish(Duration::from_secs(300));
-    assert!(
-        status.success(),
-        "bench failed: {status}; stderr {stderr:#?}"
-    );
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one JSON object: {stdout:?}");
-    let v: Value = serde_json::from_str(lines[0]).expect("valid JSON");
+    let v = bench.finish_json(Duration::from_secs(300));
     assert_eq!(number(&v, "queues"), 2.0, "{v}");
     assert_eq!(
         v["steering"], "queue",
@@ -936,12 +909,7 @@ fn vhost_user_steered_by_flow_spreads_a_transmit_queues_frames_over_both_receive
         "--json",
     ]);
     let pid = bench.pid();
-    let (status, stdout, stderr) = bench.finish(Duration::from_secs(300));
-    assert!(
-        status.success(),
-        "bench failed: {status}; stderr {stderr:#?}"
-    );
-    let v: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let v = bench.finish_json(Duration::from_secs(300));
     assert_eq!(v["steering"], "flow", "{v}");
     let looped = &v["request_response"]["guestnet"];
     check_switch(looped, 64.0, true);
