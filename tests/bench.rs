@@ -707,6 +707,29 @@ fn check_switch(m: &Value, frame_size: f64, both_ways: bool) {
     assert_eq!(by_reason, dropped, "the reasons add up to the drops: {m}");
 }
 
+/// A loop's round trips: `2 × frames in flight ÷ rate` for each switch, and guestnet's
+/// over the anchor's beside the rates' ratio.
+fn check_round_trips(test: &Value) {
+    let in_flight = number(test, "frames_in_flight");
+    for switch in ["guestnet", "anchor"] {
+        let m = &test[switch];
+        assert!(
+            close(
+                number(m, "round_trip_us"),
+                2.0 * in_flight / number(m, "mpps")
+            ),
+            "{switch}: {test}"
+        );
+    }
+    assert!(
+        close(
+            number(test, "round_trip_ratio"),
+            number(&test["guestnet"], "round_trip_us") / number(&test["anchor"], "round_trip_us")
+        ),
+        "{test}"
+    );
+}
+
 /// Checks that each frame went from a transmit queue of one frontend to the receive queue
 /// of the same number of the other: DPDK's forwarding does, and so does guestnet's port
 /// with its default steering (`--steering queue`) for frames between two of its VMs. Only
@@ -833,6 +856,15 @@ fn vhost_user_json_counts_add_up_on_both_sides_and_the_anchor_ran() {
         ),
         "{v}"
     );
+    check_round_trips(looped);
+    // The latency test: one frame from each port in flight, through both switches.
+    let latency = &v["latency"];
+    assert_eq!(number(latency, "frames_in_flight"), 2.0, "{v}");
+    for switch in ["guestnet", "anchor"] {
+        check_switch(&latency[switch], 64.0, true);
+        check_queue_pairs(&latency[switch], 1, true);
+    }
+    check_round_trips(latency);
     if v["stream"].is_null() {
         assert!(
             v["stream_skipped"]
@@ -881,6 +913,10 @@ fn vhost_user_with_two_queue_pairs_carries_frames_both_ways_on_both_and_compares
             }
         }
     }
+    // The latency test ran once, with one queue pair, and is reported at the top.
+    assert_eq!(number(&v["latency"], "frames_in_flight"), 2.0, "{v}");
+    check_round_trips(&v["latency"]);
+    assert!(one["latency"].is_null(), "{v}");
     for switch in ["guestnet", "anchor"] {
         let scaling = number(&v["queue_scaling"]["request_response"], switch);
         let expected = number(&v["request_response"][switch], "mpps")

@@ -19,6 +19,10 @@
 //!   with its addresses swapped, so it crosses the switch again. `start tx_first` sends one
 //!   burst from each port, and those frames (`2 × BURST`) are all that is ever in flight:
 //!   the rate measures how fast the switch turns frames around, latency included.
+//! * **latency**: the same loop with one frame from each port (`--burst=1`), so that a
+//!   frame never waits behind another: the loop's rate gives the round trip a → b → a
+//!   (two crossings of the switch and two turns in the frontend), `2 × frames in flight ÷
+//!   frames per second`. Measured with one queue pair.
 //! * **stream** (when the machine has a CPU for each frontend besides the switch's): a
 //!   `txonly` testpmd on `a` sends as fast as it can to an `rxonly` testpmd on `b`.
 //!
@@ -112,6 +116,8 @@ struct VhostUserResult {
     machine: String,
     anchor_name: &'static str,
     request_response: Comparison,
+    /// One frame in flight each way, one queue pair: the round trip through each switch.
+    latency: Option<Comparison>,
     /// `None` on a machine without a CPU for each frontend besides the switch's.
     stream: Option<Comparison>,
     /// Why the stream was not measured.
@@ -131,6 +137,9 @@ struct VhostUserResult {
 struct Tests {
     queues: u16,
     request_response: Comparison,
+    /// Measured in the run with one queue pair only, and reported at the top.
+    #[serde(skip)]
+    latency: Option<Comparison>,
     stream: Option<Comparison>,
 }
 
@@ -173,6 +182,10 @@ struct Comparison {
     anchor: Measured,
     /// guestnet ÷ anchor frames per second.
     ratio: f64,
+    /// With frames in flight: guestnet's round trip ÷ the anchor's (the inverse of
+    /// `ratio`; the latency target is ≤ 1.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    round_trip_ratio: Option<f64>,
 }
 
 /// One switch's figures in one test.
@@ -182,6 +195,11 @@ struct Measured {
     mpps: f64,
     /// The same in gigabits per second (frame bytes only).
     gbit_s: f64,
+    /// With frames in flight (request/response, latency): the mean round trip a → b → a in
+    /// microseconds, `2 × frames in flight ÷ frames per second`, the frontends' turns
+    /// included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    round_trip_us: Option<f64>,
     /// guestnet: its peers' receiver wake-ups per frame. None for the anchor, which never
     /// sleeps.
     wakeups_per_frame: Option<f64>,
@@ -282,8 +300,12 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     drop(workspace);
     drop(huge_pages);
-    let several = runs.pop().context("no test ran")?;
-    let one_queue_pair = runs.pop();
+    let mut several = runs.pop().context("no test ran")?;
+    let mut one_queue_pair = runs.pop();
+    let latency = match &mut one_queue_pair {
+        Some(one) => one.latency.take(),
+        None => several.latency.take(),
+    };
     let queue_scaling = one_queue_pair.as_ref().map(|one| Scaling {
         request_response: SwitchRatios::of(&several.request_response, &one.request_response),
         stream: several
@@ -306,6 +328,7 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
         machine: machine(),
         anchor_name: ANCHOR_NAME,
         request_response: several.request_response,
+        latency,
         stream: several.stream,
         stream_skipped,
         one_queue_pair,
@@ -392,7 +415,30 @@ impl Cpus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Test {
     RequestResponse,
+    /// Request/response with one frame from each port.
+    Latency,
     Stream,
+}
+
+/// Frames in flight in the latency test: one from each port.
+const LATENCY_IN_FLIGHT: u64 = 2;
+
+/// One switch's tests.
+struct Measurements {
+    looped: Measured,
+    latency: Option<Measured>,
+    stream: Option<Measured>,
+}
+
+impl Measured {
+    /// These figures with the round trip that `frames` in flight at this rate take.
+    fn in_flight(self, frames: u64) -> Measured {
+        let round_trip_us = (self.mpps > 0.0).then(|| 2.0 * frames as f64 / self.mpps);
+        Measured {
+            round_trip_us,
+            ..self
+        }
+    }
 }
 
 /// Everything a measurement needs.
@@ -436,18 +482,36 @@ impl Plan<'_> {
             switch.stop()?;
             measured
         };
-        let compare = |guestnet: Measured, anchor: Measured, frames_in_flight| Comparison {
-            frames_in_flight,
-            ratio: ratio(guestnet.mpps, anchor.mpps),
-            guestnet,
-            anchor,
+        let compare = |guestnet: Measured, anchor: Measured, frames_in_flight: Option<u64>| {
+            let (guestnet, anchor) = match frames_in_flight {
+                Some(frames) => (guestnet.in_flight(frames), anchor.in_flight(frames)),
+                None => (guestnet, anchor),
+            };
+            Comparison {
+                frames_in_flight,
+                ratio: ratio(guestnet.mpps, anchor.mpps),
+                round_trip_ratio: guestnet
+                    .round_trip_us
+                    .zip(anchor.round_trip_us)
+                    .map(|(ours, theirs)| ratio(ours, theirs)),
+                guestnet,
+                anchor,
+            }
         };
         Ok(Tests {
             queues,
-            request_response: compare(guestnet.0, anchor.0, Some(self.frames_in_flight())),
+            request_response: compare(
+                guestnet.looped,
+                anchor.looped,
+                Some(self.frames_in_flight()),
+            ),
+            latency: guestnet
+                .latency
+                .zip(anchor.latency)
+                .map(|(guestnet, anchor)| compare(guestnet, anchor, Some(LATENCY_IN_FLIGHT))),
             stream: guestnet
-                .1
-                .zip(anchor.1)
+                .stream
+                .zip(anchor.stream)
                 .map(|(guestnet, anchor)| compare(guestnet, anchor, None)),
         })
     }
@@ -464,21 +528,32 @@ impl Plan<'_> {
         2 * u64::from(self.queues) * self.burst_per_queue()
     }
 
-    /// The request/response test, then the stream where there are CPUs for it.
-    fn both_tests(&self, switch: &mut Switch) -> anyhow::Result<(Measured, Option<Measured>)> {
+    /// The request/response test, the latency test with one queue pair, then the stream
+    /// where there are CPUs for it.
+    fn both_tests(&self, switch: &mut Switch) -> anyhow::Result<Measurements> {
         let looped = self.measure(switch, Test::RequestResponse)?;
+        let latency = if self.queues == 1 {
+            Some(self.measure(switch, Test::Latency)?)
+        } else {
+            None
+        };
         let stream = if self.cpus.stream().is_some() {
             Some(self.measure(switch, Test::Stream)?)
         } else {
             None
         };
-        Ok((looped, stream))
+        Ok(Measurements {
+            looped,
+            latency,
+            stream,
+        })
     }
 
     /// Runs one test through `switch`: frontends up, a window of traffic, the drain.
     fn measure(&self, switch: &mut Switch, test: Test) -> anyhow::Result<Measured> {
         let name = match test {
             Test::RequestResponse => "request/response",
+            Test::Latency => "latency (one frame in flight each way)",
             Test::Stream => "stream",
         };
         progress(&format!("{}: {name}", switch.name()));
@@ -487,7 +562,7 @@ impl Plan<'_> {
         let base = (frontends.counts()?, switch.sample()?);
         let queues_base = frontends.queue_counts()?;
         match test {
-            Test::RequestResponse => {
+            Test::RequestResponse | Test::Latency => {
                 frontends.command(0, "start tx_first")?;
             }
             Test::Stream => {
@@ -501,7 +576,7 @@ impl Plan<'_> {
         let end = (Instant::now(), frontends.counts()?, switch.sample()?);
         // Stop sending; keep receiving until every frame sent has arrived or was dropped.
         match test {
-            Test::RequestResponse => {
+            Test::RequestResponse | Test::Latency => {
                 frontends.command(0, "stop")?;
                 frontends.command(0, "set fwd rxonly")?;
                 frontends.command(0, "start")?;
@@ -552,6 +627,7 @@ impl Plan<'_> {
         Ok(Measured {
             mpps: throughput.mpps,
             gbit_s: throughput.gbps,
+            round_trip_us: None,
             wakeups_per_frame: switch1
                 .wakeups
                 .zip(switch0.wakeups)
@@ -589,8 +665,12 @@ impl Plan<'_> {
             queue_options.push("--txonly-multi-flow".into());
         }
         let children = &self.interrupt.children;
+        let burst_per_queue = match test {
+            Test::Latency => 1,
+            _ => self.burst_per_queue(),
+        };
         let instances = match test {
-            Test::RequestResponse => vec![Testpmd::start(
+            Test::RequestResponse | Test::Latency => vec![Testpmd::start(
                 self.testpmd,
                 &Instance {
                     name: "frontends",
@@ -602,7 +682,7 @@ impl Plan<'_> {
                         format!("--eth-peer=0,{}", MACS[1]),
                         format!("--eth-peer=1,{}", MACS[0]),
                         frame_size,
-                        format!("--burst={}", self.burst_per_queue()),
+                        format!("--burst={burst_per_queue}"),
                     ]
                     .into_iter()
                     .chain(queue_options)
@@ -656,7 +736,7 @@ impl Plan<'_> {
             }
         };
         let sides = match test {
-            Test::RequestResponse => [(0, 0), (0, 1)],
+            Test::RequestResponse | Test::Latency => [(0, 0), (0, 1)],
             Test::Stream => [(0, 0), (1, 0)],
         };
         Ok(Frontends {
@@ -771,7 +851,7 @@ impl Frontends {
     /// Stops the receive-only forwarding of the drain.
     fn stop_receiving(&mut self, test: Test) -> anyhow::Result<()> {
         match test {
-            Test::RequestResponse => self.command(0, "stop"),
+            Test::RequestResponse | Test::Latency => self.command(0, "stop"),
             Test::Stream => self.command(1, "stop"),
         }
     }

@@ -43,6 +43,7 @@ pub(super) fn print_table(result: &VhostUserResult, command: &str) {
     let several = Tests {
         queues: result.queues,
         request_response: result.request_response.clone(),
+        latency: None,
         stream: result.stream.clone(),
     };
     let suffix = if result.queues > 1 {
@@ -51,6 +52,9 @@ pub(super) fn print_table(result: &VhostUserResult, command: &str) {
         String::new()
     };
     print_tests(&several, &suffix, stream_skipped);
+    if let Some(latency) = &result.latency {
+        print_latency(latency);
+    }
     if let Some(scaling) = &result.queue_scaling {
         println!();
         println!(
@@ -69,6 +73,35 @@ pub(super) fn print_table(result: &VhostUserResult, command: &str) {
                 );
             }
         }
+    }
+}
+
+/// Prints the latency test: the loop's rates and the round trips they give.
+fn print_latency(latency: &Comparison) {
+    println!();
+    println!(
+        "latency ({} frames in flight: one from each port, 1 queue pair)",
+        latency.frames_in_flight.unwrap_or(LATENCY_IN_FLIGHT)
+    );
+    println!(
+        "{:<9} {:>8} {:>16} {:>10}",
+        "", "Mpps", "round trip (µs)", "switch CPU"
+    );
+    for (name, m) in [("guestnet", &latency.guestnet), ("anchor", &latency.anchor)] {
+        let round_trip = m
+            .round_trip_us
+            .map_or_else(|| "-".to_string(), |us| format!("{us:.2}"));
+        println!(
+            "{name:<9} {:>8.3} {round_trip:>16} {:>9.0} %",
+            m.mpps,
+            100.0 * m.switch_cpu
+        );
+    }
+    if let Some(round_trip) = latency.round_trip_ratio {
+        println!(
+            "ratio     {round_trip:.2} × anchor's round trip (target ≤ 1.2 ×: {})",
+            if round_trip <= 1.2 { "met" } else { "MISSED" }
+        );
     }
 }
 
