@@ -1291,10 +1291,11 @@ mod tests {
         assert_eq!(window_start(0, 0), 0);
         assert_eq!(window_start(100, 200), 0);
         assert_eq!(window_start(300, 200), 0);
-        // The last round slid its window to 8 past where it stopped: only the chain
-        // beyond is new.
+        // The last frame placed slid the window to 8 past where the queue stands: all of
+        // it was asked for, nothing is asked for again.
         assert_eq!(window_start(208, 200), RX_AHEAD);
-        // Frames since came in through the ring, not through the window: go on from it.
+        // Chains taken since without sliding the window (a frame dropped for a bad chain
+        // returns before the slide): go on from where it ended.
         assert_eq!(window_start(203, 200), 3);
         assert_eq!(window_start(200, 200), 0);
         // Across the 16-bit wrap of the available index.
