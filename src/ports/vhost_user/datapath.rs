@@ -134,6 +134,12 @@ pub struct Vring {
     /// were last asked for ([`prefetch_receive`] and the window [`place`] slides): a
     /// round's window starts past what the rounds before it already asked for.
     rx_prefetched_to: u16,
+    /// A receive queue's available index as the last round read it, kept for the next
+    /// round ([`SplitRing::assume_available`]): the guest posts its buffers well ahead, so
+    /// most rounds need not read the index, whose line the guest's core has just written
+    /// (it adds a buffer for each it takes back). Forgotten whenever the frontend
+    /// reconfigures the ring or the memory ([`Vring::reconfigured`]).
+    pub rx_available: Option<u16>,
     /// Used entries written since the used index was last published.
     unpublished: u16,
     /// Used entries published since the guest was last signalled.
@@ -153,6 +159,7 @@ impl Vring {
             access_failures: 0,
             posted_up_to: 0,
             rx_prefetched_to: 0,
+            rx_available: None,
             unpublished: 0,
             unsignalled: 0,
         })
@@ -203,6 +210,12 @@ impl Vring {
         if self.unsignalled > 0 {
             self.signal(memory);
         }
+    }
+
+    /// The frontend changed the ring (its size, addresses or base, stopped or started it)
+    /// or the guest memory: what the data path remembered of it no longer holds.
+    pub fn reconfigured(&mut self) {
+        self.rx_available = None;
     }
 
     /// The failed ring accesses counted since the last call, for the port's counters.

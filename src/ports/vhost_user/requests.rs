@@ -204,7 +204,9 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     fn set_vring_num(&mut self, index: u32, num: u32) -> Result<Answer, Refusal> {
         let vring = self.vring(index)?;
         let size = u16::try_from(num).unwrap_or(0);
-        lock(vring)
+        let mut vring = lock(vring);
+        vring.reconfigured();
+        vring
             .queue
             .try_set_size(size)
             .map_err(|_| Refusal::BadRingSize(num))?;
@@ -218,6 +220,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
             return Err(Refusal::RingBeforeMemory);
         };
         let mut vring = lock(vring);
+        vring.reconfigured();
         let size = u64::from(vring.queue.size());
         // The ring's three parts, each with its length, must lie in guest memory.
         let parts = [
@@ -244,6 +247,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     /// `SET_VRING_BASE`: where a ring starts (or resumes, after a reconnect).
     fn set_vring_base(&mut self, index: u32, num: u32) -> Result<Answer, Refusal> {
         let mut vring = lock(self.vring(index)?);
+        vring.reconfigured();
         // Split rings: the low 16 bits are the next available index.
         vring.queue.set_next_avail(num as u16);
         vring.queue.set_next_used(num as u16);
@@ -254,6 +258,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
     fn get_vring_base(&mut self, index: u32) -> Result<Answer, Refusal> {
         let next = {
             let mut vring = lock(self.vring(index)?);
+            vring.reconfigured();
             vring.started = false;
             vring.queue.set_ready(false);
             vring.queue.next_avail()
@@ -275,6 +280,7 @@ impl<'s, 'a> RequestHandler<'s, 'a> {
             return Err(Refusal::KickNotAnEventfd);
         }
         let mut vring = lock(vring);
+        vring.reconfigured();
         vring.kick = Some(Arc::new(kick));
         vring.started = true;
         vring.queue.set_ready(true);

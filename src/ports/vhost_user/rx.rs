@@ -271,6 +271,9 @@ impl<'x> Delivery<'x> {
             None => match SplitRing::new(&vring.queue, self.memory) {
                 Some(found) => {
                     let ring = ring.insert(found);
+                    if let Some(seen) = vring.rx_available {
+                        ring.assume_available(seen);
+                    }
                     datapath::prefetch_receive(vring, ring);
                     ring
                 }
@@ -312,9 +315,12 @@ impl<'x> Delivery<'x> {
             &counters.ring_access_failures,
             std::mem::take(&mut self.lost_rings),
         );
-        for (Opened { pair, vring, .. }, n) in self.queues.iter_mut().zip(self.delivered_to) {
+        for (Opened { pair, vring, ring }, n) in self.queues.iter_mut().zip(self.delivered_to) {
             if let (Some(queue), 1..) = (shared.socket.queues.get(*pair), n) {
                 Counters::add(&queue.rx_frames, n);
+            }
+            if let Some(ring) = ring {
+                vring.rx_available = Some(ring.seen_available());
             }
             vring.finish_round(self.memory);
             Counters::add(&counters.ring_access_failures, vring.take_access_failures());

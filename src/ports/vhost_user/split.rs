@@ -90,6 +90,20 @@ impl<'m> SplitRing<'m> {
         })
     }
 
+    /// The guest's available index as last read (or as given to
+    /// [`SplitRing::assume_available`]): the chains before it were made available.
+    pub fn seen_available(&self) -> u16 {
+        self.avail_idx.get()
+    }
+
+    /// Takes `idx` as the available index read at an earlier look at this same ring, when
+    /// the chains before it were seen made available (with acquire): [`SplitRing::available`]
+    /// reads the index again only once those are taken. The guest may not take a chain
+    /// back once it made it available, so what was seen then still holds.
+    pub fn assume_available(&self, idx: u16) {
+        self.avail_idx.set(idx);
+    }
+
     /// Copies to and from the guest's buffers, for the length of this ring's round: the
     /// region the last one fell in is remembered from one chain to the next.
     pub fn regions(&self) -> &Regions<'m> {
@@ -436,6 +450,25 @@ mod tests {
         // An index more than a ring ahead is refused.
         guest.driver.set_avail_index(&guest.memory, 5 + SIZE + 1);
         assert_eq!(ring.available(5), Err(ChainFault::BadChain));
+    }
+
+    #[test]
+    fn an_index_seen_at_an_earlier_look_stands_until_its_chains_are_taken() {
+        let mut guest = Guest::new();
+        guest.driver.publish_batch(&guest.memory, [0, 1]);
+        let first = SplitRing::new(&guest.queue, guest.memory.mmap()).expect("a ring");
+        assert_eq!(first.available(0), Ok(2));
+        assert_eq!(first.seen_available(), 2);
+        // The next round's ring starts from what this one saw, not from the index the
+        // guest has moved meanwhile.
+        guest.driver.publish_batch(&guest.memory, [2, 3, 4]);
+        let next = SplitRing::new(&guest.queue, guest.memory.mmap()).expect("a ring");
+        next.assume_available(first.seen_available());
+        assert_eq!(next.available(0), Ok(2), "the index is not read");
+        assert_eq!(next.available(2), Ok(3), "read once those are taken");
+        // Without it, a ring reads the index at once.
+        let fresh = SplitRing::new(&guest.queue, guest.memory.mmap()).expect("a ring");
+        assert_eq!(fresh.available(0), Ok(5));
     }
 
     #[test]

@@ -184,6 +184,9 @@ impl Shared<'_> {
 
     /// Replaces the guest memory (`None`: forgets it).
     pub fn set_memory(&self, memory: Option<GuestMemory>) {
+        for vring in &self.vrings {
+            lock(vring).reconfigured();
+        }
         *lock(&self.memory) = memory.map(Arc::new);
     }
 
@@ -402,6 +405,27 @@ mod tests {
             .find(|p| p.slot == index)
             .expect("the peer")
             .link_down
+    }
+
+    #[test]
+    fn new_guest_memory_makes_the_rings_forget_the_available_index_they_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_net, peer, socket) = lab(&dir);
+        let vrings = (0..2)
+            .map(|_| Mutex::new(Vring::new().expect("a ring")))
+            .collect();
+        let shared = Shared::new(vrings, peer.control(), &socket);
+        for vring in &shared.vrings {
+            lock(vring).rx_available = Some(5);
+        }
+        shared.set_memory(None);
+        assert!(
+            shared
+                .vrings
+                .iter()
+                .all(|vring| lock(vring).rx_available.is_none()),
+            "an index seen in the old memory says nothing of the new"
+        );
     }
 
     #[test]
