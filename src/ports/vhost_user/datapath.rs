@@ -137,9 +137,10 @@ pub struct Vring {
     /// A receive queue's available index as the last round read it, kept for the next
     /// round ([`SplitRing::assume_available`]): the guest posts its buffers well ahead, so
     /// most rounds need not read the index, whose line the guest's core has just written
-    /// (it adds a buffer for each it takes back). Forgotten whenever the frontend
-    /// reconfigures the ring or the memory ([`Vring::reconfigured`]).
-    pub rx_available: Option<u16>,
+    /// (it adds a buffer for each it takes back). Kept with the address of the guest
+    /// memory it was read through, and used only through the same; forgotten whenever the
+    /// frontend reconfigures the ring or the memory ([`Vring::reconfigured`]).
+    pub rx_available: Option<(u16, usize)>,
     /// Used entries written since the used index was last published.
     unpublished: u16,
     /// Used entries published since the guest was last signalled.

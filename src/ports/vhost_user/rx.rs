@@ -220,6 +220,12 @@ struct Opened<'x> {
     ring: Option<SplitRing<'x>>,
 }
 
+/// Which guest memory a ring was read through (the mapping's address), to tell whether an
+/// index kept from an earlier round was read through the memory in use now.
+fn memory_id(memory: &GuestMemoryMmap) -> usize {
+    std::ptr::from_ref(memory).addr()
+}
+
 impl<'x> Delivery<'x> {
     /// Locks the running receive queues; none if no receive queue runs.
     fn open(
@@ -271,7 +277,11 @@ impl<'x> Delivery<'x> {
             None => match SplitRing::new(&vring.queue, self.memory) {
                 Some(found) => {
                     let ring = ring.insert(found);
-                    if let Some(seen) = vring.rx_available {
+                    // A round that began before a new memory table came, through the old
+                    // one, may have kept its index after the table's change cleared it.
+                    if let Some((seen, through)) = vring.rx_available
+                        && through == memory_id(self.memory)
+                    {
                         ring.assume_available(seen);
                     }
                     datapath::prefetch_receive(vring, ring);
@@ -320,7 +330,7 @@ impl<'x> Delivery<'x> {
                 Counters::add(&queue.rx_frames, n);
             }
             if let Some(ring) = ring {
-                vring.rx_available = Some(ring.seen_available());
+                vring.rx_available = Some((ring.seen_available(), memory_id(self.memory)));
             }
             vring.finish_round(self.memory);
             Counters::add(&counters.ring_access_failures, vring.take_access_failures());

@@ -416,7 +416,7 @@ mod tests {
             .collect();
         let shared = Shared::new(vrings, peer.control(), &socket);
         for vring in &shared.vrings {
-            lock(vring).rx_available = Some(5);
+            lock(vring).rx_available = Some((5, 1));
         }
         shared.set_memory(None);
         assert!(
