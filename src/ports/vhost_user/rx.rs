@@ -226,6 +226,13 @@ fn memory_id(memory: &GuestMemoryMmap) -> usize {
     std::ptr::from_ref(memory).addr()
 }
 
+/// The available index an earlier round kept, if it was read through `memory`: a round
+/// that began before a new memory table came, through the old one, may have kept its index
+/// after the table's change cleared it.
+fn kept_index(kept: Option<(u16, usize)>, memory: &GuestMemoryMmap) -> Option<u16> {
+    kept.and_then(|(seen, through)| (through == memory_id(memory)).then_some(seen))
+}
+
 impl<'x> Delivery<'x> {
     /// Locks the running receive queues; none if no receive queue runs.
     fn open(
@@ -277,11 +284,7 @@ impl<'x> Delivery<'x> {
             None => match SplitRing::new(&vring.queue, self.memory) {
                 Some(found) => {
                     let ring = ring.insert(found);
-                    // A round that began before a new memory table came, through the old
-                    // one, may have kept its index after the table's change cleared it.
-                    if let Some((seen, through)) = vring.rx_available
-                        && through == memory_id(self.memory)
-                    {
+                    if let Some(seen) = kept_index(vring.rx_available, self.memory) {
                         ring.assume_available(seen);
                     }
                     datapath::prefetch_receive(vring, ring);
@@ -384,5 +387,25 @@ impl Drop for Direct<'_, '_> {
     fn drop(&mut self) {
         self.delivery.finish(self.shared, &mut self.rx.faults, true);
         self.rx.receiver.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::vhost_user::mock::GuestMemory as MockMemory;
+
+    #[test]
+    fn a_kept_index_counts_only_through_the_memory_it_was_read_through() {
+        let old = MockMemory::anonymous(&[(0, 0x1_0000)]).expect("memory");
+        let new = MockMemory::anonymous(&[(0, 0x1_0000)]).expect("memory");
+        let kept = Some((40, memory_id(old.mmap())));
+        assert_eq!(kept_index(kept, old.mmap()), Some(40));
+        assert_eq!(
+            kept_index(kept, new.mmap()),
+            None,
+            "an index read through the old table says nothing of the new"
+        );
+        assert_eq!(kept_index(None, old.mmap()), None);
     }
 }
