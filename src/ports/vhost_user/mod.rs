@@ -85,6 +85,7 @@ mod rx;
 pub mod split;
 mod state;
 mod status;
+mod vring;
 
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
