@@ -64,9 +64,11 @@
 //! SIGTERM kill every child; the guards remove the sockets, the network and the directory
 //! on every way out.
 
+mod frontends;
 mod switch;
 mod table;
 
+use frontends::Frontends;
 use table::print_table;
 
 use std::collections::BTreeMap;
@@ -137,9 +139,6 @@ struct VhostUserResult {
 struct Tests {
     queues: u16,
     request_response: Comparison,
-    /// Measured in the run with one queue pair only, and reported at the top.
-    #[serde(skip)]
-    latency: Option<Comparison>,
     stream: Option<Comparison>,
 }
 
@@ -300,12 +299,10 @@ pub(super) fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     drop(workspace);
     drop(huge_pages);
-    let mut several = runs.pop().context("no test ran")?;
-    let mut one_queue_pair = runs.pop();
-    let latency = match &mut one_queue_pair {
-        Some(one) => one.latency.take(),
-        None => several.latency.take(),
-    };
+    // The latency test runs with one queue pair only: in the first run.
+    let latency = runs.first_mut().and_then(|(_, latency)| latency.take());
+    let (several, _) = runs.pop().context("no test ran")?;
+    let one_queue_pair = runs.pop().map(|(tests, _)| tests);
     let queue_scaling = one_queue_pair.as_ref().map(|one| Scaling {
         request_response: SwitchRatios::of(&several.request_response, &one.request_response),
         stream: several
@@ -453,8 +450,13 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    /// Both tests through guestnet, then through the anchor.
-    fn run(&self, workspace: &Workspace, ring_slots: u32) -> anyhow::Result<Tests> {
+    /// The tests through guestnet, then through the anchor; the latency test's
+    /// comparison beside them (with one queue pair only).
+    fn run(
+        &self,
+        workspace: &Workspace,
+        ring_slots: u32,
+    ) -> anyhow::Result<(Tests, Option<Comparison>)> {
         let queues = self.queues;
         let pairs = if queues == 1 { "pair" } else { "pairs" };
         progress(&format!("{queues} queue {pairs}"));
@@ -498,22 +500,23 @@ impl Plan<'_> {
                 anchor,
             }
         };
-        Ok(Tests {
+        let tests = Tests {
             queues,
             request_response: compare(
                 guestnet.looped,
                 anchor.looped,
                 Some(self.frames_in_flight()),
             ),
-            latency: guestnet
-                .latency
-                .zip(anchor.latency)
-                .map(|(guestnet, anchor)| compare(guestnet, anchor, Some(LATENCY_IN_FLIGHT))),
             stream: guestnet
                 .stream
                 .zip(anchor.stream)
                 .map(|(guestnet, anchor)| compare(guestnet, anchor, None)),
-        })
+        };
+        let latency = guestnet
+            .latency
+            .zip(anchor.latency)
+            .map(|(guestnet, anchor)| compare(guestnet, anchor, Some(LATENCY_IN_FLIGHT)));
+        Ok((tests, latency))
     }
 
     /// Frames each request/response stream (a port's queue) starts with: the same in
@@ -788,80 +791,6 @@ fn queue_pairs(base: &[Vec<PortStats>; 2], now: &[Vec<PortStats>; 2]) -> Vec<Que
             }
         })
         .collect()
-}
-
-/// The testpmd instances of one test, and where each frontend's port is.
-struct Frontends {
-    /// The first one is told to start and stop sending.
-    instances: Vec<Testpmd>,
-    /// For `a` and `b`: the instance and its port number.
-    sides: [(usize, usize); 2],
-    /// Queue pairs of each port.
-    queues: u16,
-}
-
-impl Frontends {
-    fn command(&mut self, instance: usize, line: &str) -> anyhow::Result<()> {
-        self.instances
-            .get_mut(instance)
-            .context("no such frontend")?
-            .command(line)?;
-        Ok(())
-    }
-
-    /// Both frontends' port counters, `a` then `b`.
-    fn counts(&mut self) -> anyhow::Result<[PortStats; 2]> {
-        let mut per_instance = Vec::new();
-        for instance in &mut self.instances {
-            per_instance.push(instance.port_stats()?);
-        }
-        let port = |(instance, port): (usize, usize)| {
-            per_instance
-                .get(instance)
-                .and_then(|ports| ports.get(port))
-                .copied()
-                .context("testpmd shows fewer ports than it was given")
-        };
-        Ok([port(self.sides[0])?, port(self.sides[1])?])
-    }
-
-    /// Both frontends' counters by queue pair, `a` then `b`.
-    fn queue_counts(&mut self) -> anyhow::Result<[Vec<PortStats>; 2]> {
-        let mut per_instance = Vec::new();
-        for instance in &mut self.instances {
-            per_instance.push(instance.queue_stats(self.queues)?);
-        }
-        let port = |(instance, port): (usize, usize)| {
-            per_instance
-                .get(instance)
-                .and_then(|ports| ports.get(port))
-                .cloned()
-                .context("testpmd shows fewer ports than it was given")
-        };
-        Ok([port(self.sides[0])?, port(self.sides[1])?])
-    }
-
-    fn pause(&mut self, length: Duration) -> anyhow::Result<()> {
-        self.instances
-            .first_mut()
-            .context("no frontends")?
-            .pause(length)
-    }
-
-    /// Stops the receive-only forwarding of the drain.
-    fn stop_receiving(&mut self, test: Test) -> anyhow::Result<()> {
-        match test {
-            Test::RequestResponse | Test::Latency => self.command(0, "stop"),
-            Test::Stream => self.command(1, "stop"),
-        }
-    }
-
-    fn quit(self) -> anyhow::Result<()> {
-        for instance in self.instances {
-            instance.quit()?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

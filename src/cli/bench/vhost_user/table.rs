@@ -43,7 +43,6 @@ pub(super) fn print_table(result: &VhostUserResult, command: &str) {
     let several = Tests {
         queues: result.queues,
         request_response: result.request_response.clone(),
-        latency: None,
         stream: result.stream.clone(),
     };
     let suffix = if result.queues > 1 {
