@@ -13,7 +13,8 @@
 //!
 //! **Layers.** [`crate::wire::vhost_user`] parses messages (pure bytes); `memory` maps
 //! the guest's regions and translates the frontend's addresses; `datapath` moves frames
-//! between virtqueues and the network, checking every descriptor; `connection` is the
+//! between virtqueues and the network, checking every descriptor, and `vring` is a
+//! virtqueue as the port keeps it between rounds; `connection` is the
 //! message loop of one frontend, `requests` its message handler (one method per request)
 //! and `refusal` the reasons it refuses one; `engine` is the data path of the whole port
 //! and `rx` the receiving half of each of its lanes. Connections and the engine meet in
